@@ -1,0 +1,190 @@
+"""Django settings. Everything that differs between machines comes from the environment.
+
+See README "Settings" for the list; `dashboard.env` parses each value strictly.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import dj_database_url
+
+from dashboard.env import EnvError, env_bind, env_bool, env_dir, env_float, env_int, env_str, env_url
+
+# Nothing we start may phone home (MLflow 3.2+ sends usage data by default).
+os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+os.environ.setdefault("DO_NOT_TRACK", "true")
+
+BASE_DIR = Path(__file__).resolve().parent.parent
+
+DATA_DIR = env_dir("MODELFLEET_DATA_DIR", str(BASE_DIR / "var"))
+BIND = env_bind("MODELFLEET_BIND", "127.0.0.1:8000")
+PUBLIC_URL = env_url("MODELFLEET_PUBLIC_URL", ("http", "https")) or f"http://{BIND.host}:{BIND.port}"
+
+DEBUG = env_bool("MODELFLEET_DEBUG", False)
+SECRET_KEY = env_str("MODELFLEET_SECRET_KEY")  # generated into the data dir when unset (below)
+ALLOWED_HOSTS = [h.strip() for h in (env_str("MODELFLEET_ALLOWED_HOSTS", "*") or "*").split(",") if h.strip()]
+
+# --- database -------------------------------------------------------------------------------
+_database_url = env_str("DATABASE_URL")
+if _database_url is None:
+    DATABASES = {
+        "default": {
+            "ENGINE": "django.db.backends.sqlite3",
+            "NAME": str(DATA_DIR / "modelfleet.sqlite3"),
+            # WAL lets the web, worker and runtime processes read while one writes; IMMEDIATE
+            # transactions take the write lock up front instead of failing half-way.
+            "OPTIONS": {
+                "init_command": "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL;",
+                "transaction_mode": "IMMEDIATE",
+                "timeout": 30,
+            },
+            "TEST": {"NAME": str(DATA_DIR / "test-modelfleet.sqlite3")},
+        }
+    }
+else:
+    try:
+        _db = dj_database_url.parse(_database_url, conn_max_age=60, conn_health_checks=True)
+    except Exception as exc:  # dj_database_url raises ValueError / its own errors
+        raise EnvError(f"DATABASE_URL is malformed: {exc}") from None
+    if not _db.get("ENGINE") or not _db.get("NAME"):
+        raise EnvError("DATABASE_URL is malformed: it names no engine or database")
+    if _db["ENGINE"] == "django.db.backends.sqlite3":
+        _db["OPTIONS"] = {"init_command": "PRAGMA journal_mode=WAL;", "transaction_mode": "IMMEDIATE", "timeout": 30}
+    DATABASES = {"default": _db}
+
+# --- redis / celery ---------------------------------------------------------------------------
+REDIS_SOCKET = DATA_DIR / "redis.sock"
+_redis_url = env_url("REDIS_URL", ("redis", "rediss", "unix"))
+REDIS_IS_EMBEDDED = _redis_url is None
+REDIS_URL = _redis_url or f"unix://{REDIS_SOCKET}"
+CELERY_BROKER_URL = f"redis+socket://{REDIS_SOCKET}" if REDIS_IS_EMBEDDED else REDIS_URL
+if CELERY_BROKER_URL.startswith("unix://"):
+    CELERY_BROKER_URL = "redis+socket://" + CELERY_BROKER_URL[len("unix://"):]
+CELERY_TASK_SERIALIZER = "json"
+CELERY_ACCEPT_CONTENT = ["json"]
+CELERY_RESULT_BACKEND = None
+CELERY_TASK_IGNORE_RESULT = True
+CELERY_TASK_TIME_LIMIT = 120
+CELERY_TASK_SOFT_TIME_LIMIT = 100
+CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
+CELERY_WORKER_HIJACK_ROOT_LOGGER = False
+
+# --- mlflow registry -----------------------------------------------------------------------
+MLFLOW_TRACKING_URI = env_url(
+    "MLFLOW_TRACKING_URI", ("sqlite", "postgresql", "postgresql+psycopg", "mysql", "http", "https", "file")
+) or f"sqlite:///{DATA_DIR / 'mlflow.sqlite3'}"
+MODEL_STORE_DIR = DATA_DIR / "models"  # where registered model directories are copied to
+
+# --- runtime ----------------------------------------------------------------------------------
+BOOTSTRAP_TOKEN = env_str("MODELFLEET_BOOTSTRAP_TOKEN")
+RUNTIME_DIR = DATA_DIR / "runtime"
+RUNTIME_BIND_HOST = env_str("MODELFLEET_RUNTIME_BIND_HOST", "127.0.0.1")
+RUNTIME_ADVERTISE_HOST = env_str("MODELFLEET_RUNTIME_ADVERTISE_HOST", "127.0.0.1")
+# How long a rollout may take before it is marked UPDATE_FAILED.
+ROLLOUT_TIMEOUT_SECONDS = env_float("MODELFLEET_ROLLOUT_TIMEOUT_SECONDS", 600.0, minimum=1.0)
+# How long the gateway may serve a cached route table; replicas removed by a rollout are kept
+# alive at least this long (plus in-flight requests) so no request meets a stopped replica.
+GATEWAY_ROUTE_TTL_SECONDS = env_float("MODELFLEET_GATEWAY_ROUTE_TTL_SECONDS", 1.0, minimum=0.0)
+GATEWAY_TIMEOUT_SECONDS = env_float("MODELFLEET_GATEWAY_TIMEOUT_SECONDS", 297.0, minimum=1.0)
+REPLICA_START_ATTEMPTS = env_int("MODELFLEET_REPLICA_START_ATTEMPTS", 3, minimum=1)
+REPLICA_READY_TIMEOUT_SECONDS = env_float("MODELFLEET_REPLICA_READY_TIMEOUT_SECONDS", 120.0, minimum=1.0)
+WORKSPACE_ID = env_str("MODELFLEET_WORKSPACE_ID", "1000000000000001")
+
+# --- django -----------------------------------------------------------------------------------
+INSTALLED_APPS = [
+    "django.contrib.admin",
+    "django.contrib.auth",
+    "django.contrib.contenttypes",
+    "django.contrib.sessions",
+    "django.contrib.messages",
+    "django.contrib.staticfiles",
+    "rest_framework",
+    "endpoints_app",
+]
+
+MIDDLEWARE = [
+    "django.middleware.security.SecurityMiddleware",
+    "django.contrib.sessions.middleware.SessionMiddleware",
+    "django.middleware.common.CommonMiddleware",
+    "django.middleware.csrf.CsrfViewMiddleware",
+    "django.contrib.auth.middleware.AuthenticationMiddleware",
+    "django.contrib.messages.middleware.MessageMiddleware",
+    "django.middleware.clickjacking.XFrameOptionsMiddleware",
+]
+
+ROOT_URLCONF = "dashboard.urls"
+APPEND_SLASH = False
+
+TEMPLATES = [
+    {
+        "BACKEND": "django.template.backends.django.DjangoTemplates",
+        "DIRS": [BASE_DIR / "templates"],
+        "APP_DIRS": True,
+        "OPTIONS": {
+            "context_processors": [
+                "django.template.context_processors.request",
+                "django.contrib.auth.context_processors.auth",
+                "django.contrib.messages.context_processors.messages",
+            ],
+        },
+    },
+]
+
+WSGI_APPLICATION = "dashboard.wsgi.application"
+ASGI_APPLICATION = "dashboard.asgi.application"
+
+AUTH_PASSWORD_VALIDATORS = [
+    {"NAME": "django.contrib.auth.password_validation.MinimumLengthValidator"},
+]
+
+LANGUAGE_CODE = "en-us"
+TIME_ZONE = "UTC"
+USE_I18N = True
+USE_TZ = True
+
+STATIC_URL = "static/"
+STATICFILES_DIRS = [BASE_DIR / "static"]
+STATIC_ROOT = DATA_DIR / "staticfiles"
+DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
+LOGIN_URL = "/admin/login/"
+
+REST_FRAMEWORK = {
+    "DEFAULT_AUTHENTICATION_CLASSES": [
+        "endpoints_app.api.authentication.BearerTokenAuthentication",
+        "rest_framework.authentication.SessionAuthentication",
+    ],
+    "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated"],
+    "DEFAULT_RENDERER_CLASSES": ["rest_framework.renderers.JSONRenderer"],
+    "DEFAULT_PARSER_CLASSES": ["rest_framework.parsers.JSONParser"],
+    "EXCEPTION_HANDLER": "endpoints_app.api.errors.exception_handler",
+    "UNAUTHENTICATED_USER": None,
+}
+
+LOGGING = {
+    "version": 1,
+    "disable_existing_loggers": False,
+    "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s: %(message)s"}},
+    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
+    "root": {"handlers": ["console"], "level": env_str("MODELFLEET_LOG_LEVEL", "INFO")},
+    "loggers": {"django.db.backends": {"level": "WARNING"}},
+}
+
+if SECRET_KEY is None:
+    # Generated once into the data dir with owner-only permissions, so sessions survive restarts.
+    _key_file = DATA_DIR / "secret_key"
+    if _key_file.exists():
+        SECRET_KEY = _key_file.read_text().strip()
+    else:
+        import secrets as _secrets
+
+        DATA_DIR.mkdir(parents=True, exist_ok=True)
+        SECRET_KEY = _secrets.token_urlsafe(50)
+        try:
+            _fd = os.open(_key_file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        except FileExistsError:  # another process won the race: use its key
+            SECRET_KEY = _key_file.read_text().strip()
+        else:
+            with os.fdopen(_fd, "w") as _fh:
+                _fh.write(SECRET_KEY)

@@ -1,0 +1,25 @@
+from __future__ import annotations
+
+from django.contrib import admin
+from django.urls import path
+
+from endpoints_app.api import views as api
+
+handler404 = "endpoints_app.api.errors.json_404"
+handler500 = "endpoints_app.api.errors.json_500"
+
+EP = "api/2.0/serving-endpoints"
+
+urlpatterns = [
+    path("admin/", admin.site.urls),
+    path(".well-known/databricks-config", api.WellKnownConfigView.as_view()),
+    path(EP, api.EndpointListView.as_view()),
+    path(f"{EP}/<str:name>", api.EndpointDetailView.as_view()),
+    path(f"{EP}/<str:name>/config", api.EndpointConfigView.as_view()),
+    path(f"{EP}/<str:name>/tags", api.EndpointTagsView.as_view()),
+    path(f"{EP}/<str:name>/openapi", api.EndpointOpenApiView.as_view()),
+    path(f"{EP}/<str:name>/served-models/<str:served_model_name>/logs", api.ServedModelLogsView.as_view()),
+    path(f"{EP}/<str:name>/served-models/<str:served_model_name>/build-logs", api.ServedModelBuildLogsView.as_view()),
+    path("api/2.0/modelfleet/registered-models", api.RegisteredModelListView.as_view()),
+    path("api/2.0/modelfleet/registered-models/upload", api.RegisteredModelUploadView.as_view()),
+]

@@ -1,0 +1,1 @@
+"""The serving domain: endpoints, config versions, tokens, runtime deployments."""

@@ -1,0 +1,46 @@
+"""``Authorization: Bearer <token>`` (and Basic with the token as password, as Databricks' curl
+examples use ``-u token:$TOKEN``)."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+
+from rest_framework import authentication, exceptions
+
+from endpoints_app.services.tokens import authenticate_token
+
+
+def token_from_header(header: str | None) -> str | None:
+    """The raw token in an Authorization header value, or None if there is none."""
+    if not header:
+        return None
+    scheme, _, value = header.strip().partition(" ")
+    value = value.strip()
+    if scheme.lower() == "bearer" and value:
+        return value
+    if scheme.lower() == "basic" and value:
+        try:
+            decoded = base64.b64decode(value, validate=True).decode("utf-8")
+        except (binascii.Error, UnicodeDecodeError):
+            return None
+        _, _, password = decoded.partition(":")
+        return password or None
+    return None
+
+
+class BearerTokenAuthentication(authentication.BaseAuthentication):
+    def authenticate(self, request):  # type: ignore[no-untyped-def]
+        header = request.META.get("HTTP_AUTHORIZATION")
+        if not header:
+            return None
+        raw = token_from_header(header)
+        if raw is None:
+            raise exceptions.AuthenticationFailed("Malformed Authorization header: use 'Bearer <token>'")
+        user = authenticate_token(raw)
+        if user is None:
+            raise exceptions.AuthenticationFailed("Invalid access token")
+        return (user, None)
+
+    def authenticate_header(self, request):  # type: ignore[no-untyped-def]
+        return 'Bearer realm="modelfleet"'

@@ -1,0 +1,134 @@
+"""The Databricks wire shapes of endpoints (reference §2.5), built from prefetched rows."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from endpoints_app.models import ConfigUpdate, ConfigVersion, DeploymentState, Endpoint, ServedEntity
+from endpoints_app.selectors import endpoint_is_ready
+
+
+def ms(value: datetime | None) -> int | None:
+    return int(value.timestamp() * 1000) if value else None
+
+
+def _user(user) -> str:  # type: ignore[no-untyped-def]
+    if user is None:
+        return ""
+    return user.email or user.username
+
+
+def serialize_entity_state(entity: ServedEntity, *, failed_config: bool = False) -> dict[str, str]:
+    dep = entity.deployment
+    if dep is None:
+        return {"deployment": DeploymentState.CREATING, "deployment_state_message": "Waiting for the runtime to start the deployment."}
+    state = dep.state
+    if state == DeploymentState.STOPPED:
+        state = DeploymentState.ABORTED if failed_config else DeploymentState.READY
+    return {"deployment": state, "deployment_state_message": dep.state_message}
+
+
+def serialize_served_entity(entity: ServedEntity, *, failed_config: bool = False) -> dict[str, Any]:
+    out: dict[str, Any] = {
+        "name": entity.name,
+        "entity_name": entity.entity_name,
+        "entity_version": entity.entity_version,
+        "workload_type": entity.workload_type,
+        "scale_to_zero_enabled": entity.scale_to_zero_enabled,
+        "creation_timestamp": ms(entity.created_at),
+        "creator": _user(entity.creator),
+        "state": serialize_entity_state(entity, failed_config=failed_config),
+    }
+    if entity.workload_size:
+        out["workload_size"] = entity.workload_size
+    if entity.min_provisioned_concurrency is not None:
+        out["min_provisioned_concurrency"] = entity.min_provisioned_concurrency
+        out["max_provisioned_concurrency"] = entity.max_provisioned_concurrency
+    if entity.environment_vars:
+        out["environment_vars"] = entity.environment_vars
+    out.update(entity.extra)
+    return out
+
+
+def _legacy_model(entity_out: dict[str, Any]) -> dict[str, Any]:
+    out = {k: v for k, v in entity_out.items() if k not in ("entity_name", "entity_version")}
+    out["model_name"] = entity_out["entity_name"]
+    out["model_version"] = entity_out["entity_version"]
+    return out
+
+
+def serialize_config(config: ConfigVersion, *, failed: bool = False) -> dict[str, Any]:
+    entities = [serialize_served_entity(e, failed_config=failed) for e in config.served_entities.all()]
+    out: dict[str, Any] = {
+        "config_version": config.version,
+        "served_entities": entities,
+        "traffic_config": config.traffic_config,
+    }
+    if config.legacy_served_models:
+        out["served_models"] = [_legacy_model(e) for e in entities]
+    if config.auto_capture_config:
+        out["auto_capture_config"] = config.auto_capture_config
+    return out
+
+
+def serialize_state(endpoint: Endpoint) -> dict[str, str]:
+    state = {
+        "ready": "READY" if endpoint_is_ready(endpoint) else "NOT_READY",
+        "config_update": endpoint.config_update,
+    }
+    if endpoint.config_update_message:
+        state["config_update_message"] = endpoint.config_update_message
+    return state
+
+
+def serialize_endpoint_detailed(endpoint: Endpoint, *, permission_level: str = "CAN_MANAGE") -> dict[str, Any]:
+    out: dict[str, Any] = {
+        "id": endpoint.id,
+        "name": endpoint.name,
+        "creator": _user(endpoint.creator),
+        "creation_timestamp": ms(endpoint.created_at),
+        "last_updated_timestamp": ms(endpoint.updated_at),
+        "state": serialize_state(endpoint),
+        "tags": [{"key": t.key, "value": t.value} for t in endpoint.tags.all()],
+        "permission_level": permission_level,
+        "route_optimized": endpoint.route_optimized,
+        "description": endpoint.description,
+    }
+    if endpoint.active_config is not None:
+        out["config"] = serialize_config(endpoint.active_config)
+    pending = endpoint.pending_config
+    if pending is not None and endpoint.config_update in (ConfigUpdate.IN_PROGRESS, ConfigUpdate.UPDATE_FAILED):
+        pending_out = serialize_config(pending, failed=endpoint.config_update == ConfigUpdate.UPDATE_FAILED)
+        pending_out["start_time"] = ms(endpoint.rollout_started_at or pending.created_at)
+        out["pending_config"] = pending_out
+    for field in ("ai_gateway", "email_notifications", "telemetry_config"):
+        value = getattr(endpoint, field)
+        if value:
+            out[field] = value
+    if endpoint.budget_policy_id:
+        out["budget_policy_id"] = endpoint.budget_policy_id
+    return out
+
+
+def serialize_endpoint_summary(endpoint: Endpoint) -> dict[str, Any]:
+    config = endpoint.active_config or endpoint.pending_config
+    entities = list(config.served_entities.all()) if config else []
+    out: dict[str, Any] = {
+        "id": endpoint.id,
+        "name": endpoint.name,
+        "creator": _user(endpoint.creator),
+        "creation_timestamp": ms(endpoint.created_at),
+        "last_updated_timestamp": ms(endpoint.updated_at),
+        "state": serialize_state(endpoint),
+        "config": {
+            "served_entities": [
+                {"name": e.name, "entity_name": e.entity_name, "entity_version": e.entity_version} for e in entities
+            ]
+        },
+        "tags": [{"key": t.key, "value": t.value} for t in endpoint.tags.all()],
+        "description": endpoint.description,
+    }
+    if endpoint.ai_gateway:
+        out["ai_gateway"] = endpoint.ai_gateway
+    return out

@@ -1,0 +1,169 @@
+"""REST views: parse, authenticate (DRF), call one service or selector, render the wire shape."""
+
+from __future__ import annotations
+
+import json
+import tarfile
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from django.conf import settings
+from django.http import HttpResponse, JsonResponse, QueryDict
+from rest_framework.parsers import JSONParser
+from rest_framework.permissions import AllowAny
+from rest_framework.request import Request
+from rest_framework.response import Response
+from rest_framework.views import APIView
+
+from endpoints_app import registry, selectors, validation
+from endpoints_app.api.openapi import endpoint_openapi
+from endpoints_app.api.serializers import serialize_endpoint_detailed, serialize_endpoint_summary
+from endpoints_app.backends import get_backend
+from endpoints_app.errors import InvalidParameterValue, MalformedRequest
+from endpoints_app.services import endpoints as endpoint_services
+
+MAX_MODEL_UPLOAD_BYTES = 2 * 1024**3
+
+
+class AnyContentTypeJSONParser(JSONParser):
+    """JSON whatever the Content-Type says: `curl -d @file.json` sends form-urlencoded."""
+
+    media_type = "*/*"
+
+
+def _body(request: Request) -> Any:
+    data = request.data
+    if isinstance(data, QueryDict):  # DRF's value for an empty body
+        return {}
+    return data
+
+
+class ApiView(APIView):
+    parser_classes = [AnyContentTypeJSONParser]
+
+
+class EndpointListView(ApiView):
+    def get(self, request: Request) -> Response:
+        return Response({"endpoints": [serialize_endpoint_summary(e) for e in selectors.endpoint_list()]})
+
+    def post(self, request: Request) -> Response:
+        create = validation.parse_create_request(_body(request))
+        endpoint = endpoint_services.create_endpoint(actor=request.user, request=create)
+        return Response(serialize_endpoint_detailed(selectors.endpoint_by_name(endpoint.name)))
+
+
+class EndpointDetailView(ApiView):
+    def get(self, request: Request, name: str) -> Response:
+        return Response(serialize_endpoint_detailed(selectors.endpoint_by_name(name)))
+
+    def delete(self, request: Request, name: str) -> Response:
+        endpoint_services.delete_endpoint(actor=request.user, name=name)
+        return Response({})
+
+
+class EndpointConfigView(ApiView):
+    def put(self, request: Request, name: str) -> Response:
+        body = validation.require_object(_body(request), "request body")
+        if "config" in body and "served_entities" not in body and "served_models" not in body:
+            body = validation.require_object(body["config"], "config")
+        config = validation.parse_core_config(body, where="config")
+        endpoint_services.update_endpoint_config(actor=request.user, name=name, config=config)
+        return Response(serialize_endpoint_detailed(selectors.endpoint_by_name(name)))
+
+
+class EndpointTagsView(ApiView):
+    def patch(self, request: Request, name: str) -> Response:
+        add, delete = validation.parse_tags_patch(_body(request))
+        tags = endpoint_services.patch_endpoint_tags(actor=request.user, name=name, add_tags=add, delete_tags=delete)
+        return Response({"tags": [{"key": t.key, "value": t.value} for t in tags]})
+
+
+class EndpointOpenApiView(ApiView):
+    def get(self, request: Request, name: str) -> HttpResponse:
+        endpoint = selectors.endpoint_by_name(name)
+        document = endpoint_openapi(endpoint, host=request.build_absolute_uri("/").rstrip("/"))
+        return HttpResponse(json.dumps(document, indent=2), content_type="application/json")
+
+
+class ServedModelLogsView(ApiView):
+    kind = "server"
+
+    def get(self, request: Request, name: str, served_model_name: str) -> Response:
+        endpoint = selectors.endpoint_by_name(name)
+        entity = selectors.served_entity_for_logs(endpoint, served_model_name)
+        return Response({"logs": get_backend().logs(entity=entity, kind=self.kind)})  # type: ignore[arg-type]
+
+
+class ServedModelBuildLogsView(ServedModelLogsView):
+    kind = "build"
+
+
+class RegisteredModelListView(ApiView):
+    def get(self, request: Request) -> Response:
+        name = request.query_params.get("name") or None
+        return Response({"registered_models": registry.list_registered_models(name)})
+
+
+class RegisteredModelUploadView(ApiView):
+    """Register an MLflow model directory sent as a gzipped tar (``modelfleet models register``)."""
+
+    def post(self, request: Request) -> Response:
+        name = (request.query_params.get("name") or "").strip()
+        if not name:
+            raise InvalidParameterValue("query parameter 'name' is required: the registered model name")
+        description = request.query_params.get("description") or ""
+        with tempfile.TemporaryDirectory(prefix="upload-", dir=_upload_dir()) as tmp:
+            archive = Path(tmp) / "model.tar.gz"
+            _save_stream(request, archive)
+            target = Path(tmp) / "model"
+            target.mkdir()
+            try:
+                with tarfile.open(archive, "r:gz") as tar:
+                    tar.extractall(target, filter="data")  # refuses absolute paths, links out, devices
+            except (tarfile.TarError, OSError, EOFError) as exc:
+                raise MalformedRequest(f"the upload is not a valid gzipped tar archive: {exc}") from None
+            root = _model_root(target)
+            info = registry.register_model_dir(root, name, description=description)
+        return Response({"name": info.name, "version": info.version, "source": info.source, "status": info.status})
+
+
+def _upload_dir() -> str:
+    path = Path(settings.DATA_DIR) / "tmp"
+    path.mkdir(parents=True, exist_ok=True)
+    return str(path)
+
+
+def _save_stream(request: Request, path: Path) -> None:
+    total = 0
+    with open(path, "wb") as fh:
+        stream = request._request
+        while chunk := stream.read(1024 * 1024):
+            total += len(chunk)
+            if total > MAX_MODEL_UPLOAD_BYTES:
+                raise InvalidParameterValue("the model archive is larger than 2 GiB")
+            fh.write(chunk)
+    if total == 0:
+        raise InvalidParameterValue("the request body is empty: send the model directory as a gzipped tar")
+
+
+def _model_root(target: Path) -> Path:
+    """The folder holding MLmodel: the archive root, or its single top-level folder."""
+    if (target / "MLmodel").is_file():
+        return target
+    children = [p for p in target.iterdir() if p.is_dir()]
+    if len(children) == 1 and (children[0] / "MLmodel").is_file():
+        return children[0]
+    raise InvalidParameterValue("the archive holds no MLflow model: no MLmodel file at its root")
+
+
+class WellKnownConfigView(APIView):
+    """Host metadata the Databricks SDK probes when a client is constructed (reference §5.2)."""
+
+    authentication_classes: list = []
+    permission_classes = [AllowAny]
+
+    def get(self, request: Request) -> JsonResponse:
+        return JsonResponse({"workspace_id": settings.WORKSPACE_ID})
+
+

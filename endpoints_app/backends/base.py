@@ -1,0 +1,33 @@
+"""The backend interface the control plane deploys through."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Literal, Protocol
+
+if TYPE_CHECKING:
+    from endpoints_app.models import ConfigVersion, ServedEntity
+
+LogKind = Literal["server", "build"]
+
+
+@dataclass(frozen=True)
+class EntityStatus:
+    deployment: str  # a ServedModelStateDeployment value (DEPLOYMENT_READY, ...)
+    message: str
+    ready_replicas: int
+
+
+class ServingBackend(Protocol):
+    def apply(self, *, config: ConfigVersion) -> None:
+        """Make every served entity of ``config`` deployed (idempotent; reuses identical ones)."""
+
+    def status(self, *, config: ConfigVersion) -> dict[str, EntityStatus]:
+        """Deployment state of each served entity of ``config``, by served entity name."""
+
+    def logs(self, *, entity: ServedEntity, kind: LogKind, max_bytes: int = 1_000_000) -> str:
+        """The tail of a served entity's server or build log."""
+
+    def remove(self, *, deployment_ids: Iterable[int]) -> None:
+        """Drain and stop deployments that no config uses any more."""

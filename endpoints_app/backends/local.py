@@ -1,0 +1,120 @@
+"""The local backend: desired state in the database, reconciled by the runtime agent on this host."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Iterable
+from pathlib import Path
+
+from django.conf import settings
+from django.db import transaction
+from django.db.models import Count
+from django.utils import timezone
+
+from endpoints_app.backends.base import EntityStatus, LogKind
+from endpoints_app.models import ConfigVersion, Deployment, DeploymentState, ReplicaState, ServedEntity
+
+
+def entity_spec(entity: ServedEntity) -> dict:
+    """Everything that makes one model server differ from another."""
+    return {
+        "entity_name": entity.entity_name,
+        "entity_version": entity.entity_version,
+        "workload_size": entity.workload_size,
+        "workload_type": entity.workload_type,
+        "scale_to_zero_enabled": entity.scale_to_zero_enabled,
+        "min_provisioned_concurrency": entity.min_provisioned_concurrency,
+        "max_provisioned_concurrency": entity.max_provisioned_concurrency,
+        "environment_vars": entity.environment_vars,
+    }
+
+
+def spec_hash(spec: dict) -> str:
+    return hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()
+
+
+def deployment_dir(deployment_id: int) -> Path:
+    return Path(settings.RUNTIME_DIR) / "deployments" / str(deployment_id)
+
+
+def log_path(deployment_id: int, kind: LogKind) -> Path:
+    return deployment_dir(deployment_id) / f"{kind}.log"
+
+
+def read_tail(path: Path, max_bytes: int) -> str:
+    try:
+        with open(path, "rb") as fh:
+            fh.seek(0, 2)
+            size = fh.tell()
+            fh.seek(max(0, size - max_bytes))
+            data = fh.read()
+    except FileNotFoundError:
+        return ""
+    text = data.decode("utf-8", errors="replace")
+    if size > max_bytes:  # drop the partial first line
+        text = text.split("\n", 1)[-1]
+    return text
+
+
+class LocalBackend:
+    def apply(self, *, config: ConfigVersion) -> None:
+        endpoint = config.endpoint
+        with transaction.atomic():
+            for entity in config.served_entities.select_for_update().filter(deployment__isnull=True):
+                spec = entity_spec(entity)
+                digest = spec_hash(spec)
+                # 1. Reuse a live, healthy deployment of the identical entity (no restart).
+                deployment = (
+                    Deployment.objects.filter(
+                        endpoint=endpoint,
+                        served_entity_name=entity.name,
+                        spec_hash=digest,
+                        remove_requested_at__isnull=True,
+                    )
+                    .exclude(state__in=[DeploymentState.FAILED, DeploymentState.ABORTED])
+                    .order_by("-id")
+                    .first()
+                )
+                # 2. Otherwise ask the runtime for a new one.
+                if deployment is None:
+                    deployment = Deployment.objects.create(
+                        endpoint=endpoint,
+                        endpoint_name=endpoint.name,
+                        served_entity_name=entity.name,
+                        spec_hash=digest,
+                        spec=spec,
+                        model_name=entity.entity_name,
+                        model_version=entity.entity_version,
+                        desired_replicas=1,
+                    )
+                entity.deployment = deployment
+                entity.save(update_fields=["deployment"])
+
+    def status(self, *, config: ConfigVersion) -> dict[str, EntityStatus]:
+        result: dict[str, EntityStatus] = {}
+        entities = config.served_entities.select_related("deployment")
+        ready_counts = dict(
+            ServedEntity.objects.filter(config_version=config, deployment__replicas__state=ReplicaState.READY)
+            .values_list("name")
+            .annotate(n=Count("deployment__replicas"))
+        )
+        for entity in entities:
+            dep = entity.deployment
+            if dep is None:
+                result[entity.name] = EntityStatus(DeploymentState.CREATING, "Waiting for the runtime.", 0)
+            else:
+                result[entity.name] = EntityStatus(dep.state, dep.state_message, ready_counts.get(entity.name, 0))
+        return result
+
+    def logs(self, *, entity: ServedEntity, kind: LogKind, max_bytes: int = 1_000_000) -> str:
+        if entity.deployment_id is None:
+            return ""
+        return read_tail(log_path(entity.deployment_id, kind), max_bytes)
+
+    def remove(self, *, deployment_ids: Iterable[int]) -> None:
+        ids = list(deployment_ids)
+        if ids:
+            Deployment.objects.filter(id__in=ids, remove_requested_at__isnull=True).update(
+                remove_requested_at=timezone.now()
+            )

@@ -1,0 +1,121 @@
+"""Entry point of the ``modelfleet`` command: argument parsing, global flags and error handling.
+
+Global flags (``-p/--profile``, ``-o/--output``, ``--debug``) are accepted before or after the
+subcommand. Exit codes: 0 success, 1 server or network error, 2 usage error.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+from endpoints_app.cli import commands_models, commands_server, commands_serving
+from endpoints_app.cli.commands_common import EXIT_ERROR, EXIT_USAGE, CliError, Context
+
+ENV_OUTPUT = "MODELFLEET_OUTPUT_FORMAT"
+OUTPUT_FORMATS = ("text", "json")
+
+EPILOG = """\
+connection: --profile NAME, else $MODELFLEET_HOST and $MODELFLEET_TOKEN, else the profile named by
+$MODELFLEET_CONFIG_PROFILE, else [DEFAULT] in ~/.modelfleetcfg ($MODELFLEET_CONFIG_FILE).
+`make run` writes the DEFAULT profile.
+"""
+
+
+def _global_flags() -> argparse.ArgumentParser:
+    """Flags every parser level accepts. SUPPRESS defaults let a later level leave an earlier value alone."""
+    common = argparse.ArgumentParser(add_help=False)
+    group = common.add_argument_group("global flags")
+    group.add_argument("-p", "--profile", default=argparse.SUPPRESS, help="profile in ~/.modelfleetcfg")
+    group.add_argument(
+        "-o",
+        "--output",
+        choices=OUTPUT_FORMATS,
+        default=argparse.SUPPRESS,
+        help=f"output format (default text, or ${ENV_OUTPUT})",
+    )
+    group.add_argument(
+        "--debug", action="store_true", default=argparse.SUPPRESS, help="print HTTP requests and responses to stderr"
+    )
+    return common
+
+
+def build_parser() -> argparse.ArgumentParser:
+    common = _global_flags()
+    parser = argparse.ArgumentParser(
+        prog="modelfleet",
+        parents=[common],
+        description="Modelfleet command-line client (Databricks Model Serving compatible).",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        allow_abbrev=False,
+    )
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    commands_serving.register(commands, common)
+    commands_models.register(commands, common)
+    commands_server.register(commands, common)
+    return parser
+
+
+def bind_positionals(args: argparse.Namespace, extras: list[str]) -> None:
+    """Give each declared positional its value, taking the endpoint name from ``--name`` if given.
+
+    ``parse_known_args`` leaves positionals that follow a flag in ``extras`` (an argparse 3.11
+    limitation with optional positionals), so they are appended here in command-line order.
+    """
+    leaf: argparse.ArgumentParser = args.leaf_parser
+    unknown = [e for e in extras if e.startswith("-") and e != "-"]
+    spec = getattr(args, "positional_spec", [])
+    if unknown or (extras and not spec):
+        leaf.error(f"unrecognized arguments: {' '.join(extras)}")
+    values = [*getattr(args, "positionals", []), *extras]
+    if getattr(args, "name_opt", None):
+        values.insert(0, args.name_opt)
+    if len(values) > len(spec):
+        leaf.error(f"too many arguments: {' '.join(values[len(spec) :])}")
+    for index, (dest, metavar, required) in enumerate(spec):
+        value = values[index] if index < len(values) else None
+        if value is None and required:
+            how = " (as an argument or with --name)" if index == 0 else ""
+            leaf.error(f"missing {metavar}{how}")
+        setattr(args, dest, value)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    try:
+        args, extras = parser.parse_known_args(argv)
+        bind_positionals(args, extras)
+    except SystemExit as exc:  # argparse: --help (0) or a usage error (2)
+        return exc.code if isinstance(exc.code, int) else (0 if exc.code is None else EXIT_USAGE)
+
+    output = getattr(args, "output", None) or os.environ.get(ENV_OUTPUT) or "text"
+    if output not in OUTPUT_FORMATS:
+        sys.stderr.write(f"Error: invalid output format {output!r} in ${ENV_OUTPUT} (use text or json)\n")
+        return EXIT_USAGE
+    # Server-side commands receive the Namespace: give it every global flag, set or not.
+    args.output = output
+    args.debug = getattr(args, "debug", False)
+    args.profile = getattr(args, "profile", None)
+
+    ctx = Context(args=args, output=output, debug=args.debug)
+    try:
+        return args.handler(ctx)
+    except CliError as exc:
+        ctx.stderr.write(f"Error: {exc.message}\n")
+        if ctx.debug and exc.detail:
+            ctx.stderr.write(f"{exc.detail}\n")
+        return exc.exit_code
+    except KeyboardInterrupt:
+        ctx.stderr.write("\n")
+        return 130
+    except BrokenPipeError:
+        # `modelfleet … | head`: stop quietly, and keep Python from complaining at exit.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return EXIT_ERROR
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""The inference gateway: /serving-endpoints/<name>/invocations, beside Django in one ASGI app."""

@@ -1,0 +1,271 @@
+"""The gateway's ASGI app.
+
+The flow of one query: token → user (cached) → route table (cached for a second) → served entity
+by the route weights → the ready replica with the fewest in-flight requests → forward → answer
+with the replica's body and the ``served-model-name`` header. A replica that refuses the
+connection is retried once on another ready replica.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import random
+import time
+from collections import defaultdict
+from typing import Any
+
+import httpx
+from asgiref.sync import sync_to_async
+from django.conf import settings
+from django.db import close_old_connections
+
+from endpoints_app.api.authentication import token_from_header
+from endpoints_app.gateway.routing import EntityRoute, RouteTable, load_route_table
+from endpoints_app.services.tokens import authenticate_token
+
+log = logging.getLogger(__name__)
+
+PREFIX = "/serving-endpoints/"
+MAX_BODY_BYTES = 16 * 1024 * 1024
+TOKEN_TTL_SECONDS = 5.0
+NOT_READY_RECHECK_SECONDS = 0.1
+
+Send = Any
+Receive = Any
+
+
+class GatewayError(Exception):
+    def __init__(self, status: int, error_code: str, message: str, headers: dict[str, str] | None = None):
+        super().__init__(message)
+        self.status, self.error_code, self.message = status, error_code, message
+        self.headers = headers or {}
+
+
+def _load_table(name: str) -> RouteTable:
+    close_old_connections()
+    try:
+        return load_route_table(name)
+    finally:
+        close_old_connections()
+
+
+def _auth(raw: str) -> int | None:
+    close_old_connections()
+    try:
+        user = authenticate_token(raw)
+        return user.pk if user is not None else None
+    finally:
+        close_old_connections()
+
+
+class Gateway:
+    def __init__(self) -> None:
+        self._tables: dict[str, tuple[float, RouteTable]] = {}
+        self._tokens: dict[str, tuple[float, int | None]] = {}
+        self._in_flight: defaultdict[str, int] = defaultdict(int)
+        self._client: httpx.AsyncClient | None = None
+        self._rng = random.Random()
+        self._ttl = settings.GATEWAY_ROUTE_TTL_SECONDS
+
+    @staticmethod
+    def handles(path: str) -> bool:
+        return path.startswith(PREFIX)
+
+    def client(self) -> httpx.AsyncClient:
+        if self._client is None:
+            self._client = httpx.AsyncClient(
+                timeout=httpx.Timeout(settings.GATEWAY_TIMEOUT_SECONDS, connect=2.0),
+                limits=httpx.Limits(max_connections=512, max_keepalive_connections=128),
+                trust_env=False,  # never through a proxy: replicas are on this network only
+            )
+        return self._client
+
+    async def aclose(self) -> None:
+        if self._client is not None:
+            await self._client.aclose()
+            self._client = None
+
+    # --- ASGI ---------------------------------------------------------------------------------
+
+    async def __call__(self, scope: dict, receive: Receive, send: Send) -> None:
+        try:
+            status, headers, body = await self._handle(scope, receive)
+        except GatewayError as err:
+            status = err.status
+            headers = {"content-type": "application/json", **err.headers}
+            body = json.dumps({"error_code": err.error_code, "message": err.message}).encode()
+        await send(
+            {
+                "type": "http.response.start",
+                "status": status,
+                "headers": [(k.encode(), v.encode()) for k, v in headers.items()],
+            }
+        )
+        await send({"type": "http.response.body", "body": body})
+
+    async def _handle(self, scope: dict, receive: Receive) -> tuple[int, dict[str, str], bytes]:
+        endpoint_name, served_name = self._parse_path(scope["path"])
+        if scope["method"] != "POST":
+            raise GatewayError(405, "METHOD_NOT_ALLOWED", "Query an endpoint with POST")
+        headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
+        await self._authenticate(headers.get("authorization"))
+        body = await self._read_body(receive)
+        table = await self._table(endpoint_name)
+        entity = self._choose_entity(table, served_name)
+        return await self._forward(table, entity, body, headers.get("content-type") or "application/json")
+
+    @staticmethod
+    def _parse_path(path: str) -> tuple[str, str | None]:
+        parts = path[len(PREFIX):].split("/")
+        if len(parts) == 2 and parts[1] == "invocations" and parts[0]:
+            return parts[0], None
+        if len(parts) == 4 and parts[1] == "served-models" and parts[3] == "invocations" and parts[0] and parts[2]:
+            return parts[0], parts[2]
+        raise GatewayError(404, "ENDPOINT_NOT_FOUND", f"No API found for '{path}'")
+
+    async def _authenticate(self, header: str | None) -> int:
+        raw = token_from_header(header)
+        if raw is None:
+            raise GatewayError(
+                401, "UNAUTHENTICATED", "Missing or malformed Authorization header: use 'Bearer <token>'",
+                {"www-authenticate": 'Bearer realm="modelfleet"'},
+            )
+        now = time.monotonic()
+        cached = self._tokens.get(raw)
+        if cached is not None and cached[0] > now:
+            user_id = cached[1]
+        else:
+            user_id = await sync_to_async(_auth, thread_sensitive=False)(raw)
+            if len(self._tokens) > 10_000:
+                self._tokens.clear()
+            self._tokens[raw] = (now + TOKEN_TTL_SECONDS, user_id)
+        if user_id is None:
+            raise GatewayError(401, "UNAUTHENTICATED", "Invalid access token", {"www-authenticate": 'Bearer realm="modelfleet"'})
+        return user_id
+
+    @staticmethod
+    async def _read_body(receive: Receive) -> bytes:
+        chunks: list[bytes] = []
+        size = 0
+        while True:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                raise GatewayError(400, "BAD_REQUEST", "The client disconnected")
+            chunk = message.get("body", b"")
+            size += len(chunk)
+            if size > MAX_BODY_BYTES:
+                raise GatewayError(413, "RESOURCE_LIMIT_EXCEEDED", "The request body is larger than 16 MiB")
+            chunks.append(chunk)
+            if not message.get("more_body"):
+                return b"".join(chunks)
+
+    async def _table(self, name: str) -> RouteTable:
+        now = time.monotonic()
+        cached = self._tables.get(name)
+        if cached is not None:
+            loaded_at, table = cached
+            fresh = now - loaded_at < self._ttl
+            usable = any(e.replicas for e in table.entities)
+            if fresh and (usable or now - loaded_at < NOT_READY_RECHECK_SECONDS):
+                return table
+        table = await sync_to_async(_load_table, thread_sensitive=False)(name)
+        self._tables[name] = (time.monotonic(), table)
+        return table
+
+    def _choose_entity(self, table: RouteTable, served_name: str | None) -> EntityRoute:
+        if not table.exists:
+            raise GatewayError(404, "RESOURCE_DOES_NOT_EXIST", f"Endpoint '{table.endpoint_name}' does not exist")
+        if table.not_ready_reason:
+            raise GatewayError(
+                503, "TEMPORARILY_UNAVAILABLE",
+                f"Endpoint '{table.endpoint_name}' is not ready: {table.not_ready_reason}",
+                {"retry-after": "1"},
+            )
+        if served_name is not None:
+            entity = table.entity(served_name)
+            if entity is None:
+                raise GatewayError(
+                    404, "RESOURCE_DOES_NOT_EXIST",
+                    f"Served model '{served_name}' does not exist in endpoint '{table.endpoint_name}'",
+                )
+            return entity
+        entity = table.pick_entity(self._rng)
+        if entity is None:
+            raise GatewayError(
+                503, "TEMPORARILY_UNAVAILABLE",
+                f"Endpoint '{table.endpoint_name}' routes no traffic: every route has traffic_percentage 0",
+            )
+        return entity
+
+    def _pick_replica(self, entity: EntityRoute, exclude: set[str]) -> str | None:
+        candidates = [r for r in entity.replicas if r not in exclude]
+        if not candidates:
+            return None
+        return min(candidates, key=lambda r: (self._in_flight[r], self._rng.random()))
+
+    async def _forward(
+        self, table: RouteTable, entity: EntityRoute, body: bytes, content_type: str
+    ) -> tuple[int, dict[str, str], bytes]:
+        tried: set[str] = set()
+        for _attempt in range(2):
+            replica = self._pick_replica(entity, tried)
+            if replica is None:
+                break
+            tried.add(replica)
+            self._in_flight[replica] += 1
+            try:
+                response = await self.client().post(
+                    replica + "/invocations", content=body, headers={"content-type": content_type}
+                )
+            except (httpx.ConnectError, httpx.RemoteProtocolError) as exc:
+                # Nothing reached the model (refused, or reset before any response byte): retry once.
+                log.warning("replica %s of %s failed before answering: %s", replica, entity.name, exc)
+                self._tables.pop(table.endpoint_name, None)
+                continue
+            except httpx.TimeoutException:
+                raise GatewayError(
+                    504, "DEADLINE_EXCEEDED",
+                    f"Served model '{entity.name}' did not answer within {settings.GATEWAY_TIMEOUT_SECONDS:g} seconds",
+                ) from None
+            finally:
+                self._in_flight[replica] -= 1
+            headers = {
+                "content-type": response.headers.get("content-type", "application/json"),
+                "served-model-name": entity.name,
+            }
+            return response.status_code, headers, response.content
+        raise GatewayError(
+            503, "TEMPORARILY_UNAVAILABLE",
+            f"Served model '{entity.name}' of endpoint '{table.endpoint_name}' has no ready replica right now",
+            {"retry-after": "1"},
+        )
+
+
+async def _lifespan(receive: Receive, send: Send, gateway: Gateway) -> None:
+    while True:
+        message = await receive()
+        if message["type"] == "lifespan.startup":
+            await send({"type": "lifespan.startup.complete"})
+        elif message["type"] == "lifespan.shutdown":
+            await gateway.aclose()
+            await send({"type": "lifespan.shutdown.complete"})
+            return
+
+
+def mount(django_app: Any) -> Any:
+    """The ASGI app: the gateway for /serving-endpoints/…, Django for everything else."""
+    gateway = Gateway()
+
+    async def application(scope: dict, receive: Receive, send: Send) -> None:
+        if scope["type"] == "lifespan":
+            await _lifespan(receive, send, gateway)
+        elif scope["type"] == "http" and gateway.handles(scope["path"]):
+            await gateway(scope, receive, send)
+        else:
+            await django_app(scope, receive, send)
+
+    application.gateway = gateway  # type: ignore[attr-defined]
+    return application
+
+

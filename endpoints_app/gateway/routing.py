@@ -1,0 +1,69 @@
+"""Route tables: which replicas serve which served entity of an endpoint, and how to pick one."""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass, field
+
+from endpoints_app.models import ConfigUpdate, Endpoint, Replica, ReplicaState, ServedEntity
+
+
+@dataclass
+class EntityRoute:
+    name: str
+    weight: int
+    replicas: list[str]  # base URLs of ready replicas, e.g. "http://127.0.0.1:41234"
+
+
+@dataclass
+class RouteTable:
+    endpoint_name: str
+    exists: bool
+    entities: list[EntityRoute] = field(default_factory=list)
+    # Why there is nothing to route to, when that is the case (shown in the 503).
+    not_ready_reason: str = ""
+
+    def entity(self, name: str) -> EntityRoute | None:
+        return next((e for e in self.entities if e.name == name), None)
+
+    def pick_entity(self, rng: random.Random) -> EntityRoute | None:
+        """A served entity chosen by the route percentages."""
+        weighted = [e for e in self.entities if e.weight > 0]
+        if not weighted:
+            return None
+        return rng.choices(weighted, weights=[e.weight for e in weighted], k=1)[0]
+
+
+def load_route_table(endpoint_name: str) -> RouteTable:
+    """Read the active config's routes and ready replicas (three small indexed queries)."""
+    endpoint = Endpoint.objects.filter(name=endpoint_name).only("id", "active_config_id", "config_update").first()
+    if endpoint is None:
+        return RouteTable(endpoint_name, exists=False)
+    if endpoint.active_config_id is None:
+        reason = (
+            "its first config is still being deployed"
+            if endpoint.config_update == ConfigUpdate.IN_PROGRESS
+            else "it has no config that deployed successfully"
+        )
+        return RouteTable(endpoint_name, exists=True, not_ready_reason=reason)
+    entities = list(
+        ServedEntity.objects.filter(config_version_id=endpoint.active_config_id).values(
+            "name", "deployment_id", "config_version__traffic_config"
+        )
+    )
+    weights: dict[str, int] = {}
+    if entities:
+        for route in (entities[0]["config_version__traffic_config"] or {}).get("routes", []):
+            target = route.get("served_model_name") or route.get("served_entity_name")
+            weights[target] = int(route.get("traffic_percentage", 0))
+    replicas: dict[int, list[str]] = {}
+    for dep_id, host, port in (
+        Replica.objects.filter(deployment_id__in=[e["deployment_id"] for e in entities], state=ReplicaState.READY)
+        .order_by("index")
+        .values_list("deployment_id", "host", "port")
+    ):
+        replicas.setdefault(dep_id, []).append(f"http://{host}:{port}")
+    table = RouteTable(endpoint_name, exists=True)
+    for e in entities:
+        table.entities.append(EntityRoute(e["name"], weights.get(e["name"], 0), replicas.get(e["deployment_id"], [])))
+    return table

@@ -1,0 +1,445 @@
+"""The runtime agent: one per host; reconciles the desired deployments with model-server processes.
+
+Each pass of the loop (every half second):
+1. Deployments not built yet are built in a worker thread: the model version is resolved in the
+   registry and its files copied into the deployment's folder; every step goes to build.log.
+2. Built deployments get replicas started until they have as many as desired. A replica is a
+   ``model_server`` process whose stdout/stderr is the served model's log (server.log). It is
+   READY when its /health answers; until then it is STARTING.
+3. A replica that exits is restarted with backoff. One that never became ready counts as a failed
+   start; after MODELFLEET_REPLICA_START_ATTEMPTS failed starts the deployment is
+   DEPLOYMENT_FAILED with the error the model server printed (e.g. the load exception).
+4. Deployments whose removal was requested are drained: replicas are marked DRAINING (the gateway
+   stops picking them), kept alive for the gateway's route-cache lifetime and until their
+   in-flight requests finish, then terminated.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ctypes
+import http.client
+import json
+import logging
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+log = logging.getLogger("modelfleet.runtime")
+
+LOOP_SECONDS = 0.5
+MAX_DRAIN_SECONDS = 60.0
+TERM_GRACE_SECONDS = 30.0
+MAX_BACKOFF_SECONDS = 30.0
+
+
+def _set_pdeathsig() -> None:  # pragma: no cover - runs in the child before exec
+    """Children die with the agent (Linux): no orphaned model servers after a crash."""
+    try:
+        libc = ctypes.CDLL("libc.so.6", use_errno=True)
+        libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    except OSError:
+        pass
+
+
+def free_port(host: str) -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind((host, 0))
+        return s.getsockname()[1]
+
+
+def health(host: str, port: int, timeout: float = 0.5) -> dict | None:
+    """The replica's /health JSON when it answers 200, else None."""
+    conn = http.client.HTTPConnection(host, port, timeout=timeout)
+    try:
+        conn.request("GET", "/health")
+        response = conn.getresponse()
+        body = response.read()
+        if response.status != 200:
+            return None
+        return json.loads(body or b"{}")
+    except (OSError, http.client.HTTPException, ValueError):
+        return None
+    finally:
+        conn.close()
+
+
+@dataclass
+class ReplicaProc:
+    replica_id: int
+    deployment_id: int
+    index: int
+    port: int
+    popen: subprocess.Popen
+    started: float = field(default_factory=time.monotonic)
+    ready: bool = False
+    drain_started: float | None = None
+    term_sent: float | None = None
+
+
+@dataclass
+class DeploymentRuntime:
+    """What the agent remembers about one deployment between passes."""
+
+    failed_starts: int = 0
+    restarts: int = 0
+    next_start_at: float = 0.0
+    next_index: int = 0
+    ever_ready: bool = False
+
+
+class Agent:
+    def __init__(self, *, agent_id: str) -> None:
+        from django.conf import settings
+
+        self.agent_id = agent_id
+        self.runtime_dir = Path(settings.RUNTIME_DIR)
+        self.bind_host = settings.RUNTIME_BIND_HOST
+        self.advertise_host = settings.RUNTIME_ADVERTISE_HOST
+        self.start_attempts = settings.REPLICA_START_ATTEMPTS
+        self.ready_timeout = settings.REPLICA_READY_TIMEOUT_SECONDS
+        self.drain_grace = settings.GATEWAY_ROUTE_TTL_SECONDS + 1.0
+        self.procs: dict[int, ReplicaProc] = {}
+        self.state: dict[int, DeploymentRuntime] = {}
+        self.builds: dict[int, Future] = {}
+        self.pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="build")
+        self.stopping = threading.Event()
+
+    # --- lifecycle --------------------------------------------------------------------------------
+
+    def forget_previous_run(self) -> None:
+        """Replica rows left by an earlier run of this agent describe processes that are gone."""
+        from django.utils import timezone
+
+        from endpoints_app.models import Replica, ReplicaState
+
+        stale = Replica.objects.filter(agent_id=self.agent_id).exclude(state=ReplicaState.STOPPED)
+        for pid in stale.exclude(pid__isnull=True).values_list("pid", flat=True):
+            try:
+                os.kill(pid, signal.SIGTERM)
+            except (ProcessLookupError, PermissionError):
+                pass
+        stale.update(state=ReplicaState.STOPPED, stopped_at=timezone.now(), message="runtime agent restarted")
+
+    def run_forever(self) -> None:
+        self.forget_previous_run()
+        log.info("runtime agent %s started (replicas on %s, advertised as %s)", self.agent_id, self.bind_host, self.advertise_host)
+        while not self.stopping.is_set():
+            started = time.monotonic()
+            try:
+                self.reconcile()
+            except Exception:  # one bad pass must not kill the agent; the next pass retries
+                log.exception("reconcile pass failed")
+            self.stopping.wait(max(0.05, LOOP_SECONDS - (time.monotonic() - started)))
+        self.shutdown()
+
+    def shutdown(self) -> None:
+        log.info("runtime agent stopping %d replica(s)", len(self.procs))
+        for proc in self.procs.values():
+            if proc.popen.poll() is None:
+                proc.popen.terminate()
+        deadline = time.monotonic() + 10
+        for proc in self.procs.values():
+            try:
+                proc.popen.wait(timeout=max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                proc.popen.kill()
+        from django.utils import timezone
+
+        from endpoints_app.models import Replica, ReplicaState
+
+        Replica.objects.filter(id__in=list(self.procs)).update(
+            state=ReplicaState.STOPPED, stopped_at=timezone.now(), message="runtime agent stopped"
+        )
+        self.procs.clear()
+        self.pool.shutdown(wait=False, cancel_futures=True)
+
+    # --- the loop ---------------------------------------------------------------------------------
+
+    def reconcile(self) -> None:
+        from django.db import close_old_connections
+
+        from endpoints_app.models import Deployment
+
+        close_old_connections()
+        live_ids = set()
+        for deployment in Deployment.objects.filter(stopped_at__isnull=True).order_by("id"):
+            live_ids.add(deployment.id)
+            if deployment.remove_requested_at is not None:
+                self._drain(deployment)
+            else:
+                self._ensure(deployment)
+        # A deployment row deleted outright: stop whatever still runs for it.
+        for proc in list(self.procs.values()):
+            if proc.deployment_id not in live_ids:
+                self._terminate(proc, force=True)
+                if proc.popen.poll() is not None:
+                    self.procs.pop(proc.replica_id, None)
+
+    def _procs_of(self, deployment_id: int) -> list[ReplicaProc]:
+        return [p for p in self.procs.values() if p.deployment_id == deployment_id]
+
+    def _ensure(self, deployment) -> None:  # type: ignore[no-untyped-def]
+        from endpoints_app.models import DeploymentState
+
+        if deployment.state in (DeploymentState.FAILED, DeploymentState.ABORTED):
+            return
+        if deployment.built_at is None:
+            self._build_async(deployment)
+            return
+        rt = self.state.setdefault(deployment.id, DeploymentRuntime())
+        now = time.monotonic()
+        for proc in self._procs_of(deployment.id):
+            self._check_replica(deployment, rt, proc, now)
+        if deployment.state == DeploymentState.FAILED:
+            return
+        running = self._procs_of(deployment.id)
+        if len(running) < deployment.desired_replicas and now >= rt.next_start_at:
+            self._start_replica(deployment, rt)
+        self._update_deployment_state(deployment, rt)
+
+    def _check_replica(self, deployment, rt: DeploymentRuntime, proc: ReplicaProc, now: float) -> None:  # type: ignore[no-untyped-def]
+        from django.utils import timezone
+
+        from endpoints_app.models import Replica, ReplicaState
+
+        code = proc.popen.poll()
+        if code is not None:
+            self.procs.pop(proc.replica_id, None)
+            reason = _exit_reason(self._server_log(deployment.id), code)
+            Replica.objects.filter(id=proc.replica_id).update(
+                state=ReplicaState.FAILED, stopped_at=timezone.now(), exit_code=code, message=reason
+            )
+            if proc.ready:
+                rt.restarts += 1
+                log.warning("replica %s of %s exited (%s); restarting", proc.index, deployment, reason)
+            else:
+                rt.failed_starts += 1
+                log.warning("replica %s of %s failed to start (%s), attempt %d/%d", proc.index, deployment, reason, rt.failed_starts, self.start_attempts)
+                if rt.failed_starts >= self.start_attempts and not rt.ever_ready:
+                    self._fail(deployment, f"The model server failed to start {rt.failed_starts} times. Last error: {reason}")
+                    return
+            backoff = min(MAX_BACKOFF_SECONDS, 2 ** max(0, rt.failed_starts + rt.restarts - 1))
+            rt.next_start_at = now + backoff
+            return
+        if not proc.ready:
+            if health(self.bind_host_for_checks(), proc.port) is not None:
+                proc.ready = True
+                rt.ever_ready = True
+                rt.failed_starts = 0
+                Replica.objects.filter(id=proc.replica_id).update(state=ReplicaState.READY, ready_at=timezone.now())
+                log.info("replica %s of %s is ready on port %s (%.1fs)", proc.index, deployment, proc.port, now - proc.started)
+            elif now - proc.started > self.ready_timeout:
+                log.warning("replica %s of %s not ready after %.0fs; killing it", proc.index, deployment, self.ready_timeout)
+                self._server_log_note(deployment.id, f"replica {proc.index} did not become ready within {self.ready_timeout:.0f}s; killed")
+                proc.popen.kill()
+
+    def bind_host_for_checks(self) -> str:
+        return "127.0.0.1" if self.bind_host in ("0.0.0.0", "::", "") else self.bind_host
+
+    def _start_replica(self, deployment, rt: DeploymentRuntime) -> None:  # type: ignore[no-untyped-def]
+        from endpoints_app.backends.local import deployment_dir, log_path
+        from endpoints_app.models import Replica
+
+        index = rt.next_index
+        rt.next_index += 1
+        port = free_port(self.bind_host_for_checks())
+        env = {**os.environ, **(deployment.spec.get("environment_vars") or {})}
+        env.update({"MLFLOW_DISABLE_TELEMETRY": "true", "DO_NOT_TRACK": "true", "PYTHONUNBUFFERED": "1"})
+        cmd = [
+            sys.executable, "-m", "endpoints_app.runtime.model_server",
+            "--model-path", deployment.model_path,
+            "--host", self.bind_host, "--port", str(port),
+            "--name", deployment.served_entity_name, "--replica-id", str(index),
+        ]
+        directory = deployment_dir(deployment.id)
+        directory.mkdir(parents=True, exist_ok=True)
+        with open(log_path(deployment.id, "server"), "ab") as out:
+            popen = subprocess.Popen(
+                cmd, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env,
+                cwd=str(Path(__file__).resolve().parents[2]), preexec_fn=_set_pdeathsig,
+            )
+        replica = Replica.objects.create(
+            deployment=deployment, agent_id=self.agent_id, index=index, host=self.advertise_host, port=port, pid=popen.pid
+        )
+        self.procs[replica.id] = ReplicaProc(replica.id, deployment.id, index, port, popen)
+        log.info("started replica %s of %s (pid %s, port %s)", index, deployment, popen.pid, port)
+
+    def _update_deployment_state(self, deployment, rt: DeploymentRuntime) -> None:  # type: ignore[no-untyped-def]
+        from endpoints_app.models import Deployment, DeploymentState
+
+        ready = sum(1 for p in self._procs_of(deployment.id) if p.ready)
+        if ready >= deployment.desired_replicas:
+            state, message = DeploymentState.READY, f"{ready} replica(s) ready."
+        elif rt.ever_ready:
+            state, message = DeploymentState.RECOVERING, f"{ready} of {deployment.desired_replicas} replica(s) ready; restarting the others."
+        else:
+            state, message = DeploymentState.CREATING, "Starting the model server."
+        if (state, message) != (deployment.state, deployment.state_message):
+            Deployment.objects.filter(id=deployment.id, stopped_at__isnull=True).exclude(state=DeploymentState.FAILED).update(
+                state=state, state_message=message
+            )
+
+    def _fail(self, deployment, message: str) -> None:  # type: ignore[no-untyped-def]
+        from endpoints_app.models import Deployment, DeploymentState
+
+        log.error("deployment %s failed: %s", deployment, message)
+        Deployment.objects.filter(id=deployment.id).update(state=DeploymentState.FAILED, state_message=message)
+        deployment.state = DeploymentState.FAILED
+        for proc in self._procs_of(deployment.id):
+            self._terminate(proc, force=True)
+
+    # --- build ------------------------------------------------------------------------------------
+
+    def _build_async(self, deployment) -> None:  # type: ignore[no-untyped-def]
+        future = self.builds.get(deployment.id)
+        if future is None:
+            self.builds[deployment.id] = self.pool.submit(self._build, deployment.id)
+        elif future.done():
+            self.builds.pop(deployment.id, None)
+
+    def _build(self, deployment_id: int) -> None:
+        from django.db import close_old_connections
+        from django.utils import timezone
+
+        from endpoints_app.backends.local import deployment_dir, log_path
+        from endpoints_app.models import Deployment, DeploymentState
+        from endpoints_app.runtime.build import BuildError, prepare_model
+
+        close_old_connections()
+        try:
+            deployment = Deployment.objects.get(id=deployment_id)
+            directory = deployment_dir(deployment_id)
+            directory.mkdir(parents=True, exist_ok=True)
+            with open(log_path(deployment_id, "build"), "a", encoding="utf-8") as build_log:
+                try:
+                    model_path = prepare_model(deployment, directory / "model", build_log)
+                except BuildError as exc:
+                    Deployment.objects.filter(id=deployment_id).update(state=DeploymentState.FAILED, state_message=str(exc))
+                    return
+            Deployment.objects.filter(id=deployment_id).update(
+                model_path=str(model_path), built_at=timezone.now(), state_message="Starting the model server."
+            )
+        except Exception as exc:  # recorded on the deployment; the agent keeps running
+            log.exception("build of deployment %s failed", deployment_id)
+            Deployment.objects.filter(id=deployment_id).update(
+                state=DeploymentState.FAILED, state_message=f"Build failed: {type(exc).__name__}: {exc}"
+            )
+        finally:
+            close_old_connections()
+
+    # --- removal ----------------------------------------------------------------------------------
+
+    def _drain(self, deployment) -> None:  # type: ignore[no-untyped-def]
+        from django.utils import timezone
+
+        from endpoints_app.models import Deployment, DeploymentState, Replica, ReplicaState
+
+        build = self.builds.get(deployment.id)
+        if build is not None and not build.done():
+            return  # let the build finish; its replicas are never started
+        now = time.monotonic()
+        for proc in self._procs_of(deployment.id):
+            if proc.popen.poll() is not None:
+                self.procs.pop(proc.replica_id, None)
+                Replica.objects.filter(id=proc.replica_id).update(state=ReplicaState.STOPPED, stopped_at=timezone.now())
+                continue
+            if proc.drain_started is None:
+                proc.drain_started = now
+                Replica.objects.filter(id=proc.replica_id).update(state=ReplicaState.DRAINING)
+                continue
+            if proc.term_sent is None and now - proc.drain_started >= self.drain_grace:
+                status = health(self.bind_host_for_checks(), proc.port) if proc.ready else None
+                idle = status is None or not status.get("in_flight")
+                if idle or now - proc.drain_started > MAX_DRAIN_SECONDS:
+                    self._terminate(proc)
+            elif proc.term_sent is not None and now - proc.term_sent > TERM_GRACE_SECONDS:
+                proc.popen.kill()
+        if not self._procs_of(deployment.id):
+            if deployment.state == DeploymentState.FAILED:
+                final = DeploymentState.FAILED
+            elif deployment.state == DeploymentState.CREATING:
+                final = DeploymentState.ABORTED
+            else:
+                final = DeploymentState.STOPPED
+            message = deployment.state_message if final == DeploymentState.FAILED else (
+                "Removed before it became ready." if final == DeploymentState.ABORTED else "Stopped: no config serves it any more."
+            )
+            Deployment.objects.filter(id=deployment.id).update(state=final, state_message=message, stopped_at=timezone.now())
+            self.state.pop(deployment.id, None)
+            self.builds.pop(deployment.id, None)
+            log.info("deployment %s removed", deployment)
+
+    def _terminate(self, proc: ReplicaProc, *, force: bool = False) -> None:
+        if proc.popen.poll() is not None:
+            return
+        if proc.term_sent is None:
+            proc.popen.terminate()
+            proc.term_sent = time.monotonic()
+        elif force and time.monotonic() - proc.term_sent > TERM_GRACE_SECONDS:
+            proc.popen.kill()
+
+    # --- logs -------------------------------------------------------------------------------------
+
+    def _server_log(self, deployment_id: int) -> str:
+        from endpoints_app.backends.local import log_path, read_tail
+
+        return read_tail(log_path(deployment_id, "server"), 16_000)
+
+    def _server_log_note(self, deployment_id: int, line: str) -> None:
+        from endpoints_app.backends.local import log_path
+
+        with open(log_path(deployment_id, "server"), "a", encoding="utf-8") as fh:
+            fh.write(f"{time.strftime('%Y-%m-%d %H:%M:%S')} runtime: {line}\n")
+
+
+def _exit_reason(log_tail: str, code: int) -> str:
+    """The most useful line of a dead model server's output."""
+    lines = [line.strip() for line in log_tail.splitlines() if line.strip()]
+    for line in reversed(lines):
+        if "model load failed:" in line:
+            return line[line.index("model load failed:"):]
+    for line in reversed(lines):
+        if line.startswith(("Traceback", "  File")):
+            continue
+        if "Error" in line or "Exception" in line:
+            return f"{line[:500]} (exit code {code})"
+    return f"exit code {code}"
+
+
+def main(args: argparse.Namespace | None = None) -> int:
+    """``modelfleet runtime``: run the agent for this host until SIGTERM/SIGINT."""
+    os.environ.setdefault("DJANGO_SETTINGS_MODULE", "dashboard.settings")
+    os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+    os.environ.setdefault("DO_NOT_TRACK", "true")
+    import django
+
+    django.setup()
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    agent_id = getattr(args, "agent_id", None) or os.environ.get("MODELFLEET_RUNTIME_AGENT_ID") or socket.gethostname()
+    agent = Agent(agent_id=agent_id)
+
+    def _stop(signum: int, frame: object) -> None:
+        agent.stopping.set()
+
+    signal.signal(signal.SIGTERM, _stop)
+    signal.signal(signal.SIGINT, _stop)
+    if getattr(args, "once", False):
+        agent.forget_previous_run()
+        agent.reconcile()
+        return 0
+    agent.run_forever()
+    return 0
+
+
+
+
+if __name__ == "__main__":
+    sys.exit(main())

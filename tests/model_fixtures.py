@@ -1,0 +1,158 @@
+"""Build tiny MLflow models on disk for tests that need a real model server.
+
+Every helper writes a complete MLflow model directory (``MLmodel`` and friends) at ``path`` and
+returns that path, so a test can hand it straight to ``endpoints_app.runtime.model_server``.
+
+The custom pyfunc models are pickled *by value* (``cloudpickle.register_pickle_by_value``):
+the server runs in another process whose ``sys.path`` need not contain this ``tests`` folder,
+so pickling the classes by reference (``tests.model_fixtures.ConstantModel``) would fail to
+load there.  By value, the pickle carries the class body and needs only mlflow and the standard
+library on the loading side.
+"""
+
+from __future__ import annotations
+
+import os
+
+# Set before mlflow is imported anywhere in this process: tests must never phone home.
+os.environ["MLFLOW_DISABLE_TELEMETRY"] = "true"
+os.environ["DO_NOT_TRACK"] = "true"
+
+import sys  # noqa: E402
+import time  # noqa: E402
+from collections.abc import Iterator  # noqa: E402
+from contextlib import contextmanager  # noqa: E402
+from pathlib import Path  # noqa: E402
+from typing import Any  # noqa: E402
+
+import cloudpickle  # noqa: E402
+import mlflow.pyfunc  # noqa: E402
+import mlflow.sklearn  # noqa: E402
+import pandas as pd  # noqa: E402
+from mlflow.models import ModelSignature, infer_signature  # noqa: E402
+from mlflow.types import ParamSchema, ParamSpec  # noqa: E402
+
+IRIS_COLUMNS: list[str] = ["sepal_length", "sepal_width", "petal_length", "petal_width"]
+
+
+def iris_frame() -> tuple[pd.DataFrame, pd.Series]:
+    """Return sklearn's bundled iris data as (features with readable column names, labels)."""
+    from sklearn.datasets import load_iris
+
+    iris = load_iris()
+    features = pd.DataFrame(iris.data, columns=IRIS_COLUMNS)
+    labels = pd.Series(iris.target, name="species")
+    return features, labels
+
+
+def save_iris_model(path: str | Path, *, multiply: int = 1) -> Path:
+    """Train a LogisticRegression on iris and save it as an MLflow sklearn model with a signature.
+
+    ``multiply`` scales the training features, so two models saved with different values give
+    different predictions for the same input, which lets a test tell model versions apart while
+    keeping the same signature.
+    """
+    import sklearn
+    from sklearn.linear_model import LogisticRegression
+
+    path = Path(path)
+    features, labels = iris_frame()
+    model = LogisticRegression(max_iter=500)
+    model.fit(features * multiply, labels)
+    signature = infer_signature(features, labels)
+    mlflow.sklearn.save_model(
+        model,
+        str(path),
+        signature=signature,
+        # Explicit requirements skip mlflow's inference, which re-loads the model in a
+        # subprocess and costs about five seconds per save.
+        pip_requirements=[f"scikit-learn=={sklearn.__version__}"],
+    )
+    return path
+
+
+class ConstantModel(mlflow.pyfunc.PythonModel):
+    """Answer every input row with the same label (or the ``value`` param when one is sent)."""
+
+    def __init__(self, value: str) -> None:
+        self.value = value
+
+    # predict() is deliberately left without type hints on the input and output: mlflow reads
+    # them to infer a signature (and then insists on an ``inputs``-only request format).
+    def predict(self, context, model_input, params=None):  # type: ignore[no-untyped-def]
+        """Return one label per input row; a request's ``params.value`` overrides the default."""
+        value = (params or {}).get("value", self.value)
+        return [value] * len(model_input)
+
+
+class SlowModel(mlflow.pyfunc.PythonModel):
+    """Sleep for a fixed time before answering; used to test draining and graceful shutdown."""
+
+    def __init__(self, seconds: float) -> None:
+        self.seconds = seconds
+
+    def predict(self, context, model_input, params=None):  # type: ignore[no-untyped-def]
+        """Sleep, then return the row count for each row, so the answer is easy to check."""
+        time.sleep(self.seconds)
+        return [len(model_input)] * len(model_input)
+
+
+class BrokenModel(mlflow.pyfunc.PythonModel):
+    """Fail while loading, like a model whose artifacts were damaged after registration."""
+
+    def load_context(self, context: Any) -> None:
+        """Raise the error the server must report before it ever answers /health with 200."""
+        raise RuntimeError("weights file is corrupt")
+
+    def predict(self, context, model_input, params=None):  # type: ignore[no-untyped-def]
+        """Never reached: loading fails first."""
+        return [0] * len(model_input)
+
+
+@contextmanager
+def _pickled_by_value() -> Iterator[None]:
+    """Pickle this module's classes by value while a model is being saved (see module docstring).
+
+    The registration is undone afterwards so that nothing else pickled in the test process
+    changes behaviour.
+    """
+    module = sys.modules[__name__]
+    cloudpickle.register_pickle_by_value(module)
+    try:
+        yield
+    finally:
+        cloudpickle.unregister_pickle_by_value(module)
+
+
+def _save_pyfunc(path: Path, python_model: mlflow.pyfunc.PythonModel, signature: ModelSignature | None) -> Path:
+    with _pickled_by_value():
+        mlflow.pyfunc.save_model(
+            str(path),
+            python_model=python_model,
+            signature=signature,
+            # Explicit requirements skip mlflow's inference (see save_iris_model); for
+            # BrokenModel that inference would also run load_context and log its failure.
+            pip_requirements=[f"cloudpickle=={cloudpickle.__version__}"],
+        )
+    return path
+
+
+def save_constant_model(path: str | Path, value: str) -> Path:
+    """Save a pyfunc model that predicts ``value`` for every row, whatever the input columns.
+
+    Its signature declares only a ``value`` param (default: ``value``), so inputs are not
+    schema-checked and a request may override the label with ``{"params": {"value": "..."}}``.
+    Useful to tell versions apart in traffic-split tests.
+    """
+    signature = ModelSignature(params=ParamSchema([ParamSpec("value", "string", value)]))
+    return _save_pyfunc(Path(path), ConstantModel(value), signature)
+
+
+def save_slow_model(path: str | Path, seconds: float) -> Path:
+    """Save a pyfunc model whose every prediction takes ``seconds`` (no input schema)."""
+    return _save_pyfunc(Path(path), SlowModel(seconds), None)
+
+
+def save_broken_model(path: str | Path) -> Path:
+    """Save a pyfunc model whose ``load_context`` raises ``RuntimeError("weights file is corrupt")``."""
+    return _save_pyfunc(Path(path), BrokenModel(), None)
