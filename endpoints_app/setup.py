@@ -69,7 +69,6 @@ def ensure_demo_model() -> list[str]:
     from mlflow.models import infer_signature
     from sklearn.datasets import load_iris
     from sklearn.linear_model import LogisticRegression
-    from sklearn.tree import DecisionTreeClassifier
 
     import mlflow.sklearn
     from endpoints_app import registry
@@ -80,7 +79,8 @@ def ensure_demo_model() -> list[str]:
         return versions
     X, y = load_iris(return_X_y=True, as_frame=True)
     X.columns = ["sepal_length", "sepal_width", "petal_length", "petal_width"]
-    candidates = [LogisticRegression(max_iter=500), DecisionTreeClassifier(max_depth=3, random_state=0)]
+    # Version 2 is regularised harder: a different model of the same signature, for A/B tests.
+    candidates = [LogisticRegression(max_iter=500), LogisticRegression(C=0.05, max_iter=500)]
     for model in candidates[len(versions):]:
         model.fit(X, y)
         with tempfile.TemporaryDirectory() as tmp:
@@ -94,9 +94,9 @@ def ensure_demo_model() -> list[str]:
 
 
 def write_cli_profile(host: str, token: str) -> tuple[Path, bool]:
-    from endpoints_app.cli.config import default_config_path, write_default_profile
+    from endpoints_app.cli.config import config_path, write_default_profile
 
-    path = default_config_path()
+    path = config_path()
     return path, write_default_profile(path, host, token)
 
 

@@ -86,10 +86,16 @@ class ConstantModel(mlflow.pyfunc.PythonModel):
 
 
 class SlowModel(mlflow.pyfunc.PythonModel):
-    """Sleep for a fixed time before answering; used to test draining and graceful shutdown."""
+    """Sleep before answering (and optionally while loading): for draining, shutdown and
+    "still loading" tests."""
 
-    def __init__(self, seconds: float) -> None:
+    def __init__(self, seconds: float, load_seconds: float) -> None:
         self.seconds = seconds
+        self.load_seconds = load_seconds
+
+    def load_context(self, context: Any) -> None:
+        """Stand in for a model whose weights take a while to load."""
+        time.sleep(self.load_seconds)
 
     def predict(self, context, model_input, params=None):  # type: ignore[no-untyped-def]
         """Sleep, then return the row count for each row, so the answer is easy to check."""
@@ -148,9 +154,10 @@ def save_constant_model(path: str | Path, value: str) -> Path:
     return _save_pyfunc(Path(path), ConstantModel(value), signature)
 
 
-def save_slow_model(path: str | Path, seconds: float) -> Path:
-    """Save a pyfunc model whose every prediction takes ``seconds`` (no input schema)."""
-    return _save_pyfunc(Path(path), SlowModel(seconds), None)
+def save_slow_model(path: str | Path, seconds: float, *, load_seconds: float = 0.0) -> Path:
+    """Save a pyfunc model whose every prediction takes ``seconds`` and whose load takes
+    ``load_seconds`` (no input schema; it answers the row count for each row)."""
+    return _save_pyfunc(Path(path), SlowModel(seconds, load_seconds), None)
 
 
 def save_broken_model(path: str | Path) -> Path:

@@ -66,7 +66,8 @@ from typing import Any  # noqa: E402
 import mlflow.pyfunc  # noqa: E402
 import uvicorn  # noqa: E402
 from mlflow.exceptions import MlflowException  # noqa: E402
-from mlflow.pyfunc.scoring_server import _parse_json_data, parse_csv_input  # noqa: E402
+from mlflow.pyfunc.scoring_server import SUPPORTED_FORMATS, _parse_json_data, parse_csv_input  # noqa: E402
+from mlflow.pyfunc.utils.serving_data_parser import is_unified_llm_input  # noqa: E402
 from mlflow.utils.proto_json_utils import NumpyEncoder, _get_jsonable_obj  # noqa: E402
 
 logger = logging.getLogger("endpoints_app.runtime.model_server")
@@ -148,7 +149,9 @@ class ServedModel:
         self.model = model
         self.metadata = model.metadata
         self.input_schema = model.metadata.get_input_schema()
+        self.has_params_schema = model.metadata.get_params_schema() is not None
         self.accepts_params = "params" in inspect.signature(model.predict).parameters
+        self._warned_params_ignored = False
 
     def predict_json(self, body: bytes) -> bytes:
         """Answer one JSON request body; runs in a worker thread.
@@ -165,6 +168,13 @@ class ServedModel:
             raise RequestError(
                 400, "INVALID_PARAMETER_VALUE", f"{INPUT_KEYS_HELP} Got a JSON {type(payload).__name__}."
             )
+        if not is_unified_llm_input(payload) and sum(key in SUPPORTED_FORMATS for key in payload) != 1:
+            # MLflow's own message lists only the recognised keys (so "[]" for {"foo": 1}) and
+            # appends a long note about MLflow 1.x; say what was actually sent instead.  Other
+            # keys beside one input key stay allowed (and ignored), as in MLflow.
+            raise RequestError(
+                400, "INVALID_PARAMETER_VALUE", client_message(f"{INPUT_KEYS_HELP} Got keys: {list(payload)}.")
+            )
         try:
             # Given a dict, MLflow's parser skips its own json.loads: the body is decoded once.
             parsed = _parse_json_data(payload, self.metadata, self.input_schema)
@@ -174,7 +184,14 @@ class ServedModel:
             raise RequestError(
                 400, "INVALID_PARAMETER_VALUE", client_message(f"Could not read the model input: {exc}")
             ) from exc
-        predictions = self._predict(parsed.data, parsed.params)
+        params = parsed.params
+        if params and not self.has_params_schema:
+            # MLflow would ignore them too, but with a warning on every request; warn once.
+            if not self._warned_params_ignored:
+                self._warned_params_ignored = True
+                logger.warning("ignoring request params: the model's signature defines no params schema")
+            params = None
+        predictions = self._predict(parsed.data, params)
         if parsed.is_unified_llm_input:
             # Chat/completions/embeddings bodies get the model output unwrapped, as MLflow does.
             return self._to_json(predictions, wrap=False)
@@ -407,8 +424,9 @@ def _too_large() -> RequestError:
         413,
         "RESOURCE_LIMIT_EXCEEDED",
         f"The request body is larger than {MAX_BODY_BYTES // (1024 * 1024)} MiB.",
-        # The rest of an oversized body is never read; closing is cheaper than draining it.
-        headers=[(b"connection", b"close")],
+        # The connection stays open: uvicorn discards the unread rest of the body once the
+        # response is sent.  Closing instead would leave unread bytes in the socket, so the
+        # kernel would answer with a reset and the client might never see this 413.
     )
 
 
