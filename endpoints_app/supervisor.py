@@ -225,4 +225,6 @@ def _wait_for_http(bind: str, seconds: float) -> bool:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    _parser = argparse.ArgumentParser(prog="python -m endpoints_app.supervisor")
+    _parser.add_argument("--no-setup", action="store_true")
+    sys.exit(main(_parser.parse_args()))
