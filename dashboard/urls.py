@@ -3,6 +3,7 @@ from __future__ import annotations
 from django.contrib import admin
 from django.urls import path
 
+from endpoints_app import views as pages
 from endpoints_app.api import views as api
 
 handler404 = "endpoints_app.api.errors.json_404"
@@ -11,6 +12,7 @@ handler500 = "endpoints_app.api.errors.json_500"
 EP = "api/2.0/serving-endpoints"
 
 urlpatterns = [
+    path("", pages.endpoint_list, name="endpoint_list"),
     path("admin/", admin.site.urls),
     path(".well-known/databricks-config", api.WellKnownConfigView.as_view()),
     path(EP, api.EndpointListView.as_view()),

@@ -67,9 +67,11 @@ class ServerProcess:
                 self.process.wait(timeout=10)
 
 
-def start_server(model_path: Path, log_dir: Path, *, name: str = "iris-1", replica_id: int = 0) -> ServerProcess:
+def start_server(
+    model_path: Path, log_dir: Path, *, name: str = "iris-1", replica_id: int = 0, port: int | None = None
+) -> ServerProcess:
     """Start a model server subprocess; its stdout/stderr go to a log file, as the agent does."""
-    port = free_port()
+    port = port or free_port()
     log_path = log_dir / f"{name}-{replica_id}-{port}.log"
     env = {**os.environ, "MLFLOW_DISABLE_TELEMETRY": "true", "DO_NOT_TRACK": "true", "PYTHONPATH": str(REPO_ROOT)}
     command = [
@@ -372,6 +374,21 @@ def test_a_model_that_fails_to_load_exits_with_the_reason(tmp_path: Path) -> Non
     assert returncode == 3
     assert "model load failed: RuntimeError: weights file is corrupt" in server.log()
     assert "Traceback (most recent call last)" in server.log()
+
+
+def test_a_port_in_use_exits_with_4(tmp_path: Path) -> None:
+    model_path = save_constant_model(tmp_path / "constant", "v1")
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        server = start_server(model_path, tmp_path, name="clash-1", port=taken.getsockname()[1])
+        try:
+            returncode = server.process.wait(timeout=READY_TIMEOUT_S)
+        finally:
+            server.stop()
+
+    assert returncode == 4
+    assert "address already in use" in server.log()
 
 
 def test_sigterm_stops_accepting_but_finishes_the_request_in_flight(tmp_path: Path) -> None:
