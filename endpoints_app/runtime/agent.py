@@ -38,6 +38,10 @@ LOOP_SECONDS = 0.5
 MAX_DRAIN_SECONDS = 60.0
 TERM_GRACE_SECONDS = 30.0
 MAX_BACKOFF_SECONDS = 30.0
+_CHILD_ENV_ALLOWLIST = {
+    "PATH", "HOME", "LANG", "TZ", "TMPDIR", "PYTHONPATH", "VIRTUAL_ENV", "CUDA_VISIBLE_DEVICES",
+    "OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE", "OMP_NUM_THREADS", "MKL_NUM_THREADS",
+}
 
 
 def _set_pdeathsig() -> None:  # pragma: no cover - runs in the child before exec
@@ -251,7 +255,10 @@ class Agent:
         index = rt.next_index
         rt.next_index += 1
         port = free_port(self.bind_host_for_checks())
-        env = {**os.environ, **(deployment.spec.get("environment_vars") or {})}
+        # The model is user code: it gets a minimal environment plus its own environment_vars,
+        # never the control plane's database URL or secret key.
+        env = {k: v for k, v in os.environ.items() if k in _CHILD_ENV_ALLOWLIST or k.startswith("LC_")}
+        env.update(deployment.spec.get("environment_vars") or {})
         env.update({"MLFLOW_DISABLE_TELEMETRY": "true", "DO_NOT_TRACK": "true", "PYTHONUNBUFFERED": "1"})
         cmd = [
             sys.executable, "-m", "endpoints_app.runtime.model_server",
