@@ -151,6 +151,7 @@ STATIC_ROOT = DATA_DIR / "staticfiles"
 # WhiteNoise serves static files from the app's own folders (and npm's node_modules, later), so
 # the product needs no separate web server and no collectstatic step.
 WHITENOISE_USE_FINDERS = True
+STATIC_ROOT.mkdir(parents=True, exist_ok=True)
 WHITENOISE_AUTOREFRESH = DEBUG
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 LOGIN_URL = "/admin/login/"

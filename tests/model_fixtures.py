@@ -30,6 +30,7 @@ import mlflow.pyfunc  # noqa: E402
 import mlflow.sklearn  # noqa: E402
 import pandas as pd  # noqa: E402
 from mlflow.models import ModelSignature, infer_signature  # noqa: E402
+from mlflow.pyfunc import PythonModel  # noqa: E402
 from mlflow.types import ParamSchema, ParamSpec  # noqa: E402
 
 IRIS_COLUMNS: list[str] = ["sepal_length", "sepal_width", "petal_length", "petal_width"]
@@ -48,9 +49,11 @@ def iris_frame() -> tuple[pd.DataFrame, pd.Series]:
 def save_iris_model(path: str | Path, *, multiply: int = 1) -> Path:
     """Train a LogisticRegression on iris and save it as an MLflow sklearn model with a signature.
 
-    ``multiply`` scales the training features, so two models saved with different values give
-    different predictions for the same input, which lets a test tell model versions apart while
-    keeping the same signature.
+    ``multiply`` scales the training features, so models saved with different values keep the
+    same signature but answer differently, which lets a test tell versions apart.  Measured
+    (scikit-learn 1.9): ``multiply=1`` and ``multiply=2`` agree on the 50 setosa rows (0-49,
+    both say 0) and differ on every one of rows 50-149; e.g. row 100,
+    ``iris_frame()[0].iloc[[100]]``, is 2 for ``multiply=1`` and 1 for ``multiply=2``.
     """
     import sklearn
     from sklearn.linear_model import LogisticRegression
@@ -71,7 +74,7 @@ def save_iris_model(path: str | Path, *, multiply: int = 1) -> Path:
     return path
 
 
-class ConstantModel(mlflow.pyfunc.PythonModel):
+class ConstantModel(PythonModel):
     """Answer every input row with the same label (or the ``value`` param when one is sent)."""
 
     def __init__(self, value: str) -> None:
@@ -85,7 +88,7 @@ class ConstantModel(mlflow.pyfunc.PythonModel):
         return [value] * len(model_input)
 
 
-class SlowModel(mlflow.pyfunc.PythonModel):
+class SlowModel(PythonModel):
     """Sleep before answering (and optionally while loading): for draining, shutdown and
     "still loading" tests."""
 
@@ -103,7 +106,7 @@ class SlowModel(mlflow.pyfunc.PythonModel):
         return [len(model_input)] * len(model_input)
 
 
-class BrokenModel(mlflow.pyfunc.PythonModel):
+class BrokenModel(PythonModel):
     """Fail while loading, like a model whose artifacts were damaged after registration."""
 
     def load_context(self, context: Any) -> None:
@@ -130,7 +133,7 @@ def _pickled_by_value() -> Iterator[None]:
         cloudpickle.unregister_pickle_by_value(module)
 
 
-def _save_pyfunc(path: Path, python_model: mlflow.pyfunc.PythonModel, signature: ModelSignature | None) -> Path:
+def _save_pyfunc(path: Path, python_model: PythonModel, signature: ModelSignature | None) -> Path:
     with _pickled_by_value():
         mlflow.pyfunc.save_model(
             str(path),

@@ -307,3 +307,23 @@ def test_models_register_and_list_with_the_cli(stack, tmp_path):
     assert "main.default.cli_model" in names
     not_a_model = modelfleet(stack, "models", "register", str(tmp_path), "--name", "x")
     assert not_a_model.returncode != 0
+
+
+def test_a_crashed_replica_is_restarted_and_serves_again(stack, sdk, registered_models):
+    import signal
+
+    sdk.serving_endpoints.create_and_wait(
+        name="e2e-crash", config=EndpointCoreConfigInput(name="e2e-crash", served_entities=[entity(registered_models["iris"], "1")]), timeout=TIMEOUT
+    )
+    replica = Replica.objects.get(deployment__endpoint__name="e2e-crash", state=ReplicaState.READY)
+    os.kill(replica.pid, signal.SIGKILL)
+    record = {"inputs": [dict(zip(IRIS_COLUMNS, ROW, strict=True))]}
+    deadline = time.monotonic() + 30
+    while True:
+        time.sleep(0.5)
+        if Replica.objects.filter(deployment=replica.deployment, state=ReplicaState.READY).exclude(id=replica.id).exists():
+            if query(stack, "e2e-crash", record).status_code == 200:
+                break
+        assert time.monotonic() < deadline, "the crashed replica was not replaced within 30s"
+    assert Replica.objects.get(id=replica.id).state == ReplicaState.FAILED
+    assert sdk.serving_endpoints.get(name="e2e-crash").state.ready == EndpointStateReady.READY

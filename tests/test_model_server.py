@@ -391,21 +391,22 @@ def test_a_port_in_use_exits_with_4(tmp_path: Path) -> None:
     assert "address already in use" in server.log()
 
 
-def test_sigterm_stops_accepting_but_finishes_the_request_in_flight(tmp_path: Path) -> None:
+def test_it_reports_loading_then_on_sigterm_stops_accepting_but_finishes_the_request_in_flight(tmp_path: Path) -> None:
     server = start_server(save_slow_model(tmp_path / "slow", 2.0, load_seconds=2.0), tmp_path, name="slow-1")
     try:
         health_seen = wait_ready(server)
         result: dict[str, requests.Response] = {}
-        request = threading.Thread(
-            target=lambda: result.setdefault(
-                "response", requests.post(f"{server.url}/invocations", json={"inputs": [7, 8]}, timeout=30)
-            )
-        )
+
+        def slow_request() -> None:
+            result["response"] = requests.post(f"{server.url}/invocations", json={"inputs": [7, 8]}, timeout=30)
+
+        request = threading.Thread(target=slow_request)
         request.start()
         in_flight = 0
         deadline = time.monotonic() + 10
         while in_flight == 0 and time.monotonic() < deadline:
             in_flight = requests.get(f"{server.url}/health", timeout=5).json()["in_flight"]
+            time.sleep(0.01)
 
         server.process.send_signal(signal.SIGTERM)
         refused = False

@@ -69,6 +69,7 @@ from typing import Any  # noqa: E402
 import mlflow.pyfunc  # noqa: E402
 import uvicorn  # noqa: E402
 from mlflow.exceptions import MlflowException  # noqa: E402
+from mlflow.pyfunc import PyFuncModel  # noqa: E402
 from mlflow.pyfunc.scoring_server import SUPPORTED_FORMATS, _parse_json_data, parse_csv_input  # noqa: E402
 from mlflow.pyfunc.utils.serving_data_parser import is_unified_llm_input  # noqa: E402
 from mlflow.utils.proto_json_utils import NumpyEncoder, _get_jsonable_obj  # noqa: E402
@@ -151,7 +152,7 @@ def error_body(error_code: str, message: str) -> bytes:
 class ServedModel:
     """A loaded pyfunc model plus what can be worked out once instead of on every request."""
 
-    def __init__(self, model: mlflow.pyfunc.PyFuncModel) -> None:
+    def __init__(self, model: PyFuncModel) -> None:
         self.model = model
         self.metadata = model.metadata
         self.input_schema = model.metadata.get_input_schema()
@@ -565,11 +566,12 @@ def _load_in_background(app: ModelServerApp, server: uvicorn.Server, model_path:
 async def serve(*, model_path: Path, host: str, port: int, name: str, replica_id: int, threads: int) -> int:
     """Serve until a stop signal (exit code 0), a failed model load (3) or a failed bind (4)."""
     app = ModelServerApp(name=name, replica_id=replica_id, threads=threads)
+    protocol = http_protocol_class()
     config = uvicorn.Config(
         app,
         host=host,
         port=port,
-        http=http_protocol_class(),
+        http=protocol,
         ws="none",
         lifespan="off",
         log_level="warning",
@@ -586,7 +588,7 @@ async def serve(*, model_path: Path, host: str, port: int, name: str, replica_id
         host,
         port,
         os.getpid(),
-        config.http.__name__,
+        protocol.__name__,
         threads,
     )
     _load_in_background(app, server, model_path)
