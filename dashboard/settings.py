@@ -61,7 +61,7 @@ REDIS_IS_EMBEDDED = _redis_url is None
 REDIS_URL = _redis_url or f"unix://{REDIS_SOCKET}"
 CELERY_BROKER_URL = f"redis+socket://{REDIS_SOCKET}" if REDIS_IS_EMBEDDED else REDIS_URL
 if CELERY_BROKER_URL.startswith("unix://"):
-    CELERY_BROKER_URL = "redis+socket://" + CELERY_BROKER_URL[len("unix://"):]
+    CELERY_BROKER_URL = "redis+socket://" + CELERY_BROKER_URL[len("unix://") :]
 CELERY_TASK_SERIALIZER = "json"
 CELERY_ACCEPT_CONTENT = ["json"]
 CELERY_RESULT_BACKEND = None
@@ -72,9 +72,10 @@ CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
 CELERY_WORKER_HIJACK_ROOT_LOGGER = False
 
 # --- mlflow registry -----------------------------------------------------------------------
-MLFLOW_TRACKING_URI = env_url(
-    "MLFLOW_TRACKING_URI", ("sqlite", "postgresql", "postgresql+psycopg", "mysql", "http", "https", "file")
-) or f"sqlite:///{DATA_DIR / 'mlflow.sqlite3'}"
+MLFLOW_TRACKING_URI = (
+    env_url("MLFLOW_TRACKING_URI", ("sqlite", "postgresql", "postgresql+psycopg", "mysql", "http", "https", "file"))
+    or f"sqlite:///{DATA_DIR / 'mlflow.sqlite3'}"
+)
 MODEL_STORE_DIR = DATA_DIR / "models"  # where registered model directories are copied to
 
 # --- runtime ----------------------------------------------------------------------------------

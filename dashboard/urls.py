@@ -6,6 +6,8 @@ from django.urls import path
 from endpoints_app import views as pages
 from endpoints_app.api import views as api
 
+handler400 = "endpoints_app.api.errors.json_400"
+handler403 = "endpoints_app.api.errors.json_403"
 handler404 = "endpoints_app.api.errors.json_404"
 handler500 = "endpoints_app.api.errors.json_500"
 

@@ -45,7 +45,10 @@ def endpoint_is_ready(endpoint: Endpoint) -> bool:
 def served_entity_for_logs(endpoint: Endpoint, served_name: str) -> ServedEntity:
     """The served entity of that name in the pending config (the newest), else in the active one."""
     configs = []
-    if endpoint.pending_config is not None and endpoint.config_update in (ConfigUpdate.IN_PROGRESS, ConfigUpdate.UPDATE_FAILED):
+    if endpoint.pending_config is not None and endpoint.config_update in (
+        ConfigUpdate.IN_PROGRESS,
+        ConfigUpdate.UPDATE_FAILED,
+    ):
         configs.append(endpoint.pending_config)
     if endpoint.active_config is not None:
         configs.append(endpoint.active_config)

@@ -53,7 +53,10 @@ def bootstrap_admin() -> dict[str, str]:
         user = User.objects.create_superuser(ADMIN_USERNAME, "admin@localhost", password)
         saved["password"] = password
     token = settings.BOOTSTRAP_TOKEN or saved.get("token")
-    if not token or not AccessToken.objects.filter(digest=hash_token(token), user=user, revoked_at__isnull=True).exists():
+    if (
+        not token
+        or not AccessToken.objects.filter(digest=hash_token(token), user=user, revoked_at__isnull=True).exists()
+    ):
         if token and AccessToken.objects.filter(digest=hash_token(token)).exists():
             token = None  # that token belongs to someone else or was revoked: make a new one
         _, token = create_token(user=user, comment="bootstrap token (make run)", raw=token)
@@ -66,11 +69,11 @@ def bootstrap_admin() -> dict[str, str]:
 
 def ensure_demo_model() -> list[str]:
     """Register the demo classifier (two versions, trained on scikit-learn's bundled iris data)."""
+    import mlflow.sklearn
     from mlflow.models import infer_signature
     from sklearn.datasets import load_iris
     from sklearn.linear_model import LogisticRegression
 
-    import mlflow.sklearn
     from endpoints_app import registry
 
     existing = registry.list_registered_models(DEMO_MODEL)
@@ -81,7 +84,7 @@ def ensure_demo_model() -> list[str]:
     X.columns = ["sepal_length", "sepal_width", "petal_length", "petal_width"]
     # Version 2 is regularised harder: a different model of the same signature, for A/B tests.
     candidates = [LogisticRegression(max_iter=500), LogisticRegression(C=0.05, max_iter=500)]
-    for model in candidates[len(versions):]:
+    for model in candidates[len(versions) :]:
         model.fit(X, y)
         with tempfile.TemporaryDirectory() as tmp:
             path = Path(tmp) / "model"
@@ -133,7 +136,9 @@ def main(args: argparse.Namespace | None = None) -> int:
     saved = bootstrap_admin()
     versions = ensure_demo_model()
     path, wrote = write_cli_profile(settings.PUBLIC_URL, saved["token"])
-    print(f"setup: database migrated; admin '{saved['username']}' ready; demo model {DEMO_MODEL} versions {', '.join(versions)}")
+    print(
+        f"setup: database migrated; admin '{saved['username']}' ready; demo model {DEMO_MODEL} versions {', '.join(versions)}"
+    )
     print(f"setup: CLI profile DEFAULT {'written to' if wrote else 'already in'} {path}")
     return 0
 

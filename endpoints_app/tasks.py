@@ -26,3 +26,4 @@ def sweep_rollouts() -> None:
     """Beat: restart the chain of any rollout nobody has checked recently (e.g. a worker restart)."""
     for endpoint_id in rollouts.lost_rollouts():
         start_rollout.delay(endpoint_id)
+    rollouts.remove_orphaned_deployments()

@@ -174,7 +174,9 @@ def parse_core_config(data: Any, *, where: str = "config") -> CoreConfig:
     if not items:
         raise InvalidParameterValue(f"{where}.{key} must name at least one served entity")
     if len(items) > MAX_SERVED_ENTITIES:
-        raise InvalidParameterValue(f"{where}.{key} has {len(items)} entries; an endpoint serves at most {MAX_SERVED_ENTITIES}")
+        raise InvalidParameterValue(
+            f"{where}.{key} has {len(items)} entries; an endpoint serves at most {MAX_SERVED_ENTITIES}"
+        )
 
     entities = [_parse_entity(item, f"{where}.{key}[{i}]", legacy=legacy) for i, item in enumerate(items)]
     seen: set[str] = set()
@@ -187,7 +189,9 @@ def parse_core_config(data: Any, *, where: str = "config") -> CoreConfig:
 
     routes = _parse_traffic(data.get("traffic_config"), entities, where)
     auto_capture = _optional_object(data, "auto_capture_config", where)
-    return CoreConfig(served_entities=entities, routes=routes, auto_capture_config=auto_capture, legacy_served_models=legacy)
+    return CoreConfig(
+        served_entities=entities, routes=routes, auto_capture_config=auto_capture, legacy_served_models=legacy
+    )
 
 
 def _parse_entity(raw: Any, where: str, *, legacy: bool) -> ServedEntitySpec:
@@ -204,9 +208,7 @@ def _parse_entity(raw: Any, where: str, *, legacy: bool) -> ServedEntitySpec:
     max_pc = _int(data, "max_provisioned_concurrency", where)
     if workload_size is not None:
         if min_pc is not None or max_pc is not None:
-            raise InvalidParameterValue(
-                f"{where}: give workload_size or min/max_provisioned_concurrency, not both"
-            )
+            raise InvalidParameterValue(f"{where}: give workload_size or min/max_provisioned_concurrency, not both")
         matches = [s for s in WORKLOAD_SIZES if s.lower() == workload_size.lower()]
         if not matches:
             raise InvalidParameterValue(
@@ -217,7 +219,9 @@ def _parse_entity(raw: Any, where: str, *, legacy: bool) -> ServedEntitySpec:
         workload_size = "Small"
     else:
         if min_pc is None or max_pc is None:
-            raise InvalidParameterValue(f"{where}: min_provisioned_concurrency and max_provisioned_concurrency go together")
+            raise InvalidParameterValue(
+                f"{where}: min_provisioned_concurrency and max_provisioned_concurrency go together"
+            )
         if min_pc < 0 or max_pc < 1 or min_pc > max_pc:
             raise InvalidParameterValue(
                 f"{where}: provisioned concurrency must satisfy 0 <= min <= max and max >= 1 (got {min_pc}..{max_pc})"

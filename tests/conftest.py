@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-
 import pytest
 from rest_framework.test import APIClient
 
@@ -65,5 +64,3 @@ def endpoint_body(name: str, *entities: tuple[str, str], routes: list[tuple[str,
             "routes": [{"served_model_name": n, "traffic_percentage": p} for n, p in routes]
         }
     return body
-
-

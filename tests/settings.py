@@ -8,7 +8,9 @@ import os
 import tempfile
 
 # Never touch a developer's own data dir or ~/.modelfleetcfg.
-os.environ["MODELFLEET_DATA_DIR"] = os.environ.get("MODELFLEET_TEST_DATA_DIR") or tempfile.mkdtemp(prefix="modelfleet-test-")
+os.environ["MODELFLEET_DATA_DIR"] = os.environ.get("MODELFLEET_TEST_DATA_DIR") or tempfile.mkdtemp(
+    prefix="modelfleet-test-"
+)
 os.environ["MODELFLEET_CONFIG_FILE"] = os.path.join(os.environ["MODELFLEET_DATA_DIR"], "modelfleetcfg")
 os.environ.pop("MLFLOW_TRACKING_URI", None)
 os.environ["MLFLOW_DISABLE_TELEMETRY"] = "true"

@@ -130,7 +130,10 @@ def test_creating_a_duplicate_name_is_already_exists(api, registered_models):
 
 @pytest.mark.parametrize(
     ("entity", "version", "needle"),
-    [("main.default.nope", "1", "Registered model 'main.default.nope'"), ("main.default.iris", "99", "Model version '99'")],
+    [
+        ("main.default.nope", "1", "Registered model 'main.default.nope'"),
+        ("main.default.iris", "99", "Model version '99'"),
+    ],
 )
 def test_unknown_model_or_version_is_404_naming_it(api, registered_models, entity, version, needle):
     response = api.post(URL, endpoint_body("ghost", (entity, version)), format="json")
@@ -143,7 +146,9 @@ def test_unknown_model_or_version_is_404_naming_it(api, registered_models, entit
 def test_update_naming_an_unknown_version_changes_nothing(api, registered_models):
     create(api, endpoint_body("stay", (registered_models["iris"], "1")))
     mark_ready("stay")
-    response = api.put(f"{URL}/stay/config", endpoint_body("stay", (registered_models["iris"], "42"))["config"], format="json")
+    response = api.put(
+        f"{URL}/stay/config", endpoint_body("stay", (registered_models["iris"], "42"))["config"], format="json"
+    )
     assert response.status_code == 404
     endpoint = Endpoint.objects.get(name="stay")
     assert endpoint.config_update == ConfigUpdate.NOT_UPDATING
@@ -167,10 +172,30 @@ def test_update_naming_an_unknown_version_changes_nothing(api, registered_models
         (lambda b: b["config"]["served_entities"][0].update(name="a.b"), "invalid"),
         (lambda b: b["config"].update(served_entities=[b["config"]["served_entities"][0]] * 2), "used twice"),
         (lambda b: b["config"].update(served_entities=[b["config"]["served_entities"][0]] * 11), "at most 10"),
-        (lambda b: b["config"].update(traffic_config={"routes": [{"served_model_name": "iris-1", "traffic_percentage": 90}]}), "sum to 100"),
-        (lambda b: b["config"].update(traffic_config={"routes": [{"served_model_name": "other", "traffic_percentage": 100}]}), "not in this config"),
-        (lambda b: b["config"].update(traffic_config={"routes": [{"served_model_name": "iris-1", "traffic_percentage": "x"}]}), "integer"),
-        (lambda b: b["config"].update(traffic_config={"routes": [{"served_model_name": "iris-1", "traffic_percentage": 120}]}), "between 0 and 100"),
+        (
+            lambda b: b["config"].update(
+                traffic_config={"routes": [{"served_model_name": "iris-1", "traffic_percentage": 90}]}
+            ),
+            "sum to 100",
+        ),
+        (
+            lambda b: b["config"].update(
+                traffic_config={"routes": [{"served_model_name": "other", "traffic_percentage": 100}]}
+            ),
+            "not in this config",
+        ),
+        (
+            lambda b: b["config"].update(
+                traffic_config={"routes": [{"served_model_name": "iris-1", "traffic_percentage": "x"}]}
+            ),
+            "integer",
+        ),
+        (
+            lambda b: b["config"].update(
+                traffic_config={"routes": [{"served_model_name": "iris-1", "traffic_percentage": 120}]}
+            ),
+            "between 0 and 100",
+        ),
         (lambda b: b["config"]["served_entities"][0].update(external_model={"name": "gpt-4"}), "external"),
     ],
 )
@@ -195,7 +220,10 @@ def test_numeric_strings_are_accepted_for_integers(api, registered_models):
     iris = registered_models["iris"]
     body = endpoint_body("strs", (iris, "1"), (iris, "2"))
     body["config"]["traffic_config"] = {
-        "routes": [{"served_model_name": "iris-1", "traffic_percentage": "90"}, {"served_model_name": "iris-2", "traffic_percentage": "10"}]
+        "routes": [
+            {"served_model_name": "iris-1", "traffic_percentage": "90"},
+            {"served_model_name": "iris-2", "traffic_percentage": "10"},
+        ]
     }
     out = create(api, body)
     assert [r["traffic_percentage"] for r in out["pending_config"]["traffic_config"]["routes"]] == [90, 10]
@@ -204,7 +232,16 @@ def test_numeric_strings_are_accepted_for_integers(api, registered_models):
 def test_legacy_served_models_are_accepted_and_echoed(api, registered_models):
     body = {
         "name": "legacy",
-        "config": {"served_models": [{"model_name": registered_models["iris"], "model_version": "1", "workload_size": "Small", "scale_to_zero_enabled": True}]},
+        "config": {
+            "served_models": [
+                {
+                    "model_name": registered_models["iris"],
+                    "model_version": "1",
+                    "workload_size": "Small",
+                    "scale_to_zero_enabled": True,
+                }
+            ]
+        },
     }
     out = create(api, body)
     assert out["pending_config"]["served_models"][0]["model_name"] == registered_models["iris"]
@@ -261,8 +298,15 @@ def test_tokens_are_stored_hashed(token):
 
 
 def test_unknown_endpoint_is_404(api):
-    for method, path in [("get", f"{URL}/nope"), ("delete", f"{URL}/nope"), ("put", f"{URL}/nope/config"), ("patch", f"{URL}/nope/tags")]:
-        response = getattr(api, method)(path, {"served_entities": [{"entity_name": "x", "entity_version": "1"}]}, format="json")
+    for method, path in [
+        ("get", f"{URL}/nope"),
+        ("delete", f"{URL}/nope"),
+        ("put", f"{URL}/nope/config"),
+        ("patch", f"{URL}/nope/tags"),
+    ]:
+        response = getattr(api, method)(
+            path, {"served_entities": [{"entity_name": "x", "entity_version": "1"}]}, format="json"
+        )
         assert response.status_code == 404, (method, path)
         assert response.json()["error_code"] == "RESOURCE_DOES_NOT_EXIST"
 
@@ -284,7 +328,9 @@ def test_patch_tags_adds_deletes_and_returns_an_object(api, registered_models):
     body["tags"] = [{"key": "old", "value": "1"}, {"key": "env", "value": "dev"}]
     create(api, body)
     response = api.patch(
-        f"{URL}/tagged/tags", {"add_tags": [{"key": "team", "value": "ml"}, {"key": "env", "value": "prod"}], "delete_tags": ["old"]}, format="json"
+        f"{URL}/tagged/tags",
+        {"add_tags": [{"key": "team", "value": "ml"}, {"key": "env", "value": "prod"}], "delete_tags": ["old"]},
+        format="json",
     )
     assert response.status_code == 200
     assert response.json() == {"tags": [{"key": "env", "value": "prod"}, {"key": "team", "value": "ml"}]}
@@ -313,7 +359,9 @@ def test_openapi_describes_each_served_model_from_its_signature(api, registered_
     assert response.status_code == 200
     doc = json.loads(response.content)
     assert doc["openapi"].startswith("3.1") and doc["info"] == {"title": "doc", "version": "1"}
-    schema = doc["paths"]["/served-models/iris-1/invocations"]["post"]["requestBody"]["content"]["application/json"]["schema"]
+    schema = doc["paths"]["/served-models/iris-1/invocations"]["post"]["requestBody"]["content"]["application/json"][
+        "schema"
+    ]
     split = schema["oneOf"][0]["properties"]["dataframe_split"]["properties"]["columns"]["items"]["enum"]
     assert "petal_length" in split
 
@@ -329,3 +377,16 @@ def test_well_known_config_needs_no_token(anon):
     response = anon.get("/.well-known/databricks-config")
     assert response.status_code == 200
     assert response.json()["workspace_id"].isdigit()
+
+
+def test_a_body_over_the_upload_limit_is_a_json_400(api, settings):
+    settings.DATA_UPLOAD_MAX_MEMORY_SIZE = 1000
+    response = api.generic("POST", URL, json.dumps({"name": "x" * 5000}), content_type="application/json")
+    assert response.status_code == 400
+    assert response.json()["error_code"] in ("BAD_REQUEST", "MALFORMED_REQUEST")
+
+
+def test_deeply_nested_json_is_malformed_not_a_crash(api):
+    response = api.generic("POST", URL, "[" * 100_000 + "]" * 100_000, content_type="application/json")
+    assert response.status_code == 400
+    assert response.json()["error_code"] == "MALFORMED_REQUEST"

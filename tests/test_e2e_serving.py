@@ -68,10 +68,14 @@ def sdk(stack: Stack) -> WorkspaceClient:
 
 
 def entity(name: str, version: str, **kw) -> ServedEntityInput:
-    return ServedEntityInput(entity_name=name, entity_version=version, workload_size="Small", scale_to_zero_enabled=False, **kw)
+    return ServedEntityInput(
+        entity_name=name, entity_version=version, workload_size="Small", scale_to_zero_enabled=False, **kw
+    )
 
 
-def query(stack: Stack, endpoint: str, body: dict, *, path: str | None = None, token: str | None = None) -> requests.Response:
+def query(
+    stack: Stack, endpoint: str, body: dict, *, path: str | None = None, token: str | None = None
+) -> requests.Response:
     url = f"{stack.url}/serving-endpoints/{endpoint}/{path or 'invocations'}"
     return requests.post(url, json=body, headers={"Authorization": f"Bearer {token or stack.token}"}, timeout=30)
 
@@ -82,7 +86,9 @@ def test_the_sdk_workflow_create_query_split_logs_delete(stack, sdk, registered_
 
     # 1. create_and_wait → READY, then query with the SDK.
     created = sdk.serving_endpoints.create_and_wait(
-        name="e2e-sdk", config=EndpointCoreConfigInput(name="e2e-sdk", served_entities=[entity(iris, "1")]), timeout=TIMEOUT
+        name="e2e-sdk",
+        config=EndpointCoreConfigInput(name="e2e-sdk", served_entities=[entity(iris, "1")]),
+        timeout=TIMEOUT,
     )
     assert created.state.ready == EndpointStateReady.READY
     assert created.config.config_version == 1
@@ -117,7 +123,10 @@ def test_the_sdk_workflow_create_query_split_logs_delete(stack, sdk, registered_
             name="e2e-sdk",
             served_entities=[entity(iris, "1"), entity(iris, "2")],
             traffic_config=TrafficConfig(
-                routes=[Route(served_model_name="iris-1", traffic_percentage=80), Route(served_model_name="iris-2", traffic_percentage=20)]
+                routes=[
+                    Route(served_model_name="iris-1", traffic_percentage=80),
+                    Route(served_model_name="iris-2", traffic_percentage=20),
+                ]
             ),
             timeout=TIMEOUT,
         )
@@ -133,7 +142,11 @@ def test_the_sdk_workflow_create_query_split_logs_delete(stack, sdk, registered_
     # 3. the observed split over 2,000 queries is within ±4 points of 80/20.
     seen: Counter[str] = Counter()
     for _ in range(2000):
-        seen[sdk.serving_endpoints.query(name="e2e-sdk", inputs=[dict(zip(IRIS_COLUMNS, ROW, strict=True))]).served_model_name] += 1
+        seen[
+            sdk.serving_endpoints.query(
+                name="e2e-sdk", inputs=[dict(zip(IRIS_COLUMNS, ROW, strict=True))]
+            ).served_model_name
+        ] += 1
     assert set(seen) == {"iris-1", "iris-2"}
     assert abs(seen["iris-1"] / 2000 * 100 - 80) <= 4, seen
 
@@ -146,14 +159,20 @@ def test_the_sdk_workflow_create_query_split_logs_delete(stack, sdk, registered_
     with pytest.raises(ResourceDoesNotExist):
         sdk.serving_endpoints.get(name="e2e-sdk")
     deadline = time.monotonic() + 30
-    while Replica.objects.filter(deployment__endpoint_name="e2e-sdk").exclude(state__in=[ReplicaState.STOPPED, ReplicaState.FAILED]).exists():
+    while (
+        Replica.objects.filter(deployment__endpoint_name="e2e-sdk")
+        .exclude(state__in=[ReplicaState.STOPPED, ReplicaState.FAILED])
+        .exists()
+    ):
         assert time.monotonic() < deadline, "replicas of a deleted endpoint are still running"
         time.sleep(0.5)
 
 
 def test_a_model_that_fails_to_load_fails_the_update_and_the_old_config_keeps_serving(stack, sdk, registered_models):
     sdk.serving_endpoints.create_and_wait(
-        name="e2e-fail", config=EndpointCoreConfigInput(name="e2e-fail", served_entities=[entity(registered_models["iris"], "1")]), timeout=TIMEOUT
+        name="e2e-fail",
+        config=EndpointCoreConfigInput(name="e2e-fail", served_entities=[entity(registered_models["iris"], "1")]),
+        timeout=TIMEOUT,
     )
     with pytest.raises(OperationFailed):
         sdk.serving_endpoints.update_config_and_wait(
@@ -177,8 +196,14 @@ def test_a_model_that_fails_to_load_fails_the_update_and_the_old_config_keeps_se
     while Deployment.objects.get(id=broken.id).stopped_at is None:
         assert time.monotonic() < deadline, "the failed deployment was not cleaned up"
         time.sleep(0.5)
-    assert not Replica.objects.filter(deployment=broken).exclude(state__in=[ReplicaState.STOPPED, ReplicaState.FAILED]).exists()
-    sdk.serving_endpoints.update_config_and_wait(name="e2e-fail", served_entities=[entity(registered_models["iris"], "2")], timeout=TIMEOUT)
+    assert (
+        not Replica.objects.filter(deployment=broken)
+        .exclude(state__in=[ReplicaState.STOPPED, ReplicaState.FAILED])
+        .exists()
+    )
+    sdk.serving_endpoints.update_config_and_wait(
+        name="e2e-fail", served_entities=[entity(registered_models["iris"], "2")], timeout=TIMEOUT
+    )
     assert sdk.serving_endpoints.get(name="e2e-fail").config.config_version == 3
 
 
@@ -186,7 +211,9 @@ def test_a_first_config_that_fails_leaves_the_endpoint_not_ready(stack, sdk, reg
     with pytest.raises(OperationFailed):
         sdk.serving_endpoints.create_and_wait(
             name="e2e-fail-first",
-            config=EndpointCoreConfigInput(name="e2e-fail-first", served_entities=[entity(registered_models["broken"], "1")]),
+            config=EndpointCoreConfigInput(
+                name="e2e-fail-first", served_entities=[entity(registered_models["broken"], "1")]
+            ),
             timeout=TIMEOUT,
         )
     r = query(stack, "e2e-fail-first", {"inputs": [[1]]})
@@ -197,7 +224,9 @@ def test_a_first_config_that_fails_leaves_the_endpoint_not_ready(stack, sdk, reg
 
 def test_queries_in_every_format_and_bad_input(stack, sdk, registered_models):
     sdk.serving_endpoints.create_and_wait(
-        name="e2e-query", config=EndpointCoreConfigInput(name="e2e-query", served_entities=[entity(registered_models["iris"], "1")]), timeout=TIMEOUT
+        name="e2e-query",
+        config=EndpointCoreConfigInput(name="e2e-query", served_entities=[entity(registered_models["iris"], "1")]),
+        timeout=TIMEOUT,
     )
     record = dict(zip(IRIS_COLUMNS, ROW, strict=True))
     for body in (
@@ -216,7 +245,12 @@ def test_queries_in_every_format_and_bad_input(stack, sdk, registered_models):
     assert r.status_code == 400
     assert r.json()["error_code"] == "INVALID_PARAMETER_VALUE"
     assert "petal_length" in r.json()["message"] or "schema" in r.json()["message"].lower()
-    r = requests.post(f"{stack.url}/serving-endpoints/e2e-query/invocations", data="{nope", headers={"Authorization": f"Bearer {stack.token}"}, timeout=10)
+    r = requests.post(
+        f"{stack.url}/serving-endpoints/e2e-query/invocations",
+        data="{nope",
+        headers={"Authorization": f"Bearer {stack.token}"},
+        timeout=10,
+    )
     assert r.status_code == 400 and r.json()["error_code"] == "MALFORMED_REQUEST"
     # The replica survived the bad requests.
     assert query(stack, "e2e-query", {"inputs": [record]}).status_code == 200
@@ -233,7 +267,12 @@ def test_queries_in_every_format_and_bad_input(stack, sdk, registered_models):
 def modelfleet(stack: Stack, *args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
     env = {**os.environ, "MODELFLEET_HOST": stack.url, "MODELFLEET_TOKEN": stack.token}
     return subprocess.run(
-        [str(Path(sys.executable).parent / "modelfleet"), *args], env=env, capture_output=True, text=True, timeout=240, cwd=cwd
+        [str(Path(sys.executable).parent / "modelfleet"), *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=240,
+        cwd=cwd,
     )
 
 
@@ -244,7 +283,16 @@ def test_the_seed_workflow_with_the_cli(stack, registered_models, tmp_path):
         json.dumps(
             {
                 "name": "my-model-endpoint",
-                "config": {"served_entities": [{"entity_name": iris, "entity_version": "1", "workload_size": "Small", "scale_to_zero_enabled": True}]},
+                "config": {
+                    "served_entities": [
+                        {
+                            "entity_name": iris,
+                            "entity_version": "1",
+                            "workload_size": "Small",
+                            "scale_to_zero_enabled": True,
+                        }
+                    ]
+                },
             }
         )
     )
@@ -260,30 +308,70 @@ def test_the_seed_workflow_with_the_cli(stack, registered_models, tmp_path):
     assert "my-model-endpoint" in listed.stdout
 
     q = modelfleet(
-        stack, "serving-endpoints", "query", "--name", "my-model-endpoint",
-        "--json", json.dumps({"inputs": [dict(zip(IRIS_COLUMNS, ROW, strict=True))]}),
+        stack,
+        "serving-endpoints",
+        "query",
+        "--name",
+        "my-model-endpoint",
+        "--json",
+        json.dumps({"inputs": [dict(zip(IRIS_COLUMNS, ROW, strict=True))]}),
     )
     assert q.returncode == 0, q.stderr
     assert json.loads(q.stdout)["predictions"] == [0]
-    bad = modelfleet(stack, "serving-endpoints", "query", "--name", "my-model-endpoint", "--json", '{"inputs": [{"feature1": 1.0}]}')
+    bad = modelfleet(
+        stack, "serving-endpoints", "query", "--name", "my-model-endpoint", "--json", '{"inputs": [{"feature1": 1.0}]}'
+    )
     assert bad.returncode != 0 and bad.stderr.startswith("Error: ")
 
     (tmp_path / "updated-config.json").write_text(
         json.dumps(
             {
                 "served_entities": [
-                    {"entity_name": iris, "entity_version": "1", "workload_size": "Small", "scale_to_zero_enabled": False},
-                    {"entity_name": iris, "entity_version": "2", "workload_size": "Small", "scale_to_zero_enabled": False},
+                    {
+                        "entity_name": iris,
+                        "entity_version": "1",
+                        "workload_size": "Small",
+                        "scale_to_zero_enabled": False,
+                    },
+                    {
+                        "entity_name": iris,
+                        "entity_version": "2",
+                        "workload_size": "Small",
+                        "scale_to_zero_enabled": False,
+                    },
                 ],
-                "traffic_config": {"routes": [{"served_model_name": "iris-1", "traffic_percentage": 80}, {"served_model_name": "iris-2", "traffic_percentage": 20}]},
+                "traffic_config": {
+                    "routes": [
+                        {"served_model_name": "iris-1", "traffic_percentage": 80},
+                        {"served_model_name": "iris-2", "traffic_percentage": 20},
+                    ]
+                },
             }
         )
     )
-    updated = modelfleet(stack, "serving-endpoints", "update-config", "--name", "my-model-endpoint", "--json", "@updated-config.json", cwd=tmp_path)
+    updated = modelfleet(
+        stack,
+        "serving-endpoints",
+        "update-config",
+        "--name",
+        "my-model-endpoint",
+        "--json",
+        "@updated-config.json",
+        cwd=tmp_path,
+    )
     assert updated.returncode == 0, updated.stderr
     logs = modelfleet(stack, "serving-endpoints", "logs", "--name", "my-model-endpoint")
     assert "==> iris-1 <==" in logs.stdout and "==> iris-2 <==" in logs.stdout
-    patched = modelfleet(stack, "serving-endpoints", "patch", "my-model-endpoint", "--json", '{"add_tags": [{"key": "team", "value": "ml"}]}', "-o", "json")
+    patched = modelfleet(
+        stack,
+        "serving-endpoints",
+        "patch",
+        "my-model-endpoint",
+        "--json",
+        '{"add_tags": [{"key": "team", "value": "ml"}]}',
+        "-o",
+        "json",
+    )
     assert json.loads(patched.stdout) == {"tags": [{"key": "team", "value": "ml"}]}
 
     conflict = modelfleet(stack, "serving-endpoints", "create", "--json", "@endpoint-config.json", cwd=tmp_path)
@@ -313,7 +401,9 @@ def test_a_crashed_replica_is_restarted_and_serves_again(stack, sdk, registered_
     import signal
 
     sdk.serving_endpoints.create_and_wait(
-        name="e2e-crash", config=EndpointCoreConfigInput(name="e2e-crash", served_entities=[entity(registered_models["iris"], "1")]), timeout=TIMEOUT
+        name="e2e-crash",
+        config=EndpointCoreConfigInput(name="e2e-crash", served_entities=[entity(registered_models["iris"], "1")]),
+        timeout=TIMEOUT,
     )
     replica = Replica.objects.get(deployment__endpoint__name="e2e-crash", state=ReplicaState.READY)
     os.kill(replica.pid, signal.SIGKILL)
@@ -321,7 +411,11 @@ def test_a_crashed_replica_is_restarted_and_serves_again(stack, sdk, registered_
     deadline = time.monotonic() + 30
     while True:
         time.sleep(0.5)
-        if Replica.objects.filter(deployment=replica.deployment, state=ReplicaState.READY).exclude(id=replica.id).exists():
+        if (
+            Replica.objects.filter(deployment=replica.deployment, state=ReplicaState.READY)
+            .exclude(id=replica.id)
+            .exists()
+        ):
             if query(stack, "e2e-crash", record).status_code == 200:
                 break
         assert time.monotonic() < deadline, "the crashed replica was not replaced within 30s"

@@ -15,7 +15,10 @@ def start_settings(**env: str) -> subprocess.CompletedProcess:
     full = {**os.environ, "DJANGO_SETTINGS_MODULE": "dashboard.settings", **env}
     return subprocess.run(
         [sys.executable, "-c", "import django; django.setup(); from django.conf import settings; print(settings.BIND)"],
-        env=full, capture_output=True, text=True, timeout=60,
+        env=full,
+        capture_output=True,
+        text=True,
+        timeout=60,
     )
 
 

@@ -64,3 +64,16 @@ def json_500(request):  # type: ignore[no-untyped-def]
         {"error_code": "INTERNAL_ERROR", "message": "The server failed to process the request; see the server log"},
         status=500,
     )
+
+
+def json_400(request, exception=None):  # type: ignore[no-untyped-def]
+    return JsonResponse(
+        {"error_code": "BAD_REQUEST", "message": f"Bad request: {exception}" if exception else "Bad request"},
+        status=400,
+    )
+
+
+def json_403(request, exception=None):  # type: ignore[no-untyped-def]
+    return JsonResponse(
+        {"error_code": "PERMISSION_DENIED", "message": str(exception) or "Permission denied"}, status=403
+    )

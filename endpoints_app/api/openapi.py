@@ -39,7 +39,9 @@ def _request_schema(columns: list[dict[str, Any]]) -> dict[str, Any]:
     names = [c.get("name") for c in columns if c.get("name")]
     row_items = {
         "type": "object",
-        "properties": {c["name"]: {"type": _JSON_TYPES.get(str(c.get("type")), "string")} for c in columns if c.get("name")},
+        "properties": {
+            c["name"]: {"type": _JSON_TYPES.get(str(c.get("type")), "string")} for c in columns if c.get("name")
+        },
     }
     params = {"params": {"type": "object", "additionalProperties": True}}
     return {
@@ -95,7 +97,11 @@ def endpoint_openapi(endpoint: Endpoint, *, host: str) -> dict[str, Any]:
                         "description": "Predictions",
                         "content": {
                             "application/json": {
-                                "schema": {"type": "object", "properties": {"predictions": {}}, "required": ["predictions"]}
+                                "schema": {
+                                    "type": "object",
+                                    "properties": {"predictions": {}},
+                                    "required": ["predictions"],
+                                }
                             }
                         },
                     },

@@ -22,7 +22,10 @@ def _user(user) -> str:  # type: ignore[no-untyped-def]
 def serialize_entity_state(entity: ServedEntity, *, failed_config: bool = False) -> dict[str, str]:
     dep = entity.deployment
     if dep is None:
-        return {"deployment": DeploymentState.CREATING, "deployment_state_message": "Waiting for the runtime to start the deployment."}
+        return {
+            "deployment": DeploymentState.CREATING,
+            "deployment_state_message": "Waiting for the runtime to start the deployment.",
+        }
     state = dep.state
     if state == DeploymentState.STOPPED:
         state = DeploymentState.ABORTED if failed_config else DeploymentState.READY

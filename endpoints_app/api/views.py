@@ -10,6 +10,7 @@ from typing import Any
 
 from django.conf import settings
 from django.http import HttpResponse, JsonResponse, QueryDict
+from rest_framework.exceptions import ParseError
 from rest_framework.parsers import JSONParser
 from rest_framework.permissions import AllowAny
 from rest_framework.request import Request
@@ -30,6 +31,12 @@ class AnyContentTypeJSONParser(JSONParser):
     """JSON whatever the Content-Type says: `curl -d @file.json` sends form-urlencoded."""
 
     media_type = "*/*"
+
+    def parse(self, stream, media_type=None, parser_context=None):  # type: ignore[no-untyped-def]
+        try:
+            return super().parse(stream, media_type, parser_context)
+        except RecursionError:
+            raise ParseError("JSON nested too deeply") from None
 
 
 def _body(request: Request) -> Any:
@@ -165,5 +172,3 @@ class WellKnownConfigView(APIView):
 
     def get(self, request: Request) -> JsonResponse:
         return JsonResponse({"workspace_id": settings.WORKSPACE_ID})
-
-

@@ -31,3 +31,6 @@ class ServingBackend(Protocol):
 
     def remove(self, *, deployment_ids: Iterable[int]) -> None:
         """Drain and stop deployments that no config uses any more."""
+
+    def ready_replicas(self, *, deployment_ids: Iterable[int]) -> dict[int, list[str]]:
+        """Base URLs of the replicas that may take queries now, by deployment (the gateway's view)."""

@@ -13,7 +13,7 @@ from django.db.models import Count
 from django.utils import timezone
 
 from endpoints_app.backends.base import EntityStatus, LogKind
-from endpoints_app.models import ConfigVersion, Deployment, DeploymentState, ReplicaState, ServedEntity
+from endpoints_app.models import ConfigVersion, Deployment, DeploymentState, Replica, ReplicaState, ServedEntity
 
 
 def entity_spec(entity: ServedEntity) -> dict:
@@ -111,6 +111,17 @@ class LocalBackend:
         if entity.deployment_id is None:
             return ""
         return read_tail(log_path(entity.deployment_id, kind), max_bytes)
+
+    def ready_replicas(self, *, deployment_ids: Iterable[int]) -> dict[int, list[str]]:
+        replicas: dict[int, list[str]] = {}
+        rows = (
+            Replica.objects.filter(deployment_id__in=list(deployment_ids), state=ReplicaState.READY)
+            .order_by("index")
+            .values_list("deployment_id", "host", "port")
+        )
+        for deployment_id, host, port in rows:
+            replicas.setdefault(deployment_id, []).append(f"http://{host}:{port}")
+        return replicas
 
     def remove(self, *, deployment_ids: Iterable[int]) -> None:
         ids = list(deployment_ids)

@@ -117,7 +117,7 @@ class Gateway:
 
     @staticmethod
     def _parse_path(path: str) -> tuple[str, str | None]:
-        parts = path[len(PREFIX):].split("/")
+        parts = path[len(PREFIX) :].split("/")
         if len(parts) == 2 and parts[1] == "invocations" and parts[0]:
             return parts[0], None
         if len(parts) == 4 and parts[1] == "served-models" and parts[3] == "invocations" and parts[0] and parts[2]:
@@ -128,7 +128,9 @@ class Gateway:
         raw = token_from_header(header)
         if raw is None:
             raise GatewayError(
-                401, "UNAUTHENTICATED", "Missing or malformed Authorization header: use 'Bearer <token>'",
+                401,
+                "UNAUTHENTICATED",
+                "Missing or malformed Authorization header: use 'Bearer <token>'",
                 {"www-authenticate": 'Bearer realm="modelfleet"'},
             )
         now = time.monotonic()
@@ -141,7 +143,9 @@ class Gateway:
                 self._tokens.clear()
             self._tokens[raw] = (now + TOKEN_TTL_SECONDS, user_id)
         if user_id is None:
-            raise GatewayError(401, "UNAUTHENTICATED", "Invalid access token", {"www-authenticate": 'Bearer realm="modelfleet"'})
+            raise GatewayError(
+                401, "UNAUTHENTICATED", "Invalid access token", {"www-authenticate": 'Bearer realm="modelfleet"'}
+            )
         return user_id
 
     @staticmethod
@@ -178,7 +182,8 @@ class Gateway:
             raise GatewayError(404, "RESOURCE_DOES_NOT_EXIST", f"Endpoint '{table.endpoint_name}' does not exist")
         if table.not_ready_reason:
             raise GatewayError(
-                503, "TEMPORARILY_UNAVAILABLE",
+                503,
+                "TEMPORARILY_UNAVAILABLE",
                 f"Endpoint '{table.endpoint_name}' is not ready: {table.not_ready_reason}",
                 {"retry-after": "1"},
             )
@@ -186,14 +191,16 @@ class Gateway:
             entity = table.entity(served_name)
             if entity is None:
                 raise GatewayError(
-                    404, "RESOURCE_DOES_NOT_EXIST",
+                    404,
+                    "RESOURCE_DOES_NOT_EXIST",
                     f"Served model '{served_name}' does not exist in endpoint '{table.endpoint_name}'",
                 )
             return entity
         entity = table.pick_entity(self._rng)
         if entity is None:
             raise GatewayError(
-                503, "TEMPORARILY_UNAVAILABLE",
+                503,
+                "TEMPORARILY_UNAVAILABLE",
                 f"Endpoint '{table.endpoint_name}' routes no traffic: every route has traffic_percentage 0",
             )
         return entity
@@ -225,7 +232,8 @@ class Gateway:
                 continue
             except httpx.TimeoutException:
                 raise GatewayError(
-                    504, "DEADLINE_EXCEEDED",
+                    504,
+                    "DEADLINE_EXCEEDED",
                     f"Served model '{entity.name}' did not answer within {settings.GATEWAY_TIMEOUT_SECONDS:g} seconds",
                 ) from None
             finally:
@@ -236,7 +244,8 @@ class Gateway:
             }
             return response.status_code, headers, response.content
         raise GatewayError(
-            503, "TEMPORARILY_UNAVAILABLE",
+            503,
+            "TEMPORARILY_UNAVAILABLE",
             f"Served model '{entity.name}' of endpoint '{table.endpoint_name}' has no ready replica right now",
             {"retry-after": "1"},
         )
@@ -267,5 +276,3 @@ def mount(django_app: Any) -> Any:
 
     application.gateway = gateway  # type: ignore[attr-defined]
     return application
-
-

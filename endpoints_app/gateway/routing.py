@@ -5,7 +5,8 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass, field
 
-from endpoints_app.models import ConfigUpdate, Endpoint, Replica, ReplicaState, ServedEntity
+from endpoints_app.backends import get_backend
+from endpoints_app.models import ConfigUpdate, Endpoint, ServedEntity
 
 
 @dataclass
@@ -35,7 +36,7 @@ class RouteTable:
 
 
 def load_route_table(endpoint_name: str) -> RouteTable:
-    """Read the active config's routes and ready replicas (three small indexed queries)."""
+    """Read the active config's routes, and its ready replicas from the backend (small indexed queries)."""
     endpoint = Endpoint.objects.filter(name=endpoint_name).only("id", "active_config_id", "config_update").first()
     if endpoint is None:
         return RouteTable(endpoint_name, exists=False)
@@ -56,13 +57,7 @@ def load_route_table(endpoint_name: str) -> RouteTable:
         for route in (entities[0]["config_version__traffic_config"] or {}).get("routes", []):
             target = route.get("served_model_name") or route.get("served_entity_name")
             weights[target] = int(route.get("traffic_percentage", 0))
-    replicas: dict[int, list[str]] = {}
-    for dep_id, host, port in (
-        Replica.objects.filter(deployment_id__in=[e["deployment_id"] for e in entities], state=ReplicaState.READY)
-        .order_by("index")
-        .values_list("deployment_id", "host", "port")
-    ):
-        replicas.setdefault(dep_id, []).append(f"http://{host}:{port}")
+    replicas = get_backend().ready_replicas(deployment_ids=[e["deployment_id"] for e in entities])
     table = RouteTable(endpoint_name, exists=True)
     for e in entities:
         table.entities.append(EntityRoute(e["name"], weights.get(e["name"], 0), replicas.get(e["deployment_id"], [])))

@@ -78,6 +78,9 @@ class EndpointTag(models.Model):
         ordering = ["key"]
         constraints = [models.UniqueConstraint(fields=["endpoint", "key"], name="unique_endpoint_tag_key")]
 
+    def __str__(self) -> str:
+        return f"{self.key}={self.value}"
+
 
 class ConfigVersion(models.Model):
     """One immutable version of an endpoint's core config (served entities + traffic)."""
@@ -128,3 +131,6 @@ class ServedEntity(models.Model):
         constraints = [
             models.UniqueConstraint(fields=["config_version", "name"], name="unique_served_entity_name"),
         ]
+
+    def __str__(self) -> str:
+        return f"{self.name} ({self.entity_name} v{self.entity_version})"

@@ -84,3 +84,6 @@ class Replica(models.Model):
             # The gateway's route table: "ready replicas of these deployments".
             models.Index(fields=["deployment", "state"], name="replica_deployment_state_idx"),
         ]
+
+    def __str__(self) -> str:
+        return f"replica {self.index} of deployment {self.deployment_id} ({self.host}:{self.port})"

@@ -39,8 +39,18 @@ MAX_DRAIN_SECONDS = 60.0
 TERM_GRACE_SECONDS = 30.0
 MAX_BACKOFF_SECONDS = 30.0
 _CHILD_ENV_ALLOWLIST = {
-    "PATH", "HOME", "LANG", "TZ", "TMPDIR", "PYTHONPATH", "VIRTUAL_ENV", "CUDA_VISIBLE_DEVICES",
-    "OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE", "OMP_NUM_THREADS", "MKL_NUM_THREADS",
+    "PATH",
+    "HOME",
+    "LANG",
+    "TZ",
+    "TMPDIR",
+    "PYTHONPATH",
+    "VIRTUAL_ENV",
+    "CUDA_VISIBLE_DEVICES",
+    "OPENBLAS_CORETYPE",
+    "OPENBLAS_L2_SIZE",
+    "OMP_NUM_THREADS",
+    "MKL_NUM_THREADS",
 }
 
 
@@ -134,7 +144,12 @@ class Agent:
 
     def run_forever(self) -> None:
         self.forget_previous_run()
-        log.info("runtime agent %s started (replicas on %s, advertised as %s)", self.agent_id, self.bind_host, self.advertise_host)
+        log.info(
+            "runtime agent %s started (replicas on %s, advertised as %s)",
+            self.agent_id,
+            self.bind_host,
+            self.advertise_host,
+        )
         while not self.stopping.is_set():
             started = time.monotonic()
             try:
@@ -226,9 +241,18 @@ class Agent:
                 log.warning("replica %s of %s exited (%s); restarting", proc.index, deployment, reason)
             else:
                 rt.failed_starts += 1
-                log.warning("replica %s of %s failed to start (%s), attempt %d/%d", proc.index, deployment, reason, rt.failed_starts, self.start_attempts)
+                log.warning(
+                    "replica %s of %s failed to start (%s), attempt %d/%d",
+                    proc.index,
+                    deployment,
+                    reason,
+                    rt.failed_starts,
+                    self.start_attempts,
+                )
                 if rt.failed_starts >= self.start_attempts and not rt.ever_ready:
-                    self._fail(deployment, f"The model server failed to start {rt.failed_starts} times. Last error: {reason}")
+                    self._fail(
+                        deployment, f"The model server failed to start {rt.failed_starts} times. Last error: {reason}"
+                    )
                     return
             backoff = min(MAX_BACKOFF_SECONDS, 2 ** max(0, rt.failed_starts + rt.restarts - 1))
             rt.next_start_at = now + backoff
@@ -239,10 +263,20 @@ class Agent:
                 rt.ever_ready = True
                 rt.failed_starts = 0
                 Replica.objects.filter(id=proc.replica_id).update(state=ReplicaState.READY, ready_at=timezone.now())
-                log.info("replica %s of %s is ready on port %s (%.1fs)", proc.index, deployment, proc.port, now - proc.started)
+                log.info(
+                    "replica %s of %s is ready on port %s (%.1fs)",
+                    proc.index,
+                    deployment,
+                    proc.port,
+                    now - proc.started,
+                )
             elif now - proc.started > self.ready_timeout:
-                log.warning("replica %s of %s not ready after %.0fs; killing it", proc.index, deployment, self.ready_timeout)
-                self._server_log_note(deployment.id, f"replica {proc.index} did not become ready within {self.ready_timeout:.0f}s; killed")
+                log.warning(
+                    "replica %s of %s not ready after %.0fs; killing it", proc.index, deployment, self.ready_timeout
+                )
+                self._server_log_note(
+                    deployment.id, f"replica {proc.index} did not become ready within {self.ready_timeout:.0f}s; killed"
+                )
                 proc.popen.kill()
 
     def bind_host_for_checks(self) -> str:
@@ -261,20 +295,39 @@ class Agent:
         env.update(deployment.spec.get("environment_vars") or {})
         env.update({"MLFLOW_DISABLE_TELEMETRY": "true", "DO_NOT_TRACK": "true", "PYTHONUNBUFFERED": "1"})
         cmd = [
-            sys.executable, "-m", "endpoints_app.runtime.model_server",
-            "--model-path", deployment.model_path,
-            "--host", self.bind_host, "--port", str(port),
-            "--name", deployment.served_entity_name, "--replica-id", str(index),
+            sys.executable,
+            "-m",
+            "endpoints_app.runtime.model_server",
+            "--model-path",
+            deployment.model_path,
+            "--host",
+            self.bind_host,
+            "--port",
+            str(port),
+            "--name",
+            deployment.served_entity_name,
+            "--replica-id",
+            str(index),
         ]
         directory = deployment_dir(deployment.id)
         directory.mkdir(parents=True, exist_ok=True)
         with open(log_path(deployment.id, "server"), "ab") as out:
             popen = subprocess.Popen(
-                cmd, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env,
-                cwd=str(Path(__file__).resolve().parents[2]), preexec_fn=_set_pdeathsig,
+                cmd,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                env=env,
+                cwd=str(Path(__file__).resolve().parents[2]),
+                preexec_fn=_set_pdeathsig,
             )
         replica = Replica.objects.create(
-            deployment=deployment, agent_id=self.agent_id, index=index, host=self.advertise_host, port=port, pid=popen.pid
+            deployment=deployment,
+            agent_id=self.agent_id,
+            index=index,
+            host=self.advertise_host,
+            port=port,
+            pid=popen.pid,
         )
         self.procs[replica.id] = ReplicaProc(replica.id, deployment.id, index, port, popen)
         log.info("started replica %s of %s (pid %s, port %s)", index, deployment, popen.pid, port)
@@ -286,13 +339,16 @@ class Agent:
         if ready >= deployment.desired_replicas:
             state, message = DeploymentState.READY, f"{ready} replica(s) ready."
         elif rt.ever_ready:
-            state, message = DeploymentState.RECOVERING, f"{ready} of {deployment.desired_replicas} replica(s) ready; restarting the others."
+            state, message = (
+                DeploymentState.RECOVERING,
+                f"{ready} of {deployment.desired_replicas} replica(s) ready; restarting the others.",
+            )
         else:
             state, message = DeploymentState.CREATING, "Starting the model server."
         if (state, message) != (deployment.state, deployment.state_message):
-            Deployment.objects.filter(id=deployment.id, stopped_at__isnull=True).exclude(state=DeploymentState.FAILED).update(
-                state=state, state_message=message
-            )
+            Deployment.objects.filter(id=deployment.id, stopped_at__isnull=True).exclude(
+                state=DeploymentState.FAILED
+            ).update(state=state, state_message=message)
 
     def _fail(self, deployment, message: str) -> None:  # type: ignore[no-untyped-def]
         from endpoints_app.models import Deployment, DeploymentState
@@ -329,7 +385,9 @@ class Agent:
                 try:
                     model_path = prepare_model(deployment, directory / "model", build_log)
                 except BuildError as exc:
-                    Deployment.objects.filter(id=deployment_id).update(state=DeploymentState.FAILED, state_message=str(exc))
+                    Deployment.objects.filter(id=deployment_id).update(
+                        state=DeploymentState.FAILED, state_message=str(exc)
+                    )
                     return
             Deployment.objects.filter(id=deployment_id).update(
                 model_path=str(model_path), built_at=timezone.now(), state_message="Starting the model server."
@@ -376,10 +434,18 @@ class Agent:
                 final = DeploymentState.ABORTED
             else:
                 final = DeploymentState.STOPPED
-            message = deployment.state_message if final == DeploymentState.FAILED else (
-                "Removed before it became ready." if final == DeploymentState.ABORTED else "Stopped: no config serves it any more."
+            message = (
+                deployment.state_message
+                if final == DeploymentState.FAILED
+                else (
+                    "Removed before it became ready."
+                    if final == DeploymentState.ABORTED
+                    else "Stopped: no config serves it any more."
+                )
             )
-            Deployment.objects.filter(id=deployment.id).update(state=final, state_message=message, stopped_at=timezone.now())
+            Deployment.objects.filter(id=deployment.id).update(
+                state=final, state_message=message, stopped_at=timezone.now()
+            )
             self.state.pop(deployment.id, None)
             self.builds.pop(deployment.id, None)
             log.info("deployment %s removed", deployment)
@@ -412,7 +478,7 @@ def _exit_reason(log_tail: str, code: int) -> str:
     lines = [line.strip() for line in log_tail.splitlines() if line.strip()]
     for line in reversed(lines):
         if "model load failed:" in line:
-            return line[line.index("model load failed:"):]
+            return line[line.index("model load failed:") :]
     for line in reversed(lines):
         if line.startswith(("Traceback", "  File")):
             continue
@@ -444,8 +510,6 @@ def main(args: argparse.Namespace | None = None) -> int:
         return 0
     agent.run_forever()
     return 0
-
-
 
 
 if __name__ == "__main__":

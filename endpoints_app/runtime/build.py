@@ -32,7 +32,10 @@ def prepare_model(deployment, target: Path, fh: TextIO) -> Path:  # type: ignore
 
     started = time.monotonic()
     _log(fh, f"Building {deployment.endpoint_name}/{deployment.served_entity_name} (deployment {deployment.pk})")
-    _log(fh, f"Resolving model '{deployment.model_name}' version {deployment.model_version} in the registry at {_redact(settings.MLFLOW_TRACKING_URI)}")
+    _log(
+        fh,
+        f"Resolving model '{deployment.model_name}' version {deployment.model_version} in the registry at {_redact(settings.MLFLOW_TRACKING_URI)}",
+    )
     try:
         info = registry.get_model_version(deployment.model_name, deployment.model_version)
     except DomainError as exc:
@@ -74,7 +77,9 @@ def prepare_model(deployment, target: Path, fh: TextIO) -> Path:  # type: ignore
         _log(fh, f"WARNING the model was logged with Python {model_python}; the runtime runs Python {ours}")
     requirements = target / "requirements.txt"
     if requirements.is_file():
-        reqs = [line.strip() for line in requirements.read_text().splitlines() if line.strip() and not line.startswith("#")]
+        reqs = [
+            line.strip() for line in requirements.read_text().splitlines() if line.strip() and not line.startswith("#")
+        ]
         _log(fh, f"Model requirements: {', '.join(reqs) or 'none'}")
     _log(fh, "Using the runtime's Python environment (env_manager=local)")
     _log(fh, f"Build finished in {time.monotonic() - started:.1f}s")

@@ -94,7 +94,9 @@ def create_endpoint(*, actor: AbstractBaseUser | None, request: CreateRequest) -
                 telemetry_config=request.telemetry_config,
                 rate_limits=request.rate_limits,
             )
-            EndpointTag.objects.bulk_create(EndpointTag(endpoint=endpoint, key=k, value=v) for k, v in dict(request.tags).items())
+            EndpointTag.objects.bulk_create(
+                EndpointTag(endpoint=endpoint, key=k, value=v) for k, v in dict(request.tags).items()
+            )
             version = _create_config_version(endpoint=endpoint, config=request.config, actor=actor)
             _begin_rollout(endpoint, version)
     except IntegrityError:

@@ -59,7 +59,9 @@ def advance_rollout(*, endpoint_id: str, claim: bool = True) -> bool:
         backend.apply(config=pending)
     statuses = backend.status(config=pending)
 
-    failed = {name: s for name, s in statuses.items() if s.deployment in (DeploymentState.FAILED, DeploymentState.ABORTED)}
+    failed = {
+        name: s for name, s in statuses.items() if s.deployment in (DeploymentState.FAILED, DeploymentState.ABORTED)
+    }
     if failed:
         message = "; ".join(f"served entity '{n}' failed: {s.message}" for n, s in failed.items())
         _finish(endpoint_id=endpoint_id, version=pending, ok=False, message=message)
@@ -68,7 +70,9 @@ def advance_rollout(*, endpoint_id: str, claim: bool = True) -> bool:
         _finish(endpoint_id=endpoint_id, version=pending, ok=True, message="")
         return True
     if endpoint.rollout_deadline and timezone.now() > endpoint.rollout_deadline:
-        waiting = ", ".join(f"{n} ({s.deployment})" for n, s in statuses.items() if s.deployment != DeploymentState.READY)
+        waiting = ", ".join(
+            f"{n} ({s.deployment})" for n, s in statuses.items() if s.deployment != DeploymentState.READY
+        )
         _finish(
             endpoint_id=endpoint_id,
             version=pending,
@@ -84,7 +88,11 @@ def _finish(*, endpoint_id: str, version: ConfigVersion, ok: bool, message: str)
     with transaction.atomic():
         endpoint = Endpoint.objects.select_for_update().filter(id=endpoint_id).first()
         # Claim: only the check that still sees this version in progress may finish it.
-        if endpoint is None or endpoint.config_update != ConfigUpdate.IN_PROGRESS or endpoint.pending_config_id != version.id:
+        if (
+            endpoint is None
+            or endpoint.config_update != ConfigUpdate.IN_PROGRESS
+            or endpoint.pending_config_id != version.id
+        ):
             return
         if ok:
             endpoint.active_config = version
@@ -127,3 +135,12 @@ def lost_rollouts() -> list[str]:
         .filter(Q(rollout_next_check_at__isnull=True) | Q(rollout_next_check_at__lt=stale))
         .values_list("id", flat=True)
     )
+
+
+def remove_orphaned_deployments() -> int:
+    """Deployments whose endpoint was deleted while a rollout was creating them: remove them too."""
+    orphans = list(
+        Deployment.objects.filter(endpoint__isnull=True, remove_requested_at__isnull=True).values_list("id", flat=True)
+    )
+    get_backend().remove(deployment_ids=orphans)
+    return len(orphans)
