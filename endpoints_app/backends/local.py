@@ -112,6 +112,24 @@ class LocalBackend:
             return ""
         return read_tail(log_path(entity.deployment_id, kind), max_bytes)
 
+    def read_log(self, *, deployment_id: int, kind: LogKind, offset: int, max_bytes: int = 1_000_000) -> tuple[bytes, int]:
+        path = log_path(deployment_id, kind)
+        try:
+            with open(path, "rb") as fh:
+                fh.seek(0, 2)
+                size = fh.tell()
+                if size < offset:
+                    offset = 0
+                fh.seek(offset)
+                data = fh.read(max_bytes)
+        except FileNotFoundError:
+            return b"", offset
+        end = data.rfind(b"\n")
+        if end < 0:
+            # No complete line yet; a single line longer than max_bytes is taken whole.
+            return (data, offset + len(data)) if len(data) >= max_bytes else (b"", offset)
+        return data[: end + 1], offset + end + 1
+
     def ready_replicas(self, *, deployment_ids: Iterable[int]) -> dict[int, list[str]]:
         replicas: dict[int, list[str]] = {}
         rows = (

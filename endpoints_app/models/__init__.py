@@ -5,11 +5,41 @@ from endpoints_app.models.endpoints import (
     EndpointTag,
     ServedEntity,
 )
+from endpoints_app.models.monitoring import (
+    AlertEvent,
+    AlertMetric,
+    AlertRule,
+    HealthChange,
+    HealthStatus,
+    LogCursor,
+    LogKind,
+    LogLine,
+    MetricCursor,
+    MetricPoint,
+    PayloadLog,
+    PollKind,
+    PollRun,
+    PollTarget,
+)
 from endpoints_app.models.runtime import Deployment, DeploymentState, Replica, ReplicaState
 from endpoints_app.models.tokens import AccessToken
 
 __all__ = [
     "AccessToken",
+    "AlertEvent",
+    "AlertMetric",
+    "AlertRule",
+    "HealthChange",
+    "HealthStatus",
+    "LogCursor",
+    "LogKind",
+    "LogLine",
+    "MetricCursor",
+    "MetricPoint",
+    "PayloadLog",
+    "PollKind",
+    "PollRun",
+    "PollTarget",
     "ConfigUpdate",
     "ConfigVersion",
     "Deployment",

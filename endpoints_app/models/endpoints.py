@@ -57,6 +57,10 @@ class Endpoint(models.Model):
     # Claimed by each rollout check (conditional UPDATE), so that at most one task chain drives a
     # rollout even when the sweeper re-enqueues one that looked lost.
     rollout_next_check_at = models.DateTimeField(null=True, blank=True)
+    # Health from the pollers (endpoints_app.monitoring.health); history in HealthChange.
+    health = models.CharField(max_length=16, default="NOT_POLLED")
+    health_reason = models.TextField(blank=True, default="")
+    health_changed_at = models.DateTimeField(null=True, blank=True)
 
     class Meta:
         ordering = ["name"]

@@ -1,0 +1,1 @@
+"""Watching the fleet: polling, metrics, logs, health, alerts and payload logging."""
