@@ -14,8 +14,23 @@ app = Celery("modelfleet")
 app.config_from_object("django.conf:settings", namespace="CELERY")
 app.autodiscover_tasks(["endpoints_app"])
 
-# The whole periodic schedule. The sweeper restarts any rollout whose task chain was lost
-# (a worker restarted mid-rollout); rollouts are otherwise driven by their own tasks.
-app.conf.beat_schedule = {
-    "sweep-rollouts": {"task": "endpoints_app.tasks.sweep_rollouts", "schedule": 5.0},
-}
+
+@app.on_after_configure.connect
+def _schedule(sender: Celery, **kwargs: object) -> None:
+    """The whole periodic schedule (intervals from the settings)."""
+    from django.conf import settings
+
+    sender.conf.beat_schedule = {
+        # Restarts a rollout whose task chain was lost (e.g. a worker restart).
+        "sweep-rollouts": {"task": "endpoints_app.tasks.sweep_rollouts", "schedule": 5.0},
+        "poll-status": {
+            "task": "endpoints_app.tasks.poll_due", "schedule": settings.POLL_STATUS_SECONDS, "args": ("status",)
+        },
+        "poll-metrics": {
+            "task": "endpoints_app.tasks.poll_due", "schedule": settings.POLL_METRICS_SECONDS, "args": ("metrics",)
+        },
+        "poll-logs": {"task": "endpoints_app.tasks.poll_due", "schedule": settings.POLL_LOGS_SECONDS, "args": ("logs",)},
+        "rollup-metrics": {"task": "endpoints_app.tasks.rollup_metrics", "schedule": 60.0},
+        "evaluate-alerts": {"task": "endpoints_app.tasks.evaluate_alerts", "schedule": settings.ALERT_EVALUATION_SECONDS},
+        "prune-monitoring": {"task": "endpoints_app.tasks.prune_monitoring", "schedule": 3600.0},
+    }

@@ -93,6 +93,35 @@ REPLICA_START_ATTEMPTS = env_int("MODELFLEET_REPLICA_START_ATTEMPTS", 3, minimum
 REPLICA_READY_TIMEOUT_SECONDS = env_float("MODELFLEET_REPLICA_READY_TIMEOUT_SECONDS", 120.0, minimum=1.0)
 WORKSPACE_ID = env_str("MODELFLEET_WORKSPACE_ID", "1000000000000001")
 
+# --- monitoring -------------------------------------------------------------------------------
+POLL_STATUS_SECONDS = env_float("MODELFLEET_POLL_STATUS_SECONDS", 10.0, minimum=1.0)
+POLL_METRICS_SECONDS = env_float("MODELFLEET_POLL_METRICS_SECONDS", 15.0, minimum=1.0)
+POLL_LOGS_SECONDS = env_float("MODELFLEET_POLL_LOGS_SECONDS", 10.0, minimum=1.0)
+POLL_HTTP_TIMEOUT_SECONDS = env_float("MODELFLEET_POLL_HTTP_TIMEOUT_SECONDS", 2.0, minimum=0.1)
+POLL_MAX_BACKOFF_SECONDS = env_float("MODELFLEET_POLL_MAX_BACKOFF_SECONDS", 300.0, minimum=1.0)
+ALERT_EVALUATION_SECONDS = env_float("MODELFLEET_ALERT_EVALUATION_SECONDS", 30.0, minimum=1.0)
+# Retention of each metric resolution (seconds → hours kept).
+METRICS_RETENTION_HOURS = {
+    15: env_float("MODELFLEET_METRICS_15S_RETENTION_HOURS", 48.0, minimum=1.0),
+    60: env_float("MODELFLEET_METRICS_1M_RETENTION_HOURS", 14 * 24.0, minimum=1.0),
+    3600: env_float("MODELFLEET_METRICS_1H_RETENTION_HOURS", 90 * 24.0, minimum=1.0),
+}
+LOG_RETENTION_DAYS = env_float("MODELFLEET_LOG_RETENTION_DAYS", 14.0, minimum=0.01)
+PAYLOAD_RETENTION_DAYS = env_float("MODELFLEET_PAYLOAD_RETENTION_DAYS", 30.0, minimum=0.01)
+POLL_RUN_RETENTION_DAYS = env_float("MODELFLEET_POLL_RUN_RETENTION_DAYS", 2.0, minimum=0.01)
+
+# --- email (notifications) ----------------------------------------------------------------------
+EMAIL_HOST = env_str("MODELFLEET_EMAIL_HOST")
+EMAIL_PORT = env_int("MODELFLEET_EMAIL_PORT", 587, minimum=1)
+EMAIL_HOST_USER = env_str("MODELFLEET_EMAIL_USER", "") or ""
+EMAIL_HOST_PASSWORD = env_str("MODELFLEET_EMAIL_PASSWORD", "") or ""
+EMAIL_USE_TLS = env_bool("MODELFLEET_EMAIL_USE_TLS", True)
+DEFAULT_FROM_EMAIL = env_str("MODELFLEET_EMAIL_FROM", "modelfleet@localhost")
+# Without an SMTP host, mail is written to the worker's log instead of being sent.
+EMAIL_BACKEND = (
+    "django.core.mail.backends.smtp.EmailBackend" if EMAIL_HOST else "django.core.mail.backends.console.EmailBackend"
+)
+
 # --- django -----------------------------------------------------------------------------------
 INSTALLED_APPS = [
     "django.contrib.admin",

@@ -27,3 +27,57 @@ def sweep_rollouts() -> None:
     for endpoint_id in rollouts.lost_rollouts():
         start_rollout.delay(endpoint_id)
     rollouts.remove_orphaned_deployments()
+
+
+# --- monitoring -------------------------------------------------------------------------------
+
+
+@shared_task(ignore_result=True)
+def poll_due(kind: str) -> int:
+    """Beat: one small poll task per target of this kind that is due."""
+    from endpoints_app.monitoring import polling
+
+    polling.ensure_targets()
+    due = polling.due_targets(kind)
+    for target_id in due:
+        poll_target.delay(target_id)
+    return len(due)
+
+
+@shared_task(ignore_result=True, soft_time_limit=30, time_limit=40)
+def poll_target(target_id: int) -> None:
+    from endpoints_app.monitoring import polling
+
+    polling.run_poll(target_id)
+
+
+@shared_task(ignore_result=True)
+def rollup_metrics() -> None:
+    from endpoints_app.monitoring import metrics
+
+    metrics.rollup()
+
+
+@shared_task(ignore_result=True)
+def evaluate_alerts() -> None:
+    from endpoints_app.monitoring import alerts
+
+    alerts.evaluate_alerts()
+
+
+@shared_task(ignore_result=True)
+def prune_monitoring() -> None:
+    """Beat: retention of metric points, log lines, payloads and poll runs."""
+    from endpoints_app.monitoring import logs, metrics, payloads, polling
+
+    metrics.prune()
+    logs.prune_logs()
+    payloads.prune_payloads()
+    polling.prune_poll_runs()
+
+
+@shared_task(ignore_result=True)
+def notify_update_result(endpoint_id: str, version: int, ok: bool, message: str) -> None:
+    from endpoints_app.monitoring import notifications
+
+    notifications.notify_update_result(endpoint_id=endpoint_id, version=version, ok=ok, message=message)

@@ -107,6 +107,10 @@ def _finish(*, endpoint_id: str, version: ConfigVersion, ok: bool, message: str)
         endpoint.save()
     log.info("rollout of %s v%s %s%s", endpoint.name, version.version, "succeeded" if ok else "failed: ", message)
     remove_unused_deployments(endpoint_id=endpoint_id)
+    if endpoint.email_notifications:
+        from endpoints_app import tasks
+
+        tasks.notify_update_result.delay(endpoint_id, version.version, ok, message)
 
 
 def remove_unused_deployments(*, endpoint_id: str) -> None:

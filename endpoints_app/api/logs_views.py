@@ -1,0 +1,7 @@
+"""API views for logs (monitoring)."""
+
+from __future__ import annotations
+
+from django.urls import URLPattern
+
+urlpatterns: list[URLPattern] = []
