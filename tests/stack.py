@@ -65,6 +65,10 @@ def start_stack(*, database: str, token: str, log_path: Path, extra_env: dict[st
         "MODELFLEET_BIND": f"127.0.0.1:{port}",
         "MODELFLEET_REPLICA_START_ATTEMPTS": "2",
         "MODELFLEET_ROLLOUT_TIMEOUT_SECONDS": "180",
+        # Poll every 2 s so tests see the pollers' results quickly.
+        "MODELFLEET_POLL_METRICS_SECONDS": "2",
+        "MODELFLEET_POLL_STATUS_SECONDS": "2",
+        "MODELFLEET_POLL_LOGS_SECONDS": "2",
         "MLFLOW_DISABLE_TELEMETRY": "true",
         "DO_NOT_TRACK": "true",
         **(extra_env or {}),

@@ -421,3 +421,43 @@ def test_a_crashed_replica_is_restarted_and_serves_again(stack, sdk, registered_
         assert time.monotonic() < deadline, "the crashed replica was not replaced within 30s"
     assert Replica.objects.get(id=replica.id).state == ReplicaState.FAILED
     assert sdk.serving_endpoints.get(name="e2e-crash").state.ready == EndpointStateReady.READY
+
+
+def test_metrics_follow_real_queries_and_the_sdk_exports_them(stack, sdk, registered_models):
+    """Gateway counters → Redis → beat → worker poll → 15 s points; export and OpenAPI via the SDK."""
+    from endpoints_app.models import Endpoint, MetricPoint
+    from endpoints_app.monitoring.metrics import parse_prometheus
+
+    sdk.serving_endpoints.create_and_wait(
+        name="e2e-metrics",
+        config=EndpointCoreConfigInput(name="e2e-metrics", served_entities=[entity(registered_models["iris"], "1")]),
+        timeout=TIMEOUT,
+    )
+    good = {"inputs": [dict(zip(IRIS_COLUMNS, ROW, strict=True))]}
+    bad = {"dataframe_split": {"columns": ["x"], "data": [[1]]}}
+    statuses = [query(stack, "e2e-metrics", good).status_code for _ in range(40)]
+    statuses += [query(stack, "e2e-metrics", bad).status_code for _ in range(5)]
+    assert statuses.count(200) == 40 and statuses.count(400) == 5
+
+    endpoint = Endpoint.objects.get(name="e2e-metrics")
+    deadline = time.monotonic() + 30
+    while True:
+        points = MetricPoint.objects.filter(endpoint=endpoint, served_entity_name="", resolution=15)
+        if sum(p.request_count for p in points) >= 45:
+            break
+        assert time.monotonic() < deadline, "the poller did not store the queries within 30 s"
+        time.sleep(0.5)
+    assert sum(p.request_count for p in points) == 45
+    assert sum(p.count_4xx for p in points) == 5
+    assert any(p.p50_ms for p in points)
+    assert any(p.replicas and p.replicas > 0 for p in points)  # averaged over the polls of an interval
+
+    text = sdk.serving_endpoints.export_metrics(name="e2e-metrics").contents.read().decode()
+    samples = {(n, lbl.get("served_entity")): v for n, lbl, v in parse_prometheus(text) if "le" not in lbl}
+    assert samples[("request_count_total", "iris-1")] == 40 + 5
+    assert samples[("request_4xx_count_total", "iris-1")] == 5
+    openapi = json.loads(sdk.serving_endpoints.get_open_api(name="e2e-metrics").contents.read())
+    assert "/served-models/iris-1/invocations" in openapi["paths"]
+
+    cli = modelfleet(stack, "serving-endpoints", "get-metrics", "--name", "e2e-metrics")
+    assert cli.returncode == 0 and "request_count_total" in cli.stdout

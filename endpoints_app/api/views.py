@@ -13,6 +13,7 @@ from django.http import HttpResponse, JsonResponse, QueryDict
 from rest_framework.exceptions import ParseError
 from rest_framework.parsers import JSONParser
 from rest_framework.permissions import AllowAny
+from rest_framework.renderers import JSONRenderer
 from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
@@ -48,6 +49,18 @@ def _body(request: Request) -> Any:
 
 class ApiView(APIView):
     parser_classes = [AnyContentTypeJSONParser]
+
+
+class RawResponseApiView(ApiView):
+    """A view answering raw text (OpenAPI, metrics): any Accept is fine; errors are still JSON.
+
+    The Databricks SDK asks for these with ``Accept: text/plain``, which DRF's negotiation would
+    refuse with 406 because the API only renders JSON.
+    """
+
+    def perform_content_negotiation(self, request, force=False):  # type: ignore[no-untyped-def]
+        renderer = JSONRenderer()
+        return renderer, renderer.media_type
 
 
 class EndpointListView(ApiView):
@@ -86,7 +99,7 @@ class EndpointTagsView(ApiView):
         return Response({"tags": [{"key": t.key, "value": t.value} for t in tags]})
 
 
-class EndpointOpenApiView(ApiView):
+class EndpointOpenApiView(RawResponseApiView):
     def get(self, request: Request, name: str) -> HttpResponse:
         endpoint = selectors.endpoint_by_name(name)
         document = endpoint_openapi(endpoint, host=request.build_absolute_uri("/").rstrip("/"))

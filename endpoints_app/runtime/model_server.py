@@ -295,12 +295,32 @@ class Metrics:
         lines.append(f"request_latency_ms_sum{{{labels}}} {self.latency_sum_ms:.3f}")
         lines.append(f"request_latency_ms_count{{{labels}}} {self.request_count}")
         metric("in_flight_requests", "gauge", "Invocation requests being handled now.", in_flight)
+        cpu, mem = _resource_usage()
+        if cpu is not None:
+            metric("cpu_usage_percentage", "gauge", "CPU used by this replica since the last scrape, % of one core.", cpu)
+            metric("mem_usage_percentage", "gauge", "Resident memory of this replica, % of the host's memory.", mem)
         if load_seconds is not None:
             metric("model_load_seconds", "gauge", "Seconds it took to load the model.", round(load_seconds, 3))
         metric(
             "process_start_time_seconds", "gauge", "Start time of the process, Unix seconds.", round(self.start_time, 3)
         )
         return ("\n".join(lines) + "\n").encode()
+
+
+_process: Any = None
+
+
+def _resource_usage() -> tuple[float | None, float | None]:
+    """(CPU %, memory %) of this process via psutil (an MLflow dependency); (None, None) without it."""
+    global _process
+    try:
+        import psutil
+    except ImportError:
+        return None, None
+    if _process is None:
+        _process = psutil.Process()
+        _process.cpu_percent(interval=None)  # the first call only sets the baseline
+    return round(_process.cpu_percent(interval=None), 2), round(_process.memory_percent(), 3)
 
 
 def _label_value(value: str) -> str:

@@ -1,0 +1,84 @@
+"""An endpoint's metrics in Prometheus (or OpenMetrics) text, for scrapers and the SDK's export_metrics.
+
+Counters and the latency histogram are the gateway's cumulative ones (live, from Redis); gauges
+(CPU %, memory %, replicas, concurrency) come from the newest 15 s point the poller stored.
+Metric names follow Databricks' (reference §4.6).
+"""
+
+from __future__ import annotations
+
+import time
+
+from endpoints_app.gateway.metrics import UNATTRIBUTED, cumulative_buckets, read_counters
+from endpoints_app.models import Endpoint, MetricPoint
+
+PROMETHEUS_CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+OPENMETRICS_CONTENT_TYPE = "application/openmetrics-text; version=1.0.0; charset=utf-8"
+GAUGE_MAX_AGE_SECONDS = 120
+
+
+def _escape(value: str) -> str:
+    return value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
+
+
+def render(endpoint: Endpoint, *, openmetrics: bool = False) -> str:
+    lines: list[str] = []
+    counters = read_counters(endpoint.id)
+    entities = [e.name for e in endpoint.active_config.served_entities.all()] if endpoint.active_config_id else []
+    names = sorted(set(entities) | set(counters))
+
+    def labels(entity: str, extra: str = "") -> str:
+        served = "" if entity == UNATTRIBUTED else entity
+        text = f'endpoint="{_escape(endpoint.name)}",served_entity="{_escape(served)}"'
+        return "{" + text + (f",{extra}" if extra else "") + "}"
+
+    def family(name: str, kind: str, help_text: str) -> None:
+        # OpenMetrics names a counter family without its _total suffix.
+        family_name = name[: -len("_total")] if openmetrics and kind == "counter" and name.endswith("_total") else name
+        lines.append(f"# HELP {family_name} {help_text}")
+        lines.append(f"# TYPE {family_name} {kind}")
+
+    for metric, field, help_text in (
+        ("request_count_total", "count", "Queries answered by the endpoint."),
+        ("request_4xx_count_total", "4xx", "Queries answered with a 4xx status."),
+        ("request_5xx_count_total", "5xx", "Queries answered with a 5xx status."),
+    ):
+        family(metric, "counter", help_text)
+        for entity in names:
+            lines.append(f"{metric}{labels(entity)} {counters.get(entity, {}).get(field, 0.0):g}")
+
+    family("request_latency_ms", "histogram", "Query latency seen by the gateway, milliseconds.")
+    for entity in names:
+        values = counters.get(entity, {})
+        for le, count in cumulative_buckets(values):
+            le_label = f'le="{le}"'
+            lines.append(f"request_latency_ms_bucket{labels(entity, le_label)} {count:g}")
+        lines.append(f"request_latency_ms_sum{labels(entity)} {values.get('sum', 0.0):.3f}")
+        lines.append(f"request_latency_ms_count{labels(entity)} {values.get('count', 0.0):g}")
+
+    latest = _latest_points(endpoint, entities)
+    for metric, attr, help_text in (
+        ("cpu_usage_percentage", "cpu_pct", "CPU used by the served entity's replicas, mean % of one core."),
+        ("mem_usage_percentage", "mem_pct", "Memory used by the served entity's replicas, mean % of the host."),
+        ("provisioned_concurrent_requests_total", "concurrency", "Requests being handled by the served entity now."),
+        ("replicas", "replicas", "Ready replicas of the served entity."),
+    ):
+        family(metric, "gauge", help_text)
+        for entity in entities:
+            point = latest.get(entity)
+            value = getattr(point, attr) if point is not None else None
+            if value is not None:
+                lines.append(f"{metric}{labels(entity)} {value:g}")
+    if openmetrics:
+        lines.append("# EOF")
+    return "\n".join(lines) + "\n"
+
+
+def _latest_points(endpoint: Endpoint, entities: list[str]) -> dict[str, MetricPoint]:
+    since = int(time.time()) - GAUGE_MAX_AGE_SECONDS
+    latest: dict[str, MetricPoint] = {}
+    for point in MetricPoint.objects.filter(
+        endpoint=endpoint, resolution=15, ts__gte=since, served_entity_name__in=entities
+    ).order_by("ts"):
+        latest[point.served_entity_name] = point
+    return latest
