@@ -255,8 +255,8 @@ class PayloadLog(models.Model):
     status_code = models.PositiveSmallIntegerField()
     latency_ms = models.FloatField()
     client_request_id = models.CharField(max_length=255, blank=True, default="")
-    request = models.TextField(null=True, blank=True)  # None when too large
-    response = models.TextField(null=True, blank=True)
+    request = models.TextField(null=True, blank=True)  # noqa: DJ001 - None (too large) differs from ""
+    response = models.TextField(null=True, blank=True)  # noqa: DJ001 - as request
     too_large = models.BooleanField(default=False)
     user_id_hint = models.CharField(max_length=64, blank=True, default="")
 
