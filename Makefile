@@ -38,3 +38,6 @@ lint: install
 
 clean:
 	rm -rf $(VENV) node_modules var
+
+bench: install
+	$(BIN)/python benchmarks/bench_monitoring.py

@@ -24,13 +24,24 @@ def _schedule(sender: Celery, **kwargs: object) -> None:
         # Restarts a rollout whose task chain was lost (e.g. a worker restart).
         "sweep-rollouts": {"task": "endpoints_app.tasks.sweep_rollouts", "schedule": 5.0},
         "poll-status": {
-            "task": "endpoints_app.tasks.poll_due", "schedule": settings.POLL_STATUS_SECONDS, "args": ("status",)
+            "task": "endpoints_app.tasks.poll_due",
+            "schedule": settings.POLL_STATUS_SECONDS,
+            "args": ("status",),
         },
         "poll-metrics": {
-            "task": "endpoints_app.tasks.poll_due", "schedule": settings.POLL_METRICS_SECONDS, "args": ("metrics",)
+            "task": "endpoints_app.tasks.poll_due",
+            "schedule": settings.POLL_METRICS_SECONDS,
+            "args": ("metrics",),
         },
-        "poll-logs": {"task": "endpoints_app.tasks.poll_due", "schedule": settings.POLL_LOGS_SECONDS, "args": ("logs",)},
+        "poll-logs": {
+            "task": "endpoints_app.tasks.poll_due",
+            "schedule": settings.POLL_LOGS_SECONDS,
+            "args": ("logs",),
+        },
         "rollup-metrics": {"task": "endpoints_app.tasks.rollup_metrics", "schedule": 60.0},
-        "evaluate-alerts": {"task": "endpoints_app.tasks.evaluate_alerts", "schedule": settings.ALERT_EVALUATION_SECONDS},
+        "evaluate-alerts": {
+            "task": "endpoints_app.tasks.evaluate_alerts",
+            "schedule": settings.ALERT_EVALUATION_SECONDS,
+        },
         "prune-monitoring": {"task": "endpoints_app.tasks.prune_monitoring", "schedule": 3600.0},
     }

@@ -28,4 +28,6 @@ urlpatterns = [
     path("api/2.0/modelfleet/registered-models", api.RegisteredModelListView.as_view()),
     path("api/2.0/modelfleet/registered-models/upload", api.RegisteredModelUploadView.as_view()),
 ]
-urlpatterns += metrics_views.urlpatterns + logs_views.urlpatterns + alerts_views.urlpatterns + payloads_views.urlpatterns
+urlpatterns += (
+    metrics_views.urlpatterns + logs_views.urlpatterns + alerts_views.urlpatterns + payloads_views.urlpatterns
+)

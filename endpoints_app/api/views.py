@@ -40,7 +40,7 @@ class AnyContentTypeJSONParser(JSONParser):
             raise ParseError("JSON nested too deeply") from None
 
 
-def _body(request: Request) -> Any:
+def request_body(request: Request) -> Any:
     data = request.data
     if isinstance(data, QueryDict):  # DRF's value for an empty body
         return {}
@@ -68,7 +68,7 @@ class EndpointListView(ApiView):
         return Response({"endpoints": [serialize_endpoint_summary(e) for e in selectors.endpoint_list()]})
 
     def post(self, request: Request) -> Response:
-        create = validation.parse_create_request(_body(request))
+        create = validation.parse_create_request(request_body(request))
         endpoint = endpoint_services.create_endpoint(actor=request.user, request=create)
         return Response(serialize_endpoint_detailed(selectors.endpoint_by_name(endpoint.name)))
 
@@ -84,7 +84,7 @@ class EndpointDetailView(ApiView):
 
 class EndpointConfigView(ApiView):
     def put(self, request: Request, name: str) -> Response:
-        body = validation.require_object(_body(request), "request body")
+        body = validation.require_object(request_body(request), "request body")
         if "config" in body and "served_entities" not in body and "served_models" not in body:
             body = validation.require_object(body["config"], "config")
         config = validation.parse_core_config(body, where="config")
@@ -94,7 +94,7 @@ class EndpointConfigView(ApiView):
 
 class EndpointTagsView(ApiView):
     def patch(self, request: Request, name: str) -> Response:
-        add, delete = validation.parse_tags_patch(_body(request))
+        add, delete = validation.parse_tags_patch(request_body(request))
         tags = endpoint_services.patch_endpoint_tags(actor=request.user, name=name, add_tags=add, delete_tags=delete)
         return Response({"tags": [{"key": t.key, "value": t.value} for t in tags]})
 

@@ -29,7 +29,9 @@ class ServingBackend(Protocol):
     def logs(self, *, entity: ServedEntity, kind: LogKind, max_bytes: int = 1_000_000) -> str:
         """The tail of a served entity's server or build log."""
 
-    def read_log(self, *, deployment_id: int, kind: LogKind, offset: int, max_bytes: int = 1_000_000) -> tuple[bytes, int]:
+    def read_log(
+        self, *, deployment_id: int, kind: LogKind, offset: int, max_bytes: int = 1_000_000
+    ) -> tuple[bytes, int]:
         """Raw log bytes from ``offset`` (whole lines only) and the offset to read from next.
 
         A log shorter than ``offset`` was truncated or replaced: reading starts again at 0.

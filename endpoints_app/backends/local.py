@@ -112,7 +112,9 @@ class LocalBackend:
             return ""
         return read_tail(log_path(entity.deployment_id, kind), max_bytes)
 
-    def read_log(self, *, deployment_id: int, kind: LogKind, offset: int, max_bytes: int = 1_000_000) -> tuple[bytes, int]:
+    def read_log(
+        self, *, deployment_id: int, kind: LogKind, offset: int, max_bytes: int = 1_000_000
+    ) -> tuple[bytes, int]:
         path = log_path(deployment_id, kind)
         try:
             with open(path, "rb") as fh:

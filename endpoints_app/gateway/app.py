@@ -97,6 +97,7 @@ class Gateway:
 
     async def aclose(self) -> None:
         self.metrics.stop()
+        self.payloads.stop()
         if self._client is not None:
             await self._client.aclose()
             self._client = None

@@ -43,7 +43,14 @@ def load_route_table(endpoint_name: str) -> RouteTable:
     endpoint = (
         Endpoint.objects.filter(name=endpoint_name)
         .select_related("active_config")
-        .only("id", "active_config_id", "config_update", "ai_gateway", "telemetry_config", "active_config__auto_capture_config")
+        .only(
+            "id",
+            "active_config_id",
+            "config_update",
+            "ai_gateway",
+            "telemetry_config",
+            "active_config__auto_capture_config",
+        )
         .first()
     )
     if endpoint is None:
@@ -80,7 +87,11 @@ def payload_sample_rate(endpoint: Endpoint) -> float | None:
     ``auto_capture_config.enabled``; ``telemetry_config.inference_table_config.sampling_fraction``
     (0.0–1.0) sets the share, else every request is logged.
     """
-    gateway_cfg = ((endpoint.ai_gateway or {}).get("inference_table_config") or {}) if isinstance(endpoint.ai_gateway, dict) else {}
+    gateway_cfg = (
+        ((endpoint.ai_gateway or {}).get("inference_table_config") or {})
+        if isinstance(endpoint.ai_gateway, dict)
+        else {}
+    )
     capture = {}
     if endpoint.active_config_id and endpoint.active_config is not None:
         capture = endpoint.active_config.auto_capture_config or {}

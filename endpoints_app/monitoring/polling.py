@@ -106,7 +106,9 @@ def run_poll(target_id: int) -> bool | None:
     ok = not error
     now = timezone.now()
     failures = 0 if ok else target.consecutive_failures + 1
-    PollRun.objects.create(target=target, kind=target.kind, started_at=started, duration_ms=duration_ms, ok=ok, error=error)
+    PollRun.objects.create(
+        target=target, kind=target.kind, started_at=started, duration_ms=duration_ms, ok=ok, error=error
+    )
     updates = {
         "last_polled_at": now,
         "consecutive_failures": failures,

@@ -297,7 +297,9 @@ class Metrics:
         metric("in_flight_requests", "gauge", "Invocation requests being handled now.", in_flight)
         cpu, mem = _resource_usage()
         if cpu is not None:
-            metric("cpu_usage_percentage", "gauge", "CPU used by this replica since the last scrape, % of one core.", cpu)
+            metric(
+                "cpu_usage_percentage", "gauge", "CPU used by this replica since the last scrape, % of one core.", cpu
+            )
             metric("mem_usage_percentage", "gauge", "Resident memory of this replica, % of the host's memory.", mem)
         if load_seconds is not None:
             metric("model_load_seconds", "gauge", "Seconds it took to load the model.", round(load_seconds, 3))
