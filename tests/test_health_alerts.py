@@ -576,4 +576,27 @@ def test_health_of_a_never_polled_endpoint(api, ep):
         "reason": "",
         "changed_at": None,
         "history": [],
+        "polls": [],
     }
+
+
+def test_health_says_since_when_a_poller_is_failing(api, ep):
+    from datetime import timedelta
+
+    from django.utils import timezone
+
+    from endpoints_app.models import PollKind, PollTarget
+
+    since = timezone.now() - timedelta(minutes=3)
+    PollTarget.objects.create(
+        endpoint=ep,
+        kind=PollKind.METRICS,
+        next_poll_at=timezone.now(),
+        failing_since=since,
+        consecutive_failures=4,
+        last_error="ConnectTimeout: replica 127.0.0.1:1",
+    )
+    polls = api.get(f"{URL}/ep/health").json()["polls"]
+    assert polls[0]["kind"] == "metrics"
+    assert polls[0]["failing_since"] == int(since.timestamp() * 1000)
+    assert polls[0]["consecutive_failures"] == 4 and "ConnectTimeout" in polls[0]["last_error"]

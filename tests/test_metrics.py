@@ -215,3 +215,23 @@ def test_the_export_is_prometheus_text_with_databricks_names(api, endpoint):
     text = om.content.decode()
     assert om["Content-Type"].startswith("application/openmetrics-text")
     assert text.rstrip().endswith("# EOF") and "# TYPE request_count counter" in text
+
+
+def test_the_export_counts_cold_starts(api, endpoint):
+    from datetime import timedelta
+
+    from django.utils import timezone
+
+    deployment = Deployment.objects.get(endpoint=endpoint)
+    started = timezone.now() - timedelta(seconds=10)
+    for index, ready_after in enumerate((2.5, 1.75)):
+        replica = Replica.objects.create(
+            deployment=deployment, agent_id="t", index=index, host="127.0.0.1", port=1, state=ReplicaState.READY
+        )
+        Replica.objects.filter(id=replica.id).update(
+            started_at=started + timedelta(seconds=index), ready_at=started + timedelta(seconds=index + ready_after)
+        )
+    text = api.get("/api/2.0/serving-endpoints/metered/metrics").content.decode()
+    samples = {(n, lbl.get("served_entity")): v for n, lbl, v in metrics.parse_prometheus(text)}
+    assert samples[("cold_starts_total", "iris-1")] == 2
+    assert samples[("cold_start_duration_seconds", "iris-1")] == pytest.approx(1.75)

@@ -21,7 +21,7 @@ from endpoints_app import selectors
 from endpoints_app.api.serializers import ms
 from endpoints_app.api.views import ApiView, request_body
 from endpoints_app.errors import InvalidParameterValue
-from endpoints_app.models import AlertEvent, AlertRule, HealthChange
+from endpoints_app.models import AlertEvent, AlertRule, HealthChange, PollTarget
 from endpoints_app.monitoring import alerts
 
 MAX_LIMIT = 1000
@@ -78,6 +78,19 @@ class EndpointHealthView(ApiView):
                 "changed_at": ms(endpoint.health_changed_at),
                 "history": [
                     {"at": ms(c.at), "previous": c.previous, "status": c.status, "reason": c.reason} for c in history
+                ],
+                # Each poller's state, so a page can say "metrics failing since …".
+                "polls": [
+                    {
+                        "kind": t.kind,
+                        "last_polled_at": ms(t.last_polled_at),
+                        "last_ok_at": ms(t.last_ok_at),
+                        "failing_since": ms(t.failing_since),
+                        "consecutive_failures": t.consecutive_failures,
+                        "last_error": t.last_error,
+                        "next_poll_at": ms(t.next_poll_at),
+                    }
+                    for t in PollTarget.objects.filter(endpoint=endpoint).order_by("kind")
                 ],
             }
         )

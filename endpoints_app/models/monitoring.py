@@ -102,6 +102,7 @@ class MetricPoint(models.Model):
     p99_ms = models.FloatField(null=True, blank=True)
     cpu_pct = models.FloatField(null=True, blank=True)
     mem_pct = models.FloatField(null=True, blank=True)
+    gpu_pct = models.FloatField(null=True, blank=True)  # mean GPU utilisation, when replicas use GPUs
     replicas = models.FloatField(null=True, blank=True)
     concurrency = models.FloatField(null=True, blank=True)
     samples = models.PositiveIntegerField(default=1)  # gauge samples averaged into this point

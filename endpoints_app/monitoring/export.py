@@ -10,7 +10,7 @@ from __future__ import annotations
 import time
 
 from endpoints_app.gateway.metrics import UNATTRIBUTED, cumulative_buckets, read_counters
-from endpoints_app.models import Endpoint, MetricPoint
+from endpoints_app.models import Endpoint, MetricPoint, Replica
 
 PROMETHEUS_CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 OPENMETRICS_CONTENT_TYPE = "application/openmetrics-text; version=1.0.0; charset=utf-8"
@@ -60,6 +60,7 @@ def render(endpoint: Endpoint, *, openmetrics: bool = False) -> str:
     for metric, attr, help_text in (
         ("cpu_usage_percentage", "cpu_pct", "CPU used by the served entity's replicas, mean % of one core."),
         ("mem_usage_percentage", "mem_pct", "Memory used by the served entity's replicas, mean % of the host."),
+        ("gpu_usage_percentage", "gpu_pct", "GPU utilisation of the served entity's replicas, mean %."),
         ("provisioned_concurrent_requests_total", "concurrency", "Requests being handled by the served entity now."),
         ("replicas", "replicas", "Ready replicas of the served entity."),
     ):
@@ -69,6 +70,7 @@ def render(endpoint: Endpoint, *, openmetrics: bool = False) -> str:
             value = getattr(point, attr) if point is not None else None
             if value is not None:
                 lines.append(f"{metric}{labels(entity)} {value:g}")
+    _cold_starts(endpoint, family, labels, lines)
     if openmetrics:
         lines.append("# EOF")
     return "\n".join(lines) + "\n"
@@ -82,3 +84,23 @@ def _latest_points(endpoint: Endpoint, entities: list[str]) -> dict[str, MetricP
     ).order_by("ts"):
         latest[point.served_entity_name] = point
     return latest
+
+
+def _cold_starts(endpoint: Endpoint, family, labels, lines: list[str]) -> None:  # type: ignore[no-untyped-def]
+    """Replica starts of each active served entity and how long the latest took to become ready."""
+    if not endpoint.active_config_id:
+        return
+    entities = {e.deployment_id: e.name for e in endpoint.active_config.served_entities.all() if e.deployment_id}
+    starts: dict[str, int] = {}
+    latest: dict[str, float] = {}
+    for replica in Replica.objects.filter(deployment_id__in=list(entities)).order_by("started_at"):
+        name = entities[replica.deployment_id]
+        starts[name] = starts.get(name, 0) + 1
+        if replica.ready_at is not None:
+            latest[name] = (replica.ready_at - replica.started_at).total_seconds()
+    family("cold_starts_total", "counter", "Replicas started for the served entity (each load of the model).")
+    for name, count in sorted(starts.items()):
+        lines.append(f"cold_starts_total{labels(name)} {count}")
+    family("cold_start_duration_seconds", "gauge", "Seconds the latest replica took from start to ready.")
+    for name, seconds in sorted(latest.items()):
+        lines.append(f"cold_start_duration_seconds{labels(name)} {seconds:.3f}")

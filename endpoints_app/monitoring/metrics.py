@@ -91,6 +91,7 @@ def _labels(text: str) -> Iterable[tuple[str, str]]:
 class ReplicaGauges:
     cpu_pct: float | None = None
     mem_pct: float | None = None
+    gpu_pct: list[float] = field(default_factory=list)
     in_flight: float = 0.0
 
 
@@ -105,6 +106,8 @@ def scrape_replica(url: str, timeout: float) -> ReplicaGauges:
             gauges.mem_pct = value
         elif name == "in_flight_requests":
             gauges.in_flight = value
+        elif name == "gpu_usage_percentage":
+            gauges.gpu_pct.append(value)
     return gauges
 
 
@@ -149,6 +152,7 @@ class Interval:
     buckets: dict[str, float] = field(default_factory=dict)
     cpu: list[float] = field(default_factory=list)
     mem: list[float] = field(default_factory=list)
+    gpu: list[float] = field(default_factory=list)
     replicas: float | None = None
     concurrency: float | None = None
 
@@ -217,6 +221,7 @@ def poll_metrics(endpoint: Endpoint) -> None:
         replica_gauges = gauges.get(name, [])
         interval.cpu = [g.cpu_pct for g in replica_gauges if g.cpu_pct is not None]
         interval.mem = [g.mem_pct for g in replica_gauges if g.mem_pct is not None]
+        interval.gpu = [v for g in replica_gauges for v in g.gpu_pct]
         if name != UNATTRIBUTED:
             interval.replicas = float(len(replica_gauges))
             interval.concurrency = float(sum(g.in_flight for g in replica_gauges))
@@ -227,6 +232,7 @@ def poll_metrics(endpoint: Endpoint) -> None:
         total.add_counts(_as_delta(interval))
         total.cpu += interval.cpu
         total.mem += interval.mem
+        total.gpu += interval.gpu
         total.replicas = (total.replicas or 0.0) + (interval.replicas or 0.0)
         total.concurrency = (total.concurrency or 0.0) + (interval.concurrency or 0.0)
 
@@ -266,7 +272,7 @@ def _as_delta(interval: Interval) -> dict[str, float]:
 
 def add_point(endpoint_id: str, entity: str, resolution: int, ts: int, interval: Interval) -> None:
     """Add an interval into the point at (entity, resolution, ts), creating it if needed."""
-    cpu, mem = _mean(interval.cpu), _mean(interval.mem)
+    cpu, mem, gpu = _mean(interval.cpu), _mean(interval.mem), _mean(interval.gpu)
     for _attempt in range(2):
         point = (
             MetricPoint.objects.select_for_update()
@@ -297,15 +303,16 @@ def add_point(endpoint_id: str, entity: str, resolution: int, ts: int, interval:
                 return
             except IntegrityError:
                 continue  # another poll created it first: merge into it
-        merged = merge_points([point, _point_like(interval, cpu, mem)])
+        merged = merge_points([point, _point_like(interval, cpu, mem, gpu)])
         for key, value in merged.items():
             setattr(point, key, value)
         point.save()
         return
 
 
-def _point_like(interval: Interval, cpu: float | None, mem: float | None) -> MetricPoint:
+def _point_like(interval: Interval, cpu: float | None, mem: float | None, gpu: float | None) -> MetricPoint:
     return MetricPoint(
+        gpu_pct=gpu,
         request_count=interval.request_count,
         count_4xx=interval.count_4xx,
         count_5xx=interval.count_5xx,
@@ -342,6 +349,7 @@ def merge_points(points: list[MetricPoint]) -> dict[str, Any]:
         "p99_ms": quantile(buckets, 0.99),
         "cpu_pct": weighted("cpu_pct"),
         "mem_pct": weighted("mem_pct"),
+        "gpu_pct": weighted("gpu_pct"),
         "replicas": weighted("replicas"),
         "concurrency": weighted("concurrency"),
         "samples": sum(p.samples or 1 for p in points),
@@ -434,6 +442,7 @@ def series(
             p99=Max("p99_ms"),
             cpu=Avg("cpu_pct"),
             mem=Avg("mem_pct"),
+            gpu=Avg("gpu_pct"),
             replicas_avg=Avg("replicas"),
             concurrency_avg=Avg("concurrency"),
         )
@@ -451,6 +460,7 @@ def series(
             "p99_ms": row["p99"],
             "cpu_pct": row["cpu"],
             "mem_pct": row["mem"],
+            "gpu_pct": row["gpu"],
             "replicas": row["replicas_avg"],
             "concurrency": row["concurrency_avg"],
         }

@@ -295,6 +295,9 @@ class Metrics:
         lines.append(f"request_latency_ms_sum{{{labels}}} {self.latency_sum_ms:.3f}")
         lines.append(f"request_latency_ms_count{{{labels}}} {self.request_count}")
         metric("in_flight_requests", "gauge", "Invocation requests being handled now.", in_flight)
+        for gpu, util, mem_used_pct in _gpu_usage():
+            lines.append(f'gpu_usage_percentage{{{labels},gpu="{gpu}"}} {util}')
+            lines.append(f'gpu_mem_usage_percentage{{{labels},gpu="{gpu}"}} {mem_used_pct}')
         cpu, mem = _resource_usage()
         if cpu is not None:
             metric(
@@ -310,6 +313,51 @@ class Metrics:
 
 
 _process: Any = None
+_gpu_cache: tuple[float, list[tuple[str, float, float]]] = (0.0, [])
+
+
+def _gpu_usage() -> list[tuple[str, float, float]]:
+    """(gpu index, utilisation %, memory used %) of the GPUs this replica is pinned to.
+
+    Only when the runtime pinned it (CUDA_VISIBLE_DEVICES) and nvidia-smi exists; cached for 5 s
+    because nvidia-smi takes tens of milliseconds.
+    """
+    global _gpu_cache
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES", "").strip()
+    if not visible or visible == "-1":
+        return []
+    now = time.monotonic()
+    if now - _gpu_cache[0] < 5.0:
+        return _gpu_cache[1]
+    import shutil
+    import subprocess
+
+    result: list[tuple[str, float, float]] = []
+    smi = shutil.which("nvidia-smi")
+    if smi:
+        try:
+            out = subprocess.run(
+                [
+                    smi,
+                    "--query-gpu=index,utilization.gpu,memory.used,memory.total",
+                    "--format=csv,noheader,nounits",
+                    "-i",
+                    visible,
+                ],
+                capture_output=True,
+                text=True,
+                timeout=2,
+                check=True,
+            ).stdout
+            for row in out.strip().splitlines():
+                index, util, used, total = (part.strip() for part in row.split(","))
+                result.append(
+                    (index, float(util), round(100.0 * float(used) / float(total), 2) if float(total) else 0.0)
+                )
+        except (OSError, subprocess.SubprocessError, ValueError):
+            result = []
+    _gpu_cache = (now, result)
+    return result
 
 
 def _resource_usage() -> tuple[float | None, float | None]:
