@@ -93,6 +93,23 @@ REPLICA_START_ATTEMPTS = env_int("MODELFLEET_REPLICA_START_ATTEMPTS", 3, minimum
 REPLICA_READY_TIMEOUT_SECONDS = env_float("MODELFLEET_REPLICA_READY_TIMEOUT_SECONDS", 120.0, minimum=1.0)
 WORKSPACE_ID = env_str("MODELFLEET_WORKSPACE_ID", "1000000000000001")
 
+# --- scaling ----------------------------------------------------------------------------------
+# Requests one replica takes at a time: provisioned concurrency / this = replicas.
+REPLICA_CONCURRENCY = env_int("MODELFLEET_REPLICA_CONCURRENCY", 4, minimum=1)
+# Memory one model-server replica is budgeted at when checking whether a config fits the host.
+REPLICA_MEMORY_MB = env_int("MODELFLEET_REPLICA_MEMORY_MB", 350, minimum=1)
+# Share of the host's memory the runtime may fill with replicas.
+RUNTIME_MEMORY_FRACTION = env_float("MODELFLEET_RUNTIME_MEMORY_FRACTION", 0.8, minimum=0.01)
+AUTOSCALE_TARGET_IN_FLIGHT = env_float("MODELFLEET_AUTOSCALE_TARGET_IN_FLIGHT", 3.0, minimum=0.1)
+AUTOSCALE_UP_DELAY_SECONDS = env_float("MODELFLEET_AUTOSCALE_UP_DELAY_SECONDS", 5.0, minimum=0.0)
+AUTOSCALE_DOWN_DELAY_SECONDS = env_float("MODELFLEET_AUTOSCALE_DOWN_DELAY_SECONDS", 120.0, minimum=0.0)
+SCALE_TO_ZERO_IDLE_SECONDS = env_float("MODELFLEET_SCALE_TO_ZERO_IDLE_SECONDS", 900.0, minimum=1.0)
+# How long the gateway holds a query while a scaled-to-zero entity wakes up.
+SCALE_FROM_ZERO_WAIT_SECONDS = env_float("MODELFLEET_SCALE_FROM_ZERO_WAIT_SECONDS", 60.0, minimum=1.0)
+# A replica that keeps crashing: this many exits within the window fail the deployment.
+CRASH_LOOP_RESTARTS = env_int("MODELFLEET_CRASH_LOOP_RESTARTS", 5, minimum=1)
+CRASH_LOOP_WINDOW_SECONDS = env_float("MODELFLEET_CRASH_LOOP_WINDOW_SECONDS", 600.0, minimum=1.0)
+
 # --- monitoring -------------------------------------------------------------------------------
 POLL_STATUS_SECONDS = env_float("MODELFLEET_POLL_STATUS_SECONDS", 10.0, minimum=1.0)
 POLL_METRICS_SECONDS = env_float("MODELFLEET_POLL_METRICS_SECONDS", 15.0, minimum=1.0)

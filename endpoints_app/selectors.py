@@ -5,11 +5,27 @@ from __future__ import annotations
 from django.db.models import Prefetch, QuerySet
 
 from endpoints_app.errors import ResourceDoesNotExist
-from endpoints_app.models import ConfigUpdate, DeploymentState, Endpoint, EndpointTag, ServedEntity
+from endpoints_app.models import (
+    ConfigUpdate,
+    DeploymentState,
+    Endpoint,
+    EndpointTag,
+    Replica,
+    ReplicaState,
+    ServedEntity,
+)
 
 _ENTITIES = Prefetch(
     "served_entities",
-    queryset=ServedEntity.objects.select_related("deployment", "creator").order_by("position"),
+    queryset=ServedEntity.objects.select_related("deployment", "creator")
+    .prefetch_related(
+        Prefetch(
+            "deployment__replicas",
+            queryset=Replica.objects.filter(state=ReplicaState.READY).only("id", "deployment_id"),
+            to_attr="ready_replica_list",
+        )
+    )
+    .order_by("position"),
 )
 
 

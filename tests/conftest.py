@@ -16,7 +16,8 @@ MODEL = "main.default.iris"
 def registered_models(django_db_setup, tmp_path_factory) -> dict[str, str]:
     """Registry entries used across tests (the registry is MLflow's, outside Django's test DB).
 
-    iris v1 and v2 (real scikit-learn models), a constant model, and one that fails to load.
+    iris v1 and v2 (real scikit-learn models), a constant model, one that fails to load, and two
+    that take 0.5 s and 10 s per query.
     """
     base = tmp_path_factory.mktemp("models")
     if not registry.list_registered_models(MODEL):
@@ -24,7 +25,15 @@ def registered_models(django_db_setup, tmp_path_factory) -> dict[str, str]:
         registry.register_model_dir(model_fixtures.save_iris_model(base / "v2", multiply=2), MODEL)
         registry.register_model_dir(model_fixtures.save_constant_model(base / "a", "a"), "main.default.constant")
         registry.register_model_dir(model_fixtures.save_broken_model(base / "broken"), "main.default.broken")
-    return {"iris": MODEL, "constant": "main.default.constant", "broken": "main.default.broken"}
+        registry.register_model_dir(model_fixtures.save_slow_model(base / "slow", 0.5), "main.default.slow")
+        registry.register_model_dir(model_fixtures.save_slow_model(base / "very_slow", 10.0), "main.default.very_slow")
+    return {
+        "iris": MODEL,
+        "constant": "main.default.constant",
+        "broken": "main.default.broken",
+        "slow": "main.default.slow",
+        "very_slow": "main.default.very_slow",
+    }
 
 
 @pytest.fixture

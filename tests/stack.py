@@ -69,6 +69,11 @@ def start_stack(*, database: str, token: str, log_path: Path, extra_env: dict[st
         "MODELFLEET_POLL_METRICS_SECONDS": "2",
         "MODELFLEET_POLL_STATUS_SECONDS": "2",
         "MODELFLEET_POLL_LOGS_SECONDS": "2",
+        # Scaling on a test's time scale.
+        "MODELFLEET_SCALE_TO_ZERO_IDLE_SECONDS": "4",
+        "MODELFLEET_AUTOSCALE_UP_DELAY_SECONDS": "2",
+        "MODELFLEET_AUTOSCALE_DOWN_DELAY_SECONDS": "4",
+        "MODELFLEET_GATEWAY_TIMEOUT_SECONDS": "6",
         "MLFLOW_DISABLE_TELEMETRY": "true",
         "DO_NOT_TRACK": "true",
         **(extra_env or {}),

@@ -390,3 +390,34 @@ def test_deeply_nested_json_is_malformed_not_a_crash(api):
     response = api.generic("POST", URL, "[" * 100_000 + "]" * 100_000, content_type="application/json")
     assert response.status_code == 400
     assert response.json()["error_code"] == "MALFORMED_REQUEST"
+
+
+def test_a_config_that_does_not_fit_the_host_fails_before_anything_changes(api, registered_models, settings):
+    from django.utils import timezone
+
+    from endpoints_app.models import RuntimeHost
+
+    create(api, endpoint_body("small-one", (registered_models["iris"], "1")))
+    mark_ready("small-one")
+    RuntimeHost.objects.create(agent_id="h", memory_mb=1000, cpus=2, heartbeat_at=timezone.now())
+    settings.REPLICA_MEMORY_MB = 300  # budget 800 MB: the running replica leaves room for one more
+    body = endpoint_body("big", (registered_models["iris"], "1"))
+    body["config"]["served_entities"][0]["workload_size"] = "Large"  # 4 replicas at least
+    response = api.post(URL, body, format="json")
+    assert response.status_code == 400
+    message = response.json()["message"]
+    assert "Not enough capacity" in message and "4 replica(s)" in message and "500 MB" in message
+    assert not Endpoint.objects.filter(name="big").exists()
+    update = api.put(f"{URL}/small-one/config", body["config"], format="json")
+    assert update.status_code == 400
+    assert Endpoint.objects.get(name="small-one").config_update == ConfigUpdate.NOT_UPDATING
+
+
+def test_served_entities_show_current_and_target_replicas(api, registered_models):
+    body = endpoint_body("sized", (registered_models["iris"], "1"))
+    body["config"]["served_entities"][0]["workload_size"] = "Medium"
+    create(api, body)
+    mark_ready("sized")
+    entity = api.get(f"{URL}/sized").json()["config"]["served_entities"][0]
+    assert (entity["target_replicas"], entity["min_replicas"], entity["max_replicas"]) == (2, 2, 4)
+    assert entity["current_replicas"] == 0

@@ -45,6 +45,15 @@ def serialize_served_entity(entity: ServedEntity, *, failed_config: bool = False
     }
     if entity.workload_size:
         out["workload_size"] = entity.workload_size
+    dep = entity.deployment
+    if dep is not None:
+        # Not in Databricks' schema (clients ignore unknown fields): what the autoscaler is doing.
+        ready = getattr(dep, "ready_replica_list", None)
+        out["current_replicas"] = len(ready) if ready is not None else dep.replicas.filter(state="READY").count()
+        out["target_replicas"] = 0 if dep.stopped_at else dep.desired_replicas
+        out["min_replicas"], out["max_replicas"] = dep.min_replicas, dep.max_replicas
+        if dep.scaled_to_zero_at is not None:
+            out["scaled_to_zero"] = True
     if entity.min_provisioned_concurrency is not None:
         out["min_provisioned_concurrency"] = entity.min_provisioned_concurrency
         out["max_provisioned_concurrency"] = entity.max_provisioned_concurrency

@@ -40,5 +40,11 @@ class ServingBackend(Protocol):
     def remove(self, *, deployment_ids: Iterable[int]) -> None:
         """Drain and stop deployments that no config uses any more."""
 
+    def scaled_to_zero(self, *, deployment_ids: Iterable[int]) -> set[int]:
+        """The deployments among these that have no replica on purpose (idle, scale-to-zero)."""
+
+    def wake(self, *, deployment_id: int) -> None:
+        """A query is waiting: start a scaled-to-zero deployment's replicas now."""
+
     def ready_replicas(self, *, deployment_ids: Iterable[int]) -> dict[int, list[str]]:
         """Base URLs of the replicas that may take queries now, by deployment (the gateway's view)."""

@@ -9,10 +9,11 @@ from pathlib import Path
 
 from django.conf import settings
 from django.db import transaction
-from django.db.models import Count
+from django.db.models import Count, F
 from django.utils import timezone
 
 from endpoints_app.backends.base import EntityStatus, LogKind
+from endpoints_app.capacity import replica_range
 from endpoints_app.models import ConfigVersion, Deployment, DeploymentState, Replica, ReplicaState, ServedEntity
 
 
@@ -78,7 +79,16 @@ class LocalBackend:
                 )
                 # 2. Otherwise ask the runtime for a new one.
                 if deployment is None:
+                    scale = replica_range(
+                        workload_size=entity.workload_size,
+                        min_pc=entity.min_provisioned_concurrency,
+                        max_pc=entity.max_provisioned_concurrency,
+                        scale_to_zero=entity.scale_to_zero_enabled,
+                    )
                     deployment = Deployment.objects.create(
+                        min_replicas=scale.min_replicas,
+                        max_replicas=scale.max_replicas,
+                        scale_to_zero_enabled=entity.scale_to_zero_enabled,
                         endpoint=endpoint,
                         endpoint_name=endpoint.name,
                         served_entity_name=entity.name,
@@ -86,7 +96,9 @@ class LocalBackend:
                         spec=spec,
                         model_name=entity.entity_name,
                         model_version=entity.entity_version,
-                        desired_replicas=1,
+                        # A new deployment starts at its minimum, and at least one replica even
+                        # with scale-to-zero: a rollout only switches traffic to what is ready.
+                        desired_replicas=max(1, scale.min_replicas),
                     )
                 entity.deployment = deployment
                 entity.save(update_fields=["deployment"])
@@ -131,6 +143,28 @@ class LocalBackend:
             # No complete line yet; a single line longer than max_bytes is taken whole.
             return (data, offset + len(data)) if len(data) >= max_bytes else (b"", offset)
         return data[: end + 1], offset + end + 1
+
+    def scaled_to_zero(self, *, deployment_ids: Iterable[int]) -> set[int]:
+        return set(
+            Deployment.objects.filter(
+                id__in=list(deployment_ids), desired_replicas=0, stopped_at__isnull=True
+            ).values_list("id", flat=True)
+        )
+
+    def wake(self, *, deployment_id: int) -> None:
+        from endpoints_app.redis_client import get_redis
+        from endpoints_app.runtime.agent import WAKE_QUEUE
+
+        Deployment.objects.filter(id=deployment_id, wake_requested_at__isnull=True).update(
+            wake_requested_at=timezone.now()
+        )
+        Deployment.objects.filter(id=deployment_id, wake_requested_at__lt=F("scaled_to_zero_at")).update(
+            wake_requested_at=timezone.now()
+        )
+        try:
+            get_redis().rpush(WAKE_QUEUE, str(deployment_id))  # the agent's loop wakes at once
+        except Exception:  # without Redis the agent sees the row on its next pass
+            pass
 
     def ready_replicas(self, *, deployment_ids: Iterable[int]) -> dict[int, list[str]]:
         replicas: dict[int, list[str]] = {}

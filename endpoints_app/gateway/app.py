@@ -8,6 +8,7 @@ connection is retried once on another ready replica.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import random
@@ -22,6 +23,7 @@ from django.conf import settings
 from django.db import close_old_connections
 
 from endpoints_app.api.authentication import token_from_header
+from endpoints_app.backends import get_backend
 from endpoints_app.gateway.metrics import GatewayMetrics
 from endpoints_app.gateway.payloads import PayloadLogger
 from endpoints_app.gateway.routing import EntityRoute, RouteTable, load_route_table
@@ -33,6 +35,7 @@ PREFIX = "/serving-endpoints/"
 MAX_BODY_BYTES = 16 * 1024 * 1024
 TOKEN_TTL_SECONDS = 5.0
 NOT_READY_RECHECK_SECONDS = 0.1
+WAKE_POLL_SECONDS = 0.05
 
 Send = Any
 Receive = Any
@@ -80,6 +83,7 @@ class Gateway:
         self._in_flight: defaultdict[str, int] = defaultdict(int)
         self._client: httpx.AsyncClient | None = None
         self._rng = random.Random()
+        self._waking: dict[int, asyncio.Future[EntityRoute]] = {}
         self._ttl = settings.GATEWAY_ROUTE_TTL_SECONDS
 
     @staticmethod
@@ -239,6 +243,42 @@ class Gateway:
             )
         return entity
 
+    async def _wake(self, table: RouteTable, entity: EntityRoute) -> EntityRoute:
+        """Wake a scaled-to-zero entity and hold the query until a replica is ready (bounded).
+
+        Every query waiting for the same deployment shares one wake-up: one request to the
+        backend and one route-table poll loop, however many queries arrive meanwhile.
+        """
+        key = entity.deployment_id
+        assert key is not None
+        waiting = self._waking.get(key)
+        if waiting is None:
+            waiting = asyncio.ensure_future(self._wake_and_wait(table.endpoint_name, entity))
+            self._waking[key] = waiting
+            waiting.add_done_callback(lambda _f: self._waking.pop(key, None))
+        return await asyncio.shield(waiting)
+
+    async def _wake_and_wait(self, endpoint_name: str, entity: EntityRoute) -> EntityRoute:
+        started = time.monotonic()
+        deadline = started + settings.SCALE_FROM_ZERO_WAIT_SECONDS
+        await sync_to_async(_wake_deployment, thread_sensitive=False)(entity.deployment_id)
+        log.info("waking %s/%s from zero", endpoint_name, entity.name)
+        while time.monotonic() < deadline:
+            await asyncio.sleep(WAKE_POLL_SECONDS)
+            table = await sync_to_async(_load_table, thread_sensitive=False)(endpoint_name)
+            self._tables[endpoint_name] = (time.monotonic(), table)
+            fresh = table.entity(entity.name)
+            if fresh is not None and fresh.replicas:
+                log.info("%s/%s woke up in %.2f s", endpoint_name, entity.name, time.monotonic() - started)
+                return fresh
+        raise GatewayError(
+            503,
+            "TEMPORARILY_UNAVAILABLE",
+            f"Served model '{entity.name}' of endpoint '{endpoint_name}' is starting from zero and was not ready "
+            f"within {settings.SCALE_FROM_ZERO_WAIT_SECONDS:g} seconds; retry shortly",
+            {"retry-after": "5"},
+        )
+
     def _pick_replica(self, entity: EntityRoute, exclude: set[str]) -> str | None:
         candidates = [r for r in entity.replicas if r not in exclude]
         if not candidates:
@@ -248,6 +288,8 @@ class Gateway:
     async def _forward(
         self, table: RouteTable, entity: EntityRoute, body: bytes, content_type: str
     ) -> tuple[int, dict[str, str], bytes]:
+        if not entity.replicas and entity.scaled_to_zero and entity.deployment_id is not None:
+            entity = await self._wake(table, entity)
         tried: set[str] = set()
         for _attempt in range(2):
             replica = self._pick_replica(entity, tried)
@@ -283,6 +325,14 @@ class Gateway:
             f"Served model '{entity.name}' of endpoint '{table.endpoint_name}' has no ready replica right now",
             {"retry-after": "1"},
         )
+
+
+def _wake_deployment(deployment_id: int) -> None:
+    close_old_connections()
+    try:
+        get_backend().wake(deployment_id=deployment_id)
+    finally:
+        close_old_connections()
 
 
 async def _lifespan(receive: Receive, send: Send, gateway: Gateway) -> None:

@@ -14,6 +14,8 @@ class EntityRoute:
     name: str
     weight: int
     replicas: list[str]  # base URLs of ready replicas, e.g. "http://127.0.0.1:41234"
+    deployment_id: int | None = None
+    scaled_to_zero: bool = False  # no replica on purpose: a query wakes it
 
 
 @dataclass
@@ -73,10 +75,21 @@ def load_route_table(endpoint_name: str) -> RouteTable:
         for route in (entities[0]["config_version__traffic_config"] or {}).get("routes", []):
             target = route.get("served_model_name") or route.get("served_entity_name")
             weights[target] = int(route.get("traffic_percentage", 0))
-    replicas = get_backend().ready_replicas(deployment_ids=[e["deployment_id"] for e in entities])
+    backend = get_backend()
+    deployment_ids = [e["deployment_id"] for e in entities if e["deployment_id"]]
+    replicas = backend.ready_replicas(deployment_ids=deployment_ids)
+    sleeping = backend.scaled_to_zero(deployment_ids=deployment_ids)
     table = RouteTable(endpoint_name, exists=True, endpoint_id=endpoint.id, payload_sample_rate=sample_rate)
     for e in entities:
-        table.entities.append(EntityRoute(e["name"], weights.get(e["name"], 0), replicas.get(e["deployment_id"], [])))
+        table.entities.append(
+            EntityRoute(
+                e["name"],
+                weights.get(e["name"], 0),
+                replicas.get(e["deployment_id"], []),
+                deployment_id=e["deployment_id"],
+                scaled_to_zero=e["deployment_id"] in sleeping,
+            )
+        )
     return table
 
 

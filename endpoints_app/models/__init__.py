@@ -21,7 +21,14 @@ from endpoints_app.models.monitoring import (
     PollRun,
     PollTarget,
 )
-from endpoints_app.models.runtime import Deployment, DeploymentState, Replica, ReplicaState
+from endpoints_app.models.runtime import (
+    Deployment,
+    DeploymentState,
+    Replica,
+    ReplicaState,
+    RuntimeHost,
+    ScalingDecision,
+)
 from endpoints_app.models.tokens import AccessToken
 
 __all__ = [
@@ -48,5 +55,7 @@ __all__ = [
     "EndpointTag",
     "Replica",
     "ReplicaState",
+    "RuntimeHost",
+    "ScalingDecision",
     "ServedEntity",
 ]

@@ -33,6 +33,14 @@ class Deployment(models.Model):
     model_name = models.CharField(max_length=512)
     model_version = models.CharField(max_length=64)
     desired_replicas = models.PositiveIntegerField(default=1)
+    # The autoscaler moves desired_replicas between these (from the workload size, capacity.py).
+    min_replicas = models.PositiveIntegerField(default=1)
+    max_replicas = models.PositiveIntegerField(default=1)
+    scale_to_zero_enabled = models.BooleanField(default=False)
+    # Set when the autoscaler stopped every replica for lack of traffic; cleared on wake-up.
+    scaled_to_zero_at = models.DateTimeField(null=True, blank=True)
+    # Set by the gateway when a query arrives for a scaled-to-zero deployment.
+    wake_requested_at = models.DateTimeField(null=True, blank=True)
     state = models.CharField(max_length=32, choices=DeploymentState.choices, default=DeploymentState.CREATING)
     state_message = models.TextField(blank=True, default="")
     # Set by the backend's remove(): the agent drains, stops the replicas, then sets stopped_at.
@@ -87,3 +95,33 @@ class Replica(models.Model):
 
     def __str__(self) -> str:
         return f"replica {self.index} of deployment {self.deployment_id} ({self.host}:{self.port})"
+
+
+class ScalingDecision(models.Model):
+    """One autoscaler decision: why a deployment's desired replicas changed."""
+
+    deployment = models.ForeignKey(Deployment, on_delete=models.CASCADE, related_name="scaling_decisions")
+    at = models.DateTimeField()
+    from_replicas = models.PositiveIntegerField()
+    to_replicas = models.PositiveIntegerField()
+    reason = models.TextField()
+
+    class Meta:
+        ordering = ["-at"]
+        indexes = [models.Index(fields=["deployment", "at"], name="scaling_decision_idx")]
+
+    def __str__(self) -> str:
+        return f"{self.from_replicas} → {self.to_replicas} at {self.at}: {self.reason}"
+
+
+class RuntimeHost(models.Model):
+    """A runtime agent's host and what it can hold, refreshed by the agent's heartbeat."""
+
+    agent_id = models.CharField(max_length=255, unique=True)
+    memory_mb = models.PositiveIntegerField()
+    cpus = models.PositiveIntegerField()
+    gpus = models.JSONField(default=list, blank=True)  # [{"index": "0", "name": "NVIDIA H100", "memory_mb": 81559}]
+    heartbeat_at = models.DateTimeField()
+
+    def __str__(self) -> str:
+        return f"{self.agent_id} ({self.cpus} CPUs, {self.memory_mb} MB, {len(self.gpus)} GPUs)"

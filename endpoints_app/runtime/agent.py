@@ -22,6 +22,7 @@ import http.client
 import json
 import logging
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -32,9 +33,15 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from endpoints_app.runtime.autoscaler import History, Policy, Sample, decide
+
 log = logging.getLogger("modelfleet.runtime")
 
 LOOP_SECONDS = 0.5
+STARTING_LOOP_SECONDS = 0.1
+SAMPLE_SECONDS = 1.0
+HEARTBEAT_SECONDS = 10.0
+WAKE_QUEUE = "mf:runtime:wake"
 MAX_DRAIN_SECONDS = 60.0
 TERM_GRACE_SECONDS = 30.0
 MAX_BACKOFF_SECONDS = 30.0
@@ -96,6 +103,7 @@ class ReplicaProc:
     ready: bool = False
     drain_started: float | None = None
     term_sent: float | None = None
+    gpu: str | None = None  # the GPU index this replica is pinned to
 
 
 @dataclass
@@ -107,6 +115,9 @@ class DeploymentRuntime:
     next_start_at: float = 0.0
     next_index: int = 0
     ever_ready: bool = False
+    exits: list[float] = field(default_factory=list)  # when ready replicas exited (crash-loop check)
+    history: History = field(default_factory=History)
+    last_sample: float = 0.0
 
 
 class Agent:
@@ -125,6 +136,8 @@ class Agent:
         self.builds: dict[int, Future] = {}
         self.pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="build")
         self.stopping = threading.Event()
+        self.last_heartbeat = 0.0
+        self.gpus = detect_gpus()
 
     # --- lifecycle --------------------------------------------------------------------------------
 
@@ -153,11 +166,43 @@ class Agent:
         while not self.stopping.is_set():
             started = time.monotonic()
             try:
+                if started - self.last_heartbeat >= HEARTBEAT_SECONDS:
+                    self.heartbeat()
                 self.reconcile()
             except Exception:  # one bad pass must not kill the agent; the next pass retries
                 log.exception("reconcile pass failed")
-            self.stopping.wait(max(0.05, LOOP_SECONDS - (time.monotonic() - started)))
+            # While a replica is starting, look again soon: readiness is noticed within 0.1 s.
+            pace = STARTING_LOOP_SECONDS if any(not p.ready for p in self.procs.values()) else LOOP_SECONDS
+            self.wait_for_wake(max(0.02, pace - (time.monotonic() - started)))
         self.shutdown()
+
+    def wait_for_wake(self, seconds: float) -> None:
+        """Sleep until the next pass, or until the gateway asks to wake a scaled-to-zero deployment."""
+        try:
+            from endpoints_app.redis_client import get_redis
+
+            if get_redis().blpop([WAKE_QUEUE], timeout=seconds) is not None:
+                get_redis().delete(WAKE_QUEUE)  # one pass serves every pending wake-up
+            return
+        except Exception:  # no Redis: plain sleep
+            self.stopping.wait(seconds)
+
+    def heartbeat(self) -> None:
+        """Tell the control plane what this host can hold (capacity checks read it)."""
+        from django.utils import timezone
+
+        from endpoints_app.models import RuntimeHost
+
+        self.last_heartbeat = time.monotonic()
+        RuntimeHost.objects.update_or_create(
+            agent_id=self.agent_id,
+            defaults={
+                "memory_mb": host_memory_mb(),
+                "cpus": os.cpu_count() or 1,
+                "gpus": self.gpus,
+                "heartbeat_at": timezone.now(),
+            },
+        )
 
     def shutdown(self) -> None:
         log.info("runtime agent stopping %d replica(s)", len(self.procs))
@@ -215,14 +260,86 @@ class Agent:
             return
         rt = self.state.setdefault(deployment.id, DeploymentRuntime())
         now = time.monotonic()
+        if is_gpu_workload(deployment.spec.get("workload_type") or "CPU") and not self.gpus:
+            self._fail(
+                deployment,
+                f"workload_type {deployment.spec.get('workload_type')} needs a GPU, but this runtime host has none "
+                "(nvidia-smi found no GPU). Use workload_type CPU, or run a runtime agent on a GPU host.",
+            )
+            return
         for proc in self._procs_of(deployment.id):
-            self._check_replica(deployment, rt, proc, now)
+            if proc.drain_started is not None:
+                self._drain_proc(proc, now)
+            else:
+                self._check_replica(deployment, rt, proc, now)
         if deployment.state == DeploymentState.FAILED:
             return
-        running = self._procs_of(deployment.id)
-        if len(running) < deployment.desired_replicas and now >= rt.next_start_at:
+        waking = deployment.desired_replicas == 0 and deployment.wake_requested_at is not None
+        if waking or now - rt.last_sample >= SAMPLE_SECONDS:
+            rt.last_sample = now
+            self._autoscale(deployment, rt, now)
+        active = [p for p in self._procs_of(deployment.id) if p.drain_started is None]
+        if len(active) < deployment.desired_replicas and now >= rt.next_start_at:
             self._start_replica(deployment, rt)
+        elif len(active) > deployment.desired_replicas:
+            # Scale down: drain the newest replica (not-yet-ready ones first).
+            victim = max(active, key=lambda p: (not p.ready, p.index))
+            self._begin_drain(victim)
         self._update_deployment_state(deployment, rt)
+
+    def _autoscale(self, deployment, rt: DeploymentRuntime, now: float) -> None:  # type: ignore[no-untyped-def]
+        from django.conf import settings
+        from django.utils import timezone
+
+        from endpoints_app.models import Deployment, ScalingDecision
+
+        ready = [p for p in self._procs_of(deployment.id) if p.ready and p.drain_started is None]
+        stats = [health(self.bind_host_for_checks(), p.port, timeout=0.3) for p in ready]
+        stats = [h for h in stats if h is not None]
+        rt.history.add(
+            Sample(
+                at=now,
+                ready=len(stats),
+                in_flight=float(sum(h.get("in_flight", 0) for h in stats)),
+                idle_seconds=min((float(h.get("idle_seconds", 0.0)) for h in stats), default=0.0),
+            )
+        )
+        policy = Policy(
+            min_replicas=deployment.min_replicas,
+            max_replicas=max(deployment.max_replicas, 1),
+            scale_to_zero=deployment.scale_to_zero_enabled,
+            target_in_flight=settings.AUTOSCALE_TARGET_IN_FLIGHT,
+            up_delay=settings.AUTOSCALE_UP_DELAY_SECONDS,
+            down_delay=settings.AUTOSCALE_DOWN_DELAY_SECONDS,
+            idle_seconds=settings.SCALE_TO_ZERO_IDLE_SECONDS,
+        )
+        wake_pending = deployment.wake_requested_at is not None and (
+            deployment.scaled_to_zero_at is None or deployment.wake_requested_at >= deployment.scaled_to_zero_at
+        )
+        decision = decide(
+            desired=deployment.desired_replicas, policy=policy, history=rt.history, now=now, wake_pending=wake_pending
+        )
+        if decision is None:
+            return
+        target, reason = decision
+        updates: dict = {"desired_replicas": target}
+        if target == 0:
+            updates["scaled_to_zero_at"] = timezone.now()
+        elif deployment.desired_replicas == 0:
+            updates.update(scaled_to_zero_at=None, wake_requested_at=None)
+        Deployment.objects.filter(id=deployment.id).update(**updates)
+        ScalingDecision.objects.create(
+            deployment_id=deployment.id,
+            at=timezone.now(),
+            from_replicas=deployment.desired_replicas,
+            to_replicas=target,
+            reason=reason,
+        )
+        self._server_log_note(deployment.id, f"autoscaler: {deployment.desired_replicas} → {target} replicas: {reason}")
+        log.info("autoscaler: %s %d → %d replicas: %s", deployment, deployment.desired_replicas, target, reason)
+        for key, value in updates.items():
+            setattr(deployment, key, value)
+        rt.history = History()
 
     def _check_replica(self, deployment, rt: DeploymentRuntime, proc: ReplicaProc, now: float) -> None:  # type: ignore[no-untyped-def]
         from django.utils import timezone
@@ -239,6 +356,15 @@ class Agent:
             if proc.ready:
                 rt.restarts += 1
                 log.warning("replica %s of %s exited (%s); restarting", proc.index, deployment, reason)
+                window = _settings().CRASH_LOOP_WINDOW_SECONDS
+                rt.exits = [t for t in rt.exits if now - t < window] + [now]
+                if len(rt.exits) >= _settings().CRASH_LOOP_RESTARTS:
+                    self._fail(
+                        deployment,
+                        f"The model server is crash-looping: replicas exited {len(rt.exits)} times in "
+                        f"{window:.0f} s. Last error: {reason}",
+                    )
+                    return
             else:
                 rt.failed_starts += 1
                 log.warning(
@@ -294,6 +420,17 @@ class Agent:
         env = {k: v for k, v in os.environ.items() if k in _CHILD_ENV_ALLOWLIST or k.startswith("LC_")}
         env.update(deployment.spec.get("environment_vars") or {})
         env.update({"MLFLOW_DISABLE_TELEMETRY": "true", "DO_NOT_TRACK": "true", "PYTHONUNBUFFERED": "1"})
+        gpu = None
+        if is_gpu_workload(deployment.spec.get("workload_type") or "CPU"):
+            gpu = self._free_gpu()
+            if gpu is None:
+                self._fail(
+                    deployment, f"All {len(self.gpus)} GPU(s) of this runtime host are in use by other replicas."
+                )
+                return
+            env["CUDA_VISIBLE_DEVICES"] = gpu
+        else:
+            env["CUDA_VISIBLE_DEVICES"] = ""  # CPU workloads never grab a GPU
         cmd = [
             sys.executable,
             "-m",
@@ -329,14 +466,16 @@ class Agent:
             port=port,
             pid=popen.pid,
         )
-        self.procs[replica.id] = ReplicaProc(replica.id, deployment.id, index, port, popen)
+        self.procs[replica.id] = ReplicaProc(replica.id, deployment.id, index, port, popen, gpu=gpu)
         log.info("started replica %s of %s (pid %s, port %s)", index, deployment, popen.pid, port)
 
     def _update_deployment_state(self, deployment, rt: DeploymentRuntime) -> None:  # type: ignore[no-untyped-def]
         from endpoints_app.models import Deployment, DeploymentState
 
-        ready = sum(1 for p in self._procs_of(deployment.id) if p.ready)
-        if ready >= deployment.desired_replicas:
+        ready = sum(1 for p in self._procs_of(deployment.id) if p.ready and p.drain_started is None)
+        if deployment.desired_replicas == 0:
+            state, message = DeploymentState.READY, "Scaled to zero; the next query starts a replica."
+        elif ready >= deployment.desired_replicas:
             state, message = DeploymentState.READY, f"{ready} replica(s) ready."
         elif rt.ever_ready:
             state, message = (
@@ -405,28 +544,17 @@ class Agent:
     def _drain(self, deployment) -> None:  # type: ignore[no-untyped-def]
         from django.utils import timezone
 
-        from endpoints_app.models import Deployment, DeploymentState, Replica, ReplicaState
+        from endpoints_app.models import Deployment, DeploymentState
 
         build = self.builds.get(deployment.id)
         if build is not None and not build.done():
             return  # let the build finish; its replicas are never started
         now = time.monotonic()
         for proc in self._procs_of(deployment.id):
-            if proc.popen.poll() is not None:
-                self.procs.pop(proc.replica_id, None)
-                Replica.objects.filter(id=proc.replica_id).update(state=ReplicaState.STOPPED, stopped_at=timezone.now())
-                continue
             if proc.drain_started is None:
-                proc.drain_started = now
-                Replica.objects.filter(id=proc.replica_id).update(state=ReplicaState.DRAINING)
-                continue
-            if proc.term_sent is None and now - proc.drain_started >= self.drain_grace:
-                status = health(self.bind_host_for_checks(), proc.port) if proc.ready else None
-                idle = status is None or not status.get("in_flight")
-                if idle or now - proc.drain_started > MAX_DRAIN_SECONDS:
-                    self._terminate(proc)
-            elif proc.term_sent is not None and now - proc.term_sent > TERM_GRACE_SECONDS:
-                proc.popen.kill()
+                self._begin_drain(proc)
+            else:
+                self._drain_proc(proc, now)
         if not self._procs_of(deployment.id):
             if deployment.state == DeploymentState.FAILED:
                 final = DeploymentState.FAILED
@@ -450,6 +578,35 @@ class Agent:
             self.builds.pop(deployment.id, None)
             log.info("deployment %s removed", deployment)
 
+    def _begin_drain(self, proc: ReplicaProc) -> None:
+        """Stop routing to the replica; it is stopped once the gateway's routes and requests let go."""
+        from endpoints_app.models import Replica, ReplicaState
+
+        proc.drain_started = time.monotonic()
+        Replica.objects.filter(id=proc.replica_id).update(state=ReplicaState.DRAINING)
+
+    def _drain_proc(self, proc: ReplicaProc, now: float) -> None:
+        from django.utils import timezone
+
+        from endpoints_app.models import Replica, ReplicaState
+
+        assert proc.drain_started is not None
+        if proc.popen.poll() is not None:
+            self.procs.pop(proc.replica_id, None)
+            Replica.objects.filter(id=proc.replica_id).update(state=ReplicaState.STOPPED, stopped_at=timezone.now())
+            return
+        if proc.term_sent is None and now - proc.drain_started >= self.drain_grace:
+            status = health(self.bind_host_for_checks(), proc.port) if proc.ready else None
+            idle = status is None or not status.get("in_flight")
+            if idle or now - proc.drain_started > MAX_DRAIN_SECONDS:
+                self._terminate(proc)
+        elif proc.term_sent is not None and now - proc.term_sent > TERM_GRACE_SECONDS:
+            proc.popen.kill()
+
+    def _free_gpu(self) -> str | None:
+        used = {p.gpu for p in self.procs.values() if p.gpu is not None}
+        return next((g["index"] for g in self.gpus if g["index"] not in used), None)
+
     def _terminate(self, proc: ReplicaProc, *, force: bool = False) -> None:
         if proc.popen.poll() is not None:
             return
@@ -471,6 +628,51 @@ class Agent:
 
         with open(log_path(deployment_id, "server"), "a", encoding="utf-8") as fh:
             fh.write(f"{time.strftime('%Y-%m-%d %H:%M:%S')} runtime: {line}\n")
+
+
+def _settings():  # type: ignore[no-untyped-def]
+    from django.conf import settings
+
+    return settings
+
+
+def is_gpu_workload(workload_type: str) -> bool:
+    return workload_type.startswith(("GPU_", "MULTIGPU_"))
+
+
+def host_memory_mb() -> int:
+    """Total memory of this host, from /proc/meminfo (Linux)."""
+    try:
+        with open("/proc/meminfo") as fh:
+            for line in fh:
+                if line.startswith("MemTotal:"):
+                    return int(line.split()[1]) // 1024
+    except OSError:
+        pass
+    return 4096
+
+
+def detect_gpus() -> list[dict]:
+    """The host's NVIDIA GPUs as [{"index", "name", "memory_mb"}]; none without nvidia-smi."""
+    smi = shutil.which("nvidia-smi")
+    if not smi:
+        return []
+    try:
+        out = subprocess.run(
+            [smi, "--query-gpu=index,name,memory.total", "--format=csv,noheader,nounits"],
+            capture_output=True,
+            text=True,
+            timeout=10,
+            check=True,
+        ).stdout
+    except (OSError, subprocess.SubprocessError):
+        return []
+    gpus = []
+    for row in out.strip().splitlines():
+        parts = [p.strip() for p in row.split(",")]
+        if len(parts) >= 3:
+            gpus.append({"index": parts[0], "name": parts[1], "memory_mb": int(float(parts[2]))})
+    return gpus
 
 
 def _exit_reason(log_tail: str, code: int) -> str:

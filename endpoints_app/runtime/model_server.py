@@ -14,7 +14,8 @@ Routes:
   ``dataframe_records``, ``instances``, ``inputs``, optional ``params``; ``text/csv`` too),
   parsed by MLflow's own scoring-server helpers so answers match ``mlflow models serve``.
   Answers ``{"predictions": ...}``; every error is ``{"error_code": ..., "message": ...}``.
-* ``GET /health`` -- 200 ``{"status": "ready", "in_flight": N, "model": ..., "replica": K,
+* ``GET /health`` -- 200 ``{"status": "ready", "in_flight": N, "requests": N, "idle_seconds": S,
+  "model": ..., "replica": K,
   "pid": P}`` once the model is loaded, 503 with ``"status": "loading"`` before that.
   ``in_flight`` lets the agent drain a replica before stopping it.
 * ``GET /metrics`` -- Prometheus text exposition, written by hand (no extra dependency).
@@ -388,6 +389,9 @@ class ModelServerApp:
         self.load_seconds: float | None = None
         self.load_failed = False
         self.in_flight = 0
+        # When the last invocation finished (or the model was loaded): the agent's idle clock
+        # for scale-to-zero.
+        self.last_request_at = time.monotonic()
         self.metrics = Metrics(labels=f'served_entity="{_label_value(name)}",replica="{replica_id}"')
         self.executor = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="predict")
 
@@ -395,6 +399,7 @@ class ModelServerApp:
         """Called on the event loop once the background load succeeds; /health turns 200."""
         self.model = model
         self.load_seconds = seconds
+        self.last_request_at = time.monotonic()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":  # lifespan is off and websockets are disabled
@@ -425,6 +430,8 @@ class ModelServerApp:
         document = {
             "status": status,
             "in_flight": self.in_flight,
+            "requests": self.metrics.request_count,
+            "idle_seconds": 0.0 if self.in_flight else round(time.monotonic() - self.last_request_at, 3),
             "model": self.name,
             "replica": self.replica_id,
             "pid": self.pid,
@@ -454,6 +461,7 @@ class ModelServerApp:
                 )
         finally:
             self.in_flight -= 1
+            self.last_request_at = time.monotonic()
             self.metrics.observe(status, (time.perf_counter() - started) * 1000.0)
 
     async def _invoke(self, scope: Scope, receive: Receive) -> bytes:

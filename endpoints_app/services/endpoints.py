@@ -10,7 +10,7 @@ from django.db import IntegrityError, transaction
 from django.db.models import Max
 from django.utils import timezone
 
-from endpoints_app import registry
+from endpoints_app import capacity, registry
 from endpoints_app.backends import get_backend
 from endpoints_app.errors import ResourceAlreadyExists, ResourceConflict, ResourceDoesNotExist
 from endpoints_app.models import ConfigUpdate, ConfigVersion, Deployment, Endpoint, EndpointTag, ServedEntity
@@ -81,6 +81,7 @@ def create_endpoint(*, actor: AbstractBaseUser | None, request: CreateRequest) -
     if Endpoint.objects.filter(name=request.name).exists():
         raise ResourceAlreadyExists(f"Endpoint with name '{request.name}' already exists")
     _check_models_exist(request.config)
+    capacity.check_fits(request.config)
     try:
         with transaction.atomic():
             endpoint = Endpoint.objects.create(
@@ -110,6 +111,7 @@ def update_endpoint_config(*, actor: AbstractBaseUser | None, name: str, config:
     if not Endpoint.objects.filter(name=name).exists():
         raise ResourceDoesNotExist(f"Endpoint '{name}' does not exist")
     _check_models_exist(config)
+    capacity.check_fits(config)
     with transaction.atomic():
         endpoint = get_endpoint_for_update(name)
         if endpoint.config_update == ConfigUpdate.IN_PROGRESS:
