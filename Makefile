@@ -40,4 +40,5 @@ clean:
 	rm -rf $(VENV) node_modules var
 
 bench: install
+	$(BIN)/python benchmarks/bench_serving.py
 	$(BIN)/python benchmarks/bench_monitoring.py

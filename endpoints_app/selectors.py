@@ -17,16 +17,16 @@ from endpoints_app.models import (
 
 _ENTITIES = Prefetch(
     "served_entities",
-    queryset=ServedEntity.objects.select_related("deployment", "creator")
-    .prefetch_related(
-        Prefetch(
-            "deployment__replicas",
-            queryset=Replica.objects.filter(state=ReplicaState.READY).only("id", "deployment_id"),
-            to_attr="ready_replica_list",
-        )
-    )
-    .order_by("position"),
+    queryset=ServedEntity.objects.select_related("deployment", "creator").order_by("position"),
 )
+# The detailed view also shows each entity's ready replicas.
+_ENTITIES_WITH_REPLICAS = ServedEntity.objects.select_related("deployment", "creator").prefetch_related(
+    Prefetch(
+        "deployment__replicas",
+        queryset=Replica.objects.filter(state=ReplicaState.READY).only("id", "deployment_id"),
+        to_attr="ready_replica_list",
+    )
+).order_by("position")
 
 
 def endpoint_list() -> QuerySet[Endpoint]:
@@ -39,6 +39,23 @@ def endpoint_list() -> QuerySet[Endpoint]:
         )
         .order_by("name")
     )
+
+
+def endpoint_detail(name: str) -> Endpoint:
+    """One endpoint with everything the detailed wire shape shows (replica counts included)."""
+    endpoint = (
+        Endpoint.objects.select_related("creator", "active_config", "pending_config")
+        .prefetch_related(
+            Prefetch("tags", queryset=EndpointTag.objects.order_by("key")),
+            Prefetch("active_config__served_entities", queryset=_ENTITIES_WITH_REPLICAS),
+            Prefetch("pending_config__served_entities", queryset=_ENTITIES_WITH_REPLICAS),
+        )
+        .filter(name=name)
+        .first()
+    )
+    if endpoint is None:
+        raise ResourceDoesNotExist(f"Endpoint '{name}' does not exist")
+    return endpoint
 
 
 def endpoint_by_name(name: str) -> Endpoint:

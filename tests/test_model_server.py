@@ -179,13 +179,15 @@ def test_it_reports_ready_health_with_identity(iris_server: ServerProcess, sessi
     response = session.get(f"{iris_server.url}/health", timeout=5)
 
     assert response.status_code == 200
-    assert response.json() == {
+    document = response.json()
+    assert {k: document[k] for k in ("status", "in_flight", "model", "replica", "pid")} == {
         "status": "ready",
         "in_flight": 0,
         "model": "iris-1",
         "replica": 2,
         "pid": iris_server.process.pid,
     }
+    assert document["requests"] >= 0 and document["idle_seconds"] >= 0
 
 
 def test_it_accepts_csv(iris_server: ServerProcess, sample: pd.DataFrame, session: requests.Session) -> None:

@@ -70,12 +70,12 @@ class EndpointListView(ApiView):
     def post(self, request: Request) -> Response:
         create = validation.parse_create_request(request_body(request))
         endpoint = endpoint_services.create_endpoint(actor=request.user, request=create)
-        return Response(serialize_endpoint_detailed(selectors.endpoint_by_name(endpoint.name)))
+        return Response(serialize_endpoint_detailed(selectors.endpoint_detail(endpoint.name)))
 
 
 class EndpointDetailView(ApiView):
     def get(self, request: Request, name: str) -> Response:
-        return Response(serialize_endpoint_detailed(selectors.endpoint_by_name(name)))
+        return Response(serialize_endpoint_detailed(selectors.endpoint_detail(name)))
 
     def delete(self, request: Request, name: str) -> Response:
         endpoint_services.delete_endpoint(actor=request.user, name=name)
@@ -89,7 +89,7 @@ class EndpointConfigView(ApiView):
             body = validation.require_object(body["config"], "config")
         config = validation.parse_core_config(body, where="config")
         endpoint_services.update_endpoint_config(actor=request.user, name=name, config=config)
-        return Response(serialize_endpoint_detailed(selectors.endpoint_by_name(name)))
+        return Response(serialize_endpoint_detailed(selectors.endpoint_detail(name)))
 
 
 class EndpointTagsView(ApiView):
