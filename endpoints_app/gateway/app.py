@@ -17,7 +17,6 @@ from collections import defaultdict
 from dataclasses import dataclass
 from typing import Any
 
-import httpx
 from asgiref.sync import sync_to_async
 from django.conf import settings
 from django.db import close_old_connections
@@ -27,6 +26,12 @@ from endpoints_app.backends import get_backend
 from endpoints_app.gateway.metrics import GatewayMetrics
 from endpoints_app.gateway.payloads import PayloadLogger
 from endpoints_app.gateway.routing import EntityRoute, RouteTable, load_route_table
+from endpoints_app.gateway.upstream import (
+    UpstreamError,
+    UpstreamPool,
+    UpstreamTimeout,
+    UpstreamUnreachable,
+)
 from endpoints_app.services.tokens import authenticate_token
 
 log = logging.getLogger(__name__)
@@ -81,7 +86,7 @@ class Gateway:
         self._tables: dict[str, tuple[float, RouteTable]] = {}
         self._tokens: dict[str, tuple[float, int | None]] = {}
         self._in_flight: defaultdict[str, int] = defaultdict(int)
-        self._client: httpx.AsyncClient | None = None
+        self.upstream = UpstreamPool()
         self._rng = random.Random()
         self._waking: dict[int, asyncio.Future[EntityRoute]] = {}
         self._ttl = settings.GATEWAY_ROUTE_TTL_SECONDS
@@ -90,21 +95,10 @@ class Gateway:
     def handles(path: str) -> bool:
         return path.startswith(PREFIX)
 
-    def client(self) -> httpx.AsyncClient:
-        if self._client is None:
-            self._client = httpx.AsyncClient(
-                timeout=httpx.Timeout(settings.GATEWAY_TIMEOUT_SECONDS, connect=2.0),
-                limits=httpx.Limits(max_connections=512, max_keepalive_connections=128),
-                trust_env=False,  # never through a proxy: replicas are on this network only
-            )
-        return self._client
-
     async def aclose(self) -> None:
         self.metrics.stop()
         self.payloads.stop()
-        if self._client is not None:
-            await self._client.aclose()
-            self._client = None
+        await self.upstream.aclose()
 
     # --- ASGI ---------------------------------------------------------------------------------
 
@@ -130,6 +124,7 @@ class Gateway:
                     response_body=body,
                     client_request_id="",
                 )
+        headers["content-length"] = str(len(body))  # not chunked: one write, and simpler for clients
         await send(
             {
                 "type": "http.response.start",
@@ -298,27 +293,28 @@ class Gateway:
             tried.add(replica)
             self._in_flight[replica] += 1
             try:
-                response = await self.client().post(
-                    replica + "/invocations", content=body, headers={"content-type": content_type}
+                status, content_type, response_body = await self.upstream.post(
+                    replica, "/invocations", body, content_type, timeout=settings.GATEWAY_TIMEOUT_SECONDS
                 )
-            except (httpx.ConnectError, httpx.RemoteProtocolError) as exc:
+            except UpstreamUnreachable as exc:
                 # Nothing reached the model (refused, or reset before any response byte): retry once.
                 log.warning("replica %s of %s failed before answering: %s", replica, entity.name, exc)
                 self._tables.pop(table.endpoint_name, None)
                 continue
-            except httpx.TimeoutException:
+            except UpstreamTimeout:
                 raise GatewayError(
                     504,
                     "DEADLINE_EXCEEDED",
                     f"Served model '{entity.name}' did not answer within {settings.GATEWAY_TIMEOUT_SECONDS:g} seconds",
                 ) from None
+            except UpstreamError as exc:
+                raise GatewayError(
+                    502, "BAD_GATEWAY", f"Served model '{entity.name}' broke off its answer: {exc}"
+                ) from None
             finally:
                 self._in_flight[replica] -= 1
-            headers = {
-                "content-type": response.headers.get("content-type", "application/json"),
-                "served-model-name": entity.name,
-            }
-            return response.status_code, headers, response.content
+            headers = {"content-type": content_type, "served-model-name": entity.name}
+            return status, headers, response_body
         raise GatewayError(
             503,
             "TEMPORARILY_UNAVAILABLE",

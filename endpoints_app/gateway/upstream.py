@@ -1,0 +1,193 @@
+"""The gateway's HTTP/1.1 client to model-server replicas: pooled keep-alive connections.
+
+A general-purpose client (httpx) costs a few milliseconds per request on this hardware; the
+gateway needs one thing only — POST a body to a replica on the local network and read the
+answer — so it speaks HTTP/1.1 itself over asyncio streams, keeping idle connections per replica.
+
+Failures are classified for the caller's retry rule:
+- ``UpstreamUnreachable``: nothing reached the model (connection refused, or the connection was
+  reset before any response byte) — safe to retry on another replica;
+- ``UpstreamTimeout``: the replica did not answer in time;
+- ``UpstreamBroken``: the answer started but broke off — not retried (the model may have run).
+A pooled connection the replica closed while idle is replaced transparently.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import time
+from collections import defaultdict
+from urllib.parse import urlparse
+
+IDLE_SECONDS = 4.0  # below uvicorn's 5 s keep-alive: never reuse a connection the server is closing
+MAX_IDLE_PER_REPLICA = 256
+MAX_HEADER_BYTES = 64 * 1024
+
+
+class UpstreamError(Exception):
+    pass
+
+
+class UpstreamUnreachable(UpstreamError):
+    pass
+
+
+class UpstreamTimeout(UpstreamError):
+    pass
+
+
+class UpstreamBroken(UpstreamError):
+    pass
+
+
+class _Conn:
+    __slots__ = ("reader", "writer", "idle_since")
+
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.reader, self.writer = reader, writer
+        self.idle_since = time.monotonic()
+
+    def close(self) -> None:
+        try:
+            self.writer.close()
+        except Exception:  # already gone
+            pass
+
+
+class UpstreamPool:
+    def __init__(self, *, connect_timeout: float = 2.0) -> None:
+        self.connect_timeout = connect_timeout
+        self._idle: defaultdict[str, list[_Conn]] = defaultdict(list)
+
+    async def post(
+        self, base_url: str, path: str, body: bytes, content_type: str, *, timeout: float
+    ) -> tuple[int, str, bytes]:
+        """(status, content type, body) of ``POST base_url + path``."""
+        host, port = _host_port(base_url)
+        request = (
+            f"POST {path} HTTP/1.1\r\nHost: {host}:{port}\r\nContent-Type: {content_type}\r\n"
+            f"Content-Length: {len(body)}\r\n\r\n"
+        ).encode("latin-1") + body
+        deadline = time.monotonic() + timeout
+        while True:
+            conn, reused = await self._checkout(base_url, host, port)
+            try:
+                return await asyncio.wait_for(
+                    self._exchange(base_url, conn, request), max(0.001, deadline - time.monotonic())
+                )
+            except _StaleConnection:
+                conn.close()
+                if reused:
+                    continue  # the replica closed this idle connection: try a fresh one
+                raise UpstreamUnreachable("the replica closed the connection before answering") from None
+            except TimeoutError:
+                conn.close()
+                raise UpstreamTimeout(f"no answer within {timeout:g} s") from None
+            except UpstreamError:
+                conn.close()
+                raise
+            except (ConnectionError, OSError) as exc:
+                conn.close()
+                raise UpstreamBroken(f"the connection broke while answering: {exc}") from None
+
+    async def _checkout(self, base_url: str, host: str, port: int) -> tuple[_Conn, bool]:
+        idle = self._idle[base_url]
+        now = time.monotonic()
+        while idle:
+            conn = idle.pop()
+            if now - conn.idle_since < IDLE_SECONDS and not conn.reader.at_eof():
+                return conn, True
+            conn.close()
+        try:
+            reader, writer = await asyncio.wait_for(
+                asyncio.open_connection(host, port, limit=MAX_HEADER_BYTES), self.connect_timeout
+            )
+        except (TimeoutError, OSError) as exc:
+            raise UpstreamUnreachable(f"cannot connect to {host}:{port}: {exc or type(exc).__name__}") from None
+        sock = writer.get_extra_info("socket")
+        if sock is not None:
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        return _Conn(reader, writer), False
+
+    async def _exchange(self, base_url: str, conn: _Conn, request: bytes) -> tuple[int, str, bytes]:
+        try:
+            conn.writer.write(request)
+            head = await conn.reader.readuntil(b"\r\n\r\n")
+        except asyncio.IncompleteReadError as exc:
+            if not exc.partial:
+                raise _StaleConnection from None
+            raise UpstreamBroken("the replica's answer broke off in its headers") from None
+        except (ConnectionResetError, BrokenPipeError):
+            raise _StaleConnection from None
+        except asyncio.LimitOverrunError:
+            raise UpstreamBroken("the replica's response headers are too large") from None
+        status, content_type, length, chunked, close = _parse_head(head)
+        try:
+            if chunked:
+                body = await _read_chunked(conn.reader)
+            elif length is not None:
+                body = await conn.reader.readexactly(length)
+            else:
+                body = await conn.reader.read()
+                close = True
+        except asyncio.IncompleteReadError:
+            raise UpstreamBroken("the replica's answer broke off in its body") from None
+        if close:
+            conn.close()
+        else:
+            conn.idle_since = time.monotonic()
+            idle = self._idle[base_url]
+            if len(idle) < MAX_IDLE_PER_REPLICA:
+                idle.append(conn)
+            else:
+                conn.close()
+        return status, content_type, body
+
+    async def aclose(self) -> None:
+        for conns in self._idle.values():
+            for conn in conns:
+                conn.close()
+        self._idle.clear()
+
+
+class _StaleConnection(Exception):
+    """Nothing came back on this connection: not one response byte."""
+
+
+def _host_port(base_url: str) -> tuple[str, int]:
+    parsed = urlparse(base_url)
+    return parsed.hostname or "127.0.0.1", parsed.port or 80
+
+
+def _parse_head(head: bytes) -> tuple[int, str, int | None, bool, bool]:
+    lines = head.split(b"\r\n")
+    try:
+        status = int(lines[0].split(b" ", 2)[1])
+    except (IndexError, ValueError):
+        raise UpstreamBroken(f"not an HTTP response: {lines[0][:80]!r}") from None
+    content_type, length, chunked, close = "application/json", None, False, False
+    for line in lines[1:]:
+        name, _, value = line.partition(b":")
+        name = name.strip().lower()
+        if name == b"content-length":
+            length = int(value.strip())
+        elif name == b"content-type":
+            content_type = value.strip().decode("latin-1")
+        elif name == b"transfer-encoding" and b"chunked" in value.lower():
+            chunked = True
+        elif name == b"connection" and value.strip().lower() == b"close":
+            close = True
+    return status, content_type, length, chunked, close
+
+
+async def _read_chunked(reader: asyncio.StreamReader) -> bytes:
+    parts = []
+    while True:
+        size_line = await reader.readuntil(b"\r\n")
+        size = int(size_line.split(b";", 1)[0].strip(), 16)
+        if size == 0:
+            await reader.readuntil(b"\r\n")
+            return b"".join(parts)
+        parts.append(await reader.readexactly(size))
+        await reader.readexactly(2)
