@@ -110,6 +110,9 @@ SCALE_FROM_ZERO_WAIT_SECONDS = env_float("MODELFLEET_SCALE_FROM_ZERO_WAIT_SECOND
 CRASH_LOOP_RESTARTS = env_int("MODELFLEET_CRASH_LOOP_RESTARTS", 5, minimum=1)
 CRASH_LOOP_WINDOW_SECONDS = env_float("MODELFLEET_CRASH_LOOP_WINDOW_SECONDS", 600.0, minimum=1.0)
 
+# Keep one pre-imported model server waiting, so wake-ups and scale-ups skip Python's imports.
+RUNTIME_STANDBY = env_bool("MODELFLEET_RUNTIME_STANDBY", True)
+
 # --- monitoring -------------------------------------------------------------------------------
 POLL_STATUS_SECONDS = env_float("MODELFLEET_POLL_STATUS_SECONDS", 10.0, minimum=1.0)
 POLL_METRICS_SECONDS = env_float("MODELFLEET_POLL_METRICS_SECONDS", 15.0, minimum=1.0)

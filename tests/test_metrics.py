@@ -235,3 +235,22 @@ def test_the_export_counts_cold_starts(api, endpoint):
     samples = {(n, lbl.get("served_entity")): v for n, lbl, v in metrics.parse_prometheus(text)}
     assert samples[("cold_starts_total", "iris-1")] == 2
     assert samples[("cold_start_duration_seconds", "iris-1")] == pytest.approx(1.75)
+
+
+def test_autoscaler_decisions_are_exported_and_listed(api, endpoint):
+    from django.utils import timezone
+
+    from endpoints_app.models import ScalingDecision
+
+    deployment = Deployment.objects.get(endpoint=endpoint)
+    Deployment.objects.filter(id=deployment.id).update(desired_replicas=3)
+    ScalingDecision.objects.create(
+        deployment=deployment, at=timezone.now(), from_replicas=1, to_replicas=3, reason="scale up: 9 in flight"
+    )
+    text = api.get("/api/2.0/serving-endpoints/metered/metrics").content.decode()
+    samples = {(n, lbl.get("served_entity")): v for n, lbl, v in metrics.parse_prometheus(text)}
+    assert samples[("replicas_target", "iris-1")] == 3
+    assert samples[("scaling_decisions_total", "iris-1")] == 1
+    body = api.get("/api/2.0/modelfleet/serving-endpoints/metered/scaling-decisions").json()
+    assert body["decisions"][0]["reason"] == "scale up: 9 in flight" and body["decisions"][0]["to_replicas"] == 3
+    assert api.get("/api/2.0/modelfleet/serving-endpoints/metered/scaling-decisions?limit=0").status_code == 400

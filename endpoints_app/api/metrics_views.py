@@ -12,6 +12,7 @@ from rest_framework.response import Response
 from endpoints_app import selectors
 from endpoints_app.api.views import ApiView, RawResponseApiView
 from endpoints_app.errors import InvalidParameterValue
+from endpoints_app.models import ScalingDecision
 from endpoints_app.monitoring import export, metrics
 
 
@@ -57,7 +58,37 @@ class EndpointMetricSeriesView(ApiView):
         return Response({"endpoint": endpoint.name, "served_model": served or None, **data})
 
 
+class EndpointScalingDecisionsView(ApiView):
+    """``GET …/scaling-decisions?limit=100``: the autoscaler's decisions for the endpoint, newest first."""
+
+    def get(self, request: Request, name: str) -> Response:
+        endpoint = selectors.endpoint_by_name(name)
+        raw = request.query_params.get("limit") or "100"
+        if not raw.isdigit() or not 1 <= int(raw) <= 1000:
+            raise InvalidParameterValue("limit must be a whole number from 1 to 1000")
+        decisions = (
+            ScalingDecision.objects.filter(deployment__endpoint=endpoint)
+            .select_related("deployment")
+            .order_by("-at", "-id")[: int(raw)]
+        )
+        return Response(
+            {
+                "decisions": [
+                    {
+                        "at": int(d.at.timestamp() * 1000),
+                        "served_model_name": d.deployment.served_entity_name,
+                        "from_replicas": d.from_replicas,
+                        "to_replicas": d.to_replicas,
+                        "reason": d.reason,
+                    }
+                    for d in decisions
+                ]
+            }
+        )
+
+
 urlpatterns = [
     path("api/2.0/serving-endpoints/<str:name>/metrics", EndpointMetricsExportView.as_view()),
     path("api/2.0/modelfleet/serving-endpoints/<str:name>/metric-series", EndpointMetricSeriesView.as_view()),
+    path("api/2.0/modelfleet/serving-endpoints/<str:name>/scaling-decisions", EndpointScalingDecisionsView.as_view()),
 ]

@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import time
 
+from django.db.models import Count
+
 from endpoints_app.gateway.metrics import UNATTRIBUTED, cumulative_buckets, read_counters
-from endpoints_app.models import Endpoint, MetricPoint, Replica
+from endpoints_app.models import Deployment, Endpoint, MetricPoint, Replica, ScalingDecision
 
 PROMETHEUS_CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 OPENMETRICS_CONTENT_TYPE = "application/openmetrics-text; version=1.0.0; charset=utf-8"
@@ -104,3 +106,16 @@ def _cold_starts(endpoint: Endpoint, family, labels, lines: list[str]) -> None: 
     family("cold_start_duration_seconds", "gauge", "Seconds the latest replica took from start to ready.")
     for name, seconds in sorted(latest.items()):
         lines.append(f"cold_start_duration_seconds{labels(name)} {seconds:.3f}")
+    deployments = {d.id: d for d in Deployment.objects.filter(id__in=list(entities))}
+    family("replicas_target", "gauge", "Replicas the autoscaler wants for the served entity.")
+    for deployment_id, name in sorted(entities.items(), key=lambda item: item[1]):
+        if deployment_id in deployments:
+            lines.append(f"replicas_target{labels(name)} {deployments[deployment_id].desired_replicas}")
+    decisions = dict(
+        ScalingDecision.objects.filter(deployment_id__in=list(entities))
+        .values_list("deployment_id")
+        .annotate(n=Count("id"))
+    )
+    family("scaling_decisions_total", "counter", "Autoscaler decisions (scale up, down, to zero, wake-up).")
+    for deployment_id, name in sorted(entities.items(), key=lambda item: item[1]):
+        lines.append(f"scaling_decisions_total{labels(name)} {decisions.get(deployment_id, 0)}")

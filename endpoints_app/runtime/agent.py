@@ -39,6 +39,8 @@ log = logging.getLogger("modelfleet.runtime")
 
 LOOP_SECONDS = 0.5
 STARTING_LOOP_SECONDS = 0.1
+STANDBY_WARMUP_SECONDS = 3.0  # a standby younger than this may still be importing
+ROOT = Path(__file__).resolve().parents[2]
 SAMPLE_SECONDS = 1.0
 HEARTBEAT_SECONDS = 10.0
 WAKE_QUEUE = "mf:runtime:wake"
@@ -138,6 +140,9 @@ class Agent:
         self.stopping = threading.Event()
         self.last_heartbeat = 0.0
         self.gpus = detect_gpus()
+        self.standby: subprocess.Popen | None = None
+        self.standby_started = 0.0
+        self.standby_disabled = False
 
     # --- lifecycle --------------------------------------------------------------------------------
 
@@ -157,6 +162,7 @@ class Agent:
 
     def run_forever(self) -> None:
         self.forget_previous_run()
+        self._spawn_standby()
         log.info(
             "runtime agent %s started (replicas on %s, advertised as %s)",
             self.agent_id,
@@ -206,6 +212,8 @@ class Agent:
 
     def shutdown(self) -> None:
         log.info("runtime agent stopping %d replica(s)", len(self.procs))
+        if self.standby is not None and self.standby.poll() is None:
+            self.standby.kill()
         for proc in self.procs.values():
             if proc.popen.poll() is None:
                 proc.popen.terminate()
@@ -405,6 +413,61 @@ class Agent:
                 )
                 proc.popen.kill()
 
+    # --- warm standby ---------------------------------------------------------------------------
+
+    def _spawn_standby(self) -> None:
+        """A model server that has done its slow imports and waits to be told what to serve.
+
+        Handing a wake-up or scale-up to it skips ~2 s of Python imports (cold starts under 3 s).
+        """
+        from django.conf import settings
+
+        if not settings.RUNTIME_STANDBY or self.standby_disabled:
+            return
+        if self.standby is not None:
+            code = self.standby.poll()
+            if code is None:
+                return
+            if code != 0:
+                # A standby that dies on its own would be respawned forever: do without one.
+                self.standby_disabled = True
+                log.warning("the standby model server exited with code %s; starting replicas fresh from now on", code)
+                return
+        env = {k: v for k, v in os.environ.items() if k in _CHILD_ENV_ALLOWLIST or k.startswith("LC_")}
+        env.update({"MLFLOW_DISABLE_TELEMETRY": "true", "DO_NOT_TRACK": "true", "PYTHONUNBUFFERED": "1"})
+        env["CUDA_VISIBLE_DEVICES"] = ""
+        self.runtime_dir.mkdir(parents=True, exist_ok=True)
+        with open(self.runtime_dir / "standby.log", "ab") as out:
+            self.standby = subprocess.Popen(
+                [sys.executable, "-m", "endpoints_app.runtime.model_server", "--standby"],
+                stdin=subprocess.PIPE,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                env=env,
+                cwd=str(ROOT),
+                preexec_fn=_set_pdeathsig,
+            )
+        self.standby_started = time.monotonic()
+
+    def _take_standby(self, assignment: dict) -> subprocess.Popen | None:
+        """Give the standby process this replica's work; None when there is no usable standby."""
+        standby = self.standby
+        if standby is None or standby.poll() is not None or standby.stdin is None:
+            self._spawn_standby()
+            return None
+        if time.monotonic() - self.standby_started < STANDBY_WARMUP_SECONDS:
+            return None  # still importing: a fresh process is no slower
+        self.standby = None
+        try:
+            standby.stdin.write((json.dumps(assignment) + "\n").encode())
+            standby.stdin.close()
+        except OSError:
+            standby.kill()
+            self._spawn_standby()
+            return None
+        self._spawn_standby()
+        return standby
+
     def bind_host_for_checks(self) -> str:
         return "127.0.0.1" if self.bind_host in ("0.0.0.0", "::", "") else self.bind_host
 
@@ -431,33 +494,48 @@ class Agent:
             env["CUDA_VISIBLE_DEVICES"] = gpu
         else:
             env["CUDA_VISIBLE_DEVICES"] = ""  # CPU workloads never grab a GPU
-        cmd = [
-            sys.executable,
-            "-m",
-            "endpoints_app.runtime.model_server",
-            "--model-path",
-            deployment.model_path,
-            "--host",
-            self.bind_host,
-            "--port",
-            str(port),
-            "--name",
-            deployment.served_entity_name,
-            "--replica-id",
-            str(index),
-        ]
         directory = deployment_dir(deployment.id)
         directory.mkdir(parents=True, exist_ok=True)
-        with open(log_path(deployment.id, "server"), "ab") as out:
-            popen = subprocess.Popen(
-                cmd,
-                stdout=out,
-                stderr=subprocess.STDOUT,
-                stdin=subprocess.DEVNULL,
-                env=env,
-                cwd=str(Path(__file__).resolve().parents[2]),
-                preexec_fn=_set_pdeathsig,
+        server_log = log_path(deployment.id, "server")
+        popen = None
+        if gpu is None:
+            popen = self._take_standby(
+                {
+                    "model_path": deployment.model_path,
+                    "host": self.bind_host,
+                    "port": port,
+                    "name": deployment.served_entity_name,
+                    "replica_id": index,
+                    "log_path": str(server_log),
+                    "env": dict(deployment.spec.get("environment_vars") or {}),
+                }
             )
+        if popen is None:
+            cmd = [
+                sys.executable,
+                "-m",
+                "endpoints_app.runtime.model_server",
+                "--model-path",
+                deployment.model_path,
+                "--host",
+                self.bind_host,
+                "--port",
+                str(port),
+                "--name",
+                deployment.served_entity_name,
+                "--replica-id",
+                str(index),
+            ]
+            with open(server_log, "ab") as out:
+                popen = subprocess.Popen(
+                    cmd,
+                    stdout=out,
+                    stderr=subprocess.STDOUT,
+                    stdin=subprocess.DEVNULL,
+                    env=env,
+                    cwd=str(ROOT),
+                    preexec_fn=_set_pdeathsig,
+                )
         replica = Replica.objects.create(
             deployment=deployment,
             agent_id=self.agent_id,
