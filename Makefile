@@ -41,4 +41,5 @@ clean:
 
 bench: install
 	$(BIN)/python benchmarks/bench_serving.py
+	$(BIN)/python benchmarks/bench_faults.py
 	$(BIN)/python benchmarks/bench_monitoring.py

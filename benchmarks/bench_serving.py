@@ -14,13 +14,10 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import secrets
 import signal
-import socket
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -28,32 +25,22 @@ import requests
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+from benchmarks.common import BIN, COLUMNS, ROW, free_port, start_stack, wait_http  # noqa: E402
+
 PY = sys.executable
-BIN = Path(PY).parent
-COLUMNS = ["sepal_length", "sepal_width", "petal_length", "petal_width"]
-ROW = [5.1, 3.5, 1.4, 0.2]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def wait_http(url: str, seconds: float = 120) -> None:
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        try:
-            if requests.get(url, timeout=1).status_code < 500:
-                return
-        except requests.RequestException:
-            pass
-        time.sleep(0.2)
-    raise RuntimeError(f"{url} did not answer within {seconds:.0f}s")
 
 
 def loadgen(url: str, body_file: Path, concurrency: int, seconds: float, token: str | None = None) -> dict:
-    cmd = [PY, str(ROOT / "benchmarks" / "loadgen.py"), url, str(body_file), "--concurrency", str(concurrency), "--seconds", str(seconds)]
+    cmd = [
+        PY,
+        str(ROOT / "benchmarks" / "loadgen.py"),
+        url,
+        str(body_file),
+        "--concurrency",
+        str(concurrency),
+        "--seconds",
+        str(seconds),
+    ]
     if token:
         cmd += ["--token", token]
     out = subprocess.run(cmd, capture_output=True, text=True, timeout=seconds + 60, check=True).stdout
@@ -65,43 +52,35 @@ def main() -> int:
     parser.add_argument("--seconds", type=float, default=4.0)
     args = parser.parse_args()
 
-    data_dir = Path(tempfile.mkdtemp(prefix="modelfleet-bench-serving-"))
-    port = free_port()
-    token = "mf-bench-" + secrets.token_hex(8)
-    env = {k: v for k, v in os.environ.items() if k not in ("DATABASE_URL", "REDIS_URL", "MLFLOW_TRACKING_URI")}
-    env.update(
-        MODELFLEET_DATA_DIR=str(data_dir), MODELFLEET_BIND=f"127.0.0.1:{port}", MODELFLEET_BOOTSTRAP_TOKEN=token,
-        MODELFLEET_CONFIG_FILE=str(data_dir / "cfg"), MODELFLEET_SCALE_TO_ZERO_IDLE_SECONDS="2",
-        MLFLOW_DISABLE_TELEMETRY="true", DO_NOT_TRACK="true", DJANGO_SETTINGS_MODULE="dashboard.settings",
-    )
-    os.environ.update(env)
-    for key in ("DATABASE_URL", "REDIS_URL", "MLFLOW_TRACKING_URI"):
-        os.environ.pop(key, None)
-    subprocess.run([str(BIN / "modelfleet"), "setup"], env=env, check=True, capture_output=True)
-    stack = subprocess.Popen(
-        [str(BIN / "modelfleet"), "up", "--no-setup"], env=env, stdout=open(data_dir / "stack.log", "wb"),
-        stderr=subprocess.STDOUT, start_new_session=True,
-    )
+    stack = start_stack(MODELFLEET_SCALE_TO_ZERO_IDLE_SECONDS="2")
+    data_dir, token, base, env = stack.data_dir, stack.token, stack.base, stack.env
     mlflow_proc = None
     try:
-        import django
-
-        django.setup()
         from endpoints_app import registry
         from endpoints_app.models import Deployment, Replica, ReplicaState
 
-        base = f"http://127.0.0.1:{port}"
-        wait_http(base + "/.well-known/databricks-config")
-        auth = {"Authorization": f"Bearer {token}"}
+        auth = stack.auth
         for name, stz in (("bench", False), ("bench-zero", True)):
-            body = {"name": name, "config": {"served_entities": [{
-                "entity_name": "main.default.demo_classifier", "entity_version": "1", "workload_size": "Small",
-                "scale_to_zero_enabled": stz}]}}
+            body = {
+                "name": name,
+                "config": {
+                    "served_entities": [
+                        {
+                            "entity_name": "main.default.demo_classifier",
+                            "entity_version": "1",
+                            "workload_size": "Small",
+                            "scale_to_zero_enabled": stz,
+                        }
+                    ]
+                },
+            }
             requests.post(base + "/api/2.0/serving-endpoints", json=body, headers=auth, timeout=30).raise_for_status()
         deadline = time.monotonic() + 120
         while time.monotonic() < deadline:
-            states = [requests.get(f"{base}/api/2.0/serving-endpoints/{n}", headers=auth, timeout=10).json()["state"]
-                      for n in ("bench", "bench-zero")]
+            states = [
+                requests.get(f"{base}/api/2.0/serving-endpoints/{n}", headers=auth, timeout=10).json()["state"]
+                for n in ("bench", "bench-zero")
+            ]
             if all(s["ready"] == "READY" for s in states):
                 break
             time.sleep(0.5)
@@ -113,7 +92,10 @@ def main() -> int:
         source = registry.get_model_version("main.default.demo_classifier", "1").source
         mlflow_proc = subprocess.Popen(
             [str(BIN / "mlflow"), "models", "serve", "-m", source, "-p", str(mlflow_port), "--env-manager", "local"],
-            env=env, stdout=open(data_dir / "mlflow.log", "wb"), stderr=subprocess.STDOUT, start_new_session=True,
+            env=env,
+            stdout=open(data_dir / "mlflow.log", "wb"),
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
         )
         wait_http(f"http://127.0.0.1:{mlflow_port}/ping")
         mlflow_url = f"http://127.0.0.1:{mlflow_port}/invocations"
@@ -124,13 +106,20 @@ def main() -> int:
             path.write_text(json.dumps({"dataframe_split": {"columns": COLUMNS, "data": [ROW] * rows}}))
             bodies[rows] = path
         results = {}
-        for label, url, tok in (("(a) gateway", gateway, token), ("(b) model server", direct, None), ("(c) mlflow serve", mlflow_url, None)):
+        for label, url, tok in (
+            ("(a) gateway", gateway, token),
+            ("(b) model server", direct, None),
+            ("(c) mlflow serve", mlflow_url, None),
+        ):
             for rows in (1, 100):
                 for concurrency in (1, 8, 32):
                     results[(label, rows, concurrency)] = loadgen(url, bodies[rows], concurrency, args.seconds, tok)
                     r = results[(label, rows, concurrency)]
-                    print(f"  {label:<17} rows={rows:<3} c={concurrency:<2} {r['rps']:8.0f} req/s  p50 {r['p50_ms']:.2f} ms  "
-                          f"p99 {r['p99_ms']:.2f} ms  errors {r['errors']}", flush=True)
+                    print(
+                        f"  {label:<17} rows={rows:<3} c={concurrency:<2} {r['rps']:8.0f} req/s  p50 {r['p50_ms']:.2f} ms  "
+                        f"p99 {r['p99_ms']:.2f} ms  errors {r['errors']}",
+                        flush=True,
+                    )
 
         # Cold start: the scale-to-zero endpoint idles 2 s, then one query wakes it (5 times).
         colds = []
@@ -139,27 +128,37 @@ def main() -> int:
             deadline = time.monotonic() + 60
             while time.monotonic() < deadline:
                 zero.refresh_from_db()
-                if zero.desired_replicas == 0 and not Replica.objects.filter(deployment=zero, state=ReplicaState.READY).exists():
+                if (
+                    zero.desired_replicas == 0
+                    and not Replica.objects.filter(deployment=zero, state=ReplicaState.READY).exists()
+                ):
                     break
                 time.sleep(0.2)
             t0 = time.perf_counter()
-            r = requests.post(f"{base}/serving-endpoints/bench-zero/invocations", headers=auth,
-                              json={"dataframe_split": {"columns": COLUMNS, "data": [ROW]}}, timeout=90)
+            r = requests.post(
+                f"{base}/serving-endpoints/bench-zero/invocations",
+                headers=auth,
+                json={"dataframe_split": {"columns": COLUMNS, "data": [ROW]}},
+                timeout=90,
+            )
             colds.append(time.perf_counter() - t0)
             assert r.status_code == 200, r.text
     finally:
         if mlflow_proc is not None:
             os.killpg(mlflow_proc.pid, signal.SIGTERM)
-        os.killpg(stack.pid, signal.SIGTERM)
-        stack.wait(timeout=60)
+        stack.stop()
 
     print()
-    print(f"Serving benchmark, demo model (scikit-learn LogisticRegression), {os.cpu_count()} CPUs, {args.seconds:g} s per cell")
+    print(
+        f"Serving benchmark, demo model (scikit-learn LogisticRegression), {os.cpu_count()} CPUs, {args.seconds:g} s per cell"
+    )
     print()
     print("| target | rows | concurrency | requests/s | p50 ms | p99 ms | errors |")
     print("|---|---|---|---|---|---|---|")
     for (label, rows, concurrency), r in results.items():
-        print(f"| {label} | {rows} | {concurrency} | {r['rps']:.0f} | {r['p50_ms']:.2f} | {r['p99_ms']:.2f} | {r['errors']} |")
+        print(
+            f"| {label} | {rows} | {concurrency} | {r['rps']:.0f} | {r['p50_ms']:.2f} | {r['p99_ms']:.2f} | {r['errors']} |"
+        )
     a8 = results[("(a) gateway", 1, 8)]["rps"]
     c8 = results[("(c) mlflow serve", 1, 8)]["rps"]
     overhead = results[("(a) gateway", 1, 1)]["p50_ms"] - results[("(b) model server", 1, 1)]["p50_ms"]
@@ -167,9 +166,15 @@ def main() -> int:
     print()
     print("| check | measured | target | result |")
     print("|---|---|---|---|")
-    print(f"| gateway vs mlflow serve, concurrency 8, 1 row | {a8 / c8:.1f}× ({a8:.0f} vs {c8:.0f} req/s) | ≥ 5× | {'PASS' if a8 >= 5 * c8 else 'FAIL'} |")
-    print(f"| gateway p50 overhead (a − b), concurrency 1, 1 row | {overhead:.2f} ms | < 1 ms | {'PASS' if overhead < 1 else 'FAIL'} |")
-    print(f"| cold start from zero, median of 5 | {cold:.2f} s ({', '.join(f'{c:.2f}' for c in colds)}) | < 3 s | {'PASS' if cold < 3 else 'FAIL'} |")
+    print(
+        f"| gateway vs mlflow serve, concurrency 8, 1 row | {a8 / c8:.1f}× ({a8:.0f} vs {c8:.0f} req/s) | ≥ 5× | {'PASS' if a8 >= 5 * c8 else 'FAIL'} |"
+    )
+    print(
+        f"| gateway p50 overhead (a − b), concurrency 1, 1 row | {overhead:.2f} ms | < 1 ms | {'PASS' if overhead < 1 else 'FAIL'} |"
+    )
+    print(
+        f"| cold start from zero, median of 5 | {cold:.2f} s ({', '.join(f'{c:.2f}' for c in colds)}) | < 3 s | {'PASS' if cold < 3 else 'FAIL'} |"
+    )
     return 0
 
 

@@ -15,7 +15,9 @@ import time
 from urllib.parse import urlparse
 
 
-async def worker(host: str, port: int, request: bytes, start_at: float, stop_at: float, latencies: list[float], errors: list[int]) -> None:
+async def worker(
+    host: str, port: int, request: bytes, start_at: float, stop_at: float, latencies: list[float], errors: list[int]
+) -> None:
     reader, writer = await asyncio.open_connection(host, port)
     sock = writer.get_extra_info("socket")
     sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
@@ -57,7 +59,10 @@ async def run(url: str, body: bytes, concurrency: int, seconds: float, token: st
     start_at = time.perf_counter() + warmup
     stop_at = start_at + seconds
     await asyncio.gather(
-        *(worker(parsed.hostname or "127.0.0.1", parsed.port or 80, request, start_at, stop_at, latencies, errors) for _ in range(concurrency))
+        *(
+            worker(parsed.hostname or "127.0.0.1", parsed.port or 80, request, start_at, stop_at, latencies, errors)
+            for _ in range(concurrency)
+        )
     )
     latencies.sort()
     n = len(latencies)
