@@ -20,13 +20,17 @@ _ENTITIES = Prefetch(
     queryset=ServedEntity.objects.select_related("deployment", "creator").order_by("position"),
 )
 # The detailed view also shows each entity's ready replicas.
-_ENTITIES_WITH_REPLICAS = ServedEntity.objects.select_related("deployment", "creator").prefetch_related(
-    Prefetch(
-        "deployment__replicas",
-        queryset=Replica.objects.filter(state=ReplicaState.READY).only("id", "deployment_id"),
-        to_attr="ready_replica_list",
+_ENTITIES_WITH_REPLICAS = (
+    ServedEntity.objects.select_related("deployment", "creator")
+    .prefetch_related(
+        Prefetch(
+            "deployment__replicas",
+            queryset=Replica.objects.filter(state=ReplicaState.READY).only("id", "deployment_id"),
+            to_attr="ready_replica_list",
+        )
     )
-).order_by("position")
+    .order_by("position")
+)
 
 
 def endpoint_list() -> QuerySet[Endpoint]:

@@ -6,7 +6,7 @@ from django.contrib.auth.decorators import login_required
 from django.http import HttpRequest, HttpResponse
 from django.shortcuts import render
 
-from endpoints_app import selectors
+from endpoints_app import access, selectors
 from endpoints_app.models import ConfigUpdate
 
 
@@ -24,7 +24,7 @@ def _status(endpoint) -> tuple[str, str]:  # type: ignore[no-untyped-def]
 @login_required
 def endpoint_list(request: HttpRequest) -> HttpResponse:
     rows = []
-    for endpoint in selectors.endpoint_list():
+    for endpoint in access.visible_endpoints(request.user, selectors.endpoint_list()):
         config = endpoint.active_config or endpoint.pending_config
         status, badge = _status(endpoint)
         rows.append(

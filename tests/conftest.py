@@ -38,7 +38,12 @@ def registered_models(django_db_setup, tmp_path_factory) -> dict[str, str]:
 
 @pytest.fixture
 def user(django_user_model):
-    return django_user_model.objects.create_user("alice", "alice@example.com", "pw-alice-123")
+    """An editor: may create endpoints, and manages the ones she creates."""
+    from endpoints_app.models import Role, UserProfile
+
+    alice = django_user_model.objects.create_user("alice", "alice@example.com", "pw-alice-123")
+    UserProfile.objects.create(user=alice, role=Role.EDITOR)
+    return alice
 
 
 @pytest.fixture

@@ -166,3 +166,83 @@ def save_slow_model(path: str | Path, seconds: float, *, load_seconds: float = 0
 def save_broken_model(path: str | Path) -> Path:
     """Save a pyfunc model whose ``load_context`` raises ``RuntimeError("weights file is corrupt")``."""
     return _save_pyfunc(Path(path), BrokenModel(), None)
+
+
+TYPED_COLORS: list[str] = ["red", "green", "blue"]
+
+
+def typed_frame(rows: int = 120, *, seed: int = 0) -> tuple[pd.DataFrame, pd.Series]:
+    """A table with one column of each scalar type the model server's fast path converts itself
+    (double, float, long, integer, boolean, string), and labels that depend on all of them."""
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    features = pd.DataFrame(
+        {
+            "x_double": rng.normal(0, 1, rows),
+            "x_float": rng.normal(0, 1, rows).astype(np.float32),
+            "x_long": rng.integers(-50, 50, rows).astype(np.int64),
+            "x_int": rng.integers(0, 10, rows).astype(np.int32),
+            "flag": rng.integers(0, 2, rows).astype(bool),
+            "color": pd.Series(rng.choice(TYPED_COLORS, rows), dtype=str),
+        }
+    )
+    score = features["x_double"] + features["x_float"] + features["x_long"] / 25 - features["x_int"] / 5
+    score = score + features["flag"] + (features["color"] == "red")
+    labels = pd.Series(pd.cut(score, 3, labels=False).astype(int), name="label")
+    return features, labels
+
+
+def save_typed_model(path: str | Path) -> Path:
+    """Save a scikit-learn pipeline over ``typed_frame()``'s six column types, served with
+    ``predict_proba`` (float outputs, so tests can compare answers bit for bit).
+
+    One-hot encoding ``color`` by name (a ColumnTransformer) means the model needs a DataFrame,
+    not a bare array.
+    """
+    import sklearn
+    from sklearn.compose import ColumnTransformer
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import Pipeline
+    from sklearn.preprocessing import OneHotEncoder
+
+    path = Path(path)
+    features, labels = typed_frame()
+    model = Pipeline(
+        [
+            (
+                "encode",
+                ColumnTransformer(
+                    [("color", OneHotEncoder(handle_unknown="ignore"), ["color"])], remainder="passthrough"
+                ),
+            ),
+            ("classify", LogisticRegression(max_iter=1000)),
+        ]
+    )
+    model.fit(features, labels)
+    mlflow.sklearn.save_model(
+        model,
+        str(path),
+        signature=infer_signature(features, labels),
+        pyfunc_predict_fn="predict_proba",
+        pip_requirements=[f"scikit-learn=={sklearn.__version__}"],
+    )
+    return path
+
+
+def save_iris_regression_model(path: str | Path) -> Path:
+    """Save a LinearRegression fitted on iris (a DataFrame, so it knows the column names) that
+    answers the species number as a float: float outputs from a plain, array-friendly estimator."""
+    import sklearn
+    from sklearn.linear_model import LinearRegression
+
+    path = Path(path)
+    features, labels = iris_frame()
+    model = LinearRegression().fit(features, labels.astype(float))
+    mlflow.sklearn.save_model(
+        model,
+        str(path),
+        signature=infer_signature(features, labels.astype(float)),
+        pip_requirements=[f"scikit-learn=={sklearn.__version__}"],
+    )
+    return path

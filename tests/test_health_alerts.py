@@ -216,8 +216,12 @@ def test_a_poll_takes_few_queries(live, django_assert_max_num_queries):
 
 
 @pytest.fixture
-def ep() -> Endpoint:
-    return Endpoint.objects.create(name="ep")
+def ep(user) -> Endpoint:
+    from endpoints_app.models import EndpointPermission, PermissionLevel
+
+    created = Endpoint.objects.create(name="ep", creator=user)
+    EndpointPermission.objects.create(endpoint=created, user=user, level=PermissionLevel.CAN_MANAGE)
+    return created
 
 
 def rule_5xx(endpoint: Endpoint, **fields) -> AlertRule:
@@ -487,7 +491,10 @@ def test_a_duplicate_rule_name_is_409(api, ep):
     assert response.status_code == 409
     assert AlertRule.objects.get(id=other.id).name == "other"
     # The same name on another endpoint is fine.
-    Endpoint.objects.create(name="ep2")
+    from endpoints_app.models import EndpointPermission, PermissionLevel
+
+    ep2 = Endpoint.objects.create(name="ep2")
+    EndpointPermission.objects.create(endpoint=ep2, user=ep.creator, level=PermissionLevel.CAN_MANAGE)
     assert api.post(f"{URL}/ep2/alert-rules", RULE, format="json").status_code == 200
 
 

@@ -161,8 +161,12 @@ def test_payload_sample_rate_comes_from_ai_gateway_or_auto_capture_and_telemetry
 
 
 @pytest.fixture
-def endpoint(db) -> Endpoint:
-    return Endpoint.objects.create(name="logged")
+def endpoint(db, user) -> Endpoint:
+    from endpoints_app.models import EndpointPermission, PermissionLevel
+
+    created = Endpoint.objects.create(name="logged", creator=user)
+    EndpointPermission.objects.create(endpoint=created, user=user, level=PermissionLevel.CAN_MANAGE)
+    return created
 
 
 @pytest.mark.django_db

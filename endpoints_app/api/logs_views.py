@@ -16,11 +16,10 @@ from django.urls import URLPattern, path
 from rest_framework.request import Request
 from rest_framework.response import Response
 
-from endpoints_app import selectors
 from endpoints_app.api.serializers import ms
 from endpoints_app.api.views import ApiView
 from endpoints_app.errors import InvalidParameterValue
-from endpoints_app.models import LogKind, LogLine
+from endpoints_app.models import LogKind, LogLine, PermissionLevel
 from endpoints_app.monitoring import logs
 
 MAX_LIMIT = 2000
@@ -31,7 +30,7 @@ _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 class LogLinesView(ApiView):
     def get(self, request: Request, name: str) -> Response:
-        endpoint = selectors.endpoint_by_name(name)
+        endpoint = self.endpoint(request, name, PermissionLevel.CAN_VIEW)
         page = logs.log_lines(endpoint=endpoint, query=parse_log_query(request.query_params))
         return Response(
             {"lines": [serialize_log_line(line) for line in page.lines], "next_page_token": page.next_page_token}

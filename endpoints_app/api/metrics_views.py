@@ -9,16 +9,15 @@ from django.urls import path
 from rest_framework.request import Request
 from rest_framework.response import Response
 
-from endpoints_app import selectors
 from endpoints_app.api.views import ApiView, RawResponseApiView
 from endpoints_app.errors import InvalidParameterValue
-from endpoints_app.models import ScalingDecision
+from endpoints_app.models import PermissionLevel, ScalingDecision
 from endpoints_app.monitoring import export, metrics
 
 
 class EndpointMetricsExportView(RawResponseApiView):
     def get(self, request: Request, name: str) -> HttpResponse:
-        endpoint = selectors.endpoint_by_name(name)
+        endpoint = self.endpoint(request, name, PermissionLevel.CAN_VIEW)
         openmetrics = "application/openmetrics-text" in request.headers.get("Accept", "")
         body = export.render(endpoint, openmetrics=openmetrics)
         content_type = export.OPENMETRICS_CONTENT_TYPE if openmetrics else export.PROMETHEUS_CONTENT_TYPE
@@ -39,7 +38,7 @@ class EndpointMetricSeriesView(ApiView):
     """``GET …/metric-series?metrics=request_rate,p99_ms&start=<ms>&end=<ms>&served_model=<name>``."""
 
     def get(self, request: Request, name: str) -> Response:
-        endpoint = selectors.endpoint_by_name(name)
+        endpoint = self.endpoint(request, name, PermissionLevel.CAN_VIEW)
         now = time.time()
         end = _epoch_ms(request, "end", now)
         start = _epoch_ms(request, "start", end - 3600)
@@ -62,7 +61,7 @@ class EndpointScalingDecisionsView(ApiView):
     """``GET …/scaling-decisions?limit=100``: the autoscaler's decisions for the endpoint, newest first."""
 
     def get(self, request: Request, name: str) -> Response:
-        endpoint = selectors.endpoint_by_name(name)
+        endpoint = self.endpoint(request, name, PermissionLevel.CAN_VIEW)
         raw = request.query_params.get("limit") or "100"
         if not raw.isdigit() or not 1 <= int(raw) <= 1000:
             raise InvalidParameterValue("limit must be a whole number from 1 to 1000")

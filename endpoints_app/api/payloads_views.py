@@ -15,10 +15,9 @@ from django.urls import URLPattern, path
 from rest_framework.request import Request
 from rest_framework.response import Response
 
-from endpoints_app import selectors
 from endpoints_app.api.views import ApiView
 from endpoints_app.errors import InvalidParameterValue
-from endpoints_app.models import PayloadLog
+from endpoints_app.models import PayloadLog, PermissionLevel
 from endpoints_app.monitoring import payloads
 
 MAX_MS = 253_402_300_799_999  # 9999-12-31T23:59:59.999Z
@@ -42,7 +41,7 @@ def serialize_payload(row: PayloadLog, *, include_bodies: bool = True) -> dict[s
 
 class EndpointPayloadsView(ApiView):
     def get(self, request: Request, name: str) -> Response:
-        endpoint = selectors.endpoint_by_name(name)
+        endpoint = self.endpoint(request, name, PermissionLevel.CAN_MANAGE)
         params = request.query_params
         include_bodies = _bool(params, "include_bodies", default=True)
         limit = _int(params, "limit", minimum=1, maximum=payloads.MAX_PAGE_SIZE)

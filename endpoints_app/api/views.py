@@ -18,11 +18,12 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from endpoints_app import registry, selectors, validation
+from endpoints_app import access, registry, selectors, validation
 from endpoints_app.api.openapi import endpoint_openapi
 from endpoints_app.api.serializers import serialize_endpoint_detailed, serialize_endpoint_summary
 from endpoints_app.backends import get_backend
 from endpoints_app.errors import InvalidParameterValue, MalformedRequest
+from endpoints_app.models import Endpoint, PermissionLevel
 from endpoints_app.services import endpoints as endpoint_services
 
 MAX_MODEL_UPLOAD_BYTES = 2 * 1024**3
@@ -50,6 +51,12 @@ def request_body(request: Request) -> Any:
 class ApiView(APIView):
     parser_classes = [AnyContentTypeJSONParser]
 
+    def endpoint(self, request: Request, name: str, needed: str) -> Endpoint:
+        """The endpoint, if the caller may do ``needed`` with it (404 / 403 otherwise)."""
+        endpoint = selectors.endpoint_by_name(name)
+        access.require(request.user, endpoint, needed)
+        return endpoint
+
 
 class RawResponseApiView(ApiView):
     """A view answering raw text (OpenAPI, metrics): any Accept is fine; errors are still JSON.
@@ -63,37 +70,48 @@ class RawResponseApiView(ApiView):
         return renderer, renderer.media_type
 
 
+def detailed(request: Request, name: str) -> dict[str, Any]:
+    endpoint = selectors.endpoint_detail(name)
+    return serialize_endpoint_detailed(endpoint, permission_level=access.endpoint_level(request.user, endpoint) or "")
+
+
 class EndpointListView(ApiView):
     def get(self, request: Request) -> Response:
-        return Response({"endpoints": [serialize_endpoint_summary(e) for e in selectors.endpoint_list()]})
+        endpoints = list(access.visible_endpoints(request.user, selectors.endpoint_list()))
+        return Response({"endpoints": [serialize_endpoint_summary(e) for e in endpoints]})
 
     def post(self, request: Request) -> Response:
+        access.require_create(request.user)
         create = validation.parse_create_request(request_body(request))
         endpoint = endpoint_services.create_endpoint(actor=request.user, request=create)
-        return Response(serialize_endpoint_detailed(selectors.endpoint_detail(endpoint.name)))
+        return Response(detailed(request, endpoint.name))
 
 
 class EndpointDetailView(ApiView):
     def get(self, request: Request, name: str) -> Response:
-        return Response(serialize_endpoint_detailed(selectors.endpoint_detail(name)))
+        self.endpoint(request, name, PermissionLevel.CAN_VIEW)
+        return Response(detailed(request, name))
 
     def delete(self, request: Request, name: str) -> Response:
+        self.endpoint(request, name, PermissionLevel.CAN_MANAGE)
         endpoint_services.delete_endpoint(actor=request.user, name=name)
         return Response({})
 
 
 class EndpointConfigView(ApiView):
     def put(self, request: Request, name: str) -> Response:
+        self.endpoint(request, name, PermissionLevel.CAN_MANAGE)
         body = validation.require_object(request_body(request), "request body")
         if "config" in body and "served_entities" not in body and "served_models" not in body:
             body = validation.require_object(body["config"], "config")
         config = validation.parse_core_config(body, where="config")
         endpoint_services.update_endpoint_config(actor=request.user, name=name, config=config)
-        return Response(serialize_endpoint_detailed(selectors.endpoint_detail(name)))
+        return Response(detailed(request, name))
 
 
 class EndpointTagsView(ApiView):
     def patch(self, request: Request, name: str) -> Response:
+        self.endpoint(request, name, PermissionLevel.CAN_MANAGE)
         add, delete = validation.parse_tags_patch(request_body(request))
         tags = endpoint_services.patch_endpoint_tags(actor=request.user, name=name, add_tags=add, delete_tags=delete)
         return Response({"tags": [{"key": t.key, "value": t.value} for t in tags]})
@@ -101,7 +119,7 @@ class EndpointTagsView(ApiView):
 
 class EndpointOpenApiView(RawResponseApiView):
     def get(self, request: Request, name: str) -> HttpResponse:
-        endpoint = selectors.endpoint_by_name(name)
+        endpoint = self.endpoint(request, name, PermissionLevel.CAN_VIEW)
         document = endpoint_openapi(endpoint, host=request.build_absolute_uri("/").rstrip("/"))
         return HttpResponse(json.dumps(document, indent=2), content_type="application/json")
 
@@ -110,7 +128,7 @@ class ServedModelLogsView(ApiView):
     kind = "server"
 
     def get(self, request: Request, name: str, served_model_name: str) -> Response:
-        endpoint = selectors.endpoint_by_name(name)
+        endpoint = self.endpoint(request, name, PermissionLevel.CAN_VIEW)
         entity = selectors.served_entity_for_logs(endpoint, served_model_name)
         return Response({"logs": get_backend().logs(entity=entity, kind=self.kind)})  # type: ignore[arg-type]
 

@@ -21,6 +21,7 @@ from asgiref.sync import sync_to_async
 from django.conf import settings
 from django.db import close_old_connections
 
+from endpoints_app import access
 from endpoints_app.api.authentication import token_from_header
 from endpoints_app.backends import get_backend
 from endpoints_app.gateway.metrics import GatewayMetrics
@@ -32,6 +33,7 @@ from endpoints_app.gateway.upstream import (
     UpstreamTimeout,
     UpstreamUnreachable,
 )
+from endpoints_app.models import PermissionLevel
 from endpoints_app.services.tokens import authenticate_token
 
 log = logging.getLogger(__name__)
@@ -61,6 +63,22 @@ def _load_table(name: str) -> RouteTable:
         close_old_connections()
 
 
+def _query_level(user_id: int, endpoint_id: str) -> str | None:
+    from django.contrib.auth import get_user_model
+
+    from endpoints_app.models import Endpoint
+
+    close_old_connections()
+    try:
+        user = get_user_model().objects.filter(pk=user_id).first()
+        endpoint = Endpoint.objects.filter(id=endpoint_id).first()
+        if user is None or endpoint is None:
+            return None
+        return access.endpoint_level(user, endpoint)
+    finally:
+        close_old_connections()
+
+
 def _auth(raw: str) -> int | None:
     close_old_connections()
     try:
@@ -85,6 +103,7 @@ class Gateway:
         self.payloads = PayloadLogger()
         self._tables: dict[str, tuple[float, RouteTable]] = {}
         self._tokens: dict[str, tuple[float, int | None]] = {}
+        self._levels: dict[tuple[int, str], tuple[float, str | None]] = {}
         self._in_flight: defaultdict[str, int] = defaultdict(int)
         self.upstream = UpstreamPool()
         self._rng = random.Random()
@@ -139,9 +158,11 @@ class Gateway:
         if scope["method"] != "POST":
             raise GatewayError(405, "METHOD_NOT_ALLOWED", "Query an endpoint with POST")
         headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
-        await self._authenticate(headers.get("authorization"))
+        user_id = await self._authenticate(headers.get("authorization"))
         call.body = await self._read_body(receive)
         table = await self._table(endpoint_name)
+        if table.exists:
+            await self._authorize(user_id, table)
         if table.exists:
             call.table = table
         entity = self._choose_entity(table, served_name)
@@ -180,6 +201,27 @@ class Gateway:
                 401, "UNAUTHENTICATED", "Invalid access token", {"www-authenticate": 'Bearer realm="modelfleet"'}
             )
         return user_id
+
+    async def _authorize(self, user_id: int, table: RouteTable) -> None:
+        """Querying needs CAN_QUERY (access.py decides; cached briefly like tokens)."""
+        key = (user_id, table.endpoint_id)
+        now = time.monotonic()
+        cached = self._levels.get(key)
+        if cached is not None and cached[0] > now:
+            level = cached[1]
+        else:
+            level = await sync_to_async(_query_level, thread_sensitive=False)(user_id, table.endpoint_id)
+            if len(self._levels) > 50_000:
+                self._levels.clear()
+            self._levels[key] = (now + TOKEN_TTL_SECONDS, level)
+        if level is None:
+            raise GatewayError(404, "RESOURCE_DOES_NOT_EXIST", f"Endpoint '{table.endpoint_name}' does not exist")
+        if access.RANK[level] < access.RANK[PermissionLevel.CAN_QUERY]:
+            raise GatewayError(
+                403,
+                "PERMISSION_DENIED",
+                f"Querying endpoint '{table.endpoint_name}' needs CAN_QUERY; you have {level}",
+            )
 
     @staticmethod
     async def _read_body(receive: Receive) -> bytes:

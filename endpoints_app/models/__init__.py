@@ -1,3 +1,4 @@
+from endpoints_app.models.access import EndpointPermission, PermissionLevel, Role, UserProfile
 from endpoints_app.models.endpoints import (
     ConfigUpdate,
     ConfigVersion,
@@ -50,6 +51,10 @@ __all__ = [
     "ConfigUpdate",
     "ConfigVersion",
     "Deployment",
+    "EndpointPermission",
+    "PermissionLevel",
+    "Role",
+    "UserProfile",
     "DeploymentState",
     "Endpoint",
     "EndpointTag",

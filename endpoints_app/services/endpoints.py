@@ -13,7 +13,16 @@ from django.utils import timezone
 from endpoints_app import capacity, registry
 from endpoints_app.backends import get_backend
 from endpoints_app.errors import ResourceAlreadyExists, ResourceConflict, ResourceDoesNotExist
-from endpoints_app.models import ConfigUpdate, ConfigVersion, Deployment, Endpoint, EndpointTag, ServedEntity
+from endpoints_app.models import (
+    ConfigUpdate,
+    ConfigVersion,
+    Deployment,
+    Endpoint,
+    EndpointPermission,
+    EndpointTag,
+    PermissionLevel,
+    ServedEntity,
+)
 from endpoints_app.validation import CoreConfig, CreateRequest
 
 
@@ -95,6 +104,9 @@ def create_endpoint(*, actor: AbstractBaseUser | None, request: CreateRequest) -
                 telemetry_config=request.telemetry_config,
                 rate_limits=request.rate_limits,
             )
+            if actor is not None and actor.is_authenticated:
+                # The creator manages what they create (reference §2.11).
+                EndpointPermission.objects.create(endpoint=endpoint, user=actor, level=PermissionLevel.CAN_MANAGE)
             EndpointTag.objects.bulk_create(
                 EndpointTag(endpoint=endpoint, key=k, value=v) for k, v in dict(request.tags).items()
             )
