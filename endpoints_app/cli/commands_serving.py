@@ -126,6 +126,18 @@ def register(commands: argparse._SubParsersAction, common: argparse.ArgumentPars
 
     add_verb(verbs, common, "delete", cmd_delete, "delete an endpoint", name)
 
+    eid = [("name", "SERVING_ENDPOINT_ID", True)]
+    add_verb(
+        verbs, common, "get-permissions", cmd_get_permissions, "show an endpoint's permissions (by endpoint id)", eid
+    )
+    add_verb(verbs, common, "get-permission-levels", cmd_get_permission_levels, "list the permission levels", eid)
+    for verb, handler, text in (
+        ("set-permissions", cmd_set_permissions, "replace an endpoint's direct permissions"),
+        ("update-permissions", cmd_update_permissions, "add or change an endpoint's permissions"),
+    ):
+        p = add_verb(verbs, common, verb, handler, text, eid)
+        p.add_argument("--json", metavar="JSON", required=True, help='{"access_control_list": [...]}: inline or @file')
+
     p = add_verb(verbs, common, "query", cmd_query, "send a request to the endpoint's model", name)
     p.add_argument("--json", metavar="JSON", help="request body: inline JSON or @path/to/file.json")
     p.add_argument("--client-request-id", metavar="ID", help="id logged with the request")
@@ -472,4 +484,32 @@ def cmd_list_external_models(ctx: Context) -> int:
         ctx.out(render.to_json(providers))
     else:
         ctx.out(render.table(["PROVIDER", "CONFIG KEY"], [[p["provider"], p["config_key"]] for p in providers]))
+    return EXIT_OK
+
+
+def _permissions_path(endpoint_id: str, suffix: str = "") -> str:
+    from urllib.parse import quote
+
+    return f"/api/2.0/permissions/serving-endpoints/{quote(endpoint_id, safe='')}{suffix}"
+
+
+def cmd_get_permissions(ctx: Context) -> int:
+    ctx.out(render.to_json(ctx.api.call("GET", _permissions_path(ctx.args.name))))
+    return EXIT_OK
+
+
+def cmd_get_permission_levels(ctx: Context) -> int:
+    ctx.out(render.to_json(ctx.api.call("GET", _permissions_path(ctx.args.name, "/permissionLevels"))))
+    return EXIT_OK
+
+
+def cmd_set_permissions(ctx: Context) -> int:
+    body = parse_json_object(ctx.args.json)
+    ctx.out(render.to_json(ctx.api.call("PUT", _permissions_path(ctx.args.name), body)))
+    return EXIT_OK
+
+
+def cmd_update_permissions(ctx: Context) -> int:
+    body = parse_json_object(ctx.args.json)
+    ctx.out(render.to_json(ctx.api.call("PATCH", _permissions_path(ctx.args.name), body)))
     return EXIT_OK

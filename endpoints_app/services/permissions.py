@@ -1,0 +1,63 @@
+"""Setting per-endpoint grants (Databricks permissions API semantics: PUT replaces, PATCH merges)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django.contrib.auth import get_user_model
+from django.contrib.auth.models import AbstractBaseUser, Group
+from django.db import transaction
+from django.db.models import Q
+
+from endpoints_app.errors import InvalidParameterValue
+from endpoints_app.models import Endpoint, EndpointPermission, PermissionLevel
+from endpoints_app.validation import require_object
+
+
+def parse_acl(raw: Any) -> list[tuple[str, str, str]]:
+    """[(kind "user"|"group", name, level)] from ``{"access_control_list": [...]}``."""
+    body = require_object(raw, "request body")
+    items = body.get("access_control_list")
+    if items is None:
+        items = []
+    if not isinstance(items, list):
+        raise InvalidParameterValue("access_control_list must be an array")
+    acl = []
+    for i, item in enumerate(items):
+        where = f"access_control_list[{i}]"
+        entry = require_object(item, where)
+        level = entry.get("permission_level")
+        if level not in PermissionLevel.values:
+            raise InvalidParameterValue(f"{where}.permission_level must be one of {', '.join(PermissionLevel.values)}")
+        if entry.get("service_principal_name"):
+            raise InvalidParameterValue(f"{where}: service principals are not supported; grant a user or a group")
+        if isinstance(entry.get("user_name"), str) and entry["user_name"]:
+            acl.append(("user", entry["user_name"], level))
+        elif isinstance(entry.get("group_name"), str) and entry["group_name"]:
+            acl.append(("group", entry["group_name"], level))
+        else:
+            raise InvalidParameterValue(f"{where} must name a user_name or a group_name")
+    return acl
+
+
+def _principal(kind: str, name: str) -> dict[str, Any]:
+    if kind == "user":
+        user = get_user_model().objects.filter(Q(username=name) | Q(email=name)).order_by("id").first()
+        if user is None:
+            raise InvalidParameterValue(f"Principal: UserName({name}) does not exist")
+        return {"user": user}
+    group = Group.objects.filter(name=name).first()
+    if group is None:
+        raise InvalidParameterValue(f"Principal: GroupName({name}) does not exist")
+    return {"group": group}
+
+
+def set_permissions(
+    *, actor: AbstractBaseUser, endpoint: Endpoint, acl: list[tuple[str, str, str]], replace: bool
+) -> None:
+    principals = [(_principal(kind, name), level) for kind, name, level in acl]
+    with transaction.atomic():
+        if replace:
+            EndpointPermission.objects.filter(endpoint=endpoint).delete()
+        for who, level in principals:
+            EndpointPermission.objects.update_or_create(endpoint=endpoint, **who, defaults={"level": level})

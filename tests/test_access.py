@@ -1,0 +1,209 @@
+"""The permission matrix: every endpoint route × every persona, expected status from one rule.
+
+The rule (endpoints_app/access.py): no level → 404; a level below what the route needs → 403;
+otherwise the route runs (any status but 403/404). Expected statuses are computed from the
+routes' needed levels, not copied by hand.
+"""
+
+from __future__ import annotations
+
+import itertools
+
+import pytest
+from rest_framework.test import APIClient
+
+from endpoints_app.access import RANK
+from endpoints_app.models import Endpoint, EndpointPermission, PermissionLevel, Role, UserProfile
+from endpoints_app.services.tokens import create_token
+from tests.conftest import endpoint_body
+
+pytestmark = pytest.mark.django_db
+
+VIEW, QUERY, MANAGE = PermissionLevel.CAN_VIEW, PermissionLevel.CAN_QUERY, PermissionLevel.CAN_MANAGE
+EP = "/api/2.0/serving-endpoints/guarded"
+MF = "/api/2.0/modelfleet/serving-endpoints/guarded"
+
+# (method, path, body, level needed); "{id}" is the endpoint's id.
+ROUTES = [
+    ("get", EP, None, VIEW),
+    ("delete", EP, None, MANAGE),
+    ("put", f"{EP}/config", {"served_entities": [{"entity_name": "main.default.iris", "entity_version": "2"}]}, MANAGE),
+    ("patch", f"{EP}/tags", {"add_tags": [{"key": "k", "value": "v"}]}, MANAGE),
+    ("get", f"{EP}/openapi", None, VIEW),
+    ("get", f"{EP}/served-models/iris-1/logs", None, VIEW),
+    ("get", f"{EP}/served-models/iris-1/build-logs", None, VIEW),
+    ("get", f"{EP}/metrics", None, VIEW),
+    ("get", f"{MF}/metric-series", None, VIEW),
+    ("get", f"{MF}/scaling-decisions", None, VIEW),
+    ("get", f"{MF}/log-lines", None, VIEW),
+    ("get", f"{MF}/health", None, VIEW),
+    ("get", f"{MF}/alert-rules", None, VIEW),
+    (
+        "post",
+        f"{MF}/alert-rules",
+        {"name": "r", "metric": "p99_latency_ms", "threshold": 1000, "for_seconds": 60},
+        MANAGE,
+    ),
+    ("get", f"{MF}/alert-events", None, VIEW),
+    ("get", f"{MF}/payloads", None, MANAGE),
+    ("get", "/api/2.0/permissions/serving-endpoints/{id}", None, VIEW),
+    ("get", "/api/2.0/permissions/serving-endpoints/{id}/permissionLevels", None, VIEW),
+    ("put", "/api/2.0/permissions/serving-endpoints/{id}", {"access_control_list": []}, MANAGE),
+    ("patch", "/api/2.0/permissions/serving-endpoints/{id}", {"access_control_list": []}, MANAGE),
+]
+
+# persona → (global role, direct grant on the endpoint)
+PERSONAS = {
+    "outsider": (Role.NONE, None),
+    "viewer": (Role.VIEWER, None),
+    "can_query": (Role.NONE, QUERY),
+    "editor": (Role.EDITOR, None),
+    "approver": (Role.APPROVER, None),
+    "can_manage": (Role.NONE, MANAGE),
+    "admin": (Role.ADMIN, None),
+}
+
+
+def level_of(persona: str) -> str | None:
+    role, grant = PERSONAS[persona]
+    if role == Role.ADMIN:
+        return MANAGE
+    base = VIEW if role else None
+    return grant if RANK[grant] > RANK[base] else base
+
+
+def client_for(persona: str, django_user_model, endpoint: Endpoint) -> APIClient:
+    role, grant = PERSONAS[persona]
+    user = django_user_model.objects.create_user(persona, f"{persona}@example.com", "pw-123456789")
+    UserProfile.objects.create(user=user, role=role)
+    if grant:
+        EndpointPermission.objects.create(endpoint=endpoint, user=user, level=grant)
+    client = APIClient()
+    client.credentials(HTTP_AUTHORIZATION=f"Bearer {create_token(user=user)[1]}")
+    return client
+
+
+@pytest.fixture
+def guarded(api, registered_models) -> Endpoint:
+    from tests.test_api_endpoints import create, mark_ready
+
+    create(api, endpoint_body("guarded", (registered_models["iris"], "1")))
+    mark_ready("guarded")
+    return Endpoint.objects.get(name="guarded")
+
+
+@pytest.mark.parametrize(("route", "persona"), list(itertools.product(range(len(ROUTES)), PERSONAS)))
+def test_every_route_for_every_persona(route, persona, guarded, django_user_model):
+    method, path, body, needed = ROUTES[route]
+    client = client_for(persona, django_user_model, guarded)
+    response = getattr(client, method)(path.replace("{id}", guarded.id), body, format="json")
+    level = level_of(persona)
+    if level is None:
+        assert response.status_code == 404, (persona, method, path, response.content)
+    elif RANK[level] < RANK[needed]:
+        assert response.status_code == 403, (persona, method, path, response.content)
+        assert response.json()["error_code"] == "PERMISSION_DENIED" and needed in response.json()["message"]
+    else:
+        assert response.status_code not in (403, 404), (persona, method, path, response.content)
+
+
+@pytest.mark.parametrize("persona", PERSONAS)
+def test_creating_needs_the_editor_approver_or_admin_role(persona, django_user_model, registered_models, guarded):
+    client = client_for(persona, django_user_model, guarded)
+    response = client.post(
+        "/api/2.0/serving-endpoints", endpoint_body(f"new-{persona}", (registered_models["iris"], "1")), format="json"
+    )
+    allowed = PERSONAS[persona][0] in (Role.EDITOR, Role.APPROVER, Role.ADMIN)
+    assert response.status_code == (200 if allowed else 403), response.content
+    if allowed:
+        assert response.json()["permission_level"] == "CAN_MANAGE"  # the creator manages it
+
+
+@pytest.mark.parametrize("persona", PERSONAS)
+def test_the_list_shows_only_what_the_caller_may_see(persona, django_user_model, guarded):
+    client = client_for(persona, django_user_model, guarded)
+    names = [e["name"] for e in client.get("/api/2.0/serving-endpoints").json()["endpoints"]]
+    assert names == ([] if level_of(persona) is None else ["guarded"])
+
+
+def test_get_reports_the_callers_permission_level(django_user_model, guarded):
+    client = client_for("can_query", django_user_model, guarded)
+    assert client.get(EP).json()["permission_level"] == "CAN_QUERY"
+
+
+def test_put_replaces_and_patch_merges_grants(api, guarded, django_user_model):
+    bob = django_user_model.objects.create_user("bob", "bob@example.com", "pw-123456789")
+    url = f"/api/2.0/permissions/serving-endpoints/{guarded.id}"
+    body = api.patch(
+        url, {"access_control_list": [{"user_name": "bob", "permission_level": "CAN_QUERY"}]}, format="json"
+    ).json()
+    users = {
+        e.get("user_name"): e["all_permissions"][0]["permission_level"]
+        for e in body["access_control_list"]
+        if "user_name" in e
+    }
+    assert users == {"alice": "CAN_MANAGE", "bob": "CAN_QUERY"}
+    assert body["object_id"] == f"/serving-endpoints/{guarded.id}" and body["object_type"] == "serving-endpoint"
+    body = api.put(
+        url,
+        {"access_control_list": [{"user_name": "bob@example.com", "permission_level": "CAN_MANAGE"}]},
+        format="json",
+    ).json()
+    users = {
+        e.get("user_name"): e["all_permissions"][0]["permission_level"]
+        for e in body["access_control_list"]
+        if "user_name" in e
+    }
+    assert users == {"bob": "CAN_MANAGE"}
+    assert not EndpointPermission.objects.filter(endpoint=guarded, user__username="alice").exists()
+    assert bob.username == "bob"
+
+
+@pytest.mark.parametrize(
+    ("entry", "needle"),
+    [
+        ({"user_name": "nobody", "permission_level": "CAN_VIEW"}, "does not exist"),
+        ({"user_name": "alice", "permission_level": "CAN_FLY"}, "permission_level"),
+        ({"service_principal_name": "sp", "permission_level": "CAN_VIEW"}, "service principals"),
+        ({"permission_level": "CAN_VIEW"}, "user_name or a group_name"),
+    ],
+)
+def test_bad_grants_are_400_and_change_nothing(api, guarded, entry, needle):
+    url = f"/api/2.0/permissions/serving-endpoints/{guarded.id}"
+    response = api.put(url, {"access_control_list": [entry]}, format="json")
+    assert response.status_code == 400 and needle in response.json()["message"]
+    assert EndpointPermission.objects.filter(endpoint=guarded).count() == 1
+
+
+@pytest.mark.django_db(transaction=True)  # the gateway reads users from its own threads
+def test_the_gateway_needs_can_query(django_user_model, guarded):
+    """Queries go through the ASGI gateway: outsider 404, CAN_VIEW 403, CAN_QUERY reaches the routing."""
+    import asyncio
+
+    from asgiref.testing import ApplicationCommunicator
+
+    from dashboard.asgi import application
+
+    async def post(token: str) -> int:
+        scope = {
+            "type": "http",
+            "method": "POST",
+            "path": "/serving-endpoints/guarded/invocations",
+            "headers": [(b"authorization", f"Bearer {token}".encode())],
+            "query_string": b"",
+        }
+        comm = ApplicationCommunicator(application, scope)
+        await comm.send_input({"type": "http.request", "body": b'{"inputs": [[1]]}', "more_body": False})
+        start = await comm.receive_output(timeout=10)
+        return start["status"]
+
+    statuses = {}
+    for persona in ("outsider", "viewer", "can_query"):
+        user = django_user_model.objects.create_user(persona + "-gw", f"{persona}-gw@example.com", "pw-123456789")
+        role, grant = PERSONAS[persona]
+        UserProfile.objects.create(user=user, role=role)
+        if grant:
+            EndpointPermission.objects.create(endpoint=guarded, user=user, level=grant)
+        statuses[persona] = asyncio.run(post(create_token(user=user)[1]))
+    # CAN_QUERY passes the access check; with no replica running it gets 503, not 403/404.
+    assert statuses == {"outsider": 404, "viewer": 403, "can_query": 503}
