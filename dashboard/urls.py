@@ -4,7 +4,14 @@ from django.contrib import admin
 from django.urls import path
 
 from endpoints_app import views as pages
-from endpoints_app.api import alerts_views, logs_views, metrics_views, payloads_views, permissions_views
+from endpoints_app.api import (
+    alerts_views,
+    audit_views,
+    logs_views,
+    metrics_views,
+    payloads_views,
+    permissions_views,
+)
 from endpoints_app.api import views as api
 
 handler400 = "endpoints_app.api.errors.json_400"
@@ -29,7 +36,8 @@ urlpatterns = [
     path("api/2.0/modelfleet/registered-models/upload", api.RegisteredModelUploadView.as_view()),
 ]
 urlpatterns += (
-    permissions_views.urlpatterns
+    audit_views.urlpatterns
+    + permissions_views.urlpatterns
     + metrics_views.urlpatterns
     + logs_views.urlpatterns
     + alerts_views.urlpatterns

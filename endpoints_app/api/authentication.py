@@ -39,6 +39,10 @@ class BearerTokenAuthentication(authentication.BaseAuthentication):
             raise exceptions.AuthenticationFailed("Malformed Authorization header: use 'Bearer <token>'")
         user = authenticate_token(raw)
         if user is None:
+            from endpoints_app import audit
+
+            # A failed login is audited with the token's first characters only.
+            audit.record(actor=None, action="auth.failed", object_type="token", object_name=raw[:6] + "…")
             raise exceptions.AuthenticationFailed("Invalid access token")
         return (user, None)
 

