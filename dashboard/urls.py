@@ -11,6 +11,7 @@ from endpoints_app.api import (
     metrics_views,
     payloads_views,
     permissions_views,
+    users_views,
 )
 from endpoints_app.api import views as api
 
@@ -36,7 +37,8 @@ urlpatterns = [
     path("api/2.0/modelfleet/registered-models/upload", api.RegisteredModelUploadView.as_view()),
 ]
 urlpatterns += (
-    audit_views.urlpatterns
+    users_views.urlpatterns
+    + audit_views.urlpatterns
     + permissions_views.urlpatterns
     + metrics_views.urlpatterns
     + logs_views.urlpatterns

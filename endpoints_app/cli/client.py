@@ -89,9 +89,9 @@ class ApiClient:
         except ValueError as exc:
             raise CliError(f"the server sent a response that is not JSON: {response.text[:200]!r}") from exc
 
-    def text(self, method: str, path: str) -> str:
-        """A request whose answer is raw text (metrics, OpenAPI)."""
-        return self.request(method, path, headers={"Accept": "text/plain"}).text
+    def text(self, method: str, path: str, *, params: dict[str, str] | None = None) -> str:
+        """A request whose answer is raw text (metrics, OpenAPI, JSON-lines exports)."""
+        return self.request(method, path, headers={"Accept": "text/plain"}, params=params).text
 
     # -- transport ----------------------------------------------------------------------------
 

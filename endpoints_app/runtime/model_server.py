@@ -3,10 +3,14 @@
 The runtime agent starts one of these per replica::
 
     python -m endpoints_app.runtime.model_server --model-path PATH --host 127.0.0.1 --port N \
-        [--name SERVED_ENTITY_NAME] [--replica-id K] [--threads T]
+        [--name SERVED_ENTITY_NAME] [--replica-id K] [--threads T] [--max-batch-rows R]
 
 and redirects its stdout/stderr to the replica's log file, so everything worth knowing about
-the replica (start-up, load time, failures, shutdown) is logged to stderr.
+the replica (start-up, load time, failures, shutdown) is logged to stderr.  Or it keeps one
+warm standby, ``python -m endpoints_app.runtime.model_server --standby``, which imports
+everything heavy up front and then waits for one line of JSON on stdin naming the replica it
+becomes (see STANDBY_KEYS): from that line to /health 200 takes ~30 ms for a small model
+instead of ~3.5 s, most of it importing MLflow, scikit-learn and skops.
 
 Routes:
 
@@ -29,11 +33,20 @@ Design choices, each for a reason:
   clash fails in a second rather than after a long load.  A load failure exits with code 3.
 * Parsing, prediction and serialisation all run in a worker thread, so a slow or large
   request never stalls /health, /metrics or other connections on the event loop.
+* Except on the scikit-learn fast path (SklearnFastPath): MLflow's parsing and schema
+  enforcement cost ~1.5 ms of a ~2 ms request, so plain-table requests to a scikit-learn
+  model whose signature is named scalar columns are checked and converted here, and only when
+  MLflow would build exactly the same table; everything else, errors included, still goes
+  through MLflow.  Fast-path requests that arrive together share one predict call (Batcher),
+  on the event loop itself while that is known to take under a millisecond.  Measured on two
+  cores for the iris demo model: ~2,600 requests/s at concurrency 1 and ~8,000 at
+  concurrency 8, against ~250 and ~300 through MLflow.
 * SIGTERM/SIGINT trigger uvicorn's graceful shutdown: stop accepting, let in-flight requests
   finish (up to 30 s), then exit 0.
 
-Exit codes: 0 after a stop signal, 3 when the model fails to load (the log's first error line
-says ``model load failed: <Type>: <message>``), 4 when the port cannot be bound.
+Exit codes: 0 after a stop signal (or a standby whose stdin closed), 2 for bad arguments or a
+bad standby assignment, 3 when the model fails to load (the log's first error line says
+``model load failed: <Type>: <message>``), 4 when the port cannot be bound.
 """
 
 from __future__ import annotations

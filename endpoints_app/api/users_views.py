@@ -1,0 +1,111 @@
+"""Administration API: users and roles (admins), personal access tokens (admins, or your own)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django.urls import path
+from rest_framework.request import Request
+from rest_framework.response import Response
+
+from endpoints_app import access
+from endpoints_app.api.views import ApiView, request_body
+from endpoints_app.errors import InvalidParameterValue, PermissionDenied, ResourceDoesNotExist
+from endpoints_app.models import AccessToken, Role
+from endpoints_app.services import tokens as token_services
+from endpoints_app.services import users as user_services
+from endpoints_app.validation import require_object
+
+
+def _require_admin(request: Request) -> None:
+    if access.role_of(request.user) != Role.ADMIN:
+        raise PermissionDenied("This needs the admin role")
+
+
+def serialize_token(t: AccessToken) -> dict[str, Any]:
+    return {
+        "id": t.pk,
+        "user": t.user.get_username(),
+        "hint": t.hint,
+        "comment": t.comment,
+        "created_at": int(t.created_at.timestamp() * 1000),
+        "last_used_at": int(t.last_used_at.timestamp() * 1000) if t.last_used_at else None,
+        "revoked": t.revoked_at is not None,
+    }
+
+
+class UserListView(ApiView):
+    def get(self, request: Request) -> Response:
+        _require_admin(request)
+        from django.contrib.auth import get_user_model
+
+        users = get_user_model().objects.select_related("profile").order_by("username")
+        return Response({"users": [user_services.user_snapshot(u) for u in users]})
+
+    def post(self, request: Request) -> Response:
+        _require_admin(request)
+        body = require_object(request_body(request), "request body")
+        user = user_services.create_user(
+            actor=request.user,
+            username=str(body.get("username") or ""),
+            email=str(body.get("email") or ""),
+            role=body.get("role"),
+            password=body.get("password") if isinstance(body.get("password"), str) else None,
+        )
+        return Response(user_services.user_snapshot(user))
+
+
+class UserDetailView(ApiView):
+    def patch(self, request: Request, username: str) -> Response:
+        _require_admin(request)
+        body = require_object(request_body(request), "request body")
+        user = user_services.get_user(username)
+        if "role" in body:
+            user_services.set_role(actor=request.user, user=user, role=body["role"])
+        if body.get("active") is False:
+            user_services.deactivate(actor=request.user, user=user)
+        elif "active" in body and body["active"] is not True:
+            raise InvalidParameterValue("active may only be set to false (deactivate)")
+        user.refresh_from_db()
+        return Response(user_services.user_snapshot(user))
+
+
+class TokenListView(ApiView):
+    def get(self, request: Request) -> Response:
+        qs = AccessToken.objects.select_related("user").order_by("-created_at")
+        if access.role_of(request.user) != Role.ADMIN:
+            qs = qs.filter(user=request.user)
+        elif request.query_params.get("user"):
+            qs = qs.filter(user__username=request.query_params["user"])
+        return Response({"tokens": [serialize_token(t) for t in qs]})
+
+    def post(self, request: Request) -> Response:
+        body = require_object(request_body(request), "request body")
+        owner = request.user
+        if body.get("user") and body["user"] != request.user.get_username():
+            _require_admin(request)
+            owner = user_services.get_user(str(body["user"]))
+        comment = body.get("comment") or ""
+        if not isinstance(comment, str) or len(comment) > 255:
+            raise InvalidParameterValue("comment must be a string of at most 255 characters")
+        token, raw = token_services.create_token(user=owner, comment=comment, actor=request.user)
+        # The only time the token is shown: it is stored as a hash.
+        return Response({**serialize_token(token), "token": raw})
+
+
+class TokenDetailView(ApiView):
+    def delete(self, request: Request, token_id: int) -> Response:
+        token = AccessToken.objects.select_related("user").filter(pk=token_id).first()
+        is_admin = access.role_of(request.user) == Role.ADMIN
+        if token is None or (not is_admin and token.user_id != request.user.pk):
+            raise ResourceDoesNotExist(f"Token {token_id} does not exist")
+        token_services.revoke_token(token=token, actor=request.user)
+        return Response({})
+
+
+urlpatterns = [
+    path("api/2.0/modelfleet/users", UserListView.as_view()),
+    path("api/2.0/modelfleet/users/<str:username>", UserDetailView.as_view()),
+    path("api/2.0/modelfleet/tokens", TokenListView.as_view()),
+    path("api/2.0/modelfleet/tokens/<int:token_id>", TokenDetailView.as_view()),
+]

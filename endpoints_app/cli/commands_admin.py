@@ -1,0 +1,186 @@
+"""`modelfleet users …`, `modelfleet tokens …` and `modelfleet audit …` (administration)."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Any
+
+from endpoints_app.cli import render
+from endpoints_app.cli.commands_common import EXIT_OK, CliError, Context
+
+USERS = "/api/2.0/modelfleet/users"
+TOKENS = "/api/2.0/modelfleet/tokens"
+AUDIT = "/api/2.0/modelfleet/audit-events"
+ROLES = ["none", "viewer", "editor", "approver", "admin"]
+
+
+def _verb(verbs, common, name: str, handler, text: str) -> argparse.ArgumentParser:  # type: ignore[no-untyped-def]
+    parser = verbs.add_parser(name, parents=[common], help=text, description=text, allow_abbrev=False)
+    parser.set_defaults(handler=handler, leaf_parser=parser)
+    return parser
+
+
+def register(commands: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
+    users = commands.add_parser("users", parents=[common], help="manage users and their roles (admins)")
+    verbs = users.add_subparsers(dest="verb", metavar="VERB", required=True)
+    p = _verb(verbs, common, "create", cmd_users_create, "create a user")
+    p.add_argument("username")
+    p.add_argument("--role", choices=ROLES, default="none")
+    p.add_argument("--email", default="")
+    p.add_argument("--password-stdin", action="store_true", help="read a password for the web sign-in from stdin")
+    _verb(verbs, common, "list", cmd_users_list, "list users")
+    p = _verb(verbs, common, "set-role", cmd_users_set_role, "change a user's global role")
+    p.add_argument("username")
+    p.add_argument("role", choices=ROLES)
+    p = _verb(verbs, common, "deactivate", cmd_users_deactivate, "stop a user from signing in (their tokens stop too)")
+    p.add_argument("username")
+
+    tokens = commands.add_parser("tokens", parents=[common], help="personal access tokens")
+    verbs = tokens.add_subparsers(dest="verb", metavar="VERB", required=True)
+    p = _verb(verbs, common, "create", cmd_tokens_create, "create a token (printed once, as the last line)")
+    p.add_argument("--user", help="for another user (admins)")
+    p.add_argument("--comment", default="")
+    p = _verb(verbs, common, "list", cmd_tokens_list, "list tokens (never their values)")
+    p.add_argument("--user")
+    p = _verb(verbs, common, "revoke", cmd_tokens_revoke, "revoke a token")
+    p.add_argument("token_id", type=int)
+
+    audit = commands.add_parser("audit", parents=[common], help="read the audit log (admins)")
+    verbs = audit.add_subparsers(dest="verb", metavar="VERB", required=True)
+    for name, handler, text in (
+        ("list", cmd_audit_list, "list audit events, newest first"),
+        ("export", cmd_audit_export, "every matching event as JSON lines, oldest first"),
+    ):
+        p = _verb(verbs, common, name, handler, text)
+        for flag in ("--actor", "--action", "--object-type", "--object-id", "--object-name", "--since", "--until"):
+            p.add_argument(flag)
+        if name == "list":
+            p.add_argument("--limit", type=int, default=50)
+
+
+def _role(value: str) -> str:
+    return "" if value == "none" else value
+
+
+def cmd_users_create(ctx: Context) -> int:
+    body: dict[str, Any] = {"username": ctx.args.username, "email": ctx.args.email, "role": _role(ctx.args.role)}
+    if ctx.args.password_stdin:
+        password = sys.stdin.readline().rstrip("\n")
+        if not password:
+            raise CliError("no password on stdin")
+        body["password"] = password
+    result = ctx.api.call("POST", USERS, body)
+    ctx.out(
+        render.to_json(result)
+        if ctx.json_output
+        else f"Created user {result['username']} (role {result['role'] or 'none'})"
+    )
+    return EXIT_OK
+
+
+def cmd_users_list(ctx: Context) -> int:
+    users = ctx.api.call("GET", USERS).get("users") or []
+    if ctx.json_output:
+        ctx.out(render.to_json(users))
+    else:
+        ctx.out(
+            render.table(
+                ["USERNAME", "EMAIL", "ROLE", "ACTIVE"],
+                [[u["username"], u["email"], u["role"] or "none", "yes" if u["active"] else "no"] for u in users],
+            )
+        )
+    return EXIT_OK
+
+
+def cmd_users_set_role(ctx: Context) -> int:
+    result = ctx.api.call("PATCH", f"{USERS}/{ctx.args.username}", {"role": _role(ctx.args.role)})
+    ctx.out(
+        render.to_json(result)
+        if ctx.json_output
+        else f"{result['username']} is now {result['role'] or 'without a role'}"
+    )
+    return EXIT_OK
+
+
+def cmd_users_deactivate(ctx: Context) -> int:
+    result = ctx.api.call("PATCH", f"{USERS}/{ctx.args.username}", {"active": False})
+    ctx.out(render.to_json(result) if ctx.json_output else f"{result['username']} deactivated")
+    return EXIT_OK
+
+
+def cmd_tokens_create(ctx: Context) -> int:
+    body = {"comment": ctx.args.comment}
+    if ctx.args.user:
+        body["user"] = ctx.args.user
+    result = ctx.api.call("POST", TOKENS, body)
+    if ctx.json_output:
+        ctx.out(render.to_json(result))
+    else:
+        ctx.note(f"Token {result['id']} for {result['user']}: shown once, stored only as a hash.")
+        ctx.out(result["token"])
+    return EXIT_OK
+
+
+def cmd_tokens_list(ctx: Context) -> int:
+    tokens = ctx.api.call("GET", TOKENS, params={"user": ctx.args.user} if ctx.args.user else None).get("tokens") or []
+    if ctx.json_output:
+        ctx.out(render.to_json(tokens))
+    else:
+        ctx.out(
+            render.table(
+                ["ID", "USER", "HINT", "COMMENT", "CREATED", "LAST USED", "REVOKED"],
+                [
+                    [
+                        t["id"],
+                        t["user"],
+                        t["hint"] + "…",
+                        t["comment"],
+                        render.timestamp(t["created_at"]),
+                        render.timestamp(t["last_used_at"]) if t["last_used_at"] else "-",
+                        "yes" if t["revoked"] else "no",
+                    ]
+                    for t in tokens
+                ],
+            )
+        )
+    return EXIT_OK
+
+
+def cmd_tokens_revoke(ctx: Context) -> int:
+    ctx.api.call("DELETE", f"{TOKENS}/{ctx.args.token_id}")
+    ctx.out(f"Token {ctx.args.token_id} revoked")
+    return EXIT_OK
+
+
+def _audit_params(ctx: Context) -> dict[str, str]:
+    names = ("actor", "action", "object_type", "object_id", "object_name", "since", "until")
+    return {n: getattr(ctx.args, n) for n in names if getattr(ctx.args, n)}
+
+
+def cmd_audit_list(ctx: Context) -> int:
+    events = ctx.api.call("GET", AUDIT, params={**_audit_params(ctx), "limit": str(ctx.args.limit)}).get("events") or []
+    if ctx.json_output:
+        ctx.out(render.to_json(events))
+    else:
+        ctx.out(
+            render.table(
+                ["AT", "ACTOR", "SOURCE", "ACTION", "OBJECT"],
+                [
+                    [
+                        render.timestamp(e["at"]),
+                        e["actor"] or "system",
+                        e["source"],
+                        e["action"],
+                        f"{e['object_type']}:{e['object_name'] or e['object_id']}",
+                    ]
+                    for e in events
+                ],
+            )
+        )
+    return EXIT_OK
+
+
+def cmd_audit_export(ctx: Context) -> int:
+    ctx.out(ctx.api.text("GET", AUDIT, params={**_audit_params(ctx), "format": "jsonl"}).rstrip("\n"))
+    return EXIT_OK

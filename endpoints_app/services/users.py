@@ -1,0 +1,95 @@
+"""Users and their global roles (administration)."""
+
+from __future__ import annotations
+
+from django.contrib.auth import get_user_model
+from django.contrib.auth.models import AbstractBaseUser
+from django.db import IntegrityError, transaction
+
+from endpoints_app import audit
+from endpoints_app.access import role_of
+from endpoints_app.errors import InvalidParameterValue, ResourceAlreadyExists, ResourceDoesNotExist
+from endpoints_app.models import Role, UserProfile
+
+
+def get_user(username: str) -> AbstractBaseUser:
+    user = get_user_model().objects.filter(username=username).first()
+    if user is None:
+        raise ResourceDoesNotExist(f"User '{username}' does not exist")
+    return user
+
+
+def _role(value: object) -> str:
+    if value is None:
+        return Role.NONE
+    if value not in Role.values:
+        raise InvalidParameterValue(f"role must be one of {', '.join(r or 'none' for r in Role.values)}")
+    return str(value)
+
+
+def user_snapshot(user: AbstractBaseUser) -> dict:
+    return {"username": user.get_username(), "email": user.email, "role": role_of(user), "active": user.is_active}
+
+
+def create_user(
+    *, actor: AbstractBaseUser, username: str, email: str = "", role: object = None, password: str | None = None
+) -> AbstractBaseUser:
+    if (
+        not username
+        or len(username) > 150
+        or not username.replace("-", "").replace("_", "").replace(".", "").replace("@", "").isalnum()
+    ):
+        raise InvalidParameterValue("username must be 1–150 letters, digits and . _ - @")
+    role_value = _role(role)
+    try:
+        with transaction.atomic():
+            user = get_user_model().objects.create_user(username, email or "", password or None)
+            if not password:
+                user.set_unusable_password()  # API-only users sign in with tokens
+                user.save(update_fields=["password"])
+            UserProfile.objects.create(user=user, role=role_value)
+            audit.record(
+                actor=actor,
+                action="user.create",
+                object_type="user",
+                object_id=str(user.pk),
+                object_name=username,
+                after=user_snapshot(user),
+            )
+    except IntegrityError:
+        raise ResourceAlreadyExists(f"User '{username}' already exists") from None
+    return user
+
+
+def set_role(*, actor: AbstractBaseUser, user: AbstractBaseUser, role: object) -> None:
+    role_value = _role(role)
+    with transaction.atomic():
+        before = user_snapshot(user)
+        UserProfile.objects.update_or_create(user=user, defaults={"role": role_value})
+        user.refresh_from_db()
+        audit.record(
+            actor=actor,
+            action="user.role",
+            object_type="user",
+            object_id=str(user.pk),
+            object_name=user.get_username(),
+            before=before,
+            after=user_snapshot(user),
+        )
+
+
+def deactivate(*, actor: AbstractBaseUser, user: AbstractBaseUser) -> None:
+    """The user can no longer sign in; every token stops working at once (auth checks is_active)."""
+    with transaction.atomic():
+        before = user_snapshot(user)
+        user.is_active = False
+        user.save(update_fields=["is_active"])
+        audit.record(
+            actor=actor,
+            action="user.deactivate",
+            object_type="user",
+            object_id=str(user.pk),
+            object_name=user.get_username(),
+            before=before,
+            after=user_snapshot(user),
+        )
