@@ -67,3 +67,10 @@ class TemporarilyUnavailable(DomainError):
 class DeadlineExceeded(DomainError):
     error_code = "DEADLINE_EXCEEDED"
     status = 504
+
+
+class PreconditionFailed(DomainError):
+    """An If-Match named a version of the endpoint that is no longer current (a lost update)."""
+
+    error_code = "PRECONDITION_FAILED"
+    status = 412

@@ -421,3 +421,24 @@ def test_served_entities_show_current_and_target_replicas(api, registered_models
     entity = api.get(f"{URL}/sized").json()["config"]["served_entities"][0]
     assert (entity["target_replicas"], entity["min_replicas"], entity["max_replicas"]) == (2, 2, 4)
     assert entity["current_replicas"] == 0
+
+
+def test_writes_with_a_stale_if_match_get_412_and_change_nothing(api, registered_models):
+    iris = registered_models["iris"]
+    create(api, endpoint_body("etagged", (iris, "1")))
+    mark_ready("etagged")
+    first = api.get(f"{URL}/etagged")
+    tag = first["ETag"]
+    assert tag.startswith('"') and tag == api.get(f"{URL}/etagged")["ETag"]
+    # Someone else changes the endpoint…
+    api.patch(f"{URL}/etagged/tags", {"add_tags": [{"key": "a", "value": "1"}]}, format="json")
+    # …so a write based on the old read is refused, and nothing changes.
+    stale = api.put(
+        f"{URL}/etagged/config", endpoint_body("x", (iris, "2"))["config"], format="json", HTTP_IF_MATCH=tag
+    )
+    assert stale.status_code == 412 and stale.json()["error_code"] == "PRECONDITION_FAILED"
+    assert Endpoint.objects.get(name="etagged").config_versions.count() == 1
+    assert api.delete(f"{URL}/etagged", HTTP_IF_MATCH=tag).status_code == 412
+    fresh = api.get(f"{URL}/etagged")["ETag"]
+    ok = api.put(f"{URL}/etagged/config", endpoint_body("x", (iris, "2"))["config"], format="json", HTTP_IF_MATCH=fresh)
+    assert ok.status_code == 200 and ok["ETag"] != fresh

@@ -70,9 +70,15 @@ class RawResponseApiView(ApiView):
         return renderer, renderer.media_type
 
 
-def detailed(request: Request, name: str) -> dict[str, Any]:
+def detailed(request: Request, name: str) -> Response:
+    """The endpoint's wire shape, with its ETag for conditional writes (If-Match)."""
     endpoint = selectors.endpoint_detail(name)
-    return serialize_endpoint_detailed(endpoint, permission_level=access.endpoint_level(request.user, endpoint) or "")
+    body = serialize_endpoint_detailed(endpoint, permission_level=access.endpoint_level(request.user, endpoint) or "")
+    return Response(body, headers={"ETag": endpoint_services.etag(endpoint)})
+
+
+def if_match(request: Request) -> str | None:
+    return request.headers.get("If-Match") or None
 
 
 class EndpointListView(ApiView):
@@ -84,17 +90,17 @@ class EndpointListView(ApiView):
         access.require_create(request.user)
         create = validation.parse_create_request(request_body(request))
         endpoint = endpoint_services.create_endpoint(actor=request.user, request=create)
-        return Response(detailed(request, endpoint.name))
+        return detailed(request, endpoint.name)
 
 
 class EndpointDetailView(ApiView):
     def get(self, request: Request, name: str) -> Response:
         self.endpoint(request, name, PermissionLevel.CAN_VIEW)
-        return Response(detailed(request, name))
+        return detailed(request, name)
 
     def delete(self, request: Request, name: str) -> Response:
         self.endpoint(request, name, PermissionLevel.CAN_MANAGE)
-        endpoint_services.delete_endpoint(actor=request.user, name=name)
+        endpoint_services.delete_endpoint(actor=request.user, name=name, if_match=if_match(request))
         return Response({})
 
 
@@ -105,15 +111,19 @@ class EndpointConfigView(ApiView):
         if "config" in body and "served_entities" not in body and "served_models" not in body:
             body = validation.require_object(body["config"], "config")
         config = validation.parse_core_config(body, where="config")
-        endpoint_services.update_endpoint_config(actor=request.user, name=name, config=config)
-        return Response(detailed(request, name))
+        endpoint_services.update_endpoint_config(
+            actor=request.user, name=name, config=config, if_match=if_match(request)
+        )
+        return detailed(request, name)
 
 
 class EndpointTagsView(ApiView):
     def patch(self, request: Request, name: str) -> Response:
         self.endpoint(request, name, PermissionLevel.CAN_MANAGE)
         add, delete = validation.parse_tags_patch(request_body(request))
-        tags = endpoint_services.patch_endpoint_tags(actor=request.user, name=name, add_tags=add, delete_tags=delete)
+        tags = endpoint_services.patch_endpoint_tags(
+            actor=request.user, name=name, add_tags=add, delete_tags=delete, if_match=if_match(request)
+        )
         return Response({"tags": [{"key": t.key, "value": t.value} for t in tags]})
 
 

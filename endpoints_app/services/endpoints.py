@@ -12,7 +12,7 @@ from django.utils import timezone
 
 from endpoints_app import audit, capacity, registry
 from endpoints_app.backends import get_backend
-from endpoints_app.errors import ResourceAlreadyExists, ResourceConflict, ResourceDoesNotExist
+from endpoints_app.errors import PreconditionFailed, ResourceAlreadyExists, ResourceConflict, ResourceDoesNotExist
 from endpoints_app.models import (
     ConfigUpdate,
     ConfigVersion,
@@ -26,11 +26,23 @@ from endpoints_app.models import (
 from endpoints_app.validation import CoreConfig, CreateRequest
 
 
-def get_endpoint_for_update(name: str) -> Endpoint:
+def etag(endpoint: Endpoint) -> str:
+    """A version tag of the endpoint: it changes with every change to it (config, state, tags)."""
+    return f'"{endpoint.id[:12]}-{int(endpoint.updated_at.timestamp() * 1_000_000)}"'
+
+
+def get_endpoint_for_update(name: str, *, if_match: str | None = None) -> Endpoint:
+    """Lock the endpoint's row; with If-Match, refuse (412) when it changed since that read."""
     try:
-        return Endpoint.objects.select_for_update().get(name=name)
+        endpoint = Endpoint.objects.select_for_update().get(name=name)
     except Endpoint.DoesNotExist:
         raise ResourceDoesNotExist(f"Endpoint '{name}' does not exist") from None
+    if if_match is not None and if_match.strip() != "*" and if_match.strip() != etag(endpoint):
+        raise PreconditionFailed(
+            f"Endpoint '{name}' changed since you read it (If-Match {if_match.strip()}, now {etag(endpoint)}); "
+            "read it again and re-apply your change"
+        )
+    return endpoint
 
 
 def _check_models_exist(config: CoreConfig) -> None:
@@ -126,14 +138,16 @@ def create_endpoint(*, actor: AbstractBaseUser | None, request: CreateRequest) -
     return endpoint
 
 
-def update_endpoint_config(*, actor: AbstractBaseUser | None, name: str, config: CoreConfig) -> Endpoint:
+def update_endpoint_config(
+    *, actor: AbstractBaseUser | None, name: str, config: CoreConfig, if_match: str | None = None
+) -> Endpoint:
     """Start rolling out a new config version; the active one keeps serving until it is ready."""
     if not Endpoint.objects.filter(name=name).exists():
         raise ResourceDoesNotExist(f"Endpoint '{name}' does not exist")
     _check_models_exist(config)
     capacity.check_fits(config)
     with transaction.atomic():
-        endpoint = get_endpoint_for_update(name)
+        endpoint = get_endpoint_for_update(name, if_match=if_match)
         if endpoint.config_update == ConfigUpdate.IN_PROGRESS:
             raise ResourceConflict(
                 f"Endpoint '{name}' is already being updated (config version "
@@ -156,10 +170,15 @@ def update_endpoint_config(*, actor: AbstractBaseUser | None, name: str, config:
 
 
 def patch_endpoint_tags(
-    *, actor: AbstractBaseUser | None, name: str, add_tags: list[tuple[str, str]], delete_tags: list[str]
+    *,
+    actor: AbstractBaseUser | None,
+    name: str,
+    add_tags: list[tuple[str, str]],
+    delete_tags: list[str],
+    if_match: str | None = None,
 ) -> list[EndpointTag]:
     with transaction.atomic():
-        endpoint = get_endpoint_for_update(name)
+        endpoint = get_endpoint_for_update(name, if_match=if_match)
         before = {t.key: t.value for t in endpoint.tags.all()}
         if delete_tags:
             endpoint.tags.filter(key__in=delete_tags).delete()
@@ -178,10 +197,10 @@ def patch_endpoint_tags(
     return list(endpoint.tags.order_by("key"))
 
 
-def delete_endpoint(*, actor: AbstractBaseUser | None, name: str) -> None:
+def delete_endpoint(*, actor: AbstractBaseUser | None, name: str, if_match: str | None = None) -> None:
     """Delete the endpoint now; its replicas drain and stop in the background."""
     with transaction.atomic():
-        endpoint = get_endpoint_for_update(name)
+        endpoint = get_endpoint_for_update(name, if_match=if_match)
         deployment_ids = list(
             Deployment.objects.filter(endpoint=endpoint, remove_requested_at__isnull=True).values_list("id", flat=True)
         )
