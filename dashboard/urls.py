@@ -7,6 +7,7 @@ from endpoints_app import views as pages
 from endpoints_app.api import (
     alerts_views,
     audit_views,
+    changes_views,
     logs_views,
     metrics_views,
     payloads_views,
@@ -37,7 +38,8 @@ urlpatterns = [
     path("api/2.0/modelfleet/registered-models/upload", api.RegisteredModelUploadView.as_view()),
 ]
 urlpatterns += (
-    users_views.urlpatterns
+    changes_views.urlpatterns
+    + users_views.urlpatterns
     + audit_views.urlpatterns
     + permissions_views.urlpatterns
     + metrics_views.urlpatterns

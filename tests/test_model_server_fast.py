@@ -43,6 +43,10 @@ from tests.test_model_server import (
     wait_ready,
 )
 
+# The server silences this sklearn warning on purpose (see SklearnFastPath.for_model); pytest
+# restores the warning filters around each test, so the in-process fast path would raise it.
+pytestmark = pytest.mark.filterwarnings("ignore:X does not have valid feature names:UserWarning")
+
 FORMATS = ["dataframe_split", "dataframe_records", "instances", "inputs_records", "inputs_columns"]
 # The module sets these for its own process; keep them from leaking into the rest of the suite.
 _SERVER_ENV_FLAGS = ("_MLFLOW_IS_IN_SERVING_ENVIRONMENT", "MLFLOW_DISABLE_TELEMETRY", "DO_NOT_TRACK")
@@ -319,6 +323,10 @@ def _iris_rows_batches() -> list[list[Row]]:
 # -- over HTTP -----------------------------------------------------------------------------------
 
 
+def test_the_server_logs_which_fast_path_it_uses(iris_server: ServerProcess) -> None:
+    assert "fast path: LogisticRegression.predict on numpy arrays, batched" in iris_server.log()
+
+
 @pytest.mark.parametrize("input_format", FORMATS)
 def test_the_server_answers_as_mlflow_scoring_server_does(
     iris_server: ServerProcess, iris_path: Path, session: requests.Session, input_format: str
@@ -468,3 +476,18 @@ def test_a_standby_whose_stdin_closes_exits_quietly(tmp_path: Path) -> None:
 
     assert returncode == 0
     assert standby_log.read_text() == ""
+
+
+def test_a_standby_given_a_bad_assignment_exits_with_2_and_says_why_in_the_replica_log(
+    iris_path: Path, tmp_path: Path
+) -> None:
+    process, _ = _start_standby(tmp_path)
+    log_path = tmp_path / "replica.log"
+    assert process.stdin is not None
+    process.stdin.write((json.dumps({"model_path": str(iris_path), "log_path": str(log_path)}) + "\n").encode())
+    process.stdin.close()
+
+    returncode = process.wait(timeout=READY_TIMEOUT_S)
+
+    assert returncode == 2
+    assert "--model-path and --port are required" in log_path.read_text()

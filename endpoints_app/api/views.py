@@ -24,6 +24,7 @@ from endpoints_app.api.serializers import serialize_endpoint_detailed, serialize
 from endpoints_app.backends import get_backend
 from endpoints_app.errors import InvalidParameterValue, MalformedRequest
 from endpoints_app.models import Endpoint, PermissionLevel
+from endpoints_app.services import changes
 from endpoints_app.services import endpoints as endpoint_services
 
 MAX_MODEL_UPLOAD_BYTES = 2 * 1024**3
@@ -89,6 +90,7 @@ class EndpointListView(ApiView):
     def post(self, request: Request) -> Response:
         access.require_create(request.user)
         create = validation.parse_create_request(request_body(request))
+        changes.require_direct_change_allowed(request.user, endpoint_name=create.name, tags=dict(create.tags))
         endpoint = endpoint_services.create_endpoint(actor=request.user, request=create)
         return detailed(request, endpoint.name)
 
@@ -100,6 +102,7 @@ class EndpointDetailView(ApiView):
 
     def delete(self, request: Request, name: str) -> Response:
         self.endpoint(request, name, PermissionLevel.CAN_MANAGE)
+        changes.require_direct_change_allowed(request.user, endpoint_name=name)
         endpoint_services.delete_endpoint(actor=request.user, name=name, if_match=if_match(request))
         return Response({})
 
@@ -107,6 +110,7 @@ class EndpointDetailView(ApiView):
 class EndpointConfigView(ApiView):
     def put(self, request: Request, name: str) -> Response:
         self.endpoint(request, name, PermissionLevel.CAN_MANAGE)
+        changes.require_direct_change_allowed(request.user, endpoint_name=name)
         body = validation.require_object(request_body(request), "request body")
         if "config" in body and "served_entities" not in body and "served_models" not in body:
             body = validation.require_object(body["config"], "config")

@@ -46,6 +46,21 @@ def register(commands: argparse._SubParsersAction, common: argparse.ArgumentPars
     p = _verb(verbs, common, "revoke", cmd_tokens_revoke, "revoke a token")
     p.add_argument("token_id", type=int)
 
+    crs = commands.add_parser("change-requests", parents=[common], help="propose, review and approve changes")
+    verbs = crs.add_subparsers(dest="verb", metavar="VERB", required=True)
+    p = _verb(verbs, common, "list", cmd_cr_list, "list change requests (approvers see all, others their own)")
+    p.add_argument("--status", choices=["pending", "applied", "rejected", "stale", "failed"])
+    p = _verb(verbs, common, "show", cmd_cr_show, "show one change request with its diff")
+    p.add_argument("request_id", type=int)
+    p = _verb(verbs, common, "propose", cmd_cr_propose, "propose a change for approval")
+    p.add_argument("endpoint_name")
+    p.add_argument("--action", choices=["create", "update-config", "delete"], default="update-config")
+    p.add_argument("--json", metavar="JSON", help="the config (update-config) or create body: inline or @file")
+    for name, handler in (("approve", cmd_cr_approve), ("reject", cmd_cr_reject)):
+        p = _verb(verbs, common, name, handler, f"{name} a change request (not your own)")
+        p.add_argument("request_id", type=int)
+        p.add_argument("--comment", default="")
+
     audit = commands.add_parser("audit", parents=[common], help="read the audit log (admins)")
     verbs = audit.add_subparsers(dest="verb", metavar="VERB", required=True)
     for name, handler, text in (
@@ -183,4 +198,80 @@ def cmd_audit_list(ctx: Context) -> int:
 
 def cmd_audit_export(ctx: Context) -> int:
     ctx.out(ctx.api.text("GET", AUDIT, params={**_audit_params(ctx), "format": "jsonl"}).rstrip("\n"))
+    return EXIT_OK
+
+
+CRS = "/api/2.0/modelfleet/change-requests"
+
+
+def _cr_summary(cr: dict[str, Any]) -> str:
+    lines = [
+        f"Change request #{cr['id']}: {cr['action']} {cr['endpoint_name']} — {cr['status']}",
+        f"  proposed by {cr['author']} at {render.timestamp(cr['created_at'])}",
+    ]
+    if cr.get("decided_by"):
+        lines.append(f"  decided by {cr['decided_by']} at {render.timestamp(cr['decided_at'])}: {cr['comment'] or '-'}")
+    if cr.get("error"):
+        lines.append(f"  error: {cr['error']}")
+    if cr.get("diff"):
+        lines += ["", cr["diff"]]
+    return "\n".join(lines)
+
+
+def cmd_cr_list(ctx: Context) -> int:
+    params = {"status": ctx.args.status.upper()} if ctx.args.status else None
+    items = ctx.api.call("GET", CRS, params=params).get("change_requests") or []
+    if ctx.json_output:
+        ctx.out(render.to_json(items))
+    else:
+        ctx.out(
+            render.table(
+                ["ID", "ENDPOINT", "ACTION", "STATUS", "AUTHOR", "CREATED"],
+                [
+                    [
+                        c["id"],
+                        c["endpoint_name"],
+                        c["action"],
+                        c["status"],
+                        c["author"],
+                        render.timestamp(c["created_at"]),
+                    ]
+                    for c in items
+                ],
+            )
+        )
+    return EXIT_OK
+
+
+def cmd_cr_show(ctx: Context) -> int:
+    cr = ctx.api.call("GET", f"{CRS}/{ctx.args.request_id}")
+    ctx.out(render.to_json(cr) if ctx.json_output else _cr_summary(cr))
+    return EXIT_OK
+
+
+def cmd_cr_propose(ctx: Context) -> int:
+    from endpoints_app.cli.commands_common import parse_json_object
+
+    action = ctx.args.action.replace("-", "_")
+    body: dict[str, Any] | None = None
+    if ctx.args.json:
+        body = parse_json_object(ctx.args.json)
+        if action == "update_config" and "config" in body and "served_entities" not in body:
+            body = body["config"]
+    elif action != "delete":
+        raise CliError("--json is required to propose a create or a config update")
+    cr = ctx.api.call("POST", CRS, {"endpoint_name": ctx.args.endpoint_name, "action": action, "body": body})
+    ctx.out(render.to_json(cr) if ctx.json_output else _cr_summary(cr))
+    return EXIT_OK
+
+
+def cmd_cr_approve(ctx: Context) -> int:
+    cr = ctx.api.call("POST", f"{CRS}/{ctx.args.request_id}/approve", {"comment": ctx.args.comment})
+    ctx.out(render.to_json(cr) if ctx.json_output else _cr_summary(cr))
+    return EXIT_OK
+
+
+def cmd_cr_reject(ctx: Context) -> int:
+    cr = ctx.api.call("POST", f"{CRS}/{ctx.args.request_id}/reject", {"comment": ctx.args.comment})
+    ctx.out(render.to_json(cr) if ctx.json_output else _cr_summary(cr))
     return EXIT_OK

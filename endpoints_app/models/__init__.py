@@ -1,5 +1,6 @@
 from endpoints_app.models.access import EndpointPermission, PermissionLevel, Role, UserProfile
 from endpoints_app.models.audit import AppendOnlyError, AuditEvent
+from endpoints_app.models.changes import ApprovalPolicy, ChangeRequest, ChangeRequestStatus
 from endpoints_app.models.endpoints import (
     ConfigUpdate,
     ConfigVersion,
@@ -36,6 +37,9 @@ from endpoints_app.models.tokens import AccessToken
 __all__ = [
     "AccessToken",
     "AppendOnlyError",
+    "ApprovalPolicy",
+    "ChangeRequest",
+    "ChangeRequestStatus",
     "AuditEvent",
     "AlertEvent",
     "AlertMetric",

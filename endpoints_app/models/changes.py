@@ -1,0 +1,57 @@
+"""Change requests: a change that needs a second person's approval before it is applied."""
+
+from __future__ import annotations
+
+from django.conf import settings
+from django.db import models
+
+
+class ApprovalPolicy(models.Model):
+    """Changes to matching endpoints need approval: one endpoint by name, or every endpoint with a tag."""
+
+    endpoint_name = models.CharField(max_length=255, blank=True, default="")
+    tag_key = models.CharField(max_length=255, blank=True, default="")
+    tag_value = models.CharField(max_length=1024, blank=True, default="")
+    created_by = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, on_delete=models.SET_NULL, related_name="+")
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    def __str__(self) -> str:
+        return f"approval for {self.endpoint_name or f'{self.tag_key}={self.tag_value}'}"
+
+
+class ChangeRequestStatus(models.TextChoices):
+    PENDING = "PENDING"
+    APPLIED = "APPLIED"
+    REJECTED = "REJECTED"
+    STALE = "STALE"  # the endpoint changed after the proposal: re-propose
+    FAILED = "FAILED"  # approved, but applying it failed (the error says why)
+
+
+class ChangeRequest(models.Model):
+    class Action(models.TextChoices):
+        CREATE = "create"
+        UPDATE_CONFIG = "update_config"
+        DELETE = "delete"
+
+    endpoint_name = models.CharField(max_length=255)
+    action = models.CharField(max_length=16, choices=Action.choices)
+    proposed = models.JSONField(default=dict)  # the request body the change will apply
+    diff = models.TextField(blank=True, default="")
+    # The endpoint's ETag when proposed; a different one when approving means the request is stale.
+    base_etag = models.CharField(max_length=64, blank=True, default="")
+    status = models.CharField(max_length=16, choices=ChangeRequestStatus.choices, default=ChangeRequestStatus.PENDING)
+    author = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, on_delete=models.SET_NULL, related_name="+")
+    created_at = models.DateTimeField(auto_now_add=True)
+    decided_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    decided_at = models.DateTimeField(null=True, blank=True)
+    comment = models.TextField(blank=True, default="")
+    error = models.TextField(blank=True, default="")
+
+    class Meta:
+        ordering = ["-id"]
+        indexes = [models.Index(fields=["status", "created_at"], name="change_request_status_idx")]
+
+    def __str__(self) -> str:
+        return f"#{self.pk} {self.action} {self.endpoint_name} ({self.status})"
