@@ -33,6 +33,7 @@ from django.db import IntegrityError, transaction
 from django.db.models import Exists, OuterRef, Prefetch, QuerySet
 from django.utils import timezone
 
+from endpoints_app import audit
 from endpoints_app.errors import InvalidParameterValue, ResourceAlreadyExists, ResourceDoesNotExist
 from endpoints_app.models import AlertEvent, AlertMetric, AlertRule, Endpoint, MetricPoint
 from endpoints_app.monitoring import notifications
@@ -160,6 +161,18 @@ def parse_rule(data: Any, *, partial: bool) -> dict[str, Any]:
     return out
 
 
+def _rule_snapshot(rule: AlertRule) -> dict[str, Any]:
+    return {
+        "name": rule.name,
+        "metric": rule.metric,
+        "comparison": rule.comparison,
+        "threshold": rule.threshold,
+        "for_seconds": rule.for_seconds,
+        "enabled": rule.enabled,
+        "notify_emails": rule.notify_emails,
+    }
+
+
 def _duplicate(endpoint: Endpoint, name: str) -> ResourceAlreadyExists:
     return ResourceAlreadyExists(f"An alert rule named '{name}' already exists on endpoint '{endpoint.name}'")
 
@@ -168,7 +181,16 @@ def create_alert_rule(*, endpoint: Endpoint, actor: AbstractBaseUser | None, dat
     fields = parse_rule(data, partial=False)
     try:
         with transaction.atomic():
-            rule = AlertRule.objects.create(endpoint=endpoint, created_by=actor, **fields)
+            with transaction.atomic():  # the duplicate check below needs this savepoint
+                rule = AlertRule.objects.create(endpoint=endpoint, created_by=actor, **fields)
+            audit.record(
+                actor=actor,
+                action="alert_rule.create",
+                object_type="alert_rule",
+                object_id=str(rule.id),
+                object_name=f"{endpoint.name}/{rule.name}",
+                after=_rule_snapshot(rule),
+            )
     except IntegrityError:  # unique_alert_rule_name: race-safe, unlike a check before the insert
         raise _duplicate(endpoint, fields["name"]) from None
     log.info("%s created alert rule %r on %s", actor, rule.name, endpoint.name)
@@ -185,9 +207,19 @@ def update_alert_rule(*, rule: AlertRule, actor: AbstractBaseUser | None, data: 
             locked = AlertRule.objects.select_for_update().filter(id=rule.id).first()
             if locked is None:
                 raise ResourceDoesNotExist(f"Alert rule '{rule.id}' does not exist")
+            before = _rule_snapshot(locked)
             for key, value in fields.items():
                 setattr(locked, key, value)
             locked.save()
+            audit.record(
+                actor=actor,
+                action="alert_rule.update",
+                object_type="alert_rule",
+                object_id=str(locked.id),
+                object_name=f"{rule.endpoint.name}/{locked.name}",
+                before=before,
+                after=_rule_snapshot(locked),
+            )
             if fields.get("enabled") is False:
                 AlertEvent.objects.filter(rule=locked, state=AlertEvent.State.FIRING).update(
                     state=AlertEvent.State.RESOLVED, resolved_at=now
@@ -200,7 +232,16 @@ def update_alert_rule(*, rule: AlertRule, actor: AbstractBaseUser | None, data: 
 
 def delete_alert_rule(*, rule: AlertRule, actor: AbstractBaseUser | None) -> None:
     """Delete the rule and its events."""
-    AlertRule.objects.filter(id=rule.id).delete()
+    with transaction.atomic():
+        audit.record(
+            actor=actor,
+            action="alert_rule.delete",
+            object_type="alert_rule",
+            object_id=str(rule.id),
+            object_name=f"{rule.endpoint.name}/{rule.name}",
+            before=_rule_snapshot(rule),
+        )
+        AlertRule.objects.filter(id=rule.id).delete()
     log.info("%s deleted alert rule %r on %s", actor, rule.name, rule.endpoint.name)
 
 
