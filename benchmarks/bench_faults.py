@@ -74,7 +74,7 @@ def main() -> int:
     stack = start_stack(MODELFLEET_SCALE_TO_ZERO_IDLE_SECONDS="1")
     rows: list[tuple[str, str, str, bool]] = []
     try:
-        from endpoints_app.models import Deployment, Replica, ReplicaState
+        from endpoints_app.models import Replica, ReplicaState
 
         # 1. Config updates under steady traffic.
         stack.create("faults-update", entity("1"))
@@ -126,23 +126,12 @@ def main() -> int:
 
         # 3. Wake-ups from zero.
         stack.create("faults-zero", entity("1", stz=True))
-        zero = Deployment.objects.get(endpoint__name="faults-zero")
         firsts: list[float] = []
         failures = 0
         for _ in range(args.wakeups):
-            deadline = time.monotonic() + 60
-            while time.monotonic() < deadline:
-                zero.refresh_from_db()
-                if (
-                    zero.desired_replicas == 0
-                    and not Replica.objects.filter(deployment=zero, state=ReplicaState.READY).exists()
-                ):
-                    break
-                time.sleep(0.1)
-            t0 = time.perf_counter()
-            r = stack.query("faults-zero")
-            firsts.append(time.perf_counter() - t0)
-            failures += r.status_code != 200
+            seconds, status = stack.timed_wake_up("faults-zero")
+            firsts.append(seconds)
+            failures += status != 200
         rows.append(
             (
                 f"{args.wakeups} wake-ups from zero",

@@ -57,7 +57,7 @@ def main() -> int:
     mlflow_proc = None
     try:
         from endpoints_app import registry
-        from endpoints_app.models import Deployment, Replica, ReplicaState
+        from endpoints_app.models import Replica, ReplicaState
 
         auth = stack.auth
         for name, stz in (("bench", False), ("bench-zero", True)):
@@ -123,26 +123,10 @@ def main() -> int:
 
         # Cold start: the scale-to-zero endpoint idles 2 s, then one query wakes it (5 times).
         colds = []
-        zero = Deployment.objects.get(endpoint__name="bench-zero")
         for _ in range(5):
-            deadline = time.monotonic() + 60
-            while time.monotonic() < deadline:
-                zero.refresh_from_db()
-                if (
-                    zero.desired_replicas == 0
-                    and not Replica.objects.filter(deployment=zero, state=ReplicaState.READY).exists()
-                ):
-                    break
-                time.sleep(0.2)
-            t0 = time.perf_counter()
-            r = requests.post(
-                f"{base}/serving-endpoints/bench-zero/invocations",
-                headers=auth,
-                json={"dataframe_split": {"columns": COLUMNS, "data": [ROW]}},
-                timeout=90,
-            )
-            colds.append(time.perf_counter() - t0)
-            assert r.status_code == 200, r.text
+            seconds, status = stack.timed_wake_up("bench-zero")
+            assert status == 200
+            colds.append(seconds)
     finally:
         if mlflow_proc is not None:
             os.killpg(mlflow_proc.pid, signal.SIGTERM)

@@ -92,6 +92,27 @@ class Stack:
             json={"dataframe_split": {"columns": COLUMNS, "data": [ROW]}},
         )
 
+    def wait_scaled_to_zero(self, name: str, seconds: float = 60) -> None:
+        """Until the endpoint's (only) deployment has stopped every replica for lack of traffic."""
+        from endpoints_app.models import Deployment, Replica, ReplicaState
+
+        deployment = Deployment.objects.get(endpoint__name=name, stopped_at__isnull=True)
+        deadline = time.monotonic() + seconds
+        while time.monotonic() < deadline:
+            deployment.refresh_from_db()
+            ready = Replica.objects.filter(deployment=deployment, state=ReplicaState.READY).exists()
+            if deployment.desired_replicas == 0 and not ready:
+                return
+            time.sleep(0.1)
+        raise RuntimeError(f"{name} did not scale to zero within {seconds:.0f}s")
+
+    def timed_wake_up(self, name: str) -> tuple[float, int]:
+        """Scale-to-zero, then one query: (seconds it took, its status)."""
+        self.wait_scaled_to_zero(name)
+        started = time.perf_counter()
+        status = self.query(name).status_code
+        return time.perf_counter() - started, status
+
     def stop(self) -> None:
         os.killpg(self.process.pid, signal.SIGTERM)
         self.process.wait(timeout=60)

@@ -78,3 +78,41 @@ def endpoint_body(name: str, *entities: tuple[str, str], routes: list[tuple[str,
             "routes": [{"served_model_name": n, "traffic_percentage": p} for n, p in routes]
         }
     return body
+
+
+# --- the real stack, for end-to-end tests ---------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def stack(django_db_setup, django_db_blocker, registered_models, tmp_path_factory):
+    """`modelfleet up` on the test database, one per test module that asks for it."""
+    import os
+
+    from django.db import connection
+
+    from tests.stack import database_url, start_stack
+
+    with django_db_blocker.unblock():
+        db = database_url(connection.settings_dict)
+    running = start_stack(database=db, token="", log_path=tmp_path_factory.mktemp("stack") / "stack.log")
+    try:
+        yield running
+    finally:
+        running.stop()
+        if os.environ.get("MODELFLEET_TEST_SHOW_STACK_LOG"):
+            print(running.log()[-20000:])
+
+
+@pytest.fixture
+def e2e_token(stack, django_user_model) -> str:
+    """An admin and its token, committed; each transactional test flushes the database after."""
+    user = django_user_model.objects.create_superuser("e2e-admin", "e2e@example.com", "e2e-password-1")
+    stack.token = create_token(user=user, comment="e2e")[1]
+    return stack.token
+
+
+@pytest.fixture
+def sdk(stack):
+    from databricks.sdk import WorkspaceClient
+
+    return WorkspaceClient(host=stack.url, token=stack.token)

@@ -10,7 +10,6 @@ from datetime import timedelta
 
 import pytest
 import requests
-from databricks.sdk import WorkspaceClient
 from databricks.sdk.errors import OperationFailed
 from databricks.sdk.service.serving import (
     EndpointCoreConfigInput,
@@ -18,40 +17,15 @@ from databricks.sdk.service.serving import (
     ServedEntityInput,
     ServingModelWorkloadType,
 )
-from django.db import connection
 
 from endpoints_app.models import Deployment, Replica, ReplicaState, ScalingDecision
-from endpoints_app.services.tokens import create_token
 from tests.model_fixtures import IRIS_COLUMNS
-from tests.stack import Stack, database_url, start_stack
+from tests.stack import Stack
 
 pytestmark = [pytest.mark.e2e, pytest.mark.django_db(transaction=True), pytest.mark.usefixtures("e2e_token")]
 
 TIMEOUT = timedelta(minutes=3)
 RECORD = {"inputs": [dict(zip(IRIS_COLUMNS, [5.1, 3.5, 1.4, 0.2], strict=True))]}
-
-
-@pytest.fixture(scope="module")
-def stack(django_db_setup, django_db_blocker, registered_models, tmp_path_factory):
-    with django_db_blocker.unblock():
-        db = database_url(connection.settings_dict)
-    running = start_stack(database=db, token="", log_path=tmp_path_factory.mktemp("stack") / "stack.log")
-    try:
-        yield running
-    finally:
-        running.stop()
-
-
-@pytest.fixture
-def e2e_token(stack: Stack, django_user_model) -> str:
-    user = django_user_model.objects.create_superuser("e2e-admin", "e2e@example.com", "e2e-password-1")
-    stack.token = create_token(user=user, comment="e2e")[1]
-    return stack.token
-
-
-@pytest.fixture
-def sdk(stack: Stack) -> WorkspaceClient:
-    return WorkspaceClient(host=stack.url, token=stack.token)
 
 
 def query(stack: Stack, endpoint: str, body: dict, timeout: float = 90) -> requests.Response:

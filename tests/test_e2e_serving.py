@@ -15,7 +15,6 @@ from pathlib import Path
 
 import pytest
 import requests
-from databricks.sdk import WorkspaceClient
 from databricks.sdk.errors import OperationFailed, ResourceDoesNotExist
 from databricks.sdk.service.serving import (
     DataframeSplitInput,
@@ -26,45 +25,16 @@ from databricks.sdk.service.serving import (
     ServedEntityInput,
     TrafficConfig,
 )
-from django.db import connection
 
 from endpoints_app.models import Deployment, Replica, ReplicaState
-from endpoints_app.services.tokens import create_token
 from tests.model_fixtures import IRIS_COLUMNS, iris_frame
-from tests.stack import Stack, database_url, start_stack
+from tests.stack import Stack
 
 # Transactional: the stack's processes must see what the test writes, and the test what they write.
 pytestmark = [pytest.mark.e2e, pytest.mark.django_db(transaction=True), pytest.mark.usefixtures("e2e_token")]
 
 ROW = [5.1, 3.5, 1.4, 0.2]
 TIMEOUT = timedelta(minutes=3)
-
-
-@pytest.fixture(scope="module")
-def stack(django_db_setup, django_db_blocker, registered_models, tmp_path_factory):
-    with django_db_blocker.unblock():
-        db = database_url(connection.settings_dict)
-    log_path = tmp_path_factory.mktemp("stack") / "stack.log"
-    running = start_stack(database=db, token="", log_path=log_path)
-    try:
-        yield running
-    finally:
-        running.stop()
-        if os.environ.get("MODELFLEET_TEST_SHOW_STACK_LOG"):
-            print(running.log()[-20000:])
-
-
-@pytest.fixture
-def e2e_token(stack: Stack, django_user_model) -> str:
-    """An admin and its token, committed; each transactional test flushes the database after."""
-    user = django_user_model.objects.create_superuser("e2e-admin", "e2e@example.com", "e2e-password-1")
-    stack.token = create_token(user=user, comment="e2e")[1]
-    return stack.token
-
-
-@pytest.fixture
-def sdk(stack: Stack) -> WorkspaceClient:
-    return WorkspaceClient(host=stack.url, token=stack.token)
 
 
 def entity(name: str, version: str, **kw) -> ServedEntityInput:

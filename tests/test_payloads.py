@@ -22,7 +22,7 @@ from endpoints_app.monitoring import payloads as payload_monitoring
 from endpoints_app.monitoring.payloads import prune_payloads
 from tests.conftest import endpoint_body
 from tests.model_fixtures import IRIS_COLUMNS
-from tests.stack import Stack, database_url, start_stack
+from tests.stack import Stack
 from tests.test_api_endpoints import create, mark_ready
 
 URL = "/api/2.0/modelfleet/serving-endpoints/{}/payloads"
@@ -469,17 +469,6 @@ def test_payloads_are_read_only(api, endpoint):
 
 
 # --- end to end ----------------------------------------------------------------------------------
-
-
-@pytest.fixture(scope="module")
-def stack(django_db_setup, django_db_blocker, registered_models, tmp_path_factory):
-    with django_db_blocker.unblock():
-        db = database_url(connection.settings_dict)
-    running = start_stack(database=db, token="", log_path=tmp_path_factory.mktemp("stack") / "stack.log")
-    try:
-        yield running
-    finally:
-        running.stop()
 
 
 @pytest.mark.e2e

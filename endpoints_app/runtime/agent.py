@@ -39,7 +39,6 @@ log = logging.getLogger("modelfleet.runtime")
 
 LOOP_SECONDS = 0.5
 STARTING_LOOP_SECONDS = 0.1
-STANDBY_WARMUP_SECONDS = 3.0  # a standby younger than this may still be importing
 ROOT = Path(__file__).resolve().parents[2]
 SAMPLE_SECONDS = 1.0
 HEARTBEAT_SECONDS = 10.0
@@ -141,7 +140,6 @@ class Agent:
         self.last_heartbeat = 0.0
         self.gpus = detect_gpus()
         self.standby: subprocess.Popen | None = None
-        self.standby_started = 0.0
         self.standby_disabled = False
 
     # --- lifecycle --------------------------------------------------------------------------------
@@ -447,7 +445,6 @@ class Agent:
                 cwd=str(ROOT),
                 preexec_fn=_set_pdeathsig,
             )
-        self.standby_started = time.monotonic()
 
     def _take_standby(self, assignment: dict) -> subprocess.Popen | None:
         """Give the standby process this replica's work; None when there is no usable standby."""
@@ -455,8 +452,8 @@ class Agent:
         if standby is None or standby.poll() is not None or standby.stdin is None:
             self._spawn_standby()
             return None
-        if time.monotonic() - self.standby_started < STANDBY_WARMUP_SECONDS:
-            return None  # still importing: a fresh process is no slower
+        # A standby still importing is used too: it finishes its imports, then loads the model,
+        # which is never slower than a fresh process doing both.
         self.standby = None
         try:
             standby.stdin.write((json.dumps(assignment) + "\n").encode())
