@@ -40,8 +40,9 @@ class ServingBackend(Protocol):
     def remove(self, *, deployment_ids: Iterable[int]) -> None:
         """Drain and stop deployments that no config uses any more."""
 
-    def scaled_to_zero(self, *, deployment_ids: Iterable[int]) -> set[int]:
-        """The deployments among these that have no replica on purpose (idle, scale-to-zero)."""
+    def coming_up(self, *, deployment_ids: Iterable[int]) -> set[int]:
+        """The deployments among these that will have a ready replica if a query waits: scaled to
+        zero (a query wakes them), or starting or recovering one. Not failed or stopped ones."""
 
     def wake(self, *, deployment_id: int) -> None:
         """A query is waiting: start a scaled-to-zero deployment's replicas now."""

@@ -144,10 +144,13 @@ class LocalBackend:
             return (data, offset + len(data)) if len(data) >= max_bytes else (b"", offset)
         return data[: end + 1], offset + end + 1
 
-    def scaled_to_zero(self, *, deployment_ids: Iterable[int]) -> set[int]:
+    def coming_up(self, *, deployment_ids: Iterable[int]) -> set[int]:
         return set(
             Deployment.objects.filter(
-                id__in=list(deployment_ids), desired_replicas=0, stopped_at__isnull=True
+                id__in=list(deployment_ids),
+                stopped_at__isnull=True,
+                remove_requested_at__isnull=True,
+                state__in=[DeploymentState.CREATING, DeploymentState.READY, DeploymentState.RECOVERING],
             ).values_list("id", flat=True)
         )
 

@@ -281,7 +281,8 @@ class Gateway:
         return entity
 
     async def _wake(self, table: RouteTable, entity: EntityRoute) -> EntityRoute:
-        """Wake a scaled-to-zero entity and hold the query until a replica is ready (bounded).
+        """Wake a scaled-to-zero entity (or wait for one starting) and hold the query until a
+        replica is ready (bounded).
 
         Every query waiting for the same deployment shares one wake-up: one request to the
         backend and one route-table poll loop, however many queries arrive meanwhile.
@@ -325,7 +326,7 @@ class Gateway:
     async def _forward(
         self, table: RouteTable, entity: EntityRoute, body: bytes, content_type: str
     ) -> tuple[int, dict[str, str], bytes]:
-        if not entity.replicas and entity.scaled_to_zero and entity.deployment_id is not None:
+        if not entity.replicas and entity.coming_up and entity.deployment_id is not None:
             entity = await self._wake(table, entity)
         tried: set[str] = set()
         for _attempt in range(2):

@@ -15,7 +15,9 @@ class EntityRoute:
     weight: int
     replicas: list[str]  # base URLs of ready replicas, e.g. "http://127.0.0.1:41234"
     deployment_id: int | None = None
-    scaled_to_zero: bool = False  # no replica on purpose: a query wakes it
+    # No ready replica now, but one is coming (scaled to zero: a query wakes it; or starting or
+    # recovering): a query waits for it instead of failing.
+    coming_up: bool = False
 
 
 @dataclass
@@ -78,7 +80,7 @@ def load_route_table(endpoint_name: str) -> RouteTable:
     backend = get_backend()
     deployment_ids = [e["deployment_id"] for e in entities if e["deployment_id"]]
     replicas = backend.ready_replicas(deployment_ids=deployment_ids)
-    sleeping = backend.scaled_to_zero(deployment_ids=deployment_ids)
+    coming = backend.coming_up(deployment_ids=[d for d in deployment_ids if not replicas.get(d)])
     table = RouteTable(endpoint_name, exists=True, endpoint_id=endpoint.id, payload_sample_rate=sample_rate)
     for e in entities:
         table.entities.append(
@@ -87,7 +89,7 @@ def load_route_table(endpoint_name: str) -> RouteTable:
                 weights.get(e["name"], 0),
                 replicas.get(e["deployment_id"], []),
                 deployment_id=e["deployment_id"],
-                scaled_to_zero=e["deployment_id"] in sleeping,
+                coming_up=e["deployment_id"] in coming,
             )
         )
     return table
