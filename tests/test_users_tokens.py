@@ -87,4 +87,40 @@ def test_the_cli_administers_users_and_tokens(live_server, django_user_model, mo
     assert main(["audit", "export", "--action", "token."]) == 0
     lines = capsys.readouterr().out.strip().splitlines()
     assert [line for line in lines if '"token.create"' in line] and raw not in "".join(lines)
+    assert main(["groups", "create", "ops"]) == 0
+    assert main(["groups", "add-member", "ops", "frank"]) == 0
+    assert main(["groups", "list"]) == 0
+    assert "ops: frank" in capsys.readouterr().out
     assert main(["users", "deactivate", "frank"]) == 0
+
+
+def test_groups_carry_endpoint_grants(admin_api, api, registered_models, django_user_model):
+    from endpoints_app.models import Endpoint, EndpointPermission, PermissionLevel
+    from tests.conftest import endpoint_body
+    from tests.test_api_endpoints import create
+
+    create(api, endpoint_body("team-ep", (registered_models["iris"], "1")))
+    member = django_user_model.objects.create_user("gina", "g@example.com", "pw-123456789")
+    client = APIClient()
+    client.credentials(HTTP_AUTHORIZATION=f"Bearer {create_token(user=member)[1]}")
+    assert client.get("/api/2.0/serving-endpoints/team-ep").status_code == 404  # an outsider
+
+    assert admin_api.post("/api/2.0/modelfleet/groups", {"name": "ml-team"}, format="json").status_code == 200
+    assert admin_api.post("/api/2.0/modelfleet/groups", {"name": "ml-team"}, format="json").status_code == 409
+    added = admin_api.put("/api/2.0/modelfleet/groups/ml-team/members/gina")
+    assert added.json() == {"name": "ml-team", "members": ["gina"]}
+    endpoint = Endpoint.objects.get(name="team-ep")
+    response = api.patch(
+        f"/api/2.0/permissions/serving-endpoints/{endpoint.id}",
+        {"access_control_list": [{"group_name": "ml-team", "permission_level": "CAN_QUERY"}]},
+        format="json",
+    )
+    assert response.status_code == 200
+    assert EndpointPermission.objects.filter(
+        endpoint=endpoint, group__name="ml-team", level=PermissionLevel.CAN_QUERY
+    ).exists()
+    assert client.get("/api/2.0/serving-endpoints/team-ep").json()["permission_level"] == "CAN_QUERY"
+    assert admin_api.delete("/api/2.0/modelfleet/groups/ml-team/members/gina").json()["members"] == []
+    assert client.get("/api/2.0/serving-endpoints/team-ep").status_code == 404
+    assert api.post("/api/2.0/modelfleet/groups", {"name": "x"}, format="json").status_code == 403
+    assert AuditEvent.objects.filter(action__startswith="group.").count() == 3

@@ -103,7 +103,48 @@ class TokenDetailView(ApiView):
         return Response({})
 
 
+class GroupListView(ApiView):
+    def get(self, request: Request) -> Response:
+        _require_admin(request)
+        from django.contrib.auth.models import Group
+
+        groups = Group.objects.prefetch_related("user_set").order_by("name")
+        return Response(
+            {
+                "groups": [
+                    {"name": g.name, "members": sorted(u.get_username() for u in g.user_set.all())} for g in groups
+                ]
+            }
+        )
+
+    def post(self, request: Request) -> Response:
+        _require_admin(request)
+        body = require_object(request_body(request), "request body")
+        group = user_services.create_group(actor=request.user, name=str(body.get("name") or ""))
+        return Response({"name": group.name, "members": []})
+
+
+class GroupMemberView(ApiView):
+    """``PUT …/groups/<group>/members/<user>`` adds, ``DELETE`` removes."""
+
+    def put(self, request: Request, group: str, username: str) -> Response:
+        return self._set(request, group, username, member=True)
+
+    def delete(self, request: Request, group: str, username: str) -> Response:
+        return self._set(request, group, username, member=False)
+
+    def _set(self, request: Request, group: str, username: str, *, member: bool) -> Response:
+        _require_admin(request)
+        the_group = user_services.get_group(group)
+        user_services.set_membership(
+            actor=request.user, group=the_group, user=user_services.get_user(username), member=member
+        )
+        return Response({"name": the_group.name, "members": sorted(u.get_username() for u in the_group.user_set.all())})
+
+
 urlpatterns = [
+    path("api/2.0/modelfleet/groups", GroupListView.as_view()),
+    path("api/2.0/modelfleet/groups/<str:group>/members/<str:username>", GroupMemberView.as_view()),
     path("api/2.0/modelfleet/users", UserListView.as_view()),
     path("api/2.0/modelfleet/users/<str:username>", UserDetailView.as_view()),
     path("api/2.0/modelfleet/tokens", TokenListView.as_view()),

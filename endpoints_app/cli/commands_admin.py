@@ -36,6 +36,19 @@ def register(commands: argparse._SubParsersAction, common: argparse.ArgumentPars
     p = _verb(verbs, common, "deactivate", cmd_users_deactivate, "stop a user from signing in (their tokens stop too)")
     p.add_argument("username")
 
+    groups = commands.add_parser("groups", parents=[common], help="manage groups (admins); grant endpoints to them")
+    verbs = groups.add_subparsers(dest="verb", metavar="VERB", required=True)
+    _verb(verbs, common, "list", cmd_groups_list, "list groups and their members")
+    p = _verb(verbs, common, "create", cmd_groups_create, "create a group")
+    p.add_argument("name")
+    for name, handler, text in (
+        ("add-member", cmd_groups_add, "add a user to a group"),
+        ("remove-member", cmd_groups_remove, "remove a user from a group"),
+    ):
+        p = _verb(verbs, common, name, handler, text)
+        p.add_argument("group")
+        p.add_argument("username")
+
     tokens = commands.add_parser("tokens", parents=[common], help="personal access tokens")
     verbs = tokens.add_subparsers(dest="verb", metavar="VERB", required=True)
     p = _verb(verbs, common, "create", cmd_tokens_create, "create a token (printed once, as the last line)")
@@ -274,4 +287,35 @@ def cmd_cr_approve(ctx: Context) -> int:
 def cmd_cr_reject(ctx: Context) -> int:
     cr = ctx.api.call("POST", f"{CRS}/{ctx.args.request_id}/reject", {"comment": ctx.args.comment})
     ctx.out(render.to_json(cr) if ctx.json_output else _cr_summary(cr))
+    return EXIT_OK
+
+
+GROUPS = "/api/2.0/modelfleet/groups"
+
+
+def _group_line(group: dict[str, Any]) -> str:
+    return f"{group['name']}: {', '.join(group['members']) or '(no members)'}"
+
+
+def cmd_groups_list(ctx: Context) -> int:
+    groups = ctx.api.call("GET", GROUPS).get("groups") or []
+    ctx.out(render.to_json(groups) if ctx.json_output else "\n".join(_group_line(g) for g in groups))
+    return EXIT_OK
+
+
+def cmd_groups_create(ctx: Context) -> int:
+    group = ctx.api.call("POST", GROUPS, {"name": ctx.args.name})
+    ctx.out(render.to_json(group) if ctx.json_output else f"Created group {group['name']}")
+    return EXIT_OK
+
+
+def cmd_groups_add(ctx: Context) -> int:
+    group = ctx.api.call("PUT", f"{GROUPS}/{ctx.args.group}/members/{ctx.args.username}")
+    ctx.out(render.to_json(group) if ctx.json_output else _group_line(group))
+    return EXIT_OK
+
+
+def cmd_groups_remove(ctx: Context) -> int:
+    group = ctx.api.call("DELETE", f"{GROUPS}/{ctx.args.group}/members/{ctx.args.username}")
+    ctx.out(render.to_json(group) if ctx.json_output else _group_line(group))
     return EXIT_OK

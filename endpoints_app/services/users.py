@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from django.contrib.auth import get_user_model
-from django.contrib.auth.models import AbstractBaseUser
+from django.contrib.auth.models import AbstractBaseUser, Group
 from django.db import IntegrityError, transaction
 
 from endpoints_app import audit
@@ -92,4 +92,41 @@ def deactivate(*, actor: AbstractBaseUser, user: AbstractBaseUser) -> None:
             object_name=user.get_username(),
             before=before,
             after=user_snapshot(user),
+        )
+
+
+def create_group(*, actor: AbstractBaseUser, name: str) -> Group:
+    if not name or len(name) > 150:
+        raise InvalidParameterValue("group name must be 1–150 characters")
+    try:
+        with transaction.atomic():
+            group = Group.objects.create(name=name)
+            audit.record(
+                actor=actor, action="group.create", object_type="group", object_id=str(group.pk), object_name=name
+            )
+    except IntegrityError:
+        raise ResourceAlreadyExists(f"Group '{name}' already exists") from None
+    return group
+
+
+def get_group(name: str) -> Group:
+    group = Group.objects.filter(name=name).first()
+    if group is None:
+        raise ResourceDoesNotExist(f"Group '{name}' does not exist")
+    return group
+
+
+def set_membership(*, actor: AbstractBaseUser, group: Group, user: AbstractBaseUser, member: bool) -> None:
+    with transaction.atomic():
+        if member:
+            user.groups.add(group)
+        else:
+            user.groups.remove(group)
+        audit.record(
+            actor=actor,
+            action="group.add_member" if member else "group.remove_member",
+            object_type="group",
+            object_id=str(group.pk),
+            object_name=group.name,
+            after={"user": user.get_username()},
         )
