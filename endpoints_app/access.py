@@ -85,5 +85,6 @@ def require(user: AbstractBaseUser | None, endpoint: Endpoint, needed: str) -> s
 
 
 def require_create(user: AbstractBaseUser | None) -> None:
+    """Creating endpoints and registering models: the editor, approver or admin role."""
     if role_of(user) not in CREATE_ROLES:
-        raise PermissionDenied("Creating endpoints needs the editor, approver or admin role")
+        raise PermissionDenied("This needs the editor, approver or admin role")

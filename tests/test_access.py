@@ -209,3 +209,16 @@ def test_the_gateway_needs_can_query(django_user_model, guarded, settings):
         statuses[persona] = asyncio.run(post(create_token(user=user)[1]))
     # CAN_QUERY passes the access check; with no replica ever ready it gets 503, not 403/404.
     assert statuses == {"outsider": 404, "viewer": 403, "can_query": 503}
+
+
+def test_registering_models_needs_the_editor_role(django_user_model, guarded):
+    viewer = client_for("viewer", django_user_model, guarded)
+    response = viewer.generic(
+        "POST", "/api/2.0/modelfleet/registered-models/upload?name=x", b"\x1f\x8b", content_type="application/gzip"
+    )
+    assert response.status_code == 403
+    editor = client_for("editor", django_user_model, guarded)
+    response = editor.generic(
+        "POST", "/api/2.0/modelfleet/registered-models/upload?name=x", b"not gzip", content_type="application/gzip"
+    )
+    assert response.status_code == 400  # past the access check, refused as a bad archive

@@ -161,6 +161,7 @@ class RegisteredModelUploadView(ApiView):
     """Register an MLflow model directory sent as a gzipped tar (``modelfleet models register``)."""
 
     def post(self, request: Request) -> Response:
+        access.require_create(request.user)  # registering models is an editor's job, like creating endpoints
         name = (request.query_params.get("name") or "").strip()
         if not name:
             raise InvalidParameterValue("query parameter 'name' is required: the registered model name")
