@@ -179,6 +179,7 @@ TEMPLATES = [
                 "django.template.context_processors.request",
                 "django.contrib.auth.context_processors.auth",
                 "django.contrib.messages.context_processors.messages",
+                "endpoints_app.pages.context.navigation",
             ],
         },
     },
@@ -197,15 +198,21 @@ USE_I18N = True
 USE_TZ = True
 
 STATIC_URL = "static/"
-STATICFILES_DIRS = [BASE_DIR / "static"]
+# Front-end packages come from npm (`make install`); only their built files are served, under vendor/.
+_NPM = BASE_DIR / "node_modules"
+STATICFILES_DIRS = [BASE_DIR / "static"] + [
+    (f"vendor/{name}", _NPM / name / "dist") for name in ("chart.js", "htmx.org") if (_NPM / name / "dist").is_dir()
+]
 STATIC_ROOT = DATA_DIR / "staticfiles"
-# WhiteNoise serves static files from the app's own folders (and npm's node_modules, later), so
+# WhiteNoise serves static files from the app's own folders and npm's node_modules, so
 # the product needs no separate web server and no collectstatic step.
 WHITENOISE_USE_FINDERS = True
 STATIC_ROOT.mkdir(parents=True, exist_ok=True)
 WHITENOISE_AUTOREFRESH = DEBUG
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
-LOGIN_URL = "/admin/login/"
+LOGIN_URL = "/accounts/login/"
+LOGIN_REDIRECT_URL = "/"
+LOGOUT_REDIRECT_URL = "/accounts/login/"
 
 REST_FRAMEWORK = {
     "DEFAULT_AUTHENTICATION_CLASSES": [

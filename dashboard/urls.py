@@ -3,7 +3,6 @@ from __future__ import annotations
 from django.contrib import admin
 from django.urls import path
 
-from endpoints_app import views as pages
 from endpoints_app.api import (
     alerts_views,
     audit_views,
@@ -15,6 +14,7 @@ from endpoints_app.api import (
     users_views,
 )
 from endpoints_app.api import views as api
+from endpoints_app.pages import urls as pages
 
 handler400 = "endpoints_app.api.errors.json_400"
 handler403 = "endpoints_app.api.errors.json_403"
@@ -24,7 +24,6 @@ handler500 = "endpoints_app.api.errors.json_500"
 EP = "api/2.0/serving-endpoints"
 
 urlpatterns = [
-    path("", pages.endpoint_list, name="endpoint_list"),
     path("admin/", admin.site.urls),
     path(".well-known/databricks-config", api.WellKnownConfigView.as_view()),
     path(EP, api.EndpointListView.as_view()),
@@ -38,7 +37,8 @@ urlpatterns = [
     path("api/2.0/modelfleet/registered-models/upload", api.RegisteredModelUploadView.as_view()),
 ]
 urlpatterns += (
-    changes_views.urlpatterns
+    pages.urlpatterns
+    + changes_views.urlpatterns
     + users_views.urlpatterns
     + audit_views.urlpatterns
     + permissions_views.urlpatterns

@@ -9,6 +9,8 @@ from endpoints_app import registry
 from endpoints_app.services.tokens import create_token
 from tests import model_fixtures
 
+pytest_plugins = ["tests.browser"]  # the `browser` and `page` fixtures
+
 MODEL = "main.default.iris"
 
 

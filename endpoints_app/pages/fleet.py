@@ -1,10 +1,11 @@
-"""Server-rendered pages (the full dashboard is a later issue; this is the fleet list)."""
+"""The fleet list: every endpoint the user may see."""
 
 from __future__ import annotations
 
 from django.contrib.auth.decorators import login_required
 from django.http import HttpRequest, HttpResponse
 from django.shortcuts import render
+from django.urls import path
 
 from endpoints_app import access, selectors
 from endpoints_app.models import ConfigUpdate
@@ -38,3 +39,6 @@ def endpoint_list(request: HttpRequest) -> HttpResponse:
             }
         )
     return render(request, "dashboard/endpoint_list.html", {"endpoints": rows})
+
+
+urlpatterns = [path("", endpoint_list, name="endpoint_list")]

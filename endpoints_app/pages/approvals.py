@@ -1,0 +1,5 @@
+"""Dashboard pages: approvals."""
+
+from __future__ import annotations
+
+urlpatterns: list = []

@@ -1,0 +1,5 @@
+"""Dashboard pages: audit."""
+
+from __future__ import annotations
+
+urlpatterns: list = []

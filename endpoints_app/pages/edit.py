@@ -1,0 +1,5 @@
+"""Dashboard pages: edit."""
+
+from __future__ import annotations
+
+urlpatterns: list = []

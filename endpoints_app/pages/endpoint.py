@@ -1,0 +1,5 @@
+"""Dashboard pages: endpoint."""
+
+from __future__ import annotations
+
+urlpatterns: list = []

@@ -1,0 +1,5 @@
+"""Dashboard pages: models."""
+
+from __future__ import annotations
+
+urlpatterns: list = []
