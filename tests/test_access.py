@@ -13,7 +13,7 @@ import pytest
 from rest_framework.test import APIClient
 
 from endpoints_app.access import RANK
-from endpoints_app.models import Endpoint, EndpointPermission, PermissionLevel, Role, UserProfile
+from endpoints_app.models import AlertRule, Endpoint, EndpointPermission, PermissionLevel, Role, UserProfile
 from endpoints_app.services.tokens import create_token
 from tests.conftest import endpoint_body
 
@@ -44,6 +44,9 @@ ROUTES = [
         {"name": "r", "metric": "p99_latency_ms", "threshold": 1000, "for_seconds": 60},
         MANAGE,
     ),
+    ("get", f"{MF}/alert-rules/{{rule}}", None, VIEW),
+    ("patch", f"{MF}/alert-rules/{{rule}}", {"threshold": 2000}, MANAGE),
+    ("delete", f"{MF}/alert-rules/{{rule}}", None, MANAGE),
     ("get", f"{MF}/alert-events", None, VIEW),
     ("get", f"{MF}/payloads", None, MANAGE),
     ("get", "/api/2.0/permissions/serving-endpoints/{id}", None, VIEW),
@@ -89,14 +92,17 @@ def guarded(api, registered_models) -> Endpoint:
 
     create(api, endpoint_body("guarded", (registered_models["iris"], "1")))
     mark_ready("guarded")
-    return Endpoint.objects.get(name="guarded")
+    endpoint = Endpoint.objects.get(name="guarded")
+    AlertRule.objects.create(endpoint=endpoint, name="slow", metric="p99_latency_ms", threshold=1000)
+    return endpoint
 
 
 @pytest.mark.parametrize(("route", "persona"), list(itertools.product(range(len(ROUTES)), PERSONAS)))
 def test_every_route_for_every_persona(route, persona, guarded, django_user_model):
     method, path, body, needed = ROUTES[route]
     client = client_for(persona, django_user_model, guarded)
-    response = getattr(client, method)(path.replace("{id}", guarded.id), body, format="json")
+    rule = str(guarded.alert_rules.get().pk)
+    response = getattr(client, method)(path.replace("{id}", guarded.id).replace("{rule}", rule), body, format="json")
     level = level_of(persona)
     if level is None:
         assert response.status_code == 404, (persona, method, path, response.content)

@@ -1,0 +1,422 @@
+"""The rest of the permission matrix: global routes, anonymous callers, and every CLI verb.
+
+Endpoint-scoped routes are in tests/test_access.py (ROUTES). Here:
+
+- every API route Django knows is covered by a row of ROUTES or GLOBAL_ROUTES, so a new route
+  cannot ship without its row (test_every_api_route_has_a_row_in_the_matrix);
+- global routes × personas, the expected status computed from the row's rule;
+- no API route answers an anonymous caller (401), except the SDK's host-metadata probe;
+- every CLI verb × personas against a live server, the expected exit code from the same rules,
+  and every verb the parser knows has a row (or is a local command that talks to no server).
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+from dataclasses import dataclass
+
+import pytest
+from django.contrib.auth.models import Group
+from django.urls import get_resolver, resolve
+from rest_framework.test import APIClient
+
+from endpoints_app.access import RANK
+from endpoints_app.cli.main import build_parser
+from endpoints_app.cli.main import main as cli_main
+from endpoints_app.models import (
+    AccessToken,
+    AlertRule,
+    ApprovalPolicy,
+    ChangeRequest,
+    Endpoint,
+    EndpointPermission,
+    Role,
+    UserProfile,
+)
+from endpoints_app.services import changes
+from endpoints_app.services.tokens import create_token
+from tests import model_fixtures
+from tests.conftest import endpoint_body
+from tests.test_access import MANAGE, PERSONAS, ROUTES, VIEW, level_of
+
+pytestmark = pytest.mark.django_db
+
+CR = "/api/2.0/modelfleet/change-requests"
+ANY, CREATORS, APPROVERS, ADMIN = "any signed-in user", "editor+", "approver+", "admin"
+ROLE_RULES = {
+    ANY: None,
+    CREATORS: (Role.EDITOR, Role.APPROVER, Role.ADMIN),
+    APPROVERS: (Role.APPROVER, Role.ADMIN),
+    ADMIN: (Role.ADMIN,),
+}
+NEW_CONFIG = {"served_entities": [{"entity_name": "main.default.iris", "entity_version": "2"}]}
+
+
+@dataclass(frozen=True)
+class Row:
+    """A global route: who may call it, and what the others get (403 if they may see it, 404 if not)."""
+
+    method: str
+    path: str
+    body: object
+    rule: str
+    denied: int = 403
+
+
+# Paths use {change} (a request proposed by someone else), {token} (someone else's token),
+# {policy}, {group}, {member}, {user}. Bodies use the same placeholders.
+GLOBAL_ROUTES = [
+    Row("get", "/api/2.0/serving-endpoints", None, ANY),
+    Row("post", "/api/2.0/serving-endpoints", "create", CREATORS),
+    Row("get", "/api/2.0/modelfleet/registered-models", None, ANY),
+    Row("post", "/api/2.0/modelfleet/registered-models/upload?name=x", "upload", CREATORS),
+    Row("get", CR, None, ANY),  # filtered to the caller's own requests below approver
+    Row("get", f"{CR}/{{change}}", None, APPROVERS, denied=404),
+    Row("post", f"{CR}/{{change}}/approve", {"comment": "ok"}, APPROVERS, denied=404),
+    Row("post", f"{CR}/{{change2}}/reject", {"comment": "no"}, APPROVERS, denied=404),
+    Row("get", "/api/2.0/modelfleet/approval-policies", None, ANY),
+    Row("post", "/api/2.0/modelfleet/approval-policies", {"tag_key": "env", "tag_value": "prod"}, ADMIN),
+    Row("delete", "/api/2.0/modelfleet/approval-policies/{policy}", None, ADMIN),
+    Row("get", "/api/2.0/modelfleet/groups", None, ADMIN),
+    Row("post", "/api/2.0/modelfleet/groups", {"name": "new-group"}, ADMIN),
+    Row("put", "/api/2.0/modelfleet/groups/{group}/members/{user}", None, ADMIN),
+    Row("delete", "/api/2.0/modelfleet/groups/{group}/members/{member}", None, ADMIN),
+    Row("get", "/api/2.0/modelfleet/users", None, ADMIN),
+    Row("post", "/api/2.0/modelfleet/users", {"username": "newcomer", "role": "viewer"}, ADMIN),
+    Row("patch", "/api/2.0/modelfleet/users/{user}", {"role": "editor"}, ADMIN),
+    Row("get", "/api/2.0/modelfleet/tokens", None, ANY),  # filtered to the caller's own below admin
+    Row("post", "/api/2.0/modelfleet/tokens", {"comment": "mine"}, ANY),
+    Row("post", "/api/2.0/modelfleet/tokens", {"user": "{user}", "comment": "theirs"}, ADMIN),
+    Row("delete", "/api/2.0/modelfleet/tokens/{token}", None, ADMIN, denied=404),
+    Row("get", "/api/2.0/modelfleet/audit-events", None, ADMIN),
+]
+
+# Endpoint-scoped routes whose endpoint is named in the body rather than the path.
+BODY_SCOPED_ROUTES = [
+    ("post", CR, {"endpoint_name": "guarded", "action": "update_config", "body": NEW_CONFIG}, MANAGE),
+]
+PUBLIC_ROUTES = {".well-known/databricks-config"}  # the SDK's host-metadata probe, before any auth
+
+
+def allowed(persona: str, rule: str) -> bool:
+    roles = ROLE_RULES[rule]
+    return roles is None or PERSONAS[persona][0] in roles
+
+
+# --- world ------------------------------------------------------------------------------------------
+
+
+def make_world(api, registered_models, django_user_model) -> dict[str, str]:  # type: ignore[no-untyped-def]
+    """The endpoint `guarded` (the API client's user manages it), an alert rule, two change
+    requests by another editor, another user's token, a group with a member, and a policy."""
+    from tests.test_api_endpoints import create, mark_ready
+
+    create(api, endpoint_body("guarded", (registered_models["iris"], "1")))
+    mark_ready("guarded")
+    endpoint = Endpoint.objects.get(name="guarded")
+    rule = AlertRule.objects.create(endpoint=endpoint, name="slow", metric="p99_latency_ms", threshold=1000)
+    author = django_user_model.objects.create_user("author", "author@example.com", "pw-123456789")
+    UserProfile.objects.create(user=author, role=Role.EDITOR)
+    EndpointPermission.objects.create(endpoint=endpoint, user=author, level=MANAGE)
+    change = changes.propose(actor=author, endpoint_name="guarded", action="update_config", body=NEW_CONFIG)
+    other = changes.propose(actor=author, endpoint_name="guarded", action="update_config", body=NEW_CONFIG)
+    victim = django_user_model.objects.create_user("victim", "victim@example.com", "pw-123456789")
+    UserProfile.objects.create(user=victim, role=Role.VIEWER)
+    their_token = create_token(user=victim, comment="theirs")[0]
+    group = Group.objects.create(name="team")
+    member = django_user_model.objects.create_user("member", "member@example.com", "pw-123456789")
+    member.groups.add(group)
+    policy = ApprovalPolicy.objects.create(tag_key="env", tag_value="staging")
+    return {
+        "id": endpoint.id,
+        "rule": str(rule.pk),
+        "change": str(change.pk),
+        "change2": str(other.pk),
+        "token": str(their_token.pk),
+        "policy": str(policy.pk),
+        "group": group.name,
+        "member": member.username,
+        "user": victim.username,
+    }
+
+
+@pytest.fixture
+def world(api, registered_models, django_user_model) -> dict[str, str]:
+    return make_world(api, registered_models, django_user_model)
+
+
+def fill(value: object, world: dict[str, str]) -> object:
+    if isinstance(value, str):
+        for key, replacement in world.items():
+            value = value.replace("{" + key + "}", replacement)
+        return value
+    if isinstance(value, dict):
+        return {k: fill(v, world) for k, v in value.items()}
+    if isinstance(value, list):
+        return [fill(v, world) for v in value]
+    return value
+
+
+def persona_client(persona: str, django_user_model, endpoint_id: str) -> APIClient:
+    role, grant = PERSONAS[persona]
+    user = django_user_model.objects.create_user(persona, f"{persona}@example.com", "pw-123456789")
+    UserProfile.objects.create(user=user, role=role)
+    if grant:
+        EndpointPermission.objects.create(endpoint_id=endpoint_id, user=user, level=grant)
+    client = APIClient()
+    client.credentials(HTTP_AUTHORIZATION=f"Bearer {create_token(user=user)[1]}")
+    return client
+
+
+def call(client: APIClient, method: str, path: str, body: object, registered_models):  # type: ignore[no-untyped-def]
+    if body == "create":
+        body = endpoint_body("brand-new", (registered_models["iris"], "1"))
+    if body == "upload":  # past the access check, refused as a bad archive (400)
+        return client.generic("POST", path, b"not gzip", content_type="application/gzip")
+    return getattr(client, method)(path, body, format="json")
+
+
+# --- completeness -----------------------------------------------------------------------------------
+
+
+def api_routes() -> set[tuple[str, str]]:
+    """(route pattern, method) for every API view Django routes to."""
+
+    def walk(patterns, prefix=""):  # type: ignore[no-untyped-def]
+        for p in patterns:
+            if hasattr(p, "url_patterns"):
+                yield from walk(p.url_patterns, prefix + str(p.pattern))
+            else:
+                yield prefix + str(p.pattern), p.callback
+
+    found = set()
+    for route, callback in walk(get_resolver().url_patterns):
+        view = getattr(callback, "view_class", None)
+        if view is None or not (route.startswith("api/") or route in PUBLIC_ROUTES):
+            continue
+        for method in ("get", "post", "put", "patch", "delete"):
+            if hasattr(view, method):
+                found.add((route, method))
+    return found
+
+
+def covered_routes() -> set[tuple[str, str]]:
+    sample = {"id": "e-1", "rule": "1", "change": "1", "change2": "2", "token": "1", "policy": "1", "group": "g"}
+    sample |= {"member": "m", "user": "u"}
+    rows = [(m, p) for m, p, _, _ in ROUTES] + [(r.method, r.path) for r in GLOBAL_ROUTES]
+    rows += [(m, p) for m, p, _, _ in BODY_SCOPED_ROUTES]
+    covered = set()
+    for method, path in rows:
+        match = resolve(str(fill(path, sample)).split("?")[0])
+        covered.add((match.route, method))
+    return covered | {(r, "get") for r in PUBLIC_ROUTES}
+
+
+def test_every_api_route_has_a_row_in_the_matrix():
+    missing = sorted(api_routes() - covered_routes())
+    assert not missing, f"routes with no row in the permission matrix: {missing}"
+
+
+# --- global routes × personas -----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("row", "persona"), list(itertools.product(range(len(GLOBAL_ROUTES)), PERSONAS)))
+def test_every_global_route_for_every_persona(row, persona, world, django_user_model, registered_models):
+    spec = GLOBAL_ROUTES[row]
+    client = persona_client(persona, django_user_model, world["id"])
+    response = call(client, spec.method, fill(spec.path, world), fill(spec.body, world), registered_models)
+    if allowed(persona, spec.rule):
+        assert response.status_code < 400 or response.status_code == 400 and spec.body == "upload", (
+            persona,
+            spec,
+            response.content,
+        )
+    else:
+        assert response.status_code == spec.denied, (persona, spec, response.content)
+        assert response.json()["error_code"] == ("PERMISSION_DENIED" if spec.denied == 403 else "RESOURCE_DOES_NOT_EXIST")
+
+
+@pytest.mark.parametrize(("row", "persona"), list(itertools.product(range(len(BODY_SCOPED_ROUTES)), PERSONAS)))
+def test_routes_naming_the_endpoint_in_the_body_follow_the_endpoint_rule(row, persona, world, django_user_model):
+    method, path, body, needed = BODY_SCOPED_ROUTES[row]
+    client = persona_client(persona, django_user_model, world["id"])
+    response = getattr(client, method)(path, body, format="json")
+    level = level_of(persona)
+    expected = 404 if level is None else (403 if RANK[level] < RANK[needed] else 200)
+    assert response.status_code == expected, (persona, response.content)
+
+
+def test_the_lists_show_only_what_the_caller_may_see(world, django_user_model):
+    editor = persona_client("editor", django_user_model, world["id"])
+    assert editor.get(CR).json()["change_requests"] == []  # someone else's request
+    assert [t["comment"] for t in editor.get("/api/2.0/modelfleet/tokens").json()["tokens"]] == [""]
+    approver = persona_client("approver", django_user_model, world["id"])
+    listed = sorted(c["id"] for c in approver.get(CR).json()["change_requests"])
+    assert listed == [int(world["change"]), int(world["change2"])]
+
+
+def test_no_api_route_answers_an_anonymous_caller(world, registered_models):
+    anonymous = APIClient()
+    checked = 0
+    for method, path, body, _ in [*ROUTES, *BODY_SCOPED_ROUTES] + [(r.method, r.path, r.body, r.rule) for r in GLOBAL_ROUTES]:
+        response = call(anonymous, method, fill(path, world), fill(body, world), registered_models)
+        assert response.status_code == 401, (method, path, response.content)
+        assert response.json()["error_code"] == "UNAUTHENTICATED"
+        checked += 1
+    assert checked == len(ROUTES) + len(BODY_SCOPED_ROUTES) + len(GLOBAL_ROUTES)
+    assert anonymous.get("/.well-known/databricks-config").status_code == 200
+
+
+# --- CLI verbs × personas ---------------------------------------------------------------------------
+
+# Commands that run here and talk to no server, so there is nothing to permit or refuse.
+LOCAL_VERBS = {
+    ("up",): "starts the product's processes on this machine",
+    ("runtime",): "runs a runtime agent on this machine",
+    ("setup",): "migrates and seeds the local database",
+    # Queries go to the ASGI gateway, which the live test server does not run; the gateway's own
+    # matrix is tests/test_access.py::test_the_gateway_needs_can_query.
+    ("serving-endpoints", "query"): "goes to the gateway (covered by the gateway matrix test)",
+}
+
+
+@dataclass(frozen=True)
+class Verb:
+    argv: tuple[str, ...]
+    needed: str | None = None  # an endpoint level on `guarded`
+    rule: str | None = None  # else a role rule
+    denied_says: str = ""
+
+
+NEW_CONFIG_FILE = "{tmp}/config.json"
+KEEP_ME = '{"access_control_list": [{"user_name": "{persona}", "permission_level": "CAN_MANAGE"}]}'
+# In order: reads, then the change requests (before the endpoint changes under them), then
+# endpoint changes, administration, and last the verbs that remove things.
+CLI_VERBS = [
+    Verb(("serving-endpoints", "list"), rule=ANY),
+    Verb(("serving-endpoints", "get", "guarded"), needed=VIEW),
+    Verb(("serving-endpoints", "get-status", "guarded"), needed=VIEW),
+    Verb(("serving-endpoints", "get-permissions", "{id}"), needed=VIEW),
+    Verb(("serving-endpoints", "get-permission-levels", "{id}"), needed=VIEW),
+    Verb(("serving-endpoints", "logs", "guarded", "iris-1"), needed=VIEW),
+    Verb(("serving-endpoints", "build-logs", "guarded", "iris-1"), needed=VIEW),
+    Verb(("serving-endpoints", "get-open-api", "guarded"), needed=VIEW),
+    Verb(("serving-endpoints", "export-metrics", "guarded"), needed=VIEW),
+    Verb(("serving-endpoints", "get-metrics", "guarded"), needed=VIEW),
+    Verb(("serving-endpoints", "list-external-models"), rule=ANY),
+    Verb(("models", "list"), rule=ANY),
+    Verb(("change-requests", "list"), rule=ANY),
+    Verb(("change-requests", "show", "{change}"), rule=APPROVERS),
+    Verb(("change-requests", "approve", "{change}", "--comment", "ok"), rule=APPROVERS),
+    Verb(("change-requests", "reject", "{change2}", "--comment", "no"), rule=APPROVERS),
+    Verb(("change-requests", "propose", "guarded", "--json", f"@{NEW_CONFIG_FILE}"), needed=MANAGE),
+    Verb(("serving-endpoints", "update-config", "guarded", "--json", f"@{NEW_CONFIG_FILE}", "--no-wait"), needed=MANAGE),
+    Verb(("serving-endpoints", "patch", "guarded", "--json", '{"add_tags": [{"key": "k", "value": "v"}]}'), needed=MANAGE),
+    Verb(("serving-endpoints", "set-permissions", "{id}", "--json", KEEP_ME), needed=MANAGE),
+    Verb(("serving-endpoints", "update-permissions", "{id}", "--json", KEEP_ME), needed=MANAGE),
+    Verb(("serving-endpoints", "create", "--json", "@{tmp}/create.json", "--no-wait"), rule=CREATORS),
+    Verb(("models", "register", "{tmp}/model", "--name", "main.default.cli_matrix"), rule=CREATORS),
+    Verb(("users", "list"), rule=ADMIN),
+    Verb(("users", "create", "newcomer", "--role", "viewer"), rule=ADMIN),
+    Verb(("users", "set-role", "{user}", "editor"), rule=ADMIN),
+    Verb(("groups", "list"), rule=ADMIN),
+    Verb(("groups", "create", "new-group"), rule=ADMIN),
+    Verb(("groups", "add-member", "{group}", "{user}"), rule=ADMIN),
+    Verb(("groups", "remove-member", "{group}", "{member}"), rule=ADMIN),
+    Verb(("tokens", "list"), rule=ANY),
+    Verb(("tokens", "create", "--comment", "mine"), rule=ANY),
+    Verb(("tokens", "create", "--user", "{user}", "--comment", "theirs"), rule=ADMIN),
+    Verb(("tokens", "revoke", "{token}"), rule=ADMIN),
+    Verb(("audit", "list"), rule=ADMIN),
+    Verb(("audit", "export"), rule=ADMIN),
+    Verb(("users", "deactivate", "{user}"), rule=ADMIN),
+    Verb(("serving-endpoints", "delete", "guarded"), needed=MANAGE),  # last: it removes the endpoint
+]
+
+
+def parser_verbs() -> set[tuple[str, ...]]:
+    def leaves(parser: argparse.ArgumentParser, prefix: tuple[str, ...] = ()):  # type: ignore[no-untyped-def]
+        for action in parser._actions:
+            if isinstance(action, argparse._SubParsersAction):
+                for name, sub in action.choices.items():
+                    yield from leaves(sub, (*prefix, name))
+                return
+        yield prefix
+
+    return set(leaves(build_parser()))
+
+
+def verb_name(argv: tuple[str, ...]) -> tuple[str, ...]:
+    return argv[:1] if argv[0] in ("up", "runtime", "setup") else argv[:2]
+
+
+def test_every_cli_verb_has_a_row_in_the_matrix():
+    covered = {verb_name(v.argv) for v in CLI_VERBS} | set(LOCAL_VERBS)
+    assert parser_verbs() - covered == set()
+
+
+def settle() -> None:
+    """Play the runtime's part after each verb: a config being rolled out becomes ready."""
+    from tests.test_api_endpoints import mark_ready
+
+    endpoint = Endpoint.objects.filter(name="guarded").first()
+    if endpoint is not None and endpoint.pending_config_id is not None:
+        mark_ready("guarded")
+
+
+def verb_allowed(persona: str, verb: Verb) -> bool:
+    if verb.rule is not None:
+        return allowed(persona, verb.rule)
+    level = level_of(persona)
+    return level is not None and RANK[level] >= RANK[verb.needed]
+
+
+@pytest.mark.django_db(transaction=True)
+@pytest.mark.parametrize("persona", PERSONAS)
+def test_every_cli_verb_for_every_persona(
+    persona, live_server, django_user_model, registered_models, monkeypatch, capsys, tmp_path
+):
+    """Each verb runs against a live server with the persona's token: exit 0 when the rules allow
+    it, exit 1 with the server's refusal otherwise. One persona per test, verbs in order."""
+    from endpoints_app.models import Role as R
+
+    owner = django_user_model.objects.create_user("owner", "owner@example.com", "pw-123456789")
+    UserProfile.objects.create(user=owner, role=R.EDITOR)
+    owner_api = APIClient()
+    owner_api.credentials(HTTP_AUTHORIZATION=f"Bearer {create_token(user=owner)[1]}")
+    world_ = make_world(owner_api, registered_models, django_user_model)
+    (tmp_path / "create.json").write_text(json.dumps(endpoint_body("cli-new", (registered_models["iris"], "1"))))
+    (tmp_path / "config.json").write_text(json.dumps(NEW_CONFIG))
+    model_fixtures.save_constant_model(tmp_path / "model", "x")
+    world_ |= {"tmp": str(tmp_path), "persona": persona}
+
+    role, grant = PERSONAS[persona]
+    user = django_user_model.objects.create_user(persona, f"{persona}@example.com", "pw-123456789")
+    UserProfile.objects.create(user=user, role=role)
+    if grant:
+        EndpointPermission.objects.create(endpoint_id=world_["id"], user=user, level=grant)
+    monkeypatch.setenv("MODELFLEET_HOST", live_server.url)
+    monkeypatch.setenv("MODELFLEET_TOKEN", create_token(user=user)[1])
+    monkeypatch.setenv("MODELFLEET_CONFIG_FILE", str(tmp_path / "no-such-config"))
+
+    wrong = []
+    for verb in CLI_VERBS:
+        argv = [str(fill(a, world_)) for a in verb.argv]
+        code = cli_main(argv)
+        out = capsys.readouterr()
+        expect_ok = verb_allowed(persona, verb)
+        settle()
+        if expect_ok:
+            ok = code == 0
+        else:
+            ok = code == 1 and ("needs" in out.err or "does not exist" in out.err or "admin" in out.err)
+        if not ok:
+            wrong.append((" ".join(argv), "allowed" if expect_ok else "denied", code, out.err.strip()[:200]))
+    assert not wrong, "\n".join(map(str, wrong))
+    # The mutating verbs really happened (or not) on the server.
+    assert Endpoint.objects.filter(name="guarded").exists() != verb_allowed(persona, CLI_VERBS[-1])
+    theirs = AccessToken.objects.filter(user__username=world_["user"], comment="theirs").count()
+    assert theirs == (2 if role == Role.ADMIN else 1)  # the world made one; only an admin adds another
+    assert ChangeRequest.objects.filter(author=user).exists() == verb_allowed(persona, Verb(("x",), needed=MANAGE))
