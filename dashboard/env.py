@@ -6,6 +6,7 @@ habit): a typo in production must fail loudly, never silently fall back to a def
 
 from __future__ import annotations
 
+import base64
 import os
 import re
 from dataclasses import dataclass
@@ -98,6 +99,27 @@ def env_dir(name: str, default: str) -> Path:
     return path.resolve()
 
 
+def env_fernet_key(name: str) -> str | None:
+    """A Fernet key (URL-safe base64 of 32 bytes, as ``Fernet.generate_key()`` prints); None when unset.
+
+    The message never repeats the value: it is a secret.
+    """
+    value = env_str(name)
+    if value is None:
+        return None
+    value = value.strip()
+    try:
+        raw = base64.urlsafe_b64decode(value.encode("ascii"))
+    except (ValueError, UnicodeEncodeError):
+        raw = b""
+    if len(raw) != 32 or base64.urlsafe_b64encode(raw).decode("ascii") != value:
+        raise EnvError(
+            f"{name} is not a valid key: it must be 32 bytes in URL-safe base64 (44 characters), "
+            'e.g. the output of python -c "from cryptography.fernet import Fernet; print(Fernet.generate_key().decode())"'
+        )
+    return value
+
+
 def env_url(name: str, schemes: tuple[str, ...]) -> str | None:
     """A URL whose scheme is one of ``schemes``; None when unset."""
     value = env_str(name)
@@ -107,3 +129,19 @@ def env_url(name: str, schemes: tuple[str, ...]) -> str | None:
     if parsed.scheme not in schemes:
         raise EnvError(f"{name}={value!r} must be a URL starting with one of: " + ", ".join(f"{s}://" for s in schemes))
     return value
+
+
+def env_url_map(name: str, keys: tuple[str, ...]) -> dict[str, str]:
+    """``KEY=URL,KEY=URL`` with each key one of ``keys`` and each URL http(s); {} when unset."""
+    value = env_str(name)
+    if value is None:
+        return {}
+    result: dict[str, str] = {}
+    for item in value.split(","):
+        key, sep, url = item.strip().partition("=")
+        if not sep or key.strip() not in keys or urlparse(url.strip()).scheme not in ("http", "https"):
+            raise EnvError(
+                f"{name}={value!r} must look like KEY=https://host/...,KEY=... with KEY one of: {', '.join(keys)}"
+            )
+        result[key.strip()] = url.strip()
+    return result

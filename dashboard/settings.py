@@ -10,7 +10,18 @@ from pathlib import Path
 
 import dj_database_url
 
-from dashboard.env import EnvError, env_bind, env_bool, env_dir, env_float, env_int, env_str, env_url
+from dashboard.env import (
+    EnvError,
+    env_bind,
+    env_bool,
+    env_dir,
+    env_fernet_key,
+    env_float,
+    env_int,
+    env_str,
+    env_url,
+    env_url_map,
+)
 
 # Nothing we start may phone home (MLflow 3.2+ sends usage data by default).
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
@@ -24,6 +35,9 @@ PUBLIC_URL = env_url("MODELFLEET_PUBLIC_URL", ("http", "https")) or f"http://{BI
 
 DEBUG = env_bool("MODELFLEET_DEBUG", False)
 SECRET_KEY = env_str("MODELFLEET_SECRET_KEY")  # generated into the data dir when unset (below)
+# Encrypts secret values at rest. When unset, generated on first use into DATA_DIR / "secrets_key"
+# (endpoints_app.encryption); every process that reads secrets must see the same key.
+SECRETS_KEY = env_fernet_key("MODELFLEET_SECRETS_KEY")
 ALLOWED_HOSTS = [h.strip() for h in (env_str("MODELFLEET_ALLOWED_HOSTS", "*") or "*").split(",") if h.strip()]
 
 # --- database -------------------------------------------------------------------------------
@@ -89,6 +103,12 @@ ROLLOUT_TIMEOUT_SECONDS = env_float("MODELFLEET_ROLLOUT_TIMEOUT_SECONDS", 600.0,
 # alive at least this long (plus in-flight requests) so no request meets a stopped replica.
 GATEWAY_ROUTE_TTL_SECONDS = env_float("MODELFLEET_GATEWAY_ROUTE_TTL_SECONDS", 1.0, minimum=0.0)
 GATEWAY_TIMEOUT_SECONDS = env_float("MODELFLEET_GATEWAY_TIMEOUT_SECONDS", 297.0, minimum=1.0)
+# Where external model providers' APIs are reached when the endpoint's config does not say (e.g. an
+# egress proxy): provider=URL pairs; the defaults are the providers' public APIs.
+PROVIDER_BASE_URLS = env_url_map(
+    "MODELFLEET_PROVIDER_BASE_URLS",
+    ("openai", "anthropic", "cohere", "ai21labs", "amazon-bedrock", "google-cloud-vertex-ai", "palm"),
+)
 REPLICA_START_ATTEMPTS = env_int("MODELFLEET_REPLICA_START_ATTEMPTS", 3, minimum=1)
 REPLICA_READY_TIMEOUT_SECONDS = env_float("MODELFLEET_REPLICA_READY_TIMEOUT_SECONDS", 120.0, minimum=1.0)
 WORKSPACE_ID = env_str("MODELFLEET_WORKSPACE_ID", "1000000000000001")
@@ -128,6 +148,7 @@ METRICS_RETENTION_HOURS = {
 }
 LOG_RETENTION_DAYS = env_float("MODELFLEET_LOG_RETENTION_DAYS", 14.0, minimum=0.01)
 PAYLOAD_RETENTION_DAYS = env_float("MODELFLEET_PAYLOAD_RETENTION_DAYS", 30.0, minimum=0.01)
+USAGE_RETENTION_DAYS = env_float("MODELFLEET_USAGE_RETENTION_DAYS", 90.0, minimum=1.0)
 POLL_RUN_RETENTION_DAYS = env_float("MODELFLEET_POLL_RUN_RETENTION_DAYS", 2.0, minimum=0.01)
 
 # --- email (notifications) ----------------------------------------------------------------------
@@ -238,6 +259,8 @@ LOGGING = {
         "celery.app.trace": {"level": "WARNING"},
         "celery.worker.strategy": {"level": "WARNING"},
         "celery.beat": {"level": "WARNING"},
+        # One line per query to an external model provider is noise (the gateway counts queries).
+        "httpx": {"level": "WARNING"},
     },
 }
 

@@ -4,6 +4,7 @@ from django.contrib import admin
 from django.urls import path
 
 from endpoints_app.api import (
+    ai_gateway_views,
     alerts_views,
     audit_views,
     changes_views,
@@ -11,6 +12,8 @@ from endpoints_app.api import (
     metrics_views,
     payloads_views,
     permissions_views,
+    secrets_views,
+    usage_views,
     users_views,
 )
 from endpoints_app.api import views as api
@@ -46,4 +49,7 @@ urlpatterns += (
     + logs_views.urlpatterns
     + alerts_views.urlpatterns
     + payloads_views.urlpatterns
+    + secrets_views.urlpatterns
+    + usage_views.urlpatterns
+    + ai_gateway_views.urlpatterns
 )

@@ -72,7 +72,10 @@ def endpoint_snapshot(endpoint: Any) -> dict[str, Any]:
         return {
             "config_version": config.version,
             "served_entities": [
-                {
+                # External models hold {{secrets/...}} references only, never a credential.
+                {"name": e.name, "external_model": e.external_model}
+                if e.external_model is not None
+                else {
                     "name": e.name,
                     "entity_name": e.entity_name,
                     "entity_version": e.entity_version,

@@ -75,7 +75,8 @@ def endpoint_is_ready(endpoint: Endpoint) -> bool:
         return False
     entities = list(endpoint.active_config.served_entities.all())
     return bool(entities) and all(
-        e.deployment is not None and e.deployment.state == DeploymentState.READY for e in entities
+        e.external_model is not None or (e.deployment is not None and e.deployment.state == DeploymentState.READY)
+        for e in entities
     )
 
 

@@ -67,12 +67,14 @@ def evaluate_alerts() -> None:
 
 @shared_task(ignore_result=True)
 def prune_monitoring() -> None:
-    """Beat: retention of metric points, log lines, payloads and poll runs."""
+    """Beat: retention of metric points, log lines, payloads, usage records and poll runs."""
+    from endpoints_app.gateway import usage
     from endpoints_app.monitoring import logs, metrics, payloads, polling
 
     metrics.prune()
     logs.prune_logs()
     payloads.prune_payloads()
+    usage.prune()
     polling.prune_poll_runs()
 
 

@@ -13,6 +13,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from endpoints_app.errors import InvalidParameterValue
+from endpoints_app.gateway.providers import PROVIDERS, TASKS
+from endpoints_app.gateway.providers.base import CHAT, Field, iter_secret_fields
 
 NAME_RE = re.compile(r"^[A-Za-z0-9_-]+$")
 MAX_NAME_LENGTH = 63
@@ -39,6 +41,39 @@ _PASSTHROUGH_ENTITY_FIELDS = (
 )
 
 
+class Plaintext:
+    """A raw credential from a ``*_plaintext`` field, held only until the service stores it as a
+    secret. Its repr hides the value and JSON cannot encode it, so it cannot reach a log line, an
+    audit row or a stored config by accident."""
+
+    __slots__ = ("value",)
+
+    def __init__(self, value: str) -> None:
+        self.value = value
+
+    def __repr__(self) -> str:
+        return "Plaintext(***)"
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Plaintext) and other.value == self.value
+
+    def __hash__(self) -> int:
+        return hash(self.value)
+
+
+# Fields of a served entity that mean a model served here; an external model cannot have them.
+_CUSTOM_MODEL_FIELDS = (
+    "entity_name",
+    "entity_version",
+    "workload_size",
+    "workload_type",
+    "scale_to_zero_enabled",
+    "min_provisioned_concurrency",
+    "max_provisioned_concurrency",
+    "environment_vars",
+)
+
+
 @dataclass(frozen=True)
 class ServedEntitySpec:
     name: str
@@ -51,6 +86,9 @@ class ServedEntitySpec:
     max_provisioned_concurrency: int | None
     environment_vars: dict[str, str]
     extra: dict[str, Any] = field(default_factory=dict)
+    # {"provider", "name", "task", "<provider>_config": {...}} for an external model (reference
+    # §2.8). Credentials are secret references, or ``Plaintext`` until the service stores them.
+    external_model: dict[str, Any] | None = None
 
 
 @dataclass(frozen=True)
@@ -59,6 +97,11 @@ class CoreConfig:
     routes: list[dict[str, Any]]  # [{"served_model_name", "served_entity_name", "traffic_percentage"}]
     auto_capture_config: dict[str, Any] | None
     legacy_served_models: bool
+
+    @property
+    def is_external(self) -> bool:
+        """The config serves external models (validation refuses mixing them with custom ones)."""
+        return any(e.external_model is not None for e in self.served_entities)
 
 
 @dataclass(frozen=True)
@@ -186,6 +229,7 @@ def parse_core_config(data: Any, *, where: str = "config") -> CoreConfig:
                 f"{where}.{key}: served entity name '{entity.name}' is used twice; names must be unique within an endpoint"
             )
         seen.add(entity.name)
+    _check_mixing(entities, f"{where}.{key}")
 
     routes = _parse_traffic(data.get("traffic_config"), entities, where)
     auto_capture = _optional_object(data, "auto_capture_config", where)
@@ -194,10 +238,26 @@ def parse_core_config(data: Any, *, where: str = "config") -> CoreConfig:
     )
 
 
+def _check_mixing(entities: list[ServedEntitySpec], where: str) -> None:
+    """One endpoint serves either external models, all for one task, or custom models (§3)."""
+    external = [e.name for e in entities if e.external_model is not None]
+    custom = [e.name for e in entities if e.external_model is None]
+    if external and custom:
+        raise InvalidParameterValue(
+            f"{where}: an endpoint serves either external models or custom models, not both "
+            f"(external: {', '.join(external)}; custom: {', '.join(custom)})"
+        )
+    tasks = sorted({e.external_model["task"] for e in entities if e.external_model is not None})
+    if len(tasks) > 1:
+        raise InvalidParameterValue(
+            f"{where}: all external models of an endpoint must share one task (got {', '.join(tasks)})"
+        )
+
+
 def _parse_entity(raw: Any, where: str, *, legacy: bool) -> ServedEntitySpec:
     data = require_object(raw, where)
     if data.get("external_model") is not None:
-        raise InvalidParameterValue(f"{where}.external_model: external models are not supported by this server yet")
+        return _parse_external_entity(data, where, legacy=legacy)
     name_key, version_key = ("model_name", "model_version") if legacy else ("entity_name", "entity_version")
     entity_name = _str(data, name_key, where, required=True)
     entity_version = _str(data, version_key, where, required=True)
@@ -263,6 +323,135 @@ def _parse_entity(raw: Any, where: str, *, legacy: bool) -> ServedEntitySpec:
     )
 
 
+def _parse_external_entity(data: dict[str, Any], where: str, *, legacy: bool) -> ServedEntitySpec:
+    if legacy:
+        raise InvalidParameterValue(f"{where}.external_model: external models go in served_entities, not served_models")
+    # A false or empty value says nothing contrary (some clients send every field).
+    conflicting = [k for k in _CUSTOM_MODEL_FIELDS if data.get(k) not in (None, False, {}, "")]
+    if conflicting:
+        raise InvalidParameterValue(
+            f"{where}: external_model cannot be combined with {', '.join(conflicting)} "
+            "(those describe a model served by Modelfleet itself)"
+        )
+    external = parse_external_model(data["external_model"], f"{where}.external_model")
+    name = data.get("name")
+    if name is None or name == "":
+        # Reference §3: the external model's name with "." and ":" replaced by "-".
+        name = re.sub(r"[.:]", "-", external["name"])
+    validate_name(name, f"{where}.name")
+    extra = {k: data[k] for k in _PASSTHROUGH_ENTITY_FIELDS if data.get(k) is not None}
+    return ServedEntitySpec(
+        name=name,
+        entity_name="",
+        entity_version="",
+        workload_size="",
+        workload_type="",
+        scale_to_zero_enabled=False,
+        min_provisioned_concurrency=None,
+        max_provisioned_concurrency=None,
+        environment_vars={},
+        extra=extra,
+        external_model=external,
+    )
+
+
+def parse_external_model(raw: Any, where: str) -> dict[str, Any]:
+    """``{"provider", "name", "task", "<config block>": {...}}`` with exactly the provider's block.
+
+    ``task`` defaults to ``llm/v1/chat`` (the Databricks docs' own example leaves it out).
+    Messages never repeat a credential's value.
+    """
+    data = require_object(raw, where)
+    provider_name = _str(data, "provider", where, required=True)
+    provider = PROVIDERS.get(provider_name or "")
+    if provider is None:
+        raise InvalidParameterValue(
+            f"{where}.provider '{provider_name}' is not a supported provider; choose one of {', '.join(sorted(PROVIDERS))}"
+        )
+    model = _str(data, "name", where, required=True)
+    task = _str(data, "task", where) or CHAT
+    if task not in TASKS:
+        raise InvalidParameterValue(f"{where}.task '{task}' is invalid; choose one of {', '.join(TASKS)}")
+    if task not in provider.tasks:
+        raise InvalidParameterValue(
+            f"{where}.task '{task}' is not offered by provider '{provider.name}' (it offers {', '.join(provider.tasks)})"
+        )
+    others = sorted(
+        p.config_key for p in PROVIDERS.values() if p is not provider and data.get(p.config_key) is not None
+    )
+    if others:
+        raise InvalidParameterValue(
+            f"{where}.{others[0]} does not go with provider '{provider.name}'; give only {provider.config_key}"
+        )
+    if data.get(provider.config_key) is None:
+        raise InvalidParameterValue(f"{where}.{provider.config_key} is required for provider '{provider.name}'")
+    block_where = f"{where}.{provider.config_key}"
+    config = _parse_config_block(provider.fields, data[provider.config_key], block_where)
+    provider.check_config(config, block_where)
+    return {"provider": provider.name, "name": model, "task": task, provider.config_key: config}
+
+
+def plaintext_credentials(config: CoreConfig) -> list[str]:
+    """Where the config gives a credential as ``*_plaintext`` (``<served entity>.<field>``)."""
+    found = []
+    for entity in config.served_entities:
+        if entity.external_model is None:
+            continue
+        provider = PROVIDERS[entity.external_model["provider"]]
+        block = entity.external_model[provider.config_key]
+        for path, holder, name in iter_secret_fields(provider.fields, block):
+            if isinstance(holder.get(f"{name}_plaintext"), Plaintext):
+                found.append(f"{entity.name}.{path}_plaintext")
+    return found
+
+
+def _parse_config_block(fields: tuple[Field, ...], raw: Any, where: str) -> dict[str, Any]:
+    from endpoints_app.services.secrets import parse_reference
+
+    data = require_object(raw, where)
+    out: dict[str, Any] = {}
+    for spec in fields:
+        if spec.fields is not None:  # a nested object, e.g. custom_provider_config.api_key_auth
+            if data.get(spec.name) is not None:
+                out[spec.name] = _parse_config_block(spec.fields, data[spec.name], f"{where}.{spec.name}")
+            elif spec.required:
+                raise InvalidParameterValue(f"{where}.{spec.name} is required")
+            continue
+        if spec.secret:
+            plain_name = f"{spec.name}_plaintext"
+            reference, plain = data.get(spec.name), data.get(plain_name)
+            if reference is not None and plain is not None:
+                raise InvalidParameterValue(f"{where}: give {spec.name} or {plain_name}, not both")
+            if reference is not None:
+                if not isinstance(reference, str) or parse_reference(reference.strip()) is None:
+                    raise InvalidParameterValue(
+                        f"{where}.{spec.name} must be a secret reference like {{{{secrets/<scope>/<key>}}}}; "
+                        f"to give the raw value, use {plain_name} instead"
+                    )
+                out[spec.name] = reference.strip()
+            elif plain is not None:
+                if not isinstance(plain, str) or not plain.strip():
+                    raise InvalidParameterValue(f"{where}.{plain_name} must be a non-empty string")
+                out[plain_name] = Plaintext(plain.strip())
+            elif spec.required:
+                raise InvalidParameterValue(f"{where}.{spec.name} (or {plain_name}) is required")
+            continue
+        value = _str(data, spec.name, where, required=spec.required)
+        if not value:
+            continue
+        if spec.choices:
+            matches = [c for c in spec.choices if c == value or (spec.case_insensitive and c.lower() == value.lower())]
+            if not matches:
+                raise InvalidParameterValue(
+                    f"{where}.{spec.name} '{value}' is invalid; choose one of {', '.join(spec.choices)}"
+                )
+            value = matches[0]
+        if spec.url and not re.match(r"^https?://[^\s/]+", value):
+            raise InvalidParameterValue(f"{where}.{spec.name} '{value}' must be an http:// or https:// URL")
+        out[spec.name] = value
+    return out
+
+
 def _parse_traffic(raw: Any, entities: list[ServedEntitySpec], where: str) -> list[dict[str, Any]]:
     names = [e.name for e in entities]
     if raw is None or (isinstance(raw, dict) and not raw.get("routes")):
@@ -325,6 +514,8 @@ def parse_tags(raw: Any, where: str) -> list[tuple[str, str]]:
 
 
 def parse_create_request(raw: Any) -> CreateRequest:
+    from endpoints_app.services.ai_gateway import parse as parse_ai_gateway  # it needs the gateway's rules
+
     data = require_object(raw, "request body")
     name = validate_name(data.get("name"), "name")
     if name.startswith("databricks-"):
@@ -346,7 +537,7 @@ def parse_create_request(raw: Any) -> CreateRequest:
         description=_str(data, "description", "request body") or "",
         route_optimized=_bool(data, "route_optimized", "request body"),
         budget_policy_id=_str(data, "budget_policy_id", "request body") or "",
-        ai_gateway=_optional_object(data, "ai_gateway", "request body"),
+        ai_gateway=parse_ai_gateway(data.get("ai_gateway")),
         email_notifications=_optional_object(data, "email_notifications", "request body"),
         telemetry_config=_optional_object(data, "telemetry_config", "request body"),
         rate_limits=rate_limits,

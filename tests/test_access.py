@@ -29,6 +29,7 @@ ROUTES = [
     ("delete", EP, None, MANAGE),
     ("put", f"{EP}/config", {"served_entities": [{"entity_name": "main.default.iris", "entity_version": "2"}]}, MANAGE),
     ("patch", f"{EP}/tags", {"add_tags": [{"key": "k", "value": "v"}]}, MANAGE),
+    ("put", f"{EP}/ai-gateway", {"usage_tracking_config": {"enabled": True}}, MANAGE),
     ("get", f"{EP}/openapi", None, VIEW),
     ("get", f"{EP}/served-models/iris-1/logs", None, VIEW),
     ("get", f"{EP}/served-models/iris-1/build-logs", None, VIEW),
@@ -49,6 +50,7 @@ ROUTES = [
     ("delete", f"{MF}/alert-rules/{{rule}}", None, MANAGE),
     ("get", f"{MF}/alert-events", None, VIEW),
     ("get", f"{MF}/payloads", None, MANAGE),
+    ("get", f"{MF}/usage", None, VIEW),  # managers see everyone's use, others their own
     ("get", "/api/2.0/permissions/serving-endpoints/{id}", None, VIEW),
     ("get", "/api/2.0/permissions/serving-endpoints/{id}/permissionLevels", None, VIEW),
     ("put", "/api/2.0/permissions/serving-endpoints/{id}", {"access_control_list": []}, MANAGE),

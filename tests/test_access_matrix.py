@@ -36,6 +36,7 @@ from endpoints_app.models import (
     UserProfile,
 )
 from endpoints_app.services import changes
+from endpoints_app.services import secrets as secret_services
 from endpoints_app.services.tokens import create_token
 from tests import model_fixtures
 from tests.conftest import endpoint_body
@@ -44,6 +45,7 @@ from tests.test_access import MANAGE, PERSONAS, ROUTES, VIEW, level_of
 pytestmark = pytest.mark.django_db
 
 CR = "/api/2.0/modelfleet/change-requests"
+S = "/api/2.0/secrets"
 ANY, CREATORS, APPROVERS, ADMIN = "any signed-in user", "editor+", "approver+", "admin"
 ROLE_RULES = {
     ANY: None,
@@ -91,11 +93,30 @@ GLOBAL_ROUTES = [
     Row("post", "/api/2.0/modelfleet/tokens", {"user": "{user}", "comment": "theirs"}, ADMIN),
     Row("delete", "/api/2.0/modelfleet/tokens/{token}", None, ADMIN, denied=404),
     Row("get", "/api/2.0/modelfleet/audit-events", None, ADMIN),
+    Row("get", f"{S}/scopes/list", None, ANY),
+    Row("post", f"{S}/scopes/create", {"scope": "new-scope"}, CREATORS),
 ]
 
 # Endpoint-scoped routes whose endpoint is named in the body rather than the path.
 BODY_SCOPED_ROUTES = [
     ("post", CR, {"endpoint_name": "guarded", "action": "update_config", "body": NEW_CONFIG}, MANAGE),
+]
+# Secret scopes have their own ACLs (READ < WRITE < MANAGE): each persona gets this one on the
+# scope "team" (admins have MANAGE everywhere). Without an ACL: 404 for users with no role, 403 else.
+READ, WRITE, SMANAGE = "READ", "WRITE", "MANAGE"
+SCOPE_RANK = {None: 0, READ: 1, WRITE: 2, SMANAGE: 3}
+SCOPE_GRANTS = {"viewer": READ, "can_query": READ, "editor": WRITE, "can_manage": SMANAGE}
+# (method, path, body, permission needed on "team"); "secrets/get" never returns a value (403 even when allowed).
+SCOPE_ROUTES = [
+    ("get", f"{S}/list?scope=team", None, READ),
+    ("get", f"{S}/get?scope=team&key=db-key", None, READ),
+    ("post", f"{S}/put", {"scope": "team", "key": "k2", "string_value": "v"}, WRITE),
+    ("post", f"{S}/delete", {"scope": "team", "key": "db-key"}, WRITE),
+    ("get", f"{S}/acls/list?scope=team", None, SMANAGE),
+    ("get", f"{S}/acls/get?scope=team&principal=author", None, SMANAGE),
+    ("post", f"{S}/acls/put", {"scope": "team", "principal": "{user}", "permission": "READ"}, SMANAGE),
+    ("post", f"{S}/acls/delete", {"scope": "team", "principal": "author"}, SMANAGE),
+    ("post", f"{S}/scopes/delete", {"scope": "team"}, SMANAGE),
 ]
 PUBLIC_ROUTES = {".well-known/databricks-config"}  # the SDK's host-metadata probe, before any auth
 
@@ -129,6 +150,8 @@ def make_world(api, registered_models, django_user_model) -> dict[str, str]:  # 
     member = django_user_model.objects.create_user("member", "member@example.com", "pw-123456789")
     member.groups.add(group)
     policy = ApprovalPolicy.objects.create(tag_key="env", tag_value="staging")
+    secret_services.create_scope(actor=author, scope="team")
+    secret_services.put_secret(actor=author, scope="team", key="db-key", string_value="s3cr3t-value")
     return {
         "id": endpoint.id,
         "rule": str(rule.pk),
@@ -159,12 +182,21 @@ def fill(value: object, world: dict[str, str]) -> object:
     return value
 
 
-def persona_client(persona: str, django_user_model, endpoint_id: str) -> APIClient:
+def make_persona(persona: str, django_user_model, endpoint_id: str):  # type: ignore[no-untyped-def]
+    """The persona's user: its role, its grant on `guarded` and its ACL on the scope `team`."""
     role, grant = PERSONAS[persona]
     user = django_user_model.objects.create_user(persona, f"{persona}@example.com", "pw-123456789")
     UserProfile.objects.create(user=user, role=role)
     if grant:
         EndpointPermission.objects.create(endpoint_id=endpoint_id, user=user, level=grant)
+    if persona in SCOPE_GRANTS:
+        author = django_user_model.objects.get(username="author")
+        secret_services.put_acl(actor=author, scope="team", principal=persona, permission=SCOPE_GRANTS[persona])
+    return user
+
+
+def persona_client(persona: str, django_user_model, endpoint_id: str) -> APIClient:
+    user = make_persona(persona, django_user_model, endpoint_id)
     client = APIClient()
     client.credentials(HTTP_AUTHORIZATION=f"Bearer {create_token(user=user)[1]}")
     return client
@@ -206,7 +238,7 @@ def covered_routes() -> set[tuple[str, str]]:
     sample = {"id": "e-1", "rule": "1", "change": "1", "change2": "2", "token": "1", "policy": "1", "group": "g"}
     sample |= {"member": "m", "user": "u"}
     rows = [(m, p) for m, p, _, _ in ROUTES] + [(r.method, r.path) for r in GLOBAL_ROUTES]
-    rows += [(m, p) for m, p, _, _ in BODY_SCOPED_ROUTES]
+    rows += [(m, p) for m, p, _, _ in BODY_SCOPED_ROUTES] + [(m, p) for m, p, _, _ in SCOPE_ROUTES]
     covered = set()
     for method, path in rows:
         match = resolve(str(fill(path, sample)).split("?")[0])
@@ -248,6 +280,31 @@ def test_routes_naming_the_endpoint_in_the_body_follow_the_endpoint_rule(row, pe
     assert response.status_code == expected, (persona, response.content)
 
 
+def scope_level(persona: str) -> str | None:
+    return SMANAGE if PERSONAS[persona][0] == Role.ADMIN else SCOPE_GRANTS.get(persona)
+
+
+def scope_verdict(persona: str, needed: str) -> int:
+    """What the rules give: 404 (cannot see the scope), 403 (cannot act) or 200."""
+    level = scope_level(persona)
+    if level is None and not PERSONAS[persona][0]:
+        return 404
+    return 403 if SCOPE_RANK[level] < SCOPE_RANK[needed] else 200
+
+
+@pytest.mark.parametrize(("row", "persona"), list(itertools.product(range(len(SCOPE_ROUTES)), PERSONAS)))
+def test_every_secrets_route_for_every_persona(row, persona, world, django_user_model):
+    method, path, body, needed = SCOPE_ROUTES[row]
+    client = persona_client(persona, django_user_model, world["id"])
+    response = getattr(client, method)(path, fill(body, world), format="json")
+    expected = scope_verdict(persona, needed)
+    if expected == 200 and path.startswith(f"{S}/get"):
+        expected = 403  # allowed to reference it, never to read it
+        assert "never returned" in response.json()["message"]
+    assert response.status_code == expected, (persona, path, response.content)
+    assert b"s3cr3t-value" not in response.content
+
+
 def test_the_lists_show_only_what_the_caller_may_see(world, django_user_model):
     editor = persona_client("editor", django_user_model, world["id"])
     assert editor.get(CR).json()["change_requests"] == []  # someone else's request
@@ -260,12 +317,13 @@ def test_the_lists_show_only_what_the_caller_may_see(world, django_user_model):
 def test_no_api_route_answers_an_anonymous_caller(world, registered_models):
     anonymous = APIClient()
     checked = 0
-    for method, path, body, _ in [*ROUTES, *BODY_SCOPED_ROUTES] + [(r.method, r.path, r.body, r.rule) for r in GLOBAL_ROUTES]:
+    rows = [*ROUTES, *BODY_SCOPED_ROUTES, *SCOPE_ROUTES] + [(r.method, r.path, r.body, r.rule) for r in GLOBAL_ROUTES]
+    for method, path, body, _ in rows:
         response = call(anonymous, method, fill(path, world), fill(body, world), registered_models)
         assert response.status_code == 401, (method, path, response.content)
         assert response.json()["error_code"] == "UNAUTHENTICATED"
         checked += 1
-    assert checked == len(ROUTES) + len(BODY_SCOPED_ROUTES) + len(GLOBAL_ROUTES)
+    assert checked == len(rows)
     assert anonymous.get("/.well-known/databricks-config").status_code == 200
 
 
@@ -287,6 +345,7 @@ class Verb:
     argv: tuple[str, ...]
     needed: str | None = None  # an endpoint level on `guarded`
     rule: str | None = None  # else a role rule
+    scope_needed: str | None = None  # else a permission on the secret scope `team`
     denied_says: str = ""
 
 
@@ -331,6 +390,16 @@ CLI_VERBS = [
     Verb(("tokens", "revoke", "{token}"), rule=ADMIN),
     Verb(("audit", "list"), rule=ADMIN),
     Verb(("audit", "export"), rule=ADMIN),
+    Verb(("secrets", "list-scopes"), rule=ANY),
+    Verb(("secrets", "create-scope", "new-scope"), rule=CREATORS),
+    Verb(("secrets", "list-secrets", "team"), scope_needed=READ),
+    Verb(("secrets", "put-secret", "team", "k2", "--string-value", "v"), scope_needed=WRITE),
+    Verb(("secrets", "delete-secret", "team", "db-key"), scope_needed=WRITE),
+    Verb(("secrets", "list-acls", "team"), scope_needed=SMANAGE),
+    Verb(("secrets", "get-acl", "team", "author"), scope_needed=SMANAGE),
+    Verb(("secrets", "put-acl", "team", "{user}", "READ"), scope_needed=SMANAGE),
+    Verb(("secrets", "delete-acl", "team", "author"), scope_needed=SMANAGE),
+    Verb(("secrets", "delete-scope", "team"), scope_needed=SMANAGE),
     Verb(("users", "deactivate", "{user}"), rule=ADMIN),
     Verb(("serving-endpoints", "delete", "guarded"), needed=MANAGE),  # last: it removes the endpoint
 ]
@@ -367,6 +436,8 @@ def settle() -> None:
 
 
 def verb_allowed(persona: str, verb: Verb) -> bool:
+    if verb.scope_needed is not None:
+        return scope_verdict(persona, verb.scope_needed) == 200
     if verb.rule is not None:
         return allowed(persona, verb.rule)
     level = level_of(persona)
@@ -392,11 +463,8 @@ def test_every_cli_verb_for_every_persona(
     model_fixtures.save_constant_model(tmp_path / "model", "x")
     world_ |= {"tmp": str(tmp_path), "persona": persona}
 
-    role, grant = PERSONAS[persona]
-    user = django_user_model.objects.create_user(persona, f"{persona}@example.com", "pw-123456789")
-    UserProfile.objects.create(user=user, role=role)
-    if grant:
-        EndpointPermission.objects.create(endpoint_id=world_["id"], user=user, level=grant)
+    role = PERSONAS[persona][0]
+    user = make_persona(persona, django_user_model, world_["id"])
     monkeypatch.setenv("MODELFLEET_HOST", live_server.url)
     monkeypatch.setenv("MODELFLEET_TOKEN", create_token(user=user)[1])
     monkeypatch.setenv("MODELFLEET_CONFIG_FILE", str(tmp_path / "no-such-config"))

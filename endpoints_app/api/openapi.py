@@ -77,12 +77,39 @@ def _request_schema(columns: list[dict[str, Any]]) -> dict[str, Any]:
     }
 
 
+# The field an OpenAI-shaped request of each task needs (reference §4.2).
+_TASK_INPUTS = {"llm/v1/chat": "messages", "llm/v1/completions": "prompt", "llm/v1/embeddings": "input"}
+
+
+def _external_path(entity: ServedEntity) -> dict[str, Any]:
+    model = entity.external_model or {}
+    task = model.get("task", "")
+    required = _TASK_INPUTS.get(task)
+    return {
+        "post": {
+            "summary": f"Query {entity.name} ({model.get('provider')} model {model.get('name')}, {task})",
+            "requestBody": {
+                "required": True,
+                "content": {
+                    "application/json": {
+                        "schema": {"type": "object", "required": [required] if required else [], "properties": {}}
+                    }
+                },
+            },
+            "responses": {"200": {"description": "An OpenAI-shaped answer (server-sent events with stream: true)"}},
+        }
+    }
+
+
 def endpoint_openapi(endpoint: Endpoint, *, host: str) -> dict[str, Any]:
     config = endpoint.active_config
     if config is None:
         raise InvalidParameterValue(f"Endpoint '{endpoint.name}' has no active config yet; wait until it is READY")
     paths: dict[str, Any] = {}
     for entity in config.served_entities.all():
+        if entity.external_model is not None:
+            paths[f"/served-models/{entity.name}/invocations"] = _external_path(entity)
+            continue
         try:
             columns = _input_columns(entity)
         except DomainError:

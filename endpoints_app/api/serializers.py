@@ -7,6 +7,7 @@ from typing import Any
 
 from endpoints_app.models import ConfigUpdate, ConfigVersion, DeploymentState, Endpoint, ServedEntity
 from endpoints_app.selectors import endpoint_is_ready
+from endpoints_app.services.rollouts import EXTERNAL_READY_MESSAGE
 
 
 def ms(value: datetime | None) -> int | None:
@@ -20,6 +21,8 @@ def _user(user) -> str:  # type: ignore[no-untyped-def]
 
 
 def serialize_entity_state(entity: ServedEntity, *, failed_config: bool = False) -> dict[str, str]:
+    if entity.external_model is not None:
+        return {"deployment": DeploymentState.READY, "deployment_state_message": EXTERNAL_READY_MESSAGE}
     dep = entity.deployment
     if dep is None:
         return {
@@ -33,6 +36,16 @@ def serialize_entity_state(entity: ServedEntity, *, failed_config: bool = False)
 
 
 def serialize_served_entity(entity: ServedEntity, *, failed_config: bool = False) -> dict[str, Any]:
+    if entity.external_model is not None:
+        # Credentials are stored as {{secrets/...}} references only: nothing here to blank.
+        return {
+            "name": entity.name,
+            "external_model": entity.external_model,
+            "creation_timestamp": ms(entity.created_at),
+            "creator": _user(entity.creator),
+            "state": serialize_entity_state(entity),
+            **entity.extra,
+        }
     out: dict[str, Any] = {
         "name": entity.name,
         "entity_name": entity.entity_name,
@@ -61,6 +74,21 @@ def serialize_served_entity(entity: ServedEntity, *, failed_config: bool = False
         out["environment_vars"] = entity.environment_vars
     out.update(entity.extra)
     return out
+
+
+def endpoint_task(endpoint: Endpoint) -> str:
+    """The task of an endpoint serving external models (reference §2.5), "" for custom models."""
+    config = endpoint.active_config or endpoint.pending_config
+    if config is None:
+        return ""
+    return next((e.external_model.get("task", "") for e in config.served_entities.all() if e.external_model), "")
+
+
+def _entity_spec(entity: ServedEntity) -> dict[str, Any]:
+    """A served entity in the list view (``ServedEntitySpec``)."""
+    if entity.external_model is not None:
+        return {"name": entity.name, "external_model": entity.external_model}
+    return {"name": entity.name, "entity_name": entity.entity_name, "entity_version": entity.entity_version}
 
 
 def _legacy_model(entity_out: dict[str, Any]) -> dict[str, Any]:
@@ -120,6 +148,9 @@ def serialize_endpoint_detailed(endpoint: Endpoint, *, permission_level: str = "
             out[field] = value
     if endpoint.budget_policy_id:
         out["budget_policy_id"] = endpoint.budget_policy_id
+    task = endpoint_task(endpoint)
+    if task:
+        out["task"] = task
     return out
 
 
@@ -133,14 +164,13 @@ def serialize_endpoint_summary(endpoint: Endpoint) -> dict[str, Any]:
         "creation_timestamp": ms(endpoint.created_at),
         "last_updated_timestamp": ms(endpoint.updated_at),
         "state": serialize_state(endpoint),
-        "config": {
-            "served_entities": [
-                {"name": e.name, "entity_name": e.entity_name, "entity_version": e.entity_version} for e in entities
-            ]
-        },
+        "config": {"served_entities": [_entity_spec(e) for e in entities]},
         "tags": [{"key": t.key, "value": t.value} for t in endpoint.tags.all()],
         "description": endpoint.description,
     }
     if endpoint.ai_gateway:
         out["ai_gateway"] = endpoint.ai_gateway
+    task = endpoint_task(endpoint)
+    if task:
+        out["task"] = task
     return out

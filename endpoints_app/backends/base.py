@@ -20,6 +20,10 @@ class EntityStatus:
 
 
 class ServingBackend(Protocol):
+    """Deploys the served entities that run model servers. Served entities that are external models
+    (``ServedEntity.external_model``) are served by the gateway itself: ``apply`` and ``status``
+    leave them out, and rollouts count them as ready at once."""
+
     def apply(self, *, config: ConfigVersion) -> None:
         """Make every served entity of ``config`` deployed (idempotent; reuses identical ones)."""
 

@@ -62,7 +62,9 @@ class LocalBackend:
     def apply(self, *, config: ConfigVersion) -> None:
         endpoint = config.endpoint
         with transaction.atomic():
-            for entity in config.served_entities.select_for_update().filter(deployment__isnull=True):
+            # External models are served by the gateway itself: nothing to deploy for them.
+            pending = config.served_entities.select_for_update().filter(deployment__isnull=True)
+            for entity in pending.filter(external_model__isnull=True):
                 spec = entity_spec(entity)
                 digest = spec_hash(spec)
                 # 1. Reuse a live, healthy deployment of the identical entity (no restart).
@@ -105,7 +107,7 @@ class LocalBackend:
 
     def status(self, *, config: ConfigVersion) -> dict[str, EntityStatus]:
         result: dict[str, EntityStatus] = {}
-        entities = config.served_entities.select_related("deployment")
+        entities = config.served_entities.filter(external_model__isnull=True).select_related("deployment")
         ready_counts = dict(
             ServedEntity.objects.filter(config_version=config, deployment__replicas__state=ReplicaState.READY)
             .values_list("name")

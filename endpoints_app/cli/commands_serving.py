@@ -33,19 +33,6 @@ POLL_MAX_DELAY_S = 5.0
 POLL_GROWTH = 1.5
 _SPINNER_FRAMES = "|/-\\"
 
-# Providers accepted in served_entities[].external_model.provider, with their config block (§2.8).
-EXTERNAL_MODEL_PROVIDERS = [
-    ("ai21labs", "ai21labs_config"),
-    ("amazon-bedrock", "amazon_bedrock_config"),
-    ("anthropic", "anthropic_config"),
-    ("cohere", "cohere_config"),
-    ("custom", "custom_provider_config"),
-    ("databricks-model-serving", "databricks_model_serving_config"),
-    ("google-cloud-vertex-ai", "google_cloud_vertex_ai_config"),
-    ("openai", "openai_config"),
-    ("palm", "palm_config"),
-]
-
 
 # -- argument wiring --------------------------------------------------------------------------
 
@@ -181,7 +168,7 @@ def register(commands: argparse._SubParsersAction, common: argparse.ArgumentPars
         common,
         "list-external-models",
         cmd_list_external_models,
-        "list the external model providers an endpoint can serve",
+        "list the endpoints that serve external models, with provider, model and task",
         [],
     )
 
@@ -478,12 +465,28 @@ def cmd_export_metrics(ctx: Context) -> int:
 
 
 def cmd_list_external_models(ctx: Context) -> int:
-    """The provider catalogue is static (Databricks has no API for it either, reference §1)."""
-    providers = [{"provider": p, "config_key": key} for p, key in EXTERNAL_MODEL_PROVIDERS]
+    """One row per external model served by an endpoint the caller can see (from ``list``; Databricks
+    has no API of its own for this, reference §1)."""
+    rows = []
+    for endpoint in ctx.api.call("GET", "/api/2.0/serving-endpoints").get("endpoints") or []:
+        for entity in render.served_entities(endpoint.get("config")):
+            external = entity.get("external_model")
+            if external:
+                rows.append(
+                    {
+                        "endpoint": endpoint.get("name"),
+                        "served_model_name": entity.get("name"),
+                        "provider": external.get("provider"),
+                        "model": external.get("name"),
+                        "task": external.get("task") or endpoint.get("task"),
+                    }
+                )
     if ctx.json_output:
-        ctx.out(render.to_json(providers))
+        ctx.out(render.to_json(rows))
     else:
-        ctx.out(render.table(["PROVIDER", "CONFIG KEY"], [[p["provider"], p["config_key"]] for p in providers]))
+        headers = ["ENDPOINT", "SERVED MODEL", "PROVIDER", "MODEL", "TASK"]
+        keys = ["endpoint", "served_model_name", "provider", "model", "task"]
+        ctx.out(render.table(headers, [[r[k] for k in keys] for r in rows]))
     return EXIT_OK
 
 

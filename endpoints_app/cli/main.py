@@ -10,7 +10,7 @@ import argparse
 import os
 import sys
 
-from endpoints_app.cli import commands_admin, commands_models, commands_server, commands_serving
+from endpoints_app.cli import commands_admin, commands_models, commands_secrets, commands_server, commands_serving
 from endpoints_app.cli.commands_common import EXIT_ERROR, EXIT_USAGE, CliError, Context
 
 ENV_OUTPUT = "MODELFLEET_OUTPUT_FORMAT"
@@ -55,6 +55,7 @@ def build_parser() -> argparse.ArgumentParser:
     commands_serving.register(commands, common)
     commands_models.register(commands, common)
     commands_admin.register(commands, common)
+    commands_secrets.register(commands, common)
     commands_server.register(commands, common)
     return parser
 

@@ -4,6 +4,12 @@ The flow of one query: token → user (cached) → route table (cached for a sec
 by the route weights → the ready replica with the fewest in-flight requests → forward → answer
 with the replica's body and the ``served-model-name`` header. A replica that refuses the
 connection is retried once on another ready replica.
+
+An external model's entity is answered by its provider instead (``gateway.external``): the
+OpenAI-shaped request is translated to the provider's wire format and back, streamed as
+server-sent events with ``stream: true``, and its token usage is counted. The OpenAI client's
+routes (``/serving-endpoints/chat/completions``, ``/completions``, ``/embeddings``) pick the
+endpoint by the body's ``model``.
 """
 
 from __future__ import annotations
@@ -24,8 +30,12 @@ from django.db import close_old_connections
 from endpoints_app import access
 from endpoints_app.api.authentication import token_from_header
 from endpoints_app.backends import get_backend
+from endpoints_app.errors import DomainError
+from endpoints_app.gateway import session
+from endpoints_app.gateway.external import Answer, ExternalError, ExternalModels, StreamAnswer
 from endpoints_app.gateway.metrics import GatewayMetrics
-from endpoints_app.gateway.payloads import PayloadLogger
+from endpoints_app.gateway.payloads import MAX_PAYLOAD_BYTES, PayloadLogger
+from endpoints_app.gateway.providers.base import CHAT, COMPLETIONS, EMBEDDINGS, Usage
 from endpoints_app.gateway.routing import EntityRoute, RouteTable, load_route_table
 from endpoints_app.gateway.upstream import (
     UpstreamError,
@@ -39,6 +49,8 @@ from endpoints_app.services.tokens import authenticate_token
 log = logging.getLogger(__name__)
 
 PREFIX = "/serving-endpoints/"
+# The OpenAI client's paths below base_url=<host>/serving-endpoints, by the task they ask for.
+OPENAI_ROUTES = {"chat/completions": CHAT, "completions": COMPLETIONS, "embeddings": EMBEDDINGS}
 MAX_BODY_BYTES = 16 * 1024 * 1024
 TOKEN_TTL_SECONDS = 5.0
 NOT_READY_RECHECK_SECONDS = 0.1
@@ -95,6 +107,10 @@ class _Call:
     table: RouteTable | None = None
     entity: str | None = None
     body: bytes = b""
+    # The body as JSON, for external models (parsed once).
+    json: Any = None
+    # Tokens of an external model's answer.
+    usage: Usage | None = None
 
 
 class Gateway:
@@ -106,6 +122,7 @@ class Gateway:
         self._levels: dict[tuple[int, str], tuple[float, str | None]] = {}
         self._in_flight: defaultdict[str, int] = defaultdict(int)
         self.upstream = UpstreamPool()
+        self.external = ExternalModels()
         self._rng = random.Random()
         self._waking: dict[int, asyncio.Future[EntityRoute]] = {}
         self._ttl = settings.GATEWAY_ROUTE_TTL_SECONDS
@@ -118,6 +135,7 @@ class Gateway:
         self.metrics.stop()
         self.payloads.stop()
         await self.upstream.aclose()
+        await self.external.aclose()
 
     # --- ASGI ---------------------------------------------------------------------------------
 
@@ -125,24 +143,18 @@ class Gateway:
         started = time.perf_counter()
         call = _Call()
         try:
-            status, headers, body = await self._handle(scope, receive, call)
+            result = await self._handle(scope, receive, call)
         except GatewayError as err:
-            status = err.status
-            headers = {"content-type": "application/json", **err.headers}
-            body = json.dumps({"error_code": err.error_code, "message": err.message}).encode()
-        if call.table is not None and call.table.endpoint_id:
-            latency_ms = (time.perf_counter() - started) * 1000
-            self.metrics.observe(call.table.endpoint_id, call.entity, status, latency_ms)
-            if call.table.payload_sample_rate is not None:
-                self.payloads.maybe_log(
-                    table=call.table,
-                    served_entity_name=call.entity or "",
-                    status=status,
-                    latency_ms=latency_ms,
-                    request_body=call.body,
-                    response_body=body,
-                    client_request_id="",
-                )
+            result = (
+                err.status,
+                {"content-type": "application/json", **err.headers},
+                json.dumps({"error_code": err.error_code, "message": err.message}).encode(),
+            )
+        if isinstance(result, StreamAnswer):
+            await self._send_stream(result, send, call, started)
+            return
+        status, headers, body = result
+        self._record(call, status, started, body)
         headers["content-length"] = str(len(body))  # not chunked: one write, and simpler for clients
         await send(
             {
@@ -153,30 +165,145 @@ class Gateway:
         )
         await send({"type": "http.response.body", "body": body})
 
-    async def _handle(self, scope: dict, receive: Receive, call: _Call) -> tuple[int, dict[str, str], bytes]:
-        endpoint_name, served_name = self._parse_path(scope["path"])
+    def _record(self, call: _Call, status: int, started: float, response_body: bytes) -> None:
+        """Metrics (and tokens) of an answered query, and its payload when inference tables are on."""
+        if call.table is None or not call.table.endpoint_id:
+            return
+        latency_ms = (time.perf_counter() - started) * 1000
+        self.metrics.observe(call.table.endpoint_id, call.entity, status, latency_ms)
+        if call.usage is not None:
+            self.metrics.observe_tokens(
+                call.table.endpoint_id, call.entity, call.usage.prompt_tokens, call.usage.completion_tokens
+            )
+        if call.table.payload_sample_rate is not None:
+            self.payloads.maybe_log(
+                table=call.table,
+                served_entity_name=call.entity or "",
+                status=status,
+                latency_ms=latency_ms,
+                request_body=call.body,
+                response_body=response_body,
+                client_request_id="",
+            )
+
+    async def _send_stream(self, answer: StreamAnswer, send: Send, call: _Call, started: float) -> None:
+        """Relay server-sent events as they come (chunked); count and log once the stream is over."""
+        await send(
+            {
+                "type": "http.response.start",
+                "status": 200,
+                "headers": [(k.encode(), v.encode()) for k, v in answer.headers.items()],
+            }
+        )
+        sent = bytearray()
+        try:
+            async for chunk in answer.chunks:
+                await send({"type": "http.response.body", "body": chunk, "more_body": True})
+                if len(sent) <= MAX_PAYLOAD_BYTES:
+                    sent += chunk
+        finally:
+            await answer.chunks.aclose()  # type: ignore[attr-defined]  # closes the provider's stream
+            # Counted before the stream ends, so a client that read it all sees its tokens counted.
+            call.usage = answer.decoder.usage
+            self._record(call, 200, started, bytes(sent))
+        await send({"type": "http.response.body", "body": b""})
+
+    async def _handle(
+        self, scope: dict, receive: Receive, call: _Call
+    ) -> tuple[int, dict[str, str], bytes] | StreamAnswer:
+        endpoint_name, served_name, openai_task = self._parse_path(scope["path"])
         if scope["method"] != "POST":
             raise GatewayError(405, "METHOD_NOT_ALLOWED", "Query an endpoint with POST")
         headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
-        user_id = await self._authenticate(headers.get("authorization"))
+        if "authorization" not in headers and session.has_session_cookie(headers):
+            user_id = await self._authenticate_session(scope)  # the dashboard's query playground
+        else:
+            user_id = await self._authenticate(headers.get("authorization"))
         call.body = await self._read_body(receive)
+        if openai_task is not None:
+            call.json = self._json(call.body)
+            endpoint_name = self._model_of(call.json)
         table = await self._table(endpoint_name)
         if table.exists:
             await self._authorize(user_id, table)
         if table.exists:
             call.table = table
+        if openai_task is not None and table.exists:
+            self._check_task(table, openai_task)
         entity = self._choose_entity(table, served_name)
         call.entity = entity.name
+        if entity.external is not None:
+            return await self._query_external(table, entity, call)
         return await self._forward(table, entity, call.body, headers.get("content-type") or "application/json")
 
     @staticmethod
-    def _parse_path(path: str) -> tuple[str, str | None]:
-        parts = path[len(PREFIX) :].split("/")
+    def _parse_path(path: str) -> tuple[str, str | None, str | None]:
+        """(endpoint name, served model name, task of an OpenAI client route)."""
+        rest = path[len(PREFIX) :]
+        if rest in OPENAI_ROUTES:
+            return "", None, OPENAI_ROUTES[rest]
+        parts = rest.split("/")
         if len(parts) == 2 and parts[1] == "invocations" and parts[0]:
-            return parts[0], None
+            return parts[0], None, None
         if len(parts) == 4 and parts[1] == "served-models" and parts[3] == "invocations" and parts[0] and parts[2]:
-            return parts[0], parts[2]
+            return parts[0], parts[2], None
         raise GatewayError(404, "ENDPOINT_NOT_FOUND", f"No API found for '{path}'")
+
+    @staticmethod
+    def _json(body: bytes) -> Any:
+        try:
+            return json.loads(body)
+        except ValueError:
+            raise GatewayError(400, "MALFORMED_REQUEST", "The request body is not valid JSON") from None
+
+    @staticmethod
+    def _model_of(body: Any) -> str:
+        """The OpenAI client names the endpoint in ``model``."""
+        model = body.get("model") if isinstance(body, dict) else None
+        if not isinstance(model, str) or not model:
+            raise GatewayError(
+                400, "INVALID_PARAMETER_VALUE", "'model' is required: the name of the serving endpoint to query"
+            )
+        return model
+
+    @staticmethod
+    def _check_task(table: RouteTable, task: str) -> None:
+        if not table.task:
+            raise GatewayError(
+                400,
+                "INVALID_PARAMETER_VALUE",
+                f"Endpoint '{table.endpoint_name}' serves custom models, not {task}; "
+                f"query it at /serving-endpoints/{table.endpoint_name}/invocations",
+            )
+        if table.task != task:
+            route = next(path for path, t in OPENAI_ROUTES.items() if t == table.task)
+            raise GatewayError(
+                400,
+                "INVALID_PARAMETER_VALUE",
+                f"Endpoint '{table.endpoint_name}' serves {table.task}, not {task}; send its requests to "
+                f"/serving-endpoints/{route}",
+            )
+
+    async def _query_external(
+        self, table: RouteTable, entity: EntityRoute, call: _Call
+    ) -> tuple[int, dict[str, str], bytes] | StreamAnswer:
+        body = call.json if call.json is not None else self._json(call.body)
+        try:
+            answer = await self.external.query(endpoint_name=table.endpoint_name, entity=entity, body=body)
+        except ExternalError as err:
+            raise GatewayError(err.status, err.error_code, err.message, err.headers) from None
+        if isinstance(answer, Answer):
+            call.usage = answer.usage
+            return answer.status, answer.headers, answer.body
+        return answer
+
+    @staticmethod
+    async def _authenticate_session(scope: dict) -> int:
+        """A same-origin call from a dashboard page: session cookie plus Django's CSRF check (gateway.session)."""
+        try:
+            return await sync_to_async(session.session_user, thread_sensitive=False)(scope)
+        except DomainError as err:
+            raise GatewayError(err.status, err.error_code, err.message) from None
 
     async def _authenticate(self, header: str | None) -> int:
         raw = token_from_header(header)
@@ -245,7 +372,7 @@ class Gateway:
         if cached is not None:
             loaded_at, table = cached
             fresh = now - loaded_at < self._ttl
-            usable = any(e.replicas for e in table.entities)
+            usable = any(e.replicas or e.external for e in table.entities)
             if fresh and (usable or now - loaded_at < NOT_READY_RECHECK_SECONDS):
                 return table
         table = await sync_to_async(_load_table, thread_sensitive=False)(name)

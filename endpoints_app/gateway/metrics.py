@@ -5,6 +5,8 @@ thread adds them to Redis once a second (HINCRBYFLOAT in one pipeline), so sever
 share cumulative counters that the poller and the Prometheus export read. One Redis hash per
 endpoint id (``mf:gw:<endpoint id>``), fields ``<served entity>|<counter>``; the served entity
 is ``-`` for requests that failed before one was chosen (e.g. the endpoint was not ready).
+External models add ``<served entity>|prompt_tokens`` and ``|completion_tokens`` from the usage
+of their answers (streamed ones included), for usage tracking and token rate limits.
 """
 
 from __future__ import annotations
@@ -55,6 +57,15 @@ class GatewayMetrics:
         if self._thread is None:
             self._start()
 
+    def observe_tokens(self, endpoint_id: str, served_entity: str | None, prompt: int, completion: int) -> None:
+        entity = served_entity or UNATTRIBUTED
+        with self._lock:
+            counts = self._pending[endpoint_id]
+            counts[f"{entity}|prompt_tokens"] += prompt
+            counts[f"{entity}|completion_tokens"] += completion
+        if self._thread is None:
+            self._start()
+
     def _start(self) -> None:
         with self._lock:
             if self._thread is not None:
@@ -101,6 +112,15 @@ def read_counters(endpoint_id: str) -> dict[str, dict[str, float]]:
         entity, _, name = field.rpartition("|")
         result[entity][name] = float(value)
     return dict(result)
+
+
+def read_token_counters(endpoint_id: str) -> dict[str, dict[str, int]]:
+    """Cumulative tokens of an endpoint by served entity: {entity: {"prompt_tokens", "completion_tokens"}}."""
+    return {
+        entity: {name: int(counters.get(name, 0.0)) for name in ("prompt_tokens", "completion_tokens")}
+        for entity, counters in read_counters(endpoint_id).items()
+        if "prompt_tokens" in counters or "completion_tokens" in counters
+    }
 
 
 def cumulative_buckets(counters: dict[str, float]) -> list[tuple[str, float]]:

@@ -4,9 +4,26 @@ from __future__ import annotations
 
 import random
 from dataclasses import dataclass, field
+from typing import Any
 
 from endpoints_app.backends import get_backend
+from endpoints_app.errors import DomainError
+from endpoints_app.gateway.providers import PROVIDERS
+from endpoints_app.gateway.providers.base import iter_secret_fields
 from endpoints_app.models import ConfigUpdate, Endpoint, ServedEntity
+
+
+@dataclass
+class ExternalTarget:
+    """An external model to forward to, with its credentials resolved from the secrets store."""
+
+    provider: str
+    model: str
+    task: str
+    config: dict[str, Any]  # the provider's config block; secret fields hold {{secrets/...}} references
+    credentials: dict[str, str] = field(default_factory=dict, repr=False)  # field path → value
+    # Why a credential could not be read (names the reference, never a value); "" when all were.
+    credential_error: str = ""
 
 
 @dataclass
@@ -18,6 +35,8 @@ class EntityRoute:
     # No ready replica now, but one is coming (scaled to zero: a query wakes it; or starting or
     # recovering): a query waits for it instead of failing.
     coming_up: bool = False
+    # Set for an external model: the gateway forwards to the provider instead of a replica.
+    external: ExternalTarget | None = None
 
 
 @dataclass
@@ -30,6 +49,8 @@ class RouteTable:
     payload_sample_rate: float | None = None
     # Why there is nothing to route to, when that is the case (shown in the 503).
     not_ready_reason: str = ""
+    # The task of an endpoint serving external models ("llm/v1/chat", ...); "" for custom models.
+    task: str = ""
 
     def entity(self, name: str) -> EntityRoute | None:
         return next((e for e in self.entities if e.name == name), None)
@@ -69,7 +90,7 @@ def load_route_table(endpoint_name: str) -> RouteTable:
         return RouteTable(endpoint_name, exists=True, not_ready_reason=reason, endpoint_id=endpoint.id)
     entities = list(
         ServedEntity.objects.filter(config_version_id=endpoint.active_config_id).values(
-            "name", "deployment_id", "config_version__traffic_config"
+            "name", "deployment_id", "external_model", "config_version__traffic_config"
         )
     )
     weights: dict[str, int] = {}
@@ -83,6 +104,9 @@ def load_route_table(endpoint_name: str) -> RouteTable:
     coming = backend.coming_up(deployment_ids=[d for d in deployment_ids if not replicas.get(d)])
     table = RouteTable(endpoint_name, exists=True, endpoint_id=endpoint.id, payload_sample_rate=sample_rate)
     for e in entities:
+        external = external_target(e["external_model"]) if e["external_model"] else None
+        if external is not None:
+            table.task = external.task
         table.entities.append(
             EntityRoute(
                 e["name"],
@@ -90,9 +114,33 @@ def load_route_table(endpoint_name: str) -> RouteTable:
                 replicas.get(e["deployment_id"], []),
                 deployment_id=e["deployment_id"],
                 coming_up=e["deployment_id"] in coming,
+                external=external,
             )
         )
     return table
+
+
+def external_target(external_model: dict[str, Any]) -> ExternalTarget:
+    """The stored external model with its secret references resolved (``secrets.resolve`` is cached)."""
+    from endpoints_app.services import secrets
+
+    provider = PROVIDERS[external_model["provider"]]
+    config = external_model.get(provider.config_key) or {}
+    target = ExternalTarget(
+        provider=provider.name, model=external_model["name"], task=external_model["task"], config=config
+    )
+    problems = []
+    for path, holder, name in iter_secret_fields(provider.fields, config):
+        reference = holder.get(name)
+        parsed = secrets.parse_reference(reference) if isinstance(reference, str) else None
+        if parsed is None:
+            continue
+        try:
+            target.credentials[path] = secrets.resolve(scope=parsed[0], key=parsed[1])
+        except DomainError as exc:
+            problems.append(f"{path} ({reference}): {exc.message}")
+    target.credential_error = "; ".join(problems)
+    return target
 
 
 def payload_sample_rate(endpoint: Endpoint) -> float | None:

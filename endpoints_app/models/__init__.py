@@ -32,7 +32,9 @@ from endpoints_app.models.runtime import (
     RuntimeHost,
     ScalingDecision,
 )
+from endpoints_app.models.secrets import Secret, SecretAcl, SecretBackendType, SecretPermission, SecretScope
 from endpoints_app.models.tokens import AccessToken
+from endpoints_app.models.usage import UsageRecord
 
 __all__ = [
     "AccessToken",
@@ -69,5 +71,11 @@ __all__ = [
     "ReplicaState",
     "RuntimeHost",
     "ScalingDecision",
+    "UsageRecord",
+    "Secret",
+    "SecretAcl",
+    "SecretBackendType",
+    "SecretPermission",
+    "SecretScope",
     "ServedEntity",
 ]

@@ -31,6 +31,7 @@ class ChangeRequest(models.Model):
     class Action(models.TextChoices):
         CREATE = "create"
         UPDATE_CONFIG = "update_config"
+        AI_GATEWAY = "ai_gateway"  # PUT …/ai-gateway settings
         DELETE = "delete"
 
     endpoint_name = models.CharField(max_length=255)

@@ -126,6 +126,10 @@ class ServedEntity(models.Model):
     environment_vars = models.JSONField(default=dict, blank=True)
     # Every other input field as given (instance_profile_arn, burst_scaling_enabled, ...), echoed back.
     extra = models.JSONField(default=dict, blank=True)
+    # An external model served through the gateway (reference §2.8): {"provider", "name", "task",
+    # "<provider>_config"}, its credentials as {{secrets/...}} references only. Such an entity has
+    # no deployment and no replicas; entity_name/entity_version are empty.
+    external_model = models.JSONField(null=True, blank=True)
     deployment = models.ForeignKey("Deployment", null=True, on_delete=models.SET_NULL, related_name="served_entities")
     created_at = models.DateTimeField(auto_now_add=True)
     creator = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, on_delete=models.SET_NULL, related_name="+")
@@ -137,4 +141,6 @@ class ServedEntity(models.Model):
         ]
 
     def __str__(self) -> str:
+        if self.external_model:
+            return f"{self.name} ({self.external_model.get('provider')} {self.external_model.get('name')})"
         return f"{self.name} ({self.entity_name} v{self.entity_version})"

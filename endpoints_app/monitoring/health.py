@@ -11,6 +11,8 @@ One status per endpoint, worst first:
   or metrics polling is failing, so nobody can see how the endpoint is doing.
 - HEALTHY: none of the above.
 
+External models have no deployment or replicas; only the metric rules apply to them.
+
 ``NOT_POLLED`` is only the value a new endpoint starts with. A status change updates the
 endpoint with a conditional UPDATE (on the status it was read with) and writes a ``HealthChange``
 row in the same transaction, so history and current status never disagree.
@@ -86,6 +88,8 @@ def compute_health(endpoint: Endpoint, *, now: datetime) -> Health:
     degraded: list[str] = []
     scaled_to_zero = 0
     for entity in entities:
+        if entity.external_model is not None:
+            continue  # served by the gateway: no replicas to be down (provider errors show in the 5xx rate)
         dep = entity.deployment
         ready: int = entity.ready  # type: ignore[attr-defined]
         starting: int = entity.starting  # type: ignore[attr-defined]

@@ -31,6 +31,7 @@ from endpoints_app.errors import (
     ResourceDoesNotExist,
 )
 from endpoints_app.models import ApprovalPolicy, ChangeRequest, ChangeRequestStatus, Endpoint, PermissionLevel, Role
+from endpoints_app.services import ai_gateway
 from endpoints_app.services import endpoints as endpoint_services
 
 log = logging.getLogger(__name__)
@@ -61,7 +62,7 @@ def require_direct_change_allowed(
         raise PermissionDenied(
             f"Changes to endpoint '{endpoint_name}' need approval. Propose it instead: "
             f"POST /api/2.0/modelfleet/change-requests, or `modelfleet change-requests propose {endpoint_name} "
-            "--action update-config --json @config.json`; an approver then approves it."
+            "--action update-config --json @config.json` (or --action ai-gateway); an approver then approves it."
         )
 
 
@@ -75,7 +76,9 @@ def _config_view(config: validation.CoreConfig) -> dict[str, Any]:
     """A parsed config in the shape of the audit snapshot, so the diff shows real changes only."""
     return {
         "served_entities": [
-            {
+            {"name": e.name, "external_model": e.external_model}
+            if e.external_model is not None
+            else {
                 "name": e.name,
                 "entity_name": e.entity_name,
                 "entity_version": e.entity_version,
@@ -87,6 +90,17 @@ def _config_view(config: validation.CoreConfig) -> dict[str, Any]:
         ],
         "traffic_config": {"routes": config.routes},
     }
+
+
+def _refuse_plaintext_credentials(config: validation.CoreConfig) -> None:
+    """A proposal is stored, shown to approvers and audited as given: it must not carry a raw key."""
+    fields = validation.plaintext_credentials(config)
+    if fields:
+        raise InvalidParameterValue(
+            f"A change request cannot carry plaintext credentials ({', '.join(fields)}): it is stored and shown "
+            "to approvers. Put the key in a secret scope (modelfleet secrets put-secret SCOPE KEY) and refer to "
+            "it as {{secrets/SCOPE/KEY}}."
+        )
 
 
 def _diff(before: Any, after: Any) -> str:
@@ -104,7 +118,8 @@ def propose(*, actor: AbstractBaseUser, endpoint_name: str, action: str, body: A
             raise ResourceConflict(f"Endpoint '{endpoint_name}' already exists")
         access.require_create(actor)
         body = validation.require_object(body, "body")
-        validation.parse_create_request({**body, "name": endpoint_name})  # refuse now what would fail later
+        create = validation.parse_create_request({**body, "name": endpoint_name})  # refuse now what would fail later
+        _refuse_plaintext_credentials(create.config)
         before, after, base = None, body, ""
     else:
         if endpoint is None:
@@ -113,7 +128,14 @@ def propose(*, actor: AbstractBaseUser, endpoint_name: str, action: str, body: A
         before = _comparable(audit.endpoint_snapshot(endpoint)["config"])
         if action == ChangeRequest.Action.UPDATE_CONFIG:
             body = validation.require_object(body, "body")
-            after = _config_view(validation.parse_core_config(body))
+            parsed = validation.parse_core_config(body)
+            _refuse_plaintext_credentials(parsed)
+            after = _config_view(parsed)
+        elif action == ChangeRequest.Action.AI_GATEWAY:
+            body = validation.require_object(body if body is not None else {}, "body")
+            current = endpoint.ai_gateway if isinstance(endpoint.ai_gateway, dict) else None
+            before = {"ai_gateway": current}
+            after = {"ai_gateway": ai_gateway.parse(body, current=current)}  # refuse now what would fail later
         else:
             body, after = {}, None
         base = endpoint_services.etag(endpoint)
@@ -222,6 +244,10 @@ def _apply(*, actor: AbstractBaseUser, request: ChangeRequest) -> None:
             name=request.endpoint_name,
             config=validation.parse_core_config(request.proposed),
             if_match=request.base_etag,
+        )
+    elif request.action == ChangeRequest.Action.AI_GATEWAY:
+        ai_gateway.put_ai_gateway(
+            actor=actor, name=request.endpoint_name, raw=request.proposed, if_match=request.base_etag
         )
     else:
         endpoint_services.delete_endpoint(actor=actor, name=request.endpoint_name, if_match=request.base_etag)

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import copy
+import dataclasses
+import uuid
 from datetime import timedelta
 
 from django.conf import settings
@@ -12,7 +15,15 @@ from django.utils import timezone
 
 from endpoints_app import audit, capacity, registry
 from endpoints_app.backends import get_backend
-from endpoints_app.errors import PreconditionFailed, ResourceAlreadyExists, ResourceConflict, ResourceDoesNotExist
+from endpoints_app.errors import (
+    InvalidParameterValue,
+    PreconditionFailed,
+    ResourceAlreadyExists,
+    ResourceConflict,
+    ResourceDoesNotExist,
+)
+from endpoints_app.gateway.providers import PROVIDERS
+from endpoints_app.gateway.providers.base import iter_secret_fields
 from endpoints_app.models import (
     ConfigUpdate,
     ConfigVersion,
@@ -23,7 +34,8 @@ from endpoints_app.models import (
     PermissionLevel,
     ServedEntity,
 )
-from endpoints_app.validation import CoreConfig, CreateRequest
+from endpoints_app.services import secrets
+from endpoints_app.validation import CoreConfig, CreateRequest, Plaintext
 
 
 def etag(endpoint: Endpoint) -> str:
@@ -48,7 +60,80 @@ def get_endpoint_for_update(name: str, *, if_match: str | None = None) -> Endpoi
 def _check_models_exist(config: CoreConfig) -> None:
     """Every served entity names a registered model version (registry I/O: call outside atomic())."""
     for entity in config.served_entities:
-        registry.get_model_version(entity.entity_name, entity.entity_version)
+        if entity.external_model is None:
+            registry.get_model_version(entity.entity_name, entity.entity_version)
+
+
+def _check_deployable(*, actor: AbstractBaseUser | None, config: CoreConfig) -> None:
+    """What must hold before anything is written: the models exist and fit the host, or, for
+    external models, the actor may read every secret the config refers to (reference §3)."""
+    if config.is_external:
+        check_secret_references(actor=actor, config=config)
+    else:
+        _check_models_exist(config)
+        capacity.check_fits(config)
+
+
+def check_secret_references(*, actor: AbstractBaseUser | None, config: CoreConfig) -> None:
+    """The actor has READ on every ``{{secrets/scope/key}}`` the external models refer to
+    (404 RESOURCE_DOES_NOT_EXIST or 403 PERMISSION_DENIED from the secrets store otherwise)."""
+    for entity in config.served_entities:
+        if entity.external_model is None:
+            continue
+        provider = PROVIDERS[entity.external_model["provider"]]
+        block = entity.external_model[provider.config_key]
+        for _path, holder, name in iter_secret_fields(provider.fields, block):
+            reference = holder.get(name)
+            if isinstance(reference, str):
+                parsed = secrets.parse_reference(reference)
+                assert parsed is not None  # validation accepted only references here
+                secrets.check_can_read(user=actor, scope=parsed[0], key=parsed[1])
+
+
+def _store_plaintext_credentials(
+    *, actor: AbstractBaseUser | None, endpoint_name: str, config: CoreConfig
+) -> CoreConfig:
+    """The config with every ``*_plaintext`` credential stored in the managed secret scope and
+    replaced by its reference: the endpoint never holds a raw credential. Call inside the
+    transaction that writes the config, so a failed change stores nothing."""
+    if not config.is_external:
+        return config
+    entities = []
+    for entity in config.served_entities:
+        if entity.external_model is None:
+            entities.append(entity)
+            continue
+        external = copy.copy(entity.external_model)
+        provider = PROVIDERS[external["provider"]]
+        block = external[provider.config_key] = copy.deepcopy(external[provider.config_key])
+        for path, holder, name in iter_secret_fields(provider.fields, block):
+            plain = holder.pop(f"{name}_plaintext", None)
+            if isinstance(plain, Plaintext):
+                # Unique per store, so a failed update never overwrites what the active config uses.
+                key = f"{endpoint_name}.{entity.name}.{path}"[:119] + "-" + uuid.uuid4().hex[:8]
+                holder[name] = secrets.store_plaintext(
+                    user=actor,  # type: ignore[arg-type]
+                    scope=secrets.MANAGED_SCOPE,
+                    key=key,
+                    value=plain.value,
+                )
+        entities.append(dataclasses.replace(entity, external_model=external))
+    return dataclasses.replace(config, served_entities=entities)
+
+
+def _check_same_kind(endpoint: Endpoint, config: CoreConfig) -> None:
+    """An endpoint created with external models stays external, and one with custom models stays
+    custom (reference §2.3)."""
+    current = endpoint.active_config or endpoint.pending_config
+    if current is None:
+        return
+    was_external = current.served_entities.filter(external_model__isnull=False).exists()
+    if was_external != config.is_external:
+        kinds = ("external models", "custom models") if was_external else ("custom models", "external models")
+        raise InvalidParameterValue(
+            f"Endpoint '{endpoint.name}' serves {kinds[0]} and cannot be switched to {kinds[1]}; "
+            "create another endpoint for them"
+        )
 
 
 def _create_config_version(*, endpoint: Endpoint, config: CoreConfig, actor: AbstractBaseUser | None) -> ConfigVersion:
@@ -75,6 +160,7 @@ def _create_config_version(*, endpoint: Endpoint, config: CoreConfig, actor: Abs
             max_provisioned_concurrency=e.max_provisioned_concurrency,
             environment_vars=e.environment_vars,
             extra=e.extra,
+            external_model=e.external_model,
             creator=actor,
         )
         for i, e in enumerate(config.served_entities)
@@ -101,8 +187,7 @@ def create_endpoint(*, actor: AbstractBaseUser | None, request: CreateRequest) -
     """Create an endpoint and start deploying its first config version."""
     if Endpoint.objects.filter(name=request.name).exists():
         raise ResourceAlreadyExists(f"Endpoint with name '{request.name}' already exists")
-    _check_models_exist(request.config)
-    capacity.check_fits(request.config)
+    _check_deployable(actor=actor, config=request.config)
     try:
         with transaction.atomic():
             endpoint = Endpoint.objects.create(
@@ -122,7 +207,8 @@ def create_endpoint(*, actor: AbstractBaseUser | None, request: CreateRequest) -
             EndpointTag.objects.bulk_create(
                 EndpointTag(endpoint=endpoint, key=k, value=v) for k, v in dict(request.tags).items()
             )
-            version = _create_config_version(endpoint=endpoint, config=request.config, actor=actor)
+            config = _store_plaintext_credentials(actor=actor, endpoint_name=endpoint.name, config=request.config)
+            version = _create_config_version(endpoint=endpoint, config=config, actor=actor)
             _begin_rollout(endpoint, version)
             audit.record(
                 actor=actor,
@@ -135,6 +221,7 @@ def create_endpoint(*, actor: AbstractBaseUser | None, request: CreateRequest) -
     except IntegrityError:
         # Two creates raced for the same name; the loser gets the same answer as above.
         raise ResourceAlreadyExists(f"Endpoint with name '{request.name}' already exists") from None
+    _finish_external_rollout(endpoint, request.config)
     return endpoint
 
 
@@ -144,8 +231,7 @@ def update_endpoint_config(
     """Start rolling out a new config version; the active one keeps serving until it is ready."""
     if not Endpoint.objects.filter(name=name).exists():
         raise ResourceDoesNotExist(f"Endpoint '{name}' does not exist")
-    _check_models_exist(config)
-    capacity.check_fits(config)
+    _check_deployable(actor=actor, config=config)
     with transaction.atomic():
         endpoint = get_endpoint_for_update(name, if_match=if_match)
         if endpoint.config_update == ConfigUpdate.IN_PROGRESS:
@@ -154,7 +240,9 @@ def update_endpoint_config(
                 f"{endpoint.pending_config.version if endpoint.pending_config else '?'}); "
                 "wait until state.config_update is NOT_UPDATING and try again"
             )
+        _check_same_kind(endpoint, config)
         before = audit.endpoint_snapshot(endpoint)
+        config = _store_plaintext_credentials(actor=actor, endpoint_name=endpoint.name, config=config)
         version = _create_config_version(endpoint=endpoint, config=config, actor=actor)
         _begin_rollout(endpoint, version)
         audit.record(
@@ -166,7 +254,18 @@ def update_endpoint_config(
             before=before,
             after=audit.endpoint_snapshot(endpoint),
         )
+    _finish_external_rollout(endpoint, config)
     return endpoint
+
+
+def _finish_external_rollout(endpoint: Endpoint, config: CoreConfig) -> None:
+    """External models have nothing to deploy: switch to the new config now (a few queries, no
+    I/O), so the endpoint is READY when the call returns. The enqueued rollout task then finds
+    nothing left to do."""
+    if config.is_external:
+        from endpoints_app.services import rollouts
+
+        rollouts.start_rollout(endpoint_id=endpoint.id)
 
 
 def patch_endpoint_tags(

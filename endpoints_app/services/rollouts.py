@@ -20,11 +20,13 @@ from django.utils import timezone
 
 from endpoints_app import audit
 from endpoints_app.backends import get_backend
+from endpoints_app.backends.base import EntityStatus
 from endpoints_app.models import ConfigUpdate, ConfigVersion, Deployment, DeploymentState, Endpoint
 
 log = logging.getLogger(__name__)
 
 CHECK_INTERVAL = timedelta(seconds=0.5)
+EXTERNAL_READY_MESSAGE = "External model: served by the gateway, no replicas needed."
 LOST_CHAIN_AFTER = timedelta(seconds=10)
 
 
@@ -56,9 +58,9 @@ def advance_rollout(*, endpoint_id: str, claim: bool = True) -> bool:
         return True
     pending = endpoint.pending_config
     backend = get_backend()
-    if pending.served_entities.filter(deployment__isnull=True).exists():
+    if pending.served_entities.filter(deployment__isnull=True, external_model__isnull=True).exists():
         backend.apply(config=pending)
-    statuses = backend.status(config=pending)
+    statuses = {**external_statuses(pending), **backend.status(config=pending)}
 
     failed = {
         name: s for name, s in statuses.items() if s.deployment in (DeploymentState.FAILED, DeploymentState.ABORTED)
@@ -83,6 +85,14 @@ def advance_rollout(*, endpoint_id: str, claim: bool = True) -> bool:
         )
         return True
     return False
+
+
+def external_statuses(config: ConfigVersion) -> dict[str, EntityStatus]:
+    """External models need no model server: they are ready as soon as their config is stored."""
+    return {
+        name: EntityStatus(DeploymentState.READY, EXTERNAL_READY_MESSAGE, 0)
+        for name in config.served_entities.filter(external_model__isnull=False).values_list("name", flat=True)
+    }
 
 
 def _finish(*, endpoint_id: str, version: ConfigVersion, ok: bool, message: str) -> None:

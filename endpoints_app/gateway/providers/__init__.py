@@ -1,0 +1,42 @@
+"""External model providers, one module each (see ``base.Provider`` for the interface).
+
+``PROVIDERS`` maps the ``external_model.provider`` value (reference §2.8) to its provider. A new
+provider is one module with a ``Provider`` subclass, added here.
+"""
+
+from __future__ import annotations
+
+from endpoints_app.gateway.providers.anthropic import AnthropicProvider
+from endpoints_app.gateway.providers.base import TASKS, Provider
+from endpoints_app.gateway.providers.custom import CustomProvider
+from endpoints_app.gateway.providers.databricks_model_serving import DatabricksModelServingProvider
+from endpoints_app.gateway.providers.not_translated import (
+    AI21LabsProvider,
+    AmazonBedrockProvider,
+    CohereProvider,
+    GoogleCloudVertexAIProvider,
+    PaLMProvider,
+)
+from endpoints_app.gateway.providers.openai import OpenAIProvider
+
+PROVIDERS: dict[str, Provider] = {
+    p.name: p
+    for p in (
+        AI21LabsProvider(),
+        AmazonBedrockProvider(),
+        AnthropicProvider(),
+        CohereProvider(),
+        CustomProvider(),
+        DatabricksModelServingProvider(),
+        GoogleCloudVertexAIProvider(),
+        OpenAIProvider(),
+        PaLMProvider(),
+    )
+}
+
+
+def get_provider(name: str) -> Provider | None:
+    return PROVIDERS.get(name)
+
+
+__all__ = ["PROVIDERS", "TASKS", "Provider", "get_provider"]

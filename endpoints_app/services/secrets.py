@@ -1,0 +1,472 @@
+"""The secrets store (Databricks' Secrets API, reference §7) and the helpers endpoints use to refer
+to secrets as ``{{secrets/<scope>/<key>}}``.
+
+Who may do what, one rule for API, CLI (through the API) and endpoint references:
+
+* A user's permission on a scope is the highest of the ACLs naming them, one of their groups, or
+  ``users`` (every user). Admins have MANAGE on every scope.
+* READ lists the keys and lets an endpoint reference the secrets; WRITE also puts and deletes
+  secrets; MANAGE also reads and changes the ACLs and deletes the scope (Databricks' rules).
+* Users with a global role see that every scope exists (Databricks lists all scopes); without a
+  role a user sees only the scopes an ACL gives them. A scope the caller cannot see is 404; one
+  they see without enough permission is 403 naming the permission needed.
+* Creating a scope needs the editor, approver or admin role; the creator gets MANAGE.
+* Managed scopes (``store_plaintext``) hold credentials given to endpoints as ``*_plaintext``:
+  only admins see them, and the user who stored a secret there may reference that secret.
+
+No function here returns, logs or audits a secret's value. Only ``resolve`` decrypts, for the
+gateway.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import re
+import threading
+from collections import OrderedDict
+from dataclasses import dataclass
+from typing import Any
+
+from django.contrib.auth import get_user_model
+from django.contrib.auth.models import AbstractBaseUser, Group
+from django.db import IntegrityError, transaction
+from django.db.models import QuerySet
+from django.utils import timezone
+
+from endpoints_app import audit, encryption
+from endpoints_app.access import CREATE_ROLES, role_of
+from endpoints_app.errors import (
+    DomainError,
+    InvalidParameterValue,
+    PermissionDenied,
+    ResourceAlreadyExists,
+    ResourceConflict,
+    ResourceDoesNotExist,
+)
+from endpoints_app.models import Role, Secret, SecretAcl, SecretBackendType, SecretPermission, SecretScope
+
+NAME_RE = re.compile(r"[A-Za-z0-9_.-]{1,128}")
+MAX_VALUE_BYTES = 128 * 1024
+MAX_SECRETS_PER_SCOPE = 1000
+ALL_USERS = "users"  # Databricks' group of every user; the only initial_manage_principal allowed
+# Scopes with this prefix belong to Modelfleet (store_plaintext): users cannot create or squat them.
+RESERVED_PREFIX = "modelfleet-"
+MANAGED_SCOPE = "modelfleet-managed"
+RANK: dict[str | None, int] = {
+    None: 0,
+    SecretPermission.READ: 1,
+    SecretPermission.WRITE: 2,
+    SecretPermission.MANAGE: 3,
+}
+_REFERENCE_RE = re.compile(r"\{\{\s*secrets\s*/\s*([A-Za-z0-9_.-]{1,128})\s*/\s*([A-Za-z0-9_.-]{1,128})\s*\}\}")
+
+
+class ResourceLimitExceeded(DomainError):
+    error_code = "RESOURCE_LIMIT_EXCEEDED"
+    status = 400  # not 429: the Databricks SDK would retry that for minutes
+
+
+@dataclass(frozen=True)
+class SecretMetadata:
+    key: str
+    last_updated_timestamp: int
+
+
+# -- references -------------------------------------------------------------------------------
+
+
+def parse_reference(text: str) -> tuple[str, str] | None:
+    """``(scope, key)`` for ``{{secrets/<scope>/<key>}}`` (spaces allowed inside the braces), else None.
+
+    Anything else is plain text, as in Databricks' ``environment_vars``.
+    """
+    if not isinstance(text, str):
+        return None
+    match = _REFERENCE_RE.fullmatch(text)
+    return (match[1], match[2]) if match else None
+
+
+def reference(scope: str, key: str) -> str:
+    return f"{{{{secrets/{scope}/{key}}}}}"
+
+
+# -- access -----------------------------------------------------------------------------------
+
+
+def _principals(user: AbstractBaseUser) -> list[str]:
+    return [user.get_username(), ALL_USERS, *user.groups.values_list("name", flat=True)]
+
+
+def _is_admin(user: AbstractBaseUser | None) -> bool:
+    return role_of(user) == Role.ADMIN
+
+
+def scope_permission(user: AbstractBaseUser | None, scope: SecretScope) -> str | None:
+    """The user's permission on the scope: the highest of their ACLs; MANAGE for admins."""
+    if _is_admin(user):
+        return SecretPermission.MANAGE
+    if user is None or not user.is_authenticated or not user.is_active or scope.managed:
+        return None
+    best: str | None = None
+    for permission in SecretAcl.objects.filter(scope=scope, principal__in=_principals(user)).values_list(
+        "permission", flat=True
+    ):
+        if RANK[permission] > RANK[best]:
+            best = permission
+    return best
+
+
+def _can_see(user: AbstractBaseUser | None, scope: SecretScope, permission: str | None) -> bool:
+    if permission is not None:
+        return True
+    return bool(role_of(user)) and not scope.managed
+
+
+def _scope(user: AbstractBaseUser | None, name: str, needed: str, *, lock: bool = False) -> SecretScope:
+    """The scope, if the user may do what ``needed`` allows (404 when they cannot see it, else 403)."""
+    qs = SecretScope.objects.select_for_update() if lock else SecretScope.objects.all()
+    scope = qs.filter(name=name).first() if isinstance(name, str) else None
+    permission = scope_permission(user, scope) if scope is not None else None
+    if scope is None or not _can_see(user, scope, permission):
+        raise ResourceDoesNotExist(f"Scope {name} does not exist!")
+    if RANK[permission] < RANK[needed]:
+        raise PermissionDenied(
+            f"This needs {needed} on secret scope '{name}'; you have {permission or 'no permission'}. "
+            "Ask someone with MANAGE on it to grant it."
+        )
+    return scope
+
+
+def check_can_read(*, user: AbstractBaseUser | None, scope: str, key: str) -> None:
+    """May ``user`` have an endpoint use ``{{secrets/scope/key}}``? Raises the domain error if not.
+
+    404 when the scope (for them) or the key does not exist, 403 when they lack READ.
+    """
+    scope_obj = SecretScope.objects.filter(name=scope).first()
+    if scope_obj is not None and scope_obj.managed and not _is_admin(user):
+        # A managed scope: only the user who stored the secret (or an admin) may use it.
+        stored_by_them = (
+            user is not None
+            and user.is_authenticated
+            and Secret.objects.filter(scope=scope_obj, key=key, updated_by_id=user.pk).exists()
+        )
+        if not stored_by_them:
+            raise ResourceDoesNotExist(f"Scope {scope} does not exist!")
+        return
+    found = _scope(user, scope, SecretPermission.READ)
+    if not Secret.objects.filter(scope=found, key=key).exists():
+        raise ResourceDoesNotExist(f"Secret {key} does not exist in scope {scope}!")
+
+
+# -- validation -------------------------------------------------------------------------------
+
+
+def _name(value: object, what: str) -> str:
+    if not isinstance(value, str) or not NAME_RE.fullmatch(value):
+        raise InvalidParameterValue(
+            f"{what} must be 1–128 characters: letters, digits, dashes, underscores and periods"
+        )
+    return value
+
+
+def _permission(value: object) -> str:
+    if isinstance(value, str) and value.upper() in SecretPermission.values:
+        return value.upper()
+    raise InvalidParameterValue("permission must be one of MANAGE, WRITE, READ")
+
+
+def _value_bytes(*, string_value: object, bytes_value: object) -> bytes:
+    """The value to store. Error messages never repeat the input."""
+    if (string_value is None) == (bytes_value is None):
+        raise InvalidParameterValue("Exactly one of string_value and bytes_value must be given")
+    if string_value is not None:
+        if not isinstance(string_value, str):
+            raise InvalidParameterValue("string_value must be a string")
+        try:
+            data = string_value.encode("utf-8")
+        except UnicodeEncodeError:
+            raise InvalidParameterValue("string_value is not valid Unicode text") from None
+    else:
+        if not isinstance(bytes_value, str):
+            raise InvalidParameterValue("bytes_value must be a base64 string")
+        try:
+            data = base64.b64decode(bytes_value, validate=True)
+        except (binascii.Error, ValueError):
+            raise InvalidParameterValue("bytes_value must be valid base64") from None
+    if len(data) > MAX_VALUE_BYTES:
+        raise InvalidParameterValue(
+            f"A secret value may be at most {MAX_VALUE_BYTES} bytes (128 KiB); this one is {len(data)} bytes"
+        )
+    return data
+
+
+def _principal_exists(principal: str) -> bool:
+    return (
+        principal == ALL_USERS
+        or get_user_model().objects.filter(username=principal).exists()
+        or Group.objects.filter(name=principal).exists()
+    )
+
+
+# -- snapshots for the audit log (never a value) ------------------------------------------------
+
+
+def _scope_snapshot(scope: SecretScope) -> dict[str, Any]:
+    return {
+        "name": scope.name,
+        "backend_type": scope.backend_type,
+        "managed": scope.managed,
+        "keys": sorted(scope.secrets.values_list("key", flat=True)),
+        "acls": {a.principal: a.permission for a in scope.acls.order_by("principal")},
+    }
+
+
+def _audit(actor: AbstractBaseUser | None, action: str, scope: SecretScope, **values: Any) -> None:
+    audit.record(
+        actor=actor,
+        action=action,
+        object_type="secret_scope",
+        object_id=str(scope.pk),
+        object_name=scope.name,
+        **values,
+    )
+
+
+# -- scopes -----------------------------------------------------------------------------------
+
+
+def create_scope(
+    *,
+    actor: AbstractBaseUser,
+    scope: object,
+    initial_manage_principal: object = None,
+    scope_backend_type: object = None,
+) -> SecretScope:
+    """A new scope; MANAGE goes to the creator, or to every user with ``initial_manage_principal="users"``."""
+    if role_of(actor) not in CREATE_ROLES:
+        raise PermissionDenied("Creating a secret scope needs the editor, approver or admin role")
+    name = _name(scope, "Scope name")
+    backend = str(scope_backend_type or SecretBackendType.DATABRICKS).upper()
+    if backend != SecretBackendType.DATABRICKS:
+        raise InvalidParameterValue(
+            f"scope_backend_type {backend} is not supported: only DATABRICKS-backed scopes can be created"
+        )
+    if initial_manage_principal not in (None, "", ALL_USERS):
+        raise InvalidParameterValue(
+            f"initial_manage_principal may only be '{ALL_USERS}' (every user); leave it out to get MANAGE yourself"
+        )
+    if name.startswith(RESERVED_PREFIX):
+        raise InvalidParameterValue(f"Scope names starting with '{RESERVED_PREFIX}' are reserved for Modelfleet")
+    manager = ALL_USERS if initial_manage_principal == ALL_USERS else actor.get_username()
+    try:
+        with transaction.atomic():
+            created = SecretScope.objects.create(name=name, backend_type=backend, creator=actor)
+            SecretAcl.objects.create(scope=created, principal=manager, permission=SecretPermission.MANAGE)
+            _audit(actor, "secret_scope.create", created, after=_scope_snapshot(created))
+    except IntegrityError:
+        raise ResourceAlreadyExists(f"Scope {name} already exists!") from None
+    return created
+
+
+def delete_scope(*, actor: AbstractBaseUser, scope: object) -> None:
+    """Delete the scope with its secrets and ACLs (MANAGE)."""
+    with transaction.atomic():
+        found = _scope(actor, _name(scope, "Scope name"), SecretPermission.MANAGE, lock=True)
+        before = _scope_snapshot(found)
+        _audit(actor, "secret_scope.delete", found, before=before)
+        found.delete()
+
+
+def list_scopes(*, user: AbstractBaseUser) -> QuerySet[SecretScope]:
+    """The scopes the user can see, by name."""
+    qs = SecretScope.objects.order_by("name")
+    if _is_admin(user):
+        return qs
+    qs = qs.filter(managed=False)
+    if role_of(user):
+        return qs
+    return qs.filter(acls__principal__in=_principals(user)).distinct()
+
+
+# -- secrets ----------------------------------------------------------------------------------
+
+
+def _store(
+    *, actor: AbstractBaseUser | None, scope: SecretScope, key: str, value: bytes, managed_by: AbstractBaseUser | None
+) -> Secret:
+    """Encrypt and store under a scope row the caller has locked; one audit row (never the value)."""
+    now_ms = int(timezone.now().timestamp() * 1000)
+    secret = Secret.objects.filter(scope=scope, key=key).first()
+    if secret is None:
+        if scope.secrets.count() >= MAX_SECRETS_PER_SCOPE:
+            raise ResourceLimitExceeded(f"Scope {scope.name} already holds {MAX_SECRETS_PER_SCOPE} secrets, the most")
+        before = None
+        secret = Secret(scope=scope, key=key)
+    else:
+        before = {"key": key, "last_updated_timestamp": secret.last_updated_timestamp}
+        # Strictly increasing, so that it also versions the value for resolve's cache.
+        now_ms = max(now_ms, secret.last_updated_timestamp + 1)
+    secret.encrypted_value = encryption.encrypt(value)
+    secret.last_updated_timestamp = now_ms
+    secret.updated_by = managed_by
+    secret.save()
+    _audit(actor, "secret.put", scope, before=before, after={"key": key, "last_updated_timestamp": now_ms})
+    return secret
+
+
+def put_secret(
+    *, actor: AbstractBaseUser, scope: object, key: object, string_value: object = None, bytes_value: object = None
+) -> Secret:
+    """Create or overwrite a secret (WRITE): exactly one of ``string_value`` or base64 ``bytes_value``."""
+    scope_name = _name(scope, "Scope name")
+    key_name = _name(key, "Secret key")
+    value = _value_bytes(string_value=string_value, bytes_value=bytes_value)
+    with transaction.atomic():
+        # The scope row's lock serialises puts in the scope: timestamps and the per-scope limit stay exact.
+        found = _scope(actor, scope_name, SecretPermission.WRITE, lock=True)
+        return _store(actor=actor, scope=found, key=key_name, value=value, managed_by=actor)
+
+
+def delete_secret(*, actor: AbstractBaseUser, scope: object, key: object) -> None:
+    """Delete one secret (WRITE)."""
+    scope_name = _name(scope, "Scope name")
+    key_name = _name(key, "Secret key")
+    with transaction.atomic():
+        found = _scope(actor, scope_name, SecretPermission.WRITE, lock=True)
+        secret = Secret.objects.filter(scope=found, key=key_name).first()
+        if secret is None:
+            raise ResourceDoesNotExist(f"Secret {key_name} does not exist in scope {scope_name}!")
+        _audit(
+            actor,
+            "secret.delete",
+            found,
+            before={"key": key_name, "last_updated_timestamp": secret.last_updated_timestamp},
+        )
+        secret.delete()
+
+
+def list_secrets(*, user: AbstractBaseUser, scope: object) -> list[SecretMetadata]:
+    """The keys in the scope and when each was last put (READ); never the values."""
+    found = _scope(user, _name(scope, "Scope name"), SecretPermission.READ)
+    return [
+        SecretMetadata(key=k, last_updated_timestamp=t)
+        for k, t in found.secrets.order_by("key").values_list("key", "last_updated_timestamp")
+    ]
+
+
+# -- ACLs -------------------------------------------------------------------------------------
+
+
+def put_acl(*, actor: AbstractBaseUser, scope: object, principal: object, permission: object) -> SecretAcl:
+    """Grant ``principal`` (a user name, a group name, or ``users``) a permission, replacing theirs (MANAGE)."""
+    scope_name = _name(scope, "Scope name")
+    level = _permission(permission)
+    if not isinstance(principal, str) or not principal or len(principal) > 255:
+        raise InvalidParameterValue("principal must be a user name or group name")
+    with transaction.atomic():
+        found = _scope(actor, scope_name, SecretPermission.MANAGE, lock=True)
+        if not _principal_exists(principal):
+            raise InvalidParameterValue(f"Principal {principal} is not a user or group")
+        existing = SecretAcl.objects.filter(scope=found, principal=principal).first()
+        before = {"principal": principal, "permission": existing.permission} if existing else None
+        acl, _ = SecretAcl.objects.update_or_create(scope=found, principal=principal, defaults={"permission": level})
+        _audit(actor, "secret_acl.put", found, before=before, after={"principal": principal, "permission": level})
+    return acl
+
+
+def delete_acl(*, actor: AbstractBaseUser, scope: object, principal: object) -> None:
+    """Remove a principal's ACL (MANAGE)."""
+    scope_name = _name(scope, "Scope name")
+    with transaction.atomic():
+        found = _scope(actor, scope_name, SecretPermission.MANAGE, lock=True)
+        acl = SecretAcl.objects.filter(scope=found, principal=principal).first() if isinstance(principal, str) else None
+        if acl is None:
+            raise ResourceDoesNotExist(f"No ACL for principal {principal} in scope {scope_name}")
+        _audit(actor, "secret_acl.delete", found, before={"principal": acl.principal, "permission": acl.permission})
+        acl.delete()
+
+
+def get_acl(*, user: AbstractBaseUser, scope: object, principal: object) -> SecretAcl:
+    """One principal's ACL (MANAGE, as in Databricks)."""
+    found = _scope(user, _name(scope, "Scope name"), SecretPermission.MANAGE)
+    acl = SecretAcl.objects.filter(scope=found, principal=principal).first() if isinstance(principal, str) else None
+    if acl is None:
+        raise ResourceDoesNotExist(f"No ACL for principal {principal} in scope {found.name}")
+    return acl
+
+
+def list_acls(*, user: AbstractBaseUser, scope: object) -> list[SecretAcl]:
+    """Every ACL of the scope (MANAGE, as in Databricks)."""
+    found = _scope(user, _name(scope, "Scope name"), SecretPermission.MANAGE)
+    return list(found.acls.order_by("principal"))
+
+
+# -- system use: endpoints --------------------------------------------------------------------
+
+
+def store_plaintext(*, user: AbstractBaseUser, scope: str, key: str, value: str) -> str:
+    """Store a credential an endpoint was given as ``*_plaintext``; returns its ``{{secrets/…}}`` reference.
+
+    The scope is system-owned (``managed``), created when missing; use ``MANAGED_SCOPE`` or another
+    name starting with ``RESERVED_PREFIX`` so that no user can have created it first. ``user`` is
+    recorded as the actor and may reference the secret later (``check_can_read``).
+    """
+    scope_name = _name(scope, "Scope name")
+    key_name = _name(key, "Secret key")
+    data = _value_bytes(string_value=value, bytes_value=None)
+    with transaction.atomic():
+        found = SecretScope.objects.select_for_update().filter(name=scope_name).first()
+        if found is None:
+            try:
+                with transaction.atomic():
+                    found = SecretScope.objects.create(name=scope_name, managed=True)
+                    _audit(user, "secret_scope.create", found, after=_scope_snapshot(found))
+            except IntegrityError:  # created meanwhile by another request
+                found = SecretScope.objects.select_for_update().get(name=scope_name)
+        if not found.managed:
+            raise ResourceConflict(f"Scope {scope_name} belongs to users, not to Modelfleet: use a managed scope")
+        _store(actor=user, scope=found, key=key_name, value=data, managed_by=user)
+    return reference(scope_name, key_name)
+
+
+_cache_lock = threading.Lock()
+_cache: OrderedDict[tuple[str, str], tuple[int, int, str]] = OrderedDict()
+_CACHE_SIZE = 1024
+
+
+def resolve(*, scope: str, key: str) -> str:
+    """The secret's value as text, for the gateway (no user check: check_can_read was asked at config time).
+
+    One indexed query per call; decryption only when the secret changed since the last call (the
+    cache is keyed by the row and its strictly increasing ``last_updated_timestamp``). A deleted
+    secret raises RESOURCE_DOES_NOT_EXIST at once.
+    """
+    row = (
+        Secret.objects.filter(scope__name=scope, key=key)
+        .values_list("pk", "last_updated_timestamp", "encrypted_value")
+        .first()
+    )
+    cache_key = (scope, key)
+    if row is None:
+        with _cache_lock:
+            _cache.pop(cache_key, None)
+        raise ResourceDoesNotExist(f"Secret {key} does not exist in scope {scope}!")
+    pk, updated, token = row
+    with _cache_lock:
+        hit = _cache.get(cache_key)
+        if hit is not None and hit[:2] == (pk, updated):
+            _cache.move_to_end(cache_key)
+            return hit[2]
+    try:
+        text = encryption.decrypt(token, what=f"{scope}/{key}").decode("utf-8")
+    except UnicodeDecodeError:
+        raise InvalidParameterValue(
+            f"Secret {scope}/{key} holds bytes that are not UTF-8 text, so it cannot be used here"
+        ) from None
+    with _cache_lock:
+        _cache[cache_key] = (pk, updated, text)
+        _cache.move_to_end(cache_key)
+        while len(_cache) > _CACHE_SIZE:
+            _cache.popitem(last=False)
+    return text
