@@ -144,6 +144,7 @@ class OpenAIServer(FakeProvider):
     def __init__(self, key: str, *, auth: str = "bearer", auth_header: str = "", azure_deployment: str = "") -> None:
         super().__init__(key, auth=auth, auth_header=auth_header)
         self.azure_deployment = azure_deployment
+        self.reply = "Hello from OpenAI"  # what chat completions answer
 
     def _error(self, handler: BaseHTTPRequestHandler, status: int, message: str, kind: str, headers=None) -> None:  # type: ignore[no-untyped-def]
         self.send_json(
@@ -190,7 +191,7 @@ class OpenAIServer(FakeProvider):
             messages = body.get("messages")
             if not isinstance(messages, list) or not messages:
                 return self._error(handler, 400, "'messages' is a required property", "invalid_request_error")
-            text = "Hello from OpenAI"
+            text = self.reply
         else:
             text = " and more text"
         if body.get("stream"):

@@ -267,7 +267,9 @@ def test_every_global_route_for_every_persona(row, persona, world, django_user_m
         )
     else:
         assert response.status_code == spec.denied, (persona, spec, response.content)
-        assert response.json()["error_code"] == ("PERMISSION_DENIED" if spec.denied == 403 else "RESOURCE_DOES_NOT_EXIST")
+        assert response.json()["error_code"] == (
+            "PERMISSION_DENIED" if spec.denied == 403 else "RESOURCE_DOES_NOT_EXIST"
+        )
 
 
 @pytest.mark.parametrize(("row", "persona"), list(itertools.product(range(len(BODY_SCOPED_ROUTES)), PERSONAS)))
@@ -371,8 +373,16 @@ CLI_VERBS = [
     Verb(("change-requests", "approve", "{change}", "--comment", "ok"), rule=APPROVERS),
     Verb(("change-requests", "reject", "{change2}", "--comment", "no"), rule=APPROVERS),
     Verb(("change-requests", "propose", "guarded", "--json", f"@{NEW_CONFIG_FILE}"), needed=MANAGE),
-    Verb(("serving-endpoints", "update-config", "guarded", "--json", f"@{NEW_CONFIG_FILE}", "--no-wait"), needed=MANAGE),
-    Verb(("serving-endpoints", "patch", "guarded", "--json", '{"add_tags": [{"key": "k", "value": "v"}]}'), needed=MANAGE),
+    Verb(
+        ("serving-endpoints", "update-config", "guarded", "--json", f"@{NEW_CONFIG_FILE}", "--no-wait"), needed=MANAGE
+    ),
+    Verb(
+        ("serving-endpoints", "patch", "guarded", "--json", '{"add_tags": [{"key": "k", "value": "v"}]}'), needed=MANAGE
+    ),
+    Verb(
+        ("serving-endpoints", "put-ai-gateway", "guarded", "--json", '{"usage_tracking_config": {"enabled": true}}'),
+        needed=MANAGE,
+    ),
     Verb(("serving-endpoints", "set-permissions", "{id}", "--json", KEEP_ME), needed=MANAGE),
     Verb(("serving-endpoints", "update-permissions", "{id}", "--json", KEEP_ME), needed=MANAGE),
     Verb(("serving-endpoints", "create", "--json", "@{tmp}/create.json", "--no-wait"), rule=CREATORS),

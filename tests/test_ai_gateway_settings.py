@@ -146,3 +146,19 @@ def test_the_sdk_puts_ai_gateway_settings(live_server, api, llm, token):
     )
     assert result.rate_limits[0].calls == 7 and result.usage_tracking_config.enabled is True
     assert w.serving_endpoints.get("llm").ai_gateway.rate_limits[0].key == AiGatewayRateLimitKey.USER
+
+
+@pytest.mark.django_db(transaction=True)
+def test_the_cli_puts_ai_gateway_settings(live_server, llm, token, monkeypatch, capsys):
+    import json
+
+    from endpoints_app.cli.main import main
+
+    monkeypatch.setenv("MODELFLEET_HOST", live_server.url)
+    monkeypatch.setenv("MODELFLEET_TOKEN", token)
+    code = main(["serving-endpoints", "put-ai-gateway", "llm", "--json", '{"fallback_config": {"enabled": true}}'])
+    assert code == 0 and json.loads(capsys.readouterr().out) == {"fallback_config": {"enabled": True}}
+    llm.refresh_from_db()
+    assert llm.ai_gateway == {"fallback_config": {"enabled": True}}
+    assert main(["serving-endpoints", "put-ai-gateway", "llm", "--json", '{"fallback_config": {}}']) == 1
+    assert "fallback_config.enabled is required" in capsys.readouterr().err

@@ -153,6 +153,21 @@ def register(commands: argparse._SubParsersAction, common: argparse.ArgumentPars
     p = add_verb(verbs, common, "patch", cmd_patch, "add or delete endpoint tags", name)
     p.add_argument("--json", metavar="JSON", required=True, help='{"add_tags":[{"key","value"}],"delete_tags":["key"]}')
 
+    p = add_verb(
+        verbs,
+        common,
+        "put-ai-gateway",
+        cmd_put_ai_gateway,
+        "set the AI-gateway settings (an empty object unsets)",
+        name,
+    )
+    p.add_argument(
+        "--json",
+        metavar="JSON",
+        required=True,
+        help='{"rate_limits":[…],"guardrails":{…},"usage_tracking_config":{…},"fallback_config":{…},…} or @file',
+    )
+
     add_verb(verbs, common, "get-open-api", cmd_get_open_api, "print the endpoint's OpenAPI document", name)
     add_verb(
         verbs,
@@ -449,6 +464,13 @@ def cmd_patch(ctx: Context) -> int:
     body = parse_json_object(ctx.args.json)
     result = ctx.api.call("PATCH", endpoint_path(ctx.args.name, "tags"), body)
     ctx.out(render.to_json(result) if ctx.json_output else render.tags_table(result.get("tags") or []))
+    return EXIT_OK
+
+
+def cmd_put_ai_gateway(ctx: Context) -> int:
+    body = parse_json_object(ctx.args.json)
+    result = ctx.api.call("PUT", endpoint_path(ctx.args.name, "ai-gateway"), body)
+    ctx.out(render.to_json(result))
     return EXIT_OK
 
 

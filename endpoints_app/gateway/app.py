@@ -5,6 +5,12 @@ by the route weights â†’ the ready replica with the fewest in-flight requests â†
 with the replica's body and the ``served-model-name`` header. A replica that refuses the
 connection is retried once on another ready replica.
 
+An endpoint's ``ai_gateway`` settings apply around that (``RouteTable.policy``): rate limits are
+taken from shared Redis counters before anything else (429 ``REQUEST_LIMIT_EXCEEDED`` with
+``Retry-After``); input guardrails check (or mask) the request and output guardrails the answer;
+with fallbacks on, an external model's 429 or 5xx moves the query to the endpoint's other served
+entities in their listed order; usage tracking records requests and tokens per caller.
+
 An external model's entity is answered by its provider instead (``gateway.external``): the
 OpenAI-shaped request is translated to the provider's wire format and back, streamed as
 server-sent events with ``stream: true``, and its token usage is counted. The OpenAI client's
@@ -20,7 +26,7 @@ import logging
 import random
 import time
 from collections import defaultdict
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from asgiref.sync import sync_to_async
@@ -31,18 +37,19 @@ from endpoints_app import access
 from endpoints_app.api.authentication import token_from_header
 from endpoints_app.backends import get_backend
 from endpoints_app.errors import DomainError
-from endpoints_app.gateway import session
+from endpoints_app.gateway import guardrails, ratelimit, session
 from endpoints_app.gateway.external import Answer, ExternalError, ExternalModels, StreamAnswer
 from endpoints_app.gateway.metrics import GatewayMetrics
 from endpoints_app.gateway.payloads import MAX_PAYLOAD_BYTES, PayloadLogger
-from endpoints_app.gateway.providers.base import CHAT, COMPLETIONS, EMBEDDINGS, Usage
-from endpoints_app.gateway.routing import EntityRoute, RouteTable, load_route_table
+from endpoints_app.gateway.providers.base import CHAT, COMPLETIONS, EMBEDDINGS, Usage, sse
+from endpoints_app.gateway.routing import EntityRoute, GatewayPolicy, RouteTable, load_route_table
 from endpoints_app.gateway.upstream import (
     UpstreamError,
     UpstreamPool,
     UpstreamTimeout,
     UpstreamUnreachable,
 )
+from endpoints_app.gateway.usage import recorder as usage_recorder
 from endpoints_app.models import PermissionLevel
 from endpoints_app.services.tokens import authenticate_token
 
@@ -91,6 +98,20 @@ def _query_level(user_id: int, endpoint_id: str) -> str | None:
         close_old_connections()
 
 
+def _identity(user_id: int) -> tuple[str, frozenset[str]]:
+    """The user name and group names that rate limits and usage records are keyed by."""
+    from django.contrib.auth import get_user_model
+
+    close_old_connections()
+    try:
+        user = get_user_model().objects.filter(pk=user_id).first()
+        if user is None:
+            return "", frozenset()
+        return user.get_username(), frozenset(user.groups.values_list("name", flat=True))
+    finally:
+        close_old_connections()
+
+
 def _auth(raw: str) -> int | None:
     close_old_connections()
     try:
@@ -111,6 +132,9 @@ class _Call:
     json: Any = None
     # Tokens of an external model's answer.
     usage: Usage | None = None
+    # Who asked, and the rate-limit counters the query counts against (AI-gateway settings).
+    user_name: str = ""
+    counters: list[ratelimit.Counter] = field(default_factory=list)
 
 
 class Gateway:
@@ -120,6 +144,9 @@ class Gateway:
         self._tables: dict[str, tuple[float, RouteTable]] = {}
         self._tokens: dict[str, tuple[float, int | None]] = {}
         self._levels: dict[tuple[int, str], tuple[float, str | None]] = {}
+        self._identities: dict[int, tuple[float, str, frozenset[str]]] = {}
+        self.limiter = ratelimit.RateLimiter(settings.REDIS_URL)
+        self._background: set[asyncio.Future[None]] = set()
         self._in_flight: defaultdict[str, int] = defaultdict(int)
         self.upstream = UpstreamPool()
         self.external = ExternalModels()
@@ -175,6 +202,20 @@ class Gateway:
             self.metrics.observe_tokens(
                 call.table.endpoint_id, call.entity, call.usage.prompt_tokens, call.usage.completion_tokens
             )
+        policy = call.table.policy
+        if policy is not None and call.entity is not None:
+            prompt = call.usage.prompt_tokens if call.usage else 0
+            completion = call.usage.completion_tokens if call.usage else 0
+            if policy.usage_tracking:
+                usage_recorder.observe(
+                    endpoint_id=call.table.endpoint_id,
+                    user_name=call.user_name,
+                    served_entity=call.entity,
+                    input_tokens=prompt,
+                    output_tokens=completion,
+                )
+            if call.counters and prompt + completion:
+                self._in_background(self.limiter.add_tokens(call.table.endpoint_id, call.counters, prompt + completion))
         if call.table.payload_sample_rate is not None:
             self.payloads.maybe_log(
                 table=call.table,
@@ -185,6 +226,11 @@ class Gateway:
                 response_body=response_body,
                 client_request_id="",
             )
+
+    def _in_background(self, coroutine: Any) -> None:
+        task = asyncio.ensure_future(coroutine)
+        self._background.add(task)  # keep a reference until it is done
+        task.add_done_callback(self._background.discard)
 
     async def _send_stream(self, answer: StreamAnswer, send: Send, call: _Call, started: float) -> None:
         """Relay server-sent events as they come (chunked); count and log once the stream is over."""
@@ -230,11 +276,85 @@ class Gateway:
             call.table = table
         if openai_task is not None and table.exists:
             self._check_task(table, openai_task)
+        policy = table.policy if table.exists else None
+        if policy is not None:
+            await self._before_query(policy, table, user_id, call)
         entity = self._choose_entity(table, served_name)
         call.entity = entity.name
         if entity.external is not None:
-            return await self._query_external(table, entity, call)
-        return await self._forward(table, entity, call.body, headers.get("content-type") or "application/json")
+            fallback = policy is not None and policy.fallback and served_name is None
+            result = await self._query_external(table, entity, call, fallback=fallback)
+        else:
+            result = await self._forward(table, entity, call.body, headers.get("content-type") or "application/json")
+        if policy is not None and policy.output_guardrail is not None:
+            result = self._guard_output(policy.output_guardrail, result)
+        return result
+
+    async def _before_query(self, policy: GatewayPolicy, table: RouteTable, user_id: int, call: _Call) -> None:
+        """Rate limits first (a refused query costs nothing more), then the input guardrails."""
+        call.user_name, groups = await self._identity(user_id)
+        if policy.limits:
+            call.counters = ratelimit.counters_for(policy.limits, user_name=call.user_name, groups=groups)
+            try:
+                await self.limiter.acquire(table.endpoint_id, call.counters)
+            except ratelimit.RateLimited as exc:
+                call.counters = []  # refused: nothing of it is counted
+                raise GatewayError(
+                    429, "REQUEST_LIMIT_EXCEEDED", str(exc), {"retry-after": str(exc.retry_after)}
+                ) from None
+            except Exception:  # Redis is down: serve rather than refuse everyone
+                log.warning("rate limits of %s not checked: Redis unavailable", table.endpoint_name, exc_info=True)
+        if policy.input_guardrail is not None:
+            if call.json is None:
+                try:
+                    call.json = json.loads(call.body)
+                except ValueError:
+                    return  # not JSON: nothing a guardrail reads (the model refuses it)
+            if not isinstance(call.json, dict):
+                return
+            before = json.dumps(call.json, separators=(",", ":"))
+            try:
+                guardrails.apply(policy.input_guardrail, call.json, direction="request")
+            except guardrails.Blocked as exc:
+                raise GatewayError(400, "INVALID_PARAMETER_VALUE", str(exc)) from None
+            after = json.dumps(call.json, separators=(",", ":"))
+            if after != before:  # masked: forward what the guardrail left
+                call.body = after.encode()
+
+    async def _identity(self, user_id: int) -> tuple[str, frozenset[str]]:
+        now = time.monotonic()
+        cached = self._identities.get(user_id)
+        if cached is not None and cached[0] > now:
+            return cached[1], cached[2]
+        name, groups = await sync_to_async(_identity, thread_sensitive=False)(user_id)
+        if len(self._identities) > 50_000:
+            self._identities.clear()
+        self._identities[user_id] = (now + TOKEN_TTL_SECONDS, name, groups)
+        return name, groups
+
+    @staticmethod
+    def _guard_output(
+        rail: guardrails.Guardrail, result: tuple[int, dict[str, str], bytes] | StreamAnswer
+    ) -> tuple[int, dict[str, str], bytes] | StreamAnswer:
+        """Check (or mask) the answer's text; a blocked answer becomes a 400 the caller can read."""
+        if isinstance(result, StreamAnswer):
+            result.chunks = _guarded_stream(rail, result.chunks)
+            return result
+        status, headers, body = result
+        if status >= 300 or "json" not in headers.get("content-type", ""):
+            return result
+        try:
+            answer = json.loads(body)
+        except ValueError:
+            return result
+        if not isinstance(answer, dict):
+            return result
+        try:
+            guardrails.apply(rail, answer, direction="response")
+        except guardrails.Blocked as exc:
+            error = {"error_code": "INVALID_PARAMETER_VALUE", "message": str(exc)}
+            return 400, {"content-type": "application/json"}, json.dumps(error).encode()
+        return status, headers, json.dumps(answer, separators=(",", ":")).encode()
 
     @staticmethod
     def _parse_path(path: str) -> tuple[str, str | None, str | None]:
@@ -285,13 +405,30 @@ class Gateway:
             )
 
     async def _query_external(
-        self, table: RouteTable, entity: EntityRoute, call: _Call
+        self, table: RouteTable, entity: EntityRoute, call: _Call, *, fallback: bool = False
     ) -> tuple[int, dict[str, str], bytes] | StreamAnswer:
+        """Ask the entity's provider; with fallbacks on, a 429 or 5xx moves the query to the other
+        served entities in their listed order, and the last error is answered if all fail."""
         body = call.json if call.json is not None else self._json(call.body)
-        try:
-            answer = await self.external.query(endpoint_name=table.endpoint_name, entity=entity, body=body)
-        except ExternalError as err:
-            raise GatewayError(err.status, err.error_code, err.message, err.headers) from None
+        candidates = [entity]
+        if fallback:
+            candidates += [e for e in table.entities if e is not entity and e.external is not None]
+        for index, candidate in enumerate(candidates):
+            call.entity = candidate.name
+            try:
+                answer = await self.external.query(endpoint_name=table.endpoint_name, entity=candidate, body=body)
+                break
+            except ExternalError as err:
+                retryable = err.status == 429 or err.status >= 500
+                if not retryable or index == len(candidates) - 1:
+                    raise GatewayError(err.status, err.error_code, err.message, err.headers) from None
+                log.info(
+                    "%s: %s answered %s, falling back to %s",
+                    table.endpoint_name,
+                    candidate.name,
+                    err.status,
+                    candidates[index + 1].name,
+                )
         if isinstance(answer, Answer):
             call.usage = answer.usage
             return answer.status, answer.headers, answer.body
@@ -491,6 +628,30 @@ class Gateway:
             f"Served model '{entity.name}' of endpoint '{table.endpoint_name}' has no ready replica right now",
             {"retry-after": "1"},
         )
+
+
+async def _guarded_stream(rail: guardrails.Guardrail, chunks: Any) -> Any:
+    """Output guardrails over server-sent events, chunk by chunk: masked text is replaced in each
+    chunk; a blocked one ends the stream with an error event. (Text split across two chunks is
+    checked piece by piece: the limit of checking a stream without holding it back.)"""
+    try:
+        async for event in chunks:
+            if not event.startswith(b"data: {"):
+                yield event
+                continue
+            try:
+                chunk = json.loads(event[len(b"data: ") :])
+            except ValueError:
+                yield event
+                continue
+            try:
+                guardrails.apply(rail, chunk, direction="response")
+            except guardrails.Blocked as exc:
+                yield sse({"error_code": "INVALID_PARAMETER_VALUE", "message": str(exc)})
+                return
+            yield sse(chunk)
+    finally:
+        await chunks.aclose()
 
 
 def _wake_deployment(deployment_id: int) -> None:

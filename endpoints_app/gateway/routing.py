@@ -8,6 +8,7 @@ from typing import Any
 
 from endpoints_app.backends import get_backend
 from endpoints_app.errors import DomainError
+from endpoints_app.gateway import guardrails, ratelimit
 from endpoints_app.gateway.providers import PROVIDERS
 from endpoints_app.gateway.providers.base import iter_secret_fields
 from endpoints_app.models import ConfigUpdate, Endpoint, ServedEntity
@@ -39,6 +40,31 @@ class EntityRoute:
     external: ExternalTarget | None = None
 
 
+@dataclass(frozen=True)
+class GatewayPolicy:
+    """An endpoint's ``ai_gateway`` settings, parsed once per route-table load."""
+
+    limits: tuple[ratelimit.Limit, ...] = ()
+    input_guardrail: guardrails.Guardrail | None = None
+    output_guardrail: guardrails.Guardrail | None = None
+    usage_tracking: bool = False
+    fallback: bool = False
+
+    @classmethod
+    def from_config(cls, config: Any) -> GatewayPolicy | None:
+        if not isinstance(config, dict) or not config:
+            return None
+        rails = config.get("guardrails") or {}
+        policy = cls(
+            limits=ratelimit.parse(config.get("rate_limits")),
+            input_guardrail=guardrails.Guardrail.from_config(rails.get("input")),
+            output_guardrail=guardrails.Guardrail.from_config(rails.get("output")),
+            usage_tracking=bool((config.get("usage_tracking_config") or {}).get("enabled")),
+            fallback=bool((config.get("fallback_config") or {}).get("enabled")),
+        )
+        return policy if policy != cls() else None
+
+
 @dataclass
 class RouteTable:
     endpoint_name: str
@@ -51,6 +77,8 @@ class RouteTable:
     not_ready_reason: str = ""
     # The task of an endpoint serving external models ("llm/v1/chat", ...); "" for custom models.
     task: str = ""
+    # Rate limits, guardrails, usage tracking and fallbacks (``ai_gateway``); None when none are set.
+    policy: GatewayPolicy | None = None
 
     def entity(self, name: str) -> EntityRoute | None:
         return next((e for e in self.entities if e.name == name), None)
@@ -87,7 +115,13 @@ def load_route_table(endpoint_name: str) -> RouteTable:
             if endpoint.config_update == ConfigUpdate.IN_PROGRESS
             else "it has no config that deployed successfully"
         )
-        return RouteTable(endpoint_name, exists=True, not_ready_reason=reason, endpoint_id=endpoint.id)
+        return RouteTable(
+            endpoint_name,
+            exists=True,
+            not_ready_reason=reason,
+            endpoint_id=endpoint.id,
+            policy=GatewayPolicy.from_config(endpoint.ai_gateway),
+        )
     entities = list(
         ServedEntity.objects.filter(config_version_id=endpoint.active_config_id).values(
             "name", "deployment_id", "external_model", "config_version__traffic_config"
@@ -102,7 +136,13 @@ def load_route_table(endpoint_name: str) -> RouteTable:
     deployment_ids = [e["deployment_id"] for e in entities if e["deployment_id"]]
     replicas = backend.ready_replicas(deployment_ids=deployment_ids)
     coming = backend.coming_up(deployment_ids=[d for d in deployment_ids if not replicas.get(d)])
-    table = RouteTable(endpoint_name, exists=True, endpoint_id=endpoint.id, payload_sample_rate=sample_rate)
+    table = RouteTable(
+        endpoint_name,
+        exists=True,
+        endpoint_id=endpoint.id,
+        payload_sample_rate=sample_rate,
+        policy=GatewayPolicy.from_config(endpoint.ai_gateway),
+    )
     for e in entities:
         external = external_target(e["external_model"]) if e["external_model"] else None
         if external is not None:
