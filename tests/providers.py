@@ -9,17 +9,30 @@ every request so tests can assert what the gateway sent. Nothing here leaves loo
   (or Bearer for Entra ID); a custom OpenAI-compatible service with any auth header.
 - ``AnthropicServer``: ``/v1/messages`` with ``x-api-key`` and ``anthropic-version``.
 - ``DatabricksServer``: ``/serving-endpoints/<name>/invocations`` with Bearer.
+- ``CohereServer``: ``/v2/chat`` and ``/v2/embed`` with Bearer.
+- ``AI21Server``: ``/studio/v1/chat/completions`` with Bearer.
+- ``BedrockServer``: Bedrock Runtime's ``/model/<id>/converse``, ``/converse-stream`` (binary event
+  stream) and ``/invoke``; it verifies each request's AWS Signature V4 with the secret key.
+- ``GoogleTokenServer``: an OAuth2 token endpoint that verifies a service account's RS256 JWT with
+  its public key; ``VertexServer`` takes the tokens it issued (``generateContent``, ``predict``).
+- ``GenerativeLanguageServer``: ``/v1beta/models/<m>:generateContent`` with ``x-goog-api-key``.
 """
 
 from __future__ import annotations
 
+import base64
+import hashlib
+import hmac
 import json
+import re
 import threading
 import time
+import zlib
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
-from urllib.parse import parse_qs, urlparse
+from urllib.parse import parse_qs, parse_qsl, quote, unquote, urlparse
 
 
 @dataclass
@@ -29,6 +42,8 @@ class Recorded:
     query: dict[str, list[str]]
     headers: dict[str, str]  # lower-cased names
     body: Any
+    raw: bytes = b""  # the body as it came
+    target: str = ""  # the request line's path and query, as they came (percent-encoded)
 
 
 @dataclass
@@ -64,7 +79,13 @@ class FakeProvider:
                 except ValueError:
                     body = raw.decode(errors="replace")
                 request = Recorded(
-                    "POST", parsed.path, parse_qs(parsed.query), {k.lower(): v for k, v in self.headers.items()}, body
+                    "POST",
+                    parsed.path,
+                    parse_qs(parsed.query),
+                    {k.lower(): v for k, v in self.headers.items()},
+                    body,
+                    raw,
+                    self.path,
                 )
                 provider.requests.append(request)
                 if provider.delay:
@@ -390,3 +411,592 @@ class DatabricksServer(FakeProvider):
                 "usage": {"prompt_tokens": 8, "completion_tokens": 4, "total_tokens": 12},
             },
         )
+
+
+# --- Cohere -------------------------------------------------------------------------------------
+
+
+class CohereServer(FakeProvider):
+    """Cohere's v2 API: ``/v2/chat`` (an answer, or server-sent events) and ``/v2/embed``. Errors are
+    ``{"id", "message"}``; an unknown key gets 401 "invalid api token"."""
+
+    ROLES = ("system", "user", "assistant", "tool")
+
+    def __init__(self, key: str) -> None:
+        super().__init__(key, auth="bearer")
+
+    def _error(self, handler: BaseHTTPRequestHandler, status: int, message: str, headers=None) -> None:  # type: ignore[no-untyped-def]
+        self.send_json(handler, status, {"id": "3f1c2b7a-error", "message": message}, headers)
+
+    def handle(self, handler: BaseHTTPRequestHandler, request: Recorded) -> None:
+        if request.path not in ("/v2/chat", "/v2/embed"):
+            return self._error(handler, 404, "404 page not found")
+        if not self.authorized(request):
+            return self._error(handler, 401, "invalid api token")
+        if self.failures:
+            failure = self.failures.pop(0)
+            return self._error(handler, failure.status, failure.message, failure.headers)
+        body = request.body if isinstance(request.body, dict) else {}
+        if not isinstance(body.get("model"), str):
+            return self._error(handler, 400, "invalid request: model must be specified")
+        if request.path == "/v2/embed":
+            texts = body.get("texts")
+            if not isinstance(texts, list) or not all(isinstance(t, str) for t in texts):
+                return self._error(handler, 400, "invalid request: texts must be a list of strings")
+            if not isinstance(body.get("input_type"), str):
+                return self._error(handler, 400, "invalid request: valid input_type must be provided with the model")
+            if body.get("embedding_types") != ["float"]:
+                return self._error(handler, 400, "invalid request: embedding_types must be one of float, int8, ...")
+            return self.send_json(
+                handler,
+                200,
+                {
+                    "id": "emb-1",
+                    "embeddings": {"float": [[0.1, 0.2, 0.3] for _ in texts]},
+                    "texts": texts,
+                    "meta": {"api_version": {"version": "2"}, "billed_units": {"input_tokens": 2 * len(texts)}},
+                    "response_type": "embeddings_by_type",
+                },
+            )
+        messages = body.get("messages")
+        if not isinstance(messages, list) or not messages:
+            return self._error(handler, 400, "invalid request: messages must be a non-empty list")
+        for i, message in enumerate(messages):
+            if message.get("role") not in self.ROLES:
+                return self._error(handler, 400, f"invalid request: messages[{i}].role must be one of {self.ROLES}")
+        usage = {
+            "billed_units": {"input_tokens": 5, "output_tokens": 4},
+            "tokens": {"input_tokens": 71, "output_tokens": 4},
+        }
+        if body.get("stream"):
+
+            def event(name: str, data: dict) -> tuple[str, str]:
+                return name, json.dumps({"type": name, **data})
+
+            text = {"type": "text", "text": ""}
+            return self.send_events(
+                handler,
+                [
+                    event("message-start", {"id": "c0-stream", "delta": {"message": {"role": "assistant"}}}),
+                    event("content-start", {"index": 0, "delta": {"message": {"content": text}}}),
+                    event("content-delta", {"index": 0, "delta": {"message": {"content": {"text": "Hello"}}}}),
+                    event("content-delta", {"index": 0, "delta": {"message": {"content": {"text": " there"}}}}),
+                    event("content-end", {"index": 0}),
+                    event("message-end", {"delta": {"finish_reason": "COMPLETE", "usage": usage}}),
+                ],
+            )
+        self.send_json(
+            handler,
+            200,
+            {
+                "id": "c0-answer",
+                "finish_reason": "COMPLETE",
+                "message": {"role": "assistant", "content": [{"type": "text", "text": "Hello from Cohere"}]},
+                "usage": usage,
+            },
+        )
+
+
+# --- AI21 Labs ----------------------------------------------------------------------------------
+
+
+class AI21Server(FakeProvider):
+    """AI21 Studio's ``/studio/v1/chat/completions`` (Jamba): OpenAI-like, but answers carry no
+    ``object``/``created``; errors are FastAPI's ``{"detail": ...}``."""
+
+    def __init__(self, key: str) -> None:
+        super().__init__(key, auth="bearer")
+
+    def handle(self, handler: BaseHTTPRequestHandler, request: Recorded) -> None:
+        if request.path != "/studio/v1/chat/completions":
+            return self.send_json(handler, 404, {"detail": "Not Found"})
+        if not self.authorized(request):
+            return self.send_json(handler, 401, {"detail": "Forbidden: Bad or missing API token."})
+        if self.failures:
+            failure = self.failures.pop(0)
+            return self.send_json(handler, failure.status, {"detail": failure.message}, failure.headers)
+        body = request.body if isinstance(request.body, dict) else {}
+        problems = []
+        if not isinstance(body.get("model"), str):
+            problems.append({"loc": ["body", "model"], "msg": "field required", "type": "value_error.missing"})
+        messages = body.get("messages")
+        if not isinstance(messages, list) or not messages:
+            problems.append({"loc": ["body", "messages"], "msg": "field required", "type": "value_error.missing"})
+        else:
+            for i, message in enumerate(messages):
+                if message.get("role") not in ("system", "user", "assistant", "tool"):
+                    problems.append({"loc": ["body", "messages", i, "role"], "msg": "invalid role", "type": "enum"})
+                if not isinstance(message.get("content"), str):
+                    problems.append(
+                        {"loc": ["body", "messages", i, "content"], "msg": "str type expected", "type": "t"}
+                    )
+        if problems:
+            return self.send_json(handler, 422, {"detail": problems})
+        usage = {"prompt_tokens": 18, "completion_tokens": 4, "total_tokens": 22}
+        if body.get("stream"):
+
+            def chunk(delta: dict, finish: str | None = None, final: bool = False) -> tuple[None, str]:
+                choice = {"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}
+                return None, json.dumps({"id": "chat-ai21-s", "choices": [choice], "usage": usage if final else None})
+
+            return self.send_events(
+                handler,
+                [
+                    chunk({"role": "assistant"}),
+                    chunk({"content": "Hello"}),
+                    chunk({"content": " from Jamba"}),
+                    chunk({"content": ""}, "stop", final=True),
+                    (None, "[DONE]"),
+                ],
+            )
+        n = body.get("n") or 1
+        self.send_json(
+            handler,
+            200,
+            {
+                "id": "chat-ai21-1",
+                "choices": [
+                    {
+                        "index": i,
+                        "message": {"role": "assistant", "content": "Hello from Jamba", "tool_calls": None},
+                        "logprobs": None,
+                        "finish_reason": "stop",
+                    }
+                    for i in range(n)
+                ],
+                "usage": usage,
+                "meta": {"requestDurationMillis": 120},
+            },
+        )
+
+
+# --- Amazon Bedrock -----------------------------------------------------------------------------
+
+
+def _event_stream_message(headers: dict[str, str], payload: bytes) -> bytes:
+    """One message of AWS's binary event stream (``application/vnd.amazon.eventstream``)."""
+    raw = b"".join(
+        bytes([len(k)]) + k.encode() + b"\x07" + len(v.encode()).to_bytes(2, "big") + v.encode()
+        for k, v in headers.items()
+    )
+    prelude = (12 + len(raw) + len(payload) + 4).to_bytes(4, "big") + len(raw).to_bytes(4, "big")
+    head = prelude + zlib.crc32(prelude).to_bytes(4, "big") + raw + payload
+    return head + zlib.crc32(head).to_bytes(4, "big")
+
+
+class BedrockServer(FakeProvider):
+    """Bedrock Runtime: ``/model/<modelId>/converse``, ``/converse-stream`` and ``/invoke`` (Titan
+    Text Embeddings). Every request's AWS Signature Version 4 is recomputed with the secret key and
+    compared, as AWS does; errors are ``{"message"}`` with ``x-amzn-ErrorType``.
+
+    ``stream_exception``: the next stream breaks off after its first text with this exception."""
+
+    SERVICE = "bedrock"
+    AUTH = re.compile(
+        r"AWS4-HMAC-SHA256 Credential=(?P<key>[^/]+)/(?P<date>\d{8})/(?P<region>[^/]+)/(?P<service>[^/]+)/aws4_request, "
+        r"SignedHeaders=(?P<signed>[a-z0-9;-]+), Signature=(?P<signature>[0-9a-f]{64})$"
+    )
+
+    def __init__(self, access_key_id: str, secret_access_key: str, region: str) -> None:
+        super().__init__(secret_access_key, auth="sigv4")
+        self.access_key_id = access_key_id
+        self.region = region
+        self.verified = 0  # requests whose signature matched
+        self.stream_exception = ""
+
+    def _error(self, handler: BaseHTTPRequestHandler, status: int, kind: str, message: str, headers=None) -> None:  # type: ignore[no-untyped-def]
+        self.send_json(handler, status, {"message": message}, {"x-amzn-errortype": kind, **(headers or {})})
+
+    def signature_problem(self, request: Recorded) -> tuple[str, str] | None:
+        """What AWS would say about the request's signature, or None when it is right."""
+        header = request.headers.get("authorization")
+        if not header:
+            return "MissingAuthenticationTokenException", "Missing Authentication Token"
+        match = self.AUTH.match(header)
+        if not match:
+            return "IncompleteSignatureException", "Authorization header requires 'Credential', 'Signature' parameters."
+        if match["key"] != self.access_key_id:
+            return "UnrecognizedClientException", "The security token included in the request is invalid."
+        if match["service"] != self.SERVICE or match["region"] != self.region:
+            return "InvalidSignatureException", f"Credential should be scoped to correct service: '{self.SERVICE}'."
+        signed = match["signed"].split(";")
+        amz_date = request.headers.get("x-amz-date", "")
+        if "host" not in signed or "x-amz-date" not in signed or amz_date[:8] != match["date"]:
+            return "IncompleteSignatureException", "The host and x-amz-date headers must be signed."
+        moment = datetime.strptime(amz_date, "%Y%m%dT%H%M%SZ").replace(tzinfo=UTC)
+        if abs((datetime.now(UTC) - moment).total_seconds()) > 300:
+            return "InvalidSignatureException", "Signature expired"
+        path, _, query = request.target.partition("?")
+        canonical = "\n".join(
+            [
+                "POST",
+                quote(path, safe="/~"),  # the path as sent, URI-encoded once more (all services but S3)
+                "&".join(sorted(f"{quote(k, safe='-_.~')}={quote(v, safe='-_.~')}" for k, v in parse_qsl(query))),
+                "".join(f"{name}:{' '.join(request.headers.get(name, '').split())}\n" for name in signed),
+                match["signed"],
+                hashlib.sha256(request.raw).hexdigest(),
+            ]
+        )
+        scope = f"{match['date']}/{self.region}/{self.SERVICE}/aws4_request"
+        to_sign = f"AWS4-HMAC-SHA256\n{amz_date}\n{scope}\n{hashlib.sha256(canonical.encode()).hexdigest()}"
+        key = f"AWS4{self.key}".encode()
+        for part in (match["date"], self.region, self.SERVICE, "aws4_request"):
+            key = hmac.new(key, part.encode(), hashlib.sha256).digest()
+        if not hmac.compare_digest(hmac.new(key, to_sign.encode(), hashlib.sha256).hexdigest(), match["signature"]):
+            return (
+                "InvalidSignatureException",
+                "The request signature we calculated does not match the signature you provided. Check your AWS "
+                "Secret Access Key and signing method. Consult the service documentation for details.",
+            )
+        return None
+
+    def handle(self, handler: BaseHTTPRequestHandler, request: Recorded) -> None:
+        match = re.fullmatch(r"/model/([^/]+)/(converse|converse-stream|invoke)", request.path)
+        if not match:
+            return self._error(handler, 404, "UnknownOperationException", "")
+        problem = self.signature_problem(request)
+        if problem:
+            return self._error(handler, 403, *problem)
+        self.verified += 1
+        if self.failures:
+            failure = self.failures.pop(0)
+            kind = {429: "ThrottlingException", 503: "ServiceUnavailableException", 424: "ModelErrorException"}
+            return self._error(
+                handler,
+                failure.status,
+                kind.get(failure.status, "InternalServerException"),
+                failure.message,
+                failure.headers,
+            )
+        model_id, action = unquote(match[1]), match[2]
+        body = request.body if isinstance(request.body, dict) else {}
+        if action == "invoke":
+            if not model_id.startswith("amazon.titan-embed"):
+                return self._error(handler, 400, "ValidationException", "This fake serves Titan embeddings only")
+            extra = set(body) - {"inputText", "dimensions", "normalize", "embeddingTypes"}
+            if extra or not isinstance(body.get("inputText"), str):
+                return self._error(
+                    handler,
+                    400,
+                    "ValidationException",
+                    f"Malformed input request: extraneous key [{sorted(extra)[0] if extra else 'inputText'}] is not "
+                    "permitted, please reformat your input and try again.",
+                )
+            return self.send_json(handler, 200, {"embedding": [0.1, 0.2, 0.3], "inputTextTokenCount": 3})
+        messages = body.get("messages")
+        if not isinstance(messages, list) or not messages:
+            return self._error(handler, 400, "ValidationException", "1 validation error detected: messages")
+        for message in messages:
+            content = message.get("content")
+            if message.get("role") not in ("user", "assistant") or not isinstance(content, list):
+                return self._error(handler, 400, "ValidationException", "messages.role or content is invalid")
+            if not all(isinstance(block, dict) and isinstance(block.get("text"), str) for block in content):
+                return self._error(handler, 400, "ValidationException", "content blocks must be {text}")
+        if messages[0]["role"] != "user":
+            return self._error(handler, 400, "ValidationException", "A conversation must start with a user message.")
+        if "system" in body and not all(isinstance(b, dict) and "text" in b for b in body["system"]):
+            return self._error(handler, 400, "ValidationException", "system must be a list of {text}")
+        if set(body.get("inferenceConfig") or {}) - {"maxTokens", "temperature", "topP", "stopSequences"}:
+            return self._error(handler, 400, "ValidationException", "inferenceConfig has unknown members")
+        usage = {"inputTokens": 11, "outputTokens": 4, "totalTokens": 15}
+        if action == "converse-stream":
+            return self._stream(handler, usage)
+        self.send_json(
+            handler,
+            200,
+            {
+                "output": {"message": {"role": "assistant", "content": [{"text": "Hello from Bedrock"}]}},
+                "stopReason": "end_turn",
+                "usage": usage,
+                "metrics": {"latencyMs": 321},
+            },
+        )
+
+    def _stream(self, handler: BaseHTTPRequestHandler, usage: dict) -> None:
+        def event(name: str, payload: dict) -> bytes:
+            headers = {":event-type": name, ":content-type": "application/json", ":message-type": "event"}
+            return _event_stream_message(headers, json.dumps(payload).encode())
+
+        messages = [
+            event("messageStart", {"role": "assistant"}),
+            event("contentBlockDelta", {"contentBlockIndex": 0, "delta": {"text": "Hello"}}),
+        ]
+        if self.stream_exception:
+            headers = {":exception-type": self.stream_exception, ":message-type": "exception"}
+            messages.append(_event_stream_message(headers, b'{"message":"Too many requests, please wait."}'))
+            self.stream_exception = ""
+        else:
+            messages += [
+                event("contentBlockDelta", {"contentBlockIndex": 0, "delta": {"text": " there"}}),
+                event("contentBlockStop", {"contentBlockIndex": 0}),
+                event("messageStop", {"stopReason": "end_turn"}),
+                event("metadata", {"usage": usage, "metrics": {"latencyMs": 200}}),
+            ]
+        handler.send_response(200)
+        handler.send_header("content-type", "application/vnd.amazon.eventstream")
+        handler.send_header("transfer-encoding", "chunked")
+        handler.end_headers()
+        data = b"".join(messages)
+        # Pieces that do not line up with the messages, as the network may deliver them.
+        for start in range(0, len(data), 37):
+            piece = data[start : start + 37]
+            handler.wfile.write(f"{len(piece):x}\r\n".encode() + piece + b"\r\n")
+            handler.wfile.flush()
+        handler.wfile.write(b"0\r\n\r\n")
+        handler.wfile.flush()
+
+
+# --- Google: the OAuth2 token endpoint, Vertex AI and the Generative Language API ---------------
+
+
+def _google_error(code: int, message: str, reason: str = "") -> dict:
+    status = {
+        400: "INVALID_ARGUMENT",
+        401: "UNAUTHENTICATED",
+        403: "PERMISSION_DENIED",
+        404: "NOT_FOUND",
+        429: "RESOURCE_EXHAUSTED",
+        503: "UNAVAILABLE",
+    }.get(code, "INTERNAL")
+    error: dict[str, Any] = {"code": code, "message": message, "status": status}
+    if reason:
+        error["details"] = [
+            {"@type": "type.googleapis.com/google.rpc.ErrorInfo", "reason": reason, "domain": "googleapis.com"}
+        ]
+    return {"error": error}
+
+
+def _b64url_decode(text: str) -> bytes:
+    return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+
+
+class GoogleTokenServer(FakeProvider):
+    """An OAuth2 token endpoint (``POST /token``) for one service account: the JWT-bearer grant's
+    assertion must be an RS256 JWT signed by the account's key (checked with its public key), issued
+    by its email, for this endpoint's URL, with a scope, and not expired."""
+
+    GRANT = "urn:ietf:params:oauth:grant-type:jwt-bearer"
+
+    def __init__(self, public_key: Any, client_email: str) -> None:
+        super().__init__("", auth="jwt")
+        self.public_key = public_key
+        self.client_email = client_email
+        self.issued: list[str] = []
+
+    def _refuse(self, handler: BaseHTTPRequestHandler, error: str, description: str) -> None:
+        self.send_json(handler, 400, {"error": error, "error_description": description})
+
+    def handle(self, handler: BaseHTTPRequestHandler, request: Recorded) -> None:
+        from cryptography.exceptions import InvalidSignature
+        from cryptography.hazmat.primitives import hashes
+        from cryptography.hazmat.primitives.asymmetric import padding
+
+        if request.path != "/token":
+            return self.send_json(handler, 404, {"error": "not_found"})
+        if not request.headers.get("content-type", "").startswith("application/x-www-form-urlencoded"):
+            return self._refuse(handler, "invalid_request", "Bad Request")
+        form = {k: v[0] for k, v in parse_qs(request.raw.decode()).items()}
+        if form.get("grant_type") != self.GRANT:
+            return self._refuse(handler, "unsupported_grant_type", "Invalid grant_type: ")
+        if self.failures:
+            failure = self.failures.pop(0)
+            return self.send_json(handler, failure.status, {"error": "internal_failure"}, failure.headers)
+        try:
+            header_b64, claims_b64, signature_b64 = form.get("assertion", "").split(".")
+            header = json.loads(_b64url_decode(header_b64))
+            claims = json.loads(_b64url_decode(claims_b64))
+            signature = _b64url_decode(signature_b64)
+        except ValueError:
+            return self._refuse(handler, "invalid_grant", "Invalid JWT: Token must be a short-lived token")
+        if header.get("alg") != "RS256":
+            return self._refuse(handler, "invalid_grant", "Invalid JWT: unsupported algorithm")
+        try:
+            self.public_key.verify(
+                signature, f"{header_b64}.{claims_b64}".encode(), padding.PKCS1v15(), hashes.SHA256()
+            )
+        except InvalidSignature:
+            return self._refuse(handler, "invalid_grant", "Invalid JWT Signature.")
+        now = time.time()
+        if claims.get("iss") != self.client_email:
+            return self._refuse(handler, "invalid_grant", "Invalid grant: account not found")
+        if claims.get("aud") != f"{self.url}/token":
+            return self._refuse(handler, "invalid_grant", "Invalid JWT: Failed audience check.")
+        if not claims.get("scope"):
+            return self._refuse(handler, "invalid_scope", "Invalid OAuth scope or ID token audience provided.")
+        if not (claims.get("iat", 0) - 300 <= now < claims.get("exp", 0) <= claims.get("iat", 0) + 3600):
+            return self._refuse(handler, "invalid_grant", "Invalid JWT: Token must be a short-lived token")
+        token = f"ya29.fake-{len(self.issued) + 1}-{int(now)}"
+        self.issued.append(token)
+        self.send_json(handler, 200, {"access_token": token, "expires_in": 3599, "token_type": "Bearer"})
+
+
+class _GenerateContent:
+    """The ``generateContent`` shape both Google APIs share; unknown fields are refused, as Google's
+    proto-JSON parsing does."""
+
+    TOP_LEVEL = {"contents", "systemInstruction", "generationConfig", "safetySettings", "tools", "toolConfig"}
+    GENERATION = {
+        "maxOutputTokens",
+        "temperature",
+        "topP",
+        "topK",
+        "stopSequences",
+        "candidateCount",
+        "seed",
+        "presencePenalty",
+        "frequencyPenalty",
+        "responseMimeType",
+    }
+
+    def generate(self, provider: FakeProvider, handler: BaseHTTPRequestHandler, body: dict, model: str, stream: bool):  # type: ignore[no-untyped-def]
+        unknown = sorted(set(body) - self.TOP_LEVEL) + sorted(set(body.get("generationConfig") or {}) - self.GENERATION)
+        if unknown:
+            message = f'Invalid JSON payload received. Unknown name "{unknown[0]}": Cannot find field.'
+            return provider.send_json(handler, 400, _google_error(400, message))
+        contents = body.get("contents")
+        if not isinstance(contents, list) or not contents:
+            return provider.send_json(
+                handler, 400, _google_error(400, "* GenerateContentRequest.contents: contents is not specified")
+            )
+        for content in contents:
+            if content.get("role") not in ("user", "model") or not all(
+                "text" in p for p in content.get("parts") or [{}]
+            ):
+                return provider.send_json(handler, 400, _google_error(400, "Please use a valid role: user, model."))
+        n = (body.get("generationConfig") or {}).get("candidateCount") or 1
+        usage = {"promptTokenCount": 9, "candidatesTokenCount": 3, "totalTokenCount": 12}
+        if stream:
+            first = {
+                "candidates": [
+                    {"content": {"role": "model", "parts": [{"text": "Hello"}]}, "index": i} for i in range(n)
+                ],
+                "usageMetadata": {"promptTokenCount": 9, "totalTokenCount": 9},
+                "modelVersion": model,
+                "responseId": "resp-stream",
+            }
+            last = {
+                "candidates": [
+                    {"content": {"role": "model", "parts": [{"text": " there"}]}, "finishReason": "STOP", "index": i}
+                    for i in range(n)
+                ],
+                "usageMetadata": usage,
+                "modelVersion": model,
+                "responseId": "resp-stream",
+            }
+            return provider.send_events(handler, [(None, json.dumps(first)), (None, json.dumps(last))])
+        provider.send_json(
+            handler,
+            200,
+            {
+                "candidates": [
+                    {
+                        "content": {"role": "model", "parts": [{"text": "Hello from "}, {"text": "Gemini"}]},
+                        "finishReason": "STOP",
+                        "index": i,
+                    }
+                    for i in range(n)
+                ],
+                "usageMetadata": usage,
+                "modelVersion": model,
+                "responseId": "resp-1",
+            },
+        )
+
+
+class VertexServer(_GenerateContent, FakeProvider):
+    """Vertex AI's ``/v1/projects/<p>/locations/<r>/publishers/google/models/<m>:<method>``
+    (generateContent, streamGenerateContent, predict), with an access token ``tokens`` issued."""
+
+    PATH = re.compile(
+        r"/v1/projects/([^/]+)/locations/([^/]+)/publishers/google/models/([^/:]+):"
+        r"(generateContent|streamGenerateContent|predict)"
+    )
+
+    def __init__(self, tokens: GoogleTokenServer, project: str, region: str) -> None:
+        super().__init__("", auth="oauth2")
+        self.tokens = tokens
+        self.project = project
+        self.region = region
+
+    def handle(self, handler: BaseHTTPRequestHandler, request: Recorded) -> None:
+        match = self.PATH.fullmatch(request.path)
+        if not match or (match[1], match[2]) != (self.project, self.region):
+            return self.send_json(handler, 404, _google_error(404, f"Publisher model {request.path} not found."))
+        given = (request.headers.get("authorization") or "").removeprefix("Bearer ")
+        if given not in self.tokens.issued:
+            message = "Request had invalid authentication credentials. Expected OAuth 2 access token."
+            return self.send_json(handler, 401, _google_error(401, message))
+        if self.failures:
+            failure = self.failures.pop(0)
+            return self.send_json(
+                handler, failure.status, _google_error(failure.status, failure.message), failure.headers
+            )
+        model, method = match[3], match[4]
+        body = request.body if isinstance(request.body, dict) else {}
+        if method == "predict":
+            instances = body.get("instances")
+            if not isinstance(instances, list) or not all(isinstance(i.get("content"), str) for i in instances):
+                return self.send_json(handler, 400, _google_error(400, "instances[].content is required"))
+            predictions = [
+                {"embeddings": {"values": [0.1, 0.2, 0.3], "statistics": {"token_count": 2, "truncated": False}}}
+                for _ in instances
+            ]
+            return self.send_json(
+                handler, 200, {"predictions": predictions, "metadata": {"billableCharacterCount": 2 * len(instances)}}
+            )
+        if method == "streamGenerateContent" and request.query.get("alt") != ["sse"]:
+            return self.send_json(handler, 400, _google_error(400, "this fake streams server-sent events only"))
+        return self.generate(self, handler, body, model, method == "streamGenerateContent")
+
+
+class GenerativeLanguageServer(_GenerateContent, FakeProvider):
+    """The Generative Language API: ``/v1beta/models/<m>:<method>`` (generateContent,
+    streamGenerateContent, embedContent, batchEmbedContents) with ``x-goog-api-key``. A wrong key is
+    answered as Google does: 400 INVALID_ARGUMENT with reason ``API_KEY_INVALID``."""
+
+    PATH = re.compile(
+        r"/v1beta/models/([^/:]+):(generateContent|streamGenerateContent|embedContent|batchEmbedContents)"
+    )
+
+    def __init__(self, key: str) -> None:
+        super().__init__(key, auth="header", auth_header="x-goog-api-key")
+
+    def handle(self, handler: BaseHTTPRequestHandler, request: Recorded) -> None:
+        match = self.PATH.fullmatch(request.path)
+        if not match:
+            return self.send_json(handler, 404, _google_error(404, f"models/{request.path} is not found"))
+        if "x-goog-api-key" not in request.headers:
+            message = "Method doesn't allow unregistered callers (callers without established identity)."
+            return self.send_json(handler, 403, _google_error(403, message))
+        if not self.authorized(request):
+            message = "API key not valid. Please pass a valid API key."
+            return self.send_json(handler, 400, _google_error(400, message, "API_KEY_INVALID"))
+        if self.failures:
+            failure = self.failures.pop(0)
+            return self.send_json(
+                handler, failure.status, _google_error(failure.status, failure.message), failure.headers
+            )
+        model, method = match[1], match[2]
+        body = request.body if isinstance(request.body, dict) else {}
+
+        def text_of(content: Any) -> bool:
+            parts = content.get("parts") if isinstance(content, dict) else None
+            return isinstance(parts, list) and all(isinstance(p.get("text"), str) for p in parts)
+
+        if method == "embedContent":
+            if not text_of(body.get("content")):
+                return self.send_json(
+                    handler, 400, _google_error(400, "* EmbedContentRequest.content: contents is not specified")
+                )
+            return self.send_json(handler, 200, {"embedding": {"values": [0.1, 0.2, 0.3]}})
+        if method == "batchEmbedContents":
+            requests_ = body.get("requests")
+            if not isinstance(requests_, list) or not all(
+                r.get("model") == f"models/{model}" and text_of(r.get("content")) for r in requests_
+            ):
+                message = f"* BatchEmbedContentsRequest.model: unexpected model name format, or requests[].model is not models/{model}"
+                return self.send_json(handler, 400, _google_error(400, message))
+            return self.send_json(handler, 200, {"embeddings": [{"values": [0.1, 0.2, 0.3]} for _ in requests_]})
+        if method == "streamGenerateContent" and request.query.get("alt") != ["sse"]:
+            return self.send_json(handler, 400, _google_error(400, "this fake streams server-sent events only"))
+        return self.generate(self, handler, body, model, method == "streamGenerateContent")

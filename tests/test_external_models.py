@@ -775,17 +775,6 @@ def test_openai_streams_pass_through_and_usage_is_counted_without_showing_it(gat
 
 
 @pytest.mark.django_db(transaction=True)
-def test_providers_without_a_translation_yet_answer_501(gateway, api, token):
-    model = external("cohere", "cohere_config", {"cohere_api_key_plaintext": KEY}, name="command-r")
-    created = create(api, body_for("cohere", {"external_model": model}))
-    assert created["state"]["ready"] == "READY"
-    response = gateway.post("/serving-endpoints/cohere/invocations", CHAT, token)
-    assert response.status_code == 501
-    assert response.json()["error_code"] == "NOT_IMPLEMENTED"
-    assert "provider 'cohere'" in response.json()["message"]
-
-
-@pytest.mark.django_db(transaction=True)
 def test_the_openai_client_works_against_the_serving_endpoints_base_url(gateway, fakes, api, user, token):
     from openai import BadRequestError, NotFoundError, OpenAI
 

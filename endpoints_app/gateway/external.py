@@ -3,9 +3,9 @@
 The steps of one query (``ExternalModels.query``):
 
 1. check the OpenAI-shaped body for the endpoint's task (reference §4.2) → 400 if it does not fit;
-2. the provider module builds its own HTTP request (URL, auth header from the resolved secret,
-   translated body) → 400 if the request cannot be translated, 501 if the provider's translation
-   is not written yet;
+2. the provider module builds its own HTTP request (URL, auth header from the resolved secret, or
+   a signature, or an access token its ``sign_in`` got for the key; translated body) → 400 if the
+   request cannot be translated, 501 if the provider's translation is not written yet;
 3. send it with one shared ``httpx.AsyncClient`` (pooled keep-alive connections, TLS);
 4. a provider error becomes a clear error of ours: 401/403 → 502 saying the provider refused the
    configured key, 429 → 429 ``REQUEST_LIMIT_EXCEEDED`` with the provider's ``Retry-After``, other
@@ -39,6 +39,7 @@ from endpoints_app.gateway.providers import PROVIDERS, Provider
 from endpoints_app.gateway.providers.base import (
     NotTranslated,
     RequestRejected,
+    SignInFailed,
     StreamDecoder,
     StreamFailed,
     Usage,
@@ -139,12 +140,26 @@ class ExternalModels:
                 "An endpoint manager must restore the secret or update the endpoint's config",
             )
         base_url = (getattr(settings, "PROVIDER_BASE_URLS", None) or {}).get(provider.name) or provider.default_base_url
+        timeout = httpx.Timeout(settings.GATEWAY_TIMEOUT_SECONDS, connect=CONNECT_TIMEOUT_SECONDS)
+        client = self._http()
+        try:
+            credentials = await provider.sign_in(
+                http=client, config=target.config, credentials=target.credentials, timeout=timeout
+            )
+        except SignInFailed as exc:
+            raise ExternalError(
+                exc.status, exc.error_code, f"Served model '{entity.name}': {exc}", exc.headers
+            ) from None
+        except httpx.TimeoutException:
+            raise self._timeout(provider, entity) from None
+        except httpx.HTTPError as exc:
+            raise self._unreachable(provider, entity, exc) from None
         try:
             request = provider.build_request(
                 task=target.task,
                 model=target.model,
                 config=target.config,
-                credentials=target.credentials,
+                credentials=credentials,
                 body=checked,
                 base_url=base_url,
             )
@@ -155,12 +170,10 @@ class ExternalModels:
         except NotTranslated as exc:
             raise ExternalError(501, "NOT_IMPLEMENTED", f"Served model '{entity.name}': {exc}") from None
         headers = {"served-model-name": entity.name}
-        timeout = httpx.Timeout(settings.GATEWAY_TIMEOUT_SECONDS, connect=CONNECT_TIMEOUT_SECONDS)
-        client = self._http()
         if request.stream:
             return await self._stream(provider, target, entity, client, request, timeout, checked, headers)
         try:
-            response = await client.post(request.url, headers=request.headers, json=request.json, timeout=timeout)
+            response = await client.post(request.url, headers=request.headers, timeout=timeout, **request.body())
         except httpx.TimeoutException:
             raise self._timeout(provider, entity) from None
         except httpx.HTTPError as exc:
@@ -195,9 +208,7 @@ class ExternalModels:
         body: dict[str, Any],
         headers: dict[str, str],
     ) -> StreamAnswer:
-        outgoing = client.build_request(
-            "POST", request.url, headers=request.headers, json=request.json, timeout=timeout
-        )
+        outgoing = client.build_request("POST", request.url, headers=request.headers, timeout=timeout, **request.body())
         try:
             response = await client.send(outgoing, stream=True)
         except httpx.TimeoutException:
@@ -225,7 +236,12 @@ class ExternalModels:
         """The provider's events as OpenAI chunks; an error after the first byte becomes a last
         ``data: {"error_code", "message"}`` event (the status line is sent already)."""
         try:
-            async for event, data in sse_events(response.aiter_lines()):
+            events = (
+                sse_events(response.aiter_lines())
+                if provider.stream_format == "sse"
+                else provider.stream_events(response.aiter_bytes())
+            )
+            async for event, data in events:
                 try:
                     chunks = decoder.feed(event, data)
                 except StreamFailed as exc:
@@ -292,7 +308,9 @@ class ExternalModels:
         response_headers: httpx.Headers,
     ) -> ExternalError:
         try:
-            detail = provider.error_message(json.loads(content))
+            data = json.loads(content)
+            detail = provider.error_message(data)
+            status = provider.error_status(status, data)
         except ValueError:
             detail = content.decode("utf-8", errors="replace").strip()
         detail = scrub(detail, target.credentials)[:MAX_ERROR_TEXT]

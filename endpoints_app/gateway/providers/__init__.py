@@ -6,18 +6,16 @@ provider is one module with a ``Provider`` subclass, added here.
 
 from __future__ import annotations
 
+from endpoints_app.gateway.providers.ai21labs import AI21LabsProvider
+from endpoints_app.gateway.providers.amazon_bedrock import AmazonBedrockProvider
 from endpoints_app.gateway.providers.anthropic import AnthropicProvider
 from endpoints_app.gateway.providers.base import TASKS, Provider
+from endpoints_app.gateway.providers.cohere import CohereProvider
 from endpoints_app.gateway.providers.custom import CustomProvider
 from endpoints_app.gateway.providers.databricks_model_serving import DatabricksModelServingProvider
-from endpoints_app.gateway.providers.not_translated import (
-    AI21LabsProvider,
-    AmazonBedrockProvider,
-    CohereProvider,
-    GoogleCloudVertexAIProvider,
-    PaLMProvider,
-)
+from endpoints_app.gateway.providers.google_vertex_ai import GoogleCloudVertexAIProvider
 from endpoints_app.gateway.providers.openai import OpenAIProvider
+from endpoints_app.gateway.providers.palm import PaLMProvider
 
 PROVIDERS: dict[str, Provider] = {
     p.name: p

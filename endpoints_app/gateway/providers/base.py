@@ -11,7 +11,9 @@ A provider module describes two things:
    turns the provider's server-sent events into OpenAI chunk objects.
 
 Provider modules are pure: no I/O, no Django. ``endpoints_app.gateway.external`` sends the
-requests (one shared ``httpx.AsyncClient``), maps the provider's errors and counts tokens.
+requests (one shared ``httpx.AsyncClient``), maps the provider's errors and counts tokens. The one
+exception is ``sign_in``, for providers whose key must first be exchanged for an access token
+(Google's service accounts): it gets the shared client to do that one request.
 """
 
 from __future__ import annotations
@@ -19,9 +21,12 @@ from __future__ import annotations
 import json
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    import httpx
 
 CHAT = "llm/v1/chat"
 COMPLETIONS = "llm/v1/completions"
@@ -43,6 +48,16 @@ class NotTranslated(Exception):
 
 class StreamFailed(Exception):
     """The provider reported an error in the middle of a stream (its message, safe to show)."""
+
+
+class SignInFailed(Exception):
+    """Exchanging the configured key for an access token failed: the caller gets ``status`` with
+    ``error_code`` and this message (which names no credential); ``headers`` (``retry-after``) too."""
+
+    def __init__(self, status: int, error_code: str, message: str, headers: dict[str, str] | None = None):
+        super().__init__(message)
+        self.status, self.error_code = status, error_code
+        self.headers = headers or {}
 
 
 @dataclass(frozen=True)
@@ -70,6 +85,12 @@ class UpstreamRequest:
     headers: dict[str, str] = field(repr=False)
     json: dict[str, Any] = field(repr=False)
     stream: bool = False
+    # The exact body bytes, when the provider signs them (AWS Signature V4): sent instead of ``json``.
+    content: bytes | None = field(default=None, repr=False)
+
+    def body(self) -> dict[str, Any]:
+        """The body as ``httpx`` keyword arguments."""
+        return {"json": self.json} if self.content is None else {"content": self.content}
 
 
 @dataclass
@@ -125,6 +146,9 @@ class Provider:
     # Where the provider's API lives when the config does not say (MODELFLEET_PROVIDER_BASE_URLS
     # overrides it, e.g. for an egress proxy).
     default_base_url: str = ""
+    # How the provider frames a streamed answer: "sse" (server-sent events), or a format of its own
+    # that ``stream_events`` reads (Bedrock's binary event stream).
+    stream_format: str = "sse"
 
     def check_config(self, config: dict[str, Any], where: str) -> None:
         """Rules across the block's fields; raise ``endpoints_app.errors.InvalidParameterValue``."""
@@ -161,6 +185,22 @@ class Provider:
 
     def stream_decoder(self, *, task: str, model: str, body: dict[str, Any]) -> StreamDecoder:
         raise NotImplementedError
+
+    def error_status(self, status: int, data: Any) -> int:
+        """The HTTP status to map a provider error by: the provider's own, unless its error body says
+        better (Google answers a wrong API key with 400 ``API_KEY_INVALID``: that is a refused key)."""
+        return status
+
+    def stream_events(self, chunks: AsyncIterator[bytes]) -> AsyncIterator[tuple[str, str]]:
+        """``(event name, data)`` of a stream that is not server-sent events (``stream_format``)."""
+        raise NotImplementedError
+
+    async def sign_in(
+        self, *, http: httpx.AsyncClient, config: dict[str, Any], credentials: dict[str, str], timeout: httpx.Timeout
+    ) -> dict[str, str]:
+        """The credentials ``build_request`` gets. Most providers take the configured key as it is;
+        one that must exchange it for an access token first does so here (raise ``SignInFailed``)."""
+        return credentials
 
 
 # --- OpenAI-shaped request checks (reference §4.2), shared by every provider ----------------------
