@@ -16,7 +16,9 @@ CHROMIUM_ARGS = ["--disable-background-networking", "--disable-component-update"
 ARTIFACTS = Path(os.environ.get("MODELFLEET_TEST_ARTIFACTS", Path(__file__).resolve().parent.parent / "var" / "test-artifacts"))
 
 
-@pytest.fixture(scope="session")
+# One browser per test module, not per session: while Playwright's sync API runs, an event loop
+# is running on the test thread, and later modules' asyncio.run() would fail.
+@pytest.fixture(scope="module")
 def browser():
     if not Path(CHROMIUM).exists():
         pytest.fail(f"{CHROMIUM} is missing: install Debian's chromium (.ci/run does)")
