@@ -43,3 +43,4 @@ bench: install
 	$(BIN)/python benchmarks/bench_serving.py
 	$(BIN)/python benchmarks/bench_faults.py
 	$(BIN)/python benchmarks/bench_monitoring.py
+	$(BIN)/python benchmarks/bench_dashboard.py

@@ -56,3 +56,14 @@ def screenshot(page, name: str) -> Path:
     path = ARTIFACTS / f"{name}.png"
     page.screenshot(path=str(path), full_page=True)
     return path
+
+
+def stack_password(user, password: str) -> None:  # type: ignore[no-untyped-def]
+    """Hash the password so the stack can check it: the test settings hash with MD5 (fast), which the
+    real settings the stack runs with do not accept. Few PBKDF2 rounds keep sign-in quick; the stack
+    reads the rounds from the hash."""
+    from django.contrib.auth.hashers import PBKDF2PasswordHasher
+
+    hasher = PBKDF2PasswordHasher()
+    user.password = hasher.encode(password, hasher.salt(), iterations=1000)
+    user.save(update_fields=["password"])

@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
-from endpoints_app.pages import account, approvals, audit, edit, endpoint, fleet, models
+from endpoints_app.pages import account, ai_gateway, approvals, audit, edit, endpoint, fleet, models, secrets
 
 urlpatterns = (
     account.urlpatterns
     + fleet.urlpatterns
     + endpoint.urlpatterns
     + edit.urlpatterns
+    + ai_gateway.urlpatterns
     + models.urlpatterns
     + approvals.urlpatterns
     + audit.urlpatterns
+    + secrets.urlpatterns
 )

@@ -1,0 +1,111 @@
+"""An endpoint's AI-gateway page: usage charts for everyone who may see the endpoint, and the
+settings (rate limits, guardrails, usage tracking, fallbacks, inference table) for its managers.
+
+Saving builds ``PUT …/ai-gateway``'s body and calls the same service as the API
+(``services.ai_gateway.put_ai_gateway``) with the ETag read when the form was rendered, so a change
+made meanwhile is refused rather than overwritten; when an approval policy covers the endpoint and
+the user may not skip approval, it proposes a change request instead (action ``ai_gateway``),
+as the endpoint editor does for configs.
+
+The charts (``static/js/ai-gateway.js``) read the usage API with the session cookie,
+``/api/2.0/modelfleet/serving-endpoints/<name>/usage``, which shows managers everyone's use and
+everyone else their own: the page asks nothing the API would not answer.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from django.contrib import messages
+from django.contrib.auth.decorators import login_required
+from django.http import HttpRequest, HttpResponse
+from django.shortcuts import redirect, render
+from django.urls import path, reverse
+from django.views.decorators.http import require_http_methods
+
+from endpoints_app import access, selectors
+from endpoints_app.errors import DomainError
+from endpoints_app.models import ChangeRequest, Endpoint, PermissionLevel
+from endpoints_app.pages.edit import needs_change_request, require_unchanged
+from endpoints_app.pages.endpoint import page_errors
+from endpoints_app.pages.forms import AiGatewayEditor
+from endpoints_app.services import ai_gateway, changes
+from endpoints_app.services import endpoints as endpoint_services
+
+RANGES = (("1h", "1 h", 3600), ("6h", "6 h", 6 * 3600), ("24h", "24 h", 86400), ("7d", "7 d", 7 * 86400))
+
+
+def _current(endpoint: Endpoint) -> dict[str, Any] | None:
+    return endpoint.ai_gateway if isinstance(endpoint.ai_gateway, dict) else None
+
+
+def _render(
+    request: HttpRequest,
+    endpoint: Endpoint,
+    *,
+    can_manage: bool,
+    editor: AiGatewayEditor | None,
+    status: int = 200,
+) -> HttpResponse:
+    current = _current(endpoint) or {}
+    context = {
+        "nav": "endpoints",
+        "endpoint": endpoint,
+        "can_manage": can_manage,
+        "needs_approval": can_manage and needs_change_request(request.user, endpoint_name=endpoint.name),
+        "editor": editor,
+        "current_json": json.dumps(current, indent=2, sort_keys=True) if current else "",
+        "usage_tracking": bool((current.get("usage_tracking_config") or {}).get("enabled")),
+        "ranges": RANGES,
+        "page_data": {
+            "usageUrl": f"/api/2.0/modelfleet/serving-endpoints/{endpoint.name}/usage",
+            "everyone": can_manage,  # the usage API shows managers everyone's use, others their own
+        },
+    }
+    return render(request, "dashboard/ai_gateway.html", context, status=status)
+
+
+@login_required
+@require_http_methods(["GET", "POST"])
+@page_errors
+def endpoint_ai_gateway(request: HttpRequest, name: str) -> HttpResponse:
+    endpoint = selectors.endpoint_by_name(name)
+    level = access.require(request.user, endpoint, PermissionLevel.CAN_VIEW)  # 404 for outsiders
+    can_manage = level == PermissionLevel.CAN_MANAGE
+    if request.method == "GET":
+        editor = (
+            AiGatewayEditor(current=_current(endpoint), etag=endpoint_services.etag(endpoint)) if can_manage else None
+        )
+        return _render(request, endpoint, can_manage=can_manage, editor=editor)
+
+    access.require(request.user, endpoint, PermissionLevel.CAN_MANAGE)  # 403 for everyone else
+    editor = AiGatewayEditor(current=_current(endpoint), data=request.POST)
+    if request.POST.get("edit_action") == "add_limit":
+        editor.add_limit_row()
+        return _render(request, endpoint, can_manage=True, editor=editor)
+    if not editor.is_valid():
+        return _render(request, endpoint, can_manage=True, editor=editor, status=400)
+    body = editor.body()
+    try:
+        if needs_change_request(request.user, endpoint_name=name):
+            require_unchanged(name, editor.etag)
+            change = changes.propose(
+                actor=request.user, endpoint_name=name, action=ChangeRequest.Action.AI_GATEWAY, body=body
+            )
+            messages.info(
+                request,
+                f"AI gateway changes to {name} need approval: change request #{change.pk} now waits for an approver.",
+            )
+            return redirect("change_request_detail", request_id=change.pk)
+        ai_gateway.put_ai_gateway(actor=request.user, name=name, raw=body, if_match=editor.etag)
+    except DomainError as exc:
+        editor.add_domain_error(exc)
+        return _render(request, endpoint, can_manage=True, editor=editor, status=exc.status)
+    messages.success(request, f"AI gateway settings of {name} saved; the gateway applies them within a second.")
+    return redirect(reverse("endpoint_ai_gateway", args=[name]))
+
+
+urlpatterns = [
+    path("endpoints/<str:name>/ai-gateway", endpoint_ai_gateway, name="endpoint_ai_gateway"),
+]
