@@ -64,30 +64,54 @@ def _check_models_exist(config: CoreConfig) -> None:
             registry.get_model_version(entity.entity_name, entity.entity_version)
 
 
-def _check_deployable(*, actor: AbstractBaseUser | None, config: CoreConfig) -> None:
+def _check_deployable(*, actor: AbstractBaseUser | None, config: CoreConfig, endpoint: Endpoint | None = None) -> None:
     """What must hold before anything is written: the models exist and fit the host, or, for
     external models, the actor may read every secret the config refers to (reference §3)."""
     if config.is_external:
-        check_secret_references(actor=actor, config=config)
+        check_secret_references(
+            actor=actor, config=config, in_use=secret_references_of(endpoint) if endpoint else frozenset()
+        )
     else:
         _check_models_exist(config)
         capacity.check_fits(config)
 
 
-def check_secret_references(*, actor: AbstractBaseUser | None, config: CoreConfig) -> None:
+def _references(external_models: list[dict]) -> set[str]:
+    """The ``{{secrets/…}}`` references in external-model blocks, as written."""
+    found = set()
+    for external in external_models:
+        provider = PROVIDERS[external["provider"]]
+        for _path, holder, name in iter_secret_fields(provider.fields, external.get(provider.config_key) or {}):
+            if isinstance(holder.get(name), str):
+                found.add(holder[name])
+    return found
+
+
+def secret_references_of(endpoint: Endpoint) -> frozenset[str]:
+    """The references the endpoint's active and pending configs already use."""
+    versions = [v for v in (endpoint.active_config_id, endpoint.pending_config_id) if v]
+    models = ServedEntity.objects.filter(config_version_id__in=versions, external_model__isnull=False).values_list(
+        "external_model", flat=True
+    )
+    return frozenset(_references(list(models)))
+
+
+def check_secret_references(
+    *, actor: AbstractBaseUser | None, config: CoreConfig, in_use: frozenset[str] = frozenset()
+) -> None:
     """The actor has READ on every ``{{secrets/scope/key}}`` the external models refer to
-    (404 RESOURCE_DOES_NOT_EXIST or 403 PERMISSION_DENIED from the secrets store otherwise)."""
-    for entity in config.served_entities:
-        if entity.external_model is None:
+    (404 RESOURCE_DOES_NOT_EXIST or 403 PERMISSION_DENIED from the secrets store otherwise).
+
+    References the endpoint already uses (``in_use``) pass unchecked: a manager of the endpoint
+    may re-submit its config with the credential someone else stored (e.g. a ``*_plaintext`` key
+    kept in the managed scope), but cannot copy that reference to another endpoint.
+    """
+    for reference in sorted(_references([e.external_model for e in config.served_entities if e.external_model])):
+        if reference in in_use:
             continue
-        provider = PROVIDERS[entity.external_model["provider"]]
-        block = entity.external_model[provider.config_key]
-        for _path, holder, name in iter_secret_fields(provider.fields, block):
-            reference = holder.get(name)
-            if isinstance(reference, str):
-                parsed = secrets.parse_reference(reference)
-                assert parsed is not None  # validation accepted only references here
-                secrets.check_can_read(user=actor, scope=parsed[0], key=parsed[1])
+        parsed = secrets.parse_reference(reference)
+        assert parsed is not None  # validation accepted only references here
+        secrets.check_can_read(user=actor, scope=parsed[0], key=parsed[1])
 
 
 def _store_plaintext_credentials(
@@ -229,9 +253,10 @@ def update_endpoint_config(
     *, actor: AbstractBaseUser | None, name: str, config: CoreConfig, if_match: str | None = None
 ) -> Endpoint:
     """Start rolling out a new config version; the active one keeps serving until it is ready."""
-    if not Endpoint.objects.filter(name=name).exists():
+    current = Endpoint.objects.filter(name=name).first()
+    if current is None:
         raise ResourceDoesNotExist(f"Endpoint '{name}' does not exist")
-    _check_deployable(actor=actor, config=config)
+    _check_deployable(actor=actor, config=config, endpoint=current)
     with transaction.atomic():
         endpoint = get_endpoint_for_update(name, if_match=if_match)
         if endpoint.config_update == ConfigUpdate.IN_PROGRESS:
@@ -310,6 +335,11 @@ def delete_endpoint(*, actor: AbstractBaseUser | None, name: str, if_match: str 
             object_id=endpoint.id,
             object_name=endpoint.name,
             before=audit.endpoint_snapshot(endpoint),
+        )
+        # Credentials given as *_plaintext were stored for this endpoint alone: they go with it.
+        stored = ServedEntity.objects.filter(config_version__endpoint=endpoint, external_model__isnull=False)
+        secrets.delete_managed(
+            actor=actor, references=_references(list(stored.values_list("external_model", flat=True)))
         )
         endpoint.delete()
     get_backend().remove(deployment_ids=deployment_ids)

@@ -430,6 +430,27 @@ def store_plaintext(*, user: AbstractBaseUser, scope: str, key: str, value: str)
     return reference(scope_name, key_name)
 
 
+def delete_managed(*, actor: AbstractBaseUser | None, references: set[str]) -> int:
+    """Delete the managed-scope secrets among ``references`` (an endpoint's plaintext credentials,
+    when the endpoint is deleted); references to users' scopes are left alone. Returns how many."""
+    deleted = 0
+    for text in sorted(references):
+        parsed = parse_reference(text)
+        if parsed is None:
+            continue
+        secret = (
+            Secret.objects.select_related("scope")
+            .filter(scope__name=parsed[0], scope__managed=True, key=parsed[1])
+            .first()
+        )
+        if secret is None:
+            continue
+        _audit(actor, "secret.delete", secret.scope, before={"key": secret.key})
+        secret.delete()
+        deleted += 1
+    return deleted
+
+
 _cache_lock = threading.Lock()
 _cache: OrderedDict[tuple[str, str], tuple[int, int, str]] = OrderedDict()
 _CACHE_SIZE = 1024
