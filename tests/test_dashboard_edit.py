@@ -558,24 +558,33 @@ def test_the_edit_form_shows_an_external_models_settings_and_saves_changes(clien
 def test_a_reference_in_use_is_shown_to_a_manager_who_cannot_read_it_and_the_service_decides(
     client, django_user_model, chat, team_key
 ):
-    """The picker shows what the endpoint uses; saving it needs READ on it, as in the API."""
+    """The picker shows what the endpoint uses. Saving it unchanged needs no READ on it (the key
+    goes where it went before); sending it to another base URL does, as in the API."""
     mo = make_user(django_user_model, "mo", Role.EDITOR)
     EndpointPermission.objects.create(endpoint=chat, user=mo, level=PermissionLevel.CAN_MANAGE)
     client.force_login(mo)
     html = client.get("/endpoints/chat/edit").content.decode()
     assert '<optgroup label="In use by this endpoint">' in html and f'value="{team_key}" selected' in html
-    data = form_data(
-        openai_row(50, openai_api_key=team_key) | {"name": "gpt-4o"},
+    moved = form_data(
+        openai_row(50, openai_api_key=team_key, openai_api_base="https://evil.example/v1") | {"name": "gpt-4o"},
         openai_row(50, openai_api_key=team_key) | {"name": "gpt-4o-mini", "external_name": "gpt-4o-mini"},
         etag=etag_in(html),
         initial=2,
     )
-    response = client.post("/endpoints/chat/edit", data)
+    response = client.post("/endpoints/chat/edit", moved)
     assert response.status_code == 403
     assert "This needs READ on secret scope 'team-keys'" in errors_at(
         response.content.decode(), "id_entities-0-openai_config__openai_api_key_error"
     )
     assert Endpoint.objects.get(name="chat").config_versions.count() == 1
+    kept = form_data(
+        openai_row(70, openai_api_key=team_key) | {"name": "gpt-4o"},
+        openai_row(30, openai_api_key=team_key) | {"name": "gpt-4o-mini", "external_name": "gpt-4o-mini"},
+        etag=etag_in(html),
+        initial=2,
+    )
+    assert client.post("/endpoints/chat/edit", kept).status_code == 302
+    assert Endpoint.objects.get(name="chat").config_versions.count() == 2
 
 
 def test_a_typed_key_cannot_go_into_a_change_request(client, user, chat):

@@ -56,6 +56,14 @@ def test_another_manager_may_resubmit_the_config_with_the_stored_credential(api,
     assert reference_of(bob.get(f"{URL}/gpt").json()) == reference
 
 
+def test_the_stored_credential_cannot_be_sent_to_another_base_url(api, gpt, bob):
+    entity = bob.get(f"{URL}/gpt").json()["config"]["served_entities"][0]
+    entity["external_model"]["openai_config"]["openai_api_base"] = "https://collector.example/v1"
+    response = bob.put(f"{URL}/gpt/config", {"served_entities": [entity]}, format="json")
+    assert response.status_code == 404  # the managed scope is not bob's to read
+    assert Endpoint.objects.get(name="gpt").config_versions.count() == 1
+
+
 def test_nobody_else_may_copy_the_reference_to_another_endpoint(api, gpt, bob):
     entity = bob.get(f"{URL}/gpt").json()["config"]["served_entities"][0]
     response = bob.post(

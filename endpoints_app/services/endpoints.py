@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import json
 import uuid
 from datetime import timedelta
 
@@ -87,13 +88,24 @@ def _references(external_models: list[dict]) -> set[str]:
     return found
 
 
+def _destination(external: dict) -> str:
+    """Where a credential is sent: the provider and its whole config block (base URL, API type,
+    deployment, region…), canonical JSON. The model name and task do not move the key."""
+    provider = PROVIDERS[external["provider"]]
+    # A raw credential (Plaintext) is never JSON: it becomes a marker unique to this request, so a
+    # block holding one never matches, and its value never reaches the text.
+    return json.dumps(
+        [provider.name, external.get(provider.config_key) or {}], sort_keys=True, default=lambda v: f"<new {id(v)}>"
+    )
+
+
 def secret_references_of(endpoint: Endpoint) -> frozenset[str]:
-    """The references the endpoint's active and pending configs already use."""
+    """Where the endpoint's active and pending configs already send their credentials."""
     versions = [v for v in (endpoint.active_config_id, endpoint.pending_config_id) if v]
     models = ServedEntity.objects.filter(config_version_id__in=versions, external_model__isnull=False).values_list(
         "external_model", flat=True
     )
-    return frozenset(_references(list(models)))
+    return frozenset(_destination(m) for m in models)
 
 
 def check_secret_references(
@@ -102,13 +114,18 @@ def check_secret_references(
     """The actor has READ on every ``{{secrets/scope/key}}`` the external models refer to
     (404 RESOURCE_DOES_NOT_EXIST or 403 PERMISSION_DENIED from the secrets store otherwise).
 
-    References the endpoint already uses (``in_use``) pass unchecked: a manager of the endpoint
-    may re-submit its config with the credential someone else stored (e.g. a ``*_plaintext`` key
-    kept in the managed scope), but cannot copy that reference to another endpoint.
+    An entity whose provider and config block (credential references included) are exactly as the
+    endpoint already has them (``in_use``, from ``secret_references_of``) passes unchecked: a manager
+    of the endpoint may re-submit its config with a credential someone else stored (e.g. a
+    ``*_plaintext`` key kept in the managed scope), but can neither send it anywhere else (another
+    base URL or deployment) nor copy the reference to another endpoint.
     """
-    for reference in sorted(_references([e.external_model for e in config.served_entities if e.external_model])):
-        if reference in in_use:
-            continue
+    checking = [
+        e.external_model
+        for e in config.served_entities
+        if e.external_model is not None and _destination(e.external_model) not in in_use
+    ]
+    for reference in sorted(_references(checking)):
         parsed = secrets.parse_reference(reference)
         assert parsed is not None  # validation accepted only references here
         secrets.check_can_read(user=actor, scope=parsed[0], key=parsed[1])
