@@ -3,8 +3,12 @@ stale requests, self-approval refused, and the audit trail of each step."""
 
 from __future__ import annotations
 
+import re
+
 import pytest
 from django.core import mail
+from django.db import connection
+from django.test.utils import CaptureQueriesContext
 from rest_framework.test import APIClient
 
 from endpoints_app.models import ApprovalPolicy, AuditEvent, ChangeRequest, ConfigUpdate, Endpoint, Role, UserProfile
@@ -221,3 +225,110 @@ def test_the_cli_proposes_and_approves(
     assert Endpoint.objects.filter(name="cli-ep").exists()
     assert main(["change-requests", "list", "--status", "applied"]) == 0
     assert "cli-ep" in capsys.readouterr().out
+
+
+# -- one rule for the page and the API ----------------------------------------------------------
+
+
+@pytest.fixture
+def everyone_and_their_requests(django_user_model) -> tuple[dict, list[ChangeRequest]]:
+    """Seven personas, and change requests by three of them on two endpoints in three states."""
+    people = {"root": django_user_model.objects.create_superuser("root", "root@example.com", "pw-123456789")}
+    for name, role in [
+        ("ada", Role.ADMIN),
+        ("paula", Role.APPROVER),
+        ("alice", Role.EDITOR),
+        ("bob", Role.EDITOR),
+        ("vic", Role.VIEWER),
+    ]:
+        people[name] = django_user_model.objects.create_user(name, f"{name}@example.com", "pw-123456789")
+        UserProfile.objects.create(user=people[name], role=role)
+    people["otto"] = django_user_model.objects.create_user("otto", "otto@example.com", "pw-123456789")  # no role
+    requests = [
+        ChangeRequest.objects.create(endpoint_name=endpoint, action="delete", author=people[author], status=status)
+        for author, endpoint, status in [
+            ("alice", "ab", "PENDING"),
+            ("alice", "ab", "REJECTED"),
+            ("alice", "other", "PENDING"),
+            ("bob", "other", "PENDING"),
+            ("bob", "ab", "APPLIED"),
+            ("paula", "ab", "PENDING"),
+        ]
+    ]
+    return people, requests
+
+
+def listed_on_the_page(client, params: dict) -> list[int]:
+    response = client.get("/change-requests/", params)
+    assert response.status_code == 200
+    return [
+        int(i) for i in re.findall(r'<td data-label="#"><a href="/change-requests/(\d+)/">', response.content.decode())
+    ]
+
+
+@pytest.mark.parametrize(
+    "page_params, api_params",
+    [
+        ({}, {}),
+        ({"status": "PENDING"}, {"status": "PENDING"}),
+        ({"status": "REJECTED"}, {"status": "rejected"}),  # the API takes any case
+        ({"endpoint": "other"}, {"endpoint_name": "other"}),
+        ({"status": "PENDING", "endpoint": "ab"}, {"status": "PENDING", "endpoint_name": "ab"}),
+    ],
+)
+def test_the_page_and_the_api_list_the_same_change_requests_for_each_persona(
+    client, everyone_and_their_requests, page_params, api_params
+):
+    people, requests = everyone_and_their_requests
+    for name, person in people.items():
+        api = APIClient()
+        api.credentials(HTTP_AUTHORIZATION=f"Bearer {create_token(user=person)[1]}")
+        response = api.get(CR, api_params)
+        assert response.status_code == 200
+        from_api = [c["id"] for c in response.json()["change_requests"]]
+        client.force_login(person)
+        assert listed_on_the_page(client, page_params) == from_api, name
+        sees_all = name in ("root", "ada", "paula")
+        expected = [
+            r.pk
+            for r in reversed(requests)
+            if (sees_all or r.author_id == person.pk)
+            and r.status == (page_params.get("status") or r.status)
+            and r.endpoint_name == (page_params.get("endpoint") or r.endpoint_name)
+        ]
+        assert from_api == expected, name
+
+
+def test_the_page_and_the_api_open_the_same_change_requests_for_each_persona(client, everyone_and_their_requests):
+    people, requests = everyone_and_their_requests
+    missing = max(r.pk for r in requests) + 1
+    for name, person in people.items():
+        api = APIClient()
+        api.credentials(HTTP_AUTHORIZATION=f"Bearer {create_token(user=person)[1]}")
+        client.force_login(person)
+        for request_id in [r.pk for r in requests] + [missing]:
+            from_api = api.get(f"{CR}/{request_id}")
+            page = client.get(f"/change-requests/{request_id}/")
+            assert page.status_code == from_api.status_code, (name, request_id)
+            if from_api.status_code == 404:
+                # Someone else's request reads exactly as one that does not exist.
+                assert from_api.json() == {
+                    "error_code": "RESOURCE_DOES_NOT_EXIST",
+                    "message": f"Change request {request_id} does not exist",
+                }
+        visible = {r.pk for r in requests if api.get(f"{CR}/{r.pk}").status_code == 200}
+        assert visible == {c["id"] for c in api.get(CR).json()["change_requests"]}, name
+
+
+def test_the_list_reads_a_fixed_number_of_queries(api, user, django_user_model):
+    def count_for(n: int) -> int:
+        ChangeRequest.objects.bulk_create(
+            ChangeRequest(endpoint_name="ab", action="delete", author=user) for _ in range(n)
+        )
+        with CaptureQueriesContext(connection) as queries:
+            body = api.get(CR).json()
+        assert len(body["change_requests"]) == ChangeRequest.objects.count()
+        return len(queries)
+
+    api.get(CR)  # the first call also records when the token was last used (then throttled)
+    assert count_for(3) == count_for(27)

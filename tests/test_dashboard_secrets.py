@@ -11,6 +11,9 @@ import html as html_lib
 import re
 
 import pytest
+from django.contrib.auth.models import Group
+from django.db import connection
+from django.test.utils import CaptureQueriesContext
 
 from endpoints_app.models import AuditEvent, Role, Secret, SecretAcl, SecretScope
 from endpoints_app.services import secrets
@@ -258,3 +261,42 @@ def test_an_admin_sees_the_managed_scope_of_typed_credentials_but_never_a_value(
     client.force_login(user)  # not an admin: the managed scope does not exist for her
     assert secrets.MANAGED_SCOPE not in body(client.get("/secrets/"))
     assert client.get(f"/secrets/{secrets.MANAGED_SCOPE}/").status_code == 404
+
+
+# --- the scopes list reads a fixed number of queries ---------------------------------------------
+
+
+def scopes_page_queries(client, person) -> tuple[int, str]:
+    client.force_login(person)
+    with CaptureQueriesContext(connection) as queries:
+        response = client.get("/secrets/")
+    assert response.status_code == 200
+    return len(queries), body(response)
+
+
+def test_the_scopes_list_reads_as_many_queries_for_30_scopes_as_for_3(client, django_user_model, user):
+    """Each user's permission on every scope comes from one bulk read (``scope_permissions``), not
+    one query per scope: the same count for 3 and 30 scopes, for an admin, a role holder, and a
+    user without a role who sees scopes through a group's ACL."""
+    crew = Group.objects.create(name="crew")
+    gus = make_user(django_user_model, "gus", None)
+    gus.groups.add(crew)
+    people = {
+        "admin": django_user_model.objects.create_superuser("root", "root@example.com", "pw-root-123"),
+        "editor": user,
+        "by group": gus,
+    }
+
+    def add_scopes(first: int, last: int) -> None:
+        for i in range(first, last):
+            secrets.create_scope(actor=user, scope=f"scope-{i:02d}")
+            secrets.put_acl(actor=user, scope=f"scope-{i:02d}", principal="crew", permission="WRITE")
+
+    add_scopes(0, 3)
+    few = {name: scopes_page_queries(client, person) for name, person in people.items()}
+    add_scopes(3, 30)
+    for name, person in people.items():
+        count, html = scopes_page_queries(client, person)
+        assert count == few[name][0], name
+        expected = "MANAGE" if name != "by group" else "WRITE"
+        assert html.count(f'<span class="badge perm-{expected.lower()}">{expected}</span>') == 30, name

@@ -13,6 +13,7 @@ from cryptography.fernet import Fernet
 from django.contrib.auth.models import Group
 from django.db import connection
 from django.test import override_settings
+from django.test.utils import CaptureQueriesContext
 from rest_framework.test import APIClient
 
 from dashboard.env import EnvError, env_fernet_key
@@ -574,3 +575,65 @@ def test_the_databricks_sdk_manages_secrets(live_server, user, token, django_use
     with pytest.raises(NotFound) as caught:
         list(w.secrets.list_secrets(scope="sdk-scope"))
     assert caught.value.error_code == "RESOURCE_DOES_NOT_EXIST"
+
+
+# -- one rule for one scope and for many --------------------------------------------------------
+
+
+def test_scope_permissions_agrees_with_scope_permission_for_every_persona(django_user_model, user):
+    """The bulk read (the scopes page) and the one-scope read (every service call) give the same
+    permission: the best of the user's own, their groups' and ``users`` ACLs; MANAGE for admins;
+    nothing on a managed scope for anyone else."""
+    team = Group.objects.create(name="team-readers")
+    grace = make_user(django_user_model, "grace")
+    grace.groups.add(team)
+    inactive = make_user(django_user_model, "ivan", Role.EDITOR)
+    inactive.is_active = False
+    inactive.save()
+    people = [
+        user,
+        grace,
+        inactive,
+        make_user(django_user_model, "root", superuser=True),
+        make_user(django_user_model, "victor", Role.VIEWER),
+        None,
+    ]
+    by_name = secret_services.create_scope(actor=user, scope="by-name")
+    by_group = secret_services.create_scope(actor=user, scope="by-group")
+    everyone = secret_services.create_scope(actor=user, scope="everyone", initial_manage_principal="users")
+    best_of = secret_services.create_scope(actor=user, scope="best-of")
+    for scope, principal, permission in [
+        ("by-name", "grace", "WRITE"),
+        ("by-group", "team-readers", "READ"),
+        ("best-of", "users", "READ"),
+        ("best-of", "team-readers", "WRITE"),
+        ("best-of", "grace", "READ"),
+    ]:
+        secret_services.put_acl(actor=user, scope=scope, principal=principal, permission=permission)
+    secret_services.store_plaintext(user=user, scope=secret_services.MANAGED_SCOPE, key="k", value="v")
+    managed = SecretScope.objects.get(name=secret_services.MANAGED_SCOPE)
+    scopes = [by_name, by_group, everyone, best_of, managed]
+    for person in people:
+        bulk = secret_services.scope_permissions(person, scopes)
+        assert bulk == {s.pk: secret_services.scope_permission(person, s) for s in scopes}, person
+    assert [secret_services.scope_permissions(grace, scopes)[s.pk] for s in scopes] == [
+        "WRITE",
+        "READ",
+        "MANAGE",
+        "WRITE",
+        None,
+    ]
+    assert set(secret_services.scope_permissions(people[3], scopes).values()) == {"MANAGE"}  # the admin
+
+
+def test_scope_permissions_reads_twice_whatever_the_number_of_scopes(django_user_model, user):
+    scopes = [secret_services.create_scope(actor=user, scope=f"s-{i:02d}") for i in range(30)]
+    reader = make_user(django_user_model, "rhea")
+    for scope in scopes[::3]:
+        secret_services.put_acl(actor=user, scope=scope.name, principal="rhea", permission="READ")
+    reader = type(reader).objects.select_related("profile").get(pk=reader.pk)  # its role read once, here
+    for count in (3, 30):
+        with CaptureQueriesContext(connection) as queries:
+            permissions = secret_services.scope_permissions(reader, scopes[:count])
+        assert len(queries) == 2, [q["sql"] for q in queries]  # the user's groups, their ACLs
+        assert sum(p == "READ" for p in permissions.values()) == len(scopes[:count:3])

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import base64
 import json
-from datetime import UTC, datetime
 from typing import Any
 
 from django.http import HttpResponse, StreamingHttpResponse
@@ -15,9 +14,12 @@ from rest_framework.response import Response
 from endpoints_app import access
 from endpoints_app.api.views import RawResponseApiView
 from endpoints_app.errors import InvalidParameterValue, PermissionDenied
+from endpoints_app.filters import AuditEventFilterSet
 from endpoints_app.models import AuditEvent, Role
+from endpoints_app.selectors import audit_event_export, audit_event_page
 
 MAX_LIMIT = 1000
+MAX_ID = 2**63 - 1  # a bigint: a larger id in a forged page_token would overflow the query
 
 
 def serialize_event(e: AuditEvent) -> dict[str, Any]:
@@ -35,57 +37,43 @@ def serialize_event(e: AuditEvent) -> dict[str, Any]:
     }
 
 
-def _ms(request: Request, name: str) -> datetime | None:
-    raw = request.query_params.get(name)
-    if not raw:
+def _before_id(token: str | None) -> int | None:
+    """The id a ``page_token`` (from this API's ``next_page_token``) stands for."""
+    if not token:
         return None
-    if not raw.isdigit():
-        raise InvalidParameterValue(f"{name} must be epoch milliseconds")
-    return datetime.fromtimestamp(int(raw) / 1000, tz=UTC)
+    try:
+        before_id = int(base64.urlsafe_b64decode(token.encode()).decode())
+    except ValueError:
+        before_id = None
+    if before_id is None or abs(before_id) > MAX_ID:
+        raise InvalidParameterValue("page_token is not one this API returned")
+    return before_id
 
 
 class AuditEventListView(RawResponseApiView):
-    """``GET /api/2.0/modelfleet/audit-events?actor=&action=&object_type=&object_id=&since=&until=&limit=&page_token=``;
-    ``format=jsonl`` streams every matching event as JSON lines (an export)."""
+    """``GET /api/2.0/modelfleet/audit-events?actor=&action=&object_type=&object_id=&object_name=&since=&until=``
+    ``&limit=&page_token=``, newest first; ``format=jsonl`` streams every matching event, oldest first,
+    as JSON lines (an export). The filters are the audit page's (``AuditEventFilterSet``)."""
 
     def get(self, request: Request) -> HttpResponse:
         if access.role_of(request.user) != Role.ADMIN:
             raise PermissionDenied("Reading the audit log needs the admin role")
-        qs = AuditEvent.objects.all()
         params = request.query_params
-        if params.get("actor"):
-            qs = qs.filter(actor_name=params["actor"])
-        if params.get("action"):
-            qs = qs.filter(action__startswith=params["action"])
-        if params.get("object_type"):
-            qs = qs.filter(object_type=params["object_type"])
-        if params.get("object_id"):
-            qs = qs.filter(object_id=params["object_id"])
-        if params.get("object_name"):
-            qs = qs.filter(object_name=params["object_name"])
-        if since := _ms(request, "since"):
-            qs = qs.filter(at__gte=since)
-        if until := _ms(request, "until"):
-            qs = qs.filter(at__lt=until)
+        filters = AuditEventFilterSet(params)
+        filters.raise_if_invalid()
+        events = filters.filter_queryset(AuditEvent.objects.all())
         if params.get("format") == "jsonl":
-            rows = (json.dumps(serialize_event(e)) + "\n" for e in qs.order_by("at", "id").iterator(chunk_size=500))
+            rows = (json.dumps(serialize_event(e)) + "\n" for e in audit_event_export(events))
             response = StreamingHttpResponse(rows, content_type="application/x-ndjson")
             response["Content-Disposition"] = 'attachment; filename="modelfleet-audit.jsonl"'
             return response
         raw_limit = params.get("limit") or "100"
-        if not raw_limit.isdigit() or not 1 <= int(raw_limit) <= MAX_LIMIT:
+        if not (raw_limit.isascii() and raw_limit.isdigit()) or not 1 <= int(raw_limit) <= MAX_LIMIT:
             raise InvalidParameterValue(f"limit must be a whole number from 1 to {MAX_LIMIT}")
-        if token := params.get("page_token"):
-            try:
-                before_id = int(base64.urlsafe_b64decode(token.encode()).decode())
-            except ValueError:
-                raise InvalidParameterValue("page_token is not one this API returned") from None
-            qs = qs.filter(id__lt=before_id)
-        limit = int(raw_limit)
-        events = list(qs.order_by("-id")[: limit + 1])
-        body: dict[str, Any] = {"events": [serialize_event(e) for e in events[:limit]]}
-        if len(events) > limit:
-            body["next_page_token"] = base64.urlsafe_b64encode(str(events[limit - 1].id).encode()).decode()
+        page, next_id = audit_event_page(events, before_id=_before_id(params.get("page_token")), limit=int(raw_limit))
+        body: dict[str, Any] = {"events": [serialize_event(e) for e in page]}
+        if next_id is not None:
+            body["next_page_token"] = base64.urlsafe_b64encode(str(next_id).encode()).decode()
         return Response(body)
 
 

@@ -12,6 +12,7 @@ from endpoints_app import access, audit
 from endpoints_app.api.views import ApiView, request_body
 from endpoints_app.errors import InvalidParameterValue, PermissionDenied, ResourceDoesNotExist
 from endpoints_app.models import ApprovalPolicy, ChangeRequest, Role
+from endpoints_app.selectors import change_request_for, change_requests_for
 from endpoints_app.services import changes
 from endpoints_app.validation import require_object
 
@@ -45,22 +46,13 @@ def _comment(request: Request) -> str:
     return comment
 
 
-def _visible(request: Request, change: ChangeRequest) -> ChangeRequest:
-    if access.role_of(request.user) not in changes.APPROVER_ROLES and change.author_id != request.user.pk:
-        raise ResourceDoesNotExist(f"Change request {change.pk} does not exist")
-    return change
-
-
 class ChangeRequestListView(ApiView):
     def get(self, request: Request) -> Response:
-        qs = ChangeRequest.objects.select_related("author", "decided_by")
-        if access.role_of(request.user) not in changes.APPROVER_ROLES:
-            qs = qs.filter(author=request.user)
-        if status := request.query_params.get("status"):
-            qs = qs.filter(status=status.upper())
-        if name := request.query_params.get("endpoint_name"):
-            qs = qs.filter(endpoint_name=name)
-        return Response({"change_requests": [serialize(c) for c in qs[:500]]})
+        params = request.query_params
+        requests = change_requests_for(
+            request.user, status=params.get("status"), endpoint_name=params.get("endpoint_name")
+        )
+        return Response({"change_requests": [serialize(c) for c in requests[:500]]})
 
     def post(self, request: Request) -> Response:
         body = require_object(request_body(request), "request body")
@@ -75,18 +67,18 @@ class ChangeRequestListView(ApiView):
 
 class ChangeRequestDetailView(ApiView):
     def get(self, request: Request, request_id: int) -> Response:
-        return Response(serialize(_visible(request, changes.get(request_id))))
+        return Response(serialize(change_request_for(request.user, request_id)))
 
 
 class ChangeRequestApproveView(ApiView):
     def post(self, request: Request, request_id: int) -> Response:
-        change = _visible(request, changes.get(request_id))
+        change = change_request_for(request.user, request_id)
         return Response(serialize(changes.approve(actor=request.user, request=change, comment=_comment(request))))
 
 
 class ChangeRequestRejectView(ApiView):
     def post(self, request: Request, request_id: int) -> Response:
-        change = _visible(request, changes.get(request_id))
+        change = change_request_for(request.user, request_id)
         return Response(serialize(changes.reject(actor=request.user, request=change, comment=_comment(request))))
 
 

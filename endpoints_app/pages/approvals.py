@@ -11,7 +11,6 @@ from django.contrib import messages
 from django.contrib.auth.decorators import login_required
 from django.contrib.auth.models import AbstractBaseUser
 from django.core.paginator import Paginator
-from django.db.models import QuerySet
 from django.http import Http404, HttpRequest, HttpResponse
 from django.shortcuts import redirect, render
 from django.urls import path
@@ -21,41 +20,29 @@ from endpoints_app import access, validation
 from endpoints_app.errors import DomainError, ResourceDoesNotExist
 from endpoints_app.models import ChangeRequest, ChangeRequestStatus, Role
 from endpoints_app.pages.forms import ChangeRequestFilterForm, DecisionForm
+from endpoints_app.selectors import change_request_for, change_requests_for
 from endpoints_app.services import changes
 
 PAGE_SIZE = 25
 
 
-def visible_change_requests(user: AbstractBaseUser) -> QuerySet[ChangeRequest]:
-    """Approvers and admins see every change request; everyone else sees their own (as in the API)."""
-    requests = ChangeRequest.objects.select_related("author", "decided_by")
-    if not changes.may_skip_approval(user):
-        requests = requests.filter(author=user)
-    return requests
-
-
 def _visible(user: AbstractBaseUser, request_id: int) -> ChangeRequest:
     try:
-        change = changes.get(request_id)
-    except ResourceDoesNotExist:
-        raise Http404(f"Change request {request_id} does not exist") from None
-    if not visible_change_requests(user).filter(pk=change.pk).exists():
-        raise Http404(f"Change request {request_id} does not exist")
-    return change
+        return change_request_for(user, request_id)
+    except ResourceDoesNotExist as exc:
+        raise Http404(exc.message) from None
 
 
 @login_required
 @require_GET
 def change_request_list(request: HttpRequest) -> HttpResponse:
     filters = ChangeRequestFilterForm(request.GET or None)
-    requests = visible_change_requests(request.user)
     filters.is_valid()  # a field that does not parse is shown with its error and left out
     data = getattr(filters, "cleaned_data", {})
-    if status := data.get("status"):
-        requests = requests.filter(status=status)
-    if endpoint := (data.get("endpoint") or "").strip():
-        requests = requests.filter(endpoint_name=endpoint)
-    page = Paginator(requests.order_by("-id"), PAGE_SIZE).get_page(request.GET.get("page"))
+    requests = change_requests_for(
+        request.user, status=data.get("status"), endpoint_name=(data.get("endpoint") or "").strip()
+    )
+    page = Paginator(requests, PAGE_SIZE).get_page(request.GET.get("page"))
     query = request.GET.copy()
     query.pop("page", None)
     context = {

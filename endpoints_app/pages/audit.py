@@ -1,5 +1,6 @@
 """The audit log page (admins only): filters by actor, action, object and time; newest first,
-paged by id like the API (no COUNT over a table that only grows)."""
+paged by id like the API (no COUNT over a table that only grows). The filters and the paging are
+the API's (``AuditEventFilterSet``, ``audit_event_page``): the same query gives the same rows."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import difflib
 import json
 from typing import Any
 
+from django import forms
 from django.contrib.auth.decorators import login_required
 from django.core.exceptions import PermissionDenied as Forbidden
 from django.http import HttpRequest, HttpResponse
@@ -15,10 +17,17 @@ from django.urls import path
 from django.views.decorators.http import require_GET
 
 from endpoints_app import access
+from endpoints_app.filters import AuditEventFilterSet
 from endpoints_app.models import AuditEvent, Role
-from endpoints_app.pages.forms import AuditFilterForm
+from endpoints_app.selectors import audit_event_page
 
 PAGE_SIZE = 50
+
+
+class AuditPageFilters(AuditEventFilterSet):
+    """The API's filters, and where the page is: ``before`` an event id (the API's ``page_token``)."""
+
+    before = forms.IntegerField(required=False, min_value=1, widget=forms.HiddenInput)
 
 
 def _json_lines(value: Any) -> list[str]:
@@ -45,33 +54,18 @@ def before_after(event: AuditEvent) -> list[tuple[str, str]]:
 def audit_log(request: HttpRequest) -> HttpResponse:
     if access.role_of(request.user) != Role.ADMIN:
         raise Forbidden("Reading the audit log needs the admin role")
-    filters = AuditFilterForm(request.GET or None)
-    events = AuditEvent.objects.all()
+    filters = AuditPageFilters(request.GET or None)
     filters.is_valid()  # a field that does not parse is shown with its error and left out
-    data = getattr(filters, "cleaned_data", {})
-    if data.get("actor"):
-        events = events.filter(actor_name=data["actor"].strip())
-    if data.get("action"):
-        events = events.filter(action__startswith=data["action"].strip())
-    if data.get("object_type"):
-        events = events.filter(object_type=data["object_type"].strip())
-    if data.get("object_name"):
-        events = events.filter(object_name=data["object_name"].strip())
-    if data.get("since"):
-        events = events.filter(at__gte=data["since"])
-    if data.get("until"):
-        events = events.filter(at__lt=data["until"])
-    before_id = data.get("before")
-    if before_id:
-        events = events.filter(id__lt=before_id)
-    rows = list(events.order_by("-id")[: PAGE_SIZE + 1])
-    older = rows[PAGE_SIZE - 1].id if len(rows) > PAGE_SIZE else None
+    before_id = getattr(filters, "cleaned_data", {}).get("before")
+    rows, older = audit_event_page(
+        filters.filter_queryset(AuditEvent.objects.all()), before_id=before_id, limit=PAGE_SIZE
+    )
     query = request.GET.copy()
     query.pop("before", None)
     context = {
         "nav": "audit",
         "filters": filters,
-        "events": [{"event": e, "changes": before_after(e)} for e in rows[:PAGE_SIZE]],
+        "events": [{"event": e, "changes": before_after(e)} for e in rows],
         "older": older,
         "paged": bool(before_id),
         "query": query.urlencode(),

@@ -651,36 +651,6 @@ class DecisionForm(forms.Form):
     )
 
 
-class AuditFilterForm(forms.Form):
-    """Filters of the audit log page; the time range is in UTC (the server's time zone)."""
-
-    actor = forms.CharField(required=False, max_length=255, label="Actor")
-    action = forms.CharField(
-        required=False,
-        max_length=64,
-        label="Action",
-        help_text="A prefix: endpoint, change_request.approve…",
-        widget=forms.TextInput(attrs={"list": "audit-actions"}),
-    )
-    object_type = forms.CharField(
-        required=False, max_length=32, label="Object type", widget=forms.TextInput(attrs={"list": "audit-object-types"})
-    )
-    object_name = forms.CharField(required=False, max_length=255, label="Object name")
-    since = forms.DateTimeField(
-        required=False,
-        label="From (UTC)",
-        input_formats=["%Y-%m-%dT%H:%M", "%Y-%m-%dT%H:%M:%S", "%Y-%m-%d"],
-        widget=forms.DateTimeInput(attrs={"type": "datetime-local"}, format="%Y-%m-%dT%H:%M"),
-    )
-    until = forms.DateTimeField(
-        required=False,
-        label="Until (UTC)",
-        input_formats=["%Y-%m-%dT%H:%M", "%Y-%m-%dT%H:%M:%S", "%Y-%m-%d"],
-        widget=forms.DateTimeInput(attrs={"type": "datetime-local"}, format="%Y-%m-%dT%H:%M"),
-    )
-    before = forms.IntegerField(required=False, min_value=1, widget=forms.HiddenInput)
-
-
 # --- secrets -------------------------------------------------------------------------------------
 
 
