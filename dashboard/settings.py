@@ -104,10 +104,20 @@ ROLLOUT_TIMEOUT_SECONDS = env_float("MODELFLEET_ROLLOUT_TIMEOUT_SECONDS", 600.0,
 GATEWAY_ROUTE_TTL_SECONDS = env_float("MODELFLEET_GATEWAY_ROUTE_TTL_SECONDS", 1.0, minimum=0.0)
 GATEWAY_TIMEOUT_SECONDS = env_float("MODELFLEET_GATEWAY_TIMEOUT_SECONDS", 297.0, minimum=1.0)
 # Where external model providers' APIs are reached when the endpoint's config does not say (e.g. an
-# egress proxy): provider=URL pairs; the defaults are the providers' public APIs.
+# egress proxy): provider=URL pairs; the defaults are the providers' public APIs. "microsoft-entra"
+# is the Entra ID authority Azure OpenAI's client credentials sign in at (a sovereign cloud's).
 PROVIDER_BASE_URLS = env_url_map(
     "MODELFLEET_PROVIDER_BASE_URLS",
-    ("openai", "anthropic", "cohere", "ai21labs", "amazon-bedrock", "google-cloud-vertex-ai", "palm"),
+    (
+        "openai",
+        "anthropic",
+        "cohere",
+        "ai21labs",
+        "amazon-bedrock",
+        "google-cloud-vertex-ai",
+        "palm",
+        "microsoft-entra",
+    ),
 )
 REPLICA_START_ATTEMPTS = env_int("MODELFLEET_REPLICA_START_ATTEMPTS", 3, minimum=1)
 REPLICA_READY_TIMEOUT_SECONDS = env_float("MODELFLEET_REPLICA_READY_TIMEOUT_SECONDS", 120.0, minimum=1.0)

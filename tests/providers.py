@@ -6,7 +6,12 @@ every request so tests can assert what the gateway sent. Nothing here leaves loo
 
 - ``OpenAIServer``: ``/v1/chat/completions``, ``/v1/completions``, ``/v1/embeddings`` with
   ``Authorization: Bearer``; Azure's ``/openai/deployments/<d>/...?api-version=`` with ``api-key``
-  (or Bearer for Entra ID); a custom OpenAI-compatible service with any auth header.
+  (or Bearer for Entra ID: a fixed token, or one ``EntraTokenServer`` issued); a custom
+  OpenAI-compatible service with any auth header.
+- ``EntraTokenServer``: Microsoft Entra ID's ``/<tenant>/oauth2/v2.0/token`` for one app
+  registration's client-credentials grant; answers with AADSTS errors as Entra does.
+- ``TricklingOpenAIServer``: an OpenAI stream that sends a chunk every few tenths of a second and
+  records when its client closed the connection.
 - ``AnthropicServer``: ``/v1/messages`` with ``x-api-key`` and ``anthropic-version``.
 - ``DatabricksServer``: ``/serving-endpoints/<name>/invocations`` with Bearer.
 - ``CohereServer``: ``/v2/chat`` and ``/v2/embed`` with Bearer.
@@ -25,6 +30,8 @@ import hashlib
 import hmac
 import json
 import re
+import select
+import socket
 import threading
 import time
 import zlib
@@ -162,10 +169,25 @@ class FakeProvider:
 class OpenAIServer(FakeProvider):
     """OpenAI's REST API. ``azure_deployment`` switches to Azure's paths (``api-version`` required)."""
 
-    def __init__(self, key: str, *, auth: str = "bearer", auth_header: str = "", azure_deployment: str = "") -> None:
+    def __init__(
+        self,
+        key: str,
+        *,
+        auth: str = "bearer",
+        auth_header: str = "",
+        azure_deployment: str = "",
+        tokens: EntraTokenServer | None = None,
+    ) -> None:
         super().__init__(key, auth=auth, auth_header=auth_header)
         self.azure_deployment = azure_deployment
+        self.tokens = tokens  # when set, only Bearer tokens it issued are accepted
         self.reply = "Hello from OpenAI"  # what chat completions answer
+
+    def authorized(self, request: Recorded) -> bool:
+        if self.tokens is None:
+            return super().authorized(request)
+        given = request.headers.get("authorization") or ""
+        return given.startswith("Bearer ") and given.removeprefix("Bearer ") in self.tokens.issued
 
     def _error(self, handler: BaseHTTPRequestHandler, status: int, message: str, kind: str, headers=None) -> None:  # type: ignore[no-untyped-def]
         self.send_json(
@@ -269,6 +291,159 @@ class OpenAIServer(FakeProvider):
             events.append((None, json.dumps(usage_chunk)))
         events.append((None, "[DONE]"))
         self.send_events(handler, events)
+
+
+class EntraTokenServer(FakeProvider):
+    """Microsoft Entra ID's v2.0 token endpoint (``POST /<tenant>/oauth2/v2.0/token``) for one app
+    registration in one tenant: a form-encoded client-credentials grant for the Cognitive Services
+    scope, with the registration's client id and secret (``key``). It answers as Entra does: 400
+    ``invalid_request`` (unknown tenant), ``unsupported_grant_type``, ``invalid_scope`` or
+    ``unauthorized_client`` (unknown client id), 401 ``invalid_client`` (wrong secret), each with an
+    ``AADSTS`` description; tokens are opaque here, valid for ``expires_in`` seconds."""
+
+    SCOPE = "https://cognitiveservices.azure.com/.default"
+
+    def __init__(self, tenant: str, client_id: str, client_secret: str, *, expires_in: int = 3599) -> None:
+        super().__init__(client_secret, auth="form")
+        self.tenant = tenant
+        self.client_id = client_id
+        self.expires_in = expires_in
+        self.issued: list[str] = []
+
+    def _refuse(  # type: ignore[no-untyped-def]
+        self, handler: BaseHTTPRequestHandler, status: int, error: str, code: int, text: str, headers=None
+    ) -> None:
+        trace = (
+            "\r\nTrace ID: 0a1b2c3d-0000-4000-8000-000000000000\r\nCorrelation ID: 9f8e7d6c-0000-4000-8000-000000000000"
+        )
+        self.send_json(
+            handler,
+            status,
+            {
+                "error": error,
+                "error_description": f"AADSTS{code}: {text}{trace}\r\nTimestamp: 2025-01-01 00:00:00Z",
+                "error_codes": [code],
+                "timestamp": "2025-01-01 00:00:00Z",
+                "trace_id": "0a1b2c3d-0000-4000-8000-000000000000",
+                "correlation_id": "9f8e7d6c-0000-4000-8000-000000000000",
+                "error_uri": f"https://login.microsoftonline.com/error?code={code}",
+            },
+            headers,
+        )
+
+    def handle(self, handler: BaseHTTPRequestHandler, request: Recorded) -> None:
+        if request.path != f"/{self.tenant}/oauth2/v2.0/token":
+            tenant = request.path.strip("/").split("/")[0]
+            return self._refuse(handler, 400, "invalid_request", 90002, f"Tenant '{tenant}' not found.")
+        if not request.headers.get("content-type", "").startswith("application/x-www-form-urlencoded"):
+            return self._refuse(handler, 400, "invalid_request", 900144, "The request body must contain grant_type.")
+        form = {k: v[0] for k, v in parse_qs(request.raw.decode()).items()}
+        if form.get("grant_type") != "client_credentials":
+            return self._refuse(
+                handler, 400, "unsupported_grant_type", 70003, "The app requested an unsupported grant type."
+            )
+        if form.get("scope") != self.SCOPE:
+            return self._refuse(
+                handler,
+                400,
+                "invalid_scope",
+                1002012,
+                f"The provided value for scope {form.get('scope')} is not valid.",
+            )
+        if form.get("client_id") != self.client_id:
+            return self._refuse(
+                handler,
+                400,
+                "unauthorized_client",
+                700016,
+                f"Application with identifier '{form.get('client_id')}' was not found in the directory.",
+            )
+        if form.get("client_secret") != self.key:
+            return self._refuse(
+                handler,
+                401,
+                "invalid_client",
+                7000215,
+                "Invalid client secret provided. Ensure the secret being sent in the request is the client secret value.",
+            )
+        if self.failures:
+            failure = self.failures.pop(0)
+            return self._refuse(
+                handler, failure.status, "temporarily_unavailable", 50001, failure.message, failure.headers
+            )
+        token = f"eyJ0eXAiOiJKV1QiLCJhbGciOiJSUzI1NiJ9.entra-fake-{len(self.issued) + 1}-{int(time.time())}"
+        self.issued.append(token)
+        self.send_json(
+            handler,
+            200,
+            {
+                "token_type": "Bearer",
+                "expires_in": self.expires_in,
+                "ext_expires_in": self.expires_in,
+                "access_token": token,
+            },
+        )
+
+
+class TricklingOpenAIServer(OpenAIServer):
+    """OpenAI's chat stream, slowly: ``chunks`` chunks, one every ``interval`` seconds. ``closed_at``
+    (``time.monotonic()``) is when it saw its client close the connection, ``sent`` how many chunks
+    it had written by then."""
+
+    def __init__(self, key: str, *, chunks: int = 50, interval: float = 0.2) -> None:
+        super().__init__(key)
+        self.chunks, self.interval = chunks, interval
+        self.sent = 0
+        self.closed_at: float | None = None
+        self.finished = False
+
+    def _stream(self, handler: BaseHTTPRequestHandler, task: str, model: str, text: str, body: dict) -> None:
+        handler.send_response(200)
+        handler.send_header("content-type", "text/event-stream")
+        handler.send_header("transfer-encoding", "chunked")
+        handler.end_headers()
+        connection: socket.socket = handler.connection
+        for i in range(self.chunks):
+            delta = {"role": "assistant", "content": "Tick"} if i == 0 else {"content": f" {i}"}
+            chunk = {
+                "id": "chatcmpl-trickle",
+                "object": "chat.completion.chunk",
+                "created": 1_700_000_000,
+                "model": model,
+                "choices": [{"index": 0, "delta": delta, "finish_reason": None}],
+            }
+            payload = f"data: {json.dumps(chunk)}\n\n".encode()
+            try:
+                handler.wfile.write(f"{len(payload):x}\r\n".encode() + payload + b"\r\n")
+                handler.wfile.flush()
+            except OSError:
+                self.closed_at = time.monotonic()
+                return
+            self.sent += 1
+            # Wait for the next tick, watching the connection: the client sends nothing more, so it
+            # turns readable only when the client closes it (recv gives b"").
+            readable, _, _ = select.select([connection], [], [], self.interval)
+            if readable:
+                try:
+                    closed = connection.recv(1, socket.MSG_PEEK) == b""
+                except OSError:
+                    closed = True
+                if closed:
+                    self.closed_at = time.monotonic()
+                    return
+        final = {
+            "id": "chatcmpl-trickle",
+            "object": "chat.completion.chunk",
+            "created": 1_700_000_000,
+            "model": model,
+            "choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}],
+        }
+        for data in (json.dumps(final), "[DONE]"):
+            payload = f"data: {data}\n\n".encode()
+            handler.wfile.write(f"{len(payload):x}\r\n".encode() + payload + b"\r\n")
+        handler.wfile.write(b"0\r\n\r\n")
+        handler.wfile.flush()
+        self.finished = True
 
 
 # --- Anthropic ----------------------------------------------------------------------------------

@@ -13,7 +13,8 @@ entities in their listed order; usage tracking records requests and tokens per c
 
 An external model's entity is answered by its provider instead (``gateway.external``): the
 OpenAI-shaped request is translated to the provider's wire format and back, streamed as
-server-sent events with ``stream: true``, and its token usage is counted. The OpenAI client's
+server-sent events with ``stream: true`` (a client that hangs up mid-stream closes the provider's
+stream too), and its token usage is counted. The OpenAI client's
 routes (``/serving-endpoints/chat/completions``, ``/completions``, ``/embeddings``) pick the
 endpoint by the body's ``model``.
 """
@@ -178,7 +179,7 @@ class Gateway:
                 json.dumps({"error_code": err.error_code, "message": err.message}).encode(),
             )
         if isinstance(result, StreamAnswer):
-            await self._send_stream(result, send, call, started)
+            await self._send_stream(result, receive, send, call, started)
             return
         status, headers, body = result
         self._record(call, status, started, body)
@@ -232,8 +233,17 @@ class Gateway:
         self._background.add(task)  # keep a reference until it is done
         task.add_done_callback(self._background.discard)
 
-    async def _send_stream(self, answer: StreamAnswer, send: Send, call: _Call, started: float) -> None:
-        """Relay server-sent events as they come (chunked); count and log once the stream is over."""
+    async def _send_stream(
+        self, answer: StreamAnswer, receive: Receive, send: Send, call: _Call, started: float
+    ) -> None:
+        """Relay server-sent events as they come (chunked); count and log once the stream is over.
+
+        A client that goes away mid-stream must not keep the provider generating (and billing) to
+        the end: the relay runs as a task beside one that waits for ``http.disconnect`` (uvicorn's
+        ``send`` just drops what a closed connection cannot take, so only ``receive`` tells), and
+        whichever ends first ends the other. Cancelling the relay closes the provider's response,
+        and with it the connection the provider streams into; what was sent is still counted.
+        """
         await send(
             {
                 "type": "http.response.start",
@@ -242,16 +252,21 @@ class Gateway:
             }
         )
         sent = bytearray()
+        relay = asyncio.ensure_future(_relay_stream(answer.chunks, send, sent))
+        gone = asyncio.ensure_future(_client_gone(receive))
         try:
-            async for chunk in answer.chunks:
-                await send({"type": "http.response.body", "body": chunk, "more_body": True})
-                if len(sent) <= MAX_PAYLOAD_BYTES:
-                    sent += chunk
+            await asyncio.wait((relay, gone), return_when=asyncio.FIRST_COMPLETED)
         finally:
+            relay.cancel()
+            gone.cancel()
+            await asyncio.gather(relay, gone, return_exceptions=True)
             await answer.chunks.aclose()  # type: ignore[attr-defined]  # closes the provider's stream
             # Counted before the stream ends, so a client that read it all sees its tokens counted.
             call.usage = answer.decoder.usage
             self._record(call, 200, started, bytes(sent))
+        if relay.cancelled() or not relay.result():  # result(): the relay's own error, re-raised
+            log.info("%s: the client went away mid-stream; closed the provider's stream", call.entity)
+            return
         await send({"type": "http.response.body", "body": b""})
 
     async def _handle(
@@ -628,6 +643,25 @@ class Gateway:
             f"Served model '{entity.name}' of endpoint '{table.endpoint_name}' has no ready replica right now",
             {"retry-after": "1"},
         )
+
+
+async def _relay_stream(chunks: Any, send: Send, sent: bytearray) -> bool:
+    """Send each chunk on as it comes, keeping the first ``MAX_PAYLOAD_BYTES`` in ``sent``; whether
+    the stream was sent to its end (False: the server said the connection is closed)."""
+    async for chunk in chunks:
+        try:
+            await send({"type": "http.response.body", "body": chunk, "more_body": True})
+        except OSError:  # ASGI servers other than uvicorn may raise on a closed connection
+            return False
+        if len(sent) <= MAX_PAYLOAD_BYTES:
+            sent += chunk
+    return True
+
+
+async def _client_gone(receive: Receive) -> None:
+    """Return once the client has disconnected (the request body was read already)."""
+    while (await receive())["type"] != "http.disconnect":
+        pass
 
 
 async def _guarded_stream(rail: guardrails.Guardrail, chunks: Any) -> Any:

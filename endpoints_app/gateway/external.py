@@ -139,12 +139,13 @@ class ExternalModels:
                 f"The credentials of served model '{entity.name}' cannot be read: {target.credential_error}. "
                 "An endpoint manager must restore the secret or update the endpoint's config",
             )
-        base_url = (getattr(settings, "PROVIDER_BASE_URLS", None) or {}).get(provider.name) or provider.default_base_url
+        base_urls = getattr(settings, "PROVIDER_BASE_URLS", None) or {}
+        base_url = base_urls.get(provider.name) or provider.default_base_url
         timeout = httpx.Timeout(settings.GATEWAY_TIMEOUT_SECONDS, connect=CONNECT_TIMEOUT_SECONDS)
         client = self._http()
         try:
             credentials = await provider.sign_in(
-                http=client, config=target.config, credentials=target.credentials, timeout=timeout
+                http=client, config=target.config, credentials=target.credentials, timeout=timeout, base_urls=base_urls
             )
         except SignInFailed as exc:
             raise ExternalError(
@@ -171,7 +172,7 @@ class ExternalModels:
             raise ExternalError(501, "NOT_IMPLEMENTED", f"Served model '{entity.name}': {exc}") from None
         headers = {"served-model-name": entity.name}
         if request.stream:
-            return await self._stream(provider, target, entity, client, request, timeout, checked, headers)
+            return await self._stream(provider, target, entity, client, request, timeout, checked, headers, credentials)
         try:
             response = await client.post(request.url, headers=request.headers, timeout=timeout, **request.body())
         except httpx.TimeoutException:
@@ -180,7 +181,7 @@ class ExternalModels:
             raise self._unreachable(provider, entity, exc) from None
         if response.status_code >= 300:
             raise self._provider_error(
-                provider, target, entity, response.status_code, response.content, response.headers
+                provider, target, entity, response.status_code, response.content, response.headers, credentials
             )
         try:
             answer = provider.parse_response(task=target.task, model=target.model, data=response.json())
@@ -207,6 +208,7 @@ class ExternalModels:
         timeout: httpx.Timeout,
         body: dict[str, Any],
         headers: dict[str, str],
+        credentials: dict[str, str],
     ) -> StreamAnswer:
         outgoing = client.build_request("POST", request.url, headers=request.headers, timeout=timeout, **request.body())
         try:
@@ -222,16 +224,18 @@ class ExternalModels:
                 content = b""
             finally:
                 await response.aclose()
-            raise self._provider_error(provider, target, entity, response.status_code, content, response.headers)
+            raise self._provider_error(
+                provider, target, entity, response.status_code, content, response.headers, credentials
+            )
         decoder = provider.stream_decoder(task=target.task, model=target.model, body=body)
         return StreamAnswer(
             headers={"content-type": "text/event-stream", "cache-control": "no-cache", **headers},
-            chunks=self._relay(provider, target, response, decoder),
+            chunks=self._relay(provider, credentials, response, decoder),
             decoder=decoder,
         )
 
     async def _relay(
-        self, provider: Provider, target: ExternalTarget, response: httpx.Response, decoder: StreamDecoder
+        self, provider: Provider, credentials: dict[str, str], response: httpx.Response, decoder: StreamDecoder
     ) -> AsyncIterator[bytes]:
         """The provider's events as OpenAI chunks; an error after the first byte becomes a last
         ``data: {"error_code", "message"}`` event (the status line is sent already)."""
@@ -245,7 +249,7 @@ class ExternalModels:
                 try:
                     chunks = decoder.feed(event, data)
                 except StreamFailed as exc:
-                    message = scrub(str(exc), target.credentials)[:MAX_ERROR_TEXT]
+                    message = scrub(str(exc), credentials)[:MAX_ERROR_TEXT]
                     yield sse({"error_code": "BAD_GATEWAY", "message": f"Provider '{provider.name}' failed: {message}"})
                     return
                 for chunk in chunks:
@@ -306,14 +310,16 @@ class ExternalModels:
         status: int,
         content: bytes,
         response_headers: httpx.Headers,
+        credentials: dict[str, str],
     ) -> ExternalError:
+        """``credentials`` are the signed-in ones (the configured secrets and any access token)."""
         try:
             data = json.loads(content)
             detail = provider.error_message(data)
             status = provider.error_status(status, data)
         except ValueError:
             detail = content.decode("utf-8", errors="replace").strip()
-        detail = scrub(detail, target.credentials)[:MAX_ERROR_TEXT]
+        detail = scrub(detail, credentials)[:MAX_ERROR_TEXT]
         said = f": {detail}" if detail else ""
         name = provider.name
         log.info("provider %s answered %s for %s", name, status, entity.name)

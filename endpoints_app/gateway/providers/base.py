@@ -13,7 +13,8 @@ A provider module describes two things:
 Provider modules are pure: no I/O, no Django. ``endpoints_app.gateway.external`` sends the
 requests (one shared ``httpx.AsyncClient``), maps the provider's errors and counts tokens. The one
 exception is ``sign_in``, for providers whose key must first be exchanged for an access token
-(Google's service accounts): it gets the shared client to do that one request.
+(Google's service accounts, Microsoft Entra ID's client credentials): it gets the shared client to
+do that one request, and the operator's ``PROVIDER_BASE_URLS`` (where a token service is reached).
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from __future__ import annotations
 import json
 import time
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -196,10 +197,17 @@ class Provider:
         raise NotImplementedError
 
     async def sign_in(
-        self, *, http: httpx.AsyncClient, config: dict[str, Any], credentials: dict[str, str], timeout: httpx.Timeout
+        self,
+        *,
+        http: httpx.AsyncClient,
+        config: dict[str, Any],
+        credentials: dict[str, str],
+        timeout: httpx.Timeout,
+        base_urls: Mapping[str, str],
     ) -> dict[str, str]:
         """The credentials ``build_request`` gets. Most providers take the configured key as it is;
-        one that must exchange it for an access token first does so here (raise ``SignInFailed``)."""
+        one that must exchange it for an access token first does so here (raise ``SignInFailed``).
+        ``base_urls`` are ``settings.PROVIDER_BASE_URLS``: a token service's URL may be overridden there."""
         return credentials
 
 

@@ -22,6 +22,7 @@ import base64
 import hashlib
 import json
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
@@ -125,8 +126,15 @@ class GoogleCloudVertexAIProvider(Provider):
         self._tokens: dict[str, CachedToken] = {}
 
     async def sign_in(
-        self, *, http: httpx.AsyncClient, config: dict[str, Any], credentials: dict[str, str], timeout: httpx.Timeout
+        self,
+        *,
+        http: httpx.AsyncClient,
+        config: dict[str, Any],
+        credentials: dict[str, str],
+        timeout: httpx.Timeout,
+        base_urls: Mapping[str, str],
     ) -> dict[str, str]:
+        # The token URL is the key file's own token_uri (base_urls has no say here).
         secret = credentials["private_key"]
         cache_key = hashlib.sha256(secret.encode()).hexdigest()
         cached = self._tokens.get(cache_key)
