@@ -92,7 +92,7 @@ def test_the_list_filters_by_status_and_endpoint(client, user, paula, proposal, 
     client.force_login(paula)
     pending = client.get("/change-requests/", {"status": "PENDING"}).content.decode()
     assert f"/change-requests/{proposal.pk}/" in pending and f"/change-requests/{other.pk}/" not in pending
-    by_name = client.get("/change-requests/", {"endpoint": "other"}).content.decode()
+    by_name = client.get("/change-requests/", {"endpoint_name": "other"}).content.decode()
     assert f"/change-requests/{other.pk}/" in by_name and f"/change-requests/{proposal.pk}/" not in by_name
 
 

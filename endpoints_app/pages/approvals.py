@@ -40,7 +40,7 @@ def change_request_list(request: HttpRequest) -> HttpResponse:
     filters.is_valid()  # a field that does not parse is shown with its error and left out
     data = getattr(filters, "cleaned_data", {})
     requests = change_requests_for(
-        request.user, status=data.get("status"), endpoint_name=(data.get("endpoint") or "").strip()
+        request.user, status=data.get("status"), endpoint_name=(data.get("endpoint_name") or "").strip()
     )
     page = Paginator(requests, PAGE_SIZE).get_page(request.GET.get("page"))
     query = request.GET.copy()

@@ -639,10 +639,18 @@ def entity_initial(entity: Any, traffic: int | None) -> dict[str, Any]:
 
 
 class ChangeRequestFilterForm(forms.Form):
+    """The page's filters, named as the API's (``status`` in any case, ``endpoint_name``)."""
+
     status = forms.ChoiceField(
         required=False, choices=[("", "Any status"), *ChangeRequestStatus.choices], label="Status"
     )
-    endpoint = forms.CharField(required=False, max_length=255, label="Endpoint")
+    endpoint_name = forms.CharField(required=False, max_length=255, label="Endpoint")
+
+    def __init__(self, data=None, *args, **kwargs):  # type: ignore[no-untyped-def]
+        if data is not None and data.get("status"):
+            data = data.copy()
+            data["status"] = data["status"].upper()
+        super().__init__(data, *args, **kwargs)
 
 
 class DecisionForm(forms.Form):
