@@ -6,6 +6,7 @@ See README "Settings" for the list; `dashboard.env` parses each value strictly.
 from __future__ import annotations
 
 import os
+import warnings
 from pathlib import Path
 
 import dj_database_url
@@ -238,6 +239,11 @@ STATIC_ROOT = DATA_DIR / "staticfiles"
 # WhiteNoise serves static files from the app's own folders and npm's node_modules, so
 # the product needs no separate web server and no collectstatic step.
 WHITENOISE_USE_FINDERS = True
+# WhiteNoise hands Django a file iterator, which Django's ASGI handler reads in a thread and warns
+# about on every static file; that is the intended cost here (small files), not a fault to log.
+warnings.filterwarnings(
+    "ignore", message="StreamingHttpResponse must consume synchronous iterators", module="django.core.handlers.asgi"
+)
 STATIC_ROOT.mkdir(parents=True, exist_ok=True)
 WHITENOISE_AUTOREFRESH = DEBUG
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
