@@ -244,6 +244,9 @@ def main() -> int:
         ("table refresh (htmx fragment)", owner, "/", {"HX-Request": "true", "HX-Target": "fleet-results"}, True),
         ("fleet list, 200 rows per page", owner, "/?per_page=200", None, False),
     ]
+    from dashboard.heap import freeze_startup_objects
+
+    freeze_startup_objects()  # as the web process does once loaded (dashboard/asgi.py)
     results = []
     for label, user, url, headers, held in cases:
         client = Client()

@@ -11,3 +11,7 @@ django_application = get_asgi_application()
 from endpoints_app.gateway.app import mount  # noqa: E402
 
 application = mount(django_application)
+
+from dashboard.heap import freeze_startup_objects  # noqa: E402
+
+freeze_startup_objects()  # last: everything loaded so far lives as long as the process
