@@ -139,6 +139,10 @@ def test_azuread_signs_in_with_client_credentials_once_and_sends_the_token(
     refused = query(CHAT)
     assert (refused.status_code, refused.json()["error_code"]) == (502, "BAD_GATEWAY")
     assert "refused the credentials configured for served model 'chat'" in refused.json()["message"]
+    # ... and the refused token is dropped: the next query signs in afresh and is served.
+    again = query(CHAT)
+    assert again.status_code == 200, again.text
+    assert len(tokens.requests) == 2 and azure.requests[-1].headers["authorization"] == f"Bearer {tokens.issued[-1]}"
 
     # 5. The secret and the token are nowhere: answers, headers, the API's view, audit rows, logs.
     seen.append(api.get(f"{URL}/gpt").content.decode())

@@ -324,6 +324,7 @@ class ExternalModels:
         name = provider.name
         log.info("provider %s answered %s for %s", name, status, entity.name)
         if status in (401, 403):
+            provider.forget_sign_in(credentials)  # a revoked access token is not reused
             # The provider's own message is left out: it may quote part of the key.
             return ExternalError(
                 502,

@@ -210,6 +210,10 @@ class Provider:
         ``base_urls`` are ``settings.PROVIDER_BASE_URLS``: a token service's URL may be overridden there."""
         return credentials
 
+    def forget_sign_in(self, credentials: dict[str, str]) -> None:
+        """The provider refused (401/403) what ``sign_in`` returned: drop any cached access token in
+        ``credentials`` so that the next query signs in afresh instead of reusing a revoked one."""
+
 
 # --- OpenAI-shaped request checks (reference §4.2), shared by every provider ----------------------
 

@@ -125,6 +125,12 @@ class GoogleCloudVertexAIProvider(Provider):
         # Access tokens by a digest of the key file they were minted with (a rotated key gets its own).
         self._tokens: dict[str, CachedToken] = {}
 
+    def forget_sign_in(self, credentials: dict[str, str]) -> None:
+        used = credentials.get(TOKEN_FIELD)
+        for key, cached in list(self._tokens.items()):
+            if cached.token == used:
+                del self._tokens[key]
+
     async def sign_in(
         self,
         *,

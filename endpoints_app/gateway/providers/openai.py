@@ -130,6 +130,12 @@ class OpenAIProvider(OpenAICompatible):
 
     # --- Microsoft Entra ID sign-in ---------------------------------------------------------------
 
+    def forget_sign_in(self, credentials: dict[str, str]) -> None:
+        used = credentials.get(TOKEN_FIELD)
+        for key, cached in list(self._tokens.items()):
+            if cached.token == used:
+                del self._tokens[key]
+
     async def sign_in(
         self,
         *,
