@@ -719,6 +719,14 @@ def test_vertex_sign_in_failures_are_clear(gateway, fakes, api, user, token, set
     assert (down.status_code, down.json()["error_code"]) == (503, "TEMPORARILY_UNAVAILABLE")
     assert gateway.post(path, CHAT, token).status_code == 200
 
+    # Google revokes the access token: that query is refused, and the next one signs in afresh.
+    signed_in = len(tokens.issued)
+    tokens.issued.clear()
+    revoked = gateway.post(path, CHAT, token)
+    assert (revoked.status_code, revoked.json()["error_code"]) == (502, "BAD_GATEWAY")
+    assert gateway.post(path, CHAT, token).status_code == 200
+    assert len(tokens.issued) == 1 and signed_in >= 1
+
 
 # --- PaLM (the Generative Language API) -----------------------------------------------------------
 
