@@ -215,6 +215,33 @@ class Provider:
         ``credentials`` so that the next query signs in afresh instead of reusing a revoked one."""
 
 
+# Refresh a cached access token this long before it expires, so no query carries one that dies in flight.
+TOKEN_REFRESH_MARGIN_SECONDS = 300
+
+
+class TokenCache:
+    """Access tokens a provider's ``sign_in`` obtained, by a key naming the credentials they came
+    from; in this process, until ``TOKEN_REFRESH_MARGIN_SECONDS`` before they expire."""
+
+    def __init__(self) -> None:
+        self._tokens: dict[Any, tuple[str, float]] = {}  # key → (token, expiry on time.monotonic())
+
+    def get(self, key: Any) -> str | None:
+        cached = self._tokens.get(key)
+        if cached is not None and cached[1] - TOKEN_REFRESH_MARGIN_SECONDS > time.monotonic():
+            return cached[0]
+        return None
+
+    def put(self, key: Any, token: str, expires_in: float) -> None:
+        self._tokens[key] = (token, time.monotonic() + expires_in)
+
+    def forget(self, token: str | None) -> None:
+        """Drop ``token`` (the provider refused it) wherever it is cached."""
+        for key, cached in list(self._tokens.items()):
+            if cached[0] == token:
+                del self._tokens[key]
+
+
 # --- OpenAI-shaped request checks (reference §4.2), shared by every provider ----------------------
 
 

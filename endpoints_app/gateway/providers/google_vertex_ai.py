@@ -37,6 +37,7 @@ from endpoints_app.gateway.providers.base import (
     Provider,
     SignInFailed,
     StreamDecoder,
+    TokenCache,
     UpstreamRequest,
     join_url,
 )
@@ -49,7 +50,6 @@ SCOPE = "https://www.googleapis.com/auth/cloud-platform"
 DEFAULT_TOKEN_URI = "https://oauth2.googleapis.com/token"
 JWT_BEARER = "urn:ietf:params:oauth:grant-type:jwt-bearer"
 ASSERTION_LIFETIME_SECONDS = 3600
-TOKEN_REFRESH_MARGIN_SECONDS = 300
 TOKEN_FIELD = "access_token"  # where sign_in puts the token among the credentials
 
 
@@ -106,12 +106,6 @@ class ServiceAccount:
         return f"{signing_input}.{_b64url(signature)}"
 
 
-@dataclass(frozen=True)
-class CachedToken:
-    token: str
-    expires_at: float  # time.monotonic()
-
-
 class GoogleCloudVertexAIProvider(Provider):
     name = "google-cloud-vertex-ai"
     config_key = "google_cloud_vertex_ai_config"
@@ -123,13 +117,10 @@ class GoogleCloudVertexAIProvider(Provider):
 
     def __init__(self) -> None:
         # Access tokens by a digest of the key file they were minted with (a rotated key gets its own).
-        self._tokens: dict[str, CachedToken] = {}
+        self._tokens = TokenCache()
 
     def forget_sign_in(self, credentials: dict[str, str]) -> None:
-        used = credentials.get(TOKEN_FIELD)
-        for key, cached in list(self._tokens.items()):
-            if cached.token == used:
-                del self._tokens[key]
+        self._tokens.forget(credentials.get(TOKEN_FIELD))
 
     async def sign_in(
         self,
@@ -144,8 +135,8 @@ class GoogleCloudVertexAIProvider(Provider):
         secret = credentials["private_key"]
         cache_key = hashlib.sha256(secret.encode()).hexdigest()
         cached = self._tokens.get(cache_key)
-        if cached is not None and cached.expires_at - TOKEN_REFRESH_MARGIN_SECONDS > time.monotonic():
-            return {**credentials, TOKEN_FIELD: cached.token}
+        if cached is not None:
+            return {**credentials, TOKEN_FIELD: cached}
         try:
             account = ServiceAccount.parse(secret)
         except ValueError as exc:
@@ -168,7 +159,7 @@ class GoogleCloudVertexAIProvider(Provider):
             expires_in = int(data.get("expires_in") or 3600)
         except (ValueError, KeyError, TypeError):
             raise SignInFailed(502, "BAD_GATEWAY", "Google's token endpoint answered without an access token") from None
-        self._tokens[cache_key] = CachedToken(token, time.monotonic() + expires_in)
+        self._tokens.put(cache_key, token, expires_in)
         return {**credentials, TOKEN_FIELD: token}
 
     @staticmethod

@@ -24,9 +24,7 @@ import asyncio
 import hashlib
 import json
 import re
-import time
 from collections.abc import Mapping
-from dataclasses import dataclass
 from typing import Any
 from urllib.parse import quote
 
@@ -38,6 +36,7 @@ from endpoints_app.gateway.providers.base import (
     Field,
     SignInFailed,
     StreamDecoder,
+    TokenCache,
     has_secret,
     join_url,
 )
@@ -49,7 +48,6 @@ ENTRA_FIELDS = ("microsoft_entra_client_id", "microsoft_entra_tenant_id", "micro
 ENTRA_SERVICE = "microsoft-entra"
 ENTRA_AUTHORITY = "https://login.microsoftonline.com"
 ENTRA_SCOPE = "https://cognitiveservices.azure.com/.default"
-TOKEN_REFRESH_MARGIN_SECONDS = 300
 TOKEN_FIELD = "entra_access_token"  # where sign_in puts the token among the credentials
 # A tenant is a GUID or a domain name (contoso.onmicrosoft.com); it becomes a URL path segment.
 TENANT = re.compile(r"[A-Za-z0-9][A-Za-z0-9.-]{0,252}")
@@ -63,12 +61,6 @@ def api_type(config: dict[str, Any]) -> str:
 def uses_client_credentials(config: dict[str, Any], credentials: Mapping[str, str]) -> bool:
     """Whether the query signs in to Entra ID with the app registration's client credentials."""
     return api_type(config) == "azuread" and "openai_api_key" not in credentials
-
-
-@dataclass(frozen=True)
-class CachedToken:
-    token: str
-    expires_at: float  # time.monotonic()
 
 
 class OpenAIProvider(OpenAICompatible):
@@ -91,7 +83,7 @@ class OpenAIProvider(OpenAICompatible):
     def __init__(self) -> None:
         # Entra ID access tokens by (authority, tenant, client id, digest of the secret): a rotated
         # secret gets its own, and an endpoint with a wrong secret never rides on another's token.
-        self._tokens: dict[tuple[str, str, str, str], CachedToken] = {}
+        self._tokens = TokenCache()
         # One sign-in at a time per key, so a burst of queries asks Entra ID once (a lock belongs to
         # the event loop that made it).
         self._locks: dict[tuple[str, str, str, str], tuple[asyncio.AbstractEventLoop, asyncio.Lock]] = {}
@@ -131,10 +123,7 @@ class OpenAIProvider(OpenAICompatible):
     # --- Microsoft Entra ID sign-in ---------------------------------------------------------------
 
     def forget_sign_in(self, credentials: dict[str, str]) -> None:
-        used = credentials.get(TOKEN_FIELD)
-        for key, cached in list(self._tokens.items()):
-            if cached.token == used:
-                del self._tokens[key]
+        self._tokens.forget(credentials.get(TOKEN_FIELD))
 
     async def sign_in(
         self,
@@ -157,19 +146,13 @@ class OpenAIProvider(OpenAICompatible):
         authority = (base_urls.get(ENTRA_SERVICE) or ENTRA_AUTHORITY).rstrip("/")
         tenant, client_id = config["microsoft_entra_tenant_id"], config["microsoft_entra_client_id"]
         key = (authority, tenant, client_id, hashlib.sha256(secret.encode()).hexdigest())
-        token = self._cached(key)
+        token = self._tokens.get(key)
         if token is None:
             async with self._lock(key):
-                token = self._cached(key)  # another query may have signed in meanwhile
+                token = self._tokens.get(key)  # another query may have signed in meanwhile
                 if token is None:
                     token = await self._request_token(http, authority, tenant, client_id, secret, timeout, key)
         return {**credentials, TOKEN_FIELD: token}
-
-    def _cached(self, key: tuple[str, str, str, str]) -> str | None:
-        cached = self._tokens.get(key)
-        if cached is not None and cached.expires_at - TOKEN_REFRESH_MARGIN_SECONDS > time.monotonic():
-            return cached.token
-        return None
 
     def _lock(self, key: tuple[str, str, str, str]) -> asyncio.Lock:
         loop = asyncio.get_running_loop()
@@ -217,7 +200,7 @@ class OpenAIProvider(OpenAICompatible):
             raise SignInFailed(
                 502, "BAD_GATEWAY", "Microsoft Entra ID's token endpoint answered without an access token"
             ) from None
-        self._tokens[key] = CachedToken(token, time.monotonic() + expires_in)
+        self._tokens.put(key, token, expires_in)
         return token
 
     @staticmethod
