@@ -21,7 +21,7 @@ ARTIFACTS = Path(os.environ.get("MODELFLEET_TEST_ARTIFACTS", Path(__file__).reso
 @pytest.fixture(scope="module")
 def browser():
     if not Path(CHROMIUM).exists():
-        pytest.fail(f"{CHROMIUM} is missing: install Debian's chromium (.ci/run does)")
+        pytest.fail(f"{CHROMIUM} is missing: install Debian's chromium (`make test` does)")
     from playwright.sync_api import sync_playwright
 
     # Playwright's sync API keeps an event loop on the test thread; Django's ORM calls in the test
