@@ -23,6 +23,7 @@ from dashboard.env import (
     env_url,
     env_url_map,
 )
+from endpoints_app.egress import parse_allow_list
 
 # Nothing we start may phone home (MLflow 3.2+ sends usage data by default).
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
@@ -120,6 +121,12 @@ PROVIDER_BASE_URLS = env_url_map(
         "microsoft-entra",
     ),
 )
+# Non-public addresses external-model calls may reach anyway (endpoints_app.egress): comma-separated
+# host[:port] or CIDR entries; a malformed one stops start-up. An egress proxy named above goes here too.
+try:
+    EGRESS_ALLOW = parse_allow_list(env_str("MODELFLEET_EGRESS_ALLOW") or "")
+except ValueError as _exc:
+    raise EnvError(str(_exc)) from None
 REPLICA_START_ATTEMPTS = env_int("MODELFLEET_REPLICA_START_ATTEMPTS", 3, minimum=1)
 REPLICA_READY_TIMEOUT_SECONDS = env_float("MODELFLEET_REPLICA_READY_TIMEOUT_SECONDS", 120.0, minimum=1.0)
 WORKSPACE_ID = env_str("MODELFLEET_WORKSPACE_ID", "1000000000000001")

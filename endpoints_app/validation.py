@@ -12,6 +12,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
+from endpoints_app import egress
 from endpoints_app.errors import InvalidParameterValue
 from endpoints_app.gateway.providers import PROVIDERS, TASKS
 from endpoints_app.gateway.providers.base import CHAT, Field, iter_secret_fields
@@ -388,6 +389,11 @@ def parse_external_model(raw: Any, where: str) -> dict[str, Any]:
     block_where = f"{where}.{provider.config_key}"
     config = _parse_config_block(provider.fields, data[provider.config_key], block_where)
     provider.check_config(config, block_where)
+    for name, url in provider.destinations(config):  # the egress policy, at config time (endpoints_app.egress)
+        try:
+            egress.check_url(url)
+        except egress.EgressRefused as exc:
+            raise InvalidParameterValue(f"{block_where}.{name} '{url}': {exc}") from None
     return {"provider": provider.name, "name": model, "task": task, provider.config_key: config}
 
 

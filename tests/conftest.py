@@ -5,9 +5,10 @@ from __future__ import annotations
 import pytest
 from rest_framework.test import APIClient
 
-from endpoints_app import registry
+from endpoints_app import egress, registry
 from endpoints_app.services.tokens import create_token
 from tests import model_fixtures
+from tests.providers import Resolver
 
 pytest_plugins = ["tests.browser"]  # the `browser` and `page` fixtures
 
@@ -36,6 +37,15 @@ def registered_models(django_db_setup, tmp_path_factory) -> dict[str, str]:
         "slow": "main.default.slow",
         "very_slow": "main.default.very_slow",
     }
+
+
+@pytest.fixture(autouse=True)
+def dns(monkeypatch) -> Resolver:
+    """The egress policy resolves provider host names: in tests only ``localhost`` and the names a
+    test adds (``dns.names[...] = [...]``) answer, so no DNS query leaves loopback."""
+    resolver = Resolver()
+    monkeypatch.setattr(egress, "resolve_name", resolver)
+    return resolver
 
 
 @pytest.fixture

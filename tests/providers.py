@@ -35,11 +35,65 @@ import socket
 import threading
 import time
 import zlib
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import parse_qs, parse_qsl, quote, unquote, urlparse
+
+from endpoints_app.egress import parse_allow_list
+
+# --- the egress policy and DNS, for tests that talk to these servers -------------------------------
+
+
+def allow_egress(settings: Any, *servers: FakeProvider) -> None:
+    """Let the egress policy (which refuses loopback) reach exactly these servers' 127.0.0.1:port,
+    through the pytest-django ``settings`` fixture (undone after the test)."""
+    extra = parse_allow_list(",".join(f"127.0.0.1:{server.port}" for server in servers))
+    settings.EGRESS_ALLOW = (*settings.EGRESS_ALLOW, *extra)
+
+
+class Fakes(list):  # type: ignore[type-arg]
+    """The fake providers a test started: each one appended is allowed by the egress policy
+    (``allow_egress``); ``stop`` stops them all."""
+
+    def __init__(self, settings: Any) -> None:
+        super().__init__()
+        self._settings = settings
+
+    def append(self, fake: FakeProvider) -> None:
+        super().append(fake)
+        allow_egress(self._settings, fake)
+
+    def extend(self, fakes: Iterable[FakeProvider]) -> None:
+        for fake in fakes:
+            self.append(fake)
+
+    def __iadd__(self, fakes: Iterable[FakeProvider]) -> Fakes:  # type: ignore[override,misc]
+        self.extend(fakes)
+        return self
+
+    def stop(self) -> None:
+        for fake in self:
+            fake.stop()
+
+
+class Resolver:
+    """The tests' stand-in for the system's DNS (``endpoints_app.egress.resolve_name``), so that no
+    DNS query leaves loopback: ``localhost`` and the names a test adds to ``names`` answer, every
+    other name is unknown. ``calls`` records each name asked, in order."""
+
+    def __init__(self) -> None:
+        self.names: dict[str, list[str]] = {"localhost": ["127.0.0.1", "::1"]}
+        self.calls: list[str] = []
+
+    def __call__(self, host: str) -> list[str]:
+        self.calls.append(host)
+        try:
+            return list(self.names[host])
+        except KeyError:
+            raise socket.gaierror(socket.EAI_NONAME, "Name or service not known") from None
 
 
 @dataclass
@@ -109,7 +163,11 @@ class FakeProvider:
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.httpd.server_address[1]}"
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def port(self) -> int:
+        return self.httpd.server_address[1]
 
     def stop(self) -> None:
         self.httpd.shutdown()

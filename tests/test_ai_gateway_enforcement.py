@@ -38,9 +38,12 @@ def openai_entity(fake: OpenAIServer, reference: str, name: str) -> dict:
     }
 
 
-def llm_endpoint(api, user, fakes, *, ai_gateway: dict, entities: int = 1, routes=None) -> list[OpenAIServer]:  # type: ignore[no-untyped-def]
-    servers = [OpenAIServer(KEY) for _ in range(entities)]
-    fakes.extend(servers)
+def llm_endpoint(
+    api, user, fakes, *, ai_gateway: dict, entities: int = 1, routes=None, servers=None
+) -> list[OpenAIServer]:  # type: ignore[no-untyped-def]
+    if servers is None:
+        servers = [OpenAIServer(KEY) for _ in range(entities)]
+        fakes.extend(servers)
     reference = store_secret(user, "llm-keys", "openai", KEY)
     body = body_for("llm", *[openai_entity(f, reference, f"gpt-{i}") for i, f in enumerate(servers)], routes=routes)
     body["ai_gateway"] = ai_gateway
@@ -103,16 +106,20 @@ def test_tokens_per_minute_stop_a_caller_once_spent(gateway, fakes, api, user, d
 
 
 @pytest.fixture
-def two_web_processes(transactional_db, tmp_path):  # type: ignore[no-untyped-def]
-    """Two real web processes (uvicorn, the production ASGI app) on the test database."""
+def two_web_processes(transactional_db, tmp_path, fakes):  # type: ignore[no-untyped-def]
+    """Two real web processes (uvicorn, the production ASGI app) on the test database, and the one
+    fake provider their egress policy allows (``urls, provider``)."""
     from django.db import connection
 
+    provider = OpenAIServer(KEY)
+    fakes.append(provider)
     env = {
         **os.environ,
         "DJANGO_SETTINGS_MODULE": "dashboard.settings",
         "DATABASE_URL": database_url(connection.settings_dict),
         "MLFLOW_DISABLE_TELEMETRY": "true",
         "DO_NOT_TRACK": "true",
+        "MODELFLEET_EGRESS_ALLOW": f"127.0.0.1:{provider.port}",
     }
     processes, urls = [], []
     for index in range(2):
@@ -146,18 +153,19 @@ def two_web_processes(transactional_db, tmp_path):  # type: ignore[no-untyped-de
             except requests.RequestException:
                 assert time.monotonic() < deadline, (tmp_path / "web-0.log").read_text()
                 time.sleep(0.2)
-    yield urls
+    yield urls, provider
     for process in processes:
         process.terminate()
         process.wait(20)
 
 
 def test_a_limit_holds_across_two_web_processes(two_web_processes, fakes, api, user, django_user_model):
-    llm_endpoint(api, user, fakes, ai_gateway={"rate_limits": [limit(calls=6)]})
+    urls, provider = two_web_processes
+    llm_endpoint(api, user, fakes, ai_gateway={"rate_limits": [limit(calls=6)]}, servers=[provider])
     token = querier(django_user_model, "eve")
     codes = []
     for i in range(10):  # alternate between the two processes
-        url = two_web_processes[i % 2]
+        url = urls[i % 2]
         response = requests.post(
             f"{url}/serving-endpoints/llm/invocations",
             json=CHAT,

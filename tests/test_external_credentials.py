@@ -22,7 +22,9 @@ def gpt(api) -> dict:
     entity = {
         "name": "gpt",
         "external_model": external(
-            "openai", "openai_config", {"openai_api_base": "http://127.0.0.1:9/v1", "openai_api_key_plaintext": PLAIN}
+            "openai",
+            "openai_config",
+            {"openai_api_base": "https://llm.example.com/v1", "openai_api_key_plaintext": PLAIN},
         ),
     }
     return create(api, body_for("gpt", entity))
@@ -87,7 +89,7 @@ def test_deleting_leaves_credentials_in_users_scopes_alone(api, gpt, user):
     entity = {
         "name": "gpt2",
         "external_model": external(
-            "openai", "openai_config", {"openai_api_base": "http://127.0.0.1:9/v1", "openai_api_key": reference}
+            "openai", "openai_config", {"openai_api_base": "https://llm.example.com/v1", "openai_api_key": reference}
         ),
     }
     create(api, body_for("gpt2", entity))

@@ -23,7 +23,7 @@ from endpoints_app.gateway.metrics import read_token_counters
 from endpoints_app.models import AuditEvent, Deployment, Endpoint, Secret, SecretScope, ServedEntity
 from endpoints_app.services import secrets
 from tests.conftest import endpoint_body
-from tests.providers import AnthropicServer, DatabricksServer, FakeProvider, OpenAIServer
+from tests.providers import AnthropicServer, DatabricksServer, FakeProvider, Fakes, OpenAIServer
 
 URL = "/api/2.0/serving-endpoints"
 CHAT = {"messages": [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi"}]}
@@ -104,12 +104,11 @@ def gateway(transactional_db) -> Iterator[Gateway]:  # type: ignore[no-untyped-d
 
 
 @pytest.fixture
-def fakes() -> Iterator[list[FakeProvider]]:
-    """Fake providers started by a test, stopped after it."""
-    started: list[FakeProvider] = []
+def fakes(settings) -> Iterator[Fakes]:  # type: ignore[no-untyped-def]
+    """Fake providers started by a test, stopped after it; the egress policy allows exactly them."""
+    started = Fakes(settings)
     yield started
-    for fake in started:
-        fake.stop()
+    started.stop()
 
 
 # --- one setup per provider ------------------------------------------------------------------------

@@ -6,12 +6,20 @@ The steps of one query (``ExternalModels.query``):
 2. the provider module builds its own HTTP request (URL, auth header from the resolved secret, or
    a signature, or an access token its ``sign_in`` got for the key; translated body) → 400 if the
    request cannot be translated, 501 if the provider's translation is not written yet;
-3. send it with one shared ``httpx.AsyncClient`` (pooled keep-alive connections, TLS);
+3. send it with one shared ``httpx.AsyncClient`` (pooled keep-alive connections, TLS) that
+   connects only where the egress policy allows (``endpoints_app.egress``: the address is checked
+   and pinned at each connection, no redirects) → 400 naming the rule where it refuses;
 4. a provider error becomes a clear error of ours: 401/403 → 502 saying the provider refused the
    configured key, 429 → 429 ``REQUEST_LIMIT_EXCEEDED`` with the provider's ``Retry-After``, other
    4xx → 400 with the provider's message, 503/529 → 503, other 5xx → 502, timeouts → 504;
 5. the answer is translated back to OpenAI's shape (or, with ``stream: true``, the provider's
    server-sent events become OpenAI chunks, then ``data: [DONE]``), with its token usage.
+
+Only what is in the provider's own protocol reaches the caller: an answer that is not (an HTML
+page, a body that is not JSON, JSON without the provider's shape, a stream that is not
+server-sent events) becomes a 502 that quotes none of it, and of an error only the message field
+of the provider's error shape is relayed (truncated). A misdirected URL (an internal service that
+the policy was told to allow, say) thus cannot be read through a query.
 
 Why not the official ``openai``/``anthropic`` SDKs here: the gateway is a translating proxy. The
 SDKs would parse every answer into typed models and serialise it again (dropping or reshaping
@@ -35,6 +43,7 @@ from typing import Any
 import httpx
 from django.conf import settings
 
+from endpoints_app import egress
 from endpoints_app.gateway.providers import PROVIDERS, Provider
 from endpoints_app.gateway.providers.base import (
     NotTranslated,
@@ -100,9 +109,8 @@ class ExternalModels:
         # One client per event loop: its pooled connections belong to the loop that opened them.
         loop = asyncio.get_running_loop()
         if self._client is None or self._loop is not loop:
-            self._client = httpx.AsyncClient(
-                follow_redirects=False,
-                limits=httpx.Limits(max_connections=MAX_CONNECTIONS, max_keepalive_connections=MAX_CONNECTIONS // 4),
+            self._client = egress.client(
+                limits=httpx.Limits(max_connections=MAX_CONNECTIONS, max_keepalive_connections=MAX_CONNECTIONS // 4)
             )
             self._loop = loop
         return self._client
@@ -155,6 +163,8 @@ class ExternalModels:
             raise self._timeout(provider, entity) from None
         except httpx.HTTPError as exc:
             raise self._unreachable(provider, entity, exc) from None
+        except egress.EgressRefused as exc:
+            raise self._refused(provider, entity, exc) from None
         try:
             request = provider.build_request(
                 task=target.task,
@@ -179,6 +189,8 @@ class ExternalModels:
             raise self._timeout(provider, entity) from None
         except httpx.HTTPError as exc:
             raise self._unreachable(provider, entity, exc) from None
+        except egress.EgressRefused as exc:
+            raise self._refused(provider, entity, exc) from None
         if response.status_code >= 300:
             raise self._provider_error(
                 provider, target, entity, response.status_code, response.content, response.headers, credentials
@@ -186,11 +198,7 @@ class ExternalModels:
         try:
             answer = provider.parse_response(task=target.task, model=target.model, data=response.json())
         except (ValueError, TypeError, KeyError, AttributeError) as exc:
-            raise ExternalError(
-                502,
-                "BAD_GATEWAY",
-                f"Provider '{provider.name}' sent an answer that is not what its API documents: {exc}",
-            ) from None
+            raise self._not_protocol(provider, entity, type(exc).__name__) from None
         return Answer(
             200,
             {"content-type": "application/json", **headers},
@@ -217,6 +225,8 @@ class ExternalModels:
             raise self._timeout(provider, entity) from None
         except httpx.HTTPError as exc:
             raise self._unreachable(provider, entity, exc) from None
+        except egress.EgressRefused as exc:
+            raise self._refused(provider, entity, exc) from None
         if response.status_code >= 300:
             try:
                 content = await response.aread()
@@ -227,6 +237,10 @@ class ExternalModels:
             raise self._provider_error(
                 provider, target, entity, response.status_code, content, response.headers, credentials
             )
+        kind = response.headers.get("content-type", "").split(";")[0].strip().lower()
+        if provider.stream_format == "sse" and kind != "text/event-stream":
+            await response.aclose()
+            raise self._not_protocol(provider, entity, f"a stream of {kind or 'no content type'}")
         decoder = provider.stream_decoder(task=target.task, model=target.model, body=body)
         return StreamAnswer(
             headers={"content-type": "text/event-stream", "cache-control": "no-cache", **headers},
@@ -285,6 +299,29 @@ class ExternalModels:
     # --- errors ---------------------------------------------------------------------------------
 
     @staticmethod
+    def _refused(provider: Provider, entity: EntityRoute, exc: egress.EgressRefused) -> ExternalError:
+        """The policy refused the address the provider's URL leads to now (it was allowed when the
+        config was saved: the name resolves elsewhere now, or the admin narrowed the policy)."""
+        log.warning("egress policy refused a connection of %s for %s: %s", provider.name, entity.name, exc.rule)
+        return ExternalError(
+            400,
+            "INVALID_PARAMETER_VALUE",
+            f"Served model '{entity.name}' cannot reach provider '{provider.name}': {exc}",
+        )
+
+    @staticmethod
+    def _not_protocol(provider: Provider, entity: EntityRoute, what: str) -> ExternalError:
+        """An answer outside the provider's protocol: nothing of it is quoted (it may be an internal
+        service's page that a misdirected URL reached)."""
+        log.warning("provider %s sent %s an answer outside its protocol (%s)", provider.name, entity.name, what)
+        return ExternalError(
+            502,
+            "BAD_GATEWAY",
+            f"Provider '{provider.name}' sent served model '{entity.name}' an answer that is not in its API's "
+            "format; check the provider URL of the endpoint's config",
+        )
+
+    @staticmethod
     def _timeout(provider: Provider, entity: EntityRoute) -> ExternalError:
         return ExternalError(
             504,
@@ -318,7 +355,7 @@ class ExternalModels:
             detail = provider.error_message(data)
             status = provider.error_status(status, data)
         except ValueError:
-            detail = content.decode("utf-8", errors="replace").strip()
+            detail = ""  # not the provider's error shape: quote none of it (module docstring)
         detail = scrub(detail, credentials)[:MAX_ERROR_TEXT]
         said = f": {detail}" if detail else ""
         name = provider.name

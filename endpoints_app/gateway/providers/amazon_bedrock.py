@@ -30,6 +30,7 @@ the cloud's instance metadata service or Unity Catalog, which this server does n
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import AsyncIterator
 from typing import Any
 from urllib.parse import quote
@@ -86,6 +87,16 @@ def finish_reason(value: Any) -> str | None:
     return FINISH_REASONS.get(value, value) if isinstance(value, str) else None
 
 
+# An AWS region (us-east-1, us-gov-west-1, cn-north-1, ap-southeast-4): it becomes part of a host
+# name, so nothing else (no "evil.example#", no dots) may get in.
+REGION = re.compile(r"[a-z]{2}(-[a-z]+)+-[0-9]{1,2}")
+
+
+def host_of_region(region: str) -> str:
+    """Bedrock Runtime's host in ``region`` (``check_config`` made sure it is a region)."""
+    return f"https://bedrock-runtime.{region}.amazonaws.com"
+
+
 class AmazonBedrockProvider(Provider):
     name = "amazon-bedrock"
     config_key = "amazon_bedrock_config"
@@ -100,6 +111,10 @@ class AmazonBedrockProvider(Provider):
     stream_format = "aws-eventstream"
 
     def check_config(self, config: dict[str, Any], where: str) -> None:
+        if not REGION.fullmatch(config["aws_region"]):
+            raise InvalidParameterValue(
+                f"{where}.aws_region '{config['aws_region']}' is not an AWS region (like us-east-1 or eu-west-3)"
+            )
         keys = [has_secret(config, "aws_access_key_id"), has_secret(config, "aws_secret_access_key")]
         if any(keys) and not all(keys):
             raise InvalidParameterValue(f"{where}: aws_access_key_id and aws_secret_access_key go together")
@@ -118,6 +133,9 @@ class AmazonBedrockProvider(Provider):
                 "instance_profile_arn, or uc_service_credential_name"
                 + (f" (got {', '.join(methods)})" if methods else "")
             )
+
+    def destinations(self, config: dict[str, Any]) -> list[tuple[str, str]]:
+        return [("aws_region", host_of_region(config["aws_region"]))]
 
     def build_request(
         self,
@@ -138,7 +156,7 @@ class AmazonBedrockProvider(Provider):
                 "instance metadata service or Unity Catalog); configure aws_access_key_id and aws_secret_access_key"
             )
         region = config["aws_region"]
-        base = base_url or f"https://bedrock-runtime.{region}.amazonaws.com"
+        base = base_url or host_of_region(region)
         model_path = f"model/{quote(model, safe='')}"
         stream = bool(body.get("stream"))
         if task == EMBEDDINGS:

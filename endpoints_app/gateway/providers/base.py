@@ -154,6 +154,12 @@ class Provider:
     def check_config(self, config: dict[str, Any], where: str) -> None:
         """Rules across the block's fields; raise ``endpoints_app.errors.InvalidParameterValue``."""
 
+    def destinations(self, config: dict[str, Any]) -> list[tuple[str, str]]:
+        """``(field, URL)`` for every place this config sends requests to, which the egress policy
+        checks at config time (``endpoints_app.egress``): the URL fields; providers that build a host
+        from a region add it."""
+        return [(spec.name, config[spec.name]) for spec in self.fields if spec.url and config.get(spec.name)]
+
     def credential_headers(self, config: dict[str, Any], credentials: dict[str, str]) -> dict[str, str]:
         raise NotImplementedError
 

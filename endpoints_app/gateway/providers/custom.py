@@ -16,6 +16,32 @@ from endpoints_app.gateway.providers.base import OPENAI_PATHS, Field, join_url
 from endpoints_app.gateway.providers.openai_compatible import OpenAICompatible
 
 HEADER_NAME_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_")
+# Headers that say where a request goes or how it is framed, never a credential: ``Host`` would
+# send the request to another virtual host than the checked URL names (or to a proxy's other
+# upstream), the connection and framing ones would desynchronise the connection.
+RESERVED_HEADERS = frozenset(
+    (
+        "host",
+        "connection",
+        "keep-alive",
+        "proxy-connection",
+        "proxy-authorization",
+        "proxy-authenticate",
+        "te",
+        "trailer",
+        "transfer-encoding",
+        "upgrade",
+        "content-length",
+        "content-type",
+        "content-encoding",
+        "expect",
+        "forwarded",
+        "x-forwarded-for",
+        "x-forwarded-host",
+        "x-forwarded-proto",
+        "x-real-ip",
+    )
+)
 
 
 class CustomProvider(OpenAICompatible):
@@ -37,6 +63,11 @@ class CustomProvider(OpenAICompatible):
         key = (config.get("api_key_auth") or {}).get("key")
         if key is not None and (not key or not set(key) <= HEADER_NAME_CHARS):
             raise InvalidParameterValue(f"{where}.api_key_auth.key '{key}' is not a valid HTTP header name")
+        if key is not None and key.lower() in RESERVED_HEADERS:
+            raise InvalidParameterValue(
+                f"{where}.api_key_auth.key '{key}' cannot carry a credential: it is a routing or framing header "
+                "(use a header such as Authorization or X-Api-Key)"
+            )
 
     def credential_headers(self, config: dict[str, Any], credentials: dict[str, str]) -> dict[str, str]:
         if config.get("api_key_auth") is not None:

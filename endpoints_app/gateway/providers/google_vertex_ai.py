@@ -21,6 +21,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
+import re
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -30,6 +31,7 @@ from urllib.parse import quote
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import padding, rsa
 
+from endpoints_app.errors import InvalidParameterValue
 from endpoints_app.gateway.providers import gemini
 from endpoints_app.gateway.providers.base import (
     EMBEDDINGS,
@@ -51,10 +53,27 @@ DEFAULT_TOKEN_URI = "https://oauth2.googleapis.com/token"
 JWT_BEARER = "urn:ietf:params:oauth:grant-type:jwt-bearer"
 ASSERTION_LIFETIME_SECONDS = 3600
 TOKEN_FIELD = "access_token"  # where sign_in puts the token among the credentials
+# A Vertex AI location (us-central1, europe-west4, global): it becomes part of a host name, so
+# nothing else (no "evil.example#", no dots) may get in.
+REGION = re.compile(r"[a-z]+(-[a-z]+)+[0-9]{1,2}|global")
 
 
 def _b64url(data: bytes) -> str:
     return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
+
+
+def token_uri_of(info: dict[str, Any]) -> str:
+    """A key file's ``token_uri``: an http(s) URL (where it may point is the egress policy's call,
+    at config time when the key is given in plaintext, and at every connection)."""
+    uri = info.get("token_uri") or DEFAULT_TOKEN_URI
+    if not isinstance(uri, str) or not uri.lower().startswith(("https://", "http://")):
+        raise ValueError("the service-account key file's token_uri is not an http:// or https:// URL")
+    return uri
+
+
+def host_of_region(region: str) -> str:
+    """Vertex AI's regional API host (``check_config`` made sure ``region`` is a location)."""
+    return "https://aiplatform.googleapis.com" if region == "global" else f"https://{region}-aiplatform.googleapis.com"
 
 
 @dataclass(frozen=True)
@@ -86,7 +105,7 @@ class ServiceAccount:
             client_email=info["client_email"],
             private_key_id=str(info.get("private_key_id") or ""),
             private_key=key,
-            token_uri=str(info.get("token_uri") or DEFAULT_TOKEN_URI),
+            token_uri=token_uri_of(info),
         )
 
     def assertion(self, now: int) -> str:
@@ -118,6 +137,25 @@ class GoogleCloudVertexAIProvider(Provider):
     def __init__(self) -> None:
         # Access tokens by a digest of the key file they were minted with (a rotated key gets its own).
         self._tokens = TokenCache()
+
+    def check_config(self, config: dict[str, Any], where: str) -> None:
+        if not REGION.fullmatch(config["region"]):
+            raise InvalidParameterValue(
+                f"{where}.region '{config['region']}' is not a Vertex AI location (like us-central1, or global)"
+            )
+
+    def destinations(self, config: dict[str, Any]) -> list[tuple[str, str]]:
+        found = [("region", host_of_region(config["region"]))]
+        # A key file given in plaintext is at hand: its token_uri is checked now too (a referenced
+        # one is checked when a query connects to it).
+        plain = getattr(config.get("private_key_plaintext"), "value", None)
+        try:
+            info = json.loads(plain) if isinstance(plain, str) else None
+        except ValueError:
+            info = None
+        if isinstance(info, dict) and isinstance(info.get("token_uri"), str):
+            found.append(("private_key.token_uri", info["token_uri"]))
+        return found
 
     def forget_sign_in(self, credentials: dict[str, str]) -> None:
         self._tokens.forget(credentials.get(TOKEN_FIELD))
@@ -200,9 +238,7 @@ class GoogleCloudVertexAIProvider(Provider):
         base_url: str,
     ) -> UpstreamRequest:
         region, project = config["region"], config["project_id"]
-        host = (
-            "https://aiplatform.googleapis.com" if region == "global" else f"https://{region}-aiplatform.googleapis.com"
-        )
+        host = host_of_region(region)
         path = (
             f"v1/projects/{quote(project, safe='')}/locations/{quote(region, safe='')}"
             f"/publishers/google/models/{quote(model, safe='')}"

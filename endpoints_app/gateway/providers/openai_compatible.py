@@ -8,11 +8,27 @@ import json
 from typing import Any
 
 from endpoints_app.gateway.providers.base import (
+    CHAT,
+    COMPLETIONS,
+    EMBEDDINGS,
     Provider,
     StreamDecoder,
     UpstreamRequest,
     usage_of,
 )
+
+# The list each task's answer carries, and the key every item of it has.
+ANSWER_ITEMS = {CHAT: ("choices", "message"), COMPLETIONS: ("choices", "text"), EMBEDDINGS: ("data", "embedding")}
+
+
+def is_openai_answer(task: str, data: Any) -> bool:
+    """Whether ``data`` is an OpenAI answer for ``task``: an object with a non-empty ``choices``
+    (``data`` for embeddings) list of objects that each have ``message`` (``text``, ``embedding``)."""
+    items_key, item_key = ANSWER_ITEMS[task]
+    items = data.get(items_key) if isinstance(data, dict) else None
+    return (
+        isinstance(items, list) and bool(items) and all(isinstance(item, dict) and item_key in item for item in items)
+    )
 
 
 class PassThroughDecoder(StreamDecoder):
@@ -34,8 +50,8 @@ class PassThroughDecoder(StreamDecoder):
             chunk = json.loads(data)
         except ValueError:
             return []  # a keep-alive or comment: nothing to send on
-        if not isinstance(chunk, dict):
-            return []
+        if not isinstance(chunk, dict) or not isinstance(chunk.get("choices"), list):
+            return []  # not an OpenAI chunk: nothing of it is sent on (a usage chunk has "choices": [])
         usage = usage_of(chunk)
         if usage is not None:
             self.usage = usage
@@ -79,8 +95,10 @@ class OpenAICompatible(Provider):
         )
 
     def parse_response(self, *, task: str, model: str, data: Any) -> dict[str, Any]:
-        if not isinstance(data, dict):
-            raise ValueError("the provider's answer is not a JSON object")
+        """The answer as it came, once it has OpenAI's shape for the task: it goes to the caller
+        verbatim, so anything else (another service's JSON, reached by a misdirected URL) is refused."""
+        if not is_openai_answer(task, data):
+            raise ValueError(f"the provider's answer is not an OpenAI {task} response")
         return data
 
     def stream_decoder(self, *, task: str, model: str, body: dict[str, Any]) -> StreamDecoder:
