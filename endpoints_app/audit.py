@@ -8,12 +8,16 @@ pass a token, password or secret value.
 from __future__ import annotations
 
 import contextvars
-from collections.abc import Callable
+import hashlib
+import hmac
+from collections.abc import Callable, Iterable
 from typing import Any
 
+from django.conf import settings
 from django.contrib.auth.models import AbstractBaseUser
 from django.http import HttpRequest, HttpResponse
 
+from endpoints_app import validation
 from endpoints_app.models import AuditEvent
 
 _source: contextvars.ContextVar[str] = contextvars.ContextVar("audit_source", default="")
@@ -62,6 +66,52 @@ class AuditSourceMiddleware:
             _source.reset(token)
 
 
+def _fingerprint(value: str) -> str:
+    """A short keyed digest of a plain environment value: a change shows in a diff or an audit
+    row, the value does not (and cannot be guessed from it without the server's key)."""
+    digest = hmac.new(settings.SECRET_KEY.encode(), value.encode(), hashlib.sha256).hexdigest()
+    return f"{validation.REDACTED[:-1]} {digest[:10]}]"
+
+
+def environment_snapshot(env: dict[str, str] | None) -> dict[str, str]:
+    """Variable names, secret references as written, plain values as a keyed fingerprint."""
+    return {
+        k: v if validation.environment_secret_reference(v) else _fingerprint(v) for k, v in sorted((env or {}).items())
+    }
+
+
+def entity_snapshot(entity: Any) -> dict[str, Any]:
+    """One served entity, everything in its config: a ``ServedEntity`` row or a parsed
+    ``ServedEntitySpec`` (same attribute names), so a proposal diffs against the active config."""
+    if entity.external_model is not None:
+        # External models hold {{secrets/...}} references only, never a credential.
+        return {"name": entity.name, "external_model": entity.external_model, **(entity.extra or {})}
+    return {
+        "name": entity.name,
+        "entity_name": entity.entity_name,
+        "entity_version": entity.entity_version,
+        "workload_size": entity.workload_size,
+        "workload_type": entity.workload_type,
+        "scale_to_zero_enabled": entity.scale_to_zero_enabled,
+        "min_provisioned_concurrency": entity.min_provisioned_concurrency,
+        "max_provisioned_concurrency": entity.max_provisioned_concurrency,
+        "environment_vars": environment_snapshot(entity.environment_vars),
+        **(entity.extra or {}),
+    }
+
+
+def config_snapshot(
+    entities: Iterable[Any], *, traffic_config: Any, auto_capture_config: Any, legacy_served_models: bool
+) -> dict[str, Any]:
+    """A whole config as audit rows and change-request diffs show it."""
+    return {
+        "served_entities": [entity_snapshot(e) for e in entities],
+        "traffic_config": traffic_config,
+        "auto_capture_config": auto_capture_config,
+        "legacy_served_models": legacy_served_models,
+    }
+
+
 def endpoint_snapshot(endpoint: Any) -> dict[str, Any]:
     """What an endpoint looks like for before/after: its state and its active/pending versions."""
     from endpoints_app.models import ConfigVersion
@@ -71,21 +121,12 @@ def endpoint_snapshot(endpoint: Any) -> dict[str, Any]:
             return None
         return {
             "config_version": config.version,
-            "served_entities": [
-                # External models hold {{secrets/...}} references only, never a credential.
-                {"name": e.name, "external_model": e.external_model}
-                if e.external_model is not None
-                else {
-                    "name": e.name,
-                    "entity_name": e.entity_name,
-                    "entity_version": e.entity_version,
-                    "workload_size": e.workload_size,
-                    "workload_type": e.workload_type,
-                    "scale_to_zero_enabled": e.scale_to_zero_enabled,
-                }
-                for e in config.served_entities.all()
-            ],
-            "traffic_config": config.traffic_config,
+            **config_snapshot(
+                config.served_entities.all(),
+                traffic_config=config.traffic_config,
+                auto_capture_config=config.auto_capture_config,
+                legacy_served_models=config.legacy_served_models,
+            ),
         }
 
     return {

@@ -294,15 +294,7 @@ def _parse_entity(raw: Any, where: str, *, legacy: bool) -> ServedEntitySpec:
             f"{where}.workload_type '{workload_type}' is invalid; choose one of {', '.join(WORKLOAD_TYPES)}"
         )
 
-    env_raw = data.get("environment_vars")
-    env: dict[str, str] = {}
-    if env_raw is not None:
-        for key, value in require_object(env_raw, f"{where}.environment_vars").items():
-            if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", key):
-                raise InvalidParameterValue(f"{where}.environment_vars: '{key}' is not a valid variable name")
-            if not isinstance(value, str):
-                raise InvalidParameterValue(f"{where}.environment_vars.{key} must be a string")
-            env[key] = value
+    env = parse_environment_vars(data.get("environment_vars"), f"{where}.environment_vars")
 
     name = data.get("name")
     if name is None or name == "":
@@ -322,6 +314,114 @@ def _parse_entity(raw: Any, where: str, *, legacy: bool) -> ServedEntitySpec:
         environment_vars=env,
         extra=extra,
     )
+
+
+# --- environment_vars ------------------------------------------------------------------------
+# What the API and the dashboard show instead of a plain value (a secret reference is shown as is).
+REDACTED = "[REDACTED]"
+MAX_ENVIRONMENT_VARS = 100
+MAX_ENVIRONMENT_VALUE_CHARS = 16 * 1024
+# Variables that change what code the model server loads, where it sends traffic or whom it trusts,
+# or that belong to the control plane: model code is hostile, but its environment must not let a
+# config hijack the interpreter, the loader or the replica's network (compared in upper case).
+_FORBIDDEN_ENV_PREFIXES = {
+    "LD_": "dynamic loader variables (LD_*) change what code the model server loads",
+    "DYLD_": "dynamic loader variables (DYLD_*) change what code the model server loads",
+    "PYTHON": "interpreter variables (PYTHON*) change what code the model server runs",
+    "BASH_FUNC_": "exported shell functions run code in the model server's shell",
+    "GUNICORN_": "server variables (GUNICORN_*) change how and where the model server listens",
+    "MODELFLEET_": "MODELFLEET_* variables belong to the control plane",
+    "DJANGO_": "DJANGO_* variables belong to the control plane",
+}
+_FORBIDDEN_ENV_NAMES = {
+    **dict.fromkeys(
+        ("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "NO_PROXY", "FTP_PROXY"),
+        "proxy variables redirect the model server's outbound traffic",
+    ),
+    **dict.fromkeys(
+        ("SSL_CERT_FILE", "SSL_CERT_DIR", "REQUESTS_CA_BUNDLE", "CURL_CA_BUNDLE"),
+        "trust-store variables change which TLS certificates the model server accepts",
+    ),
+    **dict.fromkeys(
+        ("GLIBC_TUNABLES", "GCONV_PATH", "LOCPATH", "NLSPATH", "HOSTALIASES", "RESOLV_HOST_CONF", "LOCALDOMAIN"),
+        "C library variables change what code or name resolution the model server uses",
+    ),
+    **dict.fromkeys(
+        ("BASH_ENV", "ENV", "IFS", "SHELLOPTS", "PS4", "PATH", "HOME", "TMPDIR", "TMP", "TEMP", "USER", "SHELL"),
+        "the runtime sets this variable for the sandboxed replica",
+    ),
+    **dict.fromkeys(
+        ("DATABASE_URL", "REDIS_URL", "CELERY_BROKER_URL", "SECRET_KEY"),
+        "this variable belongs to the control plane",
+    ),
+    # The replica must not reach the control plane's registry nor turn telemetry back on.
+    **dict.fromkeys(
+        ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI", "MLFLOW_DISABLE_TELEMETRY", "DO_NOT_TRACK"),
+        "the runtime sets this variable (registry access and telemetry are the control plane's)",
+    ),
+}
+
+
+_SECRET_REFERENCE_START = re.compile(r"\{\{\s*secrets\s*/", re.IGNORECASE)
+
+
+def forbidden_environment_var(name: str) -> str | None:
+    """Why a variable may not be set on a served entity, or None if it may."""
+    upper = name.upper()
+    reason = _FORBIDDEN_ENV_NAMES.get(upper)
+    if reason is None:
+        reason = next((why for prefix, why in _FORBIDDEN_ENV_PREFIXES.items() if upper.startswith(prefix)), None)
+    return reason
+
+
+def parse_environment_vars(raw: Any, where: str) -> dict[str, str]:
+    """A served entity's ``environment_vars``: names that cannot hijack the model server, string
+    values (a whole value ``{{secrets/scope/key}}`` is a secret reference: the service checks the
+    actor's READ on it, and the runtime resolves it when the replica starts)."""
+    if raw is None:
+        return {}
+    data = require_object(raw, where)
+    if len(data) > MAX_ENVIRONMENT_VARS:
+        raise InvalidParameterValue(f"{where}: at most {MAX_ENVIRONMENT_VARS} variables (got {len(data)})")
+    env: dict[str, str] = {}
+    for key, value in data.items():
+        if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]{0,127}", key):
+            raise InvalidParameterValue(f"{where}: '{key[:130]}' is not a valid variable name")
+        reason = forbidden_environment_var(key)
+        if reason is not None:
+            raise InvalidParameterValue(f"{where}: '{key}' may not be set: {reason}")
+        if not isinstance(value, str):
+            raise InvalidParameterValue(f"{where}.{key} must be a string")
+        if len(value) > MAX_ENVIRONMENT_VALUE_CHARS:
+            raise InvalidParameterValue(f"{where}.{key} is longer than {MAX_ENVIRONMENT_VALUE_CHARS} characters")
+        if value == REDACTED:
+            raise InvalidParameterValue(
+                f"{where}.{key} is '{REDACTED}', what responses show instead of a value: send the value itself "
+                "(or a {{secrets/<scope>/<key>}} reference)"
+            )
+        if _SECRET_REFERENCE_START.search(value) and environment_secret_reference(value) is None:
+            # Whatever resolves references at replica start, one that this check did not see as
+            # a reference (and so did not check READ on) must never reach it.
+            raise InvalidParameterValue(
+                f"{where}.{key}: a secret reference must be the whole value, like {{{{secrets/<scope>/<key>}}}}"
+            )
+        env[key] = value
+    return env
+
+
+def environment_secret_reference(value: str) -> tuple[str, str] | None:
+    """``(scope, key)`` when an environment variable's whole value is a secret reference."""
+    from endpoints_app.services.secrets import parse_reference
+
+    return parse_reference(value.strip())
+
+
+def redact_environment_vars(env: dict[str, str] | None) -> dict[str, str]:
+    """The variables as shown to anyone (API responses, pages, diffs, audit rows): names, secret
+    references as written, and ``[REDACTED]`` for every plain value."""
+    return {
+        k: v if isinstance(v, str) and environment_secret_reference(v) else REDACTED for k, v in (env or {}).items()
+    }
 
 
 def _parse_external_entity(data: dict[str, Any], where: str, *, legacy: bool) -> ServedEntitySpec:

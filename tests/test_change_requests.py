@@ -111,15 +111,17 @@ def test_a_rejected_request_changes_nothing(api, approver, prod, registered_mode
     assert Endpoint.objects.get(name="prod-model").config_versions.count() == 1
 
 
-def test_a_request_whose_endpoint_changed_is_stale(api, approver, prod, registered_models):
+def test_a_request_whose_endpoint_changed_is_stale(api, approver, prod, registered_models, django_user_model):
     change = api.post(
         CR,
         {"endpoint_name": "prod-model", "action": "update_config", "body": new_config(registered_models)},
         format="json",
     ).json()
-    api.patch(
+    admin = client_with_role(django_user_model, "ada", Role.ADMIN)
+    tagged = admin.patch(  # admins change covered endpoints directly (an editor's tag change needs approval)
         "/api/2.0/serving-endpoints/prod-model/tags", {"add_tags": [{"key": "owner", "value": "ml"}]}, format="json"
     )
+    assert tagged.status_code == 200, tagged.content
     response = approver.post(f"{CR}/{change['id']}/approve", {}, format="json")
     assert response.status_code == 409 and "stale" in response.json()["message"]
     assert ChangeRequest.objects.get(pk=change["id"]).status == "STALE"

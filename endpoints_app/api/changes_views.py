@@ -33,7 +33,7 @@ def serialize(request: ChangeRequest) -> dict[str, Any]:
         "decided_at": _ms(request.decided_at),
         "comment": request.comment,
         "error": request.error,
-        "proposed": request.proposed,
+        "proposed": changes.shown_proposal(request.action, request.proposed),
         "diff": request.diff,
     }
 

@@ -8,6 +8,7 @@ from typing import Any
 from endpoints_app.models import ConfigUpdate, ConfigVersion, DeploymentState, Endpoint, ServedEntity
 from endpoints_app.selectors import endpoint_is_ready
 from endpoints_app.services.rollouts import EXTERNAL_READY_MESSAGE
+from endpoints_app.validation import redact_environment_vars
 
 
 def ms(value: datetime | None) -> int | None:
@@ -71,7 +72,9 @@ def serialize_served_entity(entity: ServedEntity, *, failed_config: bool = False
         out["min_provisioned_concurrency"] = entity.min_provisioned_concurrency
         out["max_provisioned_concurrency"] = entity.max_provisioned_concurrency
     if entity.environment_vars:
-        out["environment_vars"] = entity.environment_vars
+        # Names and secret references as written; a plain value is no one's to read back (CAN_VIEW
+        # sees this, and a value may be a credential someone pasted).
+        out["environment_vars"] = redact_environment_vars(entity.environment_vars)
     out.update(entity.extra)
     return out
 

@@ -125,6 +125,7 @@ class EndpointTagsView(ApiView):
     def patch(self, request: Request, name: str) -> Response:
         self.endpoint(request, name, PermissionLevel.CAN_MANAGE)
         add, delete = validation.parse_tags_patch(request_body(request))
+        changes.require_direct_tag_change_allowed(request.user, endpoint_name=name, add_tags=add, delete_tags=delete)
         tags = endpoint_services.patch_endpoint_tags(
             actor=request.user, name=name, add_tags=add, delete_tags=delete, if_match=if_match(request)
         )

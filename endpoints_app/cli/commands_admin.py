@@ -67,8 +67,15 @@ def register(commands: argparse._SubParsersAction, common: argparse.ArgumentPars
     p.add_argument("request_id", type=int)
     p = _verb(verbs, common, "propose", cmd_cr_propose, "propose a change for approval")
     p.add_argument("endpoint_name")
-    p.add_argument("--action", choices=["create", "update-config", "ai-gateway", "delete"], default="update-config")
-    p.add_argument("--json", metavar="JSON", help="the config (update-config) or create body: inline or @file")
+    p.add_argument(
+        "--action", choices=["create", "update-config", "ai-gateway", "tags", "delete"], default="update-config"
+    )
+    p.add_argument(
+        "--json",
+        metavar="JSON",
+        help="the config (update-config), create body, ai-gateway body or tags patch (add_tags, delete_tags): "
+        "inline or @file",
+    )
     for name, handler in (("approve", cmd_cr_approve), ("reject", cmd_cr_reject)):
         p = _verb(verbs, common, name, handler, f"{name} a change request (not your own)")
         p.add_argument("request_id", type=int)

@@ -32,6 +32,7 @@ class ChangeRequest(models.Model):
         CREATE = "create"
         UPDATE_CONFIG = "update_config"
         AI_GATEWAY = "ai_gateway"  # PUT …/ai-gateway settings
+        TAGS = "tags"  # PATCH …/tags (tags decide which approval policies cover the endpoint)
         DELETE = "delete"
 
     endpoint_name = models.CharField(max_length=255)

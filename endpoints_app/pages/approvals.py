@@ -99,7 +99,7 @@ def _render_detail(
         "change": change,
         "diff": diff_lines(change.diff),
         "summary": proposed_summary(change),
-        "proposed_json": json.dumps(change.proposed, indent=2, sort_keys=True),
+        "proposed_json": json.dumps(changes.shown_proposal(change.action, change.proposed), indent=2, sort_keys=True),
         "may_decide": may_decide,
         "is_author": change.author_id == user.pk,
         "is_approver": changes.may_skip_approval(user),

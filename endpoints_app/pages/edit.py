@@ -194,12 +194,20 @@ def endpoint_new(request: HttpRequest) -> HttpResponse:
     return redirect(endpoint_page(create.name))
 
 
-def _extras(endpoint: Endpoint) -> tuple[dict[str, dict[str, Any]], dict[str, Any] | None]:
-    """What the form does not show, kept when saving: per-entity pass-through fields and auto-capture."""
+def _extras(
+    endpoint: Endpoint,
+) -> tuple[dict[str, dict[str, Any]], dict[str, Any] | None, dict[str, dict[str, str]]]:
+    """What the form does not show, kept when saving: per-entity pass-through fields, auto-capture,
+    and the stored environment variables (the form shows plain values as ``[REDACTED]``)."""
     config = endpoint.active_config or endpoint.pending_config
     if config is None:
-        return {}, None
-    return {e.name: dict(e.extra or {}) for e in config.served_entities.all()}, config.auto_capture_config
+        return {}, None, {}
+    served = list(config.served_entities.all())
+    return (
+        {e.name: dict(e.extra or {}) for e in served},
+        config.auto_capture_config,
+        {e.name: dict(e.environment_vars or {}) for e in served},
+    )
 
 
 @login_required
@@ -239,8 +247,8 @@ def endpoint_edit(request: HttpRequest, name: str) -> HttpResponse:
     if request.POST.get("edit_action") in RE_RENDER_ACTIONS or not editor.is_valid():
         return _render_editor(request, editor, status=_status_for(editor, None), **page)
 
-    extras, auto_capture = _extras(endpoint)
-    body = editor.config_body(extras=extras)
+    extras, auto_capture, stored_env = _extras(endpoint)
+    body = editor.config_body(extras=extras, stored_env=stored_env)
     if auto_capture is not None:
         body["auto_capture_config"] = auto_capture
     try:

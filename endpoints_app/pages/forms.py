@@ -484,11 +484,15 @@ class EndpointEditor:
         """The served-entity forms that make the config: filled in and not marked for removal."""
         return [f for f in self.entities.forms if f.cleaned_data and not f.cleaned_data.get("DELETE")]
 
-    def config_body(self, *, extras: dict[str, dict[str, Any]] | None = None) -> dict[str, Any]:
+    def config_body(
+        self, *, extras: dict[str, dict[str, Any]] | None = None, stored_env: dict[str, dict[str, str]] | None = None
+    ) -> dict[str, Any]:
         """The config as the API takes it (``PUT …/config``, or ``config`` of a create).
 
         ``extras`` are the fields this form does not show, by served entity name, carried over
-        from the current config so that saving the form does not drop them.
+        from the current config so that saving the form does not drop them. ``stored_env``: the
+        current environment variables by served entity name; a variable of the same entity posted
+        back as ``[REDACTED]`` (the form never shows plain values) keeps its stored value.
         """
         self._kept = self.kept_forms()
         entities: list[dict[str, Any]] = []
@@ -507,13 +511,18 @@ class EndpointEditor:
                 continue
             entity_name, entity_version = split_entity_value(data.get("entity") or "")
             name = (data.get("name") or "").strip()
+            stored = (stored_env or {}).get(name or validation.default_served_entity_name(entity_name, entity_version))
+            env = {
+                k: stored[k] if v == validation.REDACTED and stored and k in stored else v
+                for k, v in form.environment_vars().items()
+            }
             entity: dict[str, Any] = {
                 **((extras or {}).get(name) or {}),
                 "entity_name": entity_name,
                 "entity_version": entity_version,
                 "workload_type": data.get("workload_type") or "CPU",
                 "scale_to_zero_enabled": bool(data.get("scale_to_zero")),
-                "environment_vars": form.environment_vars(),
+                "environment_vars": env,
             }
             if name:
                 entity["name"] = name
@@ -634,7 +643,8 @@ def entity_initial(entity: Any, traffic: int | None) -> dict[str, Any]:
         "min_concurrency": entity.min_provisioned_concurrency,
         "max_concurrency": entity.max_provisioned_concurrency,
         "traffic": traffic,
-        "environment_vars": dict(entity.environment_vars or {}),
+        # Plain values are never sent back to the browser; saving the form keeps them (config_body).
+        "environment_vars": validation.redact_environment_vars(entity.environment_vars),
     }
 
 

@@ -56,14 +56,41 @@ def may_skip_approval(user: AbstractBaseUser) -> bool:
 
 
 def require_direct_change_allowed(
-    user: AbstractBaseUser, *, endpoint_name: str, tags: dict[str, str] | None = None
+    user: AbstractBaseUser, *, endpoint_name: str, tags: dict[str, str] | None = None, action: str = "update-config"
 ) -> None:
+    """Refuse (403) a direct change to an endpoint a policy covers, naming the change request to propose."""
     if needs_approval(endpoint_name=endpoint_name, tags=tags) and not may_skip_approval(user):
+        body = "@tags.json" if action == "tags" else "@config.json"
         raise PermissionDenied(
             f"Changes to endpoint '{endpoint_name}' need approval. Propose it instead: "
-            f"POST /api/2.0/modelfleet/change-requests, or `modelfleet change-requests propose {endpoint_name} "
-            "--action update-config --json @config.json` (or --action ai-gateway); an approver then approves it."
+            f"POST /api/2.0/modelfleet/change-requests with action '{action.replace('-', '_')}', or "
+            f"`modelfleet change-requests propose {endpoint_name} --action {action} --json {body}`; "
+            "an approver then approves it."
         )
+
+
+def patched_tags(before: dict[str, str], add_tags: list[tuple[str, str]], delete_tags: list[str]) -> dict[str, str]:
+    """The tags after a PATCH …/tags (deletes first, then adds, as ``patch_endpoint_tags`` applies them)."""
+    after = {k: v for k, v in before.items() if k not in set(delete_tags)}
+    after.update(add_tags)
+    return after
+
+
+def _current_tags(endpoint_name: str) -> dict[str, str]:
+    endpoint = Endpoint.objects.filter(name=endpoint_name).prefetch_related("tags").first()
+    return {t.key: t.value for t in endpoint.tags.all()} if endpoint else {}
+
+
+def require_direct_tag_change_allowed(
+    user: AbstractBaseUser, *, endpoint_name: str, add_tags: list[tuple[str, str]], delete_tags: list[str]
+) -> None:
+    """Tags decide which policies cover an endpoint, so a tag change is gated both on the tags it
+    has and on the tags it would have: otherwise removing ``env=prod``, changing the endpoint
+    freely and adding the tag back would bypass the policy; and adding a policy's tag is a change
+    to what the approvers guard."""
+    before = _current_tags(endpoint_name)
+    for tags in (before, patched_tags(before, add_tags, delete_tags)):
+        require_direct_change_allowed(user, endpoint_name=endpoint_name, tags=tags, action="tags")
 
 
 def _comparable(config: dict[str, Any] | None) -> dict[str, Any] | None:
@@ -74,22 +101,12 @@ def _comparable(config: dict[str, Any] | None) -> dict[str, Any] | None:
 
 def _config_view(config: validation.CoreConfig) -> dict[str, Any]:
     """A parsed config in the shape of the audit snapshot, so the diff shows real changes only."""
-    return {
-        "served_entities": [
-            {"name": e.name, "external_model": e.external_model}
-            if e.external_model is not None
-            else {
-                "name": e.name,
-                "entity_name": e.entity_name,
-                "entity_version": e.entity_version,
-                "workload_size": e.workload_size,
-                "workload_type": e.workload_type,
-                "scale_to_zero_enabled": e.scale_to_zero_enabled,
-            }
-            for e in config.served_entities
-        ],
-        "traffic_config": {"routes": config.routes},
-    }
+    return audit.config_snapshot(
+        config.served_entities,
+        traffic_config={"routes": config.routes},
+        auto_capture_config=config.auto_capture_config,
+        legacy_served_models=config.legacy_served_models,
+    )
 
 
 def _refuse_plaintext_credentials(config: validation.CoreConfig) -> None:
@@ -101,6 +118,31 @@ def _refuse_plaintext_credentials(config: validation.CoreConfig) -> None:
             "to approvers. Put the key in a secret scope (modelfleet secrets put-secret SCOPE KEY) and refer to "
             "it as {{secrets/SCOPE/KEY}}."
         )
+
+
+def shown_proposal(action: str, body: Any) -> Any:
+    """A proposal's body as the API, the pages and the audit log show it: environment values
+    redacted as they are on the endpoint (names and secret references as written)."""
+
+    def config(raw: Any) -> Any:
+        if not isinstance(raw, dict):
+            return raw
+        out = dict(raw)
+        for key in ("served_entities", "served_models"):
+            if isinstance(raw.get(key), list):
+                out[key] = [
+                    {**e, "environment_vars": validation.redact_environment_vars(e["environment_vars"])}
+                    if isinstance(e, dict) and isinstance(e.get("environment_vars"), dict)
+                    else e
+                    for e in raw[key]
+                ]
+        return out
+
+    if action == ChangeRequest.Action.CREATE and isinstance(body, dict):
+        return {**body, "config": config(body.get("config"))}
+    if action == ChangeRequest.Action.UPDATE_CONFIG:
+        return config(body)
+    return body
 
 
 def _diff(before: Any, after: Any) -> str:
@@ -120,6 +162,7 @@ def propose(*, actor: AbstractBaseUser, endpoint_name: str, action: str, body: A
         body = validation.require_object(body, "body")
         create = validation.parse_create_request({**body, "name": endpoint_name})  # refuse now what would fail later
         _refuse_plaintext_credentials(create.config)
+        endpoint_services.check_secret_references(actor=actor, config=create.config)  # the author's, as at approval
         before, after, base = None, body, ""
     else:
         if endpoint is None:
@@ -130,7 +173,15 @@ def propose(*, actor: AbstractBaseUser, endpoint_name: str, action: str, body: A
             body = validation.require_object(body, "body")
             parsed = validation.parse_core_config(body)
             _refuse_plaintext_credentials(parsed)
+            endpoint_services.check_secret_references(
+                actor=actor, config=parsed, in_use=endpoint_services.secret_references_of(endpoint)
+            )
             after = _config_view(parsed)
+        elif action == ChangeRequest.Action.TAGS:
+            body = validation.require_object(body, "body")
+            add, delete = validation.parse_tags_patch(body)  # refuse now what would fail later
+            current = {t.key: t.value for t in endpoint.tags.all()}
+            before, after = {"tags": current}, {"tags": patched_tags(current, add, delete)}
         elif action == ChangeRequest.Action.AI_GATEWAY:
             body = validation.require_object(body if body is not None else {}, "body")
             current = endpoint.ai_gateway if isinstance(endpoint.ai_gateway, dict) else None
@@ -154,7 +205,7 @@ def propose(*, actor: AbstractBaseUser, endpoint_name: str, action: str, body: A
             object_type="change_request",
             object_id=str(request.pk),
             object_name=endpoint_name,
-            after={"action": action, "proposed": body},
+            after={"action": action, "proposed": shown_proposal(action, body)},
         )
     _notify_approvers(request)
     return request
@@ -235,15 +286,28 @@ def approve(*, actor: AbstractBaseUser, request: ChangeRequest, comment: str = "
 
 
 def _apply(*, actor: AbstractBaseUser, request: ChangeRequest) -> None:
+    """Apply an approved request. A config's secret references are checked against the author's
+    rights (the approver vouches for the change, not for access to secrets they may read)."""
+    if request.action in (ChangeRequest.Action.CREATE, ChangeRequest.Action.UPDATE_CONFIG) and request.author is None:
+        raise PermissionDenied(
+            f"The author of change request {request.pk} no longer exists, so whether they may use the secrets it "
+            "refers to cannot be checked; propose the change again"
+        )
     if request.action == ChangeRequest.Action.CREATE:
         create = validation.parse_create_request({**request.proposed, "name": request.endpoint_name})
-        endpoint_services.create_endpoint(actor=request.author or actor, request=create)
+        endpoint_services.create_endpoint(actor=request.author, request=create)
     elif request.action == ChangeRequest.Action.UPDATE_CONFIG:
         endpoint_services.update_endpoint_config(
             actor=actor,
             name=request.endpoint_name,
             config=validation.parse_core_config(request.proposed),
             if_match=request.base_etag,
+            proposer=request.author,
+        )
+    elif request.action == ChangeRequest.Action.TAGS:
+        add, delete = validation.parse_tags_patch(request.proposed)
+        endpoint_services.patch_endpoint_tags(
+            actor=actor, name=request.endpoint_name, add_tags=add, delete_tags=delete, if_match=request.base_etag
         )
     elif request.action == ChangeRequest.Action.AI_GATEWAY:
         ai_gateway.put_ai_gateway(

@@ -36,7 +36,13 @@ from endpoints_app.models import (
     ServedEntity,
 )
 from endpoints_app.services import secrets
-from endpoints_app.validation import CoreConfig, CreateRequest, Plaintext
+from endpoints_app.validation import (
+    CoreConfig,
+    CreateRequest,
+    Plaintext,
+    ServedEntitySpec,
+    environment_secret_reference,
+)
 
 
 def etag(endpoint: Endpoint) -> str:
@@ -68,11 +74,10 @@ def _check_models_exist(config: CoreConfig) -> None:
 def _check_deployable(*, actor: AbstractBaseUser | None, config: CoreConfig, endpoint: Endpoint | None = None) -> None:
     """What must hold before anything is written: the models exist and fit the host, or, for
     external models, the actor may read every secret the config refers to (reference §3)."""
-    if config.is_external:
-        check_secret_references(
-            actor=actor, config=config, in_use=secret_references_of(endpoint) if endpoint else frozenset()
-        )
-    else:
+    check_secret_references(
+        actor=actor, config=config, in_use=secret_references_of(endpoint) if endpoint else frozenset()
+    )
+    if not config.is_external:
         _check_models_exist(config)
         capacity.check_fits(config)
 
@@ -99,13 +104,29 @@ def _destination(external: dict) -> str:
     )
 
 
+def _env_destinations(entity: ServedEntity | ServedEntitySpec) -> dict[str, tuple[str, str]]:
+    """Where an entity's ``{{secrets/…}}`` environment variables go (the model version whose code
+    reads them, under that variable name), each with the ``(scope, key)`` it refers to."""
+    found = {}
+    for name, value in (entity.environment_vars or {}).items():
+        reference = environment_secret_reference(value)
+        if reference is not None:
+            found[json.dumps(["env", entity.entity_name, entity.entity_version, name, value])] = reference
+    return found
+
+
 def secret_references_of(endpoint: Endpoint) -> frozenset[str]:
-    """Where the endpoint's active and pending configs already send their credentials."""
+    """Where the endpoint's active and pending configs already send their credentials (external
+    models' provider blocks, and secret-valued environment variables of its model versions)."""
     versions = [v for v in (endpoint.active_config_id, endpoint.pending_config_id) if v]
-    models = ServedEntity.objects.filter(config_version_id__in=versions, external_model__isnull=False).values_list(
-        "external_model", flat=True
-    )
-    return frozenset(_destination(m) for m in models)
+    entities = ServedEntity.objects.filter(config_version_id__in=versions)
+    found: set[str] = set()
+    for entity in entities:
+        if entity.external_model is not None:
+            found.add(_destination(entity.external_model))
+        else:
+            found |= set(_env_destinations(entity))
+    return frozenset(found)
 
 
 def check_secret_references(
@@ -118,15 +139,21 @@ def check_secret_references(
     endpoint already has them (``in_use``, from ``secret_references_of``) passes unchecked: a manager
     of the endpoint may re-submit its config with a credential someone else stored (e.g. a
     ``*_plaintext`` key kept in the managed scope), but can neither send it anywhere else (another
-    base URL or deployment) nor copy the reference to another endpoint.
+    base URL or deployment) nor copy the reference to another endpoint. Secret-valued
+    ``environment_vars`` likewise: unchanged on the same model version they pass, anywhere else
+    they need READ (model code could return the value).
     """
     checking = [
         e.external_model
         for e in config.served_entities
         if e.external_model is not None and _destination(e.external_model) not in in_use
     ]
-    for reference in sorted(_references(checking)):
-        parsed = secrets.parse_reference(reference)
+    references = [secrets.parse_reference(r) for r in _references(checking)]
+    # Environment variables the same way: one already given to this model version under this
+    # name passes; giving it to other model code (which could return it) needs READ.
+    for entity in config.served_entities:
+        references += [ref for where, ref in _env_destinations(entity).items() if where not in in_use]
+    for parsed in sorted(set(references)):  # type: ignore[type-var]
         assert parsed is not None  # validation accepted only references here
         secrets.check_can_read(user=actor, scope=parsed[0], key=parsed[1])
 
@@ -267,13 +294,22 @@ def create_endpoint(*, actor: AbstractBaseUser | None, request: CreateRequest) -
 
 
 def update_endpoint_config(
-    *, actor: AbstractBaseUser | None, name: str, config: CoreConfig, if_match: str | None = None
+    *,
+    actor: AbstractBaseUser | None,
+    name: str,
+    config: CoreConfig,
+    if_match: str | None = None,
+    proposer: AbstractBaseUser | None = None,
 ) -> Endpoint:
-    """Start rolling out a new config version; the active one keeps serving until it is ready."""
+    """Start rolling out a new config version; the active one keeps serving until it is ready.
+
+    ``proposer``: for an approved change request, its author: the config's secret references are
+    checked against the author's rights, not the approver's (``actor``), so a proposal cannot use
+    a secret only its approver may read."""
     current = Endpoint.objects.filter(name=name).first()
     if current is None:
         raise ResourceDoesNotExist(f"Endpoint '{name}' does not exist")
-    _check_deployable(actor=actor, config=config, endpoint=current)
+    _check_deployable(actor=proposer or actor, config=config, endpoint=current)
     with transaction.atomic():
         endpoint = get_endpoint_for_update(name, if_match=if_match)
         if endpoint.config_update == ConfigUpdate.IN_PROGRESS:
