@@ -105,6 +105,17 @@ ROLLOUT_TIMEOUT_SECONDS = env_float("MODELFLEET_ROLLOUT_TIMEOUT_SECONDS", 600.0,
 # alive at least this long (plus in-flight requests) so no request meets a stopped replica.
 GATEWAY_ROUTE_TTL_SECONDS = env_float("MODELFLEET_GATEWAY_ROUTE_TTL_SECONDS", 1.0, minimum=0.0)
 GATEWAY_TIMEOUT_SECONDS = env_float("MODELFLEET_GATEWAY_TIMEOUT_SECONDS", 297.0, minimum=1.0)
+# Hostile input costs little (endpoints_app.http_limits, gateway.app): request bodies over these are
+# refused with 413 before anything reads them (queries, the management API and pages, model uploads);
+# queries in flight per web process (429 past it) and queries held for a scale-from-zero wake-up
+# (503 past it) are capped, both answered with Retry-After; guardrails over long texts run in
+# this many worker processes.
+MAX_QUERY_BYTES = env_int("MODELFLEET_MAX_QUERY_BYTES", 16 * 1024 * 1024, minimum=1)
+MAX_API_BODY_BYTES = env_int("MODELFLEET_MAX_API_BODY_BYTES", 1024 * 1024, minimum=1)
+MAX_UPLOAD_BYTES = env_int("MODELFLEET_MAX_UPLOAD_BYTES", 2 * 1024**3, minimum=1)
+GATEWAY_MAX_INFLIGHT = env_int("MODELFLEET_GATEWAY_MAX_INFLIGHT", 512, minimum=1)
+GATEWAY_MAX_WAKE_WAITERS = env_int("MODELFLEET_GATEWAY_MAX_WAKE_WAITERS", 128, minimum=1)
+GUARDRAIL_WORKERS = env_int("MODELFLEET_GUARDRAIL_WORKERS", 2, minimum=1)
 # Where external model providers' APIs are reached when the endpoint's config does not say (e.g. an
 # egress proxy): provider=URL pairs; the defaults are the providers' public APIs. "microsoft-entra"
 # is the Entra ID authority Azure OpenAI's client credentials sign in at (a sovereign cloud's).

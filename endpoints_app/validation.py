@@ -185,7 +185,7 @@ def validate_name(name: Any, what: str) -> str:
         raise InvalidParameterValue(f"{what} is required and must be a string")
     if len(name) > MAX_NAME_LENGTH:
         raise InvalidParameterValue(f"{what} '{name[:80]}' is longer than {MAX_NAME_LENGTH} characters")
-    if not NAME_RE.match(name):
+    if not NAME_RE.fullmatch(name):  # not match: its $ would let a trailing newline through
         raise InvalidParameterValue(
             f"{what} '{name}' is invalid: use only alphanumeric characters, dashes and underscores"
         )

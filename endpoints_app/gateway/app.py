@@ -34,7 +34,7 @@ from asgiref.sync import sync_to_async
 from django.conf import settings
 from django.db import close_old_connections
 
-from endpoints_app import access
+from endpoints_app import access, access_generation
 from endpoints_app.api.authentication import token_from_header
 from endpoints_app.backends import get_backend
 from endpoints_app.errors import DomainError
@@ -60,6 +60,8 @@ PREFIX = "/serving-endpoints/"
 # The OpenAI client's paths below base_url=<host>/serving-endpoints, by the task they ask for.
 OPENAI_ROUTES = {"chat/completions": CHAT, "completions": COMPLETIONS, "embeddings": EMBEDDINGS}
 MAX_BODY_BYTES = 16 * 1024 * 1024
+# A backstop only: a change of rights empties these caches at once (access_generation); this
+# bounds how long one lives if the change could not be announced (Redis down at commit).
 TOKEN_TTL_SECONDS = 5.0
 NOT_READY_RECHECK_SECONDS = 0.1
 WAKE_POLL_SECONDS = 0.05
@@ -146,6 +148,10 @@ class Gateway:
         self._tokens: dict[str, tuple[float, int | None]] = {}
         self._levels: dict[tuple[int, str], tuple[float, str | None]] = {}
         self._identities: dict[int, tuple[float, str, frozenset[str]]] = {}
+        # A grant, revoke or deactivation anywhere empties the caches above (and the route tables,
+        # which hold resolved credentials) in every process within a second: access_generation.
+        self.access = access_generation.Watcher(settings.REDIS_URL)
+        self.access.on_change(self._drop_access_caches)
         self.limiter = ratelimit.RateLimiter(settings.REDIS_URL)
         self._background: set[asyncio.Future[None]] = set()
         self._in_flight: defaultdict[str, int] = defaultdict(int)
@@ -154,6 +160,12 @@ class Gateway:
         self._rng = random.Random()
         self._waking: dict[int, asyncio.Future[EntityRoute]] = {}
         self._ttl = settings.GATEWAY_ROUTE_TTL_SECONDS
+
+    def _drop_access_caches(self) -> None:
+        self._tokens.clear()
+        self._identities.clear()
+        self._levels.clear()
+        self._tables.clear()
 
     @staticmethod
     def handles(path: str) -> bool:
@@ -276,6 +288,7 @@ class Gateway:
         if scope["method"] != "POST":
             raise GatewayError(405, "METHOD_NOT_ALLOWED", "Query an endpoint with POST")
         headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
+        await self.access.refresh()  # rights changed elsewhere: drop what is cached (access_generation)
         if "authorization" not in headers and session.has_session_cookie(headers):
             user_id = await self._authenticate_session(scope)  # the dashboard's query playground
         else:
@@ -341,10 +354,12 @@ class Gateway:
         cached = self._identities.get(user_id)
         if cached is not None and cached[0] > now:
             return cached[1], cached[2]
+        epoch = self.access.epoch
         name, groups = await sync_to_async(_identity, thread_sensitive=False)(user_id)
         if len(self._identities) > 50_000:
             self._identities.clear()
-        self._identities[user_id] = (now + TOKEN_TTL_SECONDS, name, groups)
+        if epoch == self.access.epoch:  # else rights changed while it loaded: it may be stale
+            self._identities[user_id] = (now + TOKEN_TTL_SECONDS, name, groups)
         return name, groups
 
     @staticmethod
@@ -471,10 +486,12 @@ class Gateway:
         if cached is not None and cached[0] > now:
             user_id = cached[1]
         else:
+            epoch = self.access.epoch
             user_id = await sync_to_async(_auth, thread_sensitive=False)(raw)
             if len(self._tokens) > 10_000:
                 self._tokens.clear()
-            self._tokens[raw] = (now + TOKEN_TTL_SECONDS, user_id)
+            if epoch == self.access.epoch:  # else rights changed while it loaded: it may be stale
+                self._tokens[raw] = (now + TOKEN_TTL_SECONDS, user_id)
         if user_id is None:
             raise GatewayError(
                 401, "UNAUTHENTICATED", "Invalid access token", {"www-authenticate": 'Bearer realm="modelfleet"'}
@@ -489,10 +506,12 @@ class Gateway:
         if cached is not None and cached[0] > now:
             level = cached[1]
         else:
+            epoch = self.access.epoch
             level = await sync_to_async(_query_level, thread_sensitive=False)(user_id, table.endpoint_id)
             if len(self._levels) > 50_000:
                 self._levels.clear()
-            self._levels[key] = (now + TOKEN_TTL_SECONDS, level)
+            if epoch == self.access.epoch:  # else rights changed while it loaded: it may be stale
+                self._levels[key] = (now + TOKEN_TTL_SECONDS, level)
         if level is None:
             raise GatewayError(404, "RESOURCE_DOES_NOT_EXIST", f"Endpoint '{table.endpoint_name}' does not exist")
         if access.RANK[level] < access.RANK[PermissionLevel.CAN_QUERY]:
@@ -527,8 +546,10 @@ class Gateway:
             usable = any(e.replicas or e.external for e in table.entities)
             if fresh and (usable or now - loaded_at < NOT_READY_RECHECK_SECONDS):
                 return table
+        epoch = self.access.epoch
         table = await sync_to_async(_load_table, thread_sensitive=False)(name)
-        self._tables[name] = (time.monotonic(), table)
+        if epoch == self.access.epoch:  # else a secret changed while it loaded: its credentials may be stale
+            self._tables[name] = (time.monotonic(), table)
         return table
 
     def _choose_entity(self, table: RouteTable, served_name: str | None) -> EntityRoute:

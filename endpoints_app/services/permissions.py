@@ -9,7 +9,7 @@ from django.contrib.auth.models import AbstractBaseUser, Group
 from django.db import transaction
 from django.db.models import Q
 
-from endpoints_app import audit
+from endpoints_app import access_generation, audit
 from endpoints_app.errors import InvalidParameterValue
 from endpoints_app.models import Endpoint, EndpointPermission, PermissionLevel
 from endpoints_app.validation import require_object
@@ -72,6 +72,7 @@ def set_permissions(
             before=before,
             after=grants_snapshot(endpoint),
         )
+        access_generation.bump()  # every gateway process drops its cached levels on commit
 
 
 def grants_snapshot(endpoint: Endpoint) -> list[dict[str, str]]:

@@ -35,7 +35,7 @@ from django.db import IntegrityError, transaction
 from django.db.models import QuerySet
 from django.utils import timezone
 
-from endpoints_app import audit, encryption
+from endpoints_app import access_generation, audit, encryption
 from endpoints_app.access import CREATE_ROLES, role_of
 from endpoints_app.errors import (
     DomainError,
@@ -287,6 +287,7 @@ def delete_scope(*, actor: AbstractBaseUser, scope: object) -> None:
         before = _scope_snapshot(found)
         _audit(actor, "secret_scope.delete", found, before=before)
         found.delete()
+        access_generation.bump()  # gateways drop route tables holding its values on commit
 
 
 def list_scopes(*, user: AbstractBaseUser) -> QuerySet[SecretScope]:
@@ -323,6 +324,8 @@ def _store(
     secret.updated_by = managed_by
     secret.save()
     _audit(actor, "secret.put", scope, before=before, after={"key": key, "last_updated_timestamp": now_ms})
+    if before is not None:
+        access_generation.bump()  # a rotated credential: gateways drop the old value on commit
     return secret
 
 
@@ -355,6 +358,7 @@ def delete_secret(*, actor: AbstractBaseUser, scope: object, key: object) -> Non
             before={"key": key_name, "last_updated_timestamp": secret.last_updated_timestamp},
         )
         secret.delete()
+        access_generation.bump()  # gateways drop route tables holding its value on commit
 
 
 def list_secrets(*, user: AbstractBaseUser, scope: object) -> list[SecretMetadata]:
@@ -383,6 +387,7 @@ def put_acl(*, actor: AbstractBaseUser, scope: object, principal: object, permis
         before = {"principal": principal, "permission": existing.permission} if existing else None
         acl, _ = SecretAcl.objects.update_or_create(scope=found, principal=principal, defaults={"permission": level})
         _audit(actor, "secret_acl.put", found, before=before, after={"principal": principal, "permission": level})
+        access_generation.bump()
     return acl
 
 
@@ -396,6 +401,7 @@ def delete_acl(*, actor: AbstractBaseUser, scope: object, principal: object) -> 
             raise ResourceDoesNotExist(f"No ACL for principal {principal} in scope {scope_name}")
         _audit(actor, "secret_acl.delete", found, before={"principal": acl.principal, "permission": acl.permission})
         acl.delete()
+        access_generation.bump()
 
 
 def get_acl(*, user: AbstractBaseUser, scope: object, principal: object) -> SecretAcl:
@@ -459,6 +465,8 @@ def delete_managed(*, actor: AbstractBaseUser | None, references: set[str]) -> i
         _audit(actor, "secret.delete", secret.scope, before={"key": secret.key})
         secret.delete()
         deleted += 1
+    if deleted:
+        access_generation.bump()
     return deleted
 
 

@@ -6,7 +6,7 @@ from django.contrib.auth import get_user_model
 from django.contrib.auth.models import AbstractBaseUser, Group
 from django.db import IntegrityError, transaction
 
-from endpoints_app import audit
+from endpoints_app import access_generation, audit
 from endpoints_app.access import role_of
 from endpoints_app.errors import InvalidParameterValue, ResourceAlreadyExists, ResourceDoesNotExist
 from endpoints_app.models import Role, UserProfile
@@ -76,10 +76,12 @@ def set_role(*, actor: AbstractBaseUser, user: AbstractBaseUser, role: object) -
             before=before,
             after=user_snapshot(user),
         )
+        access_generation.bump()  # the role sets a baseline level everywhere: gateways drop cached levels
 
 
 def deactivate(*, actor: AbstractBaseUser, user: AbstractBaseUser) -> None:
-    """The user can no longer sign in; every token stops working at once (auth checks is_active)."""
+    """The user can no longer sign in; every token stops working at once (auth checks is_active, and
+    every gateway process drops the user's cached tokens on commit)."""
     with transaction.atomic():
         before = user_snapshot(user)
         user.is_active = False
@@ -93,6 +95,7 @@ def deactivate(*, actor: AbstractBaseUser, user: AbstractBaseUser) -> None:
             before=before,
             after=user_snapshot(user),
         )
+        access_generation.bump()
 
 
 def create_group(*, actor: AbstractBaseUser, name: str) -> Group:
@@ -130,3 +133,4 @@ def set_membership(*, actor: AbstractBaseUser, group: Group, user: AbstractBaseU
             object_name=group.name,
             after={"user": user.get_username()},
         )
+        access_generation.bump()  # grants to the group (and group rate limits) follow membership at once

@@ -1,0 +1,128 @@
+"""Request-body size limits, enforced at the ASGI layer before Django or the gateway reads a byte.
+
+Django's ASGI handler reads the whole body into a spooled file before any view (or
+authentication) runs, so a limit checked in a view comes after the cost it should prevent. This
+wrapper sits in front of the whole web process (``dashboard.asgi``) and, per path:
+
+- ``/serving-endpoints/…`` (queries): ``MODELFLEET_MAX_QUERY_BYTES``, 16 MiB by default, as
+  Databricks model serving;
+- the model upload (``…/registered-models/upload``): ``MODELFLEET_MAX_UPLOAD_BYTES``, 2 GiB;
+- everything else (the management API, pages, the admin): ``MODELFLEET_MAX_API_BODY_BYTES``, 1 MiB.
+
+A ``Content-Length`` over the limit is answered 413 at once, with nothing read. A body without one
+(chunked, or a lying client) is counted as it arrives: past the limit the 413 is sent, the
+application sees the client go away (``http.disconnect``), and anything it still tries to send is
+dropped. The error is Databricks' ``RESOURCE_LIMIT_EXCEEDED``; the connection is closed after it,
+so the rest of the body is never read.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Awaitable, Callable, MutableMapping
+from typing import Any
+
+from django.conf import settings
+
+Scope = MutableMapping[str, Any]
+Message = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
+
+QUERY_PREFIX = "/serving-endpoints/"
+UPLOAD_PATHS = frozenset({"/api/2.0/modelfleet/registered-models/upload"})
+
+
+def body_limit(path: str) -> tuple[int, str]:
+    """(the most bytes a body to ``path`` may have, what the limit is called in the error)."""
+    if path.startswith(QUERY_PREFIX):
+        return settings.MAX_QUERY_BYTES, "a query"
+    if path in UPLOAD_PATHS:
+        return settings.MAX_UPLOAD_BYTES, "a model upload"
+    return settings.MAX_API_BODY_BYTES, "this API"
+
+
+def _size(n: int) -> str:
+    for unit, scale in (("GiB", 1024**3), ("MiB", 1024**2), ("KiB", 1024)):
+        if n >= scale and n % scale == 0:
+            return f"{n // scale} {unit}"
+    return f"{n} bytes"
+
+
+async def send_error(send: Send, status: int, error_code: str, message: str) -> None:
+    """A JSON error in the API's shape; the connection closes after it."""
+    body = json.dumps({"error_code": error_code, "message": message}).encode()
+    await send(
+        {
+            "type": "http.response.start",
+            "status": status,
+            "headers": [
+                (b"content-type", b"application/json"),
+                (b"content-length", str(len(body)).encode()),
+                (b"connection", b"close"),
+            ],
+        }
+    )
+    await send({"type": "http.response.body", "body": body})
+
+
+def _content_length(scope: Scope) -> int | None | str:
+    """The declared body size; None when not declared; a message when it is malformed."""
+    values = {v for k, v in scope.get("headers") or () if k.lower() == b"content-length"}
+    if not values:
+        return None
+    if len(values) > 1:
+        return "The request has conflicting Content-Length headers"
+    (value,) = values
+    if not value.isdigit():
+        return "The request's Content-Length is not a number"
+    return int(value[:20])  # more digits than that are over any limit anyway (and int() of thousands is slow)
+
+
+def limit_bodies(app: ASGIApp) -> ASGIApp:
+    """``app`` behind the body size limits (the module docstring says which)."""
+
+    async def limited(scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await app(scope, receive, send)
+            return
+        limit, what = body_limit(scope["path"])
+        too_large = f"The request body is larger than {_size(limit)}, the limit for {what}"
+        declared = _content_length(scope)
+        if isinstance(declared, str):
+            await send_error(send, 400, "BAD_REQUEST", declared)
+            return
+        if declared is not None and declared > limit:
+            await send_error(send, 413, "RESOURCE_LIMIT_EXCEEDED", too_large)
+            return
+
+        received = 0
+        refused = answering = False
+
+        async def counted_receive() -> Message:
+            nonlocal received, refused
+            if refused:
+                return {"type": "http.disconnect"}
+            message = await receive()
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if received > limit:
+                    refused = True
+                    if not answering:  # an answer already under way cannot become a 413: it is cut off
+                        await send_error(send, 413, "RESOURCE_LIMIT_EXCEEDED", too_large)
+                    return {"type": "http.disconnect"}  # the application stops as if the client left
+            return message
+
+        async def guarded_send(message: Message) -> None:
+            nonlocal answering
+            if refused:  # after the 413, whatever the application answers is not sent
+                return
+            answering = True
+            await send(message)
+
+        await app(scope, counted_receive, guarded_send)
+
+    if hasattr(app, "gateway"):  # tests and the benchmark reach the gateway through the app
+        limited.gateway = app.gateway  # type: ignore[attr-defined]
+    return limited

@@ -1,0 +1,477 @@
+# ruff: noqa: F811  (the fakes fixture is imported from test_external_models)
+"""Hostile input costs little: linear-time PII detection off the event loop, body size limits
+before anything reads the body, capped concurrency and wake-up waiters, name lengths, bounded
+caches and nested JSON.
+
+The HTTP tests drive the production ASGI stack (``http_limits.limit_bodies`` around the gateway
+and Django, as ``dashboard.asgi`` builds it) in uvicorn on loopback; external models are fake
+OpenAI servers on loopback, and the scale-from-zero test uses a real deployment row that has no
+replica yet (the runtime agent is not running, so the wake-up is held as long as the test needs).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import random
+import re
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+import requests
+from hypothesis import given
+from hypothesis import settings as hypothesis_settings
+from hypothesis import strategies as st
+
+from endpoints_app.gateway import app as gateway_app
+from endpoints_app.gateway import guardrails, jsonbody
+from endpoints_app.gateway.lru import LRU
+from endpoints_app.models import Endpoint
+from tests.conftest import endpoint_body
+from tests.test_ai_gateway_enforcement import llm_endpoint
+from tests.test_api_endpoints import mark_ready
+from tests.test_external_models import CHAT, Gateway, _free_port, create, fakes  # noqa: F401  (fakes: a fixture)
+
+MB = 1024 * 1024
+
+# Shapes that made (or could make) a backtracking pattern re-read the text from every start.
+ADVERSARIAL = {
+    "a.a.a.": "a." * (MB // 2),
+    "digits": "1" * MB,
+    "digit-dash": "1-" * (MB // 2),
+    "digit-space": "1 " * (MB // 2),
+    "at-signs": "@" * MB,
+    "a@a@": "a@" * (MB // 2),
+    ".a@": ".a@" * (MB // 3),
+    "x@a.a.a.": "x@" + "a." * (MB // 2),
+    "dots": "." * MB,
+    "dashes": "-" * MB,
+    "IBAN-ish": "AB12 " * (MB // 5),
+    "phone-ish": "(12)" * (MB // 4),
+}
+
+
+# --- PII detection: linear, whole text, same findings --------------------------------------------
+
+
+@pytest.mark.parametrize("shape", sorted(ADVERSARIAL))
+def test_each_pattern_reads_a_megabyte_of_adversarial_text_in_linear_time(shape):
+    # The quadratic e-mail pattern took 2.2 s on 32 KB of "a.a."; 1 MB would take about an hour.
+    text = ADVERSARIAL[shape]
+    for entity, pattern, _check in guardrails.PII_PATTERNS:
+        started = time.process_time()
+        for _ in pattern.finditer(text):
+            pass
+        assert time.process_time() - started < 0.5, f"{entity} on {shape}"
+    rail = guardrails.Guardrail.from_config({"pii": {"behavior": "BLOCK"}})
+    started = time.process_time()
+    rail.check(text)
+    assert time.process_time() - started < 2.0, shape  # six patterns, with generous slack for a busy machine
+
+
+def test_a_text_full_of_findings_is_checked_in_linear_time():
+    # 131 072 addresses: testing each finding against every earlier one would be quadratic.
+    text = "1.1.1.1 " * (MB // 8)
+    started = time.process_time()
+    found = guardrails.find_pii(text)
+    assert time.process_time() - started < 3.0
+    assert len(found) == MB // 8 and {entity for _, _, entity in found} == {"IP_ADDRESS"}
+
+
+def test_personal_data_after_a_megabyte_of_padding_is_still_found():
+    rail = guardrails.Guardrail.from_config({"pii": {"behavior": "MASK"}})
+    reason, masked = rail.check("a." * (MB // 2) + " write to jane@example.com")
+    assert reason is None and masked.endswith(" write to <EMAIL_ADDRESS>")
+    blocker = guardrails.Guardrail.from_config({"pii": {"behavior": "BLOCK"}})
+    assert "EMAIL_ADDRESS" in blocker.check("1-" * (MB // 2) + " jane@example.com")[0]
+
+
+EMAIL_ALPHABET = "ab1Z_.+-@ é\n"
+
+
+@hypothesis_settings(max_examples=3000, deadline=None)
+@given(st.text(alphabet=EMAIL_ALPHABET, max_size=40))
+def test_the_linear_email_finder_matches_the_reference_pattern_exactly(text):
+    reference = [m.span() for m in re.finditer(guardrails.EMAIL_REGEX, text)]
+    assert list(guardrails._EmailPattern.finditer(text)) == reference
+
+
+PIECES = [
+    "john.doe@example.com",
+    "x@y.co",
+    "4111 1111 1111 1111",
+    "123-45-6789",
+    "DE89 3704 0044 0532 0130 00",
+    "10.0.0.1",
+    "+1 415-555-0100",
+    "(415) 555 0100",
+    "hello",
+    " ",
+    ".",
+    "-",
+    "@",
+    "1",
+    "\n",
+]
+
+
+def reference_find_pii(text: str) -> list[tuple[int, int, str]]:
+    """The detector as it was (quadratic in places), for comparison on short texts."""
+    spans: list[tuple[int, int, str]] = []
+    patterns = [("EMAIL_ADDRESS", re.compile(guardrails.EMAIL_REGEX), None), *guardrails.PII_PATTERNS[1:]]
+    for entity, pattern, check in patterns:
+        for match in pattern.finditer(text):
+            if check is not None and not check(match):
+                continue
+            start, end = match.span()
+            if any(start < e and s < end for s, e, _ in spans):
+                continue
+            spans.append((start, end, entity))
+    return sorted(spans)
+
+
+@hypothesis_settings(max_examples=2000, deadline=None)
+@given(st.lists(st.sampled_from(PIECES), max_size=12))
+def test_findings_and_masks_are_unchanged_for_ordinary_text(pieces):
+    text = "".join(pieces)
+    assert guardrails.find_pii(text) == reference_find_pii(text)
+
+
+# --- bounded caches and JSON -----------------------------------------------------------------------
+
+
+def test_the_lru_keeps_at_most_its_size_and_drops_the_least_recently_used():
+    cache: LRU[str, int] = LRU(3)
+    for key in "abc":
+        cache[key] = ord(key)
+    assert cache.get("a") == ord("a")  # a is now the most recently used
+    cache["d"] = 4
+    assert len(cache) == 3 and "b" not in cache and "a" in cache
+    for index in range(1000):
+        cache[f"flood-{index}"] = index
+    assert len(cache) == 3
+
+
+@pytest.mark.parametrize(
+    "body",
+    [b"[" * 100_000 + b"]" * 100_000, b'{"a":' * 900 + b"1" + b"}" * 900, b"[" * 65 + b"]" * 65],
+    ids=["100k-deep", "900-deep", "65-deep"],
+)
+def test_json_nested_past_the_limit_is_refused_with_a_value_error(body):
+    with pytest.raises(jsonbody.TooDeep):
+        jsonbody.loads(body)
+
+
+def test_wide_json_within_the_limit_parses():
+    assert jsonbody.loads(b"[" * 64 + b"]" * 64) is not None
+    assert len(jsonbody.loads(json.dumps([[1]] * 10_000))) == 10_000
+
+
+# --- the ASGI stack in uvicorn ---------------------------------------------------------------------
+
+
+@pytest.fixture
+def web(transactional_db) -> Iterator[Gateway]:  # type: ignore[no-untyped-def]
+    """The production ASGI stack (body limits around the gateway and Django) in uvicorn on a thread."""
+    import uvicorn
+    from django.core.asgi import get_asgi_application
+
+    from endpoints_app.http_limits import limit_bodies
+
+    app = limit_bodies(gateway_app.mount(get_asgi_application()))
+    port = _free_port()
+    server = uvicorn.Server(
+        uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="on", loop="asyncio")
+    )
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 10
+    while not server.started and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert server.started, "uvicorn did not start"
+    try:
+        yield Gateway(f"http://127.0.0.1:{port}", app)
+    finally:
+        server.should_exit = True
+        thread.join(10)
+
+
+def chunked(*chunks: bytes) -> bytes:
+    """Chunks in HTTP/1.1 chunked encoding, without the closing zero-size chunk."""
+    return b"".join(f"{len(chunk):x}\r\n".encode() + chunk + b"\r\n" for chunk in chunks)
+
+
+def raw_request(url: str, head: str, body: bytes = b"", *, timeout: float = 10) -> tuple[int, dict, bytes]:
+    """Send the request line and headers in ``head``, then ``body`` (which may be only the start of
+    what the headers announce), and read one answer. Sending no more than the server reads before
+    it answers keeps the answer from being lost to a reset connection."""
+    host, port = url.removeprefix("http://").split(":")
+    with socket.create_connection((host, int(port)), timeout=timeout) as sock:
+        sock.sendall(head.encode() + b"\r\n" + body)
+        data = b""
+        while b"\r\n\r\n" not in data:
+            chunk = sock.recv(65536)
+            assert chunk, data
+            data += chunk
+        header_block, rest = data.split(b"\r\n\r\n", 1)
+        lines = header_block.decode().split("\r\n")
+        status = int(lines[0].split()[1])
+        headers = {k.lower(): v.strip() for k, v in (line.split(":", 1) for line in lines[1:])}
+        length = int(headers.get("content-length", "0"))
+        while len(rest) < length:
+            chunk = sock.recv(65536)
+            if not chunk:
+                break
+            rest += chunk
+        return status, headers, rest[:length]
+
+
+def test_a_dashboard_request_is_answered_while_a_big_guarded_query_is_checked(web, fakes, api, user, token):
+    (fake,) = llm_endpoint(api, user, fakes, ai_gateway={"guardrails": {"input": {"pii": {"behavior": "BLOCK"}}}})
+    # 8 MB of shapes that stress each pattern, with an address at the very end: seconds of checking.
+    padding = "".join(text[: MB // 2] for text in ADVERSARIAL.values())
+    big = {"messages": [{"role": "user", "content": padding + " jane@example.com"}]}
+    with ThreadPoolExecutor(1) as pool:
+        big_query = pool.submit(web.post, "/serving-endpoints/llm/invocations", big, token)
+        latencies = []
+        while not big_query.done():
+            started = time.perf_counter()
+            answer = requests.get(web.url + "/.well-known/databricks-config", timeout=30)
+            latencies.append(time.perf_counter() - started)
+            assert answer.status_code == 200
+            time.sleep(0.05)
+        refused = big_query.result()
+    assert refused.status_code == 400 and "EMAIL_ADDRESS" in refused.json()["message"], refused.text
+    assert fake.requests == []
+    # The small requests kept being answered while the big one was read, parsed and checked.
+    assert len(latencies) >= 5, latencies
+    assert max(latencies) < 1.0, latencies
+
+
+# --- body size limits -----------------------------------------------------------------------------
+
+
+def test_an_oversized_api_body_is_refused_before_the_view_runs(web, token):
+    body = json.dumps({"name": "big", "config": {"served_entities": []}, "pad": "x" * MB}).encode()
+    head = (
+        "POST /api/2.0/serving-endpoints HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+        f"Authorization: Bearer {token}\r\nContent-Type: application/json\r\nContent-Length: {len(body)}\r\n"
+    )
+    # Only the headers go out: the 413 comes without the body being read.
+    status, headers, answer = raw_request(web.url, head)
+    assert status == 413 and headers["connection"] == "close"
+    assert json.loads(answer) == {
+        "error_code": "RESOURCE_LIMIT_EXCEEDED",
+        "message": "The request body is larger than 1 MiB, the limit for this API",
+    }
+    assert not Endpoint.objects.exists()
+
+
+def test_a_chunked_body_past_the_limit_is_refused_as_it_arrives(web, token):
+    head = (
+        "POST /api/2.0/serving-endpoints HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+        f"Authorization: Bearer {token}\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\n"
+    )
+    # No Content-Length: 1 MiB and a little more arrives, and the rest would follow.
+    body = chunked(b'{"name": "big", "pad": "', *[b"x" * 64 * 1024] * 17)
+    status, _headers, answer = raw_request(web.url, head, body)
+    assert status == 413, answer
+    assert json.loads(answer)["error_code"] == "RESOURCE_LIMIT_EXCEEDED"
+    assert not Endpoint.objects.exists()
+
+
+def test_query_bodies_have_their_own_limit_with_and_without_content_length(web, token, settings):
+    settings.MAX_QUERY_BYTES = 64 * 1024
+    head = (
+        "POST /serving-endpoints/llm/invocations HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+        f"Authorization: Bearer {token}\r\nContent-Type: application/json\r\n"
+    )
+    status, _headers, answer = raw_request(web.url, head + f"Content-Length: {65 * 1024}\r\n")
+    assert status == 413 and json.loads(answer) == {
+        "error_code": "RESOURCE_LIMIT_EXCEEDED",
+        "message": "The request body is larger than 64 KiB, the limit for a query",
+    }
+    body = chunked(b'{"model": "llm", "pad": "', *[b"x" * 8192] * 9)  # counted once authenticated
+    status, _headers, answer = raw_request(web.url, head + "Transfer-Encoding: chunked\r\n", body)
+    assert status == 413 and json.loads(answer)["error_code"] == "RESOURCE_LIMIT_EXCEEDED"
+    # Under the limit, the same route is served as before (here: no such endpoint).
+    assert web.post("/serving-endpoints/llm/invocations", CHAT, token).status_code == 404
+
+
+def test_a_query_is_authenticated_before_its_body_is_read(web):
+    # Headers and the first chunk only, no token: the 401 comes while the body is still unsent.
+    head = (
+        "POST /serving-endpoints/llm/invocations HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+        "Transfer-Encoding: chunked\r\nContent-Type: application/json\r\n"
+    )
+    status, _headers, answer = raw_request(web.url, head, b'4\r\n{"a"\r\n', timeout=5)
+    assert status == 401 and json.loads(answer)["error_code"] == "UNAUTHENTICATED"
+
+
+def test_a_model_upload_may_be_larger_than_the_api_limit(web, token):
+    archive = b"\x1f\x8b" + b"\0" * (2 * MB)  # past 1 MiB; not a valid archive, so the view says so
+    response = requests.post(
+        web.url + "/api/2.0/modelfleet/registered-models/upload?name=big",
+        data=archive,
+        headers={"Authorization": f"Bearer {token}", "Content-Type": "application/gzip"},
+        timeout=60,
+    )
+    assert response.status_code == 400, response.text
+    assert "gzipped tar" in response.json()["message"]
+
+
+@pytest.mark.parametrize(
+    "lengths", [[b"12abc"], [b"10", b"99999999"], [b"9" * 30]], ids=["not-a-number", "conflicting", "huge"]
+)
+def test_a_malformed_content_length_is_refused_before_the_application_runs(transactional_db, lengths):
+    # Straight through the ASGI app: an HTTP server may refuse these itself, another may not.
+    from asgiref.testing import ApplicationCommunicator
+    from django.core.asgi import get_asgi_application
+
+    from endpoints_app.http_limits import limit_bodies
+
+    async def post() -> tuple[int, dict]:
+        scope = {
+            "type": "http",
+            "method": "POST",
+            "path": "/api/2.0/serving-endpoints",
+            "headers": [(b"content-length", value) for value in lengths],
+            "query_string": b"",
+        }
+        comm = ApplicationCommunicator(limit_bodies(gateway_app.mount(get_asgi_application())), scope)
+        start = await comm.receive_output(timeout=10)  # answered before any body was sent
+        body = await comm.receive_output(timeout=10)
+        return start["status"], json.loads(body["body"])
+
+    status, error = asyncio.run(post())
+    expected = 413 if lengths == [b"9" * 30] else 400
+    assert status == expected and error["error_code"] in {"BAD_REQUEST", "RESOURCE_LIMIT_EXCEEDED"}
+
+
+# --- concurrency and wake-up waiters ---------------------------------------------------------------
+
+
+@pytest.fixture
+def sleeping(api, registered_models, settings) -> str:
+    """An endpoint whose only deployment is up but has no replica yet: a query waits for it."""
+    settings.SCALE_FROM_ZERO_WAIT_SECONDS = 4.0
+    create(api, endpoint_body("sleepy", (registered_models["iris"], "1")))
+    mark_ready("sleepy")
+    return "/serving-endpoints/sleepy/invocations"
+
+
+def hold_one(web: Gateway, path: str, token: str) -> tuple[ThreadPoolExecutor, object]:
+    """Start one query that waits for the wake-up; return once the gateway holds it."""
+    pool = ThreadPoolExecutor(1)
+    held = pool.submit(web.post, path, {"inputs": [[1, 2, 3, 4]]}, token)
+    deadline = time.monotonic() + 10
+    while web.app.gateway._wake_waiters == 0:
+        assert time.monotonic() < deadline and not held.done(), held.result() if held.done() else "not held"
+        time.sleep(0.02)
+    return pool, held
+
+
+def test_queries_past_the_in_flight_cap_get_429_with_retry_after(web, sleeping, token, settings):
+    settings.GATEWAY_MAX_INFLIGHT = 1
+    pool, held = hold_one(web, sleeping, token)
+    with pool:
+        refused = web.post("/serving-endpoints/other/invocations", CHAT, token)
+        assert refused.status_code == 429, refused.text
+        assert refused.json()["error_code"] == "REQUEST_LIMIT_EXCEEDED"
+        assert refused.headers["retry-after"] == "1"
+        assert held.result().status_code == 503  # the wake-up never comes: the held query times out
+    assert web.post("/serving-endpoints/other/invocations", CHAT, token).status_code == 404  # capacity is back
+
+
+def test_queries_past_the_wake_waiter_cap_get_503_with_retry_after(web, sleeping, token, settings):
+    settings.GATEWAY_MAX_WAKE_WAITERS = 1
+    pool, held = hold_one(web, sleeping, token)
+    with pool:
+        started = time.monotonic()
+        refused = web.post(sleeping, {"inputs": [[1, 2, 3, 4]]}, token)
+        assert time.monotonic() - started < 2.0  # refused at once, not held until the wait ends
+        assert refused.status_code == 503 and refused.json()["error_code"] == "TEMPORARILY_UNAVAILABLE"
+        assert "waiting for wake-ups" in refused.json()["message"]
+        assert refused.headers["retry-after"] == "5"
+        held.result()
+    assert web.app.gateway._wake_waiters == 0
+
+
+# --- names and caches ------------------------------------------------------------------------------
+
+
+def test_names_over_63_characters_are_refused_by_the_api(db, api, registered_models):
+    for name in ("n" * 64, "iris\n"):
+        response = api.post(
+            "/api/2.0/serving-endpoints", endpoint_body(name, (registered_models["iris"], "1")), format="json"
+        )
+        assert response.status_code == 400 and response.json()["error_code"] == "INVALID_PARAMETER_VALUE", name
+    body = endpoint_body("ok", (registered_models["iris"], "1"))
+    body["config"]["served_entities"][0]["name"] = "e" * 64
+    response = api.post("/api/2.0/serving-endpoints", body, format="json")
+    assert response.status_code == 400 and response.json()["error_code"] == "INVALID_PARAMETER_VALUE"
+    assert "longer than 63 characters" in response.json()["message"]
+    assert (
+        api.post(
+            "/api/2.0/serving-endpoints", endpoint_body("n" * 63, (registered_models["iris"], "1")), format="json"
+        ).status_code
+        == 200
+    )
+
+
+def test_the_gateway_refuses_long_or_malformed_names_before_any_lookup(web, token):
+    for path, body in (
+        (f"/serving-endpoints/{'n' * 64}/invocations", CHAT),
+        (f"/serving-endpoints/llm/served-models/{'m' * 64}/invocations", CHAT),
+        ("/serving-endpoints/chat/completions", {**CHAT, "model": "m" * MB}),
+        ("/serving-endpoints/chat/completions", {**CHAT, "model": "../llm"}),
+    ):
+        response = web.post(path, body, token)
+        assert response.status_code == 400 and response.json()["error_code"] == "INVALID_PARAMETER_VALUE", path
+        assert len(response.content) < 500  # the name is not echoed back at length
+    assert len(web.app.gateway._tables) == 0
+
+
+def test_a_flood_of_unknown_names_and_tokens_keeps_the_caches_bounded(web, token):
+    gateway = web.app.gateway
+    gateway._tables.maxsize = 20  # the production bound is 2048; the flood here is small to be quick
+    gateway._tokens.maxsize = 5
+    with requests.Session() as session:
+        for index in range(60):
+            name = f"unknown-{index}-{random.randrange(10**9)}"
+            answer = session.post(
+                f"{web.url}/serving-endpoints/{name}/invocations",
+                json=CHAT,
+                headers={"Authorization": f"Bearer {token}"},
+            )
+            assert answer.status_code == 404
+        assert len(gateway._tables) == 20
+        for index in range(12):  # made-up tokens (401, or 429 once failures are throttled)
+            made_up = session.post(
+                f"{web.url}/serving-endpoints/llm/invocations",
+                json=CHAT,
+                headers={"Authorization": f"Bearer dapi{index}"},
+            )
+            assert made_up.status_code in (401, 429)
+    assert len(gateway._tokens) <= 5
+
+
+# --- nested JSON -----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("depth", [65, 100_000])
+def test_deeply_nested_json_in_a_query_is_a_400(web, fakes, api, user, token, depth):
+    llm_endpoint(api, user, fakes, ai_gateway={"guardrails": {"input": {"pii": {"behavior": "MASK"}}}})
+    nested = "[" * depth + "]" * depth
+    for path, body in (
+        ("/serving-endpoints/chat/completions", f'{{"model": "llm", "messages": {nested}}}'),
+        ("/serving-endpoints/llm/invocations", f'{{"messages": {nested}}}'),
+    ):
+        response = requests.post(web.url + path, data=body, headers={"Authorization": f"Bearer {token}"}, timeout=30)
+        assert response.status_code == 400, (path, response.text[:300])
+        assert response.json()["error_code"] == "MALFORMED_REQUEST"
+        assert "nests deeper than 64 levels" in response.json()["message"]
