@@ -38,8 +38,9 @@ from endpoints_app import access, access_generation
 from endpoints_app.api.authentication import token_from_header
 from endpoints_app.backends import get_backend
 from endpoints_app.errors import DomainError
-from endpoints_app.gateway import guardrails, ratelimit, session
+from endpoints_app.gateway import guardrails, jsonbody, ratelimit, session
 from endpoints_app.gateway.external import Answer, ExternalError, ExternalModels, StreamAnswer
+from endpoints_app.gateway.lru import LRU
 from endpoints_app.gateway.metrics import GatewayMetrics
 from endpoints_app.gateway.payloads import MAX_PAYLOAD_BYTES, PayloadLogger
 from endpoints_app.gateway.providers.base import CHAT, COMPLETIONS, EMBEDDINGS, Usage, sse
@@ -53,13 +54,19 @@ from endpoints_app.gateway.upstream import (
 from endpoints_app.gateway.usage import recorder as usage_recorder
 from endpoints_app.models import PermissionLevel
 from endpoints_app.services.tokens import authenticate_token
+from endpoints_app.validation import MAX_NAME_LENGTH, NAME_RE
 
 log = logging.getLogger(__name__)
 
 PREFIX = "/serving-endpoints/"
 # The OpenAI client's paths below base_url=<host>/serving-endpoints, by the task they ask for.
 OPENAI_ROUTES = {"chat/completions": CHAT, "completions": COMPLETIONS, "embeddings": EMBEDDINGS}
-MAX_BODY_BYTES = 16 * 1024 * 1024
+# Every cache keyed by what a caller sends is bounded (gateway.lru): a flood of made-up names or
+# tokens churns the least recently used entries instead of growing the process.
+ROUTE_TABLE_CACHE_SIZE = 2048
+TOKEN_CACHE_SIZE = 10_000
+LEVEL_CACHE_SIZE = 50_000
+IDENTITY_CACHE_SIZE = 10_000
 # A backstop only: a change of rights empties these caches at once (access_generation); this
 # bounds how long one lives if the change could not be announced (Redis down at commit).
 TOKEN_TTL_SECONDS = 5.0
@@ -144,10 +151,13 @@ class Gateway:
     def __init__(self) -> None:
         self.metrics = GatewayMetrics()
         self.payloads = PayloadLogger()
-        self._tables: dict[str, tuple[float, RouteTable]] = {}
-        self._tokens: dict[str, tuple[float, int | None]] = {}
-        self._levels: dict[tuple[int, str], tuple[float, str | None]] = {}
-        self._identities: dict[int, tuple[float, str, frozenset[str]]] = {}
+        self._tables: LRU[str, tuple[float, RouteTable]] = LRU(ROUTE_TABLE_CACHE_SIZE)
+        self._tokens: LRU[str, tuple[float, int | None]] = LRU(TOKEN_CACHE_SIZE)
+        self._levels: LRU[tuple[int, str], tuple[float, str | None]] = LRU(LEVEL_CACHE_SIZE)
+        self._identities: LRU[int, tuple[float, str, frozenset[str]]] = LRU(IDENTITY_CACHE_SIZE)
+        # Queries this process is answering now, and those held for a wake-up (both capped).
+        self._active = 0
+        self._wake_waiters = 0
         # A grant, revoke or deactivation anywhere empties the caches above (and the route tables,
         # which hold resolved credentials) in every process within a second: access_generation.
         self.access = access_generation.Watcher(settings.REDIS_URL)
@@ -176,10 +186,29 @@ class Gateway:
         self.payloads.stop()
         await self.upstream.aclose()
         await self.external.aclose()
+        guardrails.shutdown_workers()
 
     # --- ASGI ---------------------------------------------------------------------------------
 
     async def __call__(self, scope: dict, receive: Receive, send: Send) -> None:
+        """Answer one query, unless this process already answers ``GATEWAY_MAX_INFLIGHT`` (429):
+        each query holds its body, and its wait for a replica or a provider, until it is answered."""
+        if self._active >= settings.GATEWAY_MAX_INFLIGHT:
+            error = GatewayError(
+                429,
+                "REQUEST_LIMIT_EXCEEDED",
+                f"The gateway is answering {settings.GATEWAY_MAX_INFLIGHT} queries already; retry shortly",
+                {"retry-after": "1"},
+            )
+            await _send_error(send, error)
+            return
+        self._active += 1
+        try:
+            await self._serve(scope, receive, send)
+        finally:
+            self._active -= 1
+
+    async def _serve(self, scope: dict, receive: Receive, send: Send) -> None:
         started = time.perf_counter()
         call = _Call()
         try:
@@ -315,7 +344,7 @@ class Gateway:
         else:
             result = await self._forward(table, entity, call.body, headers.get("content-type") or "application/json")
         if policy is not None and policy.output_guardrail is not None:
-            result = self._guard_output(policy.output_guardrail, result)
+            result = await self._guard_output(policy.output_guardrail, result)
         return result
 
     async def _before_query(self, policy: GatewayPolicy, table: RouteTable, user_id: int, call: _Call) -> None:
@@ -335,19 +364,22 @@ class Gateway:
         if policy.input_guardrail is not None:
             if call.json is None:
                 try:
-                    call.json = json.loads(call.body)
+                    call.json = jsonbody.loads(call.body)
+                except jsonbody.TooDeep as exc:
+                    raise GatewayError(400, "MALFORMED_REQUEST", str(exc)) from None
                 except ValueError:
                     return  # not JSON: nothing a guardrail reads (the model refuses it)
             if not isinstance(call.json, dict):
                 return
-            before = json.dumps(call.json, separators=(",", ":"))
             try:
-                guardrails.apply(policy.input_guardrail, call.json, direction="request")
+                # Off the event loop for long texts: the web process keeps serving meanwhile.
+                call.json, masked = await guardrails.apply_off_loop(
+                    policy.input_guardrail, call.json, direction="request"
+                )
             except guardrails.Blocked as exc:
                 raise GatewayError(400, "INVALID_PARAMETER_VALUE", str(exc)) from None
-            after = json.dumps(call.json, separators=(",", ":"))
-            if after != before:  # masked: forward what the guardrail left
-                call.body = after.encode()
+            if masked:  # forward what the guardrail left
+                call.body = json.dumps(call.json, separators=(",", ":")).encode()
 
     async def _identity(self, user_id: int) -> tuple[str, frozenset[str]]:
         now = time.monotonic()
@@ -356,14 +388,12 @@ class Gateway:
             return cached[1], cached[2]
         epoch = self.access.epoch
         name, groups = await sync_to_async(_identity, thread_sensitive=False)(user_id)
-        if len(self._identities) > 50_000:
-            self._identities.clear()
         if epoch == self.access.epoch:  # else rights changed while it loaded: it may be stale
             self._identities[user_id] = (now + TOKEN_TTL_SECONDS, name, groups)
         return name, groups
 
     @staticmethod
-    def _guard_output(
+    async def _guard_output(
         rail: guardrails.Guardrail, result: tuple[int, dict[str, str], bytes] | StreamAnswer
     ) -> tuple[int, dict[str, str], bytes] | StreamAnswer:
         """Check (or mask) the answer's text; a blocked answer becomes a 400 the caller can read."""
@@ -374,13 +404,16 @@ class Gateway:
         if status >= 300 or "json" not in headers.get("content-type", ""):
             return result
         try:
-            answer = json.loads(body)
+            answer = jsonbody.loads(body)
+        except jsonbody.TooDeep:  # not let through unchecked: nesting must not hide text from the guardrail
+            error = {"error_code": "BAD_GATEWAY", "message": "The model's answer nests too deep to be checked"}
+            return 502, {"content-type": "application/json"}, json.dumps(error).encode()
         except ValueError:
             return result
         if not isinstance(answer, dict):
             return result
         try:
-            guardrails.apply(rail, answer, direction="response")
+            answer, _masked = await guardrails.apply_off_loop(rail, answer, direction="response")
         except guardrails.Blocked as exc:
             error = {"error_code": "INVALID_PARAMETER_VALUE", "message": str(exc)}
             return 400, {"content-type": "application/json"}, json.dumps(error).encode()
@@ -394,15 +427,17 @@ class Gateway:
             return "", None, OPENAI_ROUTES[rest]
         parts = rest.split("/")
         if len(parts) == 2 and parts[1] == "invocations" and parts[0]:
-            return parts[0], None, None
+            return _checked_name(parts[0], "The endpoint name"), None, None
         if len(parts) == 4 and parts[1] == "served-models" and parts[3] == "invocations" and parts[0] and parts[2]:
-            return parts[0], parts[2], None
+            return _checked_name(parts[0], "The endpoint name"), _checked_name(parts[2], "The served model name"), None
         raise GatewayError(404, "ENDPOINT_NOT_FOUND", f"No API found for '{path}'")
 
     @staticmethod
     def _json(body: bytes) -> Any:
         try:
-            return json.loads(body)
+            return jsonbody.loads(body)
+        except jsonbody.TooDeep as exc:
+            raise GatewayError(400, "MALFORMED_REQUEST", str(exc)) from None
         except ValueError:
             raise GatewayError(400, "MALFORMED_REQUEST", "The request body is not valid JSON") from None
 
@@ -414,7 +449,7 @@ class Gateway:
             raise GatewayError(
                 400, "INVALID_PARAMETER_VALUE", "'model' is required: the name of the serving endpoint to query"
             )
-        return model
+        return _checked_name(model, "'model'")
 
     @staticmethod
     def _check_task(table: RouteTable, task: str) -> None:
@@ -488,8 +523,6 @@ class Gateway:
         else:
             epoch = self.access.epoch
             user_id = await sync_to_async(_auth, thread_sensitive=False)(raw)
-            if len(self._tokens) > 10_000:
-                self._tokens.clear()
             if epoch == self.access.epoch:  # else rights changed while it loaded: it may be stale
                 self._tokens[raw] = (now + TOKEN_TTL_SECONDS, user_id)
         if user_id is None:
@@ -508,8 +541,6 @@ class Gateway:
         else:
             epoch = self.access.epoch
             level = await sync_to_async(_query_level, thread_sensitive=False)(user_id, table.endpoint_id)
-            if len(self._levels) > 50_000:
-                self._levels.clear()
             if epoch == self.access.epoch:  # else rights changed while it loaded: it may be stale
                 self._levels[key] = (now + TOKEN_TTL_SECONDS, level)
         if level is None:
@@ -531,8 +562,12 @@ class Gateway:
                 raise GatewayError(400, "BAD_REQUEST", "The client disconnected")
             chunk = message.get("body", b"")
             size += len(chunk)
-            if size > MAX_BODY_BYTES:
-                raise GatewayError(413, "RESOURCE_LIMIT_EXCEEDED", "The request body is larger than 16 MiB")
+            if size > settings.MAX_QUERY_BYTES:  # http_limits refuses it first; this holds without it
+                raise GatewayError(
+                    413,
+                    "RESOURCE_LIMIT_EXCEEDED",
+                    f"The request body is larger than {settings.MAX_QUERY_BYTES} bytes, the limit for a query",
+                )
             chunks.append(chunk)
             if not message.get("more_body"):
                 return b"".join(chunks)
@@ -585,7 +620,10 @@ class Gateway:
         replica is ready (bounded).
 
         Every query waiting for the same deployment shares one wake-up: one request to the
-        backend and one route-table poll loop, however many queries arrive meanwhile.
+        backend and one route-table poll loop, however many queries arrive meanwhile. At most
+        ``GATEWAY_MAX_WAKE_WAITERS`` queries are held in this process (each holds its body and a
+        connection for up to ``SCALE_FROM_ZERO_WAIT_SECONDS``); past that a query gets 503 with
+        Retry-After, and the wake-up it asked for still goes ahead.
         """
         key = entity.deployment_id
         assert key is not None
@@ -593,8 +631,20 @@ class Gateway:
         if waiting is None:
             waiting = asyncio.ensure_future(self._wake_and_wait(table.endpoint_name, entity))
             self._waking[key] = waiting
-            waiting.add_done_callback(lambda _f: self._waking.pop(key, None))
-        return await asyncio.shield(waiting)
+            waiting.add_done_callback(lambda f: (self._waking.pop(key, None), f.cancelled() or f.exception()))
+        if self._wake_waiters >= settings.GATEWAY_MAX_WAKE_WAITERS:
+            raise GatewayError(
+                503,
+                "TEMPORARILY_UNAVAILABLE",
+                f"Served model '{entity.name}' of endpoint '{table.endpoint_name}' is starting from zero and "
+                f"{settings.GATEWAY_MAX_WAKE_WAITERS} queries are waiting for wake-ups already; retry shortly",
+                {"retry-after": "5"},
+            )
+        self._wake_waiters += 1
+        try:
+            return await asyncio.shield(waiting)
+        finally:
+            self._wake_waiters -= 1
 
     async def _wake_and_wait(self, endpoint_name: str, entity: EntityRoute) -> EntityRoute:
         started = time.monotonic()
@@ -656,6 +706,8 @@ class Gateway:
                 ) from None
             finally:
                 self._in_flight[replica] -= 1
+                if not self._in_flight[replica]:
+                    del self._in_flight[replica]  # replicas come and go: keep only the busy ones
             headers = {"content-type": content_type, "served-model-name": entity.name}
             return status, headers, response_body
         raise GatewayError(
@@ -664,6 +716,33 @@ class Gateway:
             f"Served model '{entity.name}' of endpoint '{table.endpoint_name}' has no ready replica right now",
             {"retry-after": "1"},
         )
+
+
+def _checked_name(name: str, what: str) -> str:
+    """A name from the path or the body, refused before any lookup if no endpoint could have it:
+    so a 16 MiB ``model`` or a made-up path costs no query and no cache entry of that size."""
+    if len(name) > MAX_NAME_LENGTH:
+        raise GatewayError(400, "INVALID_PARAMETER_VALUE", f"{what} is longer than {MAX_NAME_LENGTH} characters")
+    if not NAME_RE.fullmatch(name):
+        raise GatewayError(
+            400,
+            "INVALID_PARAMETER_VALUE",
+            f"{what} '{name}' is invalid: use only alphanumeric characters, dashes and underscores",
+        )
+    return name
+
+
+async def _send_error(send: Send, err: GatewayError) -> None:
+    body = json.dumps({"error_code": err.error_code, "message": err.message}).encode()
+    headers = {"content-type": "application/json", "content-length": str(len(body)), **err.headers}
+    await send(
+        {
+            "type": "http.response.start",
+            "status": err.status,
+            "headers": [(k.encode(), v.encode()) for k, v in headers.items()],
+        }
+    )
+    await send({"type": "http.response.body", "body": body})
 
 
 async def _relay_stream(chunks: Any, send: Send, sent: bytearray) -> bool:
