@@ -35,7 +35,7 @@ CURRENT = {
 def llm(api, user) -> Endpoint:
     reference = store_secret(user, "llm-keys", "openai", VALUE)
     model = external(
-        "openai", "openai_config", {"openai_api_base": "http://127.0.0.1:9/v1", "openai_api_key": reference}
+        "openai", "openai_config", {"openai_api_base": "https://llm.example.com/v1", "openai_api_key": reference}
     )
     create(api, body_for("llm", {"external_model": model}))
     ai_gateway.put_ai_gateway(actor=user, name="llm", raw=CURRENT)

@@ -395,7 +395,7 @@ def test_the_secret_picker_offers_only_secrets_the_user_may_read(client, user, d
 def test_an_editor_creates_an_external_model_endpoint_with_a_picked_secret(client, user, team_key):
     client.force_login(user)
     data = form_data(
-        openai_row(openai_api_key=team_key, openai_api_base="http://127.0.0.1:9/v1"), name="chat-form", initial=1
+        openai_row(openai_api_key=team_key, openai_api_base="https://llm.example.com/v1"), name="chat-form", initial=1
     )
     response = client.post("/endpoints/new", data)
     assert response.status_code == 302, response.content.decode()[-2000:]
@@ -407,7 +407,7 @@ def test_an_editor_creates_an_external_model_endpoint_with_a_picked_secret(clien
         "provider": "openai",
         "name": "gpt-4o",
         "task": "llm/v1/chat",
-        "openai_config": {"openai_api_key": team_key, "openai_api_base": "http://127.0.0.1:9/v1"},
+        "openai_config": {"openai_api_key": team_key, "openai_api_base": "https://llm.example.com/v1"},
     }
 
 
