@@ -15,8 +15,9 @@ spends no database query per request.
    request of that interval); when it changed, the watcher bumps its ``epoch`` and calls the
    registered drop callbacks. A cache fill that started in an older epoch is not stored, so a
    database read racing a change cannot put the old answer back.
-3. Fail safe: when Redis cannot be read, the number is unknown, so each check drops the caches:
-   while Redis is down, a cached right lives at most one check interval, never longer. When the
+3. Fail safe: when Redis cannot be read, the number is unknown, so the caches are dropped every
+   interval: while Redis is down, a cached right lives at most one check interval, never longer,
+   and no request waits on Redis (the check goes on in the background). When the
    ``INCR`` itself fails, the readers' own cache TTL (the gateway's ``TOKEN_TTL_SECONDS``) bounds it.
 """
 
@@ -93,7 +94,9 @@ class Watcher:
         """Make sure the caches hold nothing older than a change committed one interval ago.
 
         Requests that arrive while a check is in progress wait for that one check: one Redis
-        ``GET`` per interval, however many requests there are.
+        ``GET`` per interval, however many requests there are. While Redis does not answer, no
+        request waits for it: the caches are dropped each interval instead, and the check runs on
+        in the background until Redis answers again.
         """
         if time.monotonic() - self._checked_at < self._interval:
             return
@@ -103,6 +106,10 @@ class Watcher:
             task = loop.create_task(self._check())
             self._pending[id(loop)] = task
             task.add_done_callback(lambda _: self._pending.pop(id(loop), None))
+        if self._down:
+            self._checked_at = time.monotonic()
+            self.drop()
+            return
         await asyncio.shield(task)  # a request that goes away does not cancel the others' check
 
     def drop(self) -> None:
@@ -138,11 +145,12 @@ class Watcher:
             self._down = True
             self._seen = _UNKNOWN
             self.drop()
-        else:
-            if self._down:
-                log.info("access generation readable again")
-            self._down = False
-            if value != self._seen:
-                self._seen = value
-                self.drop()
+            self._checked_at = time.monotonic()
+            return
+        if self._down:
+            log.info("access generation readable again")
+        self._down = False
+        if value != self._seen:
+            self._seen = value
+            self.drop()
         self._checked_at = started

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import socket
 import subprocess
 import sys
 import time
@@ -370,8 +371,38 @@ def test_with_redis_unreachable_cached_rights_live_one_check_interval_at_most(tm
         return took
 
     took = asyncio.run(run())
-    assert len(drops) == 2  # unknown generation: dropped on every check, never kept
+    assert len(drops) >= 2  # unknown generation: dropped each interval, never kept
     assert took < access_generation.READ_TIMEOUT_SECONDS + 0.2  # and no request waits long for Redis
+
+
+def test_a_redis_that_hangs_holds_one_check_and_then_no_query():
+    """A Redis that accepts connections and never answers: the first check gives up after
+    READ_TIMEOUT_SECONDS; after that no request waits for it, and the caches keep being dropped."""
+    silent = socket.socket()
+    silent.bind(("127.0.0.1", 0))
+    silent.listen(16)  # the kernel completes connections; nothing ever reads or answers
+    try:
+        watcher = access_generation.Watcher(f"redis://127.0.0.1:{silent.getsockname()[1]}/0", interval=0.1)
+        drops: list[float] = []
+        watcher.on_change(lambda: drops.append(time.monotonic()))
+
+        async def run() -> list[float]:
+            waits = []
+            for _ in range(6):
+                started = time.monotonic()
+                await watcher.refresh()
+                waits.append(time.monotonic() - started)
+                await asyncio.sleep(0.12)
+            return waits
+
+        waits = asyncio.run(run())
+    finally:
+        silent.close()
+    assert waits[0] < access_generation.READ_TIMEOUT_SECONDS + 0.2
+    assert max(waits[1:]) < 0.05, waits  # no query waits on a hung Redis after the first check
+    assert len(drops) >= 5  # and cached rights never outlive an interval meanwhile
+    gaps = [b - a for a, b in zip(drops, drops[1:], strict=False)]
+    assert max(gaps) < 0.4, gaps
 
 
 def test_the_watcher_drops_once_per_change_and_not_otherwise():
