@@ -222,7 +222,7 @@ def addresses_for(host: str, port: int, allow: Iterable[AllowEntry], *, must_res
     may use any of them). A name the resolver does not know raises ``socket.gaierror`` when
     ``must_resolve``, else gives ``[]`` (config time: nothing reachable, connect time decides)."""
     allow = tuple(allow)
-    literal = literal_address(host)
+    literal = literal_address(host.rstrip("."))  # "127.0.0.1." is the same address
     if literal is not None:
         rule = refusal(literal)
         if rule and not any(e.allows_address(literal, port) for e in allow):

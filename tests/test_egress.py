@@ -192,6 +192,7 @@ def test_a_cidr_block_does_not_open_a_metadata_address_but_naming_it_does() -> N
         ("http://127.1:5001/v1", "127.1 (127.0.0.1) is a loopback address"),
         ("http://2130706433:5001/v1", "(127.0.0.1) is a loopback address"),
         ("http://0x7f.1/v1", "(127.0.0.1) is a loopback address"),
+        ("http://127.0.0.1./v1", "loopback address"),
         ("http://[::1]:5001/v1", "::1 is a loopback address"),
         ("http://0.0.0.0:5001/v1", "unspecified"),
         ("http://10.0.0.7/v1", "a private address"),
