@@ -52,3 +52,4 @@ bench: install
 	$(BIN)/python benchmarks/bench_faults.py
 	$(BIN)/python benchmarks/bench_monitoring.py
 	$(BIN)/python benchmarks/bench_dashboard.py
+	$(BIN)/python benchmarks/bench_hostile_input.py

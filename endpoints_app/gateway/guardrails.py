@@ -64,11 +64,12 @@ def _ipv4(match: re.Match[str]) -> bool:
 # start only where a run really starts, and the possessive ``*+`` never give characters back, so a
 # run is read once however long it is; the leading ``.+-`` are skipped to the first word character,
 # where the reference pattern's ``\b`` puts the start. The domain cannot contain an "@", so each is
-# read from one "@" only (its backtracking to find the last label is linear).
-_EMAIL = re.compile(r"(?<![\w.+-])[.+-]*+(\w[\w.+-]*+)@[\w-]+(?:\.[\w-]+)*\.[A-Za-z]{2,}\b")
+# read from one "@" only: its labels are possessive too (a shorter label can never be followed by
+# the "." that comes next), and only whole labels are given back to find the last one, linearly.
+_EMAIL = re.compile(r"(?<![\w.+-])[.+-]*+(\w[\w.+-]*+)@[\w-]++(?:\.[\w-]++)*\.[A-Za-z]{2,}\b")
 # The rare other start: right where the previous address ended, inside a run (``a@b.com.x@c.com``).
 _LOCAL_TAIL = re.compile(r"[\w.+-]*+(?=@)")
-_EMAIL_DOMAIN = re.compile(r"[\w-]+(?:\.[\w-]+)*\.[A-Za-z]{2,}\b")
+_EMAIL_DOMAIN = re.compile(r"[\w-]++(?:\.[\w-]++)*\.[A-Za-z]{2,}\b")
 _BOUNDARY = re.compile(r"\b")
 # The pattern the e-mail finder reproduces, match for match (tests compare the two on ordinary text).
 EMAIL_REGEX = r"\b[\w.+-]+@[\w-]+(?:\.[\w-]+)*\.[A-Za-z]{2,}\b"
