@@ -14,7 +14,8 @@ unspecified, reserved and other special-purpose addresses; the same inside IPv4-
 6to4 and NAT64 IPv6 addresses; names that are loopback by definition (``localhost``,
 ``*.localhost``) and cloud metadata names and addresses. A metadata address is opened only by an
 entry naming exactly it, never by a wider CIDR (``169.254.0.0/16`` does not open the credentials
-of the machine's cloud role by accident).
+of the machine's cloud role by accident). A name entry trusts that name: whatever it resolves to
+is allowed (it is the admin's own DNS).
 
 Two checks, because a name can change its answer between them (DNS rebinding):
 
@@ -213,7 +214,8 @@ def _name_refusal(name: str) -> str | None:
 
 
 def _advice(host: str, port: int) -> str:
-    return f"an admin can allow it with {SETTING} (e.g. {host}:{port})"
+    shown = f"[{host.strip('[]')}]" if ":" in host else host
+    return f"an admin can allow it with {SETTING} (e.g. {shown}:{port})"
 
 
 def addresses_for(host: str, port: int, allow: Iterable[AllowEntry], *, must_resolve: bool) -> list[str]:

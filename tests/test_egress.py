@@ -11,6 +11,7 @@ address when the config is saved and another when the gateway connects (DNS rebi
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import subprocess
@@ -20,12 +21,15 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from cryptography.hazmat.primitives.asymmetric import rsa
 
 from endpoints_app import egress
 from endpoints_app.egress import EgressRefused, literal_address, parse_allow_list, refusal
+from endpoints_app.gateway.external import ExternalModels
 from endpoints_app.models import Endpoint
-from tests.providers import FakeProvider, OpenAIServer, Recorded
-from tests.test_external_models import CHAT, KEY, URL, body_for, external, fakes, gateway  # noqa: E402,F401
+from tests.providers import FakeProvider, GoogleTokenServer, OpenAIServer, Recorded, VertexServer
+from tests.test_external_models import CHAT, KEY, URL, body_for, external, fakes, gateway, store_secret  # noqa: E402,F401
+from tests.test_external_providers import CLIENT_EMAIL, key_file
 
 PUBLIC = "93.184.216.34"  # a public address; nothing connects to it (the resolver only names it)
 
@@ -452,9 +456,6 @@ def test_a_protocol_error_message_is_still_relayed(gateway, fakes, api, token):
 def test_the_gateways_client_is_the_pinned_one() -> None:
     """The one shared client opens connections through ``PinnedBackend`` (``httpx`` offers no
     parameter for that: if an upgrade stops it taking effect, this fails, not just the query tests)."""
-    import asyncio
-
-    from endpoints_app.gateway.external import ExternalModels
 
     async def pool_backend() -> Any:
         models = ExternalModels()
@@ -465,3 +466,26 @@ def test_the_gateways_client_is_the_pinned_one() -> None:
             await models.aclose()
 
     assert isinstance(asyncio.run(pool_backend()), egress.PinnedBackend)
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_key_files_token_uri_is_checked_when_the_gateway_signs_in(gateway, fakes, api, user, token, settings):
+    """The key file is a secret (a reference), so its ``token_uri`` is first seen at query time:
+    the connection to it is checked like any other, and nothing is sent to a refused one."""
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    tokens = GoogleTokenServer(key.public_key(), CLIENT_EMAIL)  # on loopback, not allowed
+    vertex = VertexServer(tokens, "my-project", "us-central1")
+    fakes.append(vertex)
+    settings.PROVIDER_BASE_URLS = {"google-cloud-vertex-ai": vertex.url}
+    try:
+        config = {
+            "project_id": "my-project",
+            "region": "us-central1",
+            "private_key": store_secret(user, "gcp", "sa", key_file(key, f"{tokens.url}/token")),
+        }
+        model = external("google-cloud-vertex-ai", "google_cloud_vertex_ai_config", config, name="gemini-2.0-flash")
+        assert post_config(api, {"name": "llm", "external_model": model}).status_code == 200
+        refused_with(query(gateway, token), "127.0.0.1 is a loopback address")
+        assert tokens.requests == [] and vertex.requests == []
+    finally:
+        tokens.stop()
