@@ -276,7 +276,7 @@ REST_FRAMEWORK = {
     ],
     "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated"],
     "DEFAULT_RENDERER_CLASSES": ["rest_framework.renderers.JSONRenderer"],
-    "DEFAULT_PARSER_CLASSES": ["rest_framework.parsers.JSONParser"],
+    "DEFAULT_PARSER_CLASSES": ["endpoints_app.api.parsers.BoundedJSONParser"],  # depth and NUL checked
     "EXCEPTION_HANDLER": "endpoints_app.api.errors.exception_handler",
     "UNAUTHENTICATED_USER": None,
 }

@@ -10,6 +10,7 @@ from endpoints_app.api import (
     changes_views,
     logs_views,
     metrics_views,
+    openapi_views,
     payloads_views,
     permissions_views,
     secrets_views,
@@ -52,4 +53,5 @@ urlpatterns += (
     + secrets_views.urlpatterns
     + usage_views.urlpatterns
     + ai_gateway_views.urlpatterns
+    + openapi_views.urlpatterns
 )

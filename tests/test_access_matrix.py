@@ -95,6 +95,7 @@ GLOBAL_ROUTES = [
     Row("get", "/api/2.0/modelfleet/audit-events", None, ADMIN),
     Row("get", f"{S}/scopes/list", None, ANY),
     Row("post", f"{S}/scopes/create", {"scope": "new-scope"}, CREATORS),
+    Row("get", "/api/2.0/modelfleet/openapi.json", None, ANY),
 ]
 
 # Endpoint-scoped routes whose endpoint is named in the body rather than the path.

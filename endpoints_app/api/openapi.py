@@ -1,4 +1,5 @@
-"""The per-endpoint OpenAPI 3.1 document (reference §4.7), built from the models' signatures."""
+"""OpenAPI documents: one per endpoint (reference §4.7, built from the models' signatures), and one
+for the whole management API (``management_openapi``), which the fuzz tests run against."""
 
 from __future__ import annotations
 
@@ -147,5 +148,569 @@ def endpoint_openapi(endpoint: Endpoint, *, host: str) -> dict[str, Any]:
         "openapi": "3.1.0",
         "info": {"title": endpoint.name, "version": str(config.version)},
         "servers": [{"url": f"{host}/serving-endpoints/{endpoint.name}"}],
+        "paths": paths,
+    }
+
+
+# --- the management API -----------------------------------------------------------------------------
+#
+# Written by hand, next to the routes it describes: tests/test_fuzz_api.py walks the URL conf and
+# fails when a route or method is missing here, and fuzzes every operation with schemathesis. The
+# schemas say what the handlers accept (types, required fields, enums, lengths), so a fuzzer's
+# "valid" request reaches the deep code, and its invalid ones must all end in a clean 4xx.
+
+_ERROR = {"$ref": "#/components/schemas/Error"}
+_JSON_OBJECT: dict[str, Any] = {"type": "object"}
+_NAME = {"type": "string", "minLength": 1, "maxLength": 63, "pattern": "^[A-Za-z0-9_-]+$"}
+_EPOCH_MS = {"type": "integer", "minimum": 0, "maximum": 253_402_300_799_999}
+_TAG = {
+    "type": "object",
+    "required": ["key"],
+    "properties": {
+        "key": {"type": "string", "minLength": 1, "maxLength": 255},
+        "value": {"type": "string", "maxLength": 1024},
+    },
+}
+_SERVED_ENTITY = {
+    "type": "object",
+    "description": "A model served here (entity_name + entity_version) or an external_model.",
+    "properties": {
+        "name": _NAME,
+        "entity_name": {"type": "string", "minLength": 1, "maxLength": 512},
+        "entity_version": {"type": "string", "minLength": 1, "maxLength": 64},
+        "workload_size": {"type": "string", "enum": ["Small", "Medium", "Large"]},
+        "workload_type": {"type": "string", "enum": ["CPU", "CPU_MEDIUM", "CPU_LARGE", "GPU_SMALL", "GPU_MEDIUM"]},
+        "scale_to_zero_enabled": {"type": "boolean"},
+        "min_provisioned_concurrency": {"type": "integer", "minimum": 0, "maximum": 64},
+        "max_provisioned_concurrency": {"type": "integer", "minimum": 1, "maximum": 64},
+        "environment_vars": {"type": "object", "additionalProperties": {"type": "string", "maxLength": 1024}},
+        "external_model": {
+            "type": "object",
+            "required": ["provider", "name"],
+            "properties": {
+                "provider": {"type": "string"},
+                "name": {"type": "string", "minLength": 1, "maxLength": 255},
+                "task": {"type": "string", "enum": ["llm/v1/chat", "llm/v1/completions", "llm/v1/embeddings"]},
+            },
+        },
+    },
+}
+_CONFIG = {
+    "type": "object",
+    "required": ["served_entities"],
+    "properties": {
+        "served_entities": {"type": "array", "minItems": 1, "maxItems": 10, "items": _SERVED_ENTITY},
+        "served_models": {"type": "array", "minItems": 1, "maxItems": 10, "items": _JSON_OBJECT},
+        "traffic_config": {
+            "type": "object",
+            "properties": {
+                "routes": {
+                    "type": "array",
+                    "items": {
+                        "type": "object",
+                        "required": ["served_model_name", "traffic_percentage"],
+                        "properties": {
+                            "served_model_name": _NAME,
+                            "traffic_percentage": {"type": "integer", "minimum": 0, "maximum": 100},
+                        },
+                    },
+                }
+            },
+        },
+        "auto_capture_config": _JSON_OBJECT,
+    },
+}
+_AI_GATEWAY = {
+    "type": "object",
+    "additionalProperties": False,
+    "properties": {
+        "guardrails": _JSON_OBJECT,
+        "rate_limits": {"type": "array", "items": _JSON_OBJECT},
+        "usage_tracking_config": {"type": "object", "properties": {"enabled": {"type": "boolean"}}},
+        "fallback_config": {"type": "object", "required": ["enabled"], "properties": {"enabled": {"type": "boolean"}}},
+        "inference_table_config": _JSON_OBJECT,
+    },
+}
+_CREATE_ENDPOINT = {
+    "type": "object",
+    "required": ["name", "config"],
+    "properties": {
+        "name": _NAME,
+        "config": _CONFIG,
+        "tags": {"type": "array", "items": _TAG},
+        "description": {"type": "string", "maxLength": 1024},
+        "route_optimized": {"type": "boolean"},
+        "budget_policy_id": {"type": "string", "maxLength": 255},
+        "ai_gateway": _AI_GATEWAY,
+        "email_notifications": _JSON_OBJECT,
+        "telemetry_config": _JSON_OBJECT,
+        "rate_limits": {"type": "array", "items": _JSON_OBJECT},
+    },
+}
+_ACL = {
+    "type": "object",
+    "properties": {
+        "access_control_list": {
+            "type": "array",
+            "items": {
+                "type": "object",
+                "required": ["permission_level"],
+                "properties": {
+                    "user_name": {"type": "string", "minLength": 1, "maxLength": 150},
+                    "group_name": {"type": "string", "minLength": 1, "maxLength": 150},
+                    "permission_level": {"type": "string", "enum": ["CAN_VIEW", "CAN_QUERY", "CAN_MANAGE"]},
+                },
+            },
+        }
+    },
+}
+_ALERT_RULE = {
+    "type": "object",
+    "properties": {
+        "name": {"type": "string", "minLength": 1, "maxLength": 255},
+        "metric": {
+            "type": "string",
+            "enum": [
+                "error_5xx_rate_pct",
+                "error_4xx_rate_pct",
+                "p50_latency_ms",
+                "p99_latency_ms",
+                "request_rate",
+                "cpu_pct",
+                "mem_pct",
+            ],
+        },
+        "comparison": {"type": "string", "enum": ["gt", "lt"]},
+        "threshold": {"type": "number"},
+        "for_seconds": {"type": "integer", "minimum": 0, "maximum": 86400},
+        "enabled": {"type": "boolean"},
+        "notify_emails": {"type": "array", "maxItems": 10, "items": {"type": "string", "format": "email"}},
+    },
+}
+_SCOPE = {"type": "string", "minLength": 1, "maxLength": 128, "pattern": "^[A-Za-z0-9_.@-]+$"}
+_KEY = {"type": "string", "minLength": 1, "maxLength": 128, "pattern": "^[A-Za-z0-9_.-]+$"}
+_PRINCIPAL = {"type": "string", "minLength": 1, "maxLength": 255}
+_USERNAME = {"type": "string", "minLength": 1, "maxLength": 150, "pattern": "^[A-Za-z0-9._@-]+$"}
+_ROLE = {"type": "string", "enum": ["", "viewer", "editor", "approver", "admin"]}
+
+
+def _body(schema: dict[str, Any], *, required: bool = True) -> dict[str, Any]:
+    return {"required": required, "content": {"application/json": {"schema": schema}}}
+
+
+def _object(required: list[str] | None = None, **properties: Any) -> dict[str, Any]:
+    schema: dict[str, Any] = {"type": "object", "properties": properties}
+    if required:
+        schema["required"] = required
+    return schema
+
+
+def _param(name: str, where: str, schema: dict[str, Any], *, required: bool = False) -> dict[str, Any]:
+    return {"name": name, "in": where, "required": required or where == "path", "schema": schema}
+
+
+def _query(**schemas: dict[str, Any]) -> list[dict[str, Any]]:
+    return [_param(name, "query", schema) for name, schema in schemas.items()]
+
+
+def _op(
+    summary: str,
+    *,
+    params: list[dict[str, Any]] | None = None,
+    body: dict[str, Any] | None = None,
+    ok: str = "OK",
+    public: bool = False,
+) -> dict[str, Any]:
+    """One operation: its parameters, body, and the answers every handler can give."""
+    op: dict[str, Any] = {"summary": summary, "responses": {"200": {"description": ok}}}
+    if params:
+        op["parameters"] = params
+    if body is not None:
+        op["requestBody"] = body
+    if public:
+        op["security"] = []
+        return op
+    for code, text in (
+        ("400", "A malformed body or an invalid parameter"),
+        ("401", "No valid credential"),
+        ("403", "The caller's role or permission does not allow it"),
+        ("404", "No such object, or the caller may not see it"),
+        ("409", "It conflicts with the current state (exists already, stale If-Match)"),
+        ("412", "If-Match does not match the current ETag"),
+        ("429", "Too many requests"),
+    ):
+        op["responses"][code] = {"description": text, "content": {"application/json": {"schema": _ERROR}}}
+    return op
+
+
+def management_openapi() -> dict[str, Any]:
+    """The OpenAPI 3.0 document of the management API: every ``/api/`` route and method of the URL conf.
+
+    Reading it needs a signed-in user (any role): it shows no data, only the shape of the API, but
+    like every API route it answers no anonymous caller.
+    """
+    name = _param("name", "path", {"type": "string", "minLength": 1})
+    endpoint_id = _param("endpoint_id", "path", {"type": "string", "minLength": 1})
+    served = _param("served_model_name", "path", {"type": "string", "minLength": 1})
+    rule_id = _param("rule_id", "path", {"type": "string", "minLength": 1})
+    request_id = _param("request_id", "path", {"type": "integer", "minimum": 0})
+    if_match = _param("If-Match", "header", {"type": "string"})
+    limit = {"type": "integer", "minimum": 1, "maximum": 1000}
+    ep = "/api/2.0/serving-endpoints"
+    mf = "/api/2.0/modelfleet"
+    mep = f"{mf}/serving-endpoints/{{name}}"
+    sec = "/api/2.0/secrets"
+    scope_q = _param("scope", "query", _SCOPE, required=True)
+    comment = _body(_object(comment={"type": "string", "maxLength": 4096}), required=False)
+    paths: dict[str, Any] = {
+        "/.well-known/databricks-config": {"get": _op("Host metadata the Databricks SDK probes", public=True)},
+        f"{mf}/openapi.json": {"get": _op("This document")},
+        ep: {
+            "get": _op("List the endpoints the caller may see"),
+            "post": _op("Create an endpoint (editor role or above)", body=_body(_CREATE_ENDPOINT)),
+        },
+        f"{ep}/{{name}}": {
+            "get": _op("Get an endpoint (CAN_VIEW)", params=[name]),
+            "delete": _op("Delete an endpoint (CAN_MANAGE)", params=[name, if_match]),
+        },
+        f"{ep}/{{name}}/config": {
+            "put": _op(
+                "Update the served entities and traffic (CAN_MANAGE)", params=[name, if_match], body=_body(_CONFIG)
+            )
+        },
+        f"{ep}/{{name}}/tags": {
+            "patch": _op(
+                "Add and delete tags (CAN_MANAGE)",
+                params=[name, if_match],
+                body=_body(
+                    _object(
+                        add_tags={"type": "array", "items": _TAG},
+                        delete_tags={"type": "array", "items": {"type": "string", "maxLength": 255}},
+                    )
+                ),
+            )
+        },
+        f"{ep}/{{name}}/ai-gateway": {
+            "put": _op("Set the AI-gateway settings (CAN_MANAGE)", params=[name, if_match], body=_body(_AI_GATEWAY))
+        },
+        f"{ep}/{{name}}/openapi": {"get": _op("The endpoint's query API as OpenAPI (CAN_VIEW)", params=[name])},
+        f"{ep}/{{name}}/metrics": {"get": _op("Metrics in Prometheus text (CAN_VIEW)", params=[name])},
+        f"{ep}/{{name}}/served-models/{{served_model_name}}/logs": {
+            "get": _op("A served model's server log (CAN_VIEW)", params=[name, served])
+        },
+        f"{ep}/{{name}}/served-models/{{served_model_name}}/build-logs": {
+            "get": _op("A served model's build log (CAN_VIEW)", params=[name, served])
+        },
+        f"{mf}/registered-models": {
+            "get": _op("Registered models", params=_query(name={"type": "string", "maxLength": 255}))
+        },
+        f"{mf}/registered-models/upload": {
+            "post": _op(
+                "Register an MLflow model directory sent as a gzipped tar (editor role or above)",
+                params=[
+                    _param("name", "query", {"type": "string", "minLength": 1, "maxLength": 255}, required=True),
+                    _param("description", "query", {"type": "string", "maxLength": 1024}),
+                ],
+                body={
+                    "required": True,
+                    "content": {"application/gzip": {"schema": {"type": "string", "format": "binary"}}},
+                },
+            )
+        },
+        f"{mf}/change-requests": {
+            "get": _op(
+                "Change requests (approvers see all, others their own)",
+                params=_query(
+                    status={"type": "string", "enum": ["PENDING", "APPLIED", "REJECTED", "STALE", "FAILED"]},
+                    endpoint_name={"type": "string", "maxLength": 255},
+                ),
+            ),
+            "post": _op(
+                "Propose a change for approval (CAN_MANAGE on the endpoint)",
+                body=_body(
+                    _object(
+                        ["endpoint_name", "action"],
+                        endpoint_name=_NAME,
+                        action={"type": "string", "enum": ["create", "update_config", "ai_gateway", "tags", "delete"]},
+                        body=_JSON_OBJECT,
+                    )
+                ),
+            ),
+        },
+        f"{mf}/change-requests/{{request_id}}": {"get": _op("One change request", params=[request_id])},
+        f"{mf}/change-requests/{{request_id}}/approve": {
+            "post": _op("Approve and apply (approver role or above)", params=[request_id], body=comment)
+        },
+        f"{mf}/change-requests/{{request_id}}/reject": {
+            "post": _op("Reject (approver role or above)", params=[request_id], body=comment)
+        },
+        f"{mf}/approval-policies": {
+            "get": _op("Approval policies"),
+            "post": _op(
+                "Require approval for an endpoint or a tag (admins)",
+                body=_body(
+                    _object(
+                        endpoint_name=_NAME,
+                        tag_key={"type": "string", "maxLength": 255},
+                        tag_value={"type": "string", "maxLength": 1024},
+                    )
+                ),
+            ),
+        },
+        f"{mf}/approval-policies/{{policy_id}}": {
+            "delete": _op(
+                "Delete a policy (admins)",
+                params=[_param("policy_id", "path", {"type": "integer", "minimum": 0})],
+            )
+        },
+        f"{mf}/groups": {
+            "get": _op("Groups and their members (admins)"),
+            "post": _op(
+                "Create a group (admins)",
+                body=_body(_object(["name"], name={"type": "string", "minLength": 1, "maxLength": 150})),
+            ),
+        },
+        f"{mf}/groups/{{group}}/members/{{username}}": {
+            method: _op(
+                f"{verb} a member (admins)",
+                params=[
+                    _param("group", "path", {"type": "string", "minLength": 1}),
+                    _param("username", "path", {"type": "string", "minLength": 1}),
+                ],
+            )
+            for method, verb in (("put", "Add"), ("delete", "Remove"))
+        },
+        f"{mf}/users": {
+            "get": _op("Users and their roles (admins)"),
+            "post": _op(
+                "Create a user (admins)",
+                body=_body(
+                    _object(
+                        ["username"],
+                        username=_USERNAME,
+                        email={"type": "string", "maxLength": 254},
+                        role=_ROLE,
+                        password={"type": "string", "maxLength": 128},
+                    )
+                ),
+            ),
+        },
+        f"{mf}/users/{{username}}": {
+            "patch": _op(
+                "Change a user's role, or deactivate them (admins)",
+                params=[_param("username", "path", {"type": "string", "minLength": 1})],
+                body=_body(_object(role=_ROLE, active={"type": "boolean", "enum": [False]})),
+            )
+        },
+        f"{mf}/tokens": {
+            "get": _op("Access tokens (admins: all, or one user's; others their own)", params=_query(user=_USERNAME)),
+            "post": _op(
+                "Create a token (for another user: admins); the only answer that shows it",
+                body=_body(_object(user=_USERNAME, comment={"type": "string", "maxLength": 255}), required=False),
+            ),
+        },
+        f"{mf}/tokens/{{token_id}}": {
+            "delete": _op(
+                "Revoke a token (your own, or any: admins)",
+                params=[_param("token_id", "path", {"type": "integer", "minimum": 0})],
+            )
+        },
+        f"{mf}/audit-events": {
+            "get": _op(
+                "The audit log, newest first, or every matching event as JSON lines (admins)",
+                params=_query(
+                    actor={"type": "string", "maxLength": 255},
+                    action={"type": "string", "maxLength": 64},
+                    object_type={"type": "string", "maxLength": 32},
+                    object_id={"type": "string", "maxLength": 64},
+                    object_name={"type": "string", "maxLength": 255},
+                    since={"type": "string", "description": "epoch ms or ISO 8601"},
+                    until={"type": "string", "description": "epoch ms or ISO 8601"},
+                    limit=limit,
+                    page_token={"type": "string"},
+                    format={"type": "string", "enum": ["json", "jsonl"]},
+                ),
+            )
+        },
+        f"{mep}/health": {"get": _op("Health and its history (CAN_VIEW)", params=[name, *_query(limit=limit)])},
+        f"{mep}/alert-rules": {
+            "get": _op("Alert rules (CAN_VIEW)", params=[name]),
+            "post": _op(
+                "Create an alert rule (CAN_MANAGE)",
+                params=[name],
+                body=_body({**_ALERT_RULE, "required": ["name", "metric", "threshold"]}),
+            ),
+        },
+        f"{mep}/alert-rules/{{rule_id}}": {
+            "get": _op("One alert rule (CAN_VIEW)", params=[name, rule_id]),
+            "patch": _op("Change an alert rule (CAN_MANAGE)", params=[name, rule_id], body=_body(_ALERT_RULE)),
+            "delete": _op("Delete an alert rule (CAN_MANAGE)", params=[name, rule_id]),
+        },
+        f"{mep}/alert-events": {
+            "get": _op(
+                "Alert events, newest first (CAN_VIEW)",
+                params=[name, *_query(state={"type": "string", "enum": ["FIRING", "RESOLVED"]}, limit=limit)],
+            )
+        },
+        f"{mep}/log-lines": {
+            "get": _op(
+                "Stored log lines: search, filter, page (CAN_VIEW)",
+                params=[
+                    name,
+                    *_query(
+                        kind={"type": "string", "enum": ["server", "build"]},
+                        served_model={"type": "string", "maxLength": 255},
+                        q={"type": "string", "maxLength": 1000},
+                        level={"type": "string", "enum": ["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"]},
+                        since=_EPOCH_MS,
+                        until=_EPOCH_MS,
+                        limit={"type": "integer", "minimum": 1, "maximum": 2000},
+                        order={"type": "string", "enum": ["desc", "asc"]},
+                        page_token={"type": "string"},
+                    ),
+                ],
+            )
+        },
+        f"{mep}/metric-series": {
+            "get": _op(
+                "Chart series (CAN_VIEW)",
+                params=[
+                    name,
+                    *_query(
+                        metrics={"type": "string", "description": "comma-separated series names"},
+                        start=_EPOCH_MS,
+                        end=_EPOCH_MS,
+                        served_model={"type": "string", "maxLength": 255},
+                    ),
+                ],
+            )
+        },
+        f"{mep}/scaling-decisions": {
+            "get": _op("The autoscaler's decisions (CAN_VIEW)", params=[name, *_query(limit=limit)])
+        },
+        f"{mep}/payloads": {
+            "get": _op(
+                "Logged request and response payloads (CAN_MANAGE)",
+                params=[
+                    name,
+                    *_query(
+                        served_model={"type": "string", "maxLength": 255},
+                        status={"type": "string", "pattern": "^([1-5][0-9][0-9]|[1-5]xx)$"},
+                        since=_EPOCH_MS,
+                        until=_EPOCH_MS,
+                        client_request_id={"type": "string", "maxLength": 255},
+                        limit=limit,
+                        page_token={"type": "string"},
+                        include_bodies={"type": "boolean"},
+                    ),
+                ],
+            )
+        },
+        f"{mep}/usage": {
+            "get": _op(
+                "AI-gateway usage (CAN_VIEW: your own; CAN_MANAGE: everyone's)",
+                params=[
+                    name,
+                    *_query(
+                        start=_EPOCH_MS,
+                        end=_EPOCH_MS,
+                        group_by={"type": "string", "enum": ["user", "served_entity", "minute"]},
+                    ),
+                ],
+            )
+        },
+        "/api/2.0/permissions/serving-endpoints/{endpoint_id}": {
+            "get": _op("An endpoint's permissions (CAN_VIEW)", params=[endpoint_id]),
+            "put": _op("Replace the direct grants (CAN_MANAGE)", params=[endpoint_id], body=_body(_ACL)),
+            "patch": _op("Add or change grants (CAN_MANAGE)", params=[endpoint_id], body=_body(_ACL)),
+        },
+        "/api/2.0/permissions/serving-endpoints/{endpoint_id}/permissionLevels": {
+            "get": _op("The permission levels (CAN_VIEW)", params=[endpoint_id])
+        },
+        f"{sec}/scopes/create": {
+            "post": _op(
+                "Create a secret scope (editor role or above)",
+                body=_body(
+                    _object(
+                        ["scope"],
+                        scope=_SCOPE,
+                        initial_manage_principal={"type": "string", "enum": ["users"]},
+                        scope_backend_type={"type": "string", "enum": ["DATABRICKS"]},
+                    )
+                ),
+            )
+        },
+        f"{sec}/scopes/delete": {"post": _op("Delete a scope (MANAGE)", body=_body(_object(["scope"], scope=_SCOPE)))},
+        f"{sec}/scopes/list": {"get": _op("The scopes the caller may see")},
+        f"{sec}/put": {
+            "post": _op(
+                "Store a secret (WRITE); give string_value or bytes_value",
+                body=_body(
+                    _object(
+                        ["scope", "key"],
+                        scope=_SCOPE,
+                        key=_KEY,
+                        string_value={"type": "string", "maxLength": 4096},
+                        bytes_value={"type": "string", "format": "byte", "maxLength": 4096},
+                    )
+                ),
+            )
+        },
+        f"{sec}/delete": {
+            "post": _op("Delete a secret (WRITE)", body=_body(_object(["scope", "key"], scope=_SCOPE, key=_KEY)))
+        },
+        f"{sec}/list": {"get": _op("A scope's keys, never values (READ)", params=[scope_q])},
+        f"{sec}/get": {
+            "get": _op(
+                "Always 403 after the checks: values are never returned",
+                params=[scope_q, _param("key", "query", _KEY, required=True)],
+            )
+        },
+        f"{sec}/acls/put": {
+            "post": _op(
+                "Grant a principal READ, WRITE or MANAGE on a scope (MANAGE)",
+                body=_body(
+                    _object(
+                        ["scope", "principal", "permission"],
+                        scope=_SCOPE,
+                        principal=_PRINCIPAL,
+                        permission={"type": "string", "enum": ["READ", "WRITE", "MANAGE"]},
+                    )
+                ),
+            )
+        },
+        f"{sec}/acls/delete": {
+            "post": _op(
+                "Remove a principal's grant (MANAGE)",
+                body=_body(_object(["scope", "principal"], scope=_SCOPE, principal=_PRINCIPAL)),
+            )
+        },
+        f"{sec}/acls/get": {
+            "get": _op(
+                "One principal's grant (MANAGE)",
+                params=[scope_q, _param("principal", "query", _PRINCIPAL, required=True)],
+            )
+        },
+        f"{sec}/acls/list": {"get": _op("A scope's grants (MANAGE)", params=[scope_q])},
+    }
+    return {
+        "openapi": "3.0.3",
+        "info": {
+            "title": "Modelfleet management API",
+            "version": "2.0",
+            "description": "Databricks-compatible serving-endpoint, permissions and secrets APIs, and Modelfleet's own "
+            'fleet API. Errors are {"error_code", "message"}. Reading this document needs a signed-in user.',
+        },
+        "components": {
+            "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
+            "schemas": {
+                "Error": {
+                    "type": "object",
+                    "required": ["error_code", "message"],
+                    "properties": {"error_code": {"type": "string"}, "message": {"type": "string"}},
+                }
+            },
+        },
+        "security": [{"bearer": []}],
         "paths": paths,
     }

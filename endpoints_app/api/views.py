@@ -10,8 +10,6 @@ from typing import Any
 
 from django.conf import settings
 from django.http import HttpResponse, JsonResponse, QueryDict
-from rest_framework.exceptions import ParseError
-from rest_framework.parsers import JSONParser
 from rest_framework.permissions import AllowAny
 from rest_framework.renderers import JSONRenderer
 from rest_framework.request import Request
@@ -20,6 +18,7 @@ from rest_framework.views import APIView
 
 from endpoints_app import access, registry, selectors, validation
 from endpoints_app.api.openapi import endpoint_openapi
+from endpoints_app.api.parsers import AnyContentTypeJSONParser, check_path_and_query
 from endpoints_app.api.serializers import serialize_endpoint_detailed, serialize_endpoint_summary
 from endpoints_app.backends import get_backend
 from endpoints_app.errors import InvalidParameterValue, MalformedRequest
@@ -28,18 +27,6 @@ from endpoints_app.services import changes
 from endpoints_app.services import endpoints as endpoint_services
 
 MAX_MODEL_UPLOAD_BYTES = 2 * 1024**3
-
-
-class AnyContentTypeJSONParser(JSONParser):
-    """JSON whatever the Content-Type says: `curl -d @file.json` sends form-urlencoded."""
-
-    media_type = "*/*"
-
-    def parse(self, stream, media_type=None, parser_context=None):  # type: ignore[no-untyped-def]
-        try:
-            return super().parse(stream, media_type, parser_context)
-        except RecursionError:
-            raise ParseError("JSON nested too deeply") from None
 
 
 def request_body(request: Request) -> Any:
@@ -51,6 +38,11 @@ def request_body(request: Request) -> Any:
 
 class ApiView(APIView):
     parser_classes = [AnyContentTypeJSONParser]
+
+    def initial(self, request: Request, *args: Any, **kwargs: Any) -> None:
+        """After authentication, refuse NUL characters in the path and query (bodies: the parser)."""
+        super().initial(request, *args, **kwargs)
+        check_path_and_query(request.query_params, kwargs)
 
     def endpoint(self, request: Request, name: str, needed: str) -> Endpoint:
         """The endpoint, if the caller may do ``needed`` with it (404 / 403 otherwise)."""
