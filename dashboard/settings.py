@@ -6,8 +6,10 @@ See README "Settings" for the list; `dashboard.env` parses each value strictly.
 from __future__ import annotations
 
 import os
+import re
 import warnings
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import dj_database_url
 
@@ -35,12 +37,90 @@ DATA_DIR = env_dir("MODELFLEET_DATA_DIR", str(BASE_DIR / "var"))
 BIND = env_bind("MODELFLEET_BIND", "127.0.0.1:8000")
 PUBLIC_URL = env_url("MODELFLEET_PUBLIC_URL", ("http", "https")) or f"http://{BIND.host}:{BIND.port}"
 
+
+def _public_host(url: str) -> str:
+    host = urlsplit(url).hostname or "localhost"
+    return f"[{host}]" if ":" in host else host
+
+
 DEBUG = env_bool("MODELFLEET_DEBUG", False)
+# "production" makes the settings refuse what is only fine on a laptop (a missing or weak secret
+# key); docker-compose.yml sets it. "development" (the default, `make run`) generates what it needs.
+ENVIRONMENT = env_str("MODELFLEET_ENV", "development")
+if ENVIRONMENT not in ("development", "production"):
+    raise EnvError(f"MODELFLEET_ENV must be 'development' or 'production', not {ENVIRONMENT!r}")
 SECRET_KEY = env_str("MODELFLEET_SECRET_KEY")  # generated into the data dir when unset (below)
+# Keys that were ever published (examples, old compose files): a session signed with one can be forged.
+_KNOWN_SECRET_KEYS = {"change-me-in-production", "change-me", "changeme", "secret", "insecure", "modelfleet"}
+if SECRET_KEY is not None and (
+    SECRET_KEY.strip().lower() in _KNOWN_SECRET_KEYS or SECRET_KEY.startswith("django-insecure-")
+):
+    raise EnvError(
+        "MODELFLEET_SECRET_KEY is a published example value: set a random one (python -c "
+        "'import secrets; print(secrets.token_urlsafe(50))')"
+    )
+if ENVIRONMENT == "production" and (SECRET_KEY is None or len(SECRET_KEY) < 50 or len(set(SECRET_KEY)) < 10):
+    raise EnvError(
+        "MODELFLEET_SECRET_KEY must be set in production (MODELFLEET_ENV=production) to a random value of at "
+        "least 50 characters, e.g. python -c 'import secrets; print(secrets.token_urlsafe(50))'"
+    )
 # Encrypts secret values at rest. When unset, generated on first use into DATA_DIR / "secrets_key"
 # (endpoints_app.encryption); every process that reads secrets must see the same key.
 SECRETS_KEY = env_fernet_key("MODELFLEET_SECRETS_KEY")
-ALLOWED_HOSTS = [h.strip() for h in (env_str("MODELFLEET_ALLOWED_HOSTS", "*") or "*").split(",") if h.strip()]
+
+# --- web security (README "Settings"): every value parsed strictly, a bad one stops start-up ----
+_HOST_RE = re.compile(r"^(\*|\.?[A-Za-z0-9](?:[A-Za-z0-9.-]*[A-Za-z0-9])?|\[[0-9A-Fa-f:.]+\])$")
+_ORIGIN_RE = re.compile(r"^https?://(\*\.)?[A-Za-z0-9.-]+(:\d{1,5})?$|^https?://\[[0-9A-Fa-f:.]+\](:\d{1,5})?$")
+
+
+def _env_list(name: str, default: str, pattern: re.Pattern[str], what: str) -> list[str]:
+    items = [i.strip() for i in (env_str(name, default) or "").split(",") if i.strip()]
+    bad = [i for i in items if not pattern.match(i)]
+    if bad:
+        raise EnvError(f"{name}: {bad[0]!r} is not {what}")
+    return items
+
+
+# Which Host headers the web process answers (a request naming another host gets 400): the
+# loopback names by default, plus the host of MODELFLEET_PUBLIC_URL; "*" only if set explicitly.
+ALLOWED_HOSTS = _env_list(
+    "MODELFLEET_ALLOWED_HOSTS",
+    ",".join(dict.fromkeys(["localhost", "127.0.0.1", "[::1]", _public_host(PUBLIC_URL)])),
+    _HOST_RE,
+    "a host name, .domain, IP address, [IPv6] or *",
+)
+# Origins (scheme://host[:port]) whose POSTs pass the CSRF check besides this site's own, e.g. the
+# public https origin when a proxy terminates TLS.
+CSRF_TRUSTED_ORIGINS = _env_list(
+    "MODELFLEET_CSRF_TRUSTED_ORIGINS", "", _ORIGIN_RE, "an origin like https://modelfleet.example.com"
+)
+# Cookies only over HTTPS: on by default when the public URL is https.
+SESSION_COOKIE_SECURE = CSRF_COOKIE_SECURE = env_bool("MODELFLEET_SECURE_COOKIES", PUBLIC_URL.startswith("https://"))
+SESSION_COOKIE_HTTPONLY = True
+SESSION_COOKIE_SAMESITE = CSRF_COOKIE_SAMESITE = "Lax"
+# Strict-Transport-Security for this many seconds (0: not sent; it is only sent over HTTPS).
+SECURE_HSTS_SECONDS = env_int("MODELFLEET_HSTS_SECONDS", 0, minimum=0)
+SECURE_HSTS_INCLUDE_SUBDOMAINS = env_bool("MODELFLEET_HSTS_INCLUDE_SUBDOMAINS", False)
+# Trust X-Forwarded-Proto: https from the proxy in front (only when one is there and sets it).
+if env_bool("MODELFLEET_TRUST_X_FORWARDED_PROTO", False):
+    SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
+X_FRAME_OPTIONS = "DENY"
+SECURE_CONTENT_TYPE_NOSNIFF = True
+SECURE_REFERRER_POLICY = "same-origin"
+SECURE_CROSS_ORIGIN_OPENER_POLICY = "same-origin"
+# Pages load scripts, styles, fonts and images from this site only (htmx, Chart.js and the page
+# scripts are static files; no inline script, style or event handler): see SecurityHeadersMiddleware.
+CONTENT_SECURITY_POLICY = (
+    "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; font-src 'self'; "
+    "connect-src 'self'; object-src 'none'; base-uri 'self'; form-action 'self'; frame-ancestors 'none'"
+)
+
+# --- sign-in throttling (endpoints_app.auth_throttle) -----------------------------------------
+# Failed sign-ins and bad tokens one client address may make per window before it is refused
+# (429) for the rest of the window; counted in Redis, shared by every process.
+AUTH_FAILURE_LIMIT = env_int("MODELFLEET_AUTH_FAILURE_LIMIT", 10, minimum=1)
+AUTH_FAILURE_WINDOW_SECONDS = env_int("MODELFLEET_AUTH_FAILURE_WINDOW_SECONDS", 300, minimum=1)
+AUTHENTICATION_BACKENDS = ["endpoints_app.auth_throttle.ThrottledModelBackend"]
 
 # --- database -------------------------------------------------------------------------------
 _database_url = env_str("DATABASE_URL")
@@ -206,6 +286,7 @@ INSTALLED_APPS = [
 
 MIDDLEWARE = [
     "django.middleware.security.SecurityMiddleware",
+    "endpoints_app.security_headers.SecurityHeadersMiddleware",
     "whitenoise.middleware.WhiteNoiseMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",
@@ -238,8 +319,12 @@ TEMPLATES = [
 WSGI_APPLICATION = "dashboard.wsgi.application"
 ASGI_APPLICATION = "dashboard.asgi.application"
 
+# Django's standard validators, enforced wherever a password is set (services.users.check_password).
 AUTH_PASSWORD_VALIDATORS = [
-    {"NAME": "django.contrib.auth.password_validation.MinimumLengthValidator"},
+    {"NAME": "django.contrib.auth.password_validation.UserAttributeSimilarityValidator"},
+    {"NAME": "django.contrib.auth.password_validation.MinimumLengthValidator", "OPTIONS": {"min_length": 10}},
+    {"NAME": "django.contrib.auth.password_validation.CommonPasswordValidator"},
+    {"NAME": "django.contrib.auth.password_validation.NumericPasswordValidator"},
 ]
 
 LANGUAGE_CODE = "en-us"

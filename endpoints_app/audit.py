@@ -139,11 +139,12 @@ def endpoint_snapshot(endpoint: Any) -> dict[str, Any]:
 
 
 def on_failed_login(sender: object, credentials: dict, request: HttpRequest | None = None, **kwargs: object) -> None:
-    """A failed sign-in (Django's user_login_failed): the username only, never the password."""
-    record(
-        actor=None,
-        action="auth.failed",
-        object_type="user",
-        object_name=str(credentials.get("username", ""))[:255],
-        source=client_address(request) if request is not None else None,
+    """A failed sign-in (Django's user_login_failed): counted against the client's address, and
+    audited once per address and window with the username only, never the password."""
+    from endpoints_app import auth_throttle
+
+    auth_throttle.record_failure(
+        client_address(request) if request is not None else _source.get(),
+        kind="password",
+        tried=str(credentials.get("username", "")),
     )

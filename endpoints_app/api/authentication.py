@@ -8,6 +8,7 @@ import binascii
 
 from rest_framework import authentication, exceptions
 
+from endpoints_app import audit, auth_throttle
 from endpoints_app.services.tokens import authenticate_token
 
 
@@ -37,12 +38,16 @@ class BearerTokenAuthentication(authentication.BaseAuthentication):
         raw = token_from_header(header)
         if raw is None:
             raise exceptions.AuthenticationFailed("Malformed Authorization header: use 'Bearer <token>'")
+        address = audit.client_address(request._request)
+        throttle = auth_throttle.check(address)
+        if throttle is not None:  # refused before the token is even looked up: guessing stops here
+            raise exceptions.Throttled(
+                wait=throttle.retry_after, detail=f"Too many failed sign-ins or bad tokens from {address}."
+            )
         user = authenticate_token(raw)
         if user is None:
-            from endpoints_app import audit
-
-            # A failed login is audited with the token's first characters only.
-            audit.record(actor=None, action="auth.failed", object_type="token", object_name=raw[:6] + "…")
+            # Counted per address; audited once per window with the token's first characters only.
+            auth_throttle.record_failure(address, kind="token", tried=raw[:6] + "…")
             raise exceptions.AuthenticationFailed("Invalid access token")
         return (user, None)
 

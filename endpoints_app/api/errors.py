@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import math
 
 from django.http import Http404, JsonResponse
 from rest_framework import exceptions
@@ -45,6 +46,8 @@ def exception_handler(exc, context):  # type: ignore[no-untyped-def]
         if isinstance(exc, exceptions.ParseError):
             message = f"Malformed request body: {message}"
         response = Response({"error_code": code, "message": message}, status=exc.status_code)
+        if isinstance(exc, exceptions.Throttled) and exc.wait is not None:
+            response["Retry-After"] = str(max(1, math.ceil(exc.wait)))
         if isinstance(exc, (exceptions.NotAuthenticated, exceptions.AuthenticationFailed)):
             response.status_code = 401
             response["WWW-Authenticate"] = 'Bearer realm="modelfleet"'

@@ -34,7 +34,7 @@ from asgiref.sync import sync_to_async
 from django.conf import settings
 from django.db import close_old_connections
 
-from endpoints_app import access, access_generation
+from endpoints_app import access, access_generation, auth_throttle
 from endpoints_app.api.authentication import token_from_header
 from endpoints_app.backends import get_backend
 from endpoints_app.errors import DomainError
@@ -321,7 +321,7 @@ class Gateway:
         if "authorization" not in headers and session.has_session_cookie(headers):
             user_id = await self._authenticate_session(scope)  # the dashboard's query playground
         else:
-            user_id = await self._authenticate(headers.get("authorization"))
+            user_id = await self._authenticate(headers.get("authorization"), (scope.get("client") or ("",))[0])
         call.body = await self._read_body(receive)
         if openai_task is not None:
             call.json = self._json(call.body)
@@ -507,7 +507,9 @@ class Gateway:
         except DomainError as err:
             raise GatewayError(err.status, err.error_code, err.message) from None
 
-    async def _authenticate(self, header: str | None) -> int:
+    async def _authenticate(self, header: str | None, address: str = "") -> int:
+        """The token's user. A token known good skips the throttle; any other is looked up only
+        while the caller's address is under the failure limit (auth_throttle: 429 past it)."""
         raw = token_from_header(header)
         if raw is None:
             raise GatewayError(
@@ -518,6 +520,12 @@ class Gateway:
             )
         now = time.monotonic()
         cached = self._tokens.get(raw)
+        if cached is None or cached[0] <= now or cached[1] is None:
+            throttle = await sync_to_async(auth_throttle.check, thread_sensitive=False)(address)
+            if throttle is not None:
+                raise GatewayError(
+                    429, "REQUEST_LIMIT_EXCEEDED", throttle.message, {"retry-after": str(throttle.retry_after)}
+                )
         if cached is not None and cached[0] > now:
             user_id = cached[1]
         else:
@@ -526,6 +534,9 @@ class Gateway:
             if epoch == self.access.epoch:  # else rights changed while it loaded: it may be stale
                 self._tokens[raw] = (now + TOKEN_TTL_SECONDS, user_id)
         if user_id is None:
+            await sync_to_async(auth_throttle.record_failure, thread_sensitive=False)(
+                address, kind="token", tried=raw[:6] + "…"
+            )
             raise GatewayError(
                 401, "UNAUTHENTICATED", "Invalid access token", {"www-authenticate": 'Bearer realm="modelfleet"'}
             )

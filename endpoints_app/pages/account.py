@@ -16,6 +16,7 @@ from django.urls import path
 from django.views.decorators.http import require_http_methods, require_POST
 
 from endpoints_app.models import AccessToken
+from endpoints_app.pages.forms import ThrottledAuthenticationForm
 from endpoints_app.services import tokens as token_services
 
 MAX_COMMENT = 255
@@ -72,8 +73,23 @@ def token_revoke(request: HttpRequest, token_id: int) -> HttpResponse:
     return redirect("token_list")
 
 
+class LoginView(auth_views.LoginView):
+    """Django's sign-in; an address over the failed sign-in limit gets the form back with the
+    reason and 429 (``auth_throttle``)."""
+
+    form_class = ThrottledAuthenticationForm
+    redirect_authenticated_user = True
+
+    def form_invalid(self, form: ThrottledAuthenticationForm) -> HttpResponse:  # type: ignore[override]
+        response = super().form_invalid(form)
+        if form.throttle is not None:
+            response.status_code = 429
+            response["Retry-After"] = str(form.throttle.retry_after)
+        return response
+
+
 urlpatterns = [
-    path("accounts/login/", auth_views.LoginView.as_view(redirect_authenticated_user=True), name="login"),
+    path("accounts/login/", LoginView.as_view(), name="login"),
     path("accounts/logout/", auth_views.LogoutView.as_view(), name="logout"),
     path("account/tokens/", token_list, name="token_list"),
     path("account/tokens/<int:token_id>/revoke", token_revoke, name="token_revoke"),

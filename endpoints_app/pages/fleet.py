@@ -441,7 +441,7 @@ def _split_html(split: list[dict[str, Any]]) -> SafeString:
         ", ".join(f"{r['name']} {r['pct']}%" for r in split),
         format_html_join(
             "",
-            '<span class="seg c{}" style="width: {}%" title="{} {}%"></span>',
+            '<span class="seg c{} share-{}" title="{} {}%"></span>',  # share-N: no style attribute (CSP)
             ((r["colour"], r["pct"], r["name"], r["pct"]) for r in split if r["pct"]),
         ),
         format_html_join(

@@ -22,9 +22,10 @@ from dataclasses import dataclass
 from typing import Any
 
 from django import forms
+from django.contrib.auth.forms import AuthenticationForm
 from django.http import QueryDict
 
-from endpoints_app import capacity, validation
+from endpoints_app import audit, auth_throttle, capacity, validation
 from endpoints_app.errors import DomainError, PreconditionFailed, ResourceAlreadyExists, ResourceConflict
 from endpoints_app.gateway.providers import PROVIDERS, Provider
 from endpoints_app.gateway.providers.base import CHAT, TASKS
@@ -899,3 +900,17 @@ class AiGatewayEditor:
             self.settings.add_error(field if field in _INFERENCE_FIELDS else "inference_table", exc.message)
         else:
             self.errors.append(exc.message)
+
+
+class ThrottledAuthenticationForm(AuthenticationForm):
+    """The sign-in form, refusing an address over the failed sign-in limit before any password is
+    checked (``auth_throttle``), with a message saying when to try again."""
+
+    throttle: auth_throttle.Throttle | None = None
+
+    def clean(self) -> dict[str, Any]:
+        if self.request is not None:
+            self.throttle = auth_throttle.check(audit.client_address(self.request))
+            if self.throttle is not None:
+                raise forms.ValidationError(self.throttle.message, code="throttled")
+        return super().clean()

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from django.contrib.auth import get_user_model
 from django.contrib.auth.models import AbstractBaseUser, Group
+from django.contrib.auth.password_validation import validate_password
+from django.core.exceptions import ValidationError
 from django.db import IntegrityError, transaction
 
 from endpoints_app import access_generation, audit
@@ -31,6 +33,15 @@ def user_snapshot(user: AbstractBaseUser) -> dict:
     return {"username": user.get_username(), "email": user.email, "role": role_of(user), "active": user.is_active}
 
 
+def check_password(password: str, *, username: str, email: str = "") -> None:
+    """Django's AUTH_PASSWORD_VALIDATORS (length, common, numeric, like the username), as a 400
+    listing every validator's message: the one rule for every place a password is set."""
+    try:
+        validate_password(password, user=get_user_model()(username=username, email=email or ""))
+    except ValidationError as exc:
+        raise InvalidParameterValue("password is too weak: " + " ".join(exc.messages)) from None
+
+
 def create_user(
     *, actor: AbstractBaseUser, username: str, email: str = "", role: object = None, password: str | None = None
 ) -> AbstractBaseUser:
@@ -41,6 +52,8 @@ def create_user(
     ):
         raise InvalidParameterValue("username must be 1–150 letters, digits and . _ - @")
     role_value = _role(role)
+    if password:
+        check_password(password, username=username, email=email)
     try:
         with transaction.atomic():
             user = get_user_model().objects.create_user(username, email or "", password or None)
