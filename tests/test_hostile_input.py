@@ -32,9 +32,20 @@ from endpoints_app.gateway import guardrails, jsonbody
 from endpoints_app.gateway.lru import LRU
 from endpoints_app.models import Endpoint
 from tests.conftest import endpoint_body
+from tests.providers import allow_egress
 from tests.test_ai_gateway_enforcement import llm_endpoint
 from tests.test_api_endpoints import mark_ready
-from tests.test_external_models import CHAT, Gateway, _free_port, create, fakes  # noqa: F401  (fakes: a fixture)
+from tests.test_external_models import (
+    CHAT,
+    KEY,
+    Gateway,
+    _free_port,
+    body_for,
+    create,
+    external,
+    fakes,  # noqa: F401  (a fixture)
+    store_secret,
+)
 
 MB = 1024 * 1024
 
@@ -457,7 +468,12 @@ def test_a_flood_of_unknown_names_and_tokens_keeps_the_caches_bounded(web, token
                 headers={"Authorization": f"Bearer dapi{index}"},
             )
             assert made_up.status_code in (401, 429)
-    assert len(gateway._tokens) <= 5
+        assert len(gateway._tokens) <= 5
+        gateway._tokens.clear()
+        huge = session.post(
+            f"{web.url}/serving-endpoints/llm/invocations", json=CHAT, headers={"Authorization": "Bearer " + "t" * 8000}
+        )
+        assert huge.status_code in (401, 429) and len(gateway._tokens) == 0  # refused without a cache entry
 
 
 # --- nested JSON -----------------------------------------------------------------------------------
@@ -475,3 +491,52 @@ def test_deeply_nested_json_in_a_query_is_a_400(web, fakes, api, user, token, de
         assert response.status_code == 400, (path, response.text[:300])
         assert response.json()["error_code"] == "MALFORMED_REQUEST"
         assert "nests deeper than 64 levels" in response.json()["message"]
+
+
+class NestedAnswerServer:
+    """An OpenAI-style server on loopback whose every answer nests 100 000 levels deep."""
+
+    def __init__(self) -> None:
+        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+        depth = 100_000
+        answer = b'{"choices": ' + b"[" * depth + b"]" * depth + b"}"
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:  # noqa: N802 - http.server's name
+                self.rfile.read(int(self.headers.get("content-length") or 0))
+                self.send_response(200)
+                self.send_header("content-type", "application/json")
+                self.send_header("content-length", str(len(answer)))
+                self.end_headers()
+                self.wfile.write(answer)
+
+            def log_message(self, format: str, *args: object) -> None:  # noqa: A002 - quiet
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+        self.port = self.server.server_address[1]
+        self.url = f"http://127.0.0.1:{self.port}"
+
+    def stop(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def test_a_provider_answer_nested_past_recursion_is_a_502_not_a_500(web, api, user, token, settings):
+    nested = NestedAnswerServer()
+    allow_egress(settings, nested)  # type: ignore[arg-type]  # it has the port the policy needs
+    try:
+        reference = store_secret(user, "llm-keys", "openai", KEY)
+        entity = {
+            "name": "gpt",
+            "external_model": external(
+                "openai", "openai_config", {"openai_api_base": f"{nested.url}/v1", "openai_api_key": reference}
+            ),
+        }
+        create(api, body_for("llm", entity))
+        response = web.post("/serving-endpoints/llm/invocations", CHAT, token)
+        assert response.status_code == 502 and response.json()["error_code"] == "BAD_GATEWAY", response.text[:300]
+    finally:
+        nested.stop()

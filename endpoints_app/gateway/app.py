@@ -67,6 +67,8 @@ ROUTE_TABLE_CACHE_SIZE = 2048
 TOKEN_CACHE_SIZE = 10_000
 LEVEL_CACHE_SIZE = 50_000
 IDENTITY_CACHE_SIZE = 10_000
+# Access tokens are 43 characters (models.tokens); a longer one is refused before the token cache.
+MAX_TOKEN_LENGTH = 256
 # A backstop only: a change of rights empties these caches at once (access_generation); this
 # bounds how long one lives if the change could not be announced (Redis down at commit).
 TOKEN_TTL_SECONDS = 5.0
@@ -518,6 +520,10 @@ class Gateway:
                 "Missing or malformed Authorization header: use 'Bearer <token>'",
                 {"www-authenticate": 'Bearer realm="modelfleet"'},
             )
+        if len(raw) > MAX_TOKEN_LENGTH:  # no token is this long: refused uncached, so huge ones hold no memory
+            raise GatewayError(
+                401, "UNAUTHENTICATED", "Invalid access token", {"www-authenticate": 'Bearer realm="modelfleet"'}
+            )
         now = time.monotonic()
         cached = self._tokens.get(raw)
         if cached is None or cached[0] <= now or cached[1] is None:
@@ -785,7 +791,10 @@ async def _guarded_stream(rail: guardrails.Guardrail, chunks: Any) -> Any:
                 yield event
                 continue
             try:
-                chunk = json.loads(event[len(b"data: ") :])
+                chunk = jsonbody.loads(event[len(b"data: ") :])
+            except jsonbody.TooDeep:  # not let through unchecked: nesting must not hide text from the guardrail
+                yield sse({"error_code": "BAD_GATEWAY", "message": "The model's answer nests too deep to be checked"})
+                return
             except ValueError:
                 yield event
                 continue

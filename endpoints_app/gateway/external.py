@@ -197,7 +197,7 @@ class ExternalModels:
             )
         try:
             answer = provider.parse_response(task=target.task, model=target.model, data=response.json())
-        except (ValueError, TypeError, KeyError, AttributeError) as exc:
+        except (ValueError, TypeError, KeyError, AttributeError, RecursionError) as exc:  # nested past recursion
             raise self._not_protocol(provider, entity, type(exc).__name__) from None
         return Answer(
             200,
@@ -354,7 +354,7 @@ class ExternalModels:
             data = json.loads(content)
             detail = provider.error_message(data)
             status = provider.error_status(status, data)
-        except ValueError:
+        except (ValueError, RecursionError):
             detail = ""  # not the provider's error shape: quote none of it (module docstring)
         detail = scrub(detail, credentials)[:MAX_ERROR_TEXT]
         said = f": {detail}" if detail else ""
