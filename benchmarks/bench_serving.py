@@ -108,7 +108,7 @@ def main() -> int:
         results = {}
         for label, url, tok in (
             ("(a) gateway", gateway, token),
-            ("(b) model server", direct, None),
+            ("(b) model server", direct, replica.credential),  # replicas answer only with their credential
             ("(c) mlflow serve", mlflow_url, None),
         ):
             for rows in (1, 100):

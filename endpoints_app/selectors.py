@@ -32,7 +32,7 @@ _ENTITIES_WITH_REPLICAS = (
     .prefetch_related(
         Prefetch(
             "deployment__replicas",
-            queryset=Replica.objects.filter(state=ReplicaState.READY).only("id", "deployment_id"),
+            queryset=Replica.objects.filter(state=ReplicaState.READY).only("id", "deployment_id", "isolation"),
             to_attr="ready_replica_list",
         )
     )

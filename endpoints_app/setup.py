@@ -1,21 +1,35 @@
 """``modelfleet setup``: migrate, bootstrap the admin and the demo model, write the CLI profile.
 
-Idempotent: run on every ``make run``. The admin's password and token are generated once and kept
-in ``<data dir>/admin-credentials.json`` (mode 0600) so each start can print them; the database
-stores only the token's hash.
+Idempotent: run on every ``make run``. The admin's password and API token are generated on the
+first run and printed once; nothing keeps them in plaintext (the database holds the password's and
+the token's hashes; the token also goes into the CLI profile in the user's own ~/.modelfleetcfg,
+mode 0600). ``python manage.py changepassword admin`` sets a new password later.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 
 DEMO_MODEL = "main.default.demo_classifier"
 ADMIN_USERNAME = "admin"
+BOOTSTRAP_TOKEN_COMMENT = "bootstrap token (make run)"
+# Where earlier versions kept the admin's password and token in plaintext; removed on sight.
+LEGACY_CREDENTIALS_FILE = "admin-credentials.json"
+
+
+@dataclass
+class AdminCredentials:
+    """What this run of setup can tell the user: secrets only when it has just made them."""
+
+    username: str
+    password: str | None = None  # set only on the run that created the admin
+    token: str | None = None  # set only on the run that created the token (or from the environment)
+    token_from_environment: bool = False
 
 
 def _django() -> None:
@@ -27,14 +41,18 @@ def _django() -> None:
     django.setup()
 
 
-def _credentials_file() -> Path:
+def _legacy_credentials_file() -> Path:
     from django.conf import settings
 
-    return Path(settings.DATA_DIR) / "admin-credentials.json"
+    return Path(settings.DATA_DIR) / LEGACY_CREDENTIALS_FILE
 
 
-def bootstrap_admin() -> dict[str, str]:
-    """The admin user and a token (MODELFLEET_BOOTSTRAP_TOKEN when given); returns the credentials."""
+def bootstrap_admin() -> AdminCredentials:
+    """The admin user and its bootstrap token (MODELFLEET_BOOTSTRAP_TOKEN when given).
+
+    The password and a generated token come back only from the run that creates them, to be
+    printed once; later runs return neither, since only their hashes exist.
+    """
     import secrets
 
     from django.conf import settings
@@ -44,27 +62,27 @@ def bootstrap_admin() -> dict[str, str]:
     from endpoints_app.models.tokens import hash_token
     from endpoints_app.services.tokens import create_token
 
-    path = _credentials_file()
-    saved: dict[str, str] = json.loads(path.read_text()) if path.exists() else {}
+    _legacy_credentials_file().unlink(missing_ok=True)
+    result = AdminCredentials(username=ADMIN_USERNAME)
     User = get_user_model()
     user = User.objects.filter(username=ADMIN_USERNAME).first()
     if user is None:
-        password = saved.get("password") or secrets.token_urlsafe(12)
-        user = User.objects.create_superuser(ADMIN_USERNAME, "admin@localhost", password)
-        saved["password"] = password
-    token = settings.BOOTSTRAP_TOKEN or saved.get("token")
-    if (
-        not token
-        or not AccessToken.objects.filter(digest=hash_token(token), user=user, revoked_at__isnull=True).exists()
-    ):
-        if token and AccessToken.objects.filter(digest=hash_token(token)).exists():
-            token = None  # that token belongs to someone else or was revoked: make a new one
-        _, token = create_token(user=user, comment="bootstrap token (make run)", raw=token)
-    saved.update({"username": ADMIN_USERNAME, "token": token})
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as fh:
-        json.dump(saved, fh)
-    return saved
+        result.password = secrets.token_urlsafe(12)
+        user = User.objects.create_superuser(ADMIN_USERNAME, "admin@localhost", result.password)
+    live = AccessToken.objects.filter(user=user, revoked_at__isnull=True)
+    wanted = settings.BOOTSTRAP_TOKEN
+    if wanted:
+        result.token, result.token_from_environment = wanted, True
+        if not live.filter(digest=hash_token(wanted)).exists():
+            if AccessToken.objects.filter(digest=hash_token(wanted)).exists():
+                # Revoked, or another user's: a fresh token instead, printed once like a generated one.
+                _, result.token = create_token(user=user, comment=BOOTSTRAP_TOKEN_COMMENT)
+                result.token_from_environment = False
+            else:
+                create_token(user=user, comment=BOOTSTRAP_TOKEN_COMMENT, raw=wanted)
+    elif not live.filter(comment=BOOTSTRAP_TOKEN_COMMENT).exists():
+        _, result.token = create_token(user=user, comment=BOOTSTRAP_TOKEN_COMMENT)
+    return result
 
 
 def ensure_demo_model() -> list[str]:
@@ -103,17 +121,32 @@ def write_cli_profile(host: str, token: str) -> tuple[Path, bool]:
     return path, write_default_profile(path, host, token)
 
 
+def first_run_notice(credentials: AdminCredentials) -> str:
+    """The lines that show a just-made password or token, the one time they can be shown."""
+    lines = []
+    if credentials.password:
+        lines.append(f"setup: admin '{credentials.username}' created; password: {credentials.password}")
+    if credentials.token and not credentials.token_from_environment:
+        lines.append(f"setup: API token for '{credentials.username}': {credentials.token}")
+    if lines:
+        lines.append(
+            "setup: these are shown only now and are not stored (only their hashes); the token is also in the "
+            "CLI profile DEFAULT (~/.modelfleetcfg). New password: python manage.py changepassword admin"
+        )
+    return "\n".join(lines)
+
+
 def banner() -> None:
     from django.conf import settings
 
-    saved = json.loads(_credentials_file().read_text()) if _credentials_file().exists() else {}
     url = settings.PUBLIC_URL
     lines = [
         "",
         "Modelfleet is running.",
         f"  URL:       {url}",
-        f"  Admin:     {saved.get('username', ADMIN_USERNAME)} / {saved.get('password', '(set earlier)')}  ({url}/admin/)",
-        f"  Token:     {saved.get('token', '(unknown)')}",
+        f"  Admin:     {ADMIN_USERNAME}, password as printed by the first setup ({url}/admin/);"
+        " python manage.py changepassword admin sets a new one",
+        "  Token:     in the CLI profile DEFAULT (~/.modelfleetcfg), printed by the first setup",
         "  CLI:       modelfleet serving-endpoints list   (profile DEFAULT in ~/.modelfleetcfg)",
         f"  Demo:      registered model {DEMO_MODEL}, versions 1 and 2",
         "  Stop:      Ctrl-C",
@@ -133,13 +166,18 @@ def main(args: argparse.Namespace | None = None) -> int:
         banner()
         return 0
     call_command("migrate", interactive=False, verbosity=0 if quiet else 1)
-    saved = bootstrap_admin()
+    credentials = bootstrap_admin()
     versions = ensure_demo_model()
-    path, wrote = write_cli_profile(settings.PUBLIC_URL, saved["token"])
     print(
-        f"setup: database migrated; admin '{saved['username']}' ready; demo model {DEMO_MODEL} versions {', '.join(versions)}"
+        f"setup: database migrated; admin '{credentials.username}' ready; "
+        f"demo model {DEMO_MODEL} versions {', '.join(versions)}"
     )
-    print(f"setup: CLI profile DEFAULT {'written to' if wrote else 'already in'} {path}")
+    if credentials.token:
+        path, wrote = write_cli_profile(settings.PUBLIC_URL, credentials.token)
+        print(f"setup: CLI profile DEFAULT {'written to' if wrote else 'already in'} {path}")
+    notice = first_run_notice(credentials)
+    if notice:
+        print(notice, flush=True)
     return 0
 
 

@@ -15,7 +15,7 @@ from endpoints_app.monitoring.metrics import Interval, add_point, counter_delta,
 from tests.conftest import endpoint_body
 from tests.model_fixtures import save_iris_model
 from tests.test_api_endpoints import create, mark_ready
-from tests.test_model_server import start_server, wait_ready
+from tests.test_model_server import CREDENTIAL, start_server, wait_ready
 
 pytestmark = pytest.mark.django_db
 
@@ -98,7 +98,13 @@ def test_replica_gauges_come_from_a_live_model_server(endpoint, tmp_path):
         wait_ready(server)
         deployment = Deployment.objects.get(endpoint=endpoint)
         Replica.objects.create(
-            deployment=deployment, agent_id="t", index=0, host="127.0.0.1", port=server.port, state=ReplicaState.READY
+            deployment=deployment,
+            agent_id="t",
+            index=0,
+            host="127.0.0.1",
+            port=server.port,
+            state=ReplicaState.READY,
+            credential=CREDENTIAL,  # the server refuses the poller without it
         )
         metrics.poll_metrics(endpoint)
     finally:

@@ -7,6 +7,7 @@ a free port with a tiny model from ``tests.model_fixtures`` and talks to it over
 from __future__ import annotations
 
 import os
+import secrets
 import signal
 import socket
 import statistics
@@ -34,6 +35,9 @@ from tests.model_fixtures import (
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 READY_TIMEOUT_S = 60.0
+# The replica credential the servers of these tests demand (the agent makes one per replica).
+CREDENTIAL = secrets.token_urlsafe(32)
+AUTH = {"Authorization": f"Bearer {CREDENTIAL}"}
 
 
 def free_port() -> int:
@@ -70,10 +74,19 @@ class ServerProcess:
 def start_server(
     model_path: Path, log_dir: Path, *, name: str = "iris-1", replica_id: int = 0, port: int | None = None
 ) -> ServerProcess:
-    """Start a model server subprocess; its stdout/stderr go to a log file, as the agent does."""
+    """Start a model server subprocess; its stdout/stderr go to a log file, as the agent does.
+
+    It demands ``CREDENTIAL`` on every request, handed over in the environment as the agent does.
+    """
     port = port or free_port()
     log_path = log_dir / f"{name}-{replica_id}-{port}.log"
-    env = {**os.environ, "MLFLOW_DISABLE_TELEMETRY": "true", "DO_NOT_TRACK": "true", "PYTHONPATH": str(REPO_ROOT)}
+    env = {
+        **os.environ,
+        "MLFLOW_DISABLE_TELEMETRY": "true",
+        "DO_NOT_TRACK": "true",
+        "PYTHONPATH": str(REPO_ROOT),
+        "MODELFLEET_REPLICA_CREDENTIAL": CREDENTIAL,
+    }
     command = [
         sys.executable,
         "-m",
@@ -102,7 +115,7 @@ def wait_ready(server: ServerProcess, timeout: float = READY_TIMEOUT_S) -> list[
         if server.process.poll() is not None:
             pytest.fail(f"model server exited with {server.process.returncode}:\n{server.log()}")
         try:
-            response = requests.get(f"{server.url}/health", timeout=2)
+            response = requests.get(f"{server.url}/health", headers=AUTH, timeout=2)
         except requests.ConnectionError:
             time.sleep(0.05)
             continue
@@ -143,6 +156,7 @@ def iris_server(iris_path: Path, tmp_path_factory: pytest.TempPathFactory) -> It
 @pytest.fixture
 def session() -> Iterator[requests.Session]:
     with requests.Session() as http:
+        http.headers.update(AUTH)
         yield http
 
 
@@ -400,14 +414,16 @@ def test_it_reports_loading_then_on_sigterm_stops_accepting_but_finishes_the_req
         result: dict[str, requests.Response] = {}
 
         def slow_request() -> None:
-            result["response"] = requests.post(f"{server.url}/invocations", json={"inputs": [7, 8]}, timeout=30)
+            result["response"] = requests.post(
+                f"{server.url}/invocations", json={"inputs": [7, 8]}, headers=AUTH, timeout=30
+            )
 
         request = threading.Thread(target=slow_request)
         request.start()
         in_flight = 0
         deadline = time.monotonic() + 10
         while in_flight == 0 and time.monotonic() < deadline:
-            in_flight = requests.get(f"{server.url}/health", timeout=5).json()["in_flight"]
+            in_flight = requests.get(f"{server.url}/health", headers=AUTH, timeout=5).json()["in_flight"]
             time.sleep(0.01)
 
         server.process.send_signal(signal.SIGTERM)
@@ -432,3 +448,49 @@ def test_it_reports_loading_then_on_sigterm_stops_accepting_but_finishes_the_req
     assert result["response"].json() == {"predictions": [2, 2]}
     assert returncode == 0
     assert "shutting down (SIGTERM)" in server.log()
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "headers"),
+    [
+        ("POST", "/invocations", {}),
+        ("GET", "/health", {}),
+        ("GET", "/metrics", {}),
+        ("POST", "/invocations", {"Authorization": "Bearer not-the-credential"}),
+        ("POST", "/invocations", {"Authorization": CREDENTIAL}),  # without the Bearer scheme
+        ("GET", "/nowhere", {}),
+    ],
+)
+def test_it_refuses_every_request_without_the_replica_credential(
+    iris_server: ServerProcess, sample: pd.DataFrame, method: str, path: str, headers: dict[str, str]
+) -> None:
+    body = {"dataframe_split": sample.to_dict(orient="split")}
+    response = requests.request(method, f"{iris_server.url}{path}", json=body, headers=headers, timeout=5)
+    assert response.status_code == 401
+    assert response.json()["error_code"] == "UNAUTHENTICATED"
+    assert response.headers["www-authenticate"].startswith("Bearer")
+    assert "predictions" not in response.text
+
+
+def test_it_does_not_start_without_a_credential(tmp_path: Path) -> None:
+    env = {key: value for key, value in os.environ.items() if key != "MODELFLEET_REPLICA_CREDENTIAL"}
+    log_path = tmp_path / "server.log"
+    with log_path.open("wb") as log_file:
+        code = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "endpoints_app.runtime.model_server",
+                "--model-path",
+                str(save_constant_model(tmp_path / "m", "x")),
+                "--port",
+                str(free_port()),
+            ],
+            cwd=REPO_ROOT,
+            env={**env, "MLFLOW_DISABLE_TELEMETRY": "true", "DO_NOT_TRACK": "true"},
+            stdout=log_file,
+            stderr=subprocess.STDOUT,
+            timeout=120,
+        ).returncode
+    assert code == 2
+    assert "no replica credential" in log_path.read_text()

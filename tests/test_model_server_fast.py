@@ -34,6 +34,8 @@ from tests.model_fixtures import (
     save_typed_model,
 )
 from tests.test_model_server import (
+    AUTH,
+    CREDENTIAL,
     READY_TIMEOUT_S,
     REPO_ROOT,
     ServerProcess,
@@ -106,6 +108,7 @@ def iris_server(iris_path: Path, tmp_path_factory: pytest.TempPathFactory) -> It
 @pytest.fixture
 def session() -> Iterator[requests.Session]:
     with requests.Session() as http:
+        http.headers.update(AUTH)
         yield http
 
 
@@ -375,6 +378,7 @@ def test_concurrent_requests_with_one_bad_among_them_fail_only_the_bad_one(
 
     def call(position: int) -> None:
         with requests.Session() as http:
+            http.headers.update(AUTH)
             http.post(f"{iris_server.url}/health", timeout=30)  # connect before the barrier
             start.wait(timeout=30)
             results[position] = http.post(f"{iris_server.url}/invocations", data=bodies[position], timeout=30)
@@ -391,7 +395,7 @@ def test_concurrent_requests_with_one_bad_among_them_fail_only_the_bad_one(
         if position != bad_at:
             assert response is not None and response.content == served_iris.predict_json(bodies[position])
     assert "contains NaN" in results[bad_at].json()["message"]  # type: ignore[union-attr]
-    health = requests.get(f"{iris_server.url}/health", timeout=5).json()
+    health = requests.get(f"{iris_server.url}/health", headers=AUTH, timeout=5).json()
     assert health["in_flight"] == 0
 
 
@@ -438,6 +442,7 @@ def test_a_standby_serves_the_model_it_is_handed_and_logs_to_its_log_path(
         "name": "iris-standby",
         "replica_id": 3,
         "log_path": str(log_path),
+        "credential": CREDENTIAL,
         "env": {"MODELFLEET_TEST_MARKER": "set-by-assignment"},
     }
     server = ServerProcess(process=process, port=port, log_path=log_path)

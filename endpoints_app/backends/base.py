@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, Literal, Protocol
 
 if TYPE_CHECKING:
     from endpoints_app.models import ConfigVersion, ServedEntity
+    from endpoints_app.runtime.credentials import ReplicaTarget
 
 LogKind = Literal["server", "build"]
 
@@ -51,5 +52,5 @@ class ServingBackend(Protocol):
     def wake(self, *, deployment_id: int) -> None:
         """A query is waiting: start a scaled-to-zero deployment's replicas now."""
 
-    def ready_replicas(self, *, deployment_ids: Iterable[int]) -> dict[int, list[str]]:
-        """Base URLs of the replicas that may take queries now, by deployment (the gateway's view)."""
+    def ready_replicas(self, *, deployment_ids: Iterable[int]) -> dict[int, list[ReplicaTarget]]:
+        """Base URLs and credentials of the replicas that may take queries now, by deployment (the gateway's view)."""

@@ -15,6 +15,7 @@ from django.utils import timezone
 from endpoints_app.backends.base import EntityStatus, LogKind
 from endpoints_app.capacity import replica_range
 from endpoints_app.models import ConfigVersion, Deployment, DeploymentState, Replica, ReplicaState, ServedEntity
+from endpoints_app.runtime.credentials import ReplicaTarget
 
 
 def entity_spec(entity: ServedEntity) -> dict:
@@ -171,15 +172,15 @@ class LocalBackend:
         except Exception:  # without Redis the agent sees the row on its next pass
             pass
 
-    def ready_replicas(self, *, deployment_ids: Iterable[int]) -> dict[int, list[str]]:
-        replicas: dict[int, list[str]] = {}
+    def ready_replicas(self, *, deployment_ids: Iterable[int]) -> dict[int, list[ReplicaTarget]]:
+        replicas: dict[int, list[ReplicaTarget]] = {}
         rows = (
             Replica.objects.filter(deployment_id__in=list(deployment_ids), state=ReplicaState.READY)
             .order_by("index")
-            .values_list("deployment_id", "host", "port")
+            .values_list("deployment_id", "host", "port", "credential")
         )
-        for deployment_id, host, port in rows:
-            replicas.setdefault(deployment_id, []).append(f"http://{host}:{port}")
+        for deployment_id, host, port, credential in rows:
+            replicas.setdefault(deployment_id, []).append(ReplicaTarget(f"http://{host}:{port}", credential))
         return replicas
 
     def remove(self, *, deployment_ids: Iterable[int]) -> None:

@@ -12,6 +12,7 @@ from endpoints_app.gateway import guardrails, ratelimit
 from endpoints_app.gateway.providers import PROVIDERS
 from endpoints_app.gateway.providers.base import iter_secret_fields
 from endpoints_app.models import ConfigUpdate, Endpoint, ServedEntity
+from endpoints_app.runtime.credentials import ReplicaTarget
 
 
 @dataclass
@@ -31,7 +32,7 @@ class ExternalTarget:
 class EntityRoute:
     name: str
     weight: int
-    replicas: list[str]  # base URLs of ready replicas, e.g. "http://127.0.0.1:41234"
+    replicas: list[ReplicaTarget]  # ready replicas: base URL ("http://127.0.0.1:41234") and credential
     deployment_id: int | None = None
     # No ready replica now, but one is coming (scaled to zero: a query wakes it; or starting or
     # recovering): a query waits for it instead of failing.

@@ -10,6 +10,9 @@ Failures are classified for the caller's retry rule:
 - ``UpstreamTimeout``: the replica did not answer in time;
 - ``UpstreamBroken``: the answer started but broke off — not retried (the model may have run).
 A pooled connection the replica closed while idle is replaced transparently.
+
+Every request carries the replica's credential (``ReplicaTarget``): model servers refuse
+requests without it.
 """
 
 from __future__ import annotations
@@ -19,6 +22,8 @@ import socket
 import time
 from collections import defaultdict
 from urllib.parse import urlparse
+
+from endpoints_app.runtime.credentials import ReplicaTarget, authorization
 
 IDLE_SECONDS = 4.0  # below uvicorn's 5 s keep-alive: never reuse a connection the server is closing
 MAX_IDLE_PER_REPLICA = 256
@@ -58,15 +63,19 @@ class _Conn:
 class UpstreamPool:
     def __init__(self, *, connect_timeout: float = 2.0) -> None:
         self.connect_timeout = connect_timeout
-        self._idle: defaultdict[str, list[_Conn]] = defaultdict(list)
+        self._idle: defaultdict[ReplicaTarget | str, list[_Conn]] = defaultdict(list)
 
     async def post(
-        self, base_url: str, path: str, body: bytes, content_type: str, *, timeout: float
+        self, base_url: ReplicaTarget | str, path: str, body: bytes, content_type: str, *, timeout: float
     ) -> tuple[int, str, bytes]:
-        """(status, content type, body) of ``POST base_url + path``."""
-        host, port = _host_port(base_url)
+        """(status, content type, body) of ``POST base_url + path``, with the replica's credential
+        when ``base_url`` is a ReplicaTarget (a plain URL is for servers that need none)."""
+        host, port = _host_port(str(base_url))
+        auth = (
+            f"Authorization: {authorization(base_url.credential)}\r\n" if isinstance(base_url, ReplicaTarget) else ""
+        )
         request = (
-            f"POST {path} HTTP/1.1\r\nHost: {host}:{port}\r\nContent-Type: {content_type}\r\n"
+            f"POST {path} HTTP/1.1\r\nHost: {host}:{port}\r\nContent-Type: {content_type}\r\n{auth}"
             f"Content-Length: {len(body)}\r\n\r\n"
         ).encode("latin-1") + body
         deadline = time.monotonic() + timeout
@@ -91,7 +100,7 @@ class UpstreamPool:
                 conn.close()
                 raise UpstreamBroken(f"the connection broke while answering: {exc}") from None
 
-    async def _checkout(self, base_url: str, host: str, port: int) -> tuple[_Conn, bool]:
+    async def _checkout(self, base_url: ReplicaTarget | str, host: str, port: int) -> tuple[_Conn, bool]:
         idle = self._idle[base_url]
         now = time.monotonic()
         while idle:
@@ -110,7 +119,7 @@ class UpstreamPool:
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         return _Conn(reader, writer), False
 
-    async def _exchange(self, base_url: str, conn: _Conn, request: bytes) -> tuple[int, str, bytes]:
+    async def _exchange(self, base_url: ReplicaTarget | str, conn: _Conn, request: bytes) -> tuple[int, str, bytes]:
         try:
             conn.writer.write(request)
             head = await conn.reader.readuntil(b"\r\n\r\n")

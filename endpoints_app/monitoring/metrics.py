@@ -31,6 +31,7 @@ from django.db.models.functions import Cast
 from endpoints_app.backends import get_backend
 from endpoints_app.gateway.metrics import BUCKET_LABELS, UNATTRIBUTED, read_counters
 from endpoints_app.models import Endpoint, MetricCursor, MetricPoint
+from endpoints_app.runtime.credentials import ReplicaTarget
 
 BASE_RESOLUTION = 15
 RESOLUTIONS = (15, 60, 3600)
@@ -95,8 +96,8 @@ class ReplicaGauges:
     in_flight: float = 0.0
 
 
-def scrape_replica(url: str, timeout: float) -> ReplicaGauges:
-    response = requests.get(url + "/metrics", timeout=timeout)
+def scrape_replica(replica: ReplicaTarget, timeout: float) -> ReplicaGauges:
+    response = requests.get(f"{replica.url}/metrics", headers=replica.headers(), timeout=timeout)
     response.raise_for_status()
     gauges = ReplicaGauges()
     for name, _, value in parse_prometheus(response.text):

@@ -111,6 +111,8 @@ def entity_rows(config: ConfigVersion, *, failed: bool = False) -> list[dict[str
                 "state_label": state["deployment"].removeprefix("DEPLOYMENT_").replace("_", " ").capitalize(),
                 "state_message": state["deployment_state_message"],
                 "ready_replicas": len(ready) if ready is not None else None,
+                # What confines the model code of the ready replicas (runtime/sandbox.py).
+                "isolation": ", ".join(sorted({r.isolation or "unknown" for r in ready})) if ready else "",
                 "target_replicas": (0 if dep.stopped_at else dep.desired_replicas) if dep is not None else None,
                 "min_replicas": dep.min_replicas if dep is not None else None,
                 "max_replicas": dep.max_replicas if dep is not None else None,

@@ -12,6 +12,14 @@ Each pass of the loop (every half second):
 4. Deployments whose removal was requested are drained: replicas are marked DRAINING (the gateway
    stops picking them), kept alive for the gateway's route-cache lifetime and until their
    in-flight requests finish, then terminated.
+
+Model code is hostile (any editor may register a model), so every replica runs sandboxed
+(runtime/sandbox.py): it reads its own model, writes its own scratch folder, binds its own port
+and reaches nothing of the control plane. When the agent runs as root, replicas run as ``nobody``
+(or, where the Python installation is closed to ``nobody``, as root without any capability).
+Each replica gets a credential of its own (runtime/credentials.py) that every request to it must
+carry; ``{{secrets/scope/key}}`` values in ``environment_vars`` are resolved here, so the model
+gets the value and never the database.
 """
 
 from __future__ import annotations
@@ -33,7 +41,9 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from endpoints_app.runtime import sandbox
 from endpoints_app.runtime.autoscaler import History, Policy, Sample, decide
+from endpoints_app.runtime.credentials import authorization, new_credential
 
 log = logging.getLogger("modelfleet.runtime")
 
@@ -77,11 +87,11 @@ def free_port(host: str) -> int:
         return s.getsockname()[1]
 
 
-def health(host: str, port: int, timeout: float = 0.5) -> dict | None:
+def health(host: str, port: int, credential: str, timeout: float = 0.5) -> dict | None:
     """The replica's /health JSON when it answers 200, else None."""
     conn = http.client.HTTPConnection(host, port, timeout=timeout)
     try:
-        conn.request("GET", "/health")
+        conn.request("GET", "/health", headers={"Authorization": authorization(credential)})
         response = conn.getresponse()
         body = response.read()
         if response.status != 200:
@@ -100,6 +110,8 @@ class ReplicaProc:
     index: int
     port: int
     popen: subprocess.Popen
+    credential: str = field(default="", repr=False)
+    scratch: Path | None = None  # the replica's writable folder, removed when it stops
     started: float = field(default_factory=time.monotonic)
     ready: bool = False
     drain_started: float | None = None
@@ -141,6 +153,84 @@ class Agent:
         self.gpus = detect_gpus()
         self.standby: subprocess.Popen | None = None
         self.standby_disabled = False
+        self.data_dir = Path(settings.DATA_DIR)
+        self.scratch_root = self.runtime_dir / "scratch"
+        self.replica_user = self._choose_replica_user()
+
+    # --- the sandbox ------------------------------------------------------------------------------
+
+    def _choose_replica_user(self) -> str:
+        """Who replicas run as: "" (this user, not root), "nobody", or "root" (without capabilities).
+
+        Also warns, once, when the kernel offers no Landlock: replicas then run unsandboxed.
+        """
+        if sandbox.landlock_abi() == 0:
+            log.warning(
+                "this kernel offers no Landlock: replicas run UNSANDBOXED (model code can read what this "
+                "user can read and connect anywhere); use a kernel with Landlock (5.13+, 6.7+ for network rules)"
+            )
+        if os.geteuid() != 0:
+            return ""
+        try:
+            uid, gid = sandbox.replica_ids()
+        except KeyError:
+            log.warning("no user %r on this host: replicas run as root without capabilities", sandbox.REPLICA_USER)
+            return "root"
+        needed = [sys.prefix, sys.base_prefix, os.path.realpath(sys.executable), str(ROOT / "endpoints_app")]
+        blocked = sandbox.reachable_by(uid, gid, needed) or sandbox.reachable_by(uid, gid, [str(self.data_dir.parent)])
+        if blocked:
+            log.warning(
+                "replicas run as root without capabilities, not as %s: %s is closed to that user",
+                sandbox.REPLICA_USER,
+                blocked,
+            )
+            return "root"
+        self._close_data_dir_to_others()
+        return sandbox.REPLICA_USER
+
+    def _close_data_dir_to_others(self) -> None:
+        """Replicas running as another user may pass through DATA_DIR to the runtime folder, nothing else.
+
+        DATA_DIR and the runtime folders become 0711 (enter, not list); every other entry of
+        DATA_DIR (keys, database, admin files, the Redis socket, the model store) loses its
+        group and other permissions.
+        """
+        for directory in (self.data_dir, self.runtime_dir, self.runtime_dir / "deployments", self.scratch_root):
+            directory.mkdir(parents=True, exist_ok=True)
+            directory.chmod(0o711)
+        for entry in self.data_dir.iterdir():
+            if entry != self.runtime_dir and not entry.is_symlink():
+                entry.chmod(entry.stat().st_mode & 0o7700)
+
+    def _sandbox_plan(self, *, gpu: bool = False) -> str:
+        """The early sandbox stage for a model server (the final one narrows it to one replica)."""
+        deployments = self.runtime_dir / "deployments"
+        # Landlock rules name existing folders: a standby spawned before the first deployment needs them.
+        deployments.mkdir(parents=True, exist_ok=True)
+        self.scratch_root.mkdir(parents=True, exist_ok=True)
+        return sandbox.Plan(
+            read=[str(deployments)],
+            write=[str(self.scratch_root)],
+            append=[str(deployments)],
+            user=self.replica_user,
+            gpu=gpu,
+        ).to_env()
+
+    def _prepare_replica_files(self, scratch: Path, server_log: Path) -> None:
+        """Create the replica's scratch folder and log; hand them to the replica user."""
+        shutil.rmtree(scratch, ignore_errors=True)
+        scratch.mkdir(parents=True, mode=0o700)
+        server_log.touch()
+        if self.replica_user not in ("", "root"):
+            uid, gid = sandbox.replica_ids(self.replica_user)
+            os.chown(scratch, uid, gid)
+            os.chown(server_log, uid, gid)
+
+    def _release(self, proc: ReplicaProc) -> None:
+        """The replica's process is gone: forget it and delete its scratch folder."""
+        self.procs.pop(proc.replica_id, None)
+        if proc.scratch is not None:
+            shutil.rmtree(proc.scratch, ignore_errors=True)
 
     # --- lifecycle --------------------------------------------------------------------------------
 
@@ -228,7 +318,8 @@ class Agent:
         Replica.objects.filter(id__in=list(self.procs)).update(
             state=ReplicaState.STOPPED, stopped_at=timezone.now(), message="runtime agent stopped"
         )
-        self.procs.clear()
+        for proc in list(self.procs.values()):
+            self._release(proc)
         self.pool.shutdown(wait=False, cancel_futures=True)
 
     # --- the loop ---------------------------------------------------------------------------------
@@ -251,7 +342,7 @@ class Agent:
             if proc.deployment_id not in live_ids:
                 self._terminate(proc, force=True)
                 if proc.popen.poll() is not None:
-                    self.procs.pop(proc.replica_id, None)
+                    self._release(proc)
 
     def _procs_of(self, deployment_id: int) -> list[ReplicaProc]:
         return [p for p in self.procs.values() if p.deployment_id == deployment_id]
@@ -300,7 +391,7 @@ class Agent:
         from endpoints_app.models import Deployment, ScalingDecision
 
         ready = [p for p in self._procs_of(deployment.id) if p.ready and p.drain_started is None]
-        stats = [health(self.bind_host_for_checks(), p.port, timeout=0.3) for p in ready]
+        stats = [health(self.bind_host_for_checks(), p.port, p.credential, timeout=0.3) for p in ready]
         stats = [h for h in stats if h is not None]
         rt.history.add(
             Sample(
@@ -354,7 +445,7 @@ class Agent:
 
         code = proc.popen.poll()
         if code is not None:
-            self.procs.pop(proc.replica_id, None)
+            self._release(proc)
             reason = _exit_reason(self._server_log(deployment.id), code)
             Replica.objects.filter(id=proc.replica_id).update(
                 state=ReplicaState.FAILED, stopped_at=timezone.now(), exit_code=code, message=reason
@@ -390,11 +481,14 @@ class Agent:
             rt.next_start_at = now + backoff
             return
         if not proc.ready:
-            if health(self.bind_host_for_checks(), proc.port) is not None:
+            status = health(self.bind_host_for_checks(), proc.port, proc.credential)
+            if status is not None:
                 proc.ready = True
                 rt.ever_ready = True
                 rt.failed_starts = 0
-                Replica.objects.filter(id=proc.replica_id).update(state=ReplicaState.READY, ready_at=timezone.now())
+                Replica.objects.filter(id=proc.replica_id).update(
+                    state=ReplicaState.READY, ready_at=timezone.now(), isolation=str(status.get("isolation", ""))[:128]
+                )
                 log.info(
                     "replica %s of %s is ready on port %s (%.1fs)",
                     proc.index,
@@ -434,6 +528,7 @@ class Agent:
         env = {k: v for k, v in os.environ.items() if k in _CHILD_ENV_ALLOWLIST or k.startswith("LC_")}
         env.update({"MLFLOW_DISABLE_TELEMETRY": "true", "DO_NOT_TRACK": "true", "PYTHONUNBUFFERED": "1"})
         env["CUDA_VISIBLE_DEVICES"] = ""
+        env[sandbox.PLAN_ENV] = self._sandbox_plan()
         self.runtime_dir.mkdir(parents=True, exist_ok=True)
         with open(self.runtime_dir / "standby.log", "ab") as out:
             self.standby = subprocess.Popen(
@@ -472,13 +567,19 @@ class Agent:
         from endpoints_app.backends.local import deployment_dir, log_path
         from endpoints_app.models import Replica
 
+        try:
+            model_env = replica_environment(deployment.spec.get("environment_vars") or {})
+        except ValueError as exc:
+            self._fail(deployment, str(exc))
+            return
         index = rt.next_index
         rt.next_index += 1
         port = free_port(self.bind_host_for_checks())
+        credential = new_credential()
         # The model is user code: it gets a minimal environment plus its own environment_vars,
         # never the control plane's database URL or secret key.
         env = {k: v for k, v in os.environ.items() if k in _CHILD_ENV_ALLOWLIST or k.startswith("LC_")}
-        env.update(deployment.spec.get("environment_vars") or {})
+        env.update(model_env)
         env.update({"MLFLOW_DISABLE_TELEMETRY": "true", "DO_NOT_TRACK": "true", "PYTHONUNBUFFERED": "1"})
         gpu = None
         if is_gpu_workload(deployment.spec.get("workload_type") or "CPU"):
@@ -494,6 +595,8 @@ class Agent:
         directory = deployment_dir(deployment.id)
         directory.mkdir(parents=True, exist_ok=True)
         server_log = log_path(deployment.id, "server")
+        scratch = self.scratch_root / f"{deployment.id}-{index}"
+        self._prepare_replica_files(scratch, server_log)
         popen = None
         if gpu is None:
             popen = self._take_standby(
@@ -504,7 +607,9 @@ class Agent:
                     "name": deployment.served_entity_name,
                     "replica_id": index,
                     "log_path": str(server_log),
-                    "env": dict(deployment.spec.get("environment_vars") or {}),
+                    "scratch_dir": str(scratch),
+                    "credential": credential,
+                    "env": model_env,
                 }
             )
         if popen is None:
@@ -522,7 +627,13 @@ class Agent:
                 deployment.served_entity_name,
                 "--replica-id",
                 str(index),
+                "--scratch-dir",
+                str(scratch),
             ]
+            # The credential travels in the environment (never argv, which any local user can read);
+            # the model server removes it from its environment before loading the model.
+            env["MODELFLEET_REPLICA_CREDENTIAL"] = credential
+            env[sandbox.PLAN_ENV] = self._sandbox_plan(gpu=gpu is not None)
             with open(server_log, "ab") as out:
                 popen = subprocess.Popen(
                     cmd,
@@ -540,8 +651,11 @@ class Agent:
             host=self.advertise_host,
             port=port,
             pid=popen.pid,
+            credential=credential,
         )
-        self.procs[replica.id] = ReplicaProc(replica.id, deployment.id, index, port, popen, gpu=gpu)
+        self.procs[replica.id] = ReplicaProc(
+            replica.id, deployment.id, index, port, popen, credential=credential, scratch=scratch, gpu=gpu
+        )
         log.info("started replica %s of %s (pid %s, port %s)", index, deployment, popen.pid, port)
 
     def _update_deployment_state(self, deployment, rt: DeploymentRuntime) -> None:  # type: ignore[no-untyped-def]
@@ -667,11 +781,11 @@ class Agent:
 
         assert proc.drain_started is not None
         if proc.popen.poll() is not None:
-            self.procs.pop(proc.replica_id, None)
+            self._release(proc)
             Replica.objects.filter(id=proc.replica_id).update(state=ReplicaState.STOPPED, stopped_at=timezone.now())
             return
         if proc.term_sent is None and now - proc.drain_started >= self.drain_grace:
-            status = health(self.bind_host_for_checks(), proc.port) if proc.ready else None
+            status = health(self.bind_host_for_checks(), proc.port, proc.credential) if proc.ready else None
             idle = status is None or not status.get("in_flight")
             if idle or now - proc.drain_started > MAX_DRAIN_SECONDS:
                 self._terminate(proc)
@@ -703,6 +817,29 @@ class Agent:
 
         with open(log_path(deployment_id, "server"), "a", encoding="utf-8") as fh:
             fh.write(f"{time.strftime('%Y-%m-%d %H:%M:%S')} runtime: {line}\n")
+
+
+def replica_environment(environment_vars: dict) -> dict[str, str]:
+    """A served entity's ``environment_vars`` with ``{{secrets/scope/key}}`` values resolved.
+
+    The agent (control plane) resolves them, so the model gets the value and never needs the
+    secrets store. Who may reference which secret was checked when the config was accepted.
+    Raises ValueError naming the reference (never a value) when one cannot be read.
+    """
+    from endpoints_app.errors import DomainError
+    from endpoints_app.services import secrets
+
+    resolved: dict[str, str] = {}
+    for name, value in environment_vars.items():
+        parsed = secrets.parse_reference(value) if isinstance(value, str) else None
+        if parsed is None:
+            resolved[str(name)] = str(value)
+            continue
+        try:
+            resolved[str(name)] = secrets.resolve(scope=parsed[0], key=parsed[1])
+        except DomainError as exc:
+            raise ValueError(f"environment variable {name}: cannot read {value}: {exc.message}") from None
+    return resolved
 
 
 def _settings():  # type: ignore[no-untyped-def]

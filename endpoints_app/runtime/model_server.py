@@ -44,9 +44,15 @@ Design choices, each for a reason:
 * SIGTERM/SIGINT trigger uvicorn's graceful shutdown: stop accepting, let in-flight requests
   finish (up to 30 s), then exit 0.
 
-Exit codes: 0 after a stop signal (or a standby whose stdin closed), 2 for bad arguments or a
-bad standby assignment, 3 when the model fails to load (the log's first error line says
-``model load failed: <Type>: <message>``), 4 when the port cannot be bound.
+Every route answers only requests that carry the replica's credential (``Authorization: Bearer
+<credential>``), which the runtime agent generates per replica and hands over in the environment
+(``MODELFLEET_REPLICA_CREDENTIAL``) or in a standby's assignment, never on the command line; the
+gateway, the agent and the metrics poller send it.  Without one the server does not start.
+
+Exit codes: 0 after a stop signal (or a standby whose stdin closed), 2 for bad arguments, a
+bad standby assignment or no credential, 3 when the model fails to load (the log's first error
+line says ``model load failed: <Type>: <message>``), 4 when the port cannot be bound, 5 when the
+sandbox the agent asked for could not be set up.
 """
 
 from __future__ import annotations
@@ -59,9 +65,22 @@ os.environ["DO_NOT_TRACK"] = "true"
 # Same flag `mlflow models serve` sets: some flavours behave differently when serving.
 os.environ["_MLFLOW_IS_IN_SERVING_ENVIRONMENT"] = "true"
 
+import sys  # noqa: E402
+
+# Confine the process before any import starts a thread (see runtime/sandbox.py): the runtime
+# agent passes the plan in the environment; run by hand, nothing is confined.
+from endpoints_app.runtime import sandbox  # noqa: E402  (standard library only)
+
+try:
+    sandbox.enter_from_environment()
+except (sandbox.SandboxError, OSError, KeyError, ValueError) as _exc:
+    print(f"sandbox: could not confine the replica: {_exc}", file=sys.stderr, flush=True)
+    os._exit(5)
+
 import argparse  # noqa: E402
 import asyncio  # noqa: E402
 import bisect  # noqa: E402
+import hmac  # noqa: E402
 import importlib.util  # noqa: E402
 import inspect  # noqa: E402
 import json  # noqa: E402
@@ -70,7 +89,6 @@ import operator  # noqa: E402
 import re  # noqa: E402
 import signal  # noqa: E402
 import socket  # noqa: E402
-import sys  # noqa: E402
 import threading  # noqa: E402
 import time  # noqa: E402
 import warnings  # noqa: E402
@@ -123,6 +141,9 @@ KEEP_ALIVE_SECONDS = 65
 
 JSON_HEADERS = [(b"content-type", b"application/json")]
 METRICS_CONTENT_TYPE = b"text/plain; version=0.0.4; charset=utf-8"
+# Where a fresh replica finds its credential; removed from the environment once read.
+CREDENTIAL_ENV = "MODELFLEET_REPLICA_CREDENTIAL"
+UNAUTHORIZED_HEADERS = [(b"www-authenticate", b'Bearer realm="modelfleet-replica"')]
 # ServedModel.read_fast's payload for a body that is not JSON (None is JSON's null).
 NOT_JSON = object()
 INPUT_KEYS_HELP = (
@@ -817,9 +838,20 @@ class ModelServerApp:
     """The ASGI application: routes, body limits, error mapping and metrics around one model."""
 
     def __init__(
-        self, *, name: str, replica_id: int, threads: int, max_batch_rows: int = DEFAULT_MAX_BATCH_ROWS
+        self,
+        *,
+        name: str,
+        replica_id: int,
+        threads: int,
+        credential: str,
+        max_batch_rows: int = DEFAULT_MAX_BATCH_ROWS,
+        isolation: str = "none",
     ) -> None:
+        if not credential:
+            raise ValueError("a replica needs a credential")
         self.name = name
+        self._expected_authorization = f"Bearer {credential}".encode()
+        self.isolation = isolation
         self.replica_id = replica_id
         self.pid = os.getpid()
         self.model: ServedModel | None = None
@@ -847,6 +879,17 @@ class ModelServerApp:
             return
         path = scope["path"]
         method = scope["method"]
+        if not self._authorized(scope):
+            await _send_error(
+                send,
+                RequestError(
+                    401,
+                    "UNAUTHENTICATED",
+                    "This model server answers only its gateway: send the replica's credential.",
+                    headers=UNAUTHORIZED_HEADERS,
+                ),
+            )
+            return
         if path == "/invocations":
             await self._invocations(scope, receive, send)
         elif path == "/health":
@@ -863,6 +906,13 @@ class ModelServerApp:
         else:
             await _send_error(send, RequestError(404, "ENDPOINT_NOT_FOUND", f"No route for {path}."))
 
+    def _authorized(self, scope: Scope) -> bool:
+        """Whether the request carries this replica's credential (compared in constant time)."""
+        for header, value in scope["headers"]:
+            if header == b"authorization":
+                return hmac.compare_digest(value, self._expected_authorization)
+        return False
+
     async def _health(self, send: Send) -> None:
         if self.model is not None:
             status_code, status = 200, "ready"
@@ -876,6 +926,7 @@ class ModelServerApp:
             "model": self.name,
             "replica": self.replica_id,
             "pid": self.pid,
+            "isolation": self.isolation,
         }
         await _send(send, status_code, json.dumps(document).encode(), JSON_HEADERS)
 
@@ -1151,10 +1202,19 @@ async def serve(
     name: str,
     replica_id: int,
     threads: int,
+    credential: str,
     max_batch_rows: int = DEFAULT_MAX_BATCH_ROWS,
+    isolation: str = "none",
 ) -> int:
     """Serve until a stop signal (exit code 0), a failed model load (3) or a failed bind (4)."""
-    app = ModelServerApp(name=name, replica_id=replica_id, threads=threads, max_batch_rows=max_batch_rows)
+    app = ModelServerApp(
+        name=name,
+        replica_id=replica_id,
+        threads=threads,
+        credential=credential,
+        max_batch_rows=max_batch_rows,
+        isolation=isolation,
+    )
     protocol = http_protocol_class()
     config = uvicorn.Config(
         app,
@@ -1235,6 +1295,12 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         f"{DEFAULT_MAX_BATCH_ROWS}; 1 predicts every request on its own)",
     )
     parser.add_argument(
+        "--scratch-dir",
+        type=Path,
+        default=None,
+        help="the replica's own writable folder (TMPDIR and HOME); the only one it may write in a sandbox",
+    )
+    parser.add_argument(
         "--standby",
         action="store_true",
         help="import everything, then wait for one JSON line on stdin saying what to serve (see STANDBY_KEYS)",
@@ -1265,6 +1331,8 @@ STANDBY_KEYS: dict[str, str | None] = {
     "replica_id": "--replica-id",
     "threads": "--threads",
     "max_batch_rows": "--max-batch-rows",
+    "scratch_dir": "--scratch-dir",
+    "credential": None,  # the replica's credential (not an option: never on a command line)
     "log_path": None,  # fds 1 and 2 are reopened on this file (append), as the agent does for a fresh start
     "env": None,  # applied to os.environ before the model loads
 }
@@ -1307,11 +1375,11 @@ def _preload() -> None:
         pass
 
 
-def _wait_for_assignment(defaults: argparse.Namespace) -> tuple[argparse.Namespace, list[str]] | None:
+def _wait_for_assignment(defaults: argparse.Namespace) -> tuple[argparse.Namespace, list[str], str] | None:
     """Standby mode: block until one line of JSON arrives on stdin, then become that replica.
 
-    Returns the arguments to serve with and the names of the environment variables applied, or
-    None when stdin closes without a line (the agent no longer needs this standby).  Raises
+    Returns the arguments to serve with, the names of the environment variables applied and the
+    replica's credential, or None when stdin closes without a line (the agent no longer needs this standby).  Raises
     SystemExit(2) for a line that is not a valid assignment (reported in the replica's log when
     it names one, else on the standby's own stderr).  The line's env only reaches what reads
     the environment from now on: settings that MLflow or a library read at import are fixed.
@@ -1350,7 +1418,7 @@ def _wait_for_assignment(defaults: argparse.Namespace) -> tuple[argparse.Namespa
     for key, option in STANDBY_KEYS.items():
         if option is not None and assignment.get(key) is not None:
             argv += [option, str(assignment[key])]
-    return parse_args(argv), sorted(str(key) for key in env)
+    return parse_args(argv), sorted(str(key) for key in env), str(assignment.get("credential") or "")
 
 
 def _redirect_output(log_path: str) -> None:
@@ -1367,13 +1435,14 @@ def _redirect_output(log_path: str) -> None:
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     handover: str | None = None
+    credential = os.environ.pop(CREDENTIAL_ENV, "")
     if args.standby:
         _preload()
         waiting_since = time.monotonic()
         assigned = _wait_for_assignment(args)
         if assigned is None:
             return 0
-        args, env_keys = assigned
+        args, env_keys, credential = assigned
         handover = (
             f"handed over by a standby process after {time.monotonic() - waiting_since:.1f} s of waiting; "
             f"environment from the assignment: {', '.join(env_keys) or 'none'}"
@@ -1381,6 +1450,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     _configure_logging(args.name, args.replica_id)
     if handover:
         logger.info("%s", handover)
+    if not credential:
+        logger.error(
+            "no replica credential: set %s (or the standby assignment's 'credential'); "
+            "a model server never answers without one",
+            CREDENTIAL_ENV,
+        )
+        return 2
+    try:
+        isolation = _confine(args)
+    except (sandbox.SandboxError, OSError) as exc:
+        logger.error("sandbox: could not confine the replica to its model and scratch folder: %s", exc)
+        return 5
     signal.signal(signal.SIGTERM, _ignore_signal)
     signal.signal(signal.SIGINT, _ignore_signal)
     # Our own runner, not uvicorn's Server.run(), because the model loader needs the loop; so
@@ -1394,9 +1475,37 @@ def main(argv: Sequence[str] | None = None) -> int:
                 name=args.name,
                 replica_id=args.replica_id,
                 threads=args.threads,
+                credential=credential,
                 max_batch_rows=args.max_batch_rows,
+                isolation=isolation,
             )
         )
+
+
+def _confine(args: argparse.Namespace) -> str:
+    """Narrow the sandbox to this replica's model, scratch folder and port; log what is in force."""
+    if sandbox.ISOLATION.stages == 0:
+        logger.warning("isolation: none (started without the runtime agent's sandbox plan): model code is unconfined")
+        return "none"
+    if args.scratch_dir is None:
+        raise sandbox.SandboxError("a sandboxed replica needs --scratch-dir (its only writable folder)")
+    scratch = args.scratch_dir.resolve()
+    isolation = sandbox.enter_final(model_path=str(args.model_path.resolve()), scratch=str(scratch), port=args.port)
+    if isolation.landlock_abi == 0:
+        logger.warning(
+            "isolation: %s: this kernel offers no Landlock, so replicas run UNSANDBOXED: model code can read "
+            "whatever its user can read and connect anywhere",
+            isolation.describe(),
+        )
+    else:
+        logger.info(
+            "isolation: %s (reads its model and the Python installation, writes %s, binds port %d only; "
+            "no TCP connections, no unix sockets, no signals or ptrace outside its sandbox)",
+            isolation.describe(),
+            scratch,
+            args.port,
+        )
+    return isolation.describe()
 
 
 if __name__ == "__main__":

@@ -1,0 +1,510 @@
+"""The replica sandbox: what model code (hostile, registered by any editor) may touch.
+
+A model server confines itself in two stages, with Linux features an unprivileged process may use:
+
+1. **Early**, at the top of ``model_server`` before any import starts a thread (numpy's BLAS pool
+   does): when the runtime agent runs as root the process first drops to an unprivileged user
+   (``nobody``); then a Landlock ruleset allows reading only the Python installation and the
+   system libraries, the ``endpoints_app`` package and the runtime's deployment folders, writing
+   only the replica scratch area, and no TCP connection at all; abstract unix sockets and signals
+   outside the sandbox are out of scope; a seccomp filter refuses new unix-domain sockets (Landlock
+   of this kernel generation does not cover connecting to a *pathname* socket such as the embedded
+   Redis's) and io_uring (which could create sockets around that filter).
+2. **Final**, once the replica knows which model it serves (for a warm standby: after it received
+   its assignment): a second Landlock layer narrows reading to its own model folder, writing to its
+   own scratch folder, and binding to its own port.
+
+Landlock applies to the calling thread and the threads it starts later, hence the early stage:
+threads that exist before the final stage still carry the early one, which already keeps the
+control plane's files, sockets, processes and network out of reach.  Landlock also stops a
+sandboxed process from ptrace-ing (so from reading ``/proc/<pid>/environ`` or ``/mem`` of) any
+process outside its own sandbox, and each replica's final stage is a sandbox of its own.
+
+This module uses the standard library only: it runs before anything else is imported.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import json
+import logging
+import os
+import platform
+import struct
+import sys
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+log = logging.getLogger("endpoints_app.runtime.sandbox")
+
+# The environment variable the runtime agent passes the early stage's plan in (JSON, see Plan).
+PLAN_ENV = "MODELFLEET_REPLICA_SANDBOX"
+# The unprivileged user replicas run as when the agent runs as root.
+REPLICA_USER = "nobody"
+
+# --- Landlock (include/uapi/linux/landlock.h) -----------------------------------------------------
+SYS_LANDLOCK_CREATE_RULESET = 444
+SYS_LANDLOCK_ADD_RULE = 445
+SYS_LANDLOCK_RESTRICT_SELF = 446
+LANDLOCK_CREATE_RULESET_VERSION = 1
+LANDLOCK_RULE_PATH_BENEATH = 1
+LANDLOCK_RULE_NET_PORT = 2
+
+FS_EXECUTE = 1 << 0
+FS_WRITE_FILE = 1 << 1
+FS_READ_FILE = 1 << 2
+FS_READ_DIR = 1 << 3
+FS_REMOVE_DIR = 1 << 4
+FS_REMOVE_FILE = 1 << 5
+FS_MAKE_CHAR = 1 << 6
+FS_MAKE_DIR = 1 << 7
+FS_MAKE_REG = 1 << 8
+FS_MAKE_SOCK = 1 << 9
+FS_MAKE_FIFO = 1 << 10
+FS_MAKE_BLOCK = 1 << 11
+FS_MAKE_SYM = 1 << 12
+FS_REFER = 1 << 13  # ABI 2
+FS_TRUNCATE = 1 << 14  # ABI 3
+FS_IOCTL_DEV = 1 << 15  # ABI 5
+NET_BIND_TCP = 1 << 0  # ABI 4
+NET_CONNECT_TCP = 1 << 1  # ABI 4
+SCOPE_ABSTRACT_UNIX_SOCKET = 1 << 0  # ABI 6
+SCOPE_SIGNAL = 1 << 1  # ABI 6
+
+FS_ALL_ABI1 = (1 << 13) - 1
+READ = FS_EXECUTE | FS_READ_FILE | FS_READ_DIR
+# Rights that make sense on a file rule (the others are for directories only).
+FILE_RIGHTS = FS_EXECUTE | FS_WRITE_FILE | FS_READ_FILE | FS_TRUNCATE | FS_IOCTL_DEV
+WRITE = (
+    READ
+    | FS_WRITE_FILE
+    | FS_REMOVE_DIR
+    | FS_REMOVE_FILE
+    | FS_MAKE_DIR
+    | FS_MAKE_REG
+    | FS_MAKE_SYM
+    | FS_MAKE_FIFO
+    | FS_MAKE_SOCK
+    | FS_REFER
+    | FS_TRUNCATE
+)
+
+PR_SET_NO_NEW_PRIVS = 38
+PR_SET_PDEATHSIG = 1
+
+# What imports and the model server itself read outside the Python installation.
+SYSTEM_READ_PATHS = (
+    "/usr",
+    "/lib",
+    "/lib32",
+    "/lib64",
+    "/libx32",
+    "/bin",
+    "/sbin",
+    "/opt/conda",
+    "/sys/devices/system/cpu",  # os.cpu_count, OpenBLAS, psutil
+    "/sys/fs/cgroup",  # CPU quotas (joblib, psutil)
+    "/etc/ssl",
+    "/etc/ca-certificates",
+    "/etc/pki",
+    "/etc/localtime",
+    "/etc/timezone",
+    "/etc/ld.so.cache",
+    "/etc/ld.so.conf",
+    "/etc/ld.so.conf.d",
+    "/etc/nsswitch.conf",
+    "/etc/host.conf",
+    "/etc/hosts",
+    "/etc/gai.conf",
+    "/etc/resolv.conf",
+    "/etc/mime.types",
+    "/etc/os-release",
+    "/etc/passwd",
+    "/etc/group",
+    "/proc/meminfo",  # psutil's memory percentage
+    "/proc/stat",
+    "/proc/cpuinfo",
+    "/proc/loadavg",
+    "/proc/sys/kernel/osrelease",
+    "/dev/urandom",
+    "/dev/random",
+)
+# Character devices used for writing (Python and libraries open /dev/null for subprocesses).
+DEVICE_WRITE_PATHS = ("/dev/null", "/dev/zero", "/dev/full")
+# Devices a GPU replica needs (read, write and ioctl).
+GPU_DEVICE_PREFIXES = ("/dev/nvidia", "/dev/dri")
+
+_libc = ctypes.CDLL(None, use_errno=True)
+_libc.syscall.restype = ctypes.c_long
+
+
+class SandboxError(RuntimeError):
+    """The sandbox could not be set up as planned: the replica must not run model code."""
+
+
+@dataclass
+class Plan:
+    """What one stage allows, beyond the system paths every Python process needs."""
+
+    read: list[str] = field(default_factory=list)
+    write: list[str] = field(default_factory=list)
+    # Existing files beneath these may be written (not created, removed or truncated): the replica
+    # logs, which a warm standby opens only once it knows which replica it becomes.
+    append: list[str] = field(default_factory=list)
+    # The port the replica may bind (final stage); None leaves binding to the next stage.
+    bind_port: int | None = None
+    # Drop to this user when running as root ("" keeps the current user).
+    user: str = ""
+    gpu: bool = False
+
+    def to_env(self) -> str:
+        return json.dumps(
+            {"read": self.read, "write": self.write, "append": self.append, "user": self.user, "gpu": self.gpu},
+            separators=(",", ":"),
+        )
+
+    @classmethod
+    def from_env(cls, text: str) -> Plan:
+        data = json.loads(text)
+        return cls(
+            read=[str(p) for p in data.get("read", [])],
+            write=[str(p) for p in data.get("write", [])],
+            append=[str(p) for p in data.get("append", [])],
+            user=str(data.get("user") or ""),
+            gpu=bool(data.get("gpu")),
+        )
+
+
+# --- Landlock -----------------------------------------------------------------------------------
+
+
+def landlock_abi() -> int:
+    """The kernel's Landlock ABI version; 0 when Landlock is missing or disabled."""
+    version = _libc.syscall(SYS_LANDLOCK_CREATE_RULESET, None, ctypes.c_size_t(0), LANDLOCK_CREATE_RULESET_VERSION)
+    return int(version) if version > 0 else 0
+
+
+def handled_fs(abi: int) -> int:
+    handled = FS_ALL_ABI1
+    if abi >= 2:
+        handled |= FS_REFER
+    if abi >= 3:
+        handled |= FS_TRUNCATE
+    if abi >= 5:
+        handled |= FS_IOCTL_DEV
+    return handled
+
+
+def _set_no_new_privs() -> None:
+    if _libc.prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0:
+        raise SandboxError(f"prctl(PR_SET_NO_NEW_PRIVS) failed: {os.strerror(ctypes.get_errno())}")
+
+
+def system_read_paths() -> list[str]:
+    """The Python installation, its packages and the system files imports read (only those that exist)."""
+    paths = [*SYSTEM_READ_PATHS, sys.prefix, sys.base_prefix, sys.exec_prefix, sys.base_exec_prefix]
+    # The package itself (its code only: the repository root may hold the data directory).
+    paths.append(str(Path(__file__).resolve().parents[1]))
+    # Site-packages of the venv and any other installation dirs on sys.path that are not the cwd.
+    cwd = os.getcwd()
+    for entry in sys.path:
+        if entry and entry != cwd and os.path.isdir(entry) and ("site-packages" in entry or "dist-packages" in entry):
+            paths.append(entry)
+    # The interpreter binary may be a symlink into another installation (uv, pyenv).
+    paths.append(str(Path(os.path.realpath(sys.executable)).parent.parent))
+    return paths
+
+
+class _Ruleset:
+    def __init__(self, abi: int, *, fs: int, net: int, scoped: int) -> None:
+        self.abi = abi
+        self.fs = fs
+        attr = struct.pack("QQQ", fs, net, scoped)
+        size = 24 if abi >= 6 else 16
+        buffer = ctypes.create_string_buffer(attr[:size], size)
+        fd = _libc.syscall(SYS_LANDLOCK_CREATE_RULESET, buffer, ctypes.c_size_t(size), 0)
+        if fd < 0:
+            raise SandboxError(f"landlock_create_ruleset failed: {os.strerror(ctypes.get_errno())}")
+        self.fd = int(fd)
+
+    def allow_path(self, path: str, access: int) -> bool:
+        """Allow ``access`` beneath ``path``; False when it does not exist (nothing to allow)."""
+        try:
+            fd = os.open(path, os.O_PATH | os.O_CLOEXEC)
+        except OSError:
+            return False
+        try:
+            if not os.path.isdir(path):
+                access &= FILE_RIGHTS
+            access &= self.fs
+            rule = ctypes.create_string_buffer(struct.pack("=Qi", access, fd), 12)
+            if _libc.syscall(SYS_LANDLOCK_ADD_RULE, self.fd, LANDLOCK_RULE_PATH_BENEATH, rule, 0) != 0:
+                raise SandboxError(f"landlock_add_rule({path}) failed: {os.strerror(ctypes.get_errno())}")
+        finally:
+            os.close(fd)
+        return True
+
+    def allow_bind(self, port: int) -> None:
+        rule = ctypes.create_string_buffer(struct.pack("QQ", NET_BIND_TCP, port), 16)
+        if _libc.syscall(SYS_LANDLOCK_ADD_RULE, self.fd, LANDLOCK_RULE_NET_PORT, rule, 0) != 0:
+            raise SandboxError(f"landlock_add_rule(bind {port}) failed: {os.strerror(ctypes.get_errno())}")
+
+    def enforce(self) -> None:
+        _set_no_new_privs()
+        try:
+            if _libc.syscall(SYS_LANDLOCK_RESTRICT_SELF, self.fd, 0) != 0:
+                raise SandboxError(f"landlock_restrict_self failed: {os.strerror(ctypes.get_errno())}")
+        finally:
+            os.close(self.fd)
+
+
+def apply_landlock(
+    *,
+    read: Iterable[str],
+    write: Iterable[str],
+    bind_port: int | None,
+    append: Iterable[str] = (),
+    gpu: bool = False,
+) -> int:
+    """Add one Landlock layer; returns the ABI used (0: the kernel has none, nothing was done)."""
+    abi = landlock_abi()
+    if abi == 0:
+        return 0
+    net = (NET_CONNECT_TCP | (NET_BIND_TCP if bind_port is not None else 0)) if abi >= 4 else 0
+    scoped = (SCOPE_ABSTRACT_UNIX_SOCKET | SCOPE_SIGNAL) if abi >= 6 else 0
+    ruleset = _Ruleset(abi, fs=handled_fs(abi), net=net, scoped=scoped)
+    for path in system_read_paths():
+        ruleset.allow_path(path, READ)
+    # Only this process's own /proc directory: not the agent's or another replica's.
+    ruleset.allow_path(f"/proc/{os.getpid()}", READ)
+    for path in DEVICE_WRITE_PATHS:
+        ruleset.allow_path(path, FS_READ_FILE | FS_WRITE_FILE)
+    if gpu:
+        for prefix in GPU_DEVICE_PREFIXES:
+            parent, name = os.path.split(prefix)
+            for entry in sorted(os.listdir(parent)) if os.path.isdir(parent) else []:
+                if entry.startswith(name):
+                    ruleset.allow_path(os.path.join(parent, entry), READ | FS_WRITE_FILE | FS_IOCTL_DEV)
+    for path in read:
+        ruleset.allow_path(path, READ)
+    for path in write:
+        ruleset.allow_path(path, WRITE)
+    for path in append:
+        ruleset.allow_path(path, READ | FS_WRITE_FILE)
+    if bind_port is not None and abi >= 4:
+        ruleset.allow_bind(bind_port)
+    ruleset.enforce()
+    return abi
+
+
+# --- seccomp: no unix-domain sockets, no io_uring ---------------------------------------------------
+
+_AUDIT_ARCH = {"x86_64": 0xC000003E, "aarch64": 0xC00000B7}
+# Per architecture: socket, io_uring_setup, io_uring_enter, io_uring_register.
+_SYSCALLS = {"x86_64": (41, 425, 426, 427), "aarch64": (198, 425, 426, 427)}
+SECCOMP_SET_MODE_FILTER = 1
+SECCOMP_FILTER_FLAG_TSYNC = 1
+SECCOMP_RET_ALLOW = 0x7FFF0000
+SECCOMP_RET_ERRNO = 0x00050000
+SYS_SECCOMP = {"x86_64": 317, "aarch64": 277}
+AF_UNIX = 1
+EACCES = 13
+ENOSYS = 38
+
+
+def _bpf(code: int, k: int, jt: int = 0, jf: int = 0) -> bytes:
+    return struct.pack("HBBI", code, jt, jf, k)
+
+
+def apply_seccomp() -> bool:
+    """Refuse socket(AF_UNIX, …) with EACCES and io_uring with ENOSYS, in every thread.
+
+    False on an architecture this filter does not know (nothing done).
+    """
+    machine = platform.machine()
+    if machine not in _AUDIT_ARCH:
+        return False
+    socket_nr, *uring = _SYSCALLS[machine]
+    ld_w_abs, jeq_k, jge_k, ret_k = 0x20, 0x15, 0x35, 0x06
+    deny_unix = SECCOMP_RET_ERRNO | EACCES
+    deny_nosys = SECCOMP_RET_ERRNO | ENOSYS
+    program = [
+        _bpf(ld_w_abs, 4),  # 0: arch
+        _bpf(jeq_k, _AUDIT_ARCH[machine], 1, 0),  # 1
+        _bpf(ret_k, deny_nosys),  # 2: another ABI (i386 via int 0x80): refused
+        _bpf(ld_w_abs, 0),  # 3: syscall number
+        _bpf(jge_k, 0x40000000, 0, 1),  # 4: x32 numbers
+        _bpf(ret_k, deny_nosys),  # 5
+        _bpf(jeq_k, uring[0], 2, 0),  # 6
+        _bpf(jeq_k, uring[1], 1, 0),  # 7
+        _bpf(jeq_k, uring[2], 0, 1),  # 8
+        _bpf(ret_k, deny_nosys),  # 9
+        _bpf(jeq_k, socket_nr, 0, 3),  # 10
+        _bpf(ld_w_abs, 16),  # 11: args[0], the address family (low 32 bits)
+        _bpf(jeq_k, AF_UNIX, 0, 1),  # 12
+        _bpf(ret_k, deny_unix),  # 13
+        _bpf(ret_k, SECCOMP_RET_ALLOW),  # 14
+    ]
+    code = b"".join(program)
+    filters = ctypes.create_string_buffer(code, len(code))
+
+    class SockFprog(ctypes.Structure):
+        _fields_ = [("len", ctypes.c_ushort), ("filter", ctypes.c_void_p)]
+
+    prog = SockFprog(len(program), ctypes.cast(filters, ctypes.c_void_p))
+    _set_no_new_privs()
+    result = _libc.syscall(SYS_SECCOMP[machine], SECCOMP_SET_MODE_FILTER, SECCOMP_FILTER_FLAG_TSYNC, ctypes.byref(prog))
+    if result != 0:
+        raise SandboxError(f"seccomp filter failed: {os.strerror(ctypes.get_errno())}")
+    return True
+
+
+# --- the unprivileged user ------------------------------------------------------------------------
+
+
+def replica_ids(user: str = REPLICA_USER) -> tuple[int, int]:
+    """(uid, gid) of the user replicas run as when the agent is root."""
+    import pwd
+
+    entry = pwd.getpwnam(user)
+    return entry.pw_uid, entry.pw_gid
+
+
+def drop_privileges(user: str) -> str:
+    """Become ``user`` (all threads: glibc's set*id calls apply process-wide); returns its name."""
+    uid, gid = replica_ids(user)
+    os.setgroups([])
+    os.setresgid(gid, gid, gid)
+    os.setresuid(uid, uid, uid)
+    if os.getuid() != uid or os.geteuid() != uid:  # pragma: no cover - the kernel refused
+        raise SandboxError(f"could not drop to user {user}")
+    # A credential change clears the parent-death signal; the agent relies on it.
+    _libc.prctl(PR_SET_PDEATHSIG, 15, 0, 0, 0)
+    return user
+
+
+def reachable_by(uid: int, gid: int, paths: Iterable[str]) -> str | None:
+    """The first of ``paths`` that user ``uid`` could not reach (a parent it may not enter), or None.
+
+    A replica that drops to ``nobody`` still needs the Python installation: under a private home
+    (``/root/.pyenv``) it is out of reach, and the agent keeps replicas at uid 0 without
+    capabilities instead.
+    """
+    import stat
+
+    for path in paths:
+        current = Path(os.path.realpath(path))
+        for directory in [*reversed(current.parents), current]:
+            try:
+                st = directory.stat()
+            except OSError:
+                break
+            if not stat.S_ISDIR(st.st_mode):
+                continue
+            if st.st_uid == uid:
+                allowed = st.st_mode & stat.S_IXUSR
+            elif st.st_gid == gid:
+                allowed = st.st_mode & stat.S_IXGRP
+            else:
+                allowed = st.st_mode & stat.S_IXOTH
+            if not allowed:
+                return str(directory)
+    return None
+
+
+_SYS_CAPSET = {"x86_64": 126, "aarch64": 91}
+_CAPABILITY_VERSION_3 = 0x20080522
+PR_CAPBSET_DROP = 24
+
+
+def drop_capabilities() -> bool:
+    """Keep uid 0 but give up every capability, for good (bounding set, then capset).
+
+    Without capabilities root is an ordinary owner of root's files: Landlock decides what it may
+    open, and it can no longer override permissions, ptrace, use raw sockets or change its ids.
+    """
+    machine = platform.machine()
+    if machine not in _SYS_CAPSET:
+        return False
+    for cap in range(64):
+        _libc.prctl(PR_CAPBSET_DROP, cap, 0, 0, 0)  # EINVAL past the last capability: fine
+    header = struct.pack("Ii", _CAPABILITY_VERSION_3, 0)
+    data = bytes(24)  # two {effective, permitted, inheritable} u32 triples, all zero
+    hdr = ctypes.create_string_buffer(header, 8)
+    buf = ctypes.create_string_buffer(data, 24)
+    if _libc.syscall(_SYS_CAPSET[machine], hdr, buf) != 0:
+        raise SandboxError(f"capset failed: {os.strerror(ctypes.get_errno())}")
+    return True
+
+
+# --- the two stages -------------------------------------------------------------------------------
+
+
+@dataclass
+class Isolation:
+    """What confines this process, for the log and the replica's /health."""
+
+    landlock_abi: int = 0
+    seccomp: bool = False
+    user: str = ""
+    stages: int = 0
+
+    def describe(self) -> str:
+        parts = []
+        if self.landlock_abi:
+            parts.append(f"landlock-abi{self.landlock_abi}")
+        if self.seccomp:
+            parts.append("seccomp")
+        if self.user:
+            parts.append(self.user if self.user == "root-no-caps" else f"user-{self.user}")
+        return "+".join(parts) or "none"
+
+
+ISOLATION = Isolation()
+_early_plan: Plan | None = None
+
+
+def enter_early(plan: Plan) -> Isolation:
+    """Stage 1 (see the module docstring). Raises SandboxError when a step the kernel offers fails."""
+    global _early_plan
+    if plan.user and os.geteuid() == 0:
+        if plan.user == "root":
+            ISOLATION.user = "root-no-caps" if drop_capabilities() else ""
+        else:
+            ISOLATION.user = drop_privileges(plan.user)
+    ISOLATION.landlock_abi = apply_landlock(
+        read=plan.read, write=plan.write, append=plan.append, bind_port=None, gpu=plan.gpu
+    )
+    ISOLATION.seccomp = apply_seccomp()
+    ISOLATION.stages = 1
+    _early_plan = plan
+    return ISOLATION
+
+
+def enter_from_environment() -> Isolation | None:
+    """Stage 1 when the runtime agent asked for it (``MODELFLEET_REPLICA_SANDBOX``); else None."""
+    text = os.environ.pop(PLAN_ENV, None)
+    if not text:
+        return None
+    return enter_early(Plan.from_env(text))
+
+
+def enter_final(*, model_path: str, scratch: str, port: int) -> Isolation:
+    """Stage 2: only this replica's model (read), scratch folder (write) and port (bind); the log
+    stays open on fds 1 and 2, which Landlock does not take back.
+
+    The scratch folder becomes TMPDIR and HOME, so libraries that write temporary files or
+    caches write there.
+    """
+    Path(scratch).mkdir(parents=True, exist_ok=True)
+    os.environ["TMPDIR"] = os.environ["HOME"] = scratch
+    import tempfile
+
+    tempfile.tempdir = None  # recomputed from TMPDIR on next use
+    gpu = _early_plan.gpu if _early_plan is not None else False
+    abi = apply_landlock(read=[model_path], write=[scratch], bind_port=port, gpu=gpu)
+    if abi:
+        ISOLATION.landlock_abi = abi
+        ISOLATION.stages = 2
+    return ISOLATION
