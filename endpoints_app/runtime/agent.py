@@ -189,18 +189,7 @@ class Agent:
         return sandbox.REPLICA_USER
 
     def _close_data_dir_to_others(self) -> None:
-        """Replicas running as another user may pass through DATA_DIR to the runtime folder, nothing else.
-
-        DATA_DIR and the runtime folders become 0711 (enter, not list); every other entry of
-        DATA_DIR (keys, database, admin files, the Redis socket, the model store) loses its
-        group and other permissions.
-        """
-        for directory in (self.data_dir, self.runtime_dir, self.runtime_dir / "deployments", self.scratch_root):
-            directory.mkdir(parents=True, exist_ok=True)
-            directory.chmod(0o711)
-        for entry in self.data_dir.iterdir():
-            if entry != self.runtime_dir and not entry.is_symlink():
-                entry.chmod(entry.stat().st_mode & 0o7700)
+        close_data_dir_to_others(self.data_dir, self.runtime_dir, self.scratch_root)
 
     def _sandbox_plan(self, *, gpu: bool = False) -> str:
         """The early sandbox stage for a model server (the final one narrows it to one replica)."""
@@ -817,6 +806,23 @@ class Agent:
 
         with open(log_path(deployment_id, "server"), "a", encoding="utf-8") as fh:
             fh.write(f"{time.strftime('%Y-%m-%d %H:%M:%S')} runtime: {line}\n")
+
+
+def close_data_dir_to_others(data_dir: Path, runtime_dir: Path, scratch_root: Path) -> None:
+    """Replicas running as another user may pass through DATA_DIR to the runtime folder, nothing else.
+
+    DATA_DIR and the runtime folders become 0711 (enter, not list); every other entry of DATA_DIR
+    (keys, database, admin files, the Redis socket, the model store) and of the runtime folder
+    (the standby's log) loses its group and other permissions.
+    """
+    deployments = runtime_dir / "deployments"
+    for directory in (data_dir, runtime_dir, deployments, scratch_root):
+        directory.mkdir(parents=True, exist_ok=True)
+        directory.chmod(0o711)
+    for parent, keep in ((data_dir, {runtime_dir}), (runtime_dir, {deployments, scratch_root})):
+        for entry in parent.iterdir():
+            if entry not in keep and not entry.is_symlink():
+                entry.chmod(entry.stat().st_mode & 0o7700)
 
 
 def replica_environment(environment_vars: dict) -> dict[str, str]:
