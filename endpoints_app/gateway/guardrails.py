@@ -32,6 +32,9 @@ from typing import Any
 from django.conf import settings
 
 PII_BEHAVIORS = ("NONE", "BLOCK", "MASK")
+# Bounds on ``invalid_keywords``: the keyword trie (keyword_trie) is as deep as the longest keyword.
+MAX_KEYWORDS = 1000
+MAX_KEYWORD_LENGTH = 200
 
 
 def _luhn(digits: str) -> bool:
@@ -163,6 +166,34 @@ def mask_pii(text: str) -> str:
     return "".join(out)
 
 
+def keyword_trie(keywords: list[str]) -> str:
+    """One regex matching any of ``keywords`` (under IGNORECASE), longest first at each position.
+
+    A plain alternation ``kw1|kw2|…`` tries every keyword at every position of the text: with a
+    thousand keywords, 1 MB of text took five seconds. As a trie (``a(?:bc|d)``) a position tries
+    only the branches whose next character matches, so the cost no longer grows with the list.
+    Keys are lower-cased one character at a time (IGNORECASE matches a character and its lower
+    case alike; a character whose lower case is longer stays as it is), so "Foo" and "foo" share a
+    branch; each optional tail is greedy, so the longest keyword is tried first, as before.
+    """
+    trie: dict[str, dict] = {}
+    for keyword in keywords:
+        node = trie
+        for char in keyword:
+            lower = char.lower()
+            node = node.setdefault(lower if len(lower) == 1 else char, {})
+        node[""] = {}  # a keyword ends here
+
+    def build(node: dict[str, dict]) -> str:
+        branches = [re.escape(char) + build(child) for char, child in sorted(node.items()) if char]
+        if not branches:
+            return ""
+        body = branches[0] if len(branches) == 1 else "(?:" + "|".join(branches) + ")"
+        return f"(?:{body})?" if "" in node else body
+
+    return f"(?:{build(trie)})"
+
+
 @dataclass(frozen=True)
 class Guardrail:
     """One direction's settings (``ai_gateway.guardrails.input`` or ``.output``)."""
@@ -181,8 +212,12 @@ class Guardrail:
             return None
         pattern = None
         if keywords:
-            alternatives = "|".join(re.escape(k.strip()) for k in sorted(keywords, key=len, reverse=True))
-            pattern = re.compile(rf"(?<!\w)(?:{alternatives})(?!\w)", re.IGNORECASE)
+            words = [k.strip() for k in keywords]
+            if max(map(len, words)) <= MAX_KEYWORD_LENGTH:
+                alternatives = keyword_trie(words)
+            else:  # stored before the length limit: a trie this deep would nest past the regex parser's recursion
+                alternatives = "(?:" + "|".join(re.escape(k) for k in sorted(words, key=len, reverse=True)) + ")"
+            pattern = re.compile(rf"(?<!\w){alternatives}(?!\w)", re.IGNORECASE)
         return cls(invalid_keywords=keywords, pii=pii, _keyword_pattern=pattern)
 
     def check(self, text: str) -> tuple[str | None, str]:
@@ -343,6 +378,11 @@ def validate(config: Any, field_name: str = "ai_gateway.guardrails") -> dict[str
         keywords = params.get("invalid_keywords") or []
         if not isinstance(keywords, list) or not all(isinstance(k, str) and k.strip() for k in keywords):
             raise ValueError(f"{where}.invalid_keywords must be a list of non-empty strings")
+        if len(keywords) > MAX_KEYWORDS or any(len(k.strip()) > MAX_KEYWORD_LENGTH for k in keywords):
+            raise ValueError(
+                f"{where}.invalid_keywords may hold at most {MAX_KEYWORDS} keywords of at most "
+                f"{MAX_KEYWORD_LENGTH} characters each"
+            )
         pii = params.get("pii")
         behavior = "NONE"
         if pii is not None:
