@@ -260,7 +260,7 @@ def test_a_dashboard_request_is_answered_while_a_big_guarded_query_is_checked(we
     assert fake.requests == []
     # The small requests kept being answered while the big one was read, parsed and checked.
     assert len(latencies) >= 5, latencies
-    assert max(latencies) < 1.0, latencies
+    assert max(latencies) < 1.5, latencies  # checked on the loop, each would wait the whole check (seconds)
 
 
 # --- body size limits -----------------------------------------------------------------------------
