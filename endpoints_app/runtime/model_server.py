@@ -500,7 +500,7 @@ class ServedModel:
         the full path must answer; the payload is NOT_JSON when the body does not decode."""
         try:
             payload = json.loads(body)
-        except (ValueError, UnicodeDecodeError):
+        except (ValueError, UnicodeDecodeError, RecursionError):  # nested past the decoder's recursion limit
             return NOT_JSON, None  # predict_json reports it
         if self.fast is None or type(payload) is not dict:
             return payload, None
@@ -517,6 +517,8 @@ class ServedModel:
             payload = json.loads(body)
         except (ValueError, UnicodeDecodeError) as exc:  # JSONDecodeError is a ValueError
             raise RequestError(400, "MALFORMED_REQUEST", f"The request body is not valid JSON: {exc}") from exc
+        except RecursionError:  # e.g. 100 000 "[": the decoder recurses once per level
+            raise RequestError(400, "MALFORMED_REQUEST", "The request body's JSON is nested too deeply") from None
         return self.predict_payload(payload)
 
     def predict_payload(self, payload: Any) -> bytes:

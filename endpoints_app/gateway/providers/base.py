@@ -290,6 +290,10 @@ def check_openai_request(task: str, body: Any) -> dict[str, Any]:
             raise RequestRejected("'extra_params' must be an object")
         for key, value in extra.items():
             out.setdefault(key, value)
+    try:  # Python's decoder reads NaN and Infinity, which no provider's JSON (nor httpx) accepts
+        json.dumps(out, allow_nan=False)
+    except ValueError:
+        raise RequestRejected("numbers must be finite: NaN and Infinity are not JSON") from None
     return out
 
 
