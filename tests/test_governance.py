@@ -12,6 +12,7 @@
 
 from __future__ import annotations
 
+import html
 import json
 
 import pytest
@@ -99,7 +100,7 @@ def test_adding_a_policy_tag_needs_approval_and_other_tags_of_uncovered_endpoint
     assert tags_of("dev-model") == {"owner": "me"}
 
 
-def test_a_tag_change_is_proposed_and_applied_on_approval(api, prod, paula):
+def test_a_tag_change_is_proposed_and_applied_on_approval(api, prod, paula, client):
     proposed = api.post(
         CR, {"endpoint_name": "prod-model", "action": "tags", "body": {"delete_tags": ["env"]}}, format="json"
     )
@@ -108,6 +109,9 @@ def test_a_tag_change_is_proposed_and_applied_on_approval(api, prod, paula):
     assert change["action"] == "tags" and change["status"] == "PENDING"
     assert '-    "env": "prod"' in change["diff"]
     assert tags_of("prod-model")["env"] == "prod"  # nothing changes before approval
+    client.force_login(paula[0])  # the approver reads it on the change request's page
+    page = client.get(f"/change-requests/{change['id']}/")
+    assert page.status_code == 200 and '-    "env": "prod"' in html.unescape(page.content.decode())  # the diff
 
     approved = paula[1].post(f"{CR}/{change['id']}/approve", {}, format="json")
     assert approved.status_code == 200 and approved.json()["status"] == "APPLIED", approved.content
