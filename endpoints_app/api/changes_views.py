@@ -96,6 +96,14 @@ def serialize_policy(p: ApprovalPolicy) -> dict[str, Any]:
     }
 
 
+def _policy_field(body: dict[str, Any], key: str, max_length: int) -> str:
+    """A string field of a policy, within its column's length (PostgreSQL refuses longer)."""
+    value = body.get(key) or ""
+    if not isinstance(value, str) or len(value) > max_length:
+        raise InvalidParameterValue(f"{key} must be a string of at most {max_length} characters")
+    return value
+
+
 class ApprovalPolicyListView(ApiView):
     def get(self, request: Request) -> Response:
         return Response({"policies": [serialize_policy(p) for p in ApprovalPolicy.objects.order_by("id")]})
@@ -103,8 +111,8 @@ class ApprovalPolicyListView(ApiView):
     def post(self, request: Request) -> Response:
         _require_admin(request)
         body = require_object(request_body(request), "request body")
-        endpoint_name = str(body.get("endpoint_name") or "")
-        tag_key, tag_value = str(body.get("tag_key") or ""), str(body.get("tag_value") or "")
+        endpoint_name = _policy_field(body, "endpoint_name", 255)
+        tag_key, tag_value = _policy_field(body, "tag_key", 255), _policy_field(body, "tag_value", 1024)
         if bool(endpoint_name) == bool(tag_key):
             raise InvalidParameterValue("give endpoint_name, or tag_key (with tag_value) — exactly one")
         policy = ApprovalPolicy.objects.create(

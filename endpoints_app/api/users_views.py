@@ -45,10 +45,13 @@ class UserListView(ApiView):
     def post(self, request: Request) -> Response:
         _require_admin(request)
         body = require_object(request_body(request), "request body")
+        email = body.get("email") or ""
+        if not isinstance(email, str) or len(email) > 254:  # the column's length (PostgreSQL refuses longer)
+            raise InvalidParameterValue("email must be a string of at most 254 characters")
         user = user_services.create_user(
             actor=request.user,
             username=str(body.get("username") or ""),
-            email=str(body.get("email") or ""),
+            email=email,
             role=body.get("role"),
             password=body.get("password") if isinstance(body.get("password"), str) else None,
         )
