@@ -59,6 +59,8 @@ if SECRET_KEY is not None and (
         "MODELFLEET_SECRET_KEY is a published example value: set a random one (python -c "
         "'import secrets; print(secrets.token_urlsafe(50))')"
     )
+if ENVIRONMENT == "production" and DEBUG:
+    raise EnvError("MODELFLEET_DEBUG must be off in production (MODELFLEET_ENV=production): it shows settings and code")
 if ENVIRONMENT == "production" and (SECRET_KEY is None or len(SECRET_KEY) < 50 or len(set(SECRET_KEY)) < 10):
     raise EnvError(
         "MODELFLEET_SECRET_KEY must be set in production (MODELFLEET_ENV=production) to a random value of at "

@@ -261,6 +261,13 @@ def test_production_refuses_a_default_weak_or_missing_secret_key(tmp_path, env):
     assert not (tmp_path / "secret_key").exists()  # production never generates one
 
 
+def test_production_refuses_debug(tmp_path):
+    result = show_settings(
+        tmp_path, MODELFLEET_ENV="production", MODELFLEET_SECRET_KEY=GOOD_KEY, MODELFLEET_DEBUG="true"
+    )
+    assert result.returncode != 0 and "MODELFLEET_DEBUG" in result.stderr
+
+
 def test_production_starts_with_a_random_key_and_development_generates_one(tmp_path):
     assert show_settings(tmp_path, MODELFLEET_ENV="production", MODELFLEET_SECRET_KEY=GOOD_KEY).returncode == 0
     assert not (tmp_path / "secret_key").exists()
