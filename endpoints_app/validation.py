@@ -20,6 +20,7 @@ from endpoints_app.gateway.providers.base import CHAT, Field, iter_secret_fields
 NAME_RE = re.compile(r"^[A-Za-z0-9_-]+$")
 MAX_NAME_LENGTH = 63
 MAX_SERVED_ENTITIES = 10
+MAX_PROVISIONED_CONCURRENCY = 2**31 - 1  # the column's range (a PositiveIntegerField on every database)
 WORKLOAD_SIZES = ("Small", "Medium", "Large")
 WORKLOAD_TYPES = (
     "CPU",
@@ -283,9 +284,10 @@ def _parse_entity(raw: Any, where: str, *, legacy: bool) -> ServedEntitySpec:
             raise InvalidParameterValue(
                 f"{where}: min_provisioned_concurrency and max_provisioned_concurrency go together"
             )
-        if min_pc < 0 or max_pc < 1 or min_pc > max_pc:
+        if min_pc < 0 or max_pc < 1 or min_pc > max_pc or max_pc > MAX_PROVISIONED_CONCURRENCY:
             raise InvalidParameterValue(
-                f"{where}: provisioned concurrency must satisfy 0 <= min <= max and max >= 1 (got {min_pc}..{max_pc})"
+                f"{where}: provisioned concurrency must satisfy 0 <= min <= max, max >= 1 and max <= "
+                f"{MAX_PROVISIONED_CONCURRENCY} (got {min_pc}..{max_pc})"
             )
 
     workload_type = _str(data, "workload_type", where) or "CPU"
@@ -642,12 +644,19 @@ def parse_create_request(raw: Any) -> CreateRequest:
         tags=parse_tags(data.get("tags"), "tags"),
         description=_str(data, "description", "request body") or "",
         route_optimized=_bool(data, "route_optimized", "request body"),
-        budget_policy_id=_str(data, "budget_policy_id", "request body") or "",
+        budget_policy_id=_budget_policy_id(data),
         ai_gateway=parse_ai_gateway(data.get("ai_gateway")),
         email_notifications=_optional_object(data, "email_notifications", "request body"),
         telemetry_config=_optional_object(data, "telemetry_config", "request body"),
         rate_limits=rate_limits,
     )
+
+
+def _budget_policy_id(data: dict[str, Any]) -> str:
+    value = _str(data, "budget_policy_id", "request body") or ""
+    if len(value) > 255:  # the column's length (PostgreSQL refuses longer)
+        raise InvalidParameterValue("budget_policy_id is limited to 255 characters")
+    return value
 
 
 def parse_tags_patch(raw: Any) -> tuple[list[tuple[str, str]], list[str]]:

@@ -157,6 +157,36 @@ def test_values_longer_than_their_column_are_refused_with_400(admin_client, path
     assert_error(admin_client.post(path, body, format="json"), 400, "INVALID_PARAMETER_VALUE")
 
 
+def test_a_digit_int_cannot_read_is_a_400(fuzz_world):
+    """``"²".isdigit()`` is true, yet ``int("²")`` raises: a limit must be ASCII digits."""
+    client = APIClient()
+    client.credentials(HTTP_AUTHORIZATION=fuzz_world["headers"]["Authorization"])
+    for route in ("scaling-decisions", "health", "alert-events"):
+        response = client.get(f"/api/2.0/modelfleet/serving-endpoints/fuzz/{route}?limit=²")
+        assert_error(response, 400, "INVALID_PARAMETER_VALUE")
+
+
+@pytest.mark.parametrize(
+    "entity",
+    [
+        {"min_provisioned_concurrency": 10**30, "max_provisioned_concurrency": 10**31},
+        {"min_provisioned_concurrency": 0, "max_provisioned_concurrency": 2**31},
+    ],
+)
+def test_a_concurrency_past_its_column_is_a_400(admin_client, registered_models, entity):
+    body = endpoint_body("huge", (registered_models["iris"], "1"))
+    body["config"]["served_entities"][0] = {
+        "entity_name": registered_models["iris"],
+        "entity_version": "1",
+        **entity,
+    }
+    assert_error(admin_client.post("/api/2.0/serving-endpoints", body, format="json"), 400, "INVALID_PARAMETER_VALUE")
+    body["budget_policy_id"] = "b" * 256
+    del body["config"]["served_entities"][0]["min_provisioned_concurrency"]
+    del body["config"]["served_entities"][0]["max_provisioned_concurrency"]
+    assert_error(admin_client.post("/api/2.0/serving-endpoints", body, format="json"), 400, "INVALID_PARAMETER_VALUE")
+
+
 @pytest.mark.parametrize(
     "path",
     ["/api/2.0/modelfleet/change-requests/99999999999999999999", "/api/2.0/modelfleet/tokens/99999999999999999999"],

@@ -30,7 +30,7 @@ def _limit(request: Request, default: int) -> int:
     raw = request.query_params.get("limit")
     if raw is None or raw == "":
         return default
-    if not raw.isdigit() or not 1 <= int(raw) <= MAX_LIMIT:
+    if not (raw.isascii() and raw.isdigit()) or not 1 <= int(raw) <= MAX_LIMIT:  # "²" is a digit int() refuses
         raise InvalidParameterValue(f"'limit' must be an integer between 1 and {MAX_LIMIT}")
     return int(raw)
 

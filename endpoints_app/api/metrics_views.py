@@ -63,7 +63,7 @@ class EndpointScalingDecisionsView(ApiView):
     def get(self, request: Request, name: str) -> Response:
         endpoint = self.endpoint(request, name, PermissionLevel.CAN_VIEW)
         raw = request.query_params.get("limit") or "100"
-        if not raw.isdigit() or not 1 <= int(raw) <= 1000:
+        if not (raw.isascii() and raw.isdigit()) or not 1 <= int(raw) <= 1000:
             raise InvalidParameterValue("limit must be a whole number from 1 to 1000")
         decisions = (
             ScalingDecision.objects.filter(deployment__endpoint=endpoint)

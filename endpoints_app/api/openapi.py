@@ -8,7 +8,16 @@ from typing import Any
 
 from endpoints_app import registry
 from endpoints_app.errors import DomainError, InvalidParameterValue
-from endpoints_app.models import Endpoint, ServedEntity
+from endpoints_app.gateway.providers import PROVIDERS
+from endpoints_app.models import AlertMetric, Endpoint, Role, ServedEntity
+from endpoints_app.validation import (
+    MAX_NAME_LENGTH,
+    MAX_PROVISIONED_CONCURRENCY,
+    MAX_SERVED_ENTITIES,
+    NAME_RE,
+    WORKLOAD_SIZES,
+    WORKLOAD_TYPES,
+)
 
 _JSON_TYPES = {
     "double": "number",
@@ -161,7 +170,7 @@ def endpoint_openapi(endpoint: Endpoint, *, host: str) -> dict[str, Any]:
 
 _ERROR = {"$ref": "#/components/schemas/Error"}
 _JSON_OBJECT: dict[str, Any] = {"type": "object"}
-_NAME = {"type": "string", "minLength": 1, "maxLength": 63, "pattern": "^[A-Za-z0-9_-]+$"}
+_NAME = {"type": "string", "minLength": 1, "maxLength": MAX_NAME_LENGTH, "pattern": NAME_RE.pattern}
 _EPOCH_MS = {"type": "integer", "minimum": 0, "maximum": 253_402_300_799_999}
 _TAG = {
     "type": "object",
@@ -178,17 +187,17 @@ _SERVED_ENTITY = {
         "name": _NAME,
         "entity_name": {"type": "string", "minLength": 1, "maxLength": 512},
         "entity_version": {"type": "string", "minLength": 1, "maxLength": 64},
-        "workload_size": {"type": "string", "enum": ["Small", "Medium", "Large"]},
-        "workload_type": {"type": "string", "enum": ["CPU", "CPU_MEDIUM", "CPU_LARGE", "GPU_SMALL", "GPU_MEDIUM"]},
+        "workload_size": {"type": "string", "enum": list(WORKLOAD_SIZES)},
+        "workload_type": {"type": "string", "enum": list(WORKLOAD_TYPES)},
         "scale_to_zero_enabled": {"type": "boolean"},
-        "min_provisioned_concurrency": {"type": "integer", "minimum": 0, "maximum": 64},
-        "max_provisioned_concurrency": {"type": "integer", "minimum": 1, "maximum": 64},
+        "min_provisioned_concurrency": {"type": "integer", "minimum": 0, "maximum": MAX_PROVISIONED_CONCURRENCY},
+        "max_provisioned_concurrency": {"type": "integer", "minimum": 1, "maximum": MAX_PROVISIONED_CONCURRENCY},
         "environment_vars": {"type": "object", "additionalProperties": {"type": "string", "maxLength": 1024}},
         "external_model": {
             "type": "object",
             "required": ["provider", "name"],
             "properties": {
-                "provider": {"type": "string"},
+                "provider": {"type": "string", "enum": sorted(PROVIDERS)},
                 "name": {"type": "string", "minLength": 1, "maxLength": 255},
                 "task": {"type": "string", "enum": ["llm/v1/chat", "llm/v1/completions", "llm/v1/embeddings"]},
             },
@@ -199,8 +208,8 @@ _CONFIG = {
     "type": "object",
     "required": ["served_entities"],
     "properties": {
-        "served_entities": {"type": "array", "minItems": 1, "maxItems": 10, "items": _SERVED_ENTITY},
-        "served_models": {"type": "array", "minItems": 1, "maxItems": 10, "items": _JSON_OBJECT},
+        "served_entities": {"type": "array", "minItems": 1, "maxItems": MAX_SERVED_ENTITIES, "items": _SERVED_ENTITY},
+        "served_models": {"type": "array", "minItems": 1, "maxItems": MAX_SERVED_ENTITIES, "items": _JSON_OBJECT},
         "traffic_config": {
             "type": "object",
             "properties": {
@@ -268,18 +277,7 @@ _ALERT_RULE = {
     "type": "object",
     "properties": {
         "name": {"type": "string", "minLength": 1, "maxLength": 255},
-        "metric": {
-            "type": "string",
-            "enum": [
-                "error_5xx_rate_pct",
-                "error_4xx_rate_pct",
-                "p50_latency_ms",
-                "p99_latency_ms",
-                "request_rate",
-                "cpu_pct",
-                "mem_pct",
-            ],
-        },
+        "metric": {"type": "string", "enum": list(AlertMetric.values)},
         "comparison": {"type": "string", "enum": ["gt", "lt"]},
         "threshold": {"type": "number"},
         "for_seconds": {"type": "integer", "minimum": 0, "maximum": 86400},
@@ -291,7 +289,7 @@ _SCOPE = {"type": "string", "minLength": 1, "maxLength": 128, "pattern": "^[A-Za
 _KEY = {"type": "string", "minLength": 1, "maxLength": 128, "pattern": "^[A-Za-z0-9_.-]+$"}
 _PRINCIPAL = {"type": "string", "minLength": 1, "maxLength": 255}
 _USERNAME = {"type": "string", "minLength": 1, "maxLength": 150, "pattern": "^[A-Za-z0-9._@-]+$"}
-_ROLE = {"type": "string", "enum": ["", "viewer", "editor", "approver", "admin"]}
+_ROLE = {"type": "string", "enum": list(Role.values)}
 
 
 def _body(schema: dict[str, Any], *, required: bool = True) -> dict[str, Any]:
