@@ -69,8 +69,11 @@ class ProbeModel(mlflow.pyfunc.PythonModel):
                 s.sendall(b"PING\r\n")
                 return s.recv(16)
 
-        def connect_tcp(host, port):  # type: ignore[no-untyped-def]
-            with socket.create_connection((host, port), timeout=2) as s:
+        def connect_tcp(host, port, protocol=0):  # type: ignore[no-untyped-def]
+            # protocol 262 is MPTCP, which falls back to TCP with a TCP server
+            with socket.socket(socket.AF_INET, socket.SOCK_STREAM, protocol) as s:
+                s.settimeout(2)
+                s.connect((socket.gethostbyname(host), port))
                 return s.getpeername()
 
         def scratch():  # type: ignore[no-untyped-def]
@@ -90,6 +93,7 @@ class ProbeModel(mlflow.pyfunc.PythonModel):
             results[f"unix {name}"] = attempt(lambda p=path: connect_unix(p))
         for name, (host, port) in spec["tcp"].items():
             results[f"tcp {name}"] = attempt(lambda h=host, p=port: connect_tcp(h, p))
+            results[f"mptcp {name}"] = attempt(lambda h=host, p=port: connect_tcp(h, p, 262))
         results["list DATA_DIR"] = attempt(lambda: os.listdir(spec["data_dir"]))
         results["own model file"] = attempt(lambda: read(self.own_file))
         results["scratch"] = attempt(scratch)

@@ -9,7 +9,8 @@ A model server confines itself in two stages, with Linux features an unprivilege
    only the replica scratch area, and no TCP connection at all; abstract unix sockets and signals
    outside the sandbox are out of scope; a seccomp filter refuses new unix-domain sockets (Landlock
    of this kernel generation does not cover connecting to a *pathname* socket such as the embedded
-   Redis's) and io_uring (which could create sockets around that filter).
+   Redis's), MPTCP sockets (which reach TCP servers past Landlock's TCP rules), every socket family
+   but IPv4/IPv6/netlink, and io_uring (which could create sockets around that filter).
 2. **Final**, once the replica knows which model it serves (for a warm standby: after it received
    its assignment): a second Landlock layer narrows reading to its own model folder, writing to its
    own scratch folder, and binding to its own port.
@@ -132,8 +133,9 @@ SYSTEM_READ_PATHS = (
 )
 # Character devices used for writing (Python and libraries open /dev/null for subprocesses).
 DEVICE_WRITE_PATHS = ("/dev/null", "/dev/zero", "/dev/full")
-# Devices a GPU replica needs (read, write and ioctl).
+# Devices a GPU replica needs (read, write and ioctl), and what the CUDA driver reads at start.
 GPU_DEVICE_PREFIXES = ("/dev/nvidia", "/dev/dri")
+GPU_READ_PATHS = ("/proc/driver/nvidia", "/sys", "/dev/nvidia-caps")
 
 _libc = ctypes.CDLL(None, use_errno=True)
 _libc.syscall.restype = ctypes.c_long
@@ -281,6 +283,8 @@ def apply_landlock(
     for path in DEVICE_WRITE_PATHS:
         ruleset.allow_path(path, FS_READ_FILE | FS_WRITE_FILE)
     if gpu:
+        for path in GPU_READ_PATHS:
+            ruleset.allow_path(path, READ)
         for prefix in GPU_DEVICE_PREFIXES:
             parent, name = os.path.split(prefix)
             for entry in sorted(os.listdir(parent)) if os.path.isdir(parent) else []:
@@ -308,7 +312,10 @@ SECCOMP_FILTER_FLAG_TSYNC = 1
 SECCOMP_RET_ALLOW = 0x7FFF0000
 SECCOMP_RET_ERRNO = 0x00050000
 SYS_SECCOMP = {"x86_64": 317, "aarch64": 277}
-AF_UNIX = 1
+AF_INET = 2
+AF_INET6 = 10
+AF_NETLINK = 16
+IPPROTO_MPTCP = 262
 EACCES = 13
 ENOSYS = 38
 
@@ -318,16 +325,20 @@ def _bpf(code: int, k: int, jt: int = 0, jf: int = 0) -> bytes:
 
 
 def apply_seccomp() -> bool:
-    """Refuse socket(AF_UNIX, …) with EACCES and io_uring with ENOSYS, in every thread.
+    """Limit new sockets to TCP/UDP over IPv4/IPv6 and netlink, without MPTCP; no io_uring. All threads.
 
-    False on an architecture this filter does not know (nothing done).
+    Refused with EACCES: unix-domain sockets (Landlock of this kernel generation does not cover
+    connecting to a pathname socket such as the embedded Redis's), MPTCP (it falls back to plain
+    TCP with a TCP server, and Landlock's TCP rules do not apply to it), and every other family
+    (SMC, vsock, packet…). io_uring is refused with ENOSYS: it could create sockets around this
+    filter. False on an architecture this filter does not know (nothing done).
     """
     machine = platform.machine()
     if machine not in _AUDIT_ARCH:
         return False
     socket_nr, *uring = _SYSCALLS[machine]
     ld_w_abs, jeq_k, jge_k, ret_k = 0x20, 0x15, 0x35, 0x06
-    deny_unix = SECCOMP_RET_ERRNO | EACCES
+    deny = SECCOMP_RET_ERRNO | EACCES
     deny_nosys = SECCOMP_RET_ERRNO | ENOSYS
     program = [
         _bpf(ld_w_abs, 4),  # 0: arch
@@ -340,11 +351,16 @@ def apply_seccomp() -> bool:
         _bpf(jeq_k, uring[1], 1, 0),  # 7
         _bpf(jeq_k, uring[2], 0, 1),  # 8
         _bpf(ret_k, deny_nosys),  # 9
-        _bpf(jeq_k, socket_nr, 0, 3),  # 10
+        _bpf(jeq_k, socket_nr, 0, 7),  # 10: not socket() → 18 (allow)
         _bpf(ld_w_abs, 16),  # 11: args[0], the address family (low 32 bits)
-        _bpf(jeq_k, AF_UNIX, 0, 1),  # 12
-        _bpf(ret_k, deny_unix),  # 13
-        _bpf(ret_k, SECCOMP_RET_ALLOW),  # 14
+        _bpf(jeq_k, AF_INET, 3, 0),  # 12 → 16
+        _bpf(jeq_k, AF_INET6, 2, 0),  # 13 → 16
+        _bpf(jeq_k, AF_NETLINK, 3, 0),  # 14 → 18
+        _bpf(ret_k, deny),  # 15: any other family
+        _bpf(ld_w_abs, 32),  # 16: args[2], the protocol
+        _bpf(jeq_k, IPPROTO_MPTCP, 1, 0),  # 17 → 19
+        _bpf(ret_k, SECCOMP_RET_ALLOW),  # 18
+        _bpf(ret_k, deny),  # 19
     ]
     code = b"".join(program)
     filters = ctypes.create_string_buffer(code, len(code))
