@@ -14,6 +14,10 @@ A ``Content-Length`` over the limit is answered 413 at once, with nothing read. 
 application sees the client go away (``http.disconnect``), and anything it still tries to send is
 dropped. The error is Databricks' ``RESOURCE_LIMIT_EXCEEDED``; the connection is closed after it,
 so the rest of the body is never read.
+
+The model upload is the one body large enough to matter before authentication (up to
+``MODELFLEET_MAX_UPLOAD_BYTES``), so its caller is authenticated here first: a bearer (or Basic)
+token of a user allowed to register models, else 401/403 with nothing read. The view checks again.
 """
 
 from __future__ import annotations
@@ -22,7 +26,14 @@ import json
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
 
+from asgiref.sync import sync_to_async
 from django.conf import settings
+from django.db import close_old_connections
+
+from endpoints_app import access, auth_throttle
+from endpoints_app.api.authentication import token_from_header
+from endpoints_app.errors import PermissionDenied
+from endpoints_app.services.tokens import authenticate_token
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -80,6 +91,31 @@ def _content_length(scope: Scope) -> int | None | str:
     return int(value[:20])  # more digits than that are over any limit anyway (and int() of thousands is slow)
 
 
+def _upload_refusal(scope: Scope) -> tuple[int, str, str] | None:
+    """Why the caller of a model upload may not send its body: (status, error_code, message), or None."""
+    headers = [v for k, v in scope.get("headers") or () if k.lower() == b"authorization"]
+    raw = token_from_header(headers[0].decode("latin-1")) if len(headers) == 1 else None
+    if raw is None or len(raw) > 256:
+        return 401, "UNAUTHENTICATED", "A model upload needs an API token (Authorization: Bearer <token>)"
+    address = (scope.get("client") or ("",))[0] or ""
+    close_old_connections()
+    try:
+        throttle = auth_throttle.check(address)
+        if throttle is not None:  # the same per-address limit as every other token check
+            return 429, "REQUEST_LIMIT_EXCEEDED", throttle.message
+        user = authenticate_token(raw)
+        if user is None:
+            auth_throttle.record_failure(address, kind="token", tried=raw[:6] + "…")
+            return 401, "UNAUTHENTICATED", "Invalid access token"
+        try:
+            access.require_create(user)
+        except PermissionDenied as exc:
+            return 403, "PERMISSION_DENIED", str(exc)
+        return None
+    finally:
+        close_old_connections()
+
+
 def limit_bodies(app: ASGIApp) -> ASGIApp:
     """``app`` behind the body size limits (the module docstring says which)."""
 
@@ -96,6 +132,11 @@ def limit_bodies(app: ASGIApp) -> ASGIApp:
         if declared is not None and declared > limit:
             await send_error(send, 413, "RESOURCE_LIMIT_EXCEEDED", too_large)
             return
+        if scope["path"] in UPLOAD_PATHS and scope.get("method") == "POST":
+            refusal = await sync_to_async(_upload_refusal, thread_sensitive=True)(scope)
+            if refusal is not None:
+                await send_error(send, *refusal)
+                return
 
         received = 0
         refused = answering = False

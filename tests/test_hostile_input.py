@@ -335,6 +335,30 @@ def test_a_model_upload_may_be_larger_than_the_api_limit(web, token):
     assert "gzipped tar" in response.json()["message"]
 
 
+@pytest.mark.parametrize("who", ["no-token", "bad-token", "viewer"])
+def test_a_model_upload_is_refused_before_its_body_is_read(web, django_user_model, who):
+    # Only the headers and a first chunk are sent: the refusal comes while the body is still unsent,
+    # so nobody without the right to register models makes the server spool up to 2 GiB.
+    from endpoints_app.models import Role, UserProfile
+    from endpoints_app.services.tokens import create_token
+
+    auth = ""
+    if who == "bad-token":
+        auth = "Authorization: Bearer dapi-not-a-token\r\n"
+    elif who == "viewer":
+        viewer = django_user_model.objects.create_user("victor", "victor@example.com", "pw-victor-123")
+        UserProfile.objects.create(user=viewer, role=Role.VIEWER)
+        auth = f"Authorization: Bearer {create_token(user=viewer, comment='t')[1]}\r\n"
+    head = (
+        "POST /api/2.0/modelfleet/registered-models/upload?name=x HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+        f"{auth}Transfer-Encoding: chunked\r\nContent-Type: application/gzip\r\n"
+    )
+    status, _headers, answer = raw_request(web.url, head, b"2\r\n\x1f\x8b\r\n", timeout=5)
+    expected = {"no-token": 401, "bad-token": 401, "viewer": 403}[who]
+    assert status == expected, answer
+    assert json.loads(answer)["error_code"] == ("PERMISSION_DENIED" if who == "viewer" else "UNAUTHENTICATED")
+
+
 @pytest.mark.parametrize(
     "lengths", [[b"12abc"], [b"10", b"99999999"], [b"9" * 30]], ids=["not-a-number", "conflicting", "huge"]
 )
