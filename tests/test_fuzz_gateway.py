@@ -189,7 +189,7 @@ PROVIDER_CASES = [
 ]
 
 
-@settings(FUZZ, max_examples=40)  # 40 × 24 (provider, task) pairs
+@settings(FUZZ, max_examples=25)  # 25 × 24 (provider, task) pairs
 @pytest.mark.parametrize(("provider_name", "config", "credentials", "base_url"), PROVIDER_CASES)
 @pytest.mark.parametrize("task", [CHAT, COMPLETIONS, EMBEDDINGS])
 @given(data=st.data())
@@ -282,3 +282,19 @@ def test_the_model_server_answers_any_bytes_or_a_400(served_iris: Any, body: byt
 def test_floats_that_json_cannot_carry_are_a_400(served_iris: Any) -> None:
     body = json.dumps({"dataframe_split": {"columns": COLUMNS, "data": [[math.inf, 1, 1, 1]]}}).encode()
     _predict(served_iris, body)
+
+
+def test_a_hundred_thousand_brackets_at_the_replica_are_a_400(served_iris: Any) -> None:
+    from endpoints_app.runtime.model_server import NOT_JSON, RequestError
+
+    with pytest.raises(RequestError) as caught:
+        served_iris.predict_json(_nested(100_000))
+    assert caught.value.status == 400 and caught.value.error_code == "MALFORMED_REQUEST"
+    assert served_iris.read_fast(_nested(100_000)) == (NOT_JSON, None)
+
+
+@pytest.mark.parametrize("number", [math.nan, math.inf, -math.inf])
+def test_a_number_json_cannot_carry_in_an_external_request_is_rejected(number: float) -> None:
+    """Python's decoder reads NaN and Infinity; httpx would refuse to send them (a 500)."""
+    with pytest.raises(RequestRejected, match="finite"):
+        check_openai_request(CHAT, {"messages": [{"role": "user", "content": "hi"}], "temperature": number})
