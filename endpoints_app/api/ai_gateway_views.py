@@ -20,7 +20,7 @@ from endpoints_app.services import ai_gateway, changes
 class EndpointAiGatewayView(ApiView):
     def put(self, request: Request, name: str) -> Response:
         self.endpoint(request, name, PermissionLevel.CAN_MANAGE)
-        changes.require_direct_change_allowed(request.user, endpoint_name=name)
+        changes.require_direct_change_allowed(request.user, endpoint_name=name, action="ai-gateway")
         body = validation.require_object(request_body(request) or {}, "request body")
         stored = ai_gateway.put_ai_gateway(actor=request.user, name=name, raw=body, if_match=if_match(request))
         return Response(stored or {})

@@ -77,4 +77,7 @@ def check_path_and_query(query: Any, path_params: dict[str, Any]) -> None:
             raise ResourceDoesNotExist(f"{name} {value} does not exist")
     for name, values in query.lists():
         if "\x00" in name or any("\x00" in v for v in values):
-            raise InvalidParameterValue(f"the query parameter '{name[:40]}' holds a NUL character")
+            # In the filter forms' own words (Django's ProhibitNullCharactersValidator), so the API and
+            # the page that shows the same list give the same message.
+            shown = name.replace("\x00", "\\x00")[:40]
+            raise InvalidParameterValue(f"{shown}: Null characters are not allowed.")

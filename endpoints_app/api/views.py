@@ -82,7 +82,9 @@ class EndpointListView(ApiView):
     def post(self, request: Request) -> Response:
         access.require_create(request.user)
         create = validation.parse_create_request(request_body(request))
-        changes.require_direct_change_allowed(request.user, endpoint_name=create.name, tags=dict(create.tags))
+        changes.require_direct_change_allowed(
+            request.user, endpoint_name=create.name, tags=dict(create.tags), action="create"
+        )
         endpoint = endpoint_services.create_endpoint(actor=request.user, request=create)
         return detailed(request, endpoint.name)
 
@@ -94,7 +96,7 @@ class EndpointDetailView(ApiView):
 
     def delete(self, request: Request, name: str) -> Response:
         self.endpoint(request, name, PermissionLevel.CAN_MANAGE)
-        changes.require_direct_change_allowed(request.user, endpoint_name=name)
+        changes.require_direct_change_allowed(request.user, endpoint_name=name, action="delete")
         endpoint_services.delete_endpoint(actor=request.user, name=name, if_match=if_match(request))
         return Response({})
 

@@ -60,11 +60,13 @@ def require_direct_change_allowed(
 ) -> None:
     """Refuse (403) a direct change to an endpoint a policy covers, naming the change request to propose."""
     if needs_approval(endpoint_name=endpoint_name, tags=tags) and not may_skip_approval(user):
-        body = "@tags.json" if action == "tags" else "@config.json"
+        body = {"tags": " --json @tags.json", "delete": "", "ai-gateway": " --json @ai-gateway.json"}.get(
+            action, " --json @config.json"
+        )
         raise PermissionDenied(
             f"Changes to endpoint '{endpoint_name}' need approval. Propose it instead: "
             f"POST /api/2.0/modelfleet/change-requests with action '{action.replace('-', '_')}', or "
-            f"`modelfleet change-requests propose {endpoint_name} --action {action} --json {body}`; "
+            f"`modelfleet change-requests propose {endpoint_name} --action {action}{body}`; "
             "an approver then approves it."
         )
 
