@@ -45,11 +45,14 @@ QUERY_PREFIX = "/serving-endpoints/"
 UPLOAD_PATHS = frozenset({"/api/2.0/modelfleet/registered-models/upload"})
 
 
-def body_limit(path: str) -> tuple[int, str]:
-    """(the most bytes a body to ``path`` may have, what the limit is called in the error)."""
+def body_limit(path: str, method: str = "POST") -> tuple[int, str]:
+    """(the most bytes a body to ``path`` may have, what the limit is called in the error).
+
+    Only a POST is an upload: another method on that path gets the API's limit (Django would spool
+    the whole body before answering 405)."""
     if path.startswith(QUERY_PREFIX):
         return settings.MAX_QUERY_BYTES, "a query"
-    if path in UPLOAD_PATHS:
+    if path in UPLOAD_PATHS and method == "POST":
         return settings.MAX_UPLOAD_BYTES, "a model upload"
     return settings.MAX_API_BODY_BYTES, "this API"
 
@@ -123,7 +126,7 @@ def limit_bodies(app: ASGIApp) -> ASGIApp:
         if scope["type"] != "http":
             await app(scope, receive, send)
             return
-        limit, what = body_limit(scope["path"])
+        limit, what = body_limit(scope["path"], scope.get("method", ""))
         too_large = f"The request body is larger than {_size(limit)}, the limit for {what}"
         declared = _content_length(scope)
         if isinstance(declared, str):

@@ -335,6 +335,17 @@ def test_a_model_upload_may_be_larger_than_the_api_limit(web, token):
     assert "gzipped tar" in response.json()["message"]
 
 
+@pytest.mark.parametrize("method", ["PUT", "PATCH", "DELETE"])
+def test_only_a_post_to_the_upload_path_gets_the_upload_limit(web, method):
+    # Another method would be a 405, but Django spools the whole body first: it gets the API's 1 MiB.
+    head = (
+        f"{method} /api/2.0/modelfleet/registered-models/upload?name=x HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+        f"Content-Type: application/gzip\r\nContent-Length: {500 * MB}\r\n"
+    )
+    status, _headers, answer = raw_request(web.url, head, timeout=5)
+    assert status == 413 and json.loads(answer)["error_code"] == "RESOURCE_LIMIT_EXCEEDED"
+
+
 @pytest.mark.parametrize("who", ["no-token", "bad-token", "viewer"])
 def test_a_model_upload_is_refused_before_its_body_is_read(web, django_user_model, who):
     # Only the headers and a first chunk are sent: the refusal comes while the body is still unsent,
