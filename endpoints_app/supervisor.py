@@ -178,6 +178,9 @@ def build_children(
                 "--port",
                 port,
                 "--no-access-log",
+                # X-Forwarded-For from loopback is not trusted: a local client could dodge the
+                # sign-in throttle or forge audit addresses (a proxy in front is named by its own address).
+                "--no-proxy-headers",
                 "--lifespan",
                 "on",
                 "--log-level",

@@ -384,3 +384,28 @@ def test_the_audit_snapshot_covers_the_whole_config(api, envy, registered_models
     assert after["max_provisioned_concurrency"] == 4 and before["max_provisioned_concurrency"] is None
     assert event.after["pending_config"]["auto_capture_config"]["schema_name"] == "logs"
     assert event.before["config"]["auto_capture_config"] is None
+
+
+def test_a_config_read_from_the_api_can_be_put_back_unchanged(api, envy, registered_models):
+    # Read-modify-write (Terraform, the SDK): the [REDACTED] a GET shows keeps the stored value.
+    [entity] = api.get(f"{URL}/envy").json()["config"]["served_entities"]
+    body = with_env(registered_models, entity["environment_vars"], scale_to_zero_enabled=False)
+    response = api.put(f"{URL}/envy/config", body, format="json")
+    assert response.status_code == 200, response.content
+    stored = Endpoint.objects.get(name="envy").pending_config.served_entities.get()
+    assert stored.environment_vars == {"MODE": PLAIN, "TOKEN": "{{secrets/alices/k}}"}
+
+
+def test_a_redacted_value_does_not_move_to_another_model_version(api, envy, registered_models):
+    body = with_env(registered_models, {"MODE": "[REDACTED]"}, version="2")
+    response = api.put(f"{URL}/envy/config", body, format="json")
+    assert response.status_code == 400 and "send the value itself" in response.json()["message"], response.content
+
+
+def test_a_create_proposal_diff_does_not_show_plain_environment_values(api, registered_models):
+    ApprovalPolicy.objects.create(endpoint_name="fresh")
+    body = endpoint_body("fresh", (registered_models["iris"], "1"))
+    body["config"]["served_entities"][0]["environment_vars"] = {"MODE": "create-time-plain-value"}
+    response = api.post(CR, {"endpoint_name": "fresh", "action": "create", "body": body}, format="json")
+    assert response.status_code == 200, response.content
+    assert '"MODE"' in response.json()["diff"] and "create-time-plain-value" not in json.dumps(response.json())

@@ -103,11 +103,12 @@ class EndpointDetailView(ApiView):
 
 class EndpointConfigView(ApiView):
     def put(self, request: Request, name: str) -> Response:
-        self.endpoint(request, name, PermissionLevel.CAN_MANAGE)
+        endpoint = self.endpoint(request, name, PermissionLevel.CAN_MANAGE)
         changes.require_direct_change_allowed(request.user, endpoint_name=name)
         body = validation.require_object(request_body(request), "request body")
         if "config" in body and "served_entities" not in body and "served_models" not in body:
             body = validation.require_object(body["config"], "config")
+        body = endpoint_services.restore_redacted_environment(endpoint, body)  # a GET's config put back
         config = validation.parse_core_config(body, where="config")
         endpoint_services.update_endpoint_config(
             actor=request.user, name=name, config=config, if_match=if_match(request)

@@ -165,7 +165,7 @@ def propose(*, actor: AbstractBaseUser, endpoint_name: str, action: str, body: A
         create = validation.parse_create_request({**body, "name": endpoint_name})  # refuse now what would fail later
         _refuse_plaintext_credentials(create.config)
         endpoint_services.check_secret_references(actor=actor, config=create.config)  # the author's, as at approval
-        before, after, base = None, body, ""
+        before, after, base = None, shown_proposal(action, body), ""  # env values redacted in the diff too
     else:
         if endpoint is None:
             raise ResourceDoesNotExist(f"Endpoint '{endpoint_name}' does not exist")
@@ -173,6 +173,7 @@ def propose(*, actor: AbstractBaseUser, endpoint_name: str, action: str, body: A
         before = _comparable(audit.endpoint_snapshot(endpoint)["config"])
         if action == ChangeRequest.Action.UPDATE_CONFIG:
             body = validation.require_object(body, "body")
+            body = endpoint_services.restore_redacted_environment(endpoint, body)
             parsed = validation.parse_core_config(body)
             _refuse_plaintext_credentials(parsed)
             endpoint_services.check_secret_references(

@@ -7,6 +7,7 @@ import dataclasses
 import json
 import uuid
 from datetime import timedelta
+from typing import Any
 
 from django.conf import settings
 from django.contrib.auth.models import AbstractBaseUser
@@ -37,10 +38,12 @@ from endpoints_app.models import (
 )
 from endpoints_app.services import secrets
 from endpoints_app.validation import (
+    REDACTED,
     CoreConfig,
     CreateRequest,
     Plaintext,
     ServedEntitySpec,
+    default_served_entity_name,
     environment_secret_reference,
 )
 
@@ -127,6 +130,46 @@ def secret_references_of(endpoint: Endpoint) -> frozenset[str]:
         else:
             found |= set(_env_destinations(entity))
     return frozenset(found)
+
+
+def restore_redacted_environment(endpoint: Endpoint, body: Any) -> Any:
+    """A config body with each ``[REDACTED]`` environment value put back from the stored config.
+
+    Responses show plain environment values as ``[REDACTED]``, so a client that reads a config,
+    changes one field and puts it back (Terraform, the SDK, the dashboard's form) sends that
+    placeholder. It keeps the stored value only for the same variable of the same served entity
+    (same name, model and version): a value never moves to other model code this way. Anything
+    else is left for validation, which refuses a placeholder it cannot resolve.
+    """
+    config = endpoint.active_config or endpoint.pending_config
+    if config is None or not isinstance(body, dict):
+        return body
+    stored = {
+        (e.name, e.entity_name, str(e.entity_version)): dict(e.environment_vars or {})
+        for e in config.served_entities.all()
+        if e.environment_vars
+    }
+    if not stored:
+        return body
+    out = dict(body)
+    for key in ("served_entities", "served_models"):
+        entities = body.get(key)
+        if not isinstance(entities, list):
+            continue
+        restored = []
+        for entity in entities:
+            env = entity.get("environment_vars") if isinstance(entity, dict) else None
+            if isinstance(env, dict) and REDACTED in env.values():
+                model = entity.get("entity_name", entity.get("model_name"))
+                version = entity.get("entity_version", entity.get("model_version"))
+                if isinstance(model, str) and isinstance(version, str | int):
+                    name = entity.get("name") or default_served_entity_name(model, str(version))
+                    previous = stored.get((name, model, str(version)), {})
+                    env = {k: previous.get(k, v) if v == REDACTED else v for k, v in env.items()}
+                    entity = {**entity, "environment_vars": env}
+            restored.append(entity)
+        out[key] = restored
+    return out
 
 
 def check_secret_references(
