@@ -38,6 +38,7 @@ time and another at connect time) without sending DNS queries beyond loopback.
 from __future__ import annotations
 
 import ipaddress
+import logging
 import re
 import socket
 from collections.abc import Iterable, Sequence
@@ -85,6 +86,8 @@ _HOST_NAME = re.compile(
 )
 # Only the forms inet_aton takes: 1 to 4 parts of decimal, octal (0…) or hex (0x…) digits.
 _INET_ATON = re.compile(r"(0[xX][0-9A-Fa-f]*|[0-9]+)(\.(0[xX][0-9A-Fa-f]*|[0-9]+)){0,3}")
+
+log = logging.getLogger(__name__)
 
 
 class EgressRefused(Exception):
@@ -250,7 +253,10 @@ def addresses_for(host: str, port: int, allow: Iterable[AllowEntry], *, must_res
         address = ipaddress.ip_address(text.split("%")[0])
         rule = refusal(address)
         if rule and not named_allowed and not any(e.allows_address(address, port) for e in allow):
-            raise EgressRefused(f"{host} resolves to {address}, {rule}; {_advice(host, port)}", rule=rule)
+            # The address itself stays in the server's log: in the message it would let an editor
+            # map internal DNS names through config errors.
+            log.info("egress refused: %s resolves to %s (%s)", host, address, rule)
+            raise EgressRefused(f"{host} resolves to {rule}; {_advice(host, port)}", rule=rule)
         addresses.append(text)
     if not addresses and must_resolve:
         raise socket.gaierror(f"{host} has no address")

@@ -222,11 +222,11 @@ def test_a_provider_url_to_a_refused_address_is_a_400_naming_the_rule(api, url: 
 def test_a_name_that_resolves_to_a_refused_address_is_refused(api, dns) -> None:
     dns.names["llm.corp.test"] = ["10.20.30.40"]
     refused_with(
-        post_config(api, custom("https://llm.corp.test/v1")), "llm.corp.test resolves to 10.20.30.40, a private"
+        post_config(api, custom("https://llm.corp.test/v1")), "llm.corp.test resolves to a private"
     )
     # Every address is checked: one public address does not carry a loopback one through.
     dns.names["llm.corp.test"] = [PUBLIC, "127.0.0.1"]
-    refused_with(post_config(api, custom("https://llm.corp.test/v1")), "resolves to 127.0.0.1, a loopback address")
+    refused_with(post_config(api, custom("https://llm.corp.test/v1")), "resolves to a loopback address")
     dns.names["llm.corp.test"] = [PUBLIC]
     assert post_config(api, custom("https://llm.corp.test/v1")).status_code == 200
 
@@ -346,7 +346,7 @@ def test_a_name_that_rebinds_to_loopback_after_the_check_is_refused_at_connect_t
         assert post_config(api, custom(f"http://llm.rebind.test:{provider.port}/v1")).status_code == 200
         dns.names["llm.rebind.test"] = ["127.0.0.1"]  # loopback when the gateway connects
         response = query(gateway, token)
-        refused_with(response, "llm.rebind.test resolves to 127.0.0.1, a loopback address", "MODELFLEET_EGRESS_ALLOW")
+        refused_with(response, "llm.rebind.test resolves to a loopback address", "MODELFLEET_EGRESS_ALLOW")
         assert provider.requests == []
     finally:
         provider.stop()
