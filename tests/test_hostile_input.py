@@ -323,6 +323,23 @@ def test_a_query_is_authenticated_before_its_body_is_read(web):
     assert status == 401 and json.loads(answer)["error_code"] == "UNAUTHENTICATED"
 
 
+def test_a_caller_without_can_query_is_refused_before_the_body_is_read(web, fakes, api, user, django_user_model):
+    # A signed-in user with no right on the endpoint must not make the gateway hold a 16 MiB body.
+    from endpoints_app.models import Role, UserProfile
+    from endpoints_app.services.tokens import create_token
+
+    llm_endpoint(api, user, fakes, ai_gateway={})
+    outsider = django_user_model.objects.create_user("olga", "olga@example.com", "pw-olga-123456")
+    UserProfile.objects.create(user=outsider, role=Role.NONE)
+    head = (
+        "POST /serving-endpoints/llm/invocations HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+        f"Authorization: Bearer {create_token(user=outsider, comment='t')[1]}\r\n"
+        "Transfer-Encoding: chunked\r\nContent-Type: application/json\r\n"
+    )
+    status, _headers, answer = raw_request(web.url, head, b'4\r\n{"a"\r\n', timeout=5)
+    assert status in (403, 404) and json.loads(answer)["error_code"] in ("PERMISSION_DENIED", "RESOURCE_DOES_NOT_EXIST")
+
+
 def test_a_model_upload_may_be_larger_than_the_api_limit(web, token):
     archive = b"\x1f\x8b" + b"\0" * (2 * MB)  # past 1 MiB; not a valid archive, so the view says so
     response = requests.post(

@@ -324,13 +324,20 @@ class Gateway:
             user_id = await self._authenticate_session(scope)  # the dashboard's query playground
         else:
             user_id = await self._authenticate(headers.get("authorization"), (scope.get("client") or ("",))[0])
+        table = None
+        if openai_task is None:
+            # The name is in the path: CAN_QUERY is checked before the body is read, so a caller
+            # without it cannot make the gateway hold large bodies.
+            table = await self._table(endpoint_name)
+            if table.exists:
+                await self._authorize(user_id, table)
         call.body = await self._read_body(receive)
-        if openai_task is not None:
+        if table is None:  # the OpenAI client's routes name the endpoint in the body
             call.json = self._json(call.body)
             endpoint_name = self._model_of(call.json)
-        table = await self._table(endpoint_name)
-        if table.exists:
-            await self._authorize(user_id, table)
+            table = await self._table(endpoint_name)
+            if table.exists:
+                await self._authorize(user_id, table)
         if table.exists:
             call.table = table
         if openai_task is not None and table.exists:
