@@ -281,3 +281,17 @@ def test_compose_ships_no_secret_key_and_runs_as_production():
     assert env["MODELFLEET_ENV"] == "production"
     assert env["MODELFLEET_SECRET_KEY"].startswith("${MODELFLEET_SECRET_KEY:?")  # compose refuses to start without
     assert "*" not in env["MODELFLEET_ALLOWED_HOSTS"]
+
+
+def test_compose_ships_no_database_or_redis_password():
+    # A published password would let anything that reaches the network (a replica on an old kernel,
+    # a neighbour container) into the database or the broker.
+    text = (Path(settings.BASE_DIR) / "docker-compose.yml").read_text()
+    compose = yaml.safe_load(text)
+    env = compose["x-modelfleet"]["environment"]
+    assert "${MODELFLEET_DB_PASSWORD:?" in env["DATABASE_URL"] and "${MODELFLEET_DB_PASSWORD" in env["MLFLOW_TRACKING_URI"]
+    assert env["REDIS_URL"].startswith("redis://:${MODELFLEET_REDIS_PASSWORD:?")
+    assert compose["services"]["postgres"]["environment"]["POSTGRES_PASSWORD"].startswith("${MODELFLEET_DB_PASSWORD:?")
+    redis = compose["services"]["redis"]
+    assert "--requirepass" in " ".join(redis["command"]) and "MODELFLEET_REDIS_PASSWORD:?" in redis["environment"]["REDISCLI_AUTH"]
+    assert "modelfleet:modelfleet@" not in text
