@@ -46,6 +46,7 @@ class ProbeModel(mlflow.pyfunc.PythonModel):
         self.own_file = context.artifacts["weights"]
 
     def predict(self, context, model_input, params=None):  # type: ignore[no-untyped-def]
+        import ctypes
         import json
         import os
         import socket
@@ -62,6 +63,10 @@ class ProbeModel(mlflow.pyfunc.PythonModel):
         def read(path):  # type: ignore[no-untyped-def]
             with open(path, "rb") as fh:
                 return fh.read(64)
+
+        def write(path):  # type: ignore[no-untyped-def]
+            with open(path, "ab") as fh:
+                return fh.write(b"overwritten by another deployment's model")
 
         def connect_unix(path):  # type: ignore[no-untyped-def]
             with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
@@ -94,6 +99,23 @@ class ProbeModel(mlflow.pyfunc.PythonModel):
         for name, (host, port) in spec["tcp"].items():
             results[f"tcp {name}"] = attempt(lambda h=host, p=port: connect_tcp(h, p))
             results[f"mptcp {name}"] = attempt(lambda h=host, p=port: connect_tcp(h, p, 262))
+        for name, path in spec.get("writes", {}).items():
+            results[f"write {name}"] = attempt(lambda p=path: write(p))
+
+        def udp(port):  # type: ignore[no-untyped-def]
+            with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+                return s.sendto(b"leak", ("127.0.0.1", port))
+
+        def user_namespace():  # type: ignore[no-untyped-def]
+            libc = ctypes.CDLL(None, use_errno=True)
+            if libc.unshare(0x10000000) != 0:  # CLONE_NEWUSER
+                raise OSError(ctypes.get_errno(), os.strerror(ctypes.get_errno()))
+            return "a user namespace of its own"
+
+        if "udp" in spec:
+            results["udp"] = attempt(lambda: udp(spec["udp"]))
+        results["user namespace"] = attempt(user_namespace)
+        results["signal the agent"] = attempt(lambda: os.kill(os.getppid(), 0))
         results["list DATA_DIR"] = attempt(lambda: os.listdir(spec["data_dir"]))
         results["own model file"] = attempt(lambda: read(self.own_file))
         results["scratch"] = attempt(scratch)
@@ -143,6 +165,39 @@ def listener():  # type: ignore[no-untyped-def]
     thread.start()
     yield server.getsockname()[1], accepted
     server.close()
+
+
+@pytest.fixture
+def udp_listener():  # type: ignore[no-untyped-def]
+    """A UDP socket on loopback (the reviewer's 127.0.0.1:9 probe); yields its port and what it received."""
+    server = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    server.bind(("127.0.0.1", 0))
+    server.settimeout(0.5)
+
+    def received() -> list[bytes]:
+        got = []
+        try:
+            while True:
+                got.append(server.recv(64))
+        except OSError:
+            return got
+
+    yield server.getsockname()[1], received
+    server.close()
+
+
+@pytest.fixture
+def other_deployment() -> dict[str, str]:
+    """Another deployment's log and model, as the agent lays them out, for the model to read and overwrite."""
+    directory = Path(settings.RUNTIME_DIR) / "deployments" / "987654"
+    (directory / "model").mkdir(parents=True, exist_ok=True)
+    (directory / "model" / "MLmodel").write_text("another tenant's model")
+    (directory / "server.log").write_text("another tenant's log")
+    return {
+        "another deployment's log": str(directory / "server.log"),
+        "another deployment's model": str(directory / "model" / "MLmodel"),
+        "the standby's log": str(Path(settings.RUNTIME_DIR) / "standby.log"),
+    }
 
 
 @pytest.fixture
@@ -206,10 +261,17 @@ def control_plane_targets(stack: Stack, other_replica_port: int) -> dict:
     }
 
 
-def test_a_hostile_model_reaches_nothing_of_the_control_plane(stack, sandboxed_endpoint, listener):  # type: ignore[no-untyped-def]
+def test_a_hostile_model_reaches_nothing_of_the_control_plane(  # type: ignore[no-untyped-def]
+    stack, sandboxed_endpoint, listener, udp_listener, other_deployment
+):
     port, accepted = listener
     spec = control_plane_targets(stack, port)
     assert {"secrets_key", "secret_key", "a file in DATA_DIR"} <= set(spec["files"])  # real targets
+    spec["files"].update(other_deployment)
+    # Writes: another deployment's files, and /dev/shm, which every process of the host shares.
+    spec["writes"] = {**other_deployment, "/dev/shm": "/dev/shm/modelfleet-replica-channel"}
+    spec["udp"], udp_received = udp_listener
+    spec["env"].append("JOBLIB_MULTIPROCESSING")
     response = requests.post(
         f"{stack.url}/serving-endpoints/{ENDPOINT}/invocations",
         json={"dataframe_records": [{"spec": json.dumps(spec)}]},
@@ -226,6 +288,12 @@ def test_a_hostile_model_reaches_nothing_of_the_control_plane(stack, sandboxed_e
         if name not in ("own model file", "scratch"):
             assert "Permission denied" in result["error"] or "not permitted" in result["error"], (name, result)
     assert accepted == []  # nothing connected to the other replica's port
+    assert udp_received() == []  # nor sent a datagram
+    assert {"udp", "user namespace", "signal the agent", "write /dev/shm", "write another deployment's log"} <= set(
+        results
+    )
+    assert Path(other_deployment["another deployment's log"]).read_text() == "another tenant's log"
+    assert not Path("/dev/shm/modelfleet-replica-channel").exists()
     assert results["own model file"] == {"ok": True, "got": repr(b"the model's own weights")}
     assert results["scratch"]["ok"] and "written" in results["scratch"]["got"]
     assert str(Path(settings.RUNTIME_DIR) / "scratch") in results["scratch"]["got"]  # TMPDIR is its own
@@ -236,6 +304,7 @@ def test_a_hostile_model_reaches_nothing_of_the_control_plane(stack, sandboxed_e
         "DATABASE_URL": None,
         "MODELFLEET_SECRET_KEY": None,
         "MODELFLEET_REPLICA_CREDENTIAL": None,
+        "JOBLIB_MULTIPROCESSING": "0",  # multiprocessing has no /dev/shm: joblib uses threads, without a warning
     }
     # The admin credentials are not on disk at all.
     assert not (Path(settings.DATA_DIR) / "admin-credentials.json").exists()

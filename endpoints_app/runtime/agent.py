@@ -30,6 +30,7 @@ import http.client
 import json
 import logging
 import os
+import platform
 import shutil
 import signal
 import socket
@@ -69,6 +70,17 @@ _CHILD_ENV_ALLOWLIST = {
     "OPENBLAS_L2_SIZE",
     "OMP_NUM_THREADS",
     "MKL_NUM_THREADS",
+}
+
+
+# Set in every model server's environment, after the model's own environment_vars.  joblib would
+# try (and fail, with a warning) to make a POSIX semaphore in /dev/shm, which the sandbox keeps
+# closed (see runtime/sandbox.py on multiprocessing).
+_REPLICA_FIXED_ENV = {
+    "MLFLOW_DISABLE_TELEMETRY": "true",
+    "DO_NOT_TRACK": "true",
+    "PYTHONUNBUFFERED": "1",
+    "JOBLIB_MULTIPROCESSING": "0",
 }
 
 
@@ -152,6 +164,7 @@ class Agent:
         self.last_heartbeat = 0.0
         self.gpus = detect_gpus()
         self.standby: subprocess.Popen | None = None
+        self.standby_slot: Path | None = None  # the folder the standby's sandbox allows (_new_standby_slot)
         self.standby_disabled = False
         self.data_dir = Path(settings.DATA_DIR)
         self.scratch_root = self.runtime_dir / "scratch"
@@ -164,11 +177,18 @@ class Agent:
 
         Also warns, once, when the kernel offers no Landlock: replicas then run unsandboxed.
         """
-        if sandbox.landlock_abi() == 0:
+        abi = sandbox.landlock_abi()
+        if abi == 0:
             log.warning(
                 "this kernel offers no Landlock: replicas run UNSANDBOXED (model code can read what this "
-                "user can read and connect anywhere); use a kernel with Landlock (5.13+, 6.7+ for network rules)"
+                "user can read; seccomp still refuses outbound connections, namespaces and signals to other "
+                "processes); use a kernel with Landlock (5.13+, 6.12+ for every feature)"
             )
+        else:
+            seccomp = platform.machine() in sandbox.SYS_SECCOMP
+            expected = sandbox.Isolation(landlock_abi=abi, seccomp=seccomp, signals_own_pid=abi < 6)
+            for tag, why in expected.gaps():
+                log.warning("replica sandbox: this kernel's Landlock (ABI %d) lacks %s: %s", abi, tag, why)
         if os.geteuid() != 0:
             return ""
         try:
@@ -191,19 +211,35 @@ class Agent:
     def _close_data_dir_to_others(self) -> None:
         close_data_dir_to_others(self.data_dir, self.runtime_dir, self.scratch_root)
 
-    def _sandbox_plan(self, *, gpu: bool = False) -> str:
-        """The early sandbox stage for a model server (the final one narrows it to one replica)."""
-        deployments = self.runtime_dir / "deployments"
-        # Landlock rules name existing folders: a standby spawned before the first deployment needs them.
-        deployments.mkdir(parents=True, exist_ok=True)
-        self.scratch_root.mkdir(parents=True, exist_ok=True)
+    def _sandbox_plan(self, *, model: str, scratch: Path, log_file: Path, gpu: bool = False) -> str:
+        """The early sandbox stage of one model server: its own model (read), scratch folder (write)
+        and log (write, as a file or the folder its log will be linked into); nothing of another
+        deployment, so threads started before the final stage reach no more than the replica."""
         return sandbox.Plan(
-            read=[str(deployments)],
-            write=[str(self.scratch_root)],
-            append=[str(deployments)],
+            read=[model],
+            write=[str(scratch)],
+            append=[str(log_file)],
             user=self.replica_user,
             gpu=gpu,
         ).to_env()
+
+    def _new_standby_slot(self) -> Path:
+        """The folders a standby may use once it becomes a replica, made before it starts.
+
+        Its Landlock rules must name existing paths, and it does not know yet which deployment it
+        will serve: at assignment the agent hard-links that deployment's model into ``model`` and
+        its log into ``log`` (a Landlock rule covers what lies beneath its folder, whatever other
+        names the files have), and ``scratch`` becomes the replica's scratch folder.
+        """
+        self.scratch_root.mkdir(parents=True, exist_ok=True)
+        slot = self.scratch_root / f"standby-{os.urandom(6).hex()}"
+        for name in ("model", "log", "scratch"):
+            (slot / name).mkdir(parents=True, mode=0o711 if name != "scratch" else 0o700)
+        slot.chmod(0o711)
+        if self.replica_user not in ("", "root"):
+            uid, gid = sandbox.replica_ids(self.replica_user)
+            os.chown(slot / "scratch", uid, gid)
+        return slot
 
     def _prepare_replica_files(self, scratch: Path, server_log: Path) -> None:
         """Create the replica's scratch folder and log; hand them to the replica user."""
@@ -289,8 +325,7 @@ class Agent:
 
     def shutdown(self) -> None:
         log.info("runtime agent stopping %d replica(s)", len(self.procs))
-        if self.standby is not None and self.standby.poll() is None:
-            self.standby.kill()
+        self._discard_standby()
         for proc in self.procs.values():
             if proc.popen.poll() is None:
                 proc.popen.terminate()
@@ -513,12 +548,20 @@ class Agent:
                 # A standby that dies on its own would be respawned forever: do without one.
                 self.standby_disabled = True
                 log.warning("the standby model server exited with code %s; starting replicas fresh from now on", code)
+                self._discard_standby()
                 return
+        if self.standby_slot is not None:  # of a standby that is gone
+            shutil.rmtree(self.standby_slot, ignore_errors=True)
+            self.standby_slot = None
         env = {k: v for k, v in os.environ.items() if k in _CHILD_ENV_ALLOWLIST or k.startswith("LC_")}
-        env.update({"MLFLOW_DISABLE_TELEMETRY": "true", "DO_NOT_TRACK": "true", "PYTHONUNBUFFERED": "1"})
+        env.update(_REPLICA_FIXED_ENV)
         env["CUDA_VISIBLE_DEVICES"] = ""
-        env[sandbox.PLAN_ENV] = self._sandbox_plan()
         self.runtime_dir.mkdir(parents=True, exist_ok=True)
+        slot = self._new_standby_slot()
+        self.standby_slot = slot
+        env[sandbox.PLAN_ENV] = self._sandbox_plan(
+            model=str(slot / "model"), scratch=slot / "scratch", log_file=slot / "log"
+        )
         with open(self.runtime_dir / "standby.log", "ab") as out:
             self.standby = subprocess.Popen(
                 [sys.executable, "-m", "endpoints_app.runtime.model_server", "--standby"],
@@ -530,24 +573,39 @@ class Agent:
                 preexec_fn=_set_pdeathsig,
             )
 
-    def _take_standby(self, assignment: dict) -> subprocess.Popen | None:
-        """Give the standby process this replica's work; None when there is no usable standby."""
-        standby = self.standby
-        if standby is None or standby.poll() is not None or standby.stdin is None:
+    def _take_standby(
+        self, assignment: dict, *, model_path: str, server_log: Path
+    ) -> tuple[subprocess.Popen, Path] | None:
+        """Give the standby process this replica's work: its process and its slot (the replica's
+        folder, removed when it stops), or None when there is no usable standby."""
+        standby, slot = self.standby, self.standby_slot
+        if standby is None or slot is None or standby.poll() is not None or standby.stdin is None:
+            self._discard_standby()
             self._spawn_standby()
             return None
         # A standby still importing is used too: it finishes its imports, then loads the model,
         # which is never slower than a fresh process doing both.
-        self.standby = None
+        self.standby, self.standby_slot = None, None
         try:
+            assignment = {**assignment, **fill_standby_slot(slot, Path(model_path), server_log)}
             standby.stdin.write((json.dumps(assignment) + "\n").encode())
             standby.stdin.close()
-        except OSError:
+        except OSError as exc:
+            log.warning("could not hand a replica to the standby (%s); starting it fresh", exc)
             standby.kill()
+            shutil.rmtree(slot, ignore_errors=True)
             self._spawn_standby()
             return None
         self._spawn_standby()
-        return standby
+        return standby, slot
+
+    def _discard_standby(self) -> None:
+        """Stop the standby (if any) and remove its slot."""
+        if self.standby is not None and self.standby.poll() is None:
+            self.standby.kill()
+        if self.standby_slot is not None:
+            shutil.rmtree(self.standby_slot, ignore_errors=True)
+        self.standby, self.standby_slot = None, None
 
     def bind_host_for_checks(self) -> str:
         return "127.0.0.1" if self.bind_host in ("0.0.0.0", "::", "") else self.bind_host
@@ -569,7 +627,7 @@ class Agent:
         # never the control plane's database URL or secret key.
         env = {k: v for k, v in os.environ.items() if k in _CHILD_ENV_ALLOWLIST or k.startswith("LC_")}
         env.update(model_env)
-        env.update({"MLFLOW_DISABLE_TELEMETRY": "true", "DO_NOT_TRACK": "true", "PYTHONUNBUFFERED": "1"})
+        env.update(_REPLICA_FIXED_ENV)
         gpu = None
         if is_gpu_workload(deployment.spec.get("workload_type") or "CPU"):
             gpu = self._free_gpu()
@@ -584,24 +642,29 @@ class Agent:
         directory = deployment_dir(deployment.id)
         directory.mkdir(parents=True, exist_ok=True)
         server_log = log_path(deployment.id, "server")
-        scratch = self.scratch_root / f"{deployment.id}-{index}"
-        self._prepare_replica_files(scratch, server_log)
+        server_log.touch()
+        if self.replica_user not in ("", "root"):
+            uid, gid = sandbox.replica_ids(self.replica_user)
+            os.chown(server_log, uid, gid)
         popen = None
+        scratch = self.scratch_root / f"{deployment.id}-{index}"
         if gpu is None:
-            popen = self._take_standby(
+            taken = self._take_standby(
                 {
-                    "model_path": deployment.model_path,
                     "host": self.bind_host,
                     "port": port,
                     "name": deployment.served_entity_name,
                     "replica_id": index,
-                    "log_path": str(server_log),
-                    "scratch_dir": str(scratch),
                     "credential": credential,
                     "env": model_env,
-                }
+                },
+                model_path=deployment.model_path,
+                server_log=server_log,
             )
+            if taken is not None:
+                popen, scratch = taken  # the standby's slot: removed with the replica
         if popen is None:
+            self._prepare_replica_files(scratch, server_log)
             cmd = [
                 sys.executable,
                 "-m",
@@ -622,7 +685,9 @@ class Agent:
             # The credential travels in the environment (never argv, which any local user can read);
             # the model server removes it from its environment before loading the model.
             env["MODELFLEET_REPLICA_CREDENTIAL"] = credential
-            env[sandbox.PLAN_ENV] = self._sandbox_plan(gpu=gpu is not None)
+            env[sandbox.PLAN_ENV] = self._sandbox_plan(
+                model=deployment.model_path, scratch=scratch, log_file=server_log, gpu=gpu is not None
+            )
             with open(server_log, "ab") as out:
                 popen = subprocess.Popen(
                     cmd,
@@ -808,6 +873,30 @@ class Agent:
             fh.write(f"{time.strftime('%Y-%m-%d %H:%M:%S')} runtime: {line}\n")
 
 
+def fill_standby_slot(slot: Path, model_path: Path, server_log: Path) -> dict[str, str]:
+    """Link a deployment's model and log into a standby's slot (see Agent._new_standby_slot); the
+    assignment's paths, which are the only ones the standby's sandbox lets it use."""
+    _link_tree(model_path, slot / "model")
+    os.link(server_log, slot / "log" / server_log.name)
+    return {
+        "model_path": str(slot / "model"),
+        "log_path": str(slot / "log" / server_log.name),
+        "scratch_dir": str(slot / "scratch"),
+    }
+
+
+def _link_tree(source: Path, target: Path) -> None:
+    """Hard-link the files of ``source`` into the existing folder ``target`` (copies across filesystems)."""
+
+    def link(src: str, dst: str) -> None:
+        try:
+            os.link(src, dst)
+        except OSError:
+            shutil.copy2(src, dst)
+
+    shutil.copytree(source, target, copy_function=link, dirs_exist_ok=True)
+
+
 def close_data_dir_to_others(data_dir: Path, runtime_dir: Path, scratch_root: Path) -> None:
     """Replicas running as another user may pass through DATA_DIR to the runtime folder, nothing else.
 
@@ -834,10 +923,17 @@ def replica_environment(environment_vars: dict) -> dict[str, str]:
     """
     from endpoints_app.errors import DomainError
     from endpoints_app.services import secrets
+    from endpoints_app.validation import environment_secret_reference, forbidden_environment_var
 
     resolved: dict[str, str] = {}
     for name, value in environment_vars.items():
-        parsed = secrets.parse_reference(value) if isinstance(value, str) else None
+        # A config saved before the rules existed may still carry LD_PRELOAD or PYTHONPATH, which
+        # the loader or the interpreter would act on before the sandbox is in place.
+        reason = forbidden_environment_var(str(name))
+        if reason is not None:
+            raise ValueError(f"environment variable {name} may not be set: {reason}")
+        # The same reading as validation's (which allows spaces around a reference).
+        parsed = environment_secret_reference(value) if isinstance(value, str) else None
         if parsed is None:
             resolved[str(name)] = str(value)
             continue

@@ -1502,11 +1502,14 @@ def _confine(args: argparse.Namespace) -> str:
     else:
         logger.info(
             "isolation: %s (reads its model and the Python installation, writes %s, binds port %d only; "
-            "no TCP connections, no unix sockets, no signals or ptrace outside its sandbox)",
+            "no outbound connections, no UDP/raw/unix sockets, no namespaces, no signals or ptrace outside "
+            "its sandbox)",
             isolation.describe(),
             scratch,
             args.port,
         )
+    for tag, why in isolation.gaps() if isolation.landlock_abi else []:
+        logger.warning("isolation: this kernel's Landlock (ABI %d) lacks %s: %s", isolation.landlock_abi, tag, why)
     return isolation.describe()
 
 

@@ -4,13 +4,16 @@ A model server confines itself in two stages, with Linux features an unprivilege
 
 1. **Early**, at the top of ``model_server`` before any import starts a thread (numpy's BLAS pool
    does): when the runtime agent runs as root the process first drops to an unprivileged user
-   (``nobody``); then a Landlock ruleset allows reading only the Python installation and the
-   system libraries, the ``endpoints_app`` package and the runtime's deployment folders, writing
-   only the replica scratch area, and no TCP connection at all; abstract unix sockets and signals
-   outside the sandbox are out of scope; a seccomp filter refuses new unix-domain sockets (Landlock
-   of this kernel generation does not cover connecting to a *pathname* socket such as the embedded
-   Redis's), MPTCP sockets (which reach TCP servers past Landlock's TCP rules), every socket family
-   but IPv4/IPv6/netlink, and io_uring (which could create sockets around that filter).
+   (``nobody``); then a Landlock ruleset allows reading only the Python installation, the system
+   libraries, the ``endpoints_app`` package and this replica's own model, writing only its own
+   scratch folder and log, and no TCP connection at all (a warm standby, which does not know its
+   deployment yet, gets a folder of its own into which the agent links the model and the log at
+   assignment: nothing of another deployment either way); abstract unix sockets and signals
+   outside the sandbox are out of scope (Landlock ABI 6); then a seccomp filter (apply_seccomp)
+   refuses what Landlock of any generation leaves open: connect() and TCP Fast Open, every socket
+   but TCP over IPv4/IPv6 (no UDP, raw, unix, netlink, MPTCP or SCTP), namespaces (unshare, setns,
+   clone with CLONE_NEW*; clone3 is ENOSYS), io_uring and, where Landlock cannot scope signals,
+   signals to any other process.
 2. **Final**, once the replica knows which model it serves (for a warm standby: after it received
    its assignment): a second Landlock layer narrows reading to its own model folder, writing to its
    own scratch folder, and binding to its own port.
@@ -20,6 +23,17 @@ threads that exist before the final stage still carry the early one, which alrea
 control plane's files, sockets, processes and network out of reach.  Landlock also stops a
 sandboxed process from ptrace-ing (so from reading ``/proc/<pid>/environ`` or ``/mem`` of) any
 process outside its own sandbox, and each replica's final stage is a sandbox of its own.
+
+On kernels older than Landlock ABI 7 part of this is missing; Isolation.gaps() names each gap,
+the isolation string lists them (``lacks: ...``) and the agent and the replica log a warning.
+
+**Multiprocessing stays closed.**  ``multiprocessing.Lock``/``Queue`` and joblib's process pool
+need POSIX semaphores, which glibc makes in ``/dev/shm``; that folder is shared by every process
+on the host, so allowing it would give replicas a channel to each other (and to anything else
+that keeps state there), and a private replacement would need a mount namespace, which the
+sandbox refuses.  So ``/dev/shm`` is not allowed: model code gets threads (and subprocesses
+confined like itself), and the agent sets ``JOBLIB_MULTIPROCESSING=0`` so joblib uses threads
+without warning.
 
 This module uses the standard library only: it runs before anything else is imported.
 """
@@ -302,11 +316,52 @@ def apply_landlock(
     return abi
 
 
-# --- seccomp: no unix-domain sockets, no io_uring ---------------------------------------------------
+# --- seccomp: what Landlock of any generation leaves open -------------------------------------------
 
 _AUDIT_ARCH = {"x86_64": 0xC000003E, "aarch64": 0xC00000B7}
-# Per architecture: socket, io_uring_setup, io_uring_enter, io_uring_register.
-_SYSCALLS = {"x86_64": (41, 425, 426, 427), "aarch64": (198, 425, 426, 427)}
+# The system calls the filter looks at, per architecture (asm/unistd.h).
+_SYSCALLS = {
+    "x86_64": {
+        "socket": 41,
+        "connect": 42,
+        "sendto": 44,
+        "sendmsg": 46,
+        "sendmmsg": 307,
+        "clone": 56,
+        "clone3": 435,
+        "unshare": 272,
+        "setns": 308,
+        "kill": 62,
+        "tkill": 200,
+        "tgkill": 234,
+        "rt_sigqueueinfo": 129,
+        "rt_tgsigqueueinfo": 297,
+        "pidfd_send_signal": 424,
+        "io_uring_setup": 425,
+        "io_uring_enter": 426,
+        "io_uring_register": 427,
+    },
+    "aarch64": {
+        "socket": 198,
+        "connect": 203,
+        "sendto": 206,
+        "sendmsg": 211,
+        "sendmmsg": 269,
+        "clone": 220,
+        "clone3": 435,
+        "unshare": 97,
+        "setns": 268,
+        "kill": 129,
+        "tkill": 130,
+        "tgkill": 131,
+        "rt_sigqueueinfo": 138,
+        "rt_tgsigqueueinfo": 240,
+        "pidfd_send_signal": 424,
+        "io_uring_setup": 425,
+        "io_uring_enter": 426,
+        "io_uring_register": 427,
+    },
+}
 SECCOMP_SET_MODE_FILTER = 1
 SECCOMP_FILTER_FLAG_TSYNC = 1
 SECCOMP_RET_ALLOW = 0x7FFF0000
@@ -314,61 +369,157 @@ SECCOMP_RET_ERRNO = 0x00050000
 SYS_SECCOMP = {"x86_64": 317, "aarch64": 277}
 AF_INET = 2
 AF_INET6 = 10
-AF_NETLINK = 16
-IPPROTO_MPTCP = 262
+SOCK_STREAM = 1
+SOCK_TYPE_MASK = 0xF  # the rest of socket()'s type argument is SOCK_NONBLOCK / SOCK_CLOEXEC
+IPPROTO_TCP = 6
+MSG_FASTOPEN = 0x20000000
+# clone()'s namespace flags (CLONE_NEWTIME, 0x80, is an exit-signal bit for clone() and only
+# exists for unshare and clone3, both refused whole).
+CLONE_NEW_FLAGS = 0x00020000 | 0x02000000 | 0x04000000 | 0x08000000 | 0x10000000 | 0x20000000 | 0x40000000
+EPERM = 1
 EACCES = 13
 ENOSYS = 38
+SIGNAL_SYSCALLS_BY_PID = ("kill", "tkill", "tgkill", "rt_sigqueueinfo", "rt_tgsigqueueinfo")
+
+# BPF opcodes (linux/filter.h)
+_LD_W_ABS, _JEQ_K, _JGE_K, _JSET_K, _AND_K, _RET_K = 0x20, 0x15, 0x35, 0x45, 0x54, 0x06
 
 
 def _bpf(code: int, k: int, jt: int = 0, jf: int = 0) -> bytes:
     return struct.pack("HBBI", code, jt, jf, k)
 
 
-def apply_seccomp() -> bool:
-    """Limit new sockets to TCP/UDP over IPv4/IPv6 and netlink, without MPTCP; no io_uring. All threads.
+class _Program:
+    """A seccomp BPF program written with labels; jumps are resolved when it is assembled."""
 
-    Refused with EACCES: unix-domain sockets (Landlock of this kernel generation does not cover
-    connecting to a pathname socket such as the embedded Redis's), MPTCP (it falls back to plain
-    TCP with a TCP server, and Landlock's TCP rules do not apply to it), and every other family
-    (SMC, vsock, packet…). io_uring is refused with ENOSYS: it could create sockets around this
-    filter. False on an architecture this filter does not know (nothing done).
+    def __init__(self) -> None:
+        self.code: list[tuple[int, int, str | int, str | int]] = []
+        self.labels: dict[str, int] = {}
+
+    def label(self, name: str) -> None:
+        self.labels[name] = len(self.code)
+
+    def op(self, code: int, k: int, jt: str | int = 0, jf: str | int = 0) -> None:
+        self.code.append((code, k, jt, jf))
+
+    def load_arg(self, index: int) -> None:
+        """The low 32 bits of syscall argument ``index`` (every argument checked here is an int)."""
+        self.op(_LD_W_ABS, 16 + 8 * index)
+
+    def ret(self, value: int) -> None:
+        self.op(_RET_K, value)
+
+    def assemble(self) -> bytes:
+        out = []
+        for index, (code, k, jt, jf) in enumerate(self.code):
+            offsets = []
+            for target in (jt, jf):
+                if isinstance(target, str):
+                    offset = self.labels[target] - index - 1
+                    if not 0 <= offset <= 255:
+                        raise SandboxError(f"seccomp program: jump to {target} out of range")
+                    offsets.append(offset)
+                else:
+                    offsets.append(target)
+            out.append(_bpf(code, k, offsets[0], offsets[1]))
+        return b"".join(out)
+
+
+def seccomp_program(machine: str, *, confine_signals_to: int | None) -> tuple[bytes, int]:
+    """The filter apply_seccomp installs (see there); returns (code, number of instructions)."""
+    nr = _SYSCALLS[machine]
+    deny_nosys = SECCOMP_RET_ERRNO | ENOSYS
+    deny_eperm = SECCOMP_RET_ERRNO | EPERM
+    deny_eacces = SECCOMP_RET_ERRNO | EACCES
+    p = _Program()
+    p.op(_LD_W_ABS, 4)  # arch
+    p.op(_JEQ_K, _AUDIT_ARCH[machine], 1, 0)
+    p.ret(deny_nosys)  # another ABI (i386 via int 0x80)
+    p.op(_LD_W_ABS, 0)  # the syscall number
+    p.op(_JGE_K, 0x40000000, "nosys", 0)  # x32 numbers
+    for name in ("io_uring_setup", "io_uring_enter", "io_uring_register", "clone3"):
+        p.op(_JEQ_K, nr[name], "nosys", 0)
+    for name in ("connect", "unshare", "setns"):
+        p.op(_JEQ_K, nr[name], "eperm", 0)
+    p.op(_JEQ_K, nr["clone"], "clone", 0)
+    p.op(_JEQ_K, nr["socket"], "socket", 0)
+    p.op(_JEQ_K, nr["sendto"], "flags_arg3", 0)
+    p.op(_JEQ_K, nr["sendmmsg"], "flags_arg3", 0)
+    p.op(_JEQ_K, nr["sendmsg"], "flags_arg2", 0)
+    if confine_signals_to is not None:
+        for name in SIGNAL_SYSCALLS_BY_PID:
+            p.op(_JEQ_K, nr[name], "own_pid", 0)
+        p.op(_JEQ_K, nr["pidfd_send_signal"], "eperm", 0)
+    p.ret(SECCOMP_RET_ALLOW)  # every other system call
+    # The argument checks; BPF jumps only forward, so the verdicts come last.
+    p.label("clone")
+    p.load_arg(0)  # flags (x86_64 and aarch64 alike)
+    p.op(_JSET_K, CLONE_NEW_FLAGS, "eperm", "allow")
+    p.label("socket")
+    p.load_arg(0)  # family
+    p.op(_JEQ_K, AF_INET, "inet", 0)
+    p.op(_JEQ_K, AF_INET6, "inet", "eacces")
+    p.label("inet")
+    p.load_arg(1)  # type
+    p.op(_AND_K, SOCK_TYPE_MASK)
+    p.op(_JEQ_K, SOCK_STREAM, 0, "eacces")
+    p.load_arg(2)  # protocol: 0 or TCP (not MPTCP, not SCTP)
+    p.op(_JEQ_K, 0, "allow", 0)
+    p.op(_JEQ_K, IPPROTO_TCP, "allow", "eacces")
+    p.label("flags_arg3")
+    p.load_arg(3)
+    p.op(_JSET_K, MSG_FASTOPEN, "eperm", "allow")
+    p.label("flags_arg2")
+    p.load_arg(2)
+    p.op(_JSET_K, MSG_FASTOPEN, "eperm", "allow")
+    if confine_signals_to is not None:
+        p.label("own_pid")
+        p.load_arg(0)
+        p.op(_JEQ_K, confine_signals_to, "allow", "eperm")
+    p.label("allow")
+    p.ret(SECCOMP_RET_ALLOW)
+    p.label("nosys")
+    p.ret(deny_nosys)
+    p.label("eperm")
+    p.ret(deny_eperm)
+    p.label("eacces")
+    p.ret(deny_eacces)
+    return p.assemble(), len(p.code)
+
+
+def apply_seccomp(*, confine_signals: bool = False) -> bool:
+    """Install the replica's seccomp filter on every thread; False on an architecture it does not know.
+
+    * ``connect()`` is refused outright (EPERM), whatever Landlock offers: a model server accepts
+      connections and never makes one, so TCP connections are refused on kernels without
+      Landlock's network rules (ABI < 4) too.  TCP Fast Open (``sendto``/``sendmsg``/``sendmmsg``
+      with ``MSG_FASTOPEN``), which connects without ``connect()``, is refused as well.
+    * ``socket()`` makes TCP sockets over IPv4/IPv6 only (EACCES otherwise): no UDP or raw
+      sockets (a datagram needs no connect), no MPTCP or SCTP, no unix-domain sockets (Landlock of
+      this kernel generation does not cover connecting to a pathname socket such as the embedded
+      Redis's), no netlink (nothing in the model server needs it: glibc's getaddrinfo does without),
+      no other family.  ``socketpair()`` stays: asyncio's self-pipe uses it, and it reaches no one.
+    * ``unshare``, ``setns`` and ``clone`` with a ``CLONE_NEW*`` flag are refused (EPERM): no user
+      namespace (whose root could do what this process may not) or any other namespace.
+      ``clone3`` gets ENOSYS, so glibc falls back to ``clone`` for threads and ``posix_spawn``,
+      where the flags can be read (``clone3`` passes them in memory, out of a filter's reach).
+    * io_uring gets ENOSYS: it could create sockets and connect around this filter.
+    * With ``confine_signals`` (kernels whose Landlock cannot scope signals, ABI < 6): ``kill``,
+      ``tkill``, ``tgkill``, ``rt_sigqueueinfo`` and ``rt_tgsigqueueinfo`` only to this process's
+      own pid (its threads included: tgkill names the process first), and ``pidfd_send_signal``
+      not at all.  Not 0 or a negative pid: the replica shares the runtime agent's process group.
+      The cost: a replica cannot signal processes it started itself on such a kernel.
     """
     machine = platform.machine()
     if machine not in _AUDIT_ARCH:
         return False
-    socket_nr, *uring = _SYSCALLS[machine]
-    ld_w_abs, jeq_k, jge_k, ret_k = 0x20, 0x15, 0x35, 0x06
-    deny = SECCOMP_RET_ERRNO | EACCES
-    deny_nosys = SECCOMP_RET_ERRNO | ENOSYS
-    program = [
-        _bpf(ld_w_abs, 4),  # 0: arch
-        _bpf(jeq_k, _AUDIT_ARCH[machine], 1, 0),  # 1
-        _bpf(ret_k, deny_nosys),  # 2: another ABI (i386 via int 0x80): refused
-        _bpf(ld_w_abs, 0),  # 3: syscall number
-        _bpf(jge_k, 0x40000000, 0, 1),  # 4: x32 numbers
-        _bpf(ret_k, deny_nosys),  # 5
-        _bpf(jeq_k, uring[0], 2, 0),  # 6
-        _bpf(jeq_k, uring[1], 1, 0),  # 7
-        _bpf(jeq_k, uring[2], 0, 1),  # 8
-        _bpf(ret_k, deny_nosys),  # 9
-        _bpf(jeq_k, socket_nr, 0, 7),  # 10: not socket() → 18 (allow)
-        _bpf(ld_w_abs, 16),  # 11: args[0], the address family (low 32 bits)
-        _bpf(jeq_k, AF_INET, 3, 0),  # 12 → 16
-        _bpf(jeq_k, AF_INET6, 2, 0),  # 13 → 16
-        _bpf(jeq_k, AF_NETLINK, 3, 0),  # 14 → 18
-        _bpf(ret_k, deny),  # 15: any other family
-        _bpf(ld_w_abs, 32),  # 16: args[2], the protocol
-        _bpf(jeq_k, IPPROTO_MPTCP, 1, 0),  # 17 → 19
-        _bpf(ret_k, SECCOMP_RET_ALLOW),  # 18
-        _bpf(ret_k, deny),  # 19
-    ]
-    code = b"".join(program)
+    code, length = seccomp_program(machine, confine_signals_to=os.getpid() if confine_signals else None)
     filters = ctypes.create_string_buffer(code, len(code))
 
     class SockFprog(ctypes.Structure):
         _fields_ = [("len", ctypes.c_ushort), ("filter", ctypes.c_void_p)]
 
-    prog = SockFprog(len(program), ctypes.cast(filters, ctypes.c_void_p))
+    prog = SockFprog(length, ctypes.cast(filters, ctypes.c_void_p))
     _set_no_new_privs()
     result = _libc.syscall(SYS_SECCOMP[machine], SECCOMP_SET_MODE_FILTER, SECCOMP_FILTER_FLAG_TSYNC, ctypes.byref(prog))
     if result != 0:
@@ -457,6 +608,20 @@ def drop_capabilities() -> bool:
 # --- the two stages -------------------------------------------------------------------------------
 
 
+# What a Landlock ABI lacks, as (short tag for the isolation string, what it means for a replica).
+_LANDLOCK_GAPS = (
+    (1, "no-landlock", "files are not confined: model code reads and writes whatever its user may"),
+    (4, "no-tcp-port-rules", "the replica may bind any free TCP port (seccomp still refuses every connect)"),
+    (5, "no-device-ioctl-rules", "ioctl on device files is not confined"),
+    (
+        6,
+        "no-scoping",
+        "signals are confined by seccomp to the replica's own process (it cannot signal children it starts); "
+        "abstract unix sockets stay closed because seccomp refuses unix sockets",
+    ),
+)
+
+
 @dataclass
 class Isolation:
     """What confines this process, for the log and the replica's /health."""
@@ -465,6 +630,23 @@ class Isolation:
     seccomp: bool = False
     user: str = ""
     stages: int = 0
+    # seccomp confines signals to the process itself (Landlock cannot scope them on this kernel).
+    signals_own_pid: bool = False
+
+    def gaps(self) -> list[tuple[str, str]]:
+        """What this kernel's sandbox does not confine, newest Landlock ABI (7) being the reference."""
+        found = [(tag, why) for abi, tag, why in _LANDLOCK_GAPS if self.landlock_abi < abi]
+        if self.landlock_abi == 0:
+            found = found[:1]
+        if not self.seccomp:
+            found.append(
+                (
+                    "no-seccomp",
+                    "no seccomp filter on this architecture: connect, UDP/raw/unix sockets, namespaces, io_uring "
+                    "and signals are not filtered",
+                )
+            )
+        return found
 
     def describe(self) -> str:
         parts = []
@@ -472,9 +654,13 @@ class Isolation:
             parts.append(f"landlock-abi{self.landlock_abi}")
         if self.seccomp:
             parts.append("seccomp")
+        if self.signals_own_pid and self.seccomp:
+            parts.append("signals-own-pid")
         if self.user:
             parts.append(self.user if self.user == "root-no-caps" else f"user-{self.user}")
-        return "+".join(parts) or "none"
+        text = "+".join(parts) or "none"
+        gaps = [tag for tag, _ in self.gaps()]
+        return f"{text} (lacks: {', '.join(gaps)})" if gaps and parts else text
 
 
 ISOLATION = Isolation()
@@ -492,7 +678,9 @@ def enter_early(plan: Plan) -> Isolation:
     ISOLATION.landlock_abi = apply_landlock(
         read=plan.read, write=plan.write, append=plan.append, bind_port=None, gpu=plan.gpu
     )
-    ISOLATION.seccomp = apply_seccomp()
+    # Landlock scopes signals from ABI 6; before that the seccomp filter keeps them in this process.
+    ISOLATION.signals_own_pid = ISOLATION.landlock_abi < 6
+    ISOLATION.seccomp = apply_seccomp(confine_signals=ISOLATION.signals_own_pid)
     ISOLATION.stages = 1
     _early_plan = plan
     return ISOLATION

@@ -1,0 +1,181 @@
+"""The early sandbox stage reaches only the replica's own model, log and scratch folder (fast, no stack).
+
+Threads a model server starts before its final stage (imports start some) and a warm standby
+waiting for its assignment carry the early stage only, so it must not open other deployments'
+logs or models either.  The agent's own plans are applied in a child process, as a model server
+applies them, and the child tries its own files and everyone else's.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from endpoints_app.runtime import sandbox
+from endpoints_app.runtime.agent import Agent, fill_standby_slot
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+PROBE = r"""
+import json, os, sys
+sys.path.insert(0, sys.argv[1])
+from endpoints_app.runtime import sandbox
+sandbox.enter_early(sandbox.Plan.from_env(os.environ.pop(sandbox.PLAN_ENV)))
+print("confined", flush=True)
+targets = json.loads(sys.stdin.readline())  # sent once the test has done what the agent does at assignment
+
+def attempt(action):
+    try:
+        return repr(action())[:60]
+    except OSError as exc:
+        return type(exc).__name__
+
+def read(path):
+    with open(path) as fh:
+        return fh.read()
+
+def append(path):
+    with open(path, "a") as fh:
+        return fh.write(" appended")
+
+def create(folder):
+    with open(os.path.join(folder, "new.txt"), "w") as fh:
+        return fh.write("x")
+
+print(json.dumps({
+    **{f"read {name}": attempt(lambda p=path: read(p)) for name, path in targets["read"].items()},
+    **{f"append {name}": attempt(lambda p=path: append(p)) for name, path in targets["append"].items()},
+    **{f"create in {name}": attempt(lambda p=path: create(p)) for name, path in targets["create"].items()},
+}))
+"""
+
+
+@pytest.fixture
+def agent(tmp_path: Path) -> Agent:
+    """An agent's sandbox side only (no Django, no processes): its runtime folder with two deployments."""
+    runtime = tmp_path / "runtime"
+    for deployment in ("1", "2"):
+        model = runtime / "deployments" / deployment / "model"
+        model.mkdir(parents=True)
+        (model / "MLmodel").write_text(f"model {deployment}")
+        (model.parent / "server.log").write_text(f"log {deployment}")
+    (runtime / "standby.log").write_text("standby")
+    for scratch in ("1-0", "2-0"):
+        (runtime / "scratch" / scratch).mkdir(parents=True)
+    agent = Agent.__new__(Agent)
+    agent.runtime_dir = runtime
+    agent.scratch_root = runtime / "scratch"
+    agent.replica_user = ""
+    return agent
+
+
+def run_probe(plan: str, prepare: object, targets: dict) -> dict[str, str]:
+    env = {"PATH": "/usr/bin:/bin", "MLFLOW_DISABLE_TELEMETRY": "true", "DO_NOT_TRACK": "true", sandbox.PLAN_ENV: plan}
+    with subprocess.Popen(
+        [sys.executable, "-c", PROBE, str(REPO_ROOT)],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+        cwd="/",
+    ) as child:
+        assert child.stdout is not None and child.stdin is not None
+        assert child.stdout.readline().strip() == "confined", child.stderr.read() if child.stderr else ""
+        if callable(prepare):
+            prepare()
+        out, err = child.communicate(json.dumps(targets) + "\n", timeout=60)
+    assert child.returncode == 0, err
+    return json.loads(out)
+
+
+def others(runtime: Path) -> dict[str, dict[str, str]]:
+    """What belongs to deployment 2, the other tenant, and to the agent."""
+    return {
+        "read": {
+            "other model": str(runtime / "deployments/2/model/MLmodel"),
+            "other log": str(runtime / "deployments/2/server.log"),
+            "standby log": str(runtime / "standby.log"),
+        },
+        "append": {
+            "other model": str(runtime / "deployments/2/model/MLmodel"),
+            "other log": str(runtime / "deployments/2/server.log"),
+        },
+        "create": {"other scratch": str(runtime / "scratch/2-0"), "deployments": str(runtime / "deployments/1")},
+    }
+
+
+pytestmark = pytest.mark.skipif(sandbox.landlock_abi() == 0, reason="needs Landlock")
+
+
+def test_a_fresh_replica_reaches_its_own_model_log_and_scratch_only(agent: Agent) -> None:
+    runtime = agent.runtime_dir
+    own = runtime / "deployments" / "1"
+    plan = agent._sandbox_plan(model=str(own / "model"), scratch=runtime / "scratch/1-0", log_file=own / "server.log")
+    targets = others(runtime)
+    targets["read"]["own model"] = str(own / "model/MLmodel")
+    targets["append"]["own log"] = str(own / "server.log")
+    targets["append"]["own model"] = str(own / "model/MLmodel")
+    targets["create"]["own scratch"] = str(runtime / "scratch/1-0")
+
+    seen = run_probe(plan, None, targets)
+
+    assert seen == {
+        "read other model": "PermissionError",
+        "read other log": "PermissionError",
+        "read standby log": "PermissionError",
+        "append other model": "PermissionError",
+        "append other log": "PermissionError",
+        "create in other scratch": "PermissionError",
+        "create in deployments": "PermissionError",
+        "read own model": repr("model 1"),
+        "append own log": "9",
+        "append own model": "PermissionError",
+        "create in own scratch": "1",
+    }
+    assert (runtime / "deployments/2/server.log").read_text() == "log 2"
+
+
+def test_a_standby_reaches_only_its_slot_before_and_after_its_assignment(agent: Agent) -> None:
+    runtime = agent.runtime_dir
+    own = runtime / "deployments" / "1"
+    slot = agent._new_standby_slot()
+    plan = agent._sandbox_plan(model=str(slot / "model"), scratch=slot / "scratch", log_file=slot / "log")
+    assigned: dict[str, str] = {}
+    targets = others(runtime)
+    # Deployment 1's files under their own names: the standby was confined before it knew them.
+    targets["read"]["deployment 1's model"] = str(own / "model/MLmodel")
+    targets["append"]["deployment 1's log"] = str(own / "server.log")
+    targets["read"]["assigned model"] = str(slot / "model/MLmodel")
+    targets["append"]["assigned log"] = str(slot / "log/server.log")
+    targets["append"]["assigned model"] = str(slot / "model/MLmodel")
+    targets["create"]["assigned scratch"] = str(slot / "scratch")
+
+    seen = run_probe(plan, lambda: assigned.update(fill_standby_slot(slot, own / "model", own / "server.log")), targets)
+
+    assert assigned == {
+        "model_path": str(slot / "model"),
+        "log_path": str(slot / "log/server.log"),
+        "scratch_dir": str(slot / "scratch"),
+    }
+    assert seen == {
+        "read other model": "PermissionError",
+        "read other log": "PermissionError",
+        "read standby log": "PermissionError",
+        "append other model": "PermissionError",
+        "append other log": "PermissionError",
+        "create in other scratch": "PermissionError",
+        "create in deployments": "PermissionError",
+        "read deployment 1's model": "PermissionError",
+        "append deployment 1's log": "PermissionError",
+        "read assigned model": repr("model 1"),
+        "append assigned log": "9",
+        "append assigned model": "PermissionError",  # a hard link to the deployment's model: read only
+        "create in assigned scratch": "1",
+    }
+    assert (own / "server.log").read_text() == "log 1 appended"  # the same file as the deployment's log
+    assert (own / "model/MLmodel").read_text() == "model 1"
