@@ -169,9 +169,11 @@ class RegisteredModelUploadView(ApiView):
             target.mkdir()
             try:
                 with tarfile.open(archive, "r:gz") as tar:
+                    _refuse_link_members(tar)
                     tar.extractall(target, filter="data")  # refuses absolute paths, links out, devices
             except (tarfile.TarError, OSError, EOFError) as exc:
                 raise MalformedRequest(f"the upload is not a valid gzipped tar archive: {exc}") from None
+            _refuse_links(target)
             root = _model_root(target)
             info = registry.register_model_dir(root, name, description=description)
         return Response({"name": info.name, "version": info.version, "source": info.source, "status": info.status})
@@ -194,6 +196,47 @@ def _save_stream(request: Request, path: Path) -> None:
             fh.write(chunk)
     if total == 0:
         raise InvalidParameterValue("the request body is empty: send the model directory as a gzipped tar")
+
+
+def _refuse_link_members(tar: tarfile.TarFile) -> None:
+    """Only folders and regular files, checked before anything is written.
+
+    tarfile's ``data`` filter of this Python (3.11.7) predates the 2025 fixes that stopped links
+    from writing outside the destination (CVE-2025-4517 and others), and the registry copies a
+    model with ``copytree(symlinks=False)``, which would follow a link to any file the control
+    plane can read.  A model needs neither, so an archive holding a link, a device or a FIFO is
+    refused whole.
+    """
+    for member in tar:
+        if not (member.isfile() or member.isdir()):
+            kind = "link" if member.issym() or member.islnk() else "special file"
+            raise InvalidParameterValue(
+                f"the model archive holds a {kind}, '{member.name[:200]}': only folders and regular files are accepted"
+            )
+
+
+def _refuse_links(target: Path) -> None:
+    """After extraction, once more on what is on disk: no symlink, no file with another hard link,
+    nothing but folders and regular files (a second line behind _refuse_link_members)."""
+    import os
+    import stat
+
+    for folder, dirnames, filenames in os.walk(target, followlinks=False):
+        for name in [*dirnames, *filenames]:
+            path = os.path.join(folder, name)
+            info = os.lstat(path)
+            relative = os.path.relpath(path, target)[:200]
+            if stat.S_ISLNK(info.st_mode):
+                problem = "a symbolic link"
+            elif stat.S_ISREG(info.st_mode) and info.st_nlink > 1:
+                problem = "a hard link"
+            elif not (stat.S_ISREG(info.st_mode) or stat.S_ISDIR(info.st_mode)):
+                problem = "a special file"
+            else:
+                continue
+            raise InvalidParameterValue(
+                f"the model archive holds {problem}, '{relative}': only folders and regular files are accepted"
+            )
 
 
 def _model_root(target: Path) -> Path:
