@@ -9,14 +9,19 @@ applies them, and the child tries its own files and everyone else's.
 from __future__ import annotations
 
 import json
+import os
+import shutil
+import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
+import requests
 
 from endpoints_app.runtime import sandbox
-from endpoints_app.runtime.agent import Agent, fill_standby_slot
+from endpoints_app.runtime.agent import _CHILD_ENV_ALLOWLIST, _REPLICA_FIXED_ENV, Agent, fill_standby_slot
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
@@ -179,3 +184,114 @@ def test_a_standby_reaches_only_its_slot_before_and_after_its_assignment(agent: 
     }
     assert (own / "server.log").read_text() == "log 1 appended"  # the same file as the deployment's log
     assert (own / "model/MLmodel").read_text() == "model 1"
+
+
+# --- the narrowed early stage still serves ------------------------------------------------------
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _serves(port: int, credential: str, popen: subprocess.Popen, log: Path) -> dict:
+    """Wait for /health, then predict once; the health answer."""
+    headers = {"Authorization": f"Bearer {credential}"}
+    deadline = time.monotonic() + 90
+    while time.monotonic() < deadline:
+        assert popen.poll() is None, log.read_text()
+        try:
+            health = requests.get(f"http://127.0.0.1:{port}/health", headers=headers, timeout=2)
+            if health.status_code == 200:
+                break
+        except requests.ConnectionError:
+            pass
+        time.sleep(0.2)
+    else:
+        raise AssertionError(f"no /health 200 in 90 s: {log.read_text()}")
+    row = {"sepal_length": 5.1, "sepal_width": 3.5, "petal_length": 1.4, "petal_width": 0.2}
+    answer = requests.post(
+        f"http://127.0.0.1:{port}/invocations", json={"dataframe_records": [row]}, headers=headers, timeout=30
+    )
+    assert answer.status_code == 200, (answer.text, log.read_text())
+    assert len(answer.json()["predictions"]) == 1
+    return health.json()
+
+
+@pytest.fixture(scope="module")
+def iris(tmp_path_factory) -> Path:  # type: ignore[no-untyped-def]
+    from tests import model_fixtures
+
+    return model_fixtures.save_iris_model(tmp_path_factory.mktemp("iris") / "model")
+
+
+def _server_env(plan: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if k in _CHILD_ENV_ALLOWLIST}
+    return {**env, **_REPLICA_FIXED_ENV, "CUDA_VISIBLE_DEVICES": "", sandbox.PLAN_ENV: plan}
+
+
+# Runs the model server as on a kernel whose Landlock stops at ABI 5 (no signal scoping).
+OLDER_KERNEL = """
+import runpy
+from endpoints_app.runtime import sandbox
+sandbox.landlock_abi = lambda: 5
+runpy.run_module("endpoints_app.runtime.model_server", run_name="__main__")
+"""
+
+
+@pytest.mark.parametrize("start", ["fresh", "standby", "fresh-abi5"])
+def test_a_replica_confined_to_its_own_files_from_the_start_serves(agent: Agent, iris: Path, start: str) -> None:
+    runtime = agent.runtime_dir
+    deployment = runtime / "deployments" / "3"
+    model = deployment / "model"
+    shutil.copytree(iris, model)
+    log = deployment / "server.log"
+    log.touch()
+    port, credential = _free_port(), "c" * 43
+    command = [sys.executable, "-m", "endpoints_app.runtime.model_server"]
+    if start == "fresh-abi5":  # a kernel before 6.12: seccomp, not Landlock, keeps signals in the replica
+        command = [sys.executable, "-c", OLDER_KERNEL]
+    if start.startswith("fresh"):
+        scratch = runtime / "scratch" / "3-0"
+        agent._prepare_replica_files(scratch, log)
+        plan = agent._sandbox_plan(model=str(model), scratch=scratch, log_file=log)
+        command += ["--model-path", str(model), "--port", str(port), "--scratch-dir", str(scratch)]
+        env = {**_server_env(plan), "MODELFLEET_REPLICA_CREDENTIAL": credential}
+        out = open(log, "ab")  # noqa: SIM115 - the child's stdout, closed below
+        popen = subprocess.Popen(
+            command, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT, env=env, cwd=REPO_ROOT
+        )
+    else:
+        slot = agent._new_standby_slot()
+        plan = agent._sandbox_plan(model=str(slot / "model"), scratch=slot / "scratch", log_file=slot / "log")
+        out = open(runtime / "standby.log", "ab")  # noqa: SIM115 - the child's stdout, closed below
+        popen = subprocess.Popen(
+            [*command, "--standby"],
+            stdin=subprocess.PIPE,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            env=_server_env(plan),
+            cwd=REPO_ROOT,
+        )
+        assignment = {"host": "127.0.0.1", "port": port, "credential": credential, "env": {}}
+        assignment.update(fill_standby_slot(slot, model, log))
+        assert popen.stdin is not None
+        popen.stdin.write((json.dumps(assignment) + "\n").encode())
+        popen.stdin.close()
+    try:
+        health = _serves(port, credential, popen, log)
+    finally:
+        popen.terminate()
+        code = popen.wait(30)
+        out.close()
+    assert code == 0  # a graceful stop on SIGTERM (uvicorn re-raises it to itself)
+    if start == "fresh-abi5":
+        assert health["isolation"] == "landlock-abi5+seccomp+signals-own-pid (lacks: no-scoping)"
+        assert "lacks no-scoping: signals are confined by seccomp" in log.read_text()
+    assert health["isolation"].startswith("landlock-abi") and "seccomp" in health["isolation"]
+    text = log.read_text()
+    assert f"isolation: {health['isolation']}" in text
+    assert "JOBLIB" not in text and "joblib will operate in serial mode" not in text  # no /dev/shm warning
+    if start == "standby":
+        assert "handed over by a standby process" in text

@@ -580,8 +580,7 @@ class Agent:
         folder, removed when it stops), or None when there is no usable standby."""
         standby, slot = self.standby, self.standby_slot
         if standby is None or slot is None or standby.poll() is not None or standby.stdin is None:
-            self._discard_standby()
-            self._spawn_standby()
+            self._spawn_standby()  # judges how a dead standby ended, and removes its slot
             return None
         # A standby still importing is used too: it finishes its imports, then loads the model,
         # which is never slower than a fresh process doing both.
