@@ -64,6 +64,8 @@ ADVERSARIAL = {
     "dashes": "-" * MB,
     "IBAN-ish": "AB12 " * (MB // 5),
     "phone-ish": "(12)" * (MB // 4),
+    "parens": "(" * MB,  # the phone pattern's slowest shape found by fuzzing (linear, ~0.1 s per MB)
+    "dotted-digits": ".1.. -1." * (MB // 8),
 }
 
 
@@ -712,6 +714,16 @@ def test_a_thousand_keywords_of_200_characters_cost_linear_time():
     assert rail.check(text)[0] is None
     assert rail.check(text + " " + keywords[123])[0] == f"it contains the blocked keyword '{keywords[123]}'"
     assert time.process_time() - started < 4.0
+
+
+@pytest.mark.parametrize("char", ["—", "\U0001f600"])
+def test_a_flood_of_wide_non_word_characters_costs_linear_time(char):
+    # Each non-word character is marked (the costliest step, most of all outside Latin-1).
+    keywords = ["a-" * i for i in range(1, 101)] + [char * 3 + "x"]
+    took, reason = keyword_check_seconds(keywords, char * MB)
+    assert reason is None and took < 3.0
+    took, reason = keyword_check_seconds(keywords, char * MB + " a-a-")
+    assert reason == "it contains the blocked keyword 'a-a-'" and took < 3.0
 
 
 def test_a_text_full_of_keywords_is_answered_at_the_first():
