@@ -231,16 +231,16 @@ def _server_env(plan: str) -> dict[str, str]:
     return {**env, **_REPLICA_FIXED_ENV, "CUDA_VISIBLE_DEVICES": "", sandbox.PLAN_ENV: plan}
 
 
-# Runs the model server as on a kernel whose Landlock stops at ABI 5 (no signal scoping).
+# Runs the model server as on a kernel whose Landlock stops at an older ABI (5: no signal scoping, 0: none).
 OLDER_KERNEL = """
 import runpy
 from endpoints_app.runtime import sandbox
-sandbox.landlock_abi = lambda: 5
+sandbox.landlock_abi = lambda: ABI
 runpy.run_module("endpoints_app.runtime.model_server", run_name="__main__")
 """
 
 
-@pytest.mark.parametrize("start", ["fresh", "standby", "fresh-abi5"])
+@pytest.mark.parametrize("start", ["fresh", "standby", "fresh-abi5", "fresh-abi0"])
 def test_a_replica_confined_to_its_own_files_from_the_start_serves(agent: Agent, iris: Path, start: str) -> None:
     runtime = agent.runtime_dir
     deployment = runtime / "deployments" / "3"
@@ -250,8 +250,8 @@ def test_a_replica_confined_to_its_own_files_from_the_start_serves(agent: Agent,
     log.touch()
     port, credential = _free_port(), "c" * 43
     command = [sys.executable, "-m", "endpoints_app.runtime.model_server"]
-    if start == "fresh-abi5":  # a kernel before 6.12: seccomp, not Landlock, keeps signals in the replica
-        command = [sys.executable, "-c", OLDER_KERNEL]
+    if start.startswith("fresh-abi"):  # an older kernel: seccomp, not Landlock, keeps signals in the replica
+        command = [sys.executable, "-c", OLDER_KERNEL.replace("ABI", start.removeprefix("fresh-abi"))]
     if start.startswith("fresh"):
         scratch = runtime / "scratch" / "3-0"
         agent._prepare_replica_files(scratch, log)
@@ -289,9 +289,38 @@ def test_a_replica_confined_to_its_own_files_from_the_start_serves(agent: Agent,
     if start == "fresh-abi5":
         assert health["isolation"] == "landlock-abi5+seccomp+signals-own-pid (lacks: no-scoping)"
         assert "lacks no-scoping: signals are confined by seccomp" in log.read_text()
+    if start == "fresh-abi0":  # honest about it: files are not confined, the rest of the filter is on
+        assert health["isolation"] == "seccomp+signals-own-pid (lacks: no-landlock)"
+        assert "replica FILES ARE NOT CONFINED" in log.read_text()
+        assert "seccomp still refuses outbound connections" in log.read_text()
+        return
     assert health["isolation"].startswith("landlock-abi") and "seccomp" in health["isolation"]
     text = log.read_text()
     assert f"isolation: {health['isolation']}" in text
     assert "JOBLIB" not in text and "joblib will operate in serial mode" not in text  # no /dev/shm warning
     if start == "standby":
         assert "handed over by a standby process" in text
+
+
+@pytest.mark.parametrize(
+    ("abi", "expected"),
+    [
+        (0, ["offers no Landlock: replicas run UNSANDBOXED"]),
+        (3, ["(ABI 3) lacks no-tcp-port-rules", "(ABI 3) lacks no-device-ioctl-rules", "(ABI 3) lacks no-scoping"]),
+        (5, ["(ABI 5) lacks no-scoping: signals are confined by seccomp to the replica's own process"]),
+        (7, []),
+    ],
+)
+def test_the_agent_warns_about_what_an_older_kernel_lacks(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture, abi: int, expected: list[str]
+) -> None:
+    monkeypatch.setattr(sandbox, "landlock_abi", lambda: abi)
+    agent = Agent.__new__(Agent)
+    agent.data_dir = tmp_path / "data"
+    agent.runtime_dir = agent.data_dir / "runtime"
+    agent.scratch_root = agent.runtime_dir / "scratch"
+    with caplog.at_level("WARNING", logger="modelfleet.runtime"):
+        agent._choose_replica_user()
+    warnings = [r.getMessage() for r in caplog.records if "Landlock" in r.getMessage()]
+    assert [w for w in expected if not any(w in message for message in warnings)] == []
+    assert len(warnings) == len(expected)

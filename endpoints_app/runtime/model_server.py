@@ -1495,9 +1495,13 @@ def _confine(args: argparse.Namespace) -> str:
     isolation = sandbox.enter_final(model_path=str(args.model_path.resolve()), scratch=str(scratch), port=args.port)
     if isolation.landlock_abi == 0:
         logger.warning(
-            "isolation: %s: this kernel offers no Landlock, so replicas run UNSANDBOXED: model code can read "
-            "whatever its user can read and connect anywhere",
+            "isolation: %s: this kernel offers no Landlock, so replica FILES ARE NOT CONFINED: model code can "
+            "read and write whatever its user can%s",
             isolation.describe(),
+            "; seccomp still refuses outbound connections, UDP/raw/unix sockets, namespaces and signals to other "
+            "processes"
+            if isolation.seccomp
+            else ", and connect anywhere",
         )
     else:
         logger.info(
