@@ -123,6 +123,19 @@ attempt("clone3", lambda: raw(NR["clone3"], None, 0))
 attempt("signal parent", lambda: os.kill(os.getppid(), 0))
 attempt("signal process group", lambda: os.kill(0, 0))
 attempt("pidfd signal parent", pidfd_signal)
+def steal_fd():
+    fd = os.pidfd_open(os.getppid())
+    try:
+        return raw(NR["pidfd_getfd"], fd, 0, 0)
+    finally:
+        os.close(fd)
+
+iov = (ctypes.c_char * 8)()
+local = (ctypes.c_void_p * 2)(ctypes.cast(iov, ctypes.c_void_p), 8)
+remote = (ctypes.c_void_p * 2)(0x10000, 8)
+attempt("read parent memory", lambda: raw(NR["process_vm_readv"], os.getppid(), local, 1, remote, 1, 0))
+attempt("steal a parent fd", steal_fd)
+attempt("ptrace peek parent", lambda: raw(NR["ptrace"], 2, os.getppid(), 0, 0))  # PTRACE_PEEKDATA, not attached
 attempt("tcp listen", listen)
 attempt("socketpair", lambda: [s.close() for s in socket.socketpair()])
 attempt("asyncio server", lambda: asyncio.run(serve()))
@@ -200,6 +213,9 @@ def probe(mode: str, targets: tuple[int, int, list[bytes]]) -> dict[str, str]:
 def test_unfiltered_the_attacks_work_here(targets: tuple[int, int, list[bytes]]) -> None:
     """The control: on this machine each attack succeeds without the filter."""
     seen = probe("control", targets)
+    # The kernel got as far as the address or the tracee: permission was not what stopped them.
+    assert seen["read parent memory"] in ("ok", "EFAULT") and seen["steal a parent fd"] == "ok"
+    assert seen["ptrace peek parent"] == "ESRCH"
     expected_ok = ATTACKS + NEEDED + SIGNALS
     assert {name: seen[name] for name in expected_ok} == {name: "ok" for name in expected_ok}
     assert seen["clone3"] in ("EFAULT", "EINVAL")  # the kernel looked at the (bad) arguments
@@ -228,6 +244,7 @@ def test_the_filter_refuses_every_way_out_and_keeps_what_a_model_server_needs(
         "setns": "EPERM",
     }
     assert seen["sctp stream socket"] == "EACCES"
+    assert [seen["read parent memory"], seen["steal a parent fd"], seen["ptrace peek parent"]] == ["EPERM"] * 3
     assert seen["clone3"] == "ENOSYS"  # so glibc falls back to clone, whose flags the filter reads
     assert {name: seen[name] for name in NEEDED} == {name: "ok" for name in NEEDED}
     signals = {name: seen[name] for name in SIGNALS}

@@ -12,8 +12,8 @@ A model server confines itself in two stages, with Linux features an unprivilege
    outside the sandbox are out of scope (Landlock ABI 6); then a seccomp filter (apply_seccomp)
    refuses what Landlock of any generation leaves open: connect() and TCP Fast Open, every socket
    but TCP over IPv4/IPv6 (no UDP, raw, unix, netlink, MPTCP or SCTP), namespaces (unshare, setns,
-   clone with CLONE_NEW*; clone3 is ENOSYS), io_uring and, where Landlock cannot scope signals,
-   signals to any other process.
+   clone with CLONE_NEW*; clone3 is ENOSYS), io_uring, ptrace and reading other processes' memory
+   or descriptors, and, where Landlock cannot scope signals, signals to any other process.
 2. **Final**, once the replica knows which model it serves (for a warm standby: after it received
    its assignment): a second Landlock layer narrows reading to its own model folder, writing to its
    own scratch folder, and binding to its own port.
@@ -340,6 +340,10 @@ _SYSCALLS = {
         "io_uring_setup": 425,
         "io_uring_enter": 426,
         "io_uring_register": 427,
+        "ptrace": 101,
+        "process_vm_readv": 310,
+        "process_vm_writev": 311,
+        "pidfd_getfd": 438,
     },
     "aarch64": {
         "socket": 198,
@@ -360,6 +364,10 @@ _SYSCALLS = {
         "io_uring_setup": 425,
         "io_uring_enter": 426,
         "io_uring_register": 427,
+        "ptrace": 117,
+        "process_vm_readv": 270,
+        "process_vm_writev": 271,
+        "pidfd_getfd": 438,
     },
 }
 SECCOMP_SET_MODE_FILTER = 1
@@ -439,7 +447,7 @@ def seccomp_program(machine: str, *, confine_signals_to: int | None) -> tuple[by
     p.op(_JGE_K, 0x40000000, "nosys", 0)  # x32 numbers
     for name in ("io_uring_setup", "io_uring_enter", "io_uring_register", "clone3"):
         p.op(_JEQ_K, nr[name], "nosys", 0)
-    for name in ("connect", "unshare", "setns"):
+    for name in ("connect", "unshare", "setns", "ptrace", "process_vm_readv", "process_vm_writev", "pidfd_getfd"):
         p.op(_JEQ_K, nr[name], "eperm", 0)
     p.op(_JEQ_K, nr["clone"], "clone", 0)
     p.op(_JEQ_K, nr["socket"], "socket", 0)
@@ -504,6 +512,9 @@ def apply_seccomp(*, confine_signals: bool = False) -> bool:
       ``clone3`` gets ENOSYS, so glibc falls back to ``clone`` for threads and ``posix_spawn``,
       where the flags can be read (``clone3`` passes them in memory, out of a filter's reach).
     * io_uring gets ENOSYS: it could create sockets and connect around this filter.
+    * ``ptrace``, ``process_vm_readv``/``writev`` and ``pidfd_getfd`` are refused (EPERM): Landlock
+      already keeps them inside the sandbox, this keeps them out where the kernel has no Landlock
+      (a replica of a non-root agent runs as the agent's user and could otherwise read its memory).
     * With ``confine_signals`` (kernels whose Landlock cannot scope signals, ABI < 6): ``kill``,
       ``tkill``, ``tgkill``, ``rt_sigqueueinfo`` and ``rt_tgsigqueueinfo`` only to this process's
       own pid (its threads included: tgkill names the process first), and ``pidfd_send_signal``
@@ -610,7 +621,12 @@ def drop_capabilities() -> bool:
 
 # What a Landlock ABI lacks, as (short tag for the isolation string, what it means for a replica).
 _LANDLOCK_GAPS = (
-    (1, "no-landlock", "files are not confined: model code reads and writes whatever its user may"),
+    (
+        1,
+        "no-landlock",
+        "files are not confined: model code reads and writes whatever its user may (seccomp still refuses "
+        "connections, namespaces, ptrace and signals to other processes)",
+    ),
     (4, "no-tcp-port-rules", "the replica may bind any free TCP port (seccomp still refuses every connect)"),
     (5, "no-device-ioctl-rules", "ioctl on device files is not confined"),
     (
@@ -642,8 +658,8 @@ class Isolation:
             found.append(
                 (
                     "no-seccomp",
-                    "no seccomp filter on this architecture: connect, UDP/raw/unix sockets, namespaces, io_uring "
-                    "and signals are not filtered",
+                    "no seccomp filter on this architecture: connect, UDP/raw/unix sockets, namespaces, io_uring, "
+                    "ptrace and signals are not filtered",
                 )
             )
         return found
