@@ -732,17 +732,30 @@ def test_a_text_full_of_keywords_is_answered_at_the_first():
 
 
 @pytest.mark.parametrize("pad", ["x ", "é—"])
-@pytest.mark.parametrize("offset", [-500, -400, -210, -4, 0, 4, 150])
-def test_a_keyword_across_the_first_window_is_found_as_the_regex_finds_it(pad, offset):
-    # The automaton reads a prefix of the marked text first (FIRST_WINDOW bytes), then more. Here the
-    # first match starts that many bytes from the edge: "a" fits in the prefix, while the longest
-    # keyword starting there ("a-a-…-a", 199 characters) may reach past it, and that one must win.
+@pytest.mark.parametrize("offset", [-500, -250, -199, -198, -100, -1, 0, 1, 150])
+def test_a_keyword_across_the_first_chunk_is_found_as_the_regex_finds_it(pad, offset):
+    # The matcher reads the text in chunks (FIRST_CHUNK characters first). Here the first match
+    # starts that far from the first chunk's end: "a" fits in it, while the longest keyword starting
+    # there ("a-a-…-a", 199 characters) may reach past it, and that one must win.
     keywords = ["a"] + ["a-" * i + "a" for i in range(1, 100)] + ["a-a-b", "—"]
-    width = len(guardrails._marked(pad * 2).encode()) - len(guardrails._marked(pad).encode())
-    text = pad * ((guardrails.KeywordMatcher.FIRST_WINDOW + offset) // width) + "a-" * 150 + " tail"
+    text = pad * ((guardrails.KeywordMatcher.FIRST_CHUNK + offset) // 2) + "a-" * 150 + " tail"
     reference = reference_keyword_search(keywords, text)
     assert reference.group(0) == "a-" * 99 + "a"
     assert guardrails.keyword_matcher(tuple(keywords)).search(text) == reference.span()
+
+
+@hypothesis_settings(max_examples=3000, deadline=None)
+@given(
+    st.lists(st.text(alphabet=KEYWORD_ALPHABET, min_size=1, max_size=4).filter(str.strip), min_size=1, max_size=5),
+    st.text(alphabet=KEYWORD_ALPHABET + "xyz", max_size=30),
+    st.integers(min_value=1, max_value=8),
+)
+def test_keywords_in_chunks_of_any_size_are_found_as_the_regex_finds_them(keywords, text, chunk):
+    # Chunks of a few characters, so that keywords straddle their ends and their overlaps.
+    matcher = guardrails.KeywordMatcher(tuple(k.strip() for k in keywords))
+    matcher.FIRST_CHUNK = chunk
+    reference = reference_keyword_search(keywords, text)
+    assert matcher.search(text) == (reference and reference.span())
 
 
 def test_a_guardrail_sent_to_a_worker_process_blocks_the_same_keywords():

@@ -187,11 +187,13 @@ def mask_pii(text: str) -> str:
 #    the frame), which is what ``(?<!\w)`` and ``(?!\w)`` ask. So the automaton reports only matches
 #    the boundaries allow: there is no pile of refused matches to filter, which would again cost
 #    O(text × keywords) on ``a-a-…``. Its "leftmost-longest" match is then exactly the regex's.
-# 3. The search runs on the UTF-8 bytes (``surrogatepass``: a JSON string may hold a lone surrogate),
-#    of a prefix first, then of four times as much: a keyword near the start costs little however
-#    long the text, and a text full of keywords does not build a list of every one.
+# 3. The text is read in chunks, 64 K characters first and then four times as many each time, which
+#    overlap by the longest keyword: a keyword near the start costs little however long the text, and
+#    a text full of keywords does not build a list of every one. Each chunk is searched as UTF-8 bytes
+#    (``surrogatepass``: a JSON string may hold a lone surrogate).
 _MARK = "N"
 _NON_WORD = re.compile(r"(\W)")
+_WORD = re.compile(r"\w")
 # ``re.IGNORECASE`` compares simple lower cases and, beyond them, treats the groups of re's own table
 # (``re._casefix``, generated from Unicode) as equal; each folds to its smallest member. U+0345
 # (combining ypogegrammeni) stays itself: it is the one member of those groups that is not a word
@@ -220,21 +222,24 @@ def _fold(text: str) -> str:
     return folded
 
 
-def _marked(folded: str) -> str:
-    """``N`` + ``folded`` with each non-word character c as ``N c N`` + ``N`` (one split, one join, in C)."""
-    return _MARK + _MARK.join(_NON_WORD.split(folded)) + _MARK
+def _marked(folded: str, *, after_non_word: bool = True, final: bool = True) -> str:
+    """``folded`` with each non-word character c as ``N c N`` (one split, one join, in C), framed by
+    marks: before it if what precedes it is not a word character (or nothing), after it if nothing
+    follows it. A chunk of a longer text is framed only where that is so."""
+    body = _MARK.join(_NON_WORD.split(folded))
+    return (_MARK if after_non_word else "") + body + (_MARK if final else "")
 
 
 class KeywordMatcher:
     r"""Finds the first invalid keyword in a text, as ``(?<!\w)(?:kw1|kw2|…)(?!\w)`` under IGNORECASE
     with the longer keywords first would, in linear time (see above)."""
 
-    FIRST_WINDOW = 64 * 1024  # bytes of the marked text searched first
+    FIRST_CHUNK = 64 * 1024  # characters of the text folded, marked and searched first
 
     def __init__(self, keywords: tuple[str, ...]) -> None:
         self.keywords = keywords
+        self._longest = max(map(len, keywords))  # in characters, as in the text: folding keeps lengths
         patterns = list(dict.fromkeys(_marked(_fold(k)).encode("utf-8", "surrogatepass") for k in keywords))
-        self._longest = max(map(len, patterns))
         self._automaton = ahocorasick_rs.BytesAhoCorasick(patterns, matchkind=ahocorasick_rs.MatchKind.LeftmostLongest)
 
     def __reduce__(self) -> tuple[Callable[[tuple[str, ...]], KeywordMatcher], tuple[tuple[str, ...]]]:
@@ -243,26 +248,29 @@ class KeywordMatcher:
 
     def search(self, text: str) -> tuple[int, int] | None:
         """(start, end) in ``text`` of the first keyword found, or None."""
-        marked = _marked(_fold(text))
-        data = marked.encode("utf-8", "surrogatepass")
-        view, window = memoryview(data), self.FIRST_WINDOW
+        begin, size = 0, self.FIRST_CHUNK
         while True:
-            found = self._automaton.find_matches_as_indexes(view[:window])
-            # The first match of a prefix is the text's once every match starting where it starts
-            # (or before) would fit in the prefix too.
-            if found and (found[0][1] + self._longest <= window or window >= len(data)):
-                break
-            if window >= len(data):
+            stop = min(len(text), begin + size)
+            after_non_word = begin == 0 or _WORD.match(text, begin - 1) is None
+            marked = _marked(_fold(text[begin:stop]), after_non_word=after_non_word, final=stop == len(text))
+            data = marked.encode("utf-8", "surrogatepass")
+            # Leftmost-longest: the first match is the one that starts first, the longest there. A
+            # match in a chunk is one in the text (it is framed at the text's end only).
+            found = self._automaton.find_matches_as_indexes(data)
+            if found:
+                _, start, end = found[0]
+                if not marked.isascii():  # byte offsets to offsets in ``marked``
+                    start = len(data[:start].decode("utf-8", "surrogatepass"))
+                    end = len(data[:end].decode("utf-8", "surrogatepass"))
+                # Offsets in ``marked`` less the marks before them are offsets in the chunk.
+                start, end = begin + start - marked.count(_MARK, 0, start), begin + end - marked.count(_MARK, 0, end)
+                # It is the text's first once any keyword starting there (or before) fits in the chunk.
+                if start + self._longest <= stop or stop == len(text):
+                    return start, end
+            if stop == len(text):
                 return None
-            window *= 4
-        _, start, end = found[0]
-        if not marked.isascii():  # byte offsets to offsets in ``marked``
-            start, end = (
-                len(data[:start].decode("utf-8", "surrogatepass")),
-                len(data[:end].decode("utf-8", "surrogatepass")),
-            )
-        # Offsets in ``marked`` less the marks before them are offsets in the folded text, and so in ``text``.
-        return start - marked.count(_MARK, 0, start), end - marked.count(_MARK, 0, end)
+            # A match that the chunk cut off starts within the longest keyword of its end.
+            begin, size = max(begin, stop - self._longest), size * 4
 
 
 @functools.lru_cache(maxsize=16)
