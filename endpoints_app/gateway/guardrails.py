@@ -11,7 +11,8 @@ the caller sees it. Per direction:
 Detection is pattern based and runs on this machine (nothing leaves it): e-mail addresses, phone
 numbers, US social security numbers, payment card numbers (Luhn-checked, so order numbers do not
 trip it), IPv4 addresses and IBANs. Every pattern runs in linear time over the whole text (no scan
-cap that padding could slip personal data past), and a long text is checked in a worker process
+cap that padding could slip personal data past), and so does keyword matching (an Aho–Corasick
+automaton, ``KeywordMatcher``); a long text is checked in a worker process
 (``apply_off_loop``) so the one event loop of the web process keeps serving meanwhile. ``safety``
 and ``valid_topics`` need a classifier model, which Modelfleet does not ship: validation refuses
 them rather than pretend.
