@@ -7,6 +7,7 @@ wire protocol. Each gateway test gets its own gateway (fresh route-table and tok
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import socket
@@ -77,15 +78,11 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-@pytest.fixture
-def gateway(transactional_db) -> Iterator[Gateway]:  # type: ignore[no-untyped-def]
-    """The whole ASGI app (Django and the gateway) in uvicorn on a thread, with a fresh gateway."""
+@contextlib.contextmanager
+def serve_in_thread(app) -> Iterator[Gateway]:  # type: ignore[no-untyped-def]
+    """``app`` served by uvicorn on a loopback port, on a thread, until the block ends."""
     import uvicorn
-    from django.core.asgi import get_asgi_application
 
-    from endpoints_app.gateway.app import mount
-
-    app = mount(get_asgi_application())
     port = _free_port()
     server = uvicorn.Server(
         uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="on", loop="asyncio")
@@ -101,6 +98,17 @@ def gateway(transactional_db) -> Iterator[Gateway]:  # type: ignore[no-untyped-d
     finally:
         server.should_exit = True
         thread.join(10)
+
+
+@pytest.fixture
+def gateway(transactional_db) -> Iterator[Gateway]:  # type: ignore[no-untyped-def]
+    """The whole ASGI app (Django and the gateway) in uvicorn on a thread, with a fresh gateway."""
+    from django.core.asgi import get_asgi_application
+
+    from endpoints_app.gateway.app import mount
+
+    with serve_in_thread(mount(get_asgi_application())) as served:
+        yield served
 
 
 @pytest.fixture

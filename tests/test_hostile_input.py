@@ -40,11 +40,11 @@ from tests.test_external_models import (
     CHAT,
     KEY,
     Gateway,
-    _free_port,
     body_for,
     create,
     external,
     fakes,  # noqa: F401  (a fixture)
+    serve_in_thread,
     store_secret,
 )
 
@@ -191,27 +191,12 @@ def test_wide_json_within_the_limit_parses():
 @pytest.fixture
 def web(transactional_db) -> Iterator[Gateway]:  # type: ignore[no-untyped-def]
     """The production ASGI stack (body limits around the gateway and Django) in uvicorn on a thread."""
-    import uvicorn
     from django.core.asgi import get_asgi_application
 
     from endpoints_app.http_limits import limit_bodies
 
-    app = limit_bodies(gateway_app.mount(get_asgi_application()))
-    port = _free_port()
-    server = uvicorn.Server(
-        uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="on", loop="asyncio")
-    )
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 10
-    while not server.started and time.monotonic() < deadline:
-        time.sleep(0.02)
-    assert server.started, "uvicorn did not start"
-    try:
-        yield Gateway(f"http://127.0.0.1:{port}", app)
-    finally:
-        server.should_exit = True
-        thread.join(10)
+    with serve_in_thread(limit_bodies(gateway_app.mount(get_asgi_application()))) as served:
+        yield served
 
 
 def chunked(*chunks: bytes) -> bytes:
