@@ -297,6 +297,7 @@ MIDDLEWARE = [
     "endpoints_app.audit.AuditSourceMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
+    "endpoints_app.pages.errors.PageErrorMiddleware",
 ]
 
 ROOT_URLCONF = "dashboard.urls"

@@ -20,10 +20,11 @@ from endpoints_app.api import (
 from endpoints_app.api import views as api
 from endpoints_app.pages import urls as pages
 
-handler400 = "endpoints_app.api.errors.json_400"
-handler403 = "endpoints_app.api.errors.json_403"
-handler404 = "endpoints_app.api.errors.json_404"
-handler500 = "endpoints_app.api.errors.json_500"
+# JSON for /api/ and /serving-endpoints/, the dashboard's error page for everything else.
+handler400 = "endpoints_app.pages.errors.bad_request_handler"
+handler403 = "endpoints_app.pages.errors.forbidden_handler"
+handler404 = "endpoints_app.pages.errors.not_found_handler"
+handler500 = "endpoints_app.pages.errors.server_error_handler"
 
 EP = "api/2.0/serving-endpoints"
 

@@ -16,6 +16,7 @@ from django.urls import path
 from django.views.decorators.http import require_http_methods, require_POST
 
 from endpoints_app.models import AccessToken
+from endpoints_app.pages.errors import error_page
 from endpoints_app.pages.forms import ThrottledAuthenticationForm
 from endpoints_app.services import tokens as token_services
 
@@ -64,9 +65,7 @@ def token_revoke(request: HttpRequest, token_id: int) -> HttpResponse:
     # Someone else's token does not exist here (404), like an endpoint one may not see.
     token = AccessToken.objects.filter(pk=token_id, user=request.user).select_related("user").first()
     if token is None:
-        return render(
-            request, "dashboard/error.html", {"status": 404, "message": f"Token {token_id} does not exist"}, status=404
-        )
+        return error_page(request, 404, f"Token {token_id} does not exist")
     if token.revoked_at is None:
         token_services.revoke_token(token=token, actor=request.user)
         messages.success(request, f"Token {token.hint}… is revoked: it no longer works.")

@@ -28,7 +28,6 @@ from endpoints_app import access, selectors
 from endpoints_app.errors import DomainError
 from endpoints_app.models import ChangeRequest, Endpoint, PermissionLevel
 from endpoints_app.pages.edit import needs_change_request, require_unchanged
-from endpoints_app.pages.endpoint import page_errors
 from endpoints_app.pages.forms import AiGatewayEditor
 from endpoints_app.services import ai_gateway, changes
 from endpoints_app.services import endpoints as endpoint_services
@@ -68,7 +67,6 @@ def _render(
 
 @login_required
 @require_http_methods(["GET", "POST"])
-@page_errors
 def endpoint_ai_gateway(request: HttpRequest, name: str) -> HttpResponse:
     endpoint = selectors.endpoint_by_name(name)
     level = access.require(request.user, endpoint, PermissionLevel.CAN_VIEW)  # 404 for outsiders

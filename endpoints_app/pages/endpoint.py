@@ -22,8 +22,7 @@ from __future__ import annotations
 import difflib
 import json
 import logging
-from collections.abc import Callable
-from functools import lru_cache, wraps
+from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
@@ -34,7 +33,7 @@ from django.urls import path
 
 from endpoints_app import access, audit, registry, selectors
 from endpoints_app.api.serializers import serialize_entity_state
-from endpoints_app.errors import DomainError, PermissionDenied, ResourceDoesNotExist
+from endpoints_app.errors import DomainError, ResourceDoesNotExist
 from endpoints_app.models import (
     AlertEvent,
     ConfigUpdate,
@@ -61,21 +60,6 @@ RANGES = (
 )
 LOG_TAIL = 100
 HISTORY_ROWS = 20
-
-
-def page_errors(view: Callable[..., HttpResponse]) -> Callable[..., HttpResponse]:
-    """Domain errors as pages: cannot see → the 404 page, cannot act → the 403 page."""
-
-    @wraps(view)
-    def wrapper(request: HttpRequest, *args: Any, **kwargs: Any) -> HttpResponse:
-        try:
-            return view(request, *args, **kwargs)
-        except ResourceDoesNotExist as exc:
-            return render(request, "dashboard/error.html", {"status": 404, "message": exc.message}, status=404)
-        except PermissionDenied as exc:
-            return render(request, "dashboard/error.html", {"status": 403, "message": exc.message}, status=403)
-
-    return wrapper
 
 
 def endpoint_for(request: HttpRequest, name: str, needed: str = PermissionLevel.CAN_VIEW) -> tuple[Endpoint, str]:
@@ -263,7 +247,6 @@ def _permissions_context(request: HttpRequest, endpoint: Endpoint, level: str) -
 
 
 @login_required
-@page_errors
 def endpoint_page(request: HttpRequest, name: str) -> HttpResponse:
     endpoint, level = endpoint_for(request, name)
     state_key, state_label = state_of(endpoint)
@@ -373,7 +356,6 @@ def _external_json(entity: Any) -> dict[str, Any]:
 
 
 @login_required
-@page_errors
 def permissions_panel(request: HttpRequest, name: str) -> HttpResponse:
     """The permissions panel alone, re-rendered after the script changed a grant through the API."""
     endpoint = Endpoint.objects.filter(name=name).first()

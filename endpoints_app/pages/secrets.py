@@ -27,7 +27,7 @@ from django.views.decorators.http import require_http_methods
 from endpoints_app import access
 from endpoints_app.errors import DomainError, InvalidParameterValue, PermissionDenied
 from endpoints_app.models import SecretPermission, SecretScope
-from endpoints_app.pages.endpoint import page_errors
+from endpoints_app.pages.errors import error_page
 from endpoints_app.pages.forms import SecretAclForm, SecretPutForm, SecretScopeForm
 from endpoints_app.services import secrets
 
@@ -99,7 +99,7 @@ def secret_scopes(request: HttpRequest) -> HttpResponse:
             initial_manage_principal=secrets.ALL_USERS if form.cleaned_data["everyone_manages"] else None,
         )
     except PermissionDenied as exc:
-        return render(request, "dashboard/error.html", {"status": 403, "message": exc.message}, status=403)
+        return error_page(request, 403, exc.message)
     except DomainError as exc:
         form.add_error("scope", exc.message)
         return _scopes_page(request, form=form, status=exc.status)
@@ -148,13 +148,12 @@ def _scope_page(
 
 @login_required
 @require_http_methods(["GET", "POST"])
-@page_errors
 def secret_scope(request: HttpRequest, scope: str) -> HttpResponse:
     if request.method == "GET":
         return _scope_page(request, scope)
     action = request.POST.get("action", "")
     if action not in ACTIONS:
-        return render(request, "dashboard/error.html", {"status": 400, "message": "Unknown action."}, status=400)
+        return error_page(request, 400, "Unknown action.")
     _scope(request.user, scope, ACTIONS[action])  # refuse before reading the form; the service checks again
     if action == "put_secret":
         form = SecretPutForm(request.POST)
@@ -192,7 +191,6 @@ def secret_scope(request: HttpRequest, scope: str) -> HttpResponse:
 
 @login_required
 @require_http_methods(["GET", "POST"])
-@page_errors
 def secret_delete(request: HttpRequest, scope: str, key: str) -> HttpResponse:
     _scope(request.user, scope, SecretPermission.WRITE)
     if request.method == "POST":
@@ -200,12 +198,7 @@ def secret_delete(request: HttpRequest, scope: str, key: str) -> HttpResponse:
         messages.success(request, f"Secret {key} deleted from {scope}.")
         return redirect("secret_scope", scope=scope)
     if not any(k.key == key for k in secrets.list_secrets(user=request.user, scope=scope)):
-        return render(
-            request,
-            "dashboard/error.html",
-            {"status": 404, "message": f"Secret {key} does not exist in scope {scope}!"},
-            status=404,
-        )
+        return error_page(request, 404, f"Secret {key} does not exist in scope {scope}!")
     return render(
         request,
         "dashboard/secrets_confirm.html",
@@ -215,7 +208,6 @@ def secret_delete(request: HttpRequest, scope: str, key: str) -> HttpResponse:
 
 @login_required
 @require_http_methods(["GET", "POST"])
-@page_errors
 def secret_scope_delete(request: HttpRequest, scope: str) -> HttpResponse:
     found, _ = _scope(request.user, scope, SecretPermission.MANAGE)
     if request.method == "POST":
