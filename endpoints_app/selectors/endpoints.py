@@ -1,17 +1,11 @@
-"""Reads: querysets shaped for the pages and the API, with the prefetching they need."""
+"""Endpoint reads: the list, one endpoint (plain or detailed), readiness, and the entity whose logs are asked for."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
-from django.contrib.auth.models import AbstractBaseUser
 from django.db.models import Prefetch, QuerySet
 
-from endpoints_app import access
 from endpoints_app.errors import ResourceDoesNotExist
 from endpoints_app.models import (
-    AuditEvent,
-    ChangeRequest,
     ConfigUpdate,
     DeploymentState,
     Endpoint,
@@ -20,7 +14,6 @@ from endpoints_app.models import (
     ReplicaState,
     ServedEntity,
 )
-from endpoints_app.services.changes import APPROVER_ROLES
 
 _ENTITIES = Prefetch(
     "served_entities",
@@ -102,49 +95,3 @@ def served_entity_for_logs(endpoint: Endpoint, served_name: str) -> ServedEntity
             if entity.name == served_name:
                 return entity
     raise ResourceDoesNotExist(f"Served model '{served_name}' does not exist in endpoint '{endpoint.name}'")
-
-
-# --- change requests ---------------------------------------------------------------------------
-
-
-def change_requests_for(
-    user: AbstractBaseUser, *, status: str | None = None, endpoint_name: str | None = None
-) -> QuerySet[ChangeRequest]:
-    """The change requests ``user`` may see, newest first: approvers and admins see every one, anyone
-    else only their own. ``status`` (any case) and ``endpoint_name`` narrow it; an unknown status
-    matches nothing. The page, the API and the CLI (through the API) all list through here."""
-    requests = ChangeRequest.objects.select_related("author", "decided_by").order_by("-id")
-    if access.role_of(user) not in APPROVER_ROLES:
-        requests = requests.filter(author_id=user.pk)
-    if status:
-        requests = requests.filter(status=status.upper())
-    if endpoint_name:
-        requests = requests.filter(endpoint_name=endpoint_name)
-    return requests
-
-
-def change_request_for(user: AbstractBaseUser, request_id: int) -> ChangeRequest:
-    """One change request ``user`` may see; one they may not is as missing as one that never was."""
-    change = change_requests_for(user).filter(pk=request_id).first()
-    if change is None:
-        raise ResourceDoesNotExist(f"Change request {request_id} does not exist")
-    return change
-
-
-# --- the audit log -----------------------------------------------------------------------------
-
-
-def audit_event_page(
-    events: QuerySet[AuditEvent], *, before_id: int | None, limit: int
-) -> tuple[list[AuditEvent], int | None]:
-    """One page of ``events``, newest first, below ``before_id`` (keyset paging: no COUNT, no OFFSET
-    over a table that only grows), and the ``before_id`` of the next page (None on the last)."""
-    if before_id is not None:
-        events = events.filter(id__lt=before_id)
-    rows = list(events.order_by("-id")[: limit + 1])
-    return rows[:limit], rows[limit - 1].id if len(rows) > limit else None
-
-
-def audit_event_export(events: QuerySet[AuditEvent]) -> Iterator[AuditEvent]:
-    """Every one of ``events``, oldest first, read in chunks (an export may be the whole log)."""
-    return events.order_by("at", "id").iterator(chunk_size=500)

@@ -1,0 +1,35 @@
+"""Change-request reads: the requests a user may see, and one of them."""
+
+from __future__ import annotations
+
+from django.contrib.auth.models import AbstractBaseUser
+from django.db.models import QuerySet
+
+from endpoints_app import access
+from endpoints_app.errors import ResourceDoesNotExist
+from endpoints_app.models import ChangeRequest
+from endpoints_app.services.changes import APPROVER_ROLES
+
+
+def change_requests_for(
+    user: AbstractBaseUser, *, status: str | None = None, endpoint_name: str | None = None
+) -> QuerySet[ChangeRequest]:
+    """The change requests ``user`` may see, newest first: approvers and admins see every one, anyone
+    else only their own. ``status`` (any case) and ``endpoint_name`` narrow it; an unknown status
+    matches nothing. The page, the API and the CLI (through the API) all list through here."""
+    requests = ChangeRequest.objects.select_related("author", "decided_by").order_by("-id")
+    if access.role_of(user) not in APPROVER_ROLES:
+        requests = requests.filter(author_id=user.pk)
+    if status:
+        requests = requests.filter(status=status.upper())
+    if endpoint_name:
+        requests = requests.filter(endpoint_name=endpoint_name)
+    return requests
+
+
+def change_request_for(user: AbstractBaseUser, request_id: int) -> ChangeRequest:
+    """One change request ``user`` may see; one they may not is as missing as one that never was."""
+    change = change_requests_for(user).filter(pk=request_id).first()
+    if change is None:
+        raise ResourceDoesNotExist(f"Change request {request_id} does not exist")
+    return change
