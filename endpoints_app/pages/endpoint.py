@@ -47,7 +47,8 @@ from endpoints_app.models import (
     PollTarget,
 )
 from endpoints_app.monitoring import logs
-from endpoints_app.pages import fleet
+from endpoints_app.pages import fleet_render
+from endpoints_app.selectors.fleet import annotate_state
 
 log = logging.getLogger(__name__)
 
@@ -138,9 +139,9 @@ def config_diff(endpoint: Endpoint) -> list[tuple[str, str]]:
 def state_of(endpoint: Endpoint) -> tuple[str, str]:
     """The fleet list's badge for this endpoint (the same SQL rule), as (key, words)."""
     state_key, serving = (
-        fleet.annotate_state(Endpoint.objects.filter(pk=endpoint.pk)).values_list("state_key", "serving").get()
+        annotate_state(Endpoint.objects.filter(pk=endpoint.pk)).values_list("state_key", "serving").get()
     )
-    return state_key, fleet.state_label(state_key, bool(serving))
+    return state_key, fleet_render.state_label(state_key, bool(serving))
 
 
 # --- the playground's example body ----------------------------------------------------------------

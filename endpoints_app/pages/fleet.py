@@ -12,495 +12,36 @@ A page costs the same dozen queries whatever the fleet's size or the page size:
 
 The results table is also served alone (``HX-Target: fleet-results``), so htmx can refresh it
 every few seconds while the tab is visible without re-rendering the filters.
+
+The queries are in ``selectors.fleet``, the rows' cells in ``fleet_render``; this module is the view.
 """
 
 from __future__ import annotations
 
-import math
 import time
-from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
 from django.contrib.auth.decorators import login_required
-from django.core.paginator import Page, Paginator
-from django.db.models import (
-    BigIntegerField,
-    Case,
-    Exists,
-    F,
-    Max,
-    OuterRef,
-    Prefetch,
-    Q,
-    QuerySet,
-    Subquery,
-    Sum,
-    Value,
-    When,
-)
-from django.db.models.functions import Cast, NullIf
-from django.http import HttpRequest, HttpResponse, QueryDict
+from django.core.paginator import Paginator
+from django.http import HttpRequest, HttpResponse
 from django.shortcuts import render
 from django.urls import NoReverseMatch, path, reverse
-from django.utils.html import format_html, format_html_join
-from django.utils.safestring import SafeString, mark_safe
 
 from endpoints_app import access
-from endpoints_app.models import (
-    ConfigUpdate,
-    DeploymentState,
-    Endpoint,
-    EndpointTag,
-    HealthStatus,
-    MetricPoint,
-    PollTarget,
-    ServedEntity,
+from endpoints_app.models import HealthStatus
+from endpoints_app.pages import fleet_render
+from endpoints_app.selectors.fleet import (
+    PAGE_SIZES,
+    RECENT_SECONDS,
+    SPARK_STEP,
+    STATES,
+    FleetQuery,
+    FleetRows,
+    filter_choices,
+    matching_endpoints,
+    page_metrics,
 )
-
-# The sparkline covers the last hour in 30 buckets of 2 minutes.
-SPARK_SECONDS = 3600
-SPARK_BUCKETS = 30
-SPARK_STEP = SPARK_SECONDS // SPARK_BUCKETS
-# The numbers in a row (request rate, error rate, p99) cover the last 10 minutes.
-RECENT_SECONDS = 600
-POINT_RESOLUTION = 15
-ROLLUP_RESOLUTION = 60
-# The newest buckets come from the 15 s points: they cover RECENT_SECONDS whatever the time
-# within the newest bucket, and the minutes the 1 min rollup (every 60 s) has not reached.
-FINE_BUCKETS = RECENT_SECONDS // SPARK_STEP + 1
-PAGE_SIZES = (25, 50, 100, 200)
-DEFAULT_PAGE_SIZE = 50
-
-# State filter keys → the badge's words; the words of "updating" and "update failed" also say
-# whether the active config still serves ("Ready (Updating)" or "Not ready (Updating)").
-STATES = {
-    "ready": "Ready",
-    "updating": "Updating",
-    "update_failed": "Update failed",
-    "scaled_to_zero": "Scaled to zero",
-    "down": "Down",
-}
-SORTS = {
-    "name": "name",
-    "state": "state_key",
-    "owner": "creator__username",
-    "health": "health",
-    "updated": "updated_at",
-    "polled": "last_polled_at",
-    "requests": "recent_requests",
-    "errors": "recent_error_ratio",
-    "p99": "recent_p99",
-}
-METRIC_SORTS = ("requests", "errors", "p99")
-
-
-@dataclass(frozen=True)
-class FleetQuery:
-    """The list's query string, parsed leniently: a page link with a stale value still works."""
-
-    q: str = ""
-    state: str = ""
-    tag: str = ""
-    owner: str = ""
-    health: str = ""
-    sort: str = "name"
-    descending: bool = False
-    page: str = "1"
-    per_page: int = DEFAULT_PAGE_SIZE
-
-    @classmethod
-    def parse(cls, params: QueryDict) -> FleetQuery:
-        sort = params.get("sort", "name")
-        descending = sort.startswith("-")
-        sort = sort.lstrip("-")
-        per_page = params.get("per_page", "")
-        return cls(
-            q=params.get("q", "").strip()[:200],
-            state=params.get("state", "") if params.get("state") in STATES else "",
-            tag=params.get("tag", "").strip()[:300],
-            owner=params.get("owner", "").strip()[:150],
-            health=params.get("health", "") if params.get("health") in HealthStatus.values else "",
-            sort=sort if sort in SORTS else "name",
-            descending=descending and sort in SORTS,
-            page=params.get("page", "1"),
-            per_page=int(per_page) if per_page.isdigit() and int(per_page) in PAGE_SIZES else DEFAULT_PAGE_SIZE,
-        )
-
-    def querystring(self, **changes: Any) -> str:
-        """This query with some values changed, as a query string without defaults."""
-        values = {
-            "q": self.q,
-            "state": self.state,
-            "tag": self.tag,
-            "owner": self.owner,
-            "health": self.health,
-            "sort": ("-" if self.descending else "") + self.sort,
-            "per_page": str(self.per_page),
-            "page": self.page,
-        }
-        values.update({k: str(v) for k, v in changes.items()})
-        defaults = {"sort": "name", "per_page": str(DEFAULT_PAGE_SIZE), "page": "1"}
-        out = QueryDict(mutable=True)
-        for key, value in values.items():
-            if value and value != defaults.get(key):
-                out[key] = value
-        return out.urlencode()
-
-    @property
-    def filtered(self) -> bool:
-        return bool(self.q or self.state or self.tag or self.owner or self.health)
-
-
-def recent_window(now: float) -> tuple[int, int]:
-    """[start, end) of the sparkline in epoch seconds: whole buckets, the newest one still filling."""
-    end = (int(now) // SPARK_STEP + 1) * SPARK_STEP
-    return end - SPARK_SECONDS, end
-
-
-def annotate_state(endpoints: QuerySet[Endpoint]) -> QuerySet[Endpoint]:
-    """``state_key`` (see STATES) and ``serving`` (every active served entity ready) in SQL.
-
-    ``serving`` is selectors.endpoint_is_ready written as a subquery, so the list can filter
-    and sort by state without loading every endpoint's entities.
-    """
-    # External models need no deployment: they serve as soon as their config is active.
-    unready = ServedEntity.objects.filter(
-        config_version=OuterRef("active_config"), external_model__isnull=True
-    ).exclude(deployment__state=DeploymentState.READY)
-    serving = Q(active_config__isnull=False, has_unready_entity=False)
-    return endpoints.annotate(has_unready_entity=Exists(unready)).annotate(
-        state_key=Case(
-            When(config_update=ConfigUpdate.IN_PROGRESS, then=Value("updating")),
-            When(config_update=ConfigUpdate.UPDATE_FAILED, then=Value("update_failed")),
-            When(health=HealthStatus.SCALED_TO_ZERO, then=Value("scaled_to_zero")),
-            When(serving & ~Q(health=HealthStatus.DOWN), then=Value("ready")),
-            default=Value("down"),
-        ),
-        serving=Case(When(serving, then=Value(True)), default=Value(False)),
-    )
-
-
-def _recent_points(since: int) -> QuerySet[MetricPoint]:
-    # The unique (endpoint, served entity, resolution, ts) index serves each of these subqueries.
-    return MetricPoint.objects.filter(
-        endpoint=OuterRef("pk"), served_entity_name="", resolution=POINT_RESOLUTION, ts__gte=since
-    ).order_by()
-
-
-def _annotate_sort_metric(endpoints: QuerySet[Endpoint], sort: str, since: int) -> QuerySet[Endpoint]:
-    """The one recent metric the list is sorted by, as a correlated aggregate (same window as the rows)."""
-    points = _recent_points(since).values("endpoint")
-    if sort == "requests":
-        value = points.annotate(v=Sum("request_count")).values("v")
-        return endpoints.annotate(recent_requests=Subquery(value[:1]))
-    if sort == "errors":
-        value = points.annotate(v=Sum("count_5xx") / NullIf(Sum("request_count"), 0.0)).values("v")
-        return endpoints.annotate(recent_error_ratio=Subquery(value[:1]))
-    value = points.annotate(v=Max("p99_ms")).values("v")
-    return endpoints.annotate(recent_p99=Subquery(value[:1]))
-
-
-def _rows_base() -> QuerySet[Endpoint]:
-    """Endpoints with only the columns a row shows (loading whole rows and deployments costs more
-    than the queries themselves), their tags and their served entities' names."""
-    entities = ServedEntity.objects.only(
-        "id", "config_version_id", "position", "name", "entity_name", "entity_version", "external_model"
-    ).order_by("position")
-    return (
-        Endpoint.objects.select_related("creator", "active_config", "pending_config")
-        .only(
-            "id",
-            "name",
-            "health",
-            "health_reason",
-            "config_update",
-            "creator__username",
-            "active_config__version",
-            "active_config__traffic_config",
-            "pending_config__version",
-            "pending_config__traffic_config",
-        )
-        .prefetch_related(
-            Prefetch("tags", queryset=EndpointTag.objects.order_by("key")),
-            Prefetch("active_config__served_entities", queryset=entities),
-            Prefetch("pending_config__served_entities", queryset=entities),
-        )
-    )
-
-
-def _last_polled() -> Subquery:
-    # The index on endpoint serves it: a couple of rows (one per poll kind) per endpoint.
-    polls = PollTarget.objects.filter(endpoint=OuterRef("pk")).values("endpoint").annotate(at=Max("last_polled_at"))
-    return Subquery(polls.values("at")[:1])
-
-
-def matching_endpoints(user: Any, query: FleetQuery, *, now: float) -> QuerySet[Endpoint]:
-    """The visible endpoints that match ``query``, in its order, with only what the filters and
-    the sort need: the page's rows are loaded in full afterwards (``FleetRows``)."""
-    endpoints = access.visible_endpoints(user, Endpoint.objects.all())
-    if query.state or query.sort == "state":
-        endpoints = annotate_state(endpoints)
-    if query.q:
-        served = ServedEntity.objects.filter(config_version=OuterRef("active_config")).filter(
-            Q(name__icontains=query.q) | Q(entity_name__icontains=query.q)
-        )
-        endpoints = endpoints.filter(Q(name__icontains=query.q) | Exists(served))
-    if query.state:
-        endpoints = endpoints.filter(state_key=query.state)
-    if query.health:
-        endpoints = endpoints.filter(health=query.health)
-    if query.owner:
-        endpoints = endpoints.filter(creator__username=query.owner)
-    if query.tag:
-        key, has_value, value = query.tag.partition("=")
-        tags = EndpointTag.objects.filter(endpoint=OuterRef("pk"), key=key.strip())
-        if has_value:
-            tags = tags.filter(value=value.strip())
-        endpoints = endpoints.filter(Exists(tags))
-    if query.sort in METRIC_SORTS:
-        endpoints = _annotate_sort_metric(endpoints, query.sort, int(now) - RECENT_SECONDS)
-    if query.sort == "polled":
-        endpoints = endpoints.annotate(last_polled_at=_last_polled())
-    if query.sort == "name":  # the unique index on name serves it: no sort of the whole fleet
-        return endpoints.order_by("-name" if query.descending else "name")
-    order = F(SORTS[query.sort])
-    first = order.desc(nulls_last=True) if query.descending else order.asc(nulls_last=True)
-    return endpoints.order_by(first, "name")
-
-
-class FleetRows:
-    """The matching endpoints as the paginator sees them, read in two steps.
-
-    Sorting by a computed column (state, a metric) makes the database compute it for every
-    matching endpoint; the columns a row shows (state, last poll, tags, entities) are computed
-    for the page's endpoints only: first the page's ids in order (a narrow query), then those
-    endpoints in full.
-    """
-
-    def __init__(self, matching: QuerySet[Endpoint]) -> None:
-        self.matching = matching
-
-    def count(self) -> int:
-        return self.matching.count()
-
-    def __len__(self) -> int:
-        return self.count()
-
-    def __getitem__(self, window: slice) -> list[Endpoint]:
-        ids = list(self.matching.values_list("id", flat=True)[window])
-        if not ids:
-            return []
-        full = annotate_state(_rows_base()).annotate(last_polled_at=_last_polled()).filter(id__in=ids)
-        by_id = {e.id: e for e in full}
-        return [by_id[i] for i in ids if i in by_id]
-
-
-@dataclass
-class RowMetrics:
-    """One row's numbers: the sparkline's buckets and the recent totals."""
-
-    buckets: list[float | None] = field(default_factory=lambda: [None] * SPARK_BUCKETS)
-    recent_requests: float = 0.0
-    recent_4xx: float = 0.0
-    recent_5xx: float = 0.0
-    recent_p99: float | None = None
-    has_points: bool = False
-
-    @property
-    def request_rate(self) -> float | None:
-        return self.recent_requests / RECENT_SECONDS if self.has_points else None
-
-    @property
-    def error_pct(self) -> float | None:
-        return self.recent_5xx / self.recent_requests * 100 if self.recent_requests else None
-
-    @property
-    def client_error_pct(self) -> float | None:
-        return self.recent_4xx / self.recent_requests * 100 if self.recent_requests else None
-
-
-def page_metrics(endpoint_ids: list[str], *, now: float) -> dict[str, RowMetrics]:
-    """Every row's sparkline and recent numbers in one aggregate query (grouped by endpoint, bucket).
-
-    The hour is read from the 1 min rollups up to ``cutoff`` and from the 15 s points after it,
-    which cover the recent window and what the rollup has not reached yet: a quarter of the
-    rows a read of 15 s points alone would scan.
-    """
-    start, end = recent_window(now)
-    cutoff = end - FINE_BUCKETS * SPARK_STEP
-    recent = Q(resolution=POINT_RESOLUTION, ts__gte=int(now) - RECENT_SECONDS)
-    bucket = Cast((F("ts") - Value(start)) / Value(SPARK_STEP), output_field=BigIntegerField())
-    rows = (
-        MetricPoint.objects.filter(endpoint_id__in=endpoint_ids, served_entity_name="")
-        .filter(
-            Q(resolution=ROLLUP_RESOLUTION, ts__gte=start, ts__lt=cutoff)
-            | Q(resolution=POINT_RESOLUTION, ts__gte=cutoff, ts__lt=end)
-        )
-        .annotate(bucket=bucket)
-        .values("endpoint_id", "bucket")
-        .annotate(
-            requests=Sum("request_count"),
-            recent_requests=Sum("request_count", filter=recent),
-            recent_4xx=Sum("count_4xx", filter=recent),
-            recent_5xx=Sum("count_5xx", filter=recent),
-            recent_p99=Max("p99_ms", filter=recent),
-        )
-        .order_by()
-    )
-    out: dict[str, RowMetrics] = {}
-    for row in rows:
-        metrics = out.setdefault(row["endpoint_id"], RowMetrics())
-        metrics.has_points = True
-        index = int(row["bucket"])
-        if 0 <= index < SPARK_BUCKETS:
-            metrics.buckets[index] = (row["requests"] or 0.0) / SPARK_STEP
-        metrics.recent_requests += row["recent_requests"] or 0.0
-        metrics.recent_4xx += row["recent_4xx"] or 0.0
-        metrics.recent_5xx += row["recent_5xx"] or 0.0
-        if row["recent_p99"] is not None:
-            metrics.recent_p99 = max(metrics.recent_p99 or 0.0, row["recent_p99"])
-    return out
-
-
-def sparkline(values: list[float | None], *, width: int = 120, height: int = 28) -> list[str]:
-    """SVG polyline ``points`` for the values: one polyline per run without gaps (None is a gap)."""
-    top = max((v for v in values if v is not None), default=0.0) or 1.0
-    step = width / max(len(values) - 1, 1)
-    runs: list[list[str]] = []
-    current: list[str] = []
-    for i, value in enumerate(values):
-        if value is None:
-            if current:
-                runs.append(current)
-            current = []
-            continue
-        current.append(f"{i * step:.1f},{height - 1 - (value / top) * (height - 2):.1f}")
-    if current:
-        runs.append(current)
-    # A lone point is drawn as a short flat line so it shows.
-    return [" ".join(run if len(run) > 1 else [run[0], _nudge(run[0])]) for run in runs]
-
-
-def _nudge(point: str) -> str:
-    x, y = point.split(",")
-    return f"{float(x) + 1.5:.1f},{y}"
-
-
-def state_label(state_key: str, serving: bool) -> str:
-    """The badge words Databricks' UI uses (reference §2.6)."""
-    if state_key == "updating":
-        return "Ready (Updating)" if serving else "Not ready (Updating)"
-    if state_key == "update_failed":
-        return "Ready (Update failed)" if serving else "Not ready (Update failed)"
-    return STATES[state_key]
-
-
-def traffic_split(endpoint: Endpoint) -> list[dict[str, Any]]:
-    """The routes of the serving config (the pending one while nothing serves yet), for the split bar."""
-    config = endpoint.active_config or endpoint.pending_config
-    if config is None:
-        return []
-    routes = (config.traffic_config or {}).get("routes") or []
-    return [
-        {
-            "name": r.get("served_model_name") or r.get("served_entity_name") or "",
-            "pct": r.get("traffic_percentage") or 0,
-            "colour": i % 6,
-        }
-        for i, r in enumerate(routes)
-    ]
-
-
-# Row cells with loops are built here rather than in the template: 50 rows of nested template
-# loops cost more than every query of the page together.
-
-
-def _entities_html(active: list[ServedEntity], pending: list[ServedEntity]) -> SafeString:
-    def model(e: ServedEntity) -> str:
-        if e.external_model:
-            return f"{e.external_model.get('provider', '')} {e.external_model.get('name', '')}"
-        return f"{e.entity_name} v{e.entity_version}"
-
-    html = format_html_join(
-        "",
-        '<div><span class="entity-name">{}</span> <span class="muted">{}</span></div>',
-        ((e.name, model(e)) for e in active or pending),
-    )
-    if active and pending:
-        names = ", ".join(e.name for e in pending)
-        html += format_html('<div class="muted small">updating to: {}</div>', names)
-    return html
-
-
-def _split_html(split: list[dict[str, Any]]) -> SafeString:
-    if not split:
-        return mark_safe('<span class="muted">–</span>')
-    return format_html(
-        '<div class="split" role="img" aria-label="Traffic split: {}">{}</div><div class="split-legend small">{}</div>',
-        ", ".join(f"{r['name']} {r['pct']}%" for r in split),
-        format_html_join(
-            "",
-            '<span class="seg c{} share-{}" title="{} {}%"></span>',  # share-N: no style attribute (CSP)
-            ((r["colour"], r["pct"], r["name"], r["pct"]) for r in split if r["pct"]),
-        ),
-        format_html_join(
-            "", '<span><i class="dot c{}" aria-hidden="true"></i>{}%</span>', ((r["colour"], r["pct"]) for r in split)
-        ),
-    )
-
-
-def _spark_html(metrics: RowMetrics) -> SafeString:
-    if not metrics.has_points:
-        return mark_safe("")
-    peak = format_rate(max((v for v in metrics.buckets if v is not None), default=0.0))
-    return format_html(
-        '<svg class="spark" viewBox="0 0 120 28" width="120" height="28" preserveAspectRatio="none" role="img" '
-        'aria-label="Requests per second over the last hour, peak {}"><title>Requests/s, last hour (peak {})</title>'
-        "{}</svg>",
-        peak,
-        peak,
-        format_html_join("", '<polyline points="{}"/>', ((points,) for points in sparkline(metrics.buckets))),
-    )
-
-
-def _tags_html(tags: list[EndpointTag]) -> SafeString:
-    if not tags:
-        return mark_safe("")
-    return format_html(
-        '<div class="tags">{}</div>',
-        format_html_join(
-            "", '<span class="tag">{}</span>', ((f"{t.key}={t.value}" if t.value else t.key,) for t in tags)
-        ),
-    )
-
-
-def _row(endpoint: Endpoint, metrics: RowMetrics | None, *, now: datetime) -> dict[str, Any]:
-    active = list(endpoint.active_config.served_entities.all()) if endpoint.active_config_id else []
-    pending: list[ServedEntity] = []
-    if endpoint.pending_config_id and endpoint.config_update in (ConfigUpdate.IN_PROGRESS, ConfigUpdate.UPDATE_FAILED):
-        pending = list(endpoint.pending_config.served_entities.all())
-    metrics = metrics or RowMetrics()
-    polled = endpoint.last_polled_at
-    return {
-        "name": endpoint.name,
-        "state": state_label(endpoint.state_key, endpoint.serving),
-        "badge": endpoint.state_key,
-        "health_key": endpoint.health.lower(),
-        "health": HealthStatus(endpoint.health).label if endpoint.health in HealthStatus.values else endpoint.health,
-        "health_reason": endpoint.health_reason,
-        "owner": endpoint.creator.username if endpoint.creator_id else "–",
-        "tags_html": _tags_html(list(endpoint.tags.all())),
-        "entities_html": _entities_html(active, pending),
-        "split_html": _split_html(traffic_split(endpoint)),
-        "spark_html": _spark_html(metrics),
-        "rate": format_rate(metrics.request_rate),
-        "error_pct": format_pct(metrics.error_pct),
-        "client_error_pct": format_pct(metrics.client_error_pct),
-        "p99": format_ms(metrics.recent_p99),
-        "polled_iso": polled.isoformat() if polled else "",
-        "polled_ago": format_ago((now - polled).total_seconds()) if polled else "",
-    }
 
 
 def _create_url(user: Any) -> str | None:
@@ -511,45 +52,6 @@ def _create_url(user: Any) -> str | None:
         return reverse("endpoint_new")
     except NoReverseMatch:
         return None
-
-
-def _columns(query: FleetQuery) -> list[dict[str, Any]]:
-    """Sortable column headers: label, link (toggling the direction) and aria-sort."""
-    columns = []
-    for key, label in (
-        ("name", "Name"),
-        ("state", "State"),
-        (None, "Served models"),
-        (None, "Traffic"),
-        ("requests", "Requests/s"),
-        ("errors", "Errors"),
-        ("p99", "p99"),
-        ("health", "Health"),
-        ("owner", "Owner"),
-        ("polled", "Last polled"),
-    ):
-        column: dict[str, Any] = {"key": key, "label": label}
-        if key is not None:
-            current = query.sort == key
-            descending = not query.descending if current else key in METRIC_SORTS or key in ("updated", "polled")
-            column["url"] = "?" + query.querystring(sort=("-" if descending else "") + key, page="1")
-            column["aria_sort"] = ("descending" if query.descending else "ascending") if current else ""
-        columns.append(column)
-    return columns
-
-
-def _pages(page: Page, query: FleetQuery) -> list[dict[str, Any]]:
-    """Links to the first, last and nearby pages, with gaps marked by None."""
-    total = page.paginator.num_pages
-    wanted = sorted({1, total, *range(max(1, page.number - 2), min(total, page.number + 2) + 1)})
-    links: list[dict[str, Any]] = []
-    previous = 0
-    for number in wanted:
-        if number - previous > 1:
-            links.append({"gap": True})
-        links.append({"number": number, "url": "?" + query.querystring(page=number), "current": number == page.number})
-        previous = number
-    return links
 
 
 @login_required
@@ -563,10 +65,10 @@ def endpoint_list(request: HttpRequest) -> HttpResponse:
     context: dict[str, Any] = {
         "nav": "endpoints",
         "query": query,
-        "rows": [_row(e, metrics.get(e.id), now=moment) for e in rows],
+        "rows": [fleet_render.row(e, metrics.get(e.id), now=moment) for e in rows],
         "page": page,
-        "pages": _pages(page, query) if page.paginator.num_pages > 1 else [],
-        "columns": _columns(query),
+        "pages": fleet_render.page_links(page, query) if page.paginator.num_pages > 1 else [],
+        "columns": fleet_render.columns(query),
         "self_url": "?" + query.querystring(),
         "refresh_seconds": 15,
         "recent_minutes": RECENT_SECONDS // 60,
@@ -577,60 +79,19 @@ def endpoint_list(request: HttpRequest) -> HttpResponse:
     if request.headers.get("HX-Target") == "fleet-results":
         response = render(request, "dashboard/_fleet_results.html", context)
     else:
-        visible = access.visible_endpoints(request.user, Endpoint.objects.all())
+        owners, tags = filter_choices(request.user)
         context.update(
             {
                 "states": STATES.items(),
                 "healths": HealthStatus.choices,
-                "owners": sorted(
-                    u for u in visible.exclude(creator=None).values_list("creator__username", flat=True).distinct() if u
-                ),
-                "tags": [
-                    f"{k}={v}" if v else k
-                    for k, v in EndpointTag.objects.filter(endpoint__in=visible)
-                    .values_list("key", "value")
-                    .distinct()
-                    .order_by("key", "value")[:200]
-                ],
+                "owners": owners,
+                "tags": tags,
                 "page_sizes": PAGE_SIZES,
             }
         )
         response = render(request, "dashboard/endpoint_list.html", context)
     response["Vary"] = "HX-Request, HX-Target, Cookie"
     return response
-
-
-def format_rate(value: float | None) -> str:
-    if value is None:
-        return "–"
-    if value == 0:
-        return "0"
-    if value < 0.1:
-        return f"{value:.3f}"
-    return f"{value:.2f}" if value < 10 else f"{value:,.0f}" if value >= 100 else f"{value:.1f}"
-
-
-def format_ago(seconds: float) -> str:
-    seconds = max(0, int(seconds))
-    if seconds < 60:
-        return f"{seconds} s ago"
-    if seconds < 3600:
-        return f"{seconds // 60} min ago"
-    if seconds < 86400:
-        return f"{seconds // 3600} h ago"
-    return f"{seconds // 86400} d ago"
-
-
-def format_pct(value: float | None) -> str:
-    if value is None:
-        return "–"
-    return "0 %" if value == 0 else f"{value:.2f} %" if value < 10 else f"{value:.0f} %"
-
-
-def format_ms(value: float | None) -> str:
-    if value is None or math.isnan(value):
-        return "–"
-    return f"{value:.1f} ms" if value < 100 else f"{value:,.0f} ms"
 
 
 urlpatterns = [path("", endpoint_list, name="endpoint_list")]

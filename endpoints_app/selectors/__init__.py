@@ -1,7 +1,9 @@
 """Reads: querysets shaped for the pages and the API, with the prefetching they need.
 
-One module per area (endpoints, change requests, the audit log, the fleet page); this package
-re-exports their public names, so callers write ``selectors.endpoint_list()`` wherever it lives."""
+One module per area: endpoints, change requests, the audit log, and the fleet list. The first three
+serve the pages, the API and the CLI alike, and this package re-exports their reads, so callers write
+``selectors.endpoint_list()`` wherever it lives; the fleet list's reads come with the query and row
+types its page shares with them, and are imported from ``selectors.fleet``."""
 
 from endpoints_app.selectors.audit import audit_event_export, audit_event_page
 from endpoints_app.selectors.changes import change_request_for, change_requests_for
