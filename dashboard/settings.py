@@ -126,6 +126,7 @@ AUTHENTICATION_BACKENDS = ["endpoints_app.auth_throttle.ThrottledModelBackend"]
 
 # --- database -------------------------------------------------------------------------------
 _database_url = env_str("DATABASE_URL")
+DATABASES: dict[str, dj_database_url.DBConfig]
 if _database_url is None:
     DATABASES = {
         "default": {

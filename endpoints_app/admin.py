@@ -18,27 +18,30 @@ from django.contrib.auth.models import Group
 from endpoints_app import access_generation
 
 
-class _AnnouncesAccessChanges:
-    """Bumps the access generation (on commit: admin views are atomic) after every write."""
+class _AnnouncesAccessChanges(admin.ModelAdmin):
+    """Bumps the access generation (on commit: admin views are atomic) after every write.
+
+    A ``ModelAdmin`` itself so its ``super()`` calls are typed; listed before ``UserAdmin`` or
+    ``GroupAdmin``, it still runs before theirs (``ModelAdmin`` comes last in the MRO)."""
 
     def save_model(self, *args: Any, **kwargs: Any) -> None:
-        super().save_model(*args, **kwargs)  # type: ignore[misc]
+        super().save_model(*args, **kwargs)
         access_generation.bump()
 
     def save_related(self, *args: Any, **kwargs: Any) -> None:  # group memberships, user's groups
-        super().save_related(*args, **kwargs)  # type: ignore[misc]
+        super().save_related(*args, **kwargs)
         access_generation.bump()
 
     def delete_model(self, *args: Any, **kwargs: Any) -> None:
-        super().delete_model(*args, **kwargs)  # type: ignore[misc]
+        super().delete_model(*args, **kwargs)
         access_generation.bump()
 
     def delete_queryset(self, *args: Any, **kwargs: Any) -> None:  # the "delete selected" action
-        super().delete_queryset(*args, **kwargs)  # type: ignore[misc]
+        super().delete_queryset(*args, **kwargs)
         access_generation.bump()
 
 
-class ModelfleetUserAdmin(_AnnouncesAccessChanges, UserAdmin):  # type: ignore[type-arg]
+class ModelfleetUserAdmin(_AnnouncesAccessChanges, UserAdmin):
     pass
 
 

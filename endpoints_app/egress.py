@@ -169,7 +169,7 @@ def allow_list() -> Sequence[AllowEntry]:
 def resolve_name(host: str) -> list[str]:
     """Every address the system resolver gives ``host`` (``socket.gaierror`` when none). Tests
     replace this attribute: it is the system's DNS, not a rule of ours."""
-    return [info[4][0] for info in socket.getaddrinfo(host, None, proto=socket.IPPROTO_TCP)]
+    return [str(info[4][0]) for info in socket.getaddrinfo(host, None, proto=socket.IPPROTO_TCP)]
 
 
 def literal_address(host: str) -> IPAddress | None:

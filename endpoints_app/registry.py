@@ -13,6 +13,7 @@ import uuid
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 os.environ.setdefault("DO_NOT_TRACK", "true")
@@ -20,6 +21,10 @@ os.environ.setdefault("DO_NOT_TRACK", "true")
 from django.conf import settings  # noqa: E402
 
 from endpoints_app.errors import InvalidParameterValue, ResourceDoesNotExist  # noqa: E402
+
+if TYPE_CHECKING:  # MLflow takes seconds to import: processes that never touch the registry skip it
+    from mlflow.entities.model_registry import ModelVersion
+    from mlflow.tracking import MlflowClient
 
 
 @dataclass(frozen=True)
@@ -33,17 +38,17 @@ class ModelVersionInfo:
 
 
 @lru_cache(maxsize=4)
-def _client_for(uri: str):  # type: ignore[no-untyped-def]
+def _client_for(uri: str) -> MlflowClient:
     from mlflow.tracking import MlflowClient
 
     return MlflowClient(tracking_uri=uri, registry_uri=uri)
 
 
-def client():  # type: ignore[no-untyped-def]
+def client() -> MlflowClient:
     return _client_for(settings.MLFLOW_TRACKING_URI)
 
 
-def _info(mv) -> ModelVersionInfo:  # type: ignore[no-untyped-def]
+def _info(mv: ModelVersion) -> ModelVersionInfo:
     return ModelVersionInfo(
         name=mv.name,
         version=str(mv.version),

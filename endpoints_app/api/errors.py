@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import logging
 import math
+from typing import Any
 
-from django.http import Http404, JsonResponse
+from django.http import Http404, HttpRequest, JsonResponse
 from rest_framework import exceptions
 from rest_framework.response import Response
 
@@ -27,7 +28,7 @@ _DRF_CODES: list[tuple[type[exceptions.APIException], str]] = [
 ]
 
 
-def _message(detail) -> str:  # type: ignore[no-untyped-def]
+def _message(detail: Any) -> str:
     if isinstance(detail, dict):
         return "; ".join(f"{k}: {_message(v)}" for k, v in detail.items())
     if isinstance(detail, list):
@@ -35,7 +36,7 @@ def _message(detail) -> str:  # type: ignore[no-untyped-def]
     return str(detail)
 
 
-def exception_handler(exc, context):  # type: ignore[no-untyped-def]
+def exception_handler(exc: Exception, context: dict[str, Any]) -> Response | None:
     if isinstance(exc, DomainError):
         return Response(exc.as_dict(), status=exc.status)
     if isinstance(exc, Http404):
@@ -46,8 +47,10 @@ def exception_handler(exc, context):  # type: ignore[no-untyped-def]
         if isinstance(exc, exceptions.ParseError):
             message = f"Malformed request body: {message}"
         response = Response({"error_code": code, "message": message}, status=exc.status_code)
-        if isinstance(exc, exceptions.Throttled) and exc.wait is not None:
-            response["Retry-After"] = str(max(1, math.ceil(exc.wait)))
+        if isinstance(exc, exceptions.Throttled):
+            wait: float | None = exc.wait  # type: ignore[attr-defined]  # set by Throttled.__init__; DRF's stubs omit it
+            if wait is not None:
+                response["Retry-After"] = str(max(1, math.ceil(wait)))
         if isinstance(exc, (exceptions.NotAuthenticated, exceptions.AuthenticationFailed)):
             response.status_code = 401
             response["WWW-Authenticate"] = 'Bearer realm="modelfleet"'
@@ -55,28 +58,28 @@ def exception_handler(exc, context):  # type: ignore[no-untyped-def]
     return None  # Django's handler500 answers (JSON for /api/ paths)
 
 
-def json_404(request, exception=None):  # type: ignore[no-untyped-def]
+def json_404(request: HttpRequest, exception: Exception | None = None) -> JsonResponse:
     return JsonResponse(
         {"error_code": "ENDPOINT_NOT_FOUND", "message": f"No API found for '{request.method} {request.path}'"},
         status=404,
     )
 
 
-def json_500(request):  # type: ignore[no-untyped-def]
+def json_500(request: HttpRequest) -> JsonResponse:
     return JsonResponse(
         {"error_code": "INTERNAL_ERROR", "message": "The server failed to process the request; see the server log"},
         status=500,
     )
 
 
-def json_400(request, exception=None):  # type: ignore[no-untyped-def]
+def json_400(request: HttpRequest, exception: Exception | None = None) -> JsonResponse:
     return JsonResponse(
         {"error_code": "BAD_REQUEST", "message": f"Bad request: {exception}" if exception else "Bad request"},
         status=400,
     )
 
 
-def json_403(request, exception=None):  # type: ignore[no-untyped-def]
+def json_403(request: HttpRequest, exception: Exception | None = None) -> JsonResponse:
     return JsonResponse(
         {"error_code": "PERMISSION_DENIED", "message": str(exception) or "Permission denied"}, status=403
     )

@@ -10,7 +10,8 @@ before any view sees the body.
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Mapping
+from typing import IO, Any
 
 from rest_framework.exceptions import ParseError
 from rest_framework.parsers import JSONParser
@@ -49,7 +50,9 @@ def check_json_value(value: Any, *, max_depth: int = MAX_JSON_DEPTH) -> None:
 class BoundedJSONParser(JSONParser):
     """DRF's JSON parser (strict: no NaN or Infinity), refusing deep nesting and NUL characters."""
 
-    def parse(self, stream, media_type=None, parser_context=None):  # type: ignore[no-untyped-def]
+    def parse(
+        self, stream: IO[Any], media_type: str | None = None, parser_context: Mapping[str, Any] | None = None
+    ) -> dict[str, Any]:
         try:
             data = super().parse(stream, media_type, parser_context)
         except RecursionError:

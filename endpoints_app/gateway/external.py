@@ -396,7 +396,8 @@ class ExternalModels:
 
 async def sse_events(lines: AsyncIterator[str]) -> AsyncIterator[tuple[str, str]]:
     """``(event name, data)`` of each server-sent event; data lines are joined by newlines."""
-    event, data = "", []
+    event = ""
+    data: list[str] = []
     async for line in lines:
         if line == "":
             if data:

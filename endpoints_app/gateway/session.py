@@ -25,7 +25,7 @@ from django.contrib.auth import get_user
 from django.core.exceptions import DisallowedHost
 from django.core.handlers.asgi import ASGIRequest
 from django.db import close_old_connections
-from django.http import HttpRequest, HttpResponse, parse_cookie
+from django.http import HttpRequest, HttpResponse, HttpResponseBase, parse_cookie
 from django.middleware.csrf import CsrfViewMiddleware
 
 from endpoints_app.errors import PermissionDenied, Unauthenticated
@@ -67,6 +67,7 @@ def session_user(scope: dict) -> int:
         request.session = import_module(settings.SESSION_ENGINE).SessionStore(
             request.COOKIES.get(settings.SESSION_COOKIE_NAME)
         )
+        refusal: HttpResponseBase | None
         try:
             refusal = CsrfViewMiddleware(_csrf_view).process_view(request, _csrf_view, (), {})
         except DisallowedHost:

@@ -75,7 +75,7 @@ class UsageRecorder:
             f"input_tokens = {table}.input_tokens + excluded.input_tokens, "
             f"output_tokens = {table}.output_tokens + excluded.output_tokens"
         )
-        rows = [(*key, *sums) for key, sums in batch.items()]
+        rows: list[tuple[str | int, ...]] = [(*key, *sums) for key, sums in batch.items()]
         try:
             with transaction.atomic(), connection.cursor() as cursor:
                 cursor.executemany(sql, rows)

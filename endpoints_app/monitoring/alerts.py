@@ -28,7 +28,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from django.contrib.auth.models import AbstractBaseUser
+from django.contrib.auth.models import User
 from django.db import IntegrityError, transaction
 from django.db.models import Exists, OuterRef, Prefetch, QuerySet
 from django.utils import timezone
@@ -177,7 +177,7 @@ def _duplicate(endpoint: Endpoint, name: str) -> ResourceAlreadyExists:
     return ResourceAlreadyExists(f"An alert rule named '{name}' already exists on endpoint '{endpoint.name}'")
 
 
-def create_alert_rule(*, endpoint: Endpoint, actor: AbstractBaseUser | None, data: Any) -> AlertRule:
+def create_alert_rule(*, endpoint: Endpoint, actor: User | None, data: Any) -> AlertRule:
     fields = parse_rule(data, partial=False)
     try:
         with transaction.atomic():
@@ -197,7 +197,7 @@ def create_alert_rule(*, endpoint: Endpoint, actor: AbstractBaseUser | None, dat
     return rule
 
 
-def update_alert_rule(*, rule: AlertRule, actor: AbstractBaseUser | None, data: Any) -> AlertRule:
+def update_alert_rule(*, rule: AlertRule, actor: User | None, data: Any) -> AlertRule:
     """Change the given fields. Disabling a firing rule resolves its open event (quietly: whoever
     disabled it knows)."""
     fields = parse_rule(data, partial=True)
@@ -230,7 +230,7 @@ def update_alert_rule(*, rule: AlertRule, actor: AbstractBaseUser | None, data: 
     return locked
 
 
-def delete_alert_rule(*, rule: AlertRule, actor: AbstractBaseUser | None) -> None:
+def delete_alert_rule(*, rule: AlertRule, actor: User | None) -> None:
     """Delete the rule and its events."""
     with transaction.atomic():
         audit.record(
@@ -375,7 +375,7 @@ def evaluate_rule(rule: AlertRule, *, now: datetime) -> bool:
     """Raise or resolve one rule's alert; True if its state changed."""
     verdict = judge(rule, load_points(rule, now=now.timestamp()), now=now.timestamp())
     if hasattr(rule, "open_events"):  # prefetched by evaluate_alerts
-        open_events: list[AlertEvent] = rule.open_events  # type: ignore[attr-defined]
+        open_events: list[AlertEvent] = rule.open_events
     else:
         open_events = list(rule.events.filter(state=AlertEvent.State.FIRING))
     if open_events:

@@ -8,6 +8,7 @@ Metric names follow Databricks' (reference §4.6).
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 
 from django.db.models import Count
 
@@ -26,7 +27,8 @@ def _escape(value: str) -> str:
 def render(endpoint: Endpoint, *, openmetrics: bool = False) -> str:
     lines: list[str] = []
     counters = read_counters(endpoint.id)
-    entities = [e.name for e in endpoint.active_config.served_entities.all()] if endpoint.active_config_id else []
+    config = endpoint.active_config  # None without a query when there is no active config
+    entities = [e.name for e in config.served_entities.all()] if config is not None else []
     names = sorted(set(entities) | set(counters))
 
     def labels(entity: str, extra: str = "") -> str:
@@ -88,11 +90,17 @@ def _latest_points(endpoint: Endpoint, entities: list[str]) -> dict[str, MetricP
     return latest
 
 
-def _cold_starts(endpoint: Endpoint, family, labels, lines: list[str]) -> None:  # type: ignore[no-untyped-def]
+def _cold_starts(
+    endpoint: Endpoint,
+    family: Callable[[str, str, str], None],
+    labels: Callable[[str], str],
+    lines: list[str],
+) -> None:
     """Replica starts of each active served entity and how long the latest took to become ready."""
-    if not endpoint.active_config_id:
+    config = endpoint.active_config
+    if config is None:
         return
-    entities = {e.deployment_id: e.name for e in endpoint.active_config.served_entities.all() if e.deployment_id}
+    entities = {e.deployment_id: e.name for e in config.served_entities.all() if e.deployment_id}
     starts: dict[str, int] = {}
     latest: dict[str, float] = {}
     for replica in Replica.objects.filter(deployment_id__in=list(entities)).order_by("started_at"):

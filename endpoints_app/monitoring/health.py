@@ -91,8 +91,8 @@ def compute_health(endpoint: Endpoint, *, now: datetime) -> Health:
         if entity.external_model is not None:
             continue  # served by the gateway: no replicas to be down (provider errors show in the 5xx rate)
         dep = entity.deployment
-        ready: int = entity.ready  # type: ignore[attr-defined]
-        starting: int = entity.starting  # type: ignore[attr-defined]
+        ready: int = entity.ready
+        starting: int = entity.starting
         if dep is None:
             down.append(f"served entity {entity.name} has no deployment")
         elif dep.state in BROKEN_STATES:

@@ -66,7 +66,7 @@ def notify_update_result(*, endpoint_id: str, version: int, ok: bool, message: s
         outcome = f"Config version {version} of serving endpoint {endpoint.name} is live and serving all traffic."
     else:
         subject = f"{SUBJECT_PREFIX} {endpoint.name}: update to config version {version} failed"
-        active = endpoint.active_config.version if endpoint.active_config_id else None
+        active = endpoint.active_config.version if endpoint.active_config is not None else None
         still = f"Config version {active} keeps serving." if active else "No config is serving."
         outcome = (
             f"The update of serving endpoint {endpoint.name} to config version {version} failed. {still}\n\n"

@@ -10,11 +10,13 @@ from __future__ import annotations
 from django.contrib import messages
 from django.contrib.auth import views as auth_views
 from django.contrib.auth.decorators import login_required
-from django.http import HttpRequest, HttpResponse
+from django.contrib.auth.forms import AuthenticationForm
+from django.http import HttpResponse
 from django.shortcuts import redirect, render
 from django.urls import path
 from django.views.decorators.http import require_http_methods, require_POST
 
+from endpoints_app.authenticated import AuthenticatedHttpRequest
 from endpoints_app.models import AccessToken
 from endpoints_app.pages.errors import error_page
 from endpoints_app.pages.forms import ThrottledAuthenticationForm
@@ -24,7 +26,7 @@ MAX_COMMENT = 255
 
 
 def _tokens_page(
-    request: HttpRequest, *, new_token: str = "", comment: str = "", error: str = "", status: int = 200
+    request: AuthenticatedHttpRequest, *, new_token: str = "", comment: str = "", error: str = "", status: int = 200
 ) -> HttpResponse:
     response = render(
         request,
@@ -47,7 +49,7 @@ def _tokens_page(
 
 @login_required
 @require_http_methods(["GET", "POST"])
-def token_list(request: HttpRequest) -> HttpResponse:
+def token_list(request: AuthenticatedHttpRequest) -> HttpResponse:
     if request.method == "GET":
         return _tokens_page(request)
     comment = request.POST.get("comment", "").strip()
@@ -61,7 +63,7 @@ def token_list(request: HttpRequest) -> HttpResponse:
 
 @login_required
 @require_POST
-def token_revoke(request: HttpRequest, token_id: int) -> HttpResponse:
+def token_revoke(request: AuthenticatedHttpRequest, token_id: int) -> HttpResponse:
     # Someone else's token does not exist here (404), like an endpoint one may not see.
     token = AccessToken.objects.filter(pk=token_id, user=request.user).select_related("user").first()
     if token is None:
@@ -79,9 +81,9 @@ class LoginView(auth_views.LoginView):
     form_class = ThrottledAuthenticationForm
     redirect_authenticated_user = True
 
-    def form_invalid(self, form: ThrottledAuthenticationForm) -> HttpResponse:  # type: ignore[override]
+    def form_invalid(self, form: AuthenticationForm) -> HttpResponse:
         response = super().form_invalid(form)
-        if form.throttle is not None:
+        if isinstance(form, ThrottledAuthenticationForm) and form.throttle is not None:  # it is (form_class)
             response.status_code = 429
             response["Retry-After"] = str(form.throttle.retry_after)
         return response

@@ -48,7 +48,7 @@ def error_page(request: HttpRequest, status: int, message: str) -> HttpResponse:
     """The dashboard's error page: the status, a message a person can act on, and a link back."""
     context = {"status": status, "title": TITLES.get(status, "Error"), "message": message}
     try:
-        body = render_to_string("dashboard/error.html", context, request=request)
+        body: str = render_to_string("dashboard/error.html", context, request=request)
     except Exception:  # the page itself failed (e.g. while answering a 500): still answer HTML
         log.exception("rendering the error page failed")
         body = (

@@ -9,12 +9,13 @@ from typing import Any
 
 from django.contrib.auth.decorators import login_required
 from django.db.models import Q
-from django.http import HttpRequest, HttpResponse
+from django.http import HttpResponse
 from django.shortcuts import render
 from django.urls import path
 from django.utils.text import slugify
 
 from endpoints_app import access, registry
+from endpoints_app.authenticated import AuthenticatedHttpRequest
 from endpoints_app.models import ConfigUpdate, Endpoint
 
 log = logging.getLogger(__name__)
@@ -54,7 +55,7 @@ def _when(ms: int) -> datetime | None:
 
 
 @login_required
-def model_list(request: HttpRequest) -> HttpResponse:
+def model_list(request: AuthenticatedHttpRequest) -> HttpResponse:
     q = request.GET.get("q", "").strip()[:200]
     error = ""
     try:

@@ -17,14 +17,15 @@ from typing import Any
 
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required
-from django.contrib.auth.models import AbstractBaseUser, Group
+from django.contrib.auth.models import Group, User
 from django.db.models import Count
-from django.http import HttpRequest, HttpResponse
+from django.http import HttpResponse
 from django.shortcuts import redirect, render
 from django.urls import path
 from django.views.decorators.http import require_http_methods
 
 from endpoints_app import access
+from endpoints_app.authenticated import AuthenticatedHttpRequest
 from endpoints_app.errors import DomainError, InvalidParameterValue, PermissionDenied
 from endpoints_app.models import SecretPermission, SecretScope
 from endpoints_app.pages.errors import error_page
@@ -43,7 +44,7 @@ def _may(permission: str | None, needed: str) -> bool:
     return secrets.RANK[permission] >= secrets.RANK[needed]
 
 
-def _scope(user: AbstractBaseUser, name: str, needed: str = SecretPermission.READ) -> tuple[SecretScope, str | None]:
+def _scope(user: User, name: str, needed: str = SecretPermission.READ) -> tuple[SecretScope, str | None]:
     """The scope and the user's permission on it: the services' 404 when they cannot see it, 403
     when they may not list its keys (READ) or lack what ``needed`` asks."""
     secrets.list_secrets(user=user, scope=name)  # the services' own check: 404, or 403 without READ
@@ -61,7 +62,7 @@ def _scope(user: AbstractBaseUser, name: str, needed: str = SecretPermission.REA
 
 
 def _scopes_page(
-    request: HttpRequest, *, form: SecretScopeForm | None = None, error: str = "", status: int = 200
+    request: AuthenticatedHttpRequest, *, form: SecretScopeForm | None = None, error: str = "", status: int = 200
 ) -> HttpResponse:
     user = request.user
     scopes = list(secrets.list_scopes(user=user).annotate(key_count=Count("secrets", distinct=True)))
@@ -86,7 +87,7 @@ def _scopes_page(
 
 @login_required
 @require_http_methods(["GET", "POST"])
-def secret_scopes(request: HttpRequest) -> HttpResponse:
+def secret_scopes(request: AuthenticatedHttpRequest) -> HttpResponse:
     if request.method == "GET":
         return _scopes_page(request)
     form = SecretScopeForm(request.POST)
@@ -117,7 +118,7 @@ def _principals() -> list[str]:
 
 
 def _scope_page(
-    request: HttpRequest,
+    request: AuthenticatedHttpRequest,
     name: str,
     *,
     put_form: SecretPutForm | None = None,
@@ -148,7 +149,7 @@ def _scope_page(
 
 @login_required
 @require_http_methods(["GET", "POST"])
-def secret_scope(request: HttpRequest, scope: str) -> HttpResponse:
+def secret_scope(request: AuthenticatedHttpRequest, scope: str) -> HttpResponse:
     if request.method == "GET":
         return _scope_page(request, scope)
     action = request.POST.get("action", "")
@@ -170,18 +171,18 @@ def secret_scope(request: HttpRequest, scope: str) -> HttpResponse:
         messages.success(request, f"Secret {key} stored in {scope}; refer to it as {secrets.reference(scope, key)}.")
         return redirect("secret_scope", scope=scope)
     if action == "put_acl":
-        form = SecretAclForm(request.POST)
-        if not form.is_valid():
-            return _scope_page(request, scope, acl_form=form, status=400)
-        principal = form.cleaned_data["principal"].strip()
+        acl_form = SecretAclForm(request.POST)
+        if not acl_form.is_valid():
+            return _scope_page(request, scope, acl_form=acl_form, status=400)
+        principal = acl_form.cleaned_data["principal"].strip()
         try:
             secrets.put_acl(
-                actor=request.user, scope=scope, principal=principal, permission=form.cleaned_data["permission"]
+                actor=request.user, scope=scope, principal=principal, permission=acl_form.cleaned_data["permission"]
             )
         except InvalidParameterValue as exc:
-            form.add_error("principal", exc.message)
-            return _scope_page(request, scope, acl_form=form, status=exc.status)
-        messages.success(request, f"{principal} now has {form.cleaned_data['permission']} on {scope}.")
+            acl_form.add_error("principal", exc.message)
+            return _scope_page(request, scope, acl_form=acl_form, status=exc.status)
+        messages.success(request, f"{principal} now has {acl_form.cleaned_data['permission']} on {scope}.")
         return redirect("secret_scope", scope=scope)
     principal = request.POST.get("principal", "")  # delete_acl
     secrets.delete_acl(actor=request.user, scope=scope, principal=principal)
@@ -191,7 +192,7 @@ def secret_scope(request: HttpRequest, scope: str) -> HttpResponse:
 
 @login_required
 @require_http_methods(["GET", "POST"])
-def secret_delete(request: HttpRequest, scope: str, key: str) -> HttpResponse:
+def secret_delete(request: AuthenticatedHttpRequest, scope: str, key: str) -> HttpResponse:
     _scope(request.user, scope, SecretPermission.WRITE)
     if request.method == "POST":
         secrets.delete_secret(actor=request.user, scope=scope, key=key)
@@ -208,7 +209,7 @@ def secret_delete(request: HttpRequest, scope: str, key: str) -> HttpResponse:
 
 @login_required
 @require_http_methods(["GET", "POST"])
-def secret_scope_delete(request: HttpRequest, scope: str) -> HttpResponse:
+def secret_scope_delete(request: AuthenticatedHttpRequest, scope: str) -> HttpResponse:
     found, _ = _scope(request.user, scope, SecretPermission.MANAGE)
     if request.method == "POST":
         secrets.delete_scope(actor=request.user, scope=scope)

@@ -124,8 +124,8 @@ def error_message(data: Any) -> str:
     # {"error": {"code": 400, "message": "...", "status": "INVALID_ARGUMENT", "details": [...]}}
     error = data.get("error") if isinstance(data, dict) else None
     if isinstance(error, dict):
-        message = error.get("message") if isinstance(error.get("message"), str) else ""
-        status = error.get("status") if isinstance(error.get("status"), str) else ""
+        message = error["message"] if isinstance(error.get("message"), str) else ""
+        status = error["status"] if isinstance(error.get("status"), str) else ""
         return f"{status}: {message}" if status and message else message or status
     if isinstance(data, list) and data:  # a streamed request's error comes as an array of one
         return error_message(data[0])

@@ -37,6 +37,7 @@ from endpoints_app.gateway.providers.base import (
     SignInFailed,
     StreamDecoder,
     TokenCache,
+    UpstreamRequest,
     has_secret,
     join_url,
 )
@@ -254,7 +255,16 @@ class OpenAIProvider(OpenAICompatible):
         path = f"openai/deployments/{deployment}/{OPENAI_PATHS[task]}"
         return join_url(config["openai_api_base"], path) + f"?api-version={config['openai_api_version']}"
 
-    def build_request(self, *, task, model, config, credentials, body, base_url):  # type: ignore[no-untyped-def]
+    def build_request(
+        self,
+        *,
+        task: str,
+        model: str,
+        config: dict[str, Any],
+        credentials: dict[str, str],
+        body: dict[str, Any],
+        base_url: str,
+    ) -> UpstreamRequest:
         request = super().build_request(
             task=task, model=model, config=config, credentials=credentials, body=body, base_url=base_url
         )
