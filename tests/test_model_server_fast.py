@@ -60,7 +60,7 @@ Row = dict[str, Any]
 def model_server() -> Iterator[Any]:
     """The model server module, imported into the test process for in-process comparisons."""
     saved = {name: os.environ.get(name) for name in _SERVER_ENV_FLAGS}
-    import endpoints_app.runtime.model_server as module
+    import endpoints_app.runtime.model_server.app as module
 
     yield module
     for name, value in saved.items():
