@@ -27,6 +27,7 @@ from typing import Any
 import redis
 from django.conf import settings
 from django.contrib.auth.backends import ModelBackend
+from django.contrib.auth.models import User
 from django.core.exceptions import PermissionDenied
 from django.http import HttpRequest
 
@@ -128,7 +129,9 @@ class ThrottledModelBackend(ModelBackend):
     over the limit before any password is checked. ``PermissionDenied`` makes ``authenticate()``
     stop here, and still fire ``user_login_failed`` (which counts it)."""
 
-    def authenticate(self, request: HttpRequest | None, username: str | None = None, password: str | None = None, **kw):  # type: ignore[no-untyped-def, override]
+    def authenticate(
+        self, request: HttpRequest | None, username: str | None = None, password: str | None = None, **kw: Any
+    ) -> User | None:
         if request is not None and check(audit.client_address(request)) is not None:
             raise PermissionDenied("too many failed sign-ins from this address")
         return super().authenticate(request, username=username, password=password, **kw)

@@ -8,17 +8,17 @@ If-Match, and where a policy requires approval answers 403 saying how to propose
 from __future__ import annotations
 
 from django.urls import URLPattern, path
-from rest_framework.request import Request
 from rest_framework.response import Response
 
 from endpoints_app import validation
 from endpoints_app.api.views import ApiView, if_match, request_body
+from endpoints_app.authenticated import AuthenticatedRequest
 from endpoints_app.models import PermissionLevel
 from endpoints_app.services import ai_gateway, changes
 
 
 class EndpointAiGatewayView(ApiView):
-    def put(self, request: Request, name: str) -> Response:
+    def put(self, request: AuthenticatedRequest, name: str) -> Response:
         self.endpoint(request, name, PermissionLevel.CAN_MANAGE)
         changes.require_direct_change_allowed(request.user, endpoint_name=name, action="ai-gateway")
         body = validation.require_object(request_body(request) or {}, "request body")

@@ -14,11 +14,11 @@ from __future__ import annotations
 from typing import Any
 
 from django.urls import URLPattern, path
-from rest_framework.request import Request
 from rest_framework.response import Response
 
 from endpoints_app.api.serializers import ms
 from endpoints_app.api.views import ApiView, request_body
+from endpoints_app.authenticated import AuthenticatedRequest
 from endpoints_app.errors import InvalidParameterValue
 from endpoints_app.models import AlertEvent, AlertRule, HealthChange, PermissionLevel, PollTarget
 from endpoints_app.monitoring import alerts
@@ -26,7 +26,7 @@ from endpoints_app.monitoring import alerts
 MAX_LIMIT = 1000
 
 
-def _limit(request: Request, default: int) -> int:
+def _limit(request: AuthenticatedRequest, default: int) -> int:
     raw = request.query_params.get("limit")
     if raw is None or raw == "":
         return default
@@ -66,7 +66,7 @@ def serialize_event(event: AlertEvent) -> dict[str, Any]:
 
 
 class EndpointHealthView(ApiView):
-    def get(self, request: Request, name: str) -> Response:
+    def get(self, request: AuthenticatedRequest, name: str) -> Response:
         endpoint = self.endpoint(request, name, PermissionLevel.CAN_VIEW)
         # health_change_idx (endpoint, at) serves this.
         history = HealthChange.objects.filter(endpoint=endpoint).order_by("-at", "-id")[: _limit(request, 50)]
@@ -96,34 +96,34 @@ class EndpointHealthView(ApiView):
 
 
 class AlertRuleListView(ApiView):
-    def get(self, request: Request, name: str) -> Response:
+    def get(self, request: AuthenticatedRequest, name: str) -> Response:
         endpoint = self.endpoint(request, name, PermissionLevel.CAN_VIEW)
         return Response({"rules": [serialize_rule(r) for r in alerts.rules_of(endpoint)]})
 
-    def post(self, request: Request, name: str) -> Response:
+    def post(self, request: AuthenticatedRequest, name: str) -> Response:
         endpoint = self.endpoint(request, name, PermissionLevel.CAN_MANAGE)
         rule = alerts.create_alert_rule(endpoint=endpoint, actor=request.user, data=request_body(request))
         return Response(serialize_rule(alerts.rule_of(endpoint, rule.id)))
 
 
 class AlertRuleDetailView(ApiView):
-    def get(self, request: Request, name: str, rule_id: str) -> Response:
+    def get(self, request: AuthenticatedRequest, name: str, rule_id: str) -> Response:
         return Response(serialize_rule(alerts.rule_of(self.endpoint(request, name, PermissionLevel.CAN_VIEW), rule_id)))
 
-    def patch(self, request: Request, name: str, rule_id: str) -> Response:
+    def patch(self, request: AuthenticatedRequest, name: str, rule_id: str) -> Response:
         endpoint = self.endpoint(request, name, PermissionLevel.CAN_MANAGE)
         rule = alerts.rule_of(endpoint, rule_id)
         alerts.update_alert_rule(rule=rule, actor=request.user, data=request_body(request))
         return Response(serialize_rule(alerts.rule_of(endpoint, rule.id)))
 
-    def delete(self, request: Request, name: str, rule_id: str) -> Response:
+    def delete(self, request: AuthenticatedRequest, name: str, rule_id: str) -> Response:
         rule = alerts.rule_of(self.endpoint(request, name, PermissionLevel.CAN_MANAGE), rule_id)
         alerts.delete_alert_rule(rule=rule, actor=request.user)
         return Response({})
 
 
 class AlertEventListView(ApiView):
-    def get(self, request: Request, name: str) -> Response:
+    def get(self, request: AuthenticatedRequest, name: str) -> Response:
         endpoint = self.endpoint(request, name, PermissionLevel.CAN_VIEW)
         state = request.query_params.get("state") or None
         if state is not None and state not in AlertEvent.State.values:

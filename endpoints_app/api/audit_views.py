@@ -6,13 +6,13 @@ import base64
 import json
 from typing import Any
 
-from django.http import HttpResponse, StreamingHttpResponse
+from django.http import HttpResponseBase, StreamingHttpResponse
 from django.urls import path
-from rest_framework.request import Request
 from rest_framework.response import Response
 
 from endpoints_app import access
 from endpoints_app.api.views import RawResponseApiView
+from endpoints_app.authenticated import AuthenticatedRequest
 from endpoints_app.errors import InvalidParameterValue, PermissionDenied
 from endpoints_app.filters import AuditEventFilterSet
 from endpoints_app.models import AuditEvent, Role
@@ -55,7 +55,7 @@ class AuditEventListView(RawResponseApiView):
     ``&limit=&page_token=``, newest first; ``format=jsonl`` streams every matching event, oldest first,
     as JSON lines (an export). The filters are the audit page's (``AuditEventFilterSet``)."""
 
-    def get(self, request: Request) -> HttpResponse:
+    def get(self, request: AuthenticatedRequest) -> HttpResponseBase:
         if access.role_of(request.user) != Role.ADMIN:
             raise PermissionDenied("Reading the audit log needs the admin role")
         params = request.query_params

@@ -6,7 +6,9 @@ from __future__ import annotations
 import base64
 import binascii
 
+from django.contrib.auth.models import AbstractBaseUser
 from rest_framework import authentication, exceptions
+from rest_framework.request import Request
 
 from endpoints_app import audit, auth_throttle
 from endpoints_app.services.tokens import authenticate_token
@@ -31,7 +33,7 @@ def token_from_header(header: str | None) -> str | None:
 
 
 class BearerTokenAuthentication(authentication.BaseAuthentication):
-    def authenticate(self, request):  # type: ignore[no-untyped-def]
+    def authenticate(self, request: Request) -> tuple[AbstractBaseUser, None] | None:
         header = request.META.get("HTTP_AUTHORIZATION")
         if not header:
             return None
@@ -51,5 +53,5 @@ class BearerTokenAuthentication(authentication.BaseAuthentication):
             raise exceptions.AuthenticationFailed("Invalid access token")
         return (user, None)
 
-    def authenticate_header(self, request):  # type: ignore[no-untyped-def]
+    def authenticate_header(self, request: Request) -> str:
         return 'Bearer realm="modelfleet"'

@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
+from datetime import datetime
 from typing import Any
 
 from django.urls import path
-from rest_framework.request import Request
 from rest_framework.response import Response
 
 from endpoints_app import access, audit
 from endpoints_app.api.views import ApiView, request_body
+from endpoints_app.authenticated import AuthenticatedRequest
 from endpoints_app.errors import InvalidParameterValue, PermissionDenied, ResourceDoesNotExist
 from endpoints_app.models import ApprovalPolicy, ChangeRequest, Role
 from endpoints_app.selectors import change_request_for, change_requests_for
@@ -17,7 +18,7 @@ from endpoints_app.services import changes
 from endpoints_app.validation import require_object
 
 
-def _ms(value) -> int | None:  # type: ignore[no-untyped-def]
+def _ms(value: datetime | None) -> int | None:
     return int(value.timestamp() * 1000) if value else None
 
 
@@ -38,7 +39,7 @@ def serialize(request: ChangeRequest) -> dict[str, Any]:
     }
 
 
-def _comment(request: Request) -> str:
+def _comment(request: AuthenticatedRequest) -> str:
     body = require_object(request_body(request), "request body")
     comment = body.get("comment") or ""
     if not isinstance(comment, str):
@@ -47,14 +48,14 @@ def _comment(request: Request) -> str:
 
 
 class ChangeRequestListView(ApiView):
-    def get(self, request: Request) -> Response:
+    def get(self, request: AuthenticatedRequest) -> Response:
         params = request.query_params
         requests = change_requests_for(
             request.user, status=params.get("status"), endpoint_name=params.get("endpoint_name")
         )
         return Response({"change_requests": [serialize(c) for c in requests[:500]]})
 
-    def post(self, request: Request) -> Response:
+    def post(self, request: AuthenticatedRequest) -> Response:
         body = require_object(request_body(request), "request body")
         name = body.get("endpoint_name")
         if not isinstance(name, str) or not name:
@@ -66,23 +67,23 @@ class ChangeRequestListView(ApiView):
 
 
 class ChangeRequestDetailView(ApiView):
-    def get(self, request: Request, request_id: int) -> Response:
+    def get(self, request: AuthenticatedRequest, request_id: int) -> Response:
         return Response(serialize(change_request_for(request.user, request_id)))
 
 
 class ChangeRequestApproveView(ApiView):
-    def post(self, request: Request, request_id: int) -> Response:
+    def post(self, request: AuthenticatedRequest, request_id: int) -> Response:
         change = change_request_for(request.user, request_id)
         return Response(serialize(changes.approve(actor=request.user, request=change, comment=_comment(request))))
 
 
 class ChangeRequestRejectView(ApiView):
-    def post(self, request: Request, request_id: int) -> Response:
+    def post(self, request: AuthenticatedRequest, request_id: int) -> Response:
         change = change_request_for(request.user, request_id)
         return Response(serialize(changes.reject(actor=request.user, request=change, comment=_comment(request))))
 
 
-def _require_admin(request: Request) -> None:
+def _require_admin(request: AuthenticatedRequest) -> None:
     if access.role_of(request.user) != Role.ADMIN:
         raise PermissionDenied("Approval policies are set by admins")
 
@@ -105,10 +106,10 @@ def _policy_field(body: dict[str, Any], key: str, max_length: int) -> str:
 
 
 class ApprovalPolicyListView(ApiView):
-    def get(self, request: Request) -> Response:
+    def get(self, request: AuthenticatedRequest) -> Response:
         return Response({"policies": [serialize_policy(p) for p in ApprovalPolicy.objects.order_by("id")]})
 
-    def post(self, request: Request) -> Response:
+    def post(self, request: AuthenticatedRequest) -> Response:
         _require_admin(request)
         body = require_object(request_body(request), "request body")
         endpoint_name = _policy_field(body, "endpoint_name", 255)
@@ -129,7 +130,7 @@ class ApprovalPolicyListView(ApiView):
 
 
 class ApprovalPolicyDetailView(ApiView):
-    def delete(self, request: Request, policy_id: int) -> Response:
+    def delete(self, request: AuthenticatedRequest, policy_id: int) -> Response:
         _require_admin(request)
         policy = ApprovalPolicy.objects.filter(pk=policy_id).first()
         if policy is None:

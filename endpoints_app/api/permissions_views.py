@@ -8,11 +8,11 @@ from __future__ import annotations
 from typing import Any
 
 from django.urls import path
-from rest_framework.request import Request
 from rest_framework.response import Response
 
 from endpoints_app import access
 from endpoints_app.api.views import ApiView, request_body
+from endpoints_app.authenticated import AuthenticatedRequest
 from endpoints_app.errors import ResourceDoesNotExist
 from endpoints_app.models import Endpoint, EndpointPermission, PermissionLevel
 from endpoints_app.services import permissions as permission_services
@@ -24,7 +24,7 @@ DESCRIPTIONS = {
 }
 
 
-def _endpoint(request: Request, endpoint_id: str, needed: str) -> Endpoint:
+def _endpoint(request: AuthenticatedRequest, endpoint_id: str, needed: str) -> Endpoint:
     endpoint = Endpoint.objects.filter(id=endpoint_id).first()
     if endpoint is None:
         raise ResourceDoesNotExist(f"Serving endpoint with id '{endpoint_id}' does not exist")
@@ -40,7 +40,7 @@ def serialize_permissions(endpoint: Endpoint) -> dict[str, Any]:
         if grant.user is not None:
             entry["user_name"] = grant.user.get_username()
             entry["display_name"] = grant.user.get_full_name() or grant.user.get_username()
-        else:
+        elif grant.group is not None:  # always, when there is no user (the model's check constraint)
             entry["group_name"] = grant.group.name
         acl.append(entry)
     acl.append(
@@ -63,16 +63,16 @@ def serialize_permissions(endpoint: Endpoint) -> dict[str, Any]:
 
 
 class EndpointPermissionsView(ApiView):
-    def get(self, request: Request, endpoint_id: str) -> Response:
+    def get(self, request: AuthenticatedRequest, endpoint_id: str) -> Response:
         return Response(serialize_permissions(_endpoint(request, endpoint_id, PermissionLevel.CAN_VIEW)))
 
-    def put(self, request: Request, endpoint_id: str) -> Response:
+    def put(self, request: AuthenticatedRequest, endpoint_id: str) -> Response:
         return self._change(request, endpoint_id, replace=True)
 
-    def patch(self, request: Request, endpoint_id: str) -> Response:
+    def patch(self, request: AuthenticatedRequest, endpoint_id: str) -> Response:
         return self._change(request, endpoint_id, replace=False)
 
-    def _change(self, request: Request, endpoint_id: str, *, replace: bool) -> Response:
+    def _change(self, request: AuthenticatedRequest, endpoint_id: str, *, replace: bool) -> Response:
         endpoint = _endpoint(request, endpoint_id, PermissionLevel.CAN_MANAGE)
         acl = permission_services.parse_acl(request_body(request))
         permission_services.set_permissions(actor=request.user, endpoint=endpoint, acl=acl, replace=replace)
@@ -80,7 +80,7 @@ class EndpointPermissionsView(ApiView):
 
 
 class EndpointPermissionLevelsView(ApiView):
-    def get(self, request: Request, endpoint_id: str) -> Response:
+    def get(self, request: AuthenticatedRequest, endpoint_id: str) -> Response:
         _endpoint(request, endpoint_id, PermissionLevel.CAN_VIEW)
         return Response(
             {

@@ -8,10 +8,10 @@ from __future__ import annotations
 from typing import Any
 
 from django.urls import path
-from rest_framework.request import Request
 from rest_framework.response import Response
 
 from endpoints_app.api.views import ApiView, request_body
+from endpoints_app.authenticated import AuthenticatedRequest
 from endpoints_app.errors import InvalidParameterValue, PermissionDenied
 from endpoints_app.models import SecretAcl
 from endpoints_app.services import secrets as secret_services
@@ -20,11 +20,11 @@ from endpoints_app.validation import require_object
 BASE = "api/2.0/secrets"
 
 
-def _body(request: Request) -> dict[str, Any]:
+def _body(request: AuthenticatedRequest) -> dict[str, Any]:
     return require_object(request_body(request), "request body")
 
 
-def _query(request: Request, name: str) -> str:
+def _query(request: AuthenticatedRequest, name: str) -> str:
     value = request.query_params.get(name)
     if not value:
         raise InvalidParameterValue(f"Missing required parameter '{name}'")
@@ -36,7 +36,7 @@ def serialize_acl(acl: SecretAcl) -> dict[str, str]:
 
 
 class ScopeCreateView(ApiView):
-    def post(self, request: Request) -> Response:
+    def post(self, request: AuthenticatedRequest) -> Response:
         body = _body(request)
         if body.get("backend_azure_keyvault"):
             raise InvalidParameterValue("Azure Key Vault-backed scopes are not supported: only DATABRICKS")
@@ -50,19 +50,19 @@ class ScopeCreateView(ApiView):
 
 
 class ScopeDeleteView(ApiView):
-    def post(self, request: Request) -> Response:
+    def post(self, request: AuthenticatedRequest) -> Response:
         secret_services.delete_scope(actor=request.user, scope=_body(request).get("scope"))
         return Response({})
 
 
 class ScopeListView(ApiView):
-    def get(self, request: Request) -> Response:
+    def get(self, request: AuthenticatedRequest) -> Response:
         scopes = secret_services.list_scopes(user=request.user)
         return Response({"scopes": [{"name": s.name, "backend_type": s.backend_type} for s in scopes]})
 
 
 class SecretPutView(ApiView):
-    def post(self, request: Request) -> Response:
+    def post(self, request: AuthenticatedRequest) -> Response:
         body = _body(request)
         secret_services.put_secret(
             actor=request.user,
@@ -75,14 +75,14 @@ class SecretPutView(ApiView):
 
 
 class SecretDeleteView(ApiView):
-    def post(self, request: Request) -> Response:
+    def post(self, request: AuthenticatedRequest) -> Response:
         body = _body(request)
         secret_services.delete_secret(actor=request.user, scope=body.get("scope"), key=body.get("key"))
         return Response({})
 
 
 class SecretListView(ApiView):
-    def get(self, request: Request) -> Response:
+    def get(self, request: AuthenticatedRequest) -> Response:
         secrets = secret_services.list_secrets(user=request.user, scope=_query(request, "scope"))
         return Response(
             {"secrets": [{"key": s.key, "last_updated_timestamp": s.last_updated_timestamp} for s in secrets]}
@@ -96,7 +96,7 @@ class SecretGetView(ApiView):
     scope or key, 403 without READ) it always answers 403: secrets are for endpoints to use.
     """
 
-    def get(self, request: Request) -> Response:
+    def get(self, request: AuthenticatedRequest) -> Response:
         scope, key = _query(request, "scope"), _query(request, "key")
         secret_services.check_can_read(user=request.user, scope=scope, key=key)
         raise PermissionDenied(
@@ -106,7 +106,7 @@ class SecretGetView(ApiView):
 
 
 class AclPutView(ApiView):
-    def post(self, request: Request) -> Response:
+    def post(self, request: AuthenticatedRequest) -> Response:
         body = _body(request)
         secret_services.put_acl(
             actor=request.user,
@@ -118,14 +118,14 @@ class AclPutView(ApiView):
 
 
 class AclDeleteView(ApiView):
-    def post(self, request: Request) -> Response:
+    def post(self, request: AuthenticatedRequest) -> Response:
         body = _body(request)
         secret_services.delete_acl(actor=request.user, scope=body.get("scope"), principal=body.get("principal"))
         return Response({})
 
 
 class AclGetView(ApiView):
-    def get(self, request: Request) -> Response:
+    def get(self, request: AuthenticatedRequest) -> Response:
         acl = secret_services.get_acl(
             user=request.user, scope=_query(request, "scope"), principal=_query(request, "principal")
         )
@@ -133,7 +133,7 @@ class AclGetView(ApiView):
 
 
 class AclListView(ApiView):
-    def get(self, request: Request) -> Response:
+    def get(self, request: AuthenticatedRequest) -> Response:
         acls = secret_services.list_acls(user=request.user, scope=_query(request, "scope"))
         return Response({"items": [serialize_acl(a) for a in acls]})
 

@@ -11,11 +11,11 @@ import time
 
 from django.db.models import Sum
 from django.urls import URLPattern, path
-from rest_framework.request import Request
 from rest_framework.response import Response
 
 from endpoints_app import access
 from endpoints_app.api.views import ApiView
+from endpoints_app.authenticated import AuthenticatedRequest
 from endpoints_app.errors import InvalidParameterValue
 from endpoints_app.models import PermissionLevel, UsageRecord
 
@@ -23,7 +23,7 @@ GROUPS = {"user": "user_name", "served_entity": "served_entity", "minute": "minu
 SUMS = {"requests": Sum("requests"), "input_tokens": Sum("input_tokens"), "output_tokens": Sum("output_tokens")}
 
 
-def _ms(request: Request, name: str, default: int) -> int:
+def _ms(request: AuthenticatedRequest, name: str, default: int) -> int:
     raw = request.query_params.get(name)
     if raw is None:
         return default
@@ -34,7 +34,7 @@ def _ms(request: Request, name: str, default: int) -> int:
 
 
 class EndpointUsageView(ApiView):
-    def get(self, request: Request, name: str) -> Response:
+    def get(self, request: AuthenticatedRequest, name: str) -> Response:
         endpoint = self.endpoint(request, name, PermissionLevel.CAN_VIEW)
         now_ms = int(time.time() * 1000)
         start, end = _ms(request, "start", now_ms - 24 * 3600 * 1000), _ms(request, "end", now_ms)

@@ -5,11 +5,11 @@ from __future__ import annotations
 from typing import Any
 
 from django.urls import path
-from rest_framework.request import Request
 from rest_framework.response import Response
 
 from endpoints_app import access
 from endpoints_app.api.views import ApiView, request_body
+from endpoints_app.authenticated import AuthenticatedRequest
 from endpoints_app.errors import InvalidParameterValue, PermissionDenied, ResourceDoesNotExist
 from endpoints_app.models import AccessToken, Role
 from endpoints_app.services import tokens as token_services
@@ -17,7 +17,7 @@ from endpoints_app.services import users as user_services
 from endpoints_app.validation import require_object
 
 
-def _require_admin(request: Request) -> None:
+def _require_admin(request: AuthenticatedRequest) -> None:
     if access.role_of(request.user) != Role.ADMIN:
         raise PermissionDenied("This needs the admin role")
 
@@ -35,14 +35,14 @@ def serialize_token(t: AccessToken) -> dict[str, Any]:
 
 
 class UserListView(ApiView):
-    def get(self, request: Request) -> Response:
+    def get(self, request: AuthenticatedRequest) -> Response:
         _require_admin(request)
         from django.contrib.auth import get_user_model
 
         users = get_user_model().objects.select_related("profile").order_by("username")
         return Response({"users": [user_services.user_snapshot(u) for u in users]})
 
-    def post(self, request: Request) -> Response:
+    def post(self, request: AuthenticatedRequest) -> Response:
         _require_admin(request)
         body = require_object(request_body(request), "request body")
         email = body.get("email") or ""
@@ -59,7 +59,7 @@ class UserListView(ApiView):
 
 
 class UserDetailView(ApiView):
-    def patch(self, request: Request, username: str) -> Response:
+    def patch(self, request: AuthenticatedRequest, username: str) -> Response:
         _require_admin(request)
         body = require_object(request_body(request), "request body")
         user = user_services.get_user(username)
@@ -74,7 +74,7 @@ class UserDetailView(ApiView):
 
 
 class TokenListView(ApiView):
-    def get(self, request: Request) -> Response:
+    def get(self, request: AuthenticatedRequest) -> Response:
         qs = AccessToken.objects.select_related("user").order_by("-created_at")
         if access.role_of(request.user) != Role.ADMIN:
             qs = qs.filter(user=request.user)
@@ -82,7 +82,7 @@ class TokenListView(ApiView):
             qs = qs.filter(user__username=request.query_params["user"])
         return Response({"tokens": [serialize_token(t) for t in qs]})
 
-    def post(self, request: Request) -> Response:
+    def post(self, request: AuthenticatedRequest) -> Response:
         body = require_object(request_body(request), "request body")
         owner = request.user
         if body.get("user") and body["user"] != request.user.get_username():
@@ -97,7 +97,7 @@ class TokenListView(ApiView):
 
 
 class TokenDetailView(ApiView):
-    def delete(self, request: Request, token_id: int) -> Response:
+    def delete(self, request: AuthenticatedRequest, token_id: int) -> Response:
         token = AccessToken.objects.select_related("user").filter(pk=token_id).first()
         is_admin = access.role_of(request.user) == Role.ADMIN
         if token is None or (not is_admin and token.user_id != request.user.pk):
@@ -107,7 +107,7 @@ class TokenDetailView(ApiView):
 
 
 class GroupListView(ApiView):
-    def get(self, request: Request) -> Response:
+    def get(self, request: AuthenticatedRequest) -> Response:
         _require_admin(request)
         from django.contrib.auth.models import Group
 
@@ -120,7 +120,7 @@ class GroupListView(ApiView):
             }
         )
 
-    def post(self, request: Request) -> Response:
+    def post(self, request: AuthenticatedRequest) -> Response:
         _require_admin(request)
         body = require_object(request_body(request), "request body")
         group = user_services.create_group(actor=request.user, name=str(body.get("name") or ""))
@@ -130,13 +130,13 @@ class GroupListView(ApiView):
 class GroupMemberView(ApiView):
     """``PUT …/groups/<group>/members/<user>`` adds, ``DELETE`` removes."""
 
-    def put(self, request: Request, group: str, username: str) -> Response:
+    def put(self, request: AuthenticatedRequest, group: str, username: str) -> Response:
         return self._set(request, group, username, member=True)
 
-    def delete(self, request: Request, group: str, username: str) -> Response:
+    def delete(self, request: AuthenticatedRequest, group: str, username: str) -> Response:
         return self._set(request, group, username, member=False)
 
-    def _set(self, request: Request, group: str, username: str, *, member: bool) -> Response:
+    def _set(self, request: AuthenticatedRequest, group: str, username: str, *, member: bool) -> Response:
         _require_admin(request)
         the_group = user_services.get_group(group)
         user_services.set_membership(
