@@ -361,7 +361,7 @@ def team_key(user) -> str:
 
 def test_the_form_has_every_providers_config_fields_from_the_provider_modules(client, user, registered_models):
     from endpoints_app.gateway.providers import PROVIDERS
-    from endpoints_app.pages.forms import config_inputs
+    from endpoints_app.pages.forms.external_model import config_inputs
 
     client.force_login(user)
     html = client.get("/endpoints/new").content.decode()

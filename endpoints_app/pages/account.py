@@ -19,7 +19,7 @@ from django.views.decorators.http import require_http_methods, require_POST
 from endpoints_app.authenticated import AuthenticatedHttpRequest
 from endpoints_app.models import AccessToken
 from endpoints_app.pages.errors import error_page
-from endpoints_app.pages.forms import ThrottledAuthenticationForm
+from endpoints_app.pages.forms.account import ThrottledAuthenticationForm
 from endpoints_app.services import tokens as token_services
 
 MAX_COMMENT = 255

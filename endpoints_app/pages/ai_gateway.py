@@ -28,7 +28,7 @@ from endpoints_app import access, selectors
 from endpoints_app.errors import DomainError
 from endpoints_app.models import ChangeRequest, Endpoint, PermissionLevel
 from endpoints_app.pages.edit import needs_change_request, require_unchanged
-from endpoints_app.pages.forms import AiGatewayEditor
+from endpoints_app.pages.forms.ai_gateway import AiGatewayEditor
 from endpoints_app.services import ai_gateway, changes
 from endpoints_app.services import endpoints as endpoint_services
 

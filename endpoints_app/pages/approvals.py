@@ -19,7 +19,7 @@ from django.views.decorators.http import require_GET, require_POST
 from endpoints_app import access, validation
 from endpoints_app.errors import DomainError, ResourceDoesNotExist
 from endpoints_app.models import ChangeRequest, ChangeRequestStatus, Role
-from endpoints_app.pages.forms import ChangeRequestFilterForm, DecisionForm
+from endpoints_app.pages.forms.approvals import ChangeRequestFilterForm, DecisionForm
 from endpoints_app.selectors import change_request_for, change_requests_for
 from endpoints_app.services import changes
 

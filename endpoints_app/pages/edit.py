@@ -30,13 +30,8 @@ from endpoints_app.errors import DomainError, PermissionDenied, ResourceDoesNotE
 from endpoints_app.gateway.providers import PROVIDERS
 from endpoints_app.gateway.providers.base import iter_secret_fields
 from endpoints_app.models import ChangeRequest, ConfigUpdate, Endpoint, PermissionLevel
-from endpoints_app.pages.forms import (
-    EXTERNAL,
-    STALE_FORM_MESSAGE,
-    EndpointEditor,
-    entity_initial,
-    model_version_choices,
-)
+from endpoints_app.pages.forms.common import STALE_FORM_MESSAGE
+from endpoints_app.pages.forms.endpoint import EXTERNAL, EndpointEditor, entity_initial, model_version_choices
 from endpoints_app.services import changes, secrets
 from endpoints_app.services import endpoints as endpoint_services
 

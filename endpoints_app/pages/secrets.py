@@ -29,7 +29,7 @@ from endpoints_app.authenticated import AuthenticatedHttpRequest
 from endpoints_app.errors import DomainError, InvalidParameterValue, PermissionDenied
 from endpoints_app.models import SecretPermission, SecretScope
 from endpoints_app.pages.errors import error_page
-from endpoints_app.pages.forms import SecretAclForm, SecretPutForm, SecretScopeForm
+from endpoints_app.pages.forms.secrets import SecretAclForm, SecretPutForm, SecretScopeForm
 from endpoints_app.services import secrets
 
 # What each action of the scope page needs (the services decide; the page refuses early and hides).

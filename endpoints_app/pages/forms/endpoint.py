@@ -1,36 +1,39 @@
-"""Forms of the dashboard: the endpoint editor, and the filters of the change-request and audit pages.
+"""The endpoint editor: the create and edit form, from the endpoint's name to its traffic split.
 
-Forms are thin. They read what the user typed and turn it into the JSON body the API takes; every
-rule about a valid config stays in endpoints_app.validation and the services. When a service
-refuses the body, ``EndpointEditor.add_domain_error`` puts its message next to the field the
-message names (``config.served_entities[1].workload_size …`` → the workload size of the second
-served entity; ``….external_model.openai_config.openai_api_key …`` → that credential's picker), or
-at the top of the form when it names none.
+The form reads what the user typed and turns it into the config JSON the API takes; every rule
+about a valid config stays in endpoints_app.validation and the services. When a service refuses
+the body, ``EndpointEditor.add_domain_error`` puts its message next to the field the message names
+(``config.served_entities[1].workload_size …`` → the workload size of the second served entity;
+``….external_model.openai_config.openai_api_key …`` → that credential's picker), or at the top of
+the form when it names none.
 
-A served entity is a registered model version or an external model. The external model's config
-fields come from the provider modules' own declarations (``Provider.fields``), so a provider's
-fields are written down once, there; credentials are a ``{{secrets/scope/key}}`` picked from the
-secrets the user may read, or a value typed into a password input (sent as ``<field>_plaintext``,
-which the service stores as a secret; it is never rendered back).
+A served entity is a registered model version or an external model; the external model's config
+fields are built in ``external_model``.
 """
 
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable, Iterator
-from dataclasses import dataclass
+from collections.abc import Iterable
 from typing import Any
 
 from django import forms
-from django.contrib.auth.forms import AuthenticationForm
 from django.http import QueryDict
 
-from endpoints_app import audit, auth_throttle, capacity, validation
+from endpoints_app import capacity, validation
 from endpoints_app.errors import DomainError, PreconditionFailed, ResourceAlreadyExists, ResourceConflict
-from endpoints_app.gateway.providers import PROVIDERS, Provider
+from endpoints_app.gateway.providers import PROVIDERS
 from endpoints_app.gateway.providers.base import CHAT, TASKS
-from endpoints_app.gateway.providers.base import Field as ProviderField
-from endpoints_app.models import ChangeRequestStatus
+from endpoints_app.pages.forms.common import STALE_FORM_MESSAGE
+from endpoints_app.pages.forms.external_model import (
+    DEFAULT_PROVIDER,
+    config_form_field,
+    config_inputs,
+    field_label,
+    plaintext_form_field,
+    provider_choices,
+    value_at,
+)
 from endpoints_app.services.secrets import parse_reference
 
 # Registered model names cannot contain "/" (registry.register_model_dir refuses them), so
@@ -76,128 +79,10 @@ WORKLOAD_SIZE_CHOICES = [
     for size, (low, high) in capacity.SIZE_CONCURRENCY.items()
 ] + [("", "Custom: min/max concurrency below")]
 WORKLOAD_TYPE_CHOICES = [(t, t) for t in validation.WORKLOAD_TYPES]
-
-# --- external models: each provider's config fields, from the provider module's declaration ------
-
+# What a served-entity row serves.
 MODEL, EXTERNAL = "model", "external"
 KIND_CHOICES = [(MODEL, "A registered model version"), (EXTERNAL, "An external model (OpenAI, Anthropic, …)")]
 TASK_CHOICES = [(t, t) for t in TASKS]
-DEFAULT_PROVIDER = "openai" if "openai" in PROVIDERS else min(PROVIDERS)
-NO_SECRET = ""
-# Words spelt differently in a label than in a field name.
-_LABEL_WORDS = {
-    "api": "API",
-    "openai": "OpenAI",
-    "url": "URL",
-    "id": "ID",
-    "aws": "AWS",
-    "arn": "ARN",
-    "uc": "UC",
-    "ai21labs": "AI21 Labs",
-    "databricks": "Databricks",
-    "microsoft": "Microsoft",
-    "entra": "Entra",
-    "cohere": "Cohere",
-    "palm": "PaLM",
-}
-
-
-def _label(name: str) -> str:
-    """``openai_api_key`` → "OpenAI API key"."""
-    text = " ".join(_LABEL_WORDS.get(word, word) for word in name.split("_"))
-    return text[:1].upper() + text[1:]
-
-
-def provider_choices() -> list[tuple[str, str]]:
-    return [
-        (p.name, p.name if p.translated else f"{p.name} (config stored; queries not supported yet)")
-        for p in sorted(PROVIDERS.values(), key=lambda p: p.name)
-    ]
-
-
-@dataclass(frozen=True)
-class ConfigInput:
-    """One field of a provider's config block (``Provider.fields``) as the editor shows it."""
-
-    provider: Provider
-    spec: ProviderField
-    path: str  # inside the block, dotted in a nested object: "api_key_auth.value"
-
-    @property
-    def field_name(self) -> str:
-        """The form field: ``<config block>__<path>``, e.g. ``custom_provider_config__api_key_auth__value``."""
-        return f"{self.provider.config_key}__{self.path.replace('.', '__')}"
-
-    @property
-    def plaintext_name(self) -> str:
-        return f"{self.field_name}_plaintext"
-
-    @property
-    def api_name(self) -> str:
-        return f"{self.provider.config_key}.{self.path}"
-
-    @property
-    def group(self) -> str:
-        """The nested object holding the field ("" at the top of the block)."""
-        return self.path.rpartition(".")[0]
-
-    @property
-    def key(self) -> str:
-        return self.path.rpartition(".")[2]
-
-
-def config_inputs(provider: Provider) -> list[ConfigInput]:
-    """Every leaf field of the provider's config block, nested objects flattened, in declared order."""
-
-    def walk(fields: tuple[ProviderField, ...], prefix: str) -> Iterator[ConfigInput]:
-        for spec in fields:
-            if spec.fields is not None:
-                yield from walk(spec.fields, f"{prefix}{spec.name}.")
-            else:
-                yield ConfigInput(provider, spec, f"{prefix}{spec.name}")
-
-    return list(walk(provider.fields, ""))
-
-
-def _config_form_field(config_input: ConfigInput, secret_choices: list) -> forms.Field:
-    spec = config_input.spec
-    required = " (required)" if spec.required and not config_input.group else ""
-    label = f"{_label(config_input.key)}{required}"
-    help_text = config_input.api_name
-    if spec.secret:
-        return forms.ChoiceField(
-            label=label,
-            required=False,
-            choices=[(NO_SECRET, "— pick a secret —"), *secret_choices],
-            help_text=help_text,
-        )
-    if spec.choices:
-        return forms.ChoiceField(
-            label=label, required=False, choices=[("", "—"), *((c, c) for c in spec.choices)], help_text=help_text
-        )
-    widget_attrs = {"autocomplete": "off", "spellcheck": "false"}
-    widget = forms.URLInput(attrs=widget_attrs) if spec.url else forms.TextInput(attrs=widget_attrs)
-    return forms.CharField(label=label, required=False, max_length=2048, help_text=help_text, widget=widget)
-
-
-def _plaintext_form_field() -> forms.Field:
-    # render_value=False: a value typed here is never sent back to the browser, even when the form
-    # is shown again with errors.
-    return forms.CharField(
-        label="…or type its value",
-        required=False,
-        max_length=128 * 1024,
-        strip=False,
-        widget=forms.PasswordInput(render_value=False, attrs={"autocomplete": "new-password", "spellcheck": "false"}),
-        help_text="Stored encrypted as a secret; the endpoint keeps only its reference. Replaces the picked secret.",
-    )
-
-
-def _dig(block: dict[str, Any], path: str) -> Any:
-    value: Any = block
-    for part in path.split("."):
-        value = value.get(part) if isinstance(value, dict) else None
-    return value
 
 
 def default_external_entity_name(model_name: str) -> str:
@@ -265,9 +150,9 @@ class ServedEntityForm(forms.Form):
         self.env_errors: list[str] = []
         for provider in PROVIDERS.values():
             for config_input in config_inputs(provider):
-                self.fields[config_input.field_name] = _config_form_field(config_input, secret_choices or [])
+                self.fields[config_input.field_name] = config_form_field(config_input, secret_choices or [])
                 if config_input.spec.secret:
-                    self.fields[config_input.plaintext_name] = _plaintext_form_field()
+                    self.fields[config_input.plaintext_name] = plaintext_form_field()
 
     @property
     def is_external(self) -> bool:
@@ -296,7 +181,9 @@ class ServedEntityForm(forms.Form):
                 {
                     "provider": provider,
                     "selected": provider.name == self.selected_provider,
-                    "groups": [{"name": name, "label": _label(name), "inputs": rows} for name, rows in groups.items()],
+                    "groups": [
+                        {"name": name, "label": field_label(name), "inputs": rows} for name, rows in groups.items()
+                    ],
                 }
             )
         return sections
@@ -415,10 +302,6 @@ _FORM_FIELD = {
     "min_provisioned_concurrency": "min_concurrency",
     "max_provisioned_concurrency": "max_concurrency",
 }
-STALE_FORM_MESSAGE = (
-    "This endpoint changed since you opened this form (someone saved a change, or a rollout finished). "
-    "Nothing was saved: reload the form to start from the current config, then make your change again."
-)
 
 
 class EndpointEditor:
@@ -630,7 +513,7 @@ def entity_initial(entity: Any, traffic: int | None) -> dict[str, Any]:
         block = external.get(provider.config_key) if provider is not None else None
         for config_input in config_inputs(provider) if provider is not None and isinstance(block, dict) else []:
             # Stored configs hold references only (plaintext is stored as a secret on the way in).
-            value = _dig(block, config_input.path)
+            value = value_at(block, config_input.path)
             if isinstance(value, str):
                 initial[config_input.field_name] = value
         return initial
@@ -647,270 +530,3 @@ def entity_initial(entity: Any, traffic: int | None) -> dict[str, Any]:
         # Plain values are never sent back to the browser; saving the form keeps them (config_body).
         "environment_vars": validation.redact_environment_vars(entity.environment_vars),
     }
-
-
-class ChangeRequestFilterForm(forms.Form):
-    """The page's filters, named as the API's (``status`` in any case, ``endpoint_name``)."""
-
-    status = forms.ChoiceField(
-        required=False, choices=[("", "Any status"), *ChangeRequestStatus.choices], label="Status"
-    )
-    endpoint_name = forms.CharField(required=False, max_length=255, label="Endpoint")
-
-    def __init__(self, data=None, *args, **kwargs):  # type: ignore[no-untyped-def]
-        if data is not None and data.get("status"):
-            data = data.copy()
-            data["status"] = data["status"].upper()
-        super().__init__(data, *args, **kwargs)
-
-
-class DecisionForm(forms.Form):
-    comment = forms.CharField(
-        required=False, max_length=4000, label="Comment", widget=forms.Textarea(attrs={"rows": 3})
-    )
-
-
-# --- secrets -------------------------------------------------------------------------------------
-
-
-class SecretScopeForm(forms.Form):
-    scope = forms.CharField(
-        label="Scope name",
-        max_length=128,
-        help_text="Letters, digits, dashes, underscores and periods.",
-        widget=forms.TextInput(attrs={"autocomplete": "off", "spellcheck": "false"}),
-    )
-    everyone_manages = forms.BooleanField(
-        label="Every user may manage it (initial_manage_principal = users)", required=False
-    )
-
-
-class SecretPutForm(forms.Form):
-    """Put a secret. The value's widget never renders what was typed, even when the form is shown
-    again with an error; nothing here repeats it."""
-
-    key = forms.CharField(
-        label="Key",
-        max_length=128,
-        widget=forms.TextInput(attrs={"autocomplete": "off", "spellcheck": "false"}),
-    )
-    value = forms.CharField(
-        label="Value",
-        strip=False,
-        help_text="Stored encrypted; it is never shown again, here or anywhere. Putting an existing key replaces it.",
-        widget=forms.PasswordInput(render_value=False, attrs={"autocomplete": "new-password", "spellcheck": "false"}),
-    )
-
-
-SECRET_PERMISSION_CHOICES = [
-    ("READ", "READ: list, use in endpoints"),
-    ("WRITE", "WRITE: … and put, delete"),
-    ("MANAGE", "MANAGE: … and ACLs, delete scope"),
-]
-
-
-class SecretAclForm(forms.Form):
-    principal = forms.CharField(
-        label="User or group",
-        max_length=255,
-        help_text="A user name, a group name, or users (everyone).",
-        widget=forms.TextInput(attrs={"autocomplete": "off", "spellcheck": "false", "list": "acl-principals"}),
-    )
-    permission = forms.ChoiceField(label="Permission", choices=SECRET_PERMISSION_CHOICES, initial="READ")
-
-
-# --- AI gateway ----------------------------------------------------------------------------------
-
-RATE_LIMIT_KEY_CHOICES = [
-    ("endpoint", "Everyone together"),
-    ("user", "Per user"),
-    ("user_group", "Per group"),
-]
-PII_CHOICES = [("NONE", "Off"), ("BLOCK", "Block text with personal data"), ("MASK", "Mask personal data")]
-
-
-class RateLimitForm(forms.Form):
-    calls = forms.IntegerField(
-        label="Calls per minute",
-        required=False,
-        widget=forms.NumberInput(attrs={"min": 0, "inputmode": "numeric", "aria-label": "Calls per minute"}),
-    )
-    tokens = forms.IntegerField(
-        label="Tokens per minute",
-        required=False,
-        widget=forms.NumberInput(attrs={"min": 0, "inputmode": "numeric", "aria-label": "Tokens per minute"}),
-    )
-    key = forms.ChoiceField(
-        label="Applies to",
-        choices=RATE_LIMIT_KEY_CHOICES,
-        initial="endpoint",
-        widget=forms.Select(attrs={"aria-label": "Applies to"}),
-    )
-    principal = forms.CharField(
-        label="User or group",
-        required=False,
-        max_length=255,
-        help_text="Per user or per group only: name one, or leave blank for each one separately.",
-        widget=forms.TextInput(attrs={"autocomplete": "off", "spellcheck": "false", "aria-label": "User or group"}),
-    )
-
-    def is_blank(self) -> bool:
-        data = self.cleaned_data
-        return data.get("calls") is None and data.get("tokens") is None and not (data.get("principal") or "").strip()
-
-
-RateLimitFormSet = forms.formset_factory(RateLimitForm, extra=0, can_delete=True)
-
-
-class GuardrailForm(forms.Form):
-    """One direction of the guardrails (``input`` or ``output``, the form's prefix)."""
-
-    invalid_keywords = forms.CharField(
-        label="Invalid keywords",
-        required=False,
-        help_text="One word or phrase per line; whole words, any case. A match blocks the request.",
-        widget=forms.Textarea(attrs={"rows": 3, "spellcheck": "false"}),
-    )
-    pii = forms.ChoiceField(label="Personal data (PII)", choices=PII_CHOICES, initial="NONE", required=False)
-
-    def block(self) -> dict[str, Any]:
-        keywords = [k.strip() for k in (self.cleaned_data.get("invalid_keywords") or "").splitlines() if k.strip()]
-        out: dict[str, Any] = {}
-        if keywords:
-            out["invalid_keywords"] = keywords
-        if (self.cleaned_data.get("pii") or "NONE") != "NONE":
-            out["pii"] = {"behavior": self.cleaned_data["pii"]}
-        return out
-
-
-class AiGatewaySettingsForm(forms.Form):
-    usage_tracking = forms.BooleanField(label="Track usage (requests and tokens per user)", required=False)
-    fallbacks = forms.BooleanField(
-        label="Fall back to the other served entities, in order, when a provider answers 429 or 5xx", required=False
-    )
-    inference_table = forms.BooleanField(label="Log requests and responses (inference table)", required=False)
-    catalog_name = forms.CharField(label="Catalog", required=False, max_length=255)
-    schema_name = forms.CharField(label="Schema", required=False, max_length=255)
-    table_name_prefix = forms.CharField(label="Table name prefix", required=False, max_length=255)
-
-
-_GATEWAY_FIELD = re.compile(r"^ai_gateway\.(\w+)(?:\[(\d+)\])?(?:\.(\w+))?(?:\.(\w+))?")
-_INFERENCE_FIELDS = ("catalog_name", "schema_name", "table_name_prefix")
-
-
-class AiGatewayEditor:
-    """The AI-gateway form as a whole: rate-limit rows, guardrails per direction, the toggles and
-    the inference table. ``body`` is ``PUT …/ai-gateway``'s body; the service validates it."""
-
-    def __init__(self, *, current: dict[str, Any] | None, data: QueryDict | None = None, etag: str = "") -> None:
-        current = current or {}
-        self.current = current
-        table = current.get("inference_table_config") or {}
-        self.settings = AiGatewaySettingsForm(
-            data,
-            initial={
-                "usage_tracking": bool((current.get("usage_tracking_config") or {}).get("enabled")),
-                "fallbacks": bool((current.get("fallback_config") or {}).get("enabled")),
-                "inference_table": bool(table.get("enabled")),
-                **{name: table.get(name, "") for name in _INFERENCE_FIELDS},
-            },
-        )
-        self.limits = RateLimitFormSet(
-            data,
-            prefix="limits",
-            initial=[
-                {k: limit.get(k) for k in ("calls", "tokens", "key", "principal")}
-                for limit in current.get("rate_limits") or []
-            ],
-        )
-        rails = current.get("guardrails") or {}
-        self.guardrails = {
-            direction: GuardrailForm(
-                data,
-                prefix=direction,
-                initial={
-                    "invalid_keywords": "\n".join((rails.get(direction) or {}).get("invalid_keywords") or []),
-                    "pii": ((rails.get(direction) or {}).get("pii") or {}).get("behavior", "NONE"),
-                },
-            )
-            for direction in ("input", "output")
-        }
-        self.etag = (data.get("etag", "") if data is not None else etag) or ""
-        self.errors: list[str] = []
-        self._sent_limits: list[RateLimitForm] = []
-
-    def is_valid(self) -> bool:
-        valid = self.settings.is_valid() and self.limits.is_valid()
-        return all([form.is_valid() for form in self.guardrails.values()]) and valid
-
-    def has_errors(self) -> bool:
-        forms_ = [self.settings, *self.guardrails.values(), *self.limits.forms]
-        return bool(self.errors) or any(f.is_bound and f.errors for f in forms_)
-
-    def add_limit_row(self) -> None:
-        """Offer one more rate-limit row (the form's "Add rate limit" without JavaScript)."""
-        data = self.limits.data.copy()
-        key = f"{self.limits.prefix}-TOTAL_FORMS"
-        data[key] = str(int(data.get(key) or 0) + 1)
-        self.limits = RateLimitFormSet(data, prefix=self.limits.prefix, initial=self.limits.initial)
-
-    def body(self) -> dict[str, Any]:
-        """The settings as ``PUT …/ai-gateway`` takes them. A block the form leaves empty is left out
-        (which unsets it), except the toggles the endpoint had, kept as they are set now."""
-        current, settings = self.current, self.settings.cleaned_data
-        body: dict[str, Any] = {}
-        self._sent_limits = [
-            f for f in self.limits.forms if f.cleaned_data and not f.cleaned_data.get("DELETE") and not f.is_blank()
-        ]
-        if self._sent_limits:
-            body["rate_limits"] = []
-            for form in self._sent_limits:
-                limit: dict[str, Any] = {"renewal_period": "minute", "key": form.cleaned_data["key"]}
-                for amount in ("calls", "tokens"):
-                    if form.cleaned_data.get(amount) is not None:
-                        limit[amount] = form.cleaned_data[amount]
-                if principal := (form.cleaned_data.get("principal") or "").strip():
-                    limit["principal"] = principal
-                body["rate_limits"].append(limit)
-        rails = {direction: form.block() for direction, form in self.guardrails.items() if form.block()}
-        if rails:
-            body["guardrails"] = rails
-        for field, block in (("usage_tracking", "usage_tracking_config"), ("fallbacks", "fallback_config")):
-            if settings.get(field) or current.get(block) is not None:
-                body[block] = {"enabled": bool(settings.get(field))}
-        names = {name: settings[name].strip() for name in _INFERENCE_FIELDS if (settings.get(name) or "").strip()}
-        if settings.get("inference_table") or names or current.get("inference_table_config") is not None:
-            body["inference_table_config"] = {"enabled": bool(settings.get("inference_table")), **names}
-        return body
-
-    def add_domain_error(self, exc: DomainError) -> None:
-        """Show the service's refusal next to the field its message names."""
-        if isinstance(exc, PreconditionFailed):
-            self.errors.append(STALE_FORM_MESSAGE)
-            return
-        match = _GATEWAY_FIELD.match(exc.message)
-        block, index, field, subfield = match.groups() if match else (None, None, None, None)
-        if block == "rate_limits" and index is not None and int(index) < len(self._sent_limits):
-            row = self._sent_limits[int(index)]
-            row.add_error(field if field in row.fields else None, exc.message)
-        elif block == "guardrails" and field in self.guardrails:
-            form = self.guardrails[field]
-            form.add_error(subfield if subfield in form.fields else None, exc.message)
-        elif block == "inference_table_config":
-            self.settings.add_error(field if field in _INFERENCE_FIELDS else "inference_table", exc.message)
-        else:
-            self.errors.append(exc.message)
-
-
-class ThrottledAuthenticationForm(AuthenticationForm):
-    """The sign-in form, refusing an address over the failed sign-in limit before any password is
-    checked (``auth_throttle``), with a message saying when to try again."""
-
-    throttle: auth_throttle.Throttle | None = None
-
-    def clean(self) -> dict[str, Any]:
-        if self.request is not None:
-            self.throttle = auth_throttle.check(audit.client_address(self.request))
-            if self.throttle is not None:
-                raise forms.ValidationError(self.throttle.message, code="throttled")
-        return super().clean()
