@@ -219,10 +219,10 @@ def test_each_provider_translates_or_rejects_any_checked_body(
 @pytest.fixture(scope="module")
 def served_iris(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
     """A real scikit-learn model, loaded as the model server loads it (in this process)."""
-    import endpoints_app.runtime.model_server.app as model_server
+    from endpoints_app.runtime.model_server.served_model import ServedModel
 
     path: Path = save_iris_model(tmp_path_factory.mktemp("fuzz-models") / "iris")
-    yield model_server.ServedModel(mlflow.pyfunc.load_model(str(path)))
+    yield ServedModel(mlflow.pyfunc.load_model(str(path)))
 
 
 COLUMNS = ["sepal_length", "sepal_width", "petal_length", "petal_width"]
@@ -252,7 +252,7 @@ model_inputs = (
 
 
 def _predict(served: Any, body: bytes) -> None:
-    from endpoints_app.runtime.model_server.app import RequestError
+    from endpoints_app.runtime.model_server.responses import RequestError
 
     try:
         answer = served.predict_json(body)
@@ -285,7 +285,8 @@ def test_floats_that_json_cannot_carry_are_a_400(served_iris: Any) -> None:
 
 
 def test_a_hundred_thousand_brackets_at_the_replica_are_a_400(served_iris: Any) -> None:
-    from endpoints_app.runtime.model_server.app import NOT_JSON, RequestError
+    from endpoints_app.runtime.model_server.responses import RequestError
+    from endpoints_app.runtime.model_server.served_model import NOT_JSON
 
     with pytest.raises(RequestError) as caught:
         served_iris.predict_json(_nested(100_000))

@@ -6,6 +6,7 @@ a free port with a tiny model from ``tests.model_fixtures`` and talks to it over
 
 from __future__ import annotations
 
+import ast
 import os
 import secrets
 import signal
@@ -494,3 +495,57 @@ def test_it_does_not_start_without_a_credential(tmp_path: Path) -> None:
         ).returncode
     assert code == 2
     assert "no replica credential" in log_path.read_text()
+
+
+# -- the package's shape -------------------------------------------------------------------------
+
+PACKAGE = "endpoints_app.runtime.model_server"
+# Each module may import only those before it (the order the package docstring gives); a new
+# module must be placed here, or this test fails.
+MODULE_ORDER = [
+    "responses",
+    "fastpath",
+    "served_model",
+    "batching",
+    "metrics",
+    "app",
+    "server",
+    "standby",
+    "main",
+    "__main__",
+]
+
+
+def _endpoints_app_imports(source: str) -> list[tuple[str, bool]]:
+    """(imported module, whether inside a function) for every import from endpoints_app."""
+    found: list[tuple[str, bool]] = []
+
+    def visit(node: ast.AST, in_function: bool) -> None:
+        names: list[str] = []
+        if isinstance(node, ast.ImportFrom) and node.module is not None:
+            names = [f"{node.module}.{alias.name}" if node.module == PACKAGE else node.module for alias in node.names]
+        elif isinstance(node, ast.Import):
+            names = [alias.name for alias in node.names]
+        found.extend((name, in_function) for name in names if name.split(".")[0] == "endpoints_app")
+        inside = in_function or isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef | ast.Lambda)
+        for child in ast.iter_child_nodes(node):
+            visit(child, inside)
+
+    visit(ast.parse(source), False)
+    return found
+
+
+def test_the_model_server_modules_import_one_way_and_the_package_imports_nothing() -> None:
+    folder = REPO_ROOT / "endpoints_app" / "runtime" / "model_server"
+    assert {path.stem for path in folder.glob("*.py")} - {"__init__"} == set(MODULE_ORDER)
+
+    # `python -m` runs __init__ before __main__ has confined the process: it must import nothing.
+    init = ast.parse((folder / "__init__.py").read_text())
+    assert not [node for node in ast.walk(init) if isinstance(node, ast.Import | ast.ImportFrom)]
+    for position, module in enumerate(MODULE_ORDER):
+        imports = _endpoints_app_imports((folder / f"{module}.py").read_text())
+        ours = {name.removeprefix(PACKAGE + ".") for name, _ in imports if name.startswith(PACKAGE + ".")}
+        assert ours <= set(MODULE_ORDER[:position]), module
+        # A function-level import hides a cycle; only the entry point may import late.
+        if module != "main":
+            assert not [name for name, in_function in imports if in_function], module

@@ -25,6 +25,8 @@ import pytest
 import requests
 from mlflow.pyfunc.scoring_server import invocations as mlflow_invocations
 
+from endpoints_app.runtime.model_server.responses import RequestError
+from endpoints_app.runtime.model_server.served_model import ServedModel
 from tests.model_fixtures import (
     IRIS_COLUMNS,
     TYPED_COLORS,
@@ -50,19 +52,18 @@ from tests.test_model_server import (
 pytestmark = pytest.mark.filterwarnings("ignore:X does not have valid feature names:UserWarning")
 
 FORMATS = ["dataframe_split", "dataframe_records", "instances", "inputs_records", "inputs_columns"]
-# The module sets these for its own process; keep them from leaking into the rest of the suite.
+# A replica sets these for its own process; keep them from leaking into the rest of the suite.
 _SERVER_ENV_FLAGS = ("_MLFLOW_IS_IN_SERVING_ENVIRONMENT", "MLFLOW_DISABLE_TELEMETRY", "DO_NOT_TRACK")
 
 Row = dict[str, Any]
 
 
 @pytest.fixture(scope="module")
-def model_server() -> Iterator[Any]:
-    """The model server module, imported into the test process for in-process comparisons."""
+def serving_environment() -> Iterator[None]:
+    """The flags a replica sets for itself (model_server/__main__.py), for the in-process comparisons."""
     saved = {name: os.environ.get(name) for name in _SERVER_ENV_FLAGS}
-    import endpoints_app.runtime.model_server.app as module
-
-    yield module
+    os.environ.update(dict.fromkeys(_SERVER_ENV_FLAGS, "true"))
+    yield
     for name, value in saved.items():
         if value is None:
             os.environ.pop(name, None)
@@ -81,18 +82,18 @@ def iris_path(models_dir: Path) -> Path:
 
 
 @pytest.fixture(scope="module")
-def served_iris(model_server: Any, iris_path: Path) -> Any:
-    return model_server.ServedModel(mlflow.pyfunc.load_model(str(iris_path)))
+def served_iris(serving_environment: None, iris_path: Path) -> Any:
+    return ServedModel(mlflow.pyfunc.load_model(str(iris_path)))
 
 
 @pytest.fixture(scope="module")
-def served_regression(model_server: Any, models_dir: Path) -> Any:
-    return model_server.ServedModel(mlflow.pyfunc.load_model(str(save_iris_regression_model(models_dir / "reg"))))
+def served_regression(serving_environment: None, models_dir: Path) -> Any:
+    return ServedModel(mlflow.pyfunc.load_model(str(save_iris_regression_model(models_dir / "reg"))))
 
 
 @pytest.fixture(scope="module")
-def served_typed(model_server: Any, models_dir: Path) -> Any:
-    return model_server.ServedModel(mlflow.pyfunc.load_model(str(save_typed_model(models_dir / "typed"))))
+def served_typed(serving_environment: None, models_dir: Path) -> Any:
+    return ServedModel(mlflow.pyfunc.load_model(str(save_typed_model(models_dir / "typed"))))
 
 
 @pytest.fixture(scope="module")
@@ -355,10 +356,10 @@ def test_the_server_answers_as_mlflow_scoring_server_does(
     ids=["wrong-type", "missing-column", "nan-fails-in-predict"],
 )
 def test_bad_input_gets_the_full_paths_error(
-    iris_server: ServerProcess, served_iris: Any, model_server: Any, session: requests.Session, rows: list[Row]
+    iris_server: ServerProcess, served_iris: Any, session: requests.Session, rows: list[Row]
 ) -> None:
     body = json.dumps({"dataframe_records": rows}).encode()
-    with pytest.raises(model_server.RequestError) as expected:
+    with pytest.raises(RequestError) as expected:
         served_iris.predict_json(body)
 
     response = session.post(f"{iris_server.url}/invocations", data=body, timeout=30)

@@ -1,0 +1,243 @@
+"""Hosting the app on uvicorn: the HTTP protocol, the event loop, the model load in the background
+and a graceful stop.
+
+* The port opens before the model is loaded (the load runs in a background thread), so the
+  agent can tell "process up, still loading" (503 on /health) from "process dead", and a port
+  clash fails in a second rather than after a long load.  A load failure exits with code 3.
+* Each connection has Nagle's algorithm off and sends a response's writes as one system call
+  (http_protocol_class).
+* SIGTERM/SIGINT trigger uvicorn's graceful shutdown: stop accepting, let in-flight requests
+  finish (up to 30 s), then exit 0.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import importlib.util
+import logging
+import os
+import signal
+import socket
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from types import FrameType
+from typing import Any
+
+import mlflow.pyfunc
+import uvicorn
+
+from endpoints_app.runtime.model_server.app import ModelServerApp
+from endpoints_app.runtime.model_server.batching import DEFAULT_MAX_BATCH_ROWS
+from endpoints_app.runtime.model_server.served_model import ServedModel
+
+logger = logging.getLogger(__name__)
+
+EXIT_LOAD_FAILED = 3
+# uvicorn exits with 3 too when it cannot bind; a distinct code tells the agent "pick another
+# port" apart from "the model is broken".
+EXIT_LISTEN_FAILED = 4
+GRACEFUL_SHUTDOWN_SECONDS = 30
+# Longer than the gateway's pooled-connection idle expiry, so the server never closes a
+# keep-alive connection at the instant the client reuses it.
+KEEP_ALIVE_SECONDS = 65
+
+
+class _Server(uvicorn.Server):
+    """uvicorn's server, logging the moment a stop signal arrives."""
+
+    def __init__(self, config: uvicorn.Config, app: ModelServerApp) -> None:
+        super().__init__(config)
+        self.app = app
+
+    def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+        if not self.should_exit:
+            logger.info(
+                "shutting down (%s): finishing %d in-flight request(s)", signal.Signals(sig).name, self.app.in_flight
+            )
+        super().handle_exit(sig, frame)
+
+
+class _CoalescingTransport:
+    """A connection's transport that sends what one loop iteration writes as one write.
+
+    uvicorn writes a response as two writes (status line and headers, then the body), each a
+    send() system call.  Held until the next loop iteration (or close), they go out together:
+    one system call per response instead of two, ~8% more requests per second at
+    concurrency 8 on two cores.  Everything else is the real transport's.
+    """
+
+    def __init__(self, transport: asyncio.Transport) -> None:
+        self._transport = transport
+        self._pending: list[bytes] = []
+        self._loop = asyncio.get_running_loop()
+
+    def write(self, data: bytes) -> None:
+        if not self._pending:
+            self._loop.call_soon(self._flush)
+        self._pending.append(data)
+
+    def close(self) -> None:
+        self._flush()
+        self._transport.close()
+
+    def _flush(self) -> None:
+        if not self._pending:
+            return
+        data = self._pending[0] if len(self._pending) == 1 else b"".join(self._pending)
+        self._pending = []
+        if not self._transport.is_closing():
+            self._transport.write(data)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._transport, name)
+
+
+def http_protocol_class() -> type[asyncio.Protocol]:
+    """uvicorn's HTTP protocol (httptools when installed, it parses faster; else h11) with
+    Nagle's algorithm switched off on every accepted connection, and each response's writes
+    sent together (see _CoalescingTransport).
+
+    Why set TCP_NODELAY here: uvicorn 0.54 itself never sets it.  Today the event loop does
+    (asyncio's ``_SelectorSocketTransport.__init__`` calls ``base_events._set_nodelay``, and
+    uvloop 0.23's accepted sockets have it on too), but that is the loop's choice, not a
+    promise.  uvicorn writes headers and body separately, and with Nagle on the second write
+    waited for the client's delayed ACK: ~40 ms per request (measured: p50 44 ms instead of
+    under 1 ms for /health).  The coalescing transport now merges them, but a write can still
+    follow an unacknowledged one (a 100-continue, pipelined requests); one setsockopt per
+    connection is cheap insurance.
+    """
+    base: type[asyncio.Protocol]
+    # Imported here, after find_spec: uvicorn's httptools module fails to import without httptools.
+    if importlib.util.find_spec("httptools") is not None:
+        from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+
+        base = HttpToolsProtocol
+    else:
+        from uvicorn.protocols.http.h11_impl import H11Protocol
+
+        base = H11Protocol
+
+    class NoDelayProtocol(base):  # type: ignore[valid-type,misc]
+        def connection_made(self, transport: asyncio.BaseTransport) -> None:
+            sock = transport.get_extra_info("socket")
+            if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            super().connection_made(_CoalescingTransport(transport))  # type: ignore[arg-type]
+
+    NoDelayProtocol.__name__ = f"NoDelay{base.__name__}"
+    return NoDelayProtocol
+
+
+def loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
+    """uvloop when installed (uvicorn[standard] brings it; it is faster), else asyncio's default."""
+    if importlib.util.find_spec("uvloop") is None:
+        return None
+    import uvloop  # optional (uvicorn[standard]), so only once find_spec has found it
+
+    return uvloop.new_event_loop
+
+
+def _load_in_background(app: ModelServerApp, server: uvicorn.Server, model_path: Path) -> threading.Thread:
+    """Load the model in a daemon thread and report back to the event loop.
+
+    A daemon thread, so that a stop signal during a long load does not wait for it.
+    """
+    loop = asyncio.get_running_loop()
+
+    def fail() -> None:
+        app.load_failed = True
+        server.should_exit = True
+
+    def report(callback: Callable[..., None], *args: Any) -> None:
+        try:
+            loop.call_soon_threadsafe(callback, *args)
+        except RuntimeError:
+            pass  # the loop is closed: a stop signal arrived while the model was loading
+
+    def load() -> None:
+        started = time.perf_counter()
+        try:
+            if not model_path.is_dir():
+                # Only local directories: a models:/ or runs:/ URI would reach out to a tracking server.
+                raise FileNotFoundError(f"model directory {str(model_path)!r} does not exist")
+            model = ServedModel(mlflow.pyfunc.load_model(str(model_path)))
+        except BaseException as exc:
+            # The summary comes first so that a one-line view of the log says why.
+            logger.error("model load failed: %s: %s", type(exc).__name__, exc, exc_info=True)
+            report(fail)
+            return
+        seconds = time.perf_counter() - started
+        if model.fast is not None:
+            logger.info("fast path: %s", model.fast_note)
+        else:
+            logger.info("no fast path: %s", model.fast_note)
+        logger.info("model loaded in %.2f s; ready", seconds)
+        report(app.model_loaded, model, seconds)
+
+    thread = threading.Thread(target=load, name="model-loader", daemon=True)
+    thread.start()
+    return thread
+
+
+async def serve(
+    *,
+    model_path: Path,
+    host: str,
+    port: int,
+    name: str,
+    replica_id: int,
+    threads: int,
+    credential: str,
+    max_batch_rows: int = DEFAULT_MAX_BATCH_ROWS,
+    isolation: str = "none",
+) -> int:
+    """Serve until a stop signal (exit code 0), a failed model load (3) or a failed bind (4)."""
+    app = ModelServerApp(
+        name=name,
+        replica_id=replica_id,
+        threads=threads,
+        credential=credential,
+        max_batch_rows=max_batch_rows,
+        isolation=isolation,
+    )
+    protocol = http_protocol_class()
+    config = uvicorn.Config(
+        app,
+        host=host,
+        port=port,
+        http=protocol,
+        ws="none",
+        lifespan="off",
+        log_level="warning",
+        # uvicorn's own logging config would add handlers with another format; ours is on root.
+        log_config=None,
+        access_log=False,
+        timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_SECONDS,
+        timeout_keep_alive=KEEP_ALIVE_SECONDS,
+    )
+    server = _Server(config, app)
+    logger.info(
+        "starting: model %s on http://%s:%d (pid %d, http=%s, %d predict threads)",
+        model_path,
+        host,
+        port,
+        os.getpid(),
+        protocol.__name__,
+        threads,
+    )
+    _load_in_background(app, server, model_path)
+    try:
+        await server.serve()
+    except SystemExit:
+        # uvicorn has logged why (typically "address already in use") and calls sys.exit().
+        logger.error("could not listen on %s:%d", host, port)
+        return EXIT_LISTEN_FAILED
+    app.executor.shutdown(wait=False, cancel_futures=True)
+    if app.batcher is not None:
+        app.batcher.close()
+    if app.load_failed:
+        return EXIT_LOAD_FAILED
+    logger.info("stopped")
+    return 0
