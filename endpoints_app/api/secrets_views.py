@@ -10,10 +10,12 @@ from typing import Any
 from django.urls import path
 from rest_framework.response import Response
 
+from endpoints_app.api.serializers.secrets import serialize_acl, serialize_scope, serialize_secret
 from endpoints_app.api.views import ApiView, request_body
 from endpoints_app.authenticated import AuthenticatedRequest
 from endpoints_app.errors import InvalidParameterValue, PermissionDenied
-from endpoints_app.models import SecretAcl
+from endpoints_app.filters import SecretAclFilterSet, SecretKeyFilterSet, SecretScopeFilterSet
+from endpoints_app.filters.fields import FilterSet
 from endpoints_app.services import secrets as secret_services
 from endpoints_app.validation import require_object
 
@@ -24,15 +26,11 @@ def _body(request: AuthenticatedRequest) -> dict[str, Any]:
     return require_object(request_body(request), "request body")
 
 
-def _query(request: AuthenticatedRequest, name: str) -> str:
-    value = request.query_params.get(name)
-    if not value:
-        raise InvalidParameterValue(f"Missing required parameter '{name}'")
-    return value
-
-
-def serialize_acl(acl: SecretAcl) -> dict[str, str]:
-    return {"principal": acl.principal, "permission": acl.permission}
+def _query(request: AuthenticatedRequest, filter_set: type[FilterSet]) -> FilterSet:
+    """The read's query parameters, parsed (400 naming the first missing one)."""
+    filters = filter_set(request.query_params)
+    filters.raise_if_invalid()
+    return filters
 
 
 class ScopeCreateView(ApiView):
@@ -58,7 +56,7 @@ class ScopeDeleteView(ApiView):
 class ScopeListView(ApiView):
     def get(self, request: AuthenticatedRequest) -> Response:
         scopes = secret_services.list_scopes(user=request.user)
-        return Response({"scopes": [{"name": s.name, "backend_type": s.backend_type} for s in scopes]})
+        return Response({"scopes": [serialize_scope(s) for s in scopes]})
 
 
 class SecretPutView(ApiView):
@@ -83,10 +81,9 @@ class SecretDeleteView(ApiView):
 
 class SecretListView(ApiView):
     def get(self, request: AuthenticatedRequest) -> Response:
-        secrets = secret_services.list_secrets(user=request.user, scope=_query(request, "scope"))
-        return Response(
-            {"secrets": [{"key": s.key, "last_updated_timestamp": s.last_updated_timestamp} for s in secrets]}
-        )
+        scope = _query(request, SecretScopeFilterSet).value("scope")
+        secrets = secret_services.list_secrets(user=request.user, scope=scope)
+        return Response({"secrets": [serialize_secret(s) for s in secrets]})
 
 
 class SecretGetView(ApiView):
@@ -97,7 +94,8 @@ class SecretGetView(ApiView):
     """
 
     def get(self, request: AuthenticatedRequest) -> Response:
-        scope, key = _query(request, "scope"), _query(request, "key")
+        query = _query(request, SecretKeyFilterSet)
+        scope, key = query.value("scope"), query.value("key")
         secret_services.check_can_read(user=request.user, scope=scope, key=key)
         raise PermissionDenied(
             "Secret values are never returned by the API. Reference the secret as "
@@ -126,15 +124,14 @@ class AclDeleteView(ApiView):
 
 class AclGetView(ApiView):
     def get(self, request: AuthenticatedRequest) -> Response:
-        acl = secret_services.get_acl(
-            user=request.user, scope=_query(request, "scope"), principal=_query(request, "principal")
-        )
+        query = _query(request, SecretAclFilterSet)
+        acl = secret_services.get_acl(user=request.user, scope=query.value("scope"), principal=query.value("principal"))
         return Response(serialize_acl(acl))
 
 
 class AclListView(ApiView):
     def get(self, request: AuthenticatedRequest) -> Response:
-        acls = secret_services.list_acls(user=request.user, scope=_query(request, "scope"))
+        acls = secret_services.list_acls(user=request.user, scope=_query(request, SecretScopeFilterSet).value("scope"))
         return Response({"items": [serialize_acl(a) for a in acls]})
 
 

@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
-from typing import Any
-
+from django.contrib.auth import get_user_model
+from django.contrib.auth.base_user import AbstractBaseUser
+from django.contrib.auth.models import Group
 from django.urls import path
 from rest_framework.response import Response
 
 from endpoints_app import access
+from endpoints_app.api.serializers.tokens import serialize_token
+from endpoints_app.api.serializers.users import serialize_group
 from endpoints_app.api.views import ApiView, request_body
 from endpoints_app.authenticated import AuthenticatedRequest
 from endpoints_app.errors import InvalidParameterValue, PermissionDenied, ResourceDoesNotExist
+from endpoints_app.filters import TokenFilterSet
 from endpoints_app.models import AccessToken, Role
 from endpoints_app.services import tokens as token_services
 from endpoints_app.services import users as user_services
@@ -22,23 +26,9 @@ def _require_admin(request: AuthenticatedRequest) -> None:
         raise PermissionDenied("This needs the admin role")
 
 
-def serialize_token(t: AccessToken) -> dict[str, Any]:
-    return {
-        "id": t.pk,
-        "user": t.user.get_username(),
-        "hint": t.hint,
-        "comment": t.comment,
-        "created_at": int(t.created_at.timestamp() * 1000),
-        "last_used_at": int(t.last_used_at.timestamp() * 1000) if t.last_used_at else None,
-        "revoked": t.revoked_at is not None,
-    }
-
-
 class UserListView(ApiView):
     def get(self, request: AuthenticatedRequest) -> Response:
         _require_admin(request)
-        from django.contrib.auth import get_user_model
-
         users = get_user_model().objects.select_related("profile").order_by("username")
         return Response({"users": [user_services.user_snapshot(u) for u in users]})
 
@@ -75,16 +65,18 @@ class UserDetailView(ApiView):
 
 class TokenListView(ApiView):
     def get(self, request: AuthenticatedRequest) -> Response:
+        filters = TokenFilterSet(request.query_params)
+        filters.raise_if_invalid()
         qs = AccessToken.objects.select_related("user").order_by("-created_at")
         if access.role_of(request.user) != Role.ADMIN:
             qs = qs.filter(user=request.user)
-        elif request.query_params.get("user"):
-            qs = qs.filter(user__username=request.query_params["user"])
+        elif filters.value("user"):
+            qs = qs.filter(user__username=filters.value("user"))
         return Response({"tokens": [serialize_token(t) for t in qs]})
 
     def post(self, request: AuthenticatedRequest) -> Response:
         body = require_object(request_body(request), "request body")
-        owner = request.user
+        owner: AbstractBaseUser = request.user
         if body.get("user") and body["user"] != request.user.get_username():
             _require_admin(request)
             owner = user_services.get_user(str(body["user"]))
@@ -109,22 +101,14 @@ class TokenDetailView(ApiView):
 class GroupListView(ApiView):
     def get(self, request: AuthenticatedRequest) -> Response:
         _require_admin(request)
-        from django.contrib.auth.models import Group
-
         groups = Group.objects.prefetch_related("user_set").order_by("name")
-        return Response(
-            {
-                "groups": [
-                    {"name": g.name, "members": sorted(u.get_username() for u in g.user_set.all())} for g in groups
-                ]
-            }
-        )
+        return Response({"groups": [serialize_group(g) for g in groups]})
 
     def post(self, request: AuthenticatedRequest) -> Response:
         _require_admin(request)
         body = require_object(request_body(request), "request body")
         group = user_services.create_group(actor=request.user, name=str(body.get("name") or ""))
-        return Response({"name": group.name, "members": []})
+        return Response(serialize_group(group))
 
 
 class GroupMemberView(ApiView):
@@ -142,7 +126,7 @@ class GroupMemberView(ApiView):
         user_services.set_membership(
             actor=request.user, group=the_group, user=user_services.get_user(username), member=member
         )
-        return Response({"name": the_group.name, "members": sorted(u.get_username() for u in the_group.user_set.all())})
+        return Response(serialize_group(the_group))
 
 
 urlpatterns = [

@@ -19,7 +19,7 @@ from rest_framework.views import APIView
 from endpoints_app import access, registry, selectors, validation
 from endpoints_app.api.openapi import endpoint_openapi
 from endpoints_app.api.parsers import AnyContentTypeJSONParser, check_path_and_query
-from endpoints_app.api.serializers import serialize_endpoint_detailed, serialize_endpoint_summary
+from endpoints_app.api.serializers.endpoints import serialize_endpoint_detailed, serialize_endpoint_summary
 from endpoints_app.backends import get_backend
 from endpoints_app.errors import InvalidParameterValue, MalformedRequest
 from endpoints_app.models import Endpoint, PermissionLevel

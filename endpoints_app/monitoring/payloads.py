@@ -42,14 +42,14 @@ def payload_logs(
     until_ms: int | None = None,
     client_request_id: str | None = None,
     limit: int = 100,
-    page_token: str | None = None,
+    after: tuple[datetime, int] | None = None,
     include_bodies: bool = True,
 ) -> PayloadPage:
     """One page of an endpoint's logged payloads, newest first.
 
     ``status`` is an exact code or a class ("4xx", "5xx"); ``since_ms`` is inclusive and
-    ``until_ms`` exclusive (epoch milliseconds). Raises InvalidParameterValue naming the bad
-    parameter.
+    ``until_ms`` exclusive (epoch milliseconds); ``after`` is the (ts, id) a page token stands for
+    (``decode_page_token``). Raises InvalidParameterValue naming the bad parameter.
     """
     if not 1 <= limit <= MAX_PAGE_SIZE:
         raise InvalidParameterValue(f"limit must be between 1 and {MAX_PAGE_SIZE}, got {limit}")
@@ -65,8 +65,8 @@ def payload_logs(
         rows = rows.filter(ts__lt=from_ms(until_ms))
     if client_request_id:
         rows = rows.filter(client_request_id=client_request_id)
-    if page_token:
-        after_ts, after_id = decode_page_token(page_token)
+    if after is not None:
+        after_ts, after_id = after
         rows = rows.filter(Q(ts__lt=after_ts) | Q(ts=after_ts, id__lt=after_id))
     if not include_bodies:
         rows = rows.defer("request", "response")

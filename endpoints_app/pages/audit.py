@@ -1,6 +1,6 @@
 """The audit log page (admins only): filters by actor, action, object and time; newest first,
 paged by id like the API (no COUNT over a table that only grows). The filters and the paging are
-the API's (``AuditEventFilterSet``, ``audit_event_page``): the same query gives the same rows."""
+the API's (``filters.audit``, ``audit_event_page``): the same query gives the same rows."""
 
 from __future__ import annotations
 
@@ -8,26 +8,20 @@ import difflib
 import json
 from typing import Any
 
-from django import forms
 from django.contrib.auth.decorators import login_required
 from django.core.exceptions import PermissionDenied as Forbidden
-from django.http import HttpRequest, HttpResponse
+from django.http import HttpResponse
 from django.shortcuts import render
 from django.urls import path
 from django.views.decorators.http import require_GET
 
 from endpoints_app import access
-from endpoints_app.filters import AuditEventFilterSet
+from endpoints_app.authenticated import AuthenticatedHttpRequest
+from endpoints_app.filters import AuditPageFilterSet
 from endpoints_app.models import AuditEvent, Role
 from endpoints_app.selectors import audit_event_page
 
 PAGE_SIZE = 50
-
-
-class AuditPageFilters(AuditEventFilterSet):
-    """The API's filters, and where the page is: ``before`` an event id (the API's ``page_token``)."""
-
-    before = forms.IntegerField(required=False, min_value=1, widget=forms.HiddenInput)
 
 
 def _json_lines(value: Any) -> list[str]:
@@ -51,12 +45,12 @@ def before_after(event: AuditEvent) -> list[tuple[str, str]]:
 
 @login_required
 @require_GET
-def audit_log(request: HttpRequest) -> HttpResponse:
+def audit_log(request: AuthenticatedHttpRequest) -> HttpResponse:
     if access.role_of(request.user) != Role.ADMIN:
         raise Forbidden("Reading the audit log needs the admin role")
-    filters = AuditPageFilters(request.GET or None)
+    filters = AuditPageFilterSet(request.GET or None)
     filters.is_valid()  # a field that does not parse is shown with its error and left out
-    before_id = getattr(filters, "cleaned_data", {}).get("before")
+    before_id = filters.value("before")
     rows, older = audit_event_page(
         filters.filter_queryset(AuditEvent.objects.all()), before_id=before_id, limit=PAGE_SIZE
     )

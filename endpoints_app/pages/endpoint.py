@@ -19,6 +19,7 @@ lets act, and the APIs they call check again.
 
 from __future__ import annotations
 
+import dataclasses
 import difflib
 import json
 import logging
@@ -27,13 +28,14 @@ from pathlib import Path
 from typing import Any
 
 from django.contrib.auth.decorators import login_required
-from django.http import HttpRequest, HttpResponse
+from django.http import HttpRequest, HttpResponse, QueryDict
 from django.shortcuts import render
 from django.urls import path
 
 from endpoints_app import access, audit, registry, selectors
-from endpoints_app.api.serializers import serialize_entity_state
+from endpoints_app.api.serializers.endpoints import serialize_entity_state
 from endpoints_app.errors import DomainError, ResourceDoesNotExist
+from endpoints_app.filters import LogLineFilterSet
 from endpoints_app.models import (
     AlertEvent,
     ConfigUpdate,
@@ -42,7 +44,6 @@ from endpoints_app.models import (
     EndpointPermission,
     HealthChange,
     HealthStatus,
-    LogKind,
     PermissionLevel,
     PollTarget,
 )
@@ -219,16 +220,21 @@ def _pretty(body: dict[str, Any]) -> str:
 # --- the page ---------------------------------------------------------------------------------------
 
 
-def _log_tail(endpoint: Endpoint, params: Any) -> dict[str, Any]:
-    """The newest log lines for the page without JavaScript (the script reads the API instead)."""
-    kind = params.get("logs_kind") if params.get("logs_kind") in LogKind.values else LogKind.SERVER
-    q = (params.get("logs_q") or "")[:200]
-    model = (params.get("logs_model") or "")[:255] or None
-    page = logs.log_lines(
-        endpoint=endpoint,
-        query=logs.LogQuery(kind=kind, served_model=model, q=q, limit=LOG_TAIL, descending=True),
-    )
-    return {"kind": kind, "q": q, "model": model or "", "lines": list(reversed(page.lines))}
+def _log_tail(endpoint: Endpoint, params: QueryDict) -> dict[str, Any]:
+    """The newest log lines for the page without JavaScript (the script reads the API instead),
+    filtered by the log-lines API's filter set under the prefix ``logs`` (``logs_kind``, ``logs_q``…):
+    a filter that does not parse is shown with its error and left out."""
+    filters = LogLineFilterSet(params, prefix="logs")
+    filters.is_valid()
+    query = dataclasses.replace(filters.log_query(), limit=LOG_TAIL, descending=True, after=None)
+    page = logs.log_lines(endpoint=endpoint, query=query)
+    return {
+        "kind": query.kind,
+        "q": query.q,
+        "model": query.served_model or "",
+        "lines": list(reversed(page.lines)),
+        "filters": filters,
+    }
 
 
 def grants_of(endpoint: Endpoint) -> list[EndpointPermission]:

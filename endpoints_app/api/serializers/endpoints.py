@@ -2,23 +2,13 @@
 
 from __future__ import annotations
 
-from datetime import datetime
 from typing import Any
 
+from endpoints_app.api.serializers.common import ms, user_label
 from endpoints_app.models import ConfigUpdate, ConfigVersion, DeploymentState, Endpoint, ServedEntity
 from endpoints_app.selectors import endpoint_is_ready
 from endpoints_app.services.rollouts import EXTERNAL_READY_MESSAGE
 from endpoints_app.validation import redact_environment_vars
-
-
-def ms(value: datetime | None) -> int | None:
-    return int(value.timestamp() * 1000) if value else None
-
-
-def _user(user) -> str:  # type: ignore[no-untyped-def]
-    if user is None:
-        return ""
-    return user.email or user.username
 
 
 def serialize_entity_state(entity: ServedEntity, *, failed_config: bool = False) -> dict[str, str]:
@@ -43,7 +33,7 @@ def serialize_served_entity(entity: ServedEntity, *, failed_config: bool = False
             "name": entity.name,
             "external_model": entity.external_model,
             "creation_timestamp": ms(entity.created_at),
-            "creator": _user(entity.creator),
+            "creator": user_label(entity.creator),
             "state": serialize_entity_state(entity),
             **entity.extra,
         }
@@ -54,7 +44,7 @@ def serialize_served_entity(entity: ServedEntity, *, failed_config: bool = False
         "workload_type": entity.workload_type,
         "scale_to_zero_enabled": entity.scale_to_zero_enabled,
         "creation_timestamp": ms(entity.created_at),
-        "creator": _user(entity.creator),
+        "creator": user_label(entity.creator),
         "state": serialize_entity_state(entity, failed_config=failed_config),
     }
     if entity.workload_size:
@@ -129,7 +119,7 @@ def serialize_endpoint_detailed(endpoint: Endpoint, *, permission_level: str = "
     out: dict[str, Any] = {
         "id": endpoint.id,
         "name": endpoint.name,
-        "creator": _user(endpoint.creator),
+        "creator": user_label(endpoint.creator),
         "creation_timestamp": ms(endpoint.created_at),
         "last_updated_timestamp": ms(endpoint.updated_at),
         "state": serialize_state(endpoint),
@@ -163,7 +153,7 @@ def serialize_endpoint_summary(endpoint: Endpoint) -> dict[str, Any]:
     out: dict[str, Any] = {
         "id": endpoint.id,
         "name": endpoint.name,
-        "creator": _user(endpoint.creator),
+        "creator": user_label(endpoint.creator),
         "creation_timestamp": ms(endpoint.created_at),
         "last_updated_timestamp": ms(endpoint.updated_at),
         "state": serialize_state(endpoint),
