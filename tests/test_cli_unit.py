@@ -25,10 +25,11 @@ from urllib.parse import parse_qs, urlsplit
 import pytest
 
 from endpoints_app.cli import render
-from endpoints_app.cli.commands_common import CliError, UsageError, format_duration, parse_duration, parse_json_arg
+from endpoints_app.cli.commands_common import format_duration, parse_duration, parse_json_arg
 from endpoints_app.cli.commands_models import build_model_archive
 from endpoints_app.cli.commands_serving import update_config_body
 from endpoints_app.cli.config import resolve_profile, write_default_profile
+from endpoints_app.cli.errors import CliError, UsageError
 from endpoints_app.cli.main import build_parser, main
 
 REPO_ROOT = Path(__file__).resolve().parent.parent

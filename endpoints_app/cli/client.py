@@ -10,12 +10,14 @@ from __future__ import annotations
 import json
 import platform
 import re
-from typing import Any, TextIO
+from importlib.metadata import version
+from typing import TYPE_CHECKING, Any, TextIO
 from urllib.parse import urljoin, urlsplit
 
-import requests
+from endpoints_app.cli.errors import CliError
 
-from endpoints_app.cli.commands_common import CliError
+if TYPE_CHECKING:
+    import requests
 
 REQUEST_TIMEOUT_S = 60.0
 MAX_REDIRECTS = 5
@@ -24,8 +26,6 @@ _DEBUG_BODY_LIMIT = 2000
 
 def _user_agent() -> str:
     try:
-        from importlib.metadata import version
-
         cli_version = version("modelfleet")
     except Exception:  # not installed (running from a checkout)
         cli_version = "0+unknown"
@@ -57,6 +57,10 @@ class ApiClient:
         self.debug = debug
         self.stderr = stderr
         self.timeout = timeout
+        # Imported on the first request, not with the module: --help and usage errors start
+        # without it (requests and its dependencies take longer to import than the whole CLI).
+        import requests
+
         self.session = requests.Session()
         self.session.headers["User-Agent"] = _user_agent()
 
@@ -104,6 +108,8 @@ class ApiClient:
         headers: dict[str, str] | None = None,
         params: dict[str, str] | None = None,
     ) -> requests.Response:
+        import requests  # already loaded by __init__; see there
+
         url = self.host + path
         headers = {**(headers or {}), "Authorization": f"Bearer {self.token}"}
         origin = _origin(url)

@@ -7,7 +7,8 @@ import sys
 from typing import Any
 
 from endpoints_app.cli import render
-from endpoints_app.cli.commands_common import EXIT_OK, CliError, Context
+from endpoints_app.cli.commands_common import Context, parse_json_object
+from endpoints_app.cli.errors import EXIT_OK, CliError
 
 USERS = "/api/2.0/modelfleet/users"
 TOKENS = "/api/2.0/modelfleet/tokens"
@@ -270,8 +271,6 @@ def cmd_cr_show(ctx: Context) -> int:
 
 
 def cmd_cr_propose(ctx: Context) -> int:
-    from endpoints_app.cli.commands_common import parse_json_object
-
     action = ctx.args.action.replace("-", "_")
     body: dict[str, Any] | None = None
     if ctx.args.json:

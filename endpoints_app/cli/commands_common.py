@@ -1,7 +1,7 @@
-"""Pieces every command module shares: errors, the per-run context, ``--json`` and ``--timeout``.
+"""Pieces every command module shares: the per-run context, ``--json`` and ``--timeout``.
 
-Nothing here imports ``requests``; the HTTP client is built on first use so that ``--help``, usage
-errors and the server-side commands start quickly.
+The HTTP client is built on first use (and imports ``requests`` only then), so that ``--help``,
+usage errors and the server-side commands start quickly.
 """
 
 from __future__ import annotations
@@ -13,37 +13,14 @@ import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, TextIO
+from typing import Any, TextIO
 from urllib.parse import quote
 
-if TYPE_CHECKING:
-    from endpoints_app.cli.client import ApiClient
-
-EXIT_OK = 0
-EXIT_ERROR = 1
-EXIT_USAGE = 2
+from endpoints_app.cli.client import ApiClient
+from endpoints_app.cli.config import resolve_profile
+from endpoints_app.cli.errors import UsageError
 
 Handler = Callable[["Context"], int]
-
-
-class CliError(Exception):
-    """An error to show as ``Error: <message>`` on stderr, exiting with ``exit_code``."""
-
-    exit_code = EXIT_ERROR
-
-    def __init__(self, message: str, *, exit_code: int | None = None, detail: str = "") -> None:
-        super().__init__(message)
-        self.message = message
-        # Extra lines shown only with --debug.
-        self.detail = detail
-        if exit_code is not None:
-            self.exit_code = exit_code
-
-
-class UsageError(CliError):
-    """Bad input that no request could fix (unparsable --json, conflicting names)."""
-
-    exit_code = EXIT_USAGE
 
 
 @dataclass
@@ -64,9 +41,6 @@ class Context:
     @property
     def api(self) -> ApiClient:
         if self._client is None:
-            from endpoints_app.cli.client import ApiClient
-            from endpoints_app.cli.config import resolve_profile
-
             profile = resolve_profile(getattr(self.args, "profile", None))
             if self.debug:
                 self.stderr.write(f"[debug] using {profile.host} ({profile.source})\n")

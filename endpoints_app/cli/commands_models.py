@@ -11,7 +11,8 @@ from pathlib import Path
 from typing import Any
 
 from endpoints_app.cli import render
-from endpoints_app.cli.commands_common import EXIT_OK, Context, UsageError
+from endpoints_app.cli.commands_common import Context
+from endpoints_app.cli.errors import EXIT_OK, UsageError
 
 REGISTERED_MODELS_PATH = "/api/2.0/modelfleet/registered-models"
 

@@ -10,11 +10,13 @@ from __future__ import annotations
 
 import argparse
 import base64
+import getpass
 import sys
 from typing import Any
 
 from endpoints_app.cli import render
-from endpoints_app.cli.commands_common import EXIT_OK, CliError, Context, Handler, UsageError, parse_json_object
+from endpoints_app.cli.commands_common import Context, Handler, parse_json_object
+from endpoints_app.cli.errors import EXIT_OK, CliError, UsageError
 
 SECRETS = "/api/2.0/secrets"
 PERMISSIONS = ["MANAGE", "WRITE", "READ"]
@@ -163,8 +165,6 @@ def _read_value() -> bytes:
     if sys.stdin is None:
         raise CliError("no secret value: give --string-value, or pipe it to stdin")
     if sys.stdin.isatty():
-        import getpass
-
         return getpass.getpass("Please enter your secret value: ").encode("utf-8")
     stream = getattr(sys.stdin, "buffer", None)
     return stream.read() if stream is not None else sys.stdin.read().encode("utf-8")

@@ -14,18 +14,15 @@ from typing import Any
 
 from endpoints_app.cli import render
 from endpoints_app.cli.commands_common import (
-    EXIT_ERROR,
-    EXIT_OK,
-    CliError,
     Context,
     Handler,
-    UsageError,
     endpoint_path,
     format_duration,
     parse_duration,
     parse_json_object,
     path_param,
 )
+from endpoints_app.cli.errors import EXIT_ERROR, EXIT_OK, CliError, UsageError
 
 DEFAULT_TIMEOUT_S = 20 * 60.0
 POLL_FIRST_DELAY_S = 1.0
@@ -513,9 +510,7 @@ def cmd_list_external_models(ctx: Context) -> int:
 
 
 def _permissions_path(endpoint_id: str, suffix: str = "") -> str:
-    from urllib.parse import quote
-
-    return f"/api/2.0/permissions/serving-endpoints/{quote(endpoint_id, safe='')}{suffix}"
+    return f"/api/2.0/permissions/serving-endpoints/{path_param(endpoint_id)}{suffix}"
 
 
 def cmd_get_permissions(ctx: Context) -> int:

@@ -20,7 +20,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from endpoints_app.cli.commands_common import CliError
+from endpoints_app.cli.errors import CliError
 
 DEFAULT_PROFILE = "DEFAULT"
 DEFAULT_CONFIG_FILE = "~/.modelfleetcfg"

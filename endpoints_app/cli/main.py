@@ -11,7 +11,8 @@ import os
 import sys
 
 from endpoints_app.cli import commands_admin, commands_models, commands_secrets, commands_server, commands_serving
-from endpoints_app.cli.commands_common import EXIT_ERROR, EXIT_USAGE, CliError, Context
+from endpoints_app.cli.commands_common import Context
+from endpoints_app.cli.errors import EXIT_ERROR, EXIT_USAGE, CliError
 
 ENV_OUTPUT = "MODELFLEET_OUTPUT_FORMAT"
 OUTPUT_FORMATS = ("text", "json")
