@@ -9,6 +9,7 @@ supervisor says so; Ctrl-C or SIGTERM stops them all (runtime first, Redis last)
 from __future__ import annotations
 
 import argparse
+import http.client
 import os
 import signal
 import subprocess
@@ -221,7 +222,7 @@ def build_children(
                 str(data_dir / "celerybeat-schedule"),
             ],
         ),
-        Child("runtime", [py, "-m", "endpoints_app.runtime.agent"]),
+        Child("runtime", [py, "-m", "endpoints_app.runtime.agent_main"]),
     ]
     return [c for c in children if c.name not in without]
 
@@ -274,8 +275,6 @@ def main(args: argparse.Namespace | None = None) -> int:
 
 
 def _wait_for_http(bind: str, seconds: float) -> bool:
-    import http.client
-
     host, port = bind.rsplit(":", 1)
     host = host.strip("[]")
     if host in ("0.0.0.0", "::"):

@@ -8,10 +8,10 @@ from pathlib import Path
 import pytest
 from django.utils import timezone
 
-from endpoints_app.backends.local import log_path
 from endpoints_app.models import Deployment, Endpoint, LogCursor, LogLine, PollKind, PollRun, PollTarget
 from endpoints_app.monitoring import logs
 from endpoints_app.monitoring.polling import ensure_targets, run_poll
+from endpoints_app.runtime.layout import log_path
 from endpoints_app.services import rollouts
 from tests.conftest import endpoint_body
 

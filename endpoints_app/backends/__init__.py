@@ -8,11 +8,10 @@ Databricks-compatible workspace would be another backend with the same four call
 from __future__ import annotations
 
 from endpoints_app.backends.base import EntityStatus, ServingBackend
+from endpoints_app.backends.local import LocalBackend
 
 
 def get_backend() -> ServingBackend:
-    from endpoints_app.backends.local import LocalBackend
-
     return LocalBackend()
 
 

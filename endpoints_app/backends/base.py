@@ -4,13 +4,13 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Literal, Protocol
+from typing import TYPE_CHECKING, Protocol
+
+from endpoints_app.runtime.layout import LogKind
 
 if TYPE_CHECKING:
     from endpoints_app.models import ConfigVersion, ServedEntity
     from endpoints_app.runtime.credentials import ReplicaTarget
-
-LogKind = Literal["server", "build"]
 
 
 @dataclass(frozen=True)

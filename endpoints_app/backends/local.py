@@ -5,9 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Iterable
-from pathlib import Path
 
-from django.conf import settings
 from django.db import transaction
 from django.db.models import Count, F
 from django.utils import timezone
@@ -15,7 +13,9 @@ from django.utils import timezone
 from endpoints_app.backends.base import EntityStatus, LogKind
 from endpoints_app.capacity import replica_range
 from endpoints_app.models import ConfigVersion, Deployment, DeploymentState, Replica, ReplicaState, ServedEntity
+from endpoints_app.redis_client import get_redis
 from endpoints_app.runtime.credentials import ReplicaTarget
+from endpoints_app.runtime.layout import WAKE_QUEUE, log_path, read_tail
 
 
 def entity_spec(entity: ServedEntity) -> dict:
@@ -34,29 +34,6 @@ def entity_spec(entity: ServedEntity) -> dict:
 
 def spec_hash(spec: dict) -> str:
     return hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()
-
-
-def deployment_dir(deployment_id: int) -> Path:
-    return Path(settings.RUNTIME_DIR) / "deployments" / str(deployment_id)
-
-
-def log_path(deployment_id: int, kind: LogKind) -> Path:
-    return deployment_dir(deployment_id) / f"{kind}.log"
-
-
-def read_tail(path: Path, max_bytes: int) -> str:
-    try:
-        with open(path, "rb") as fh:
-            fh.seek(0, 2)
-            size = fh.tell()
-            fh.seek(max(0, size - max_bytes))
-            data = fh.read()
-    except FileNotFoundError:
-        return ""
-    text = data.decode("utf-8", errors="replace")
-    if size > max_bytes:  # drop the partial first line
-        text = text.split("\n", 1)[-1]
-    return text
 
 
 class LocalBackend:
@@ -158,9 +135,6 @@ class LocalBackend:
         )
 
     def wake(self, *, deployment_id: int) -> None:
-        from endpoints_app.redis_client import get_redis
-        from endpoints_app.runtime.agent import WAKE_QUEUE
-
         Deployment.objects.filter(id=deployment_id, wake_requested_at__isnull=True).update(
             wake_requested_at=timezone.now()
         )

@@ -41,7 +41,7 @@ def cmd_up(ctx: Context) -> int:
 
 
 def cmd_runtime(ctx: Context) -> int:
-    from endpoints_app.runtime.agent import main as runtime_main
+    from endpoints_app.runtime.agent_main import main as runtime_main
 
     return runtime_main(ctx.args) or 0
 

@@ -42,9 +42,20 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from django.conf import settings
+from django.db import close_old_connections
+from django.utils import timezone
+
+from endpoints_app.errors import DomainError
+from endpoints_app.models import Deployment, DeploymentState, Replica, ReplicaState, RuntimeHost, ScalingDecision
+from endpoints_app.redis_client import get_redis
 from endpoints_app.runtime import sandbox
 from endpoints_app.runtime.autoscaler import History, Policy, Sample, decide
+from endpoints_app.runtime.build import BuildError, prepare_model
 from endpoints_app.runtime.credentials import authorization, new_credential
+from endpoints_app.runtime.layout import WAKE_QUEUE, deployment_dir, deployments_root, log_path, read_tail
+from endpoints_app.services import secrets
+from endpoints_app.validation import environment_secret_reference, forbidden_environment_var
 
 log = logging.getLogger("modelfleet.runtime")
 
@@ -53,7 +64,6 @@ STARTING_LOOP_SECONDS = 0.1
 ROOT = Path(__file__).resolve().parents[2]
 SAMPLE_SECONDS = 1.0
 HEARTBEAT_SECONDS = 10.0
-WAKE_QUEUE = "mf:runtime:wake"
 MAX_DRAIN_SECONDS = 60.0
 TERM_GRACE_SECONDS = 30.0
 MAX_BACKOFF_SECONDS = 30.0
@@ -147,8 +157,6 @@ class DeploymentRuntime:
 
 class Agent:
     def __init__(self, *, agent_id: str) -> None:
-        from django.conf import settings
-
         self.agent_id = agent_id
         self.runtime_dir = Path(settings.RUNTIME_DIR)
         self.bind_host = settings.RUNTIME_BIND_HOST
@@ -261,10 +269,6 @@ class Agent:
 
     def forget_previous_run(self) -> None:
         """Replica rows left by an earlier run of this agent describe processes that are gone."""
-        from django.utils import timezone
-
-        from endpoints_app.models import Replica, ReplicaState
-
         stale = Replica.objects.filter(agent_id=self.agent_id).exclude(state=ReplicaState.STOPPED)
         for pid in stale.exclude(pid__isnull=True).values_list("pid", flat=True):
             try:
@@ -298,8 +302,6 @@ class Agent:
     def wait_for_wake(self, seconds: float) -> None:
         """Sleep until the next pass, or until the gateway asks to wake a scaled-to-zero deployment."""
         try:
-            from endpoints_app.redis_client import get_redis
-
             if get_redis().blpop([WAKE_QUEUE], timeout=seconds) is not None:
                 get_redis().delete(WAKE_QUEUE)  # one pass serves every pending wake-up
             return
@@ -308,10 +310,6 @@ class Agent:
 
     def heartbeat(self) -> None:
         """Tell the control plane what this host can hold (capacity checks read it)."""
-        from django.utils import timezone
-
-        from endpoints_app.models import RuntimeHost
-
         self.last_heartbeat = time.monotonic()
         RuntimeHost.objects.update_or_create(
             agent_id=self.agent_id,
@@ -335,10 +333,6 @@ class Agent:
                 proc.popen.wait(timeout=max(0.1, deadline - time.monotonic()))
             except subprocess.TimeoutExpired:
                 proc.popen.kill()
-        from django.utils import timezone
-
-        from endpoints_app.models import Replica, ReplicaState
-
         Replica.objects.filter(id__in=list(self.procs)).update(
             state=ReplicaState.STOPPED, stopped_at=timezone.now(), message="runtime agent stopped"
         )
@@ -349,10 +343,6 @@ class Agent:
     # --- the loop ---------------------------------------------------------------------------------
 
     def reconcile(self) -> None:
-        from django.db import close_old_connections
-
-        from endpoints_app.models import Deployment
-
         close_old_connections()
         live_ids = set()
         for deployment in Deployment.objects.filter(stopped_at__isnull=True).order_by("id"):
@@ -372,8 +362,6 @@ class Agent:
         return [p for p in self.procs.values() if p.deployment_id == deployment_id]
 
     def _ensure(self, deployment) -> None:  # type: ignore[no-untyped-def]
-        from endpoints_app.models import DeploymentState
-
         if deployment.state in (DeploymentState.FAILED, DeploymentState.ABORTED):
             return
         if deployment.built_at is None:
@@ -409,11 +397,6 @@ class Agent:
         self._update_deployment_state(deployment, rt)
 
     def _autoscale(self, deployment, rt: DeploymentRuntime, now: float) -> None:  # type: ignore[no-untyped-def]
-        from django.conf import settings
-        from django.utils import timezone
-
-        from endpoints_app.models import Deployment, ScalingDecision
-
         ready = [p for p in self._procs_of(deployment.id) if p.ready and p.drain_started is None]
         stats = [health(self.bind_host_for_checks(), p.port, p.credential, timeout=0.3) for p in ready]
         stats = [h for h in stats if h is not None]
@@ -463,10 +446,6 @@ class Agent:
         rt.history = History()
 
     def _check_replica(self, deployment, rt: DeploymentRuntime, proc: ReplicaProc, now: float) -> None:  # type: ignore[no-untyped-def]
-        from django.utils import timezone
-
-        from endpoints_app.models import Replica, ReplicaState
-
         code = proc.popen.poll()
         if code is not None:
             self._release(proc)
@@ -477,9 +456,9 @@ class Agent:
             if proc.ready:
                 rt.restarts += 1
                 log.warning("replica %s of %s exited (%s); restarting", proc.index, deployment, reason)
-                window = _settings().CRASH_LOOP_WINDOW_SECONDS
+                window = settings.CRASH_LOOP_WINDOW_SECONDS
                 rt.exits = [t for t in rt.exits if now - t < window] + [now]
-                if len(rt.exits) >= _settings().CRASH_LOOP_RESTARTS:
+                if len(rt.exits) >= settings.CRASH_LOOP_RESTARTS:
                     self._fail(
                         deployment,
                         f"The model server is crash-looping: replicas exited {len(rt.exits)} times in "
@@ -536,8 +515,6 @@ class Agent:
 
         Handing a wake-up or scale-up to it skips ~2 s of Python imports (cold starts under 3 s).
         """
-        from django.conf import settings
-
         if not settings.RUNTIME_STANDBY or self.standby_disabled:
             return
         if self.standby is not None:
@@ -610,9 +587,6 @@ class Agent:
         return "127.0.0.1" if self.bind_host in ("0.0.0.0", "::", "") else self.bind_host
 
     def _start_replica(self, deployment, rt: DeploymentRuntime) -> None:  # type: ignore[no-untyped-def]
-        from endpoints_app.backends.local import deployment_dir, log_path
-        from endpoints_app.models import Replica
-
         try:
             model_env = replica_environment(deployment.spec.get("environment_vars") or {})
         except ValueError as exc:
@@ -712,8 +686,6 @@ class Agent:
         log.info("started replica %s of %s (pid %s, port %s)", index, deployment, popen.pid, port)
 
     def _update_deployment_state(self, deployment, rt: DeploymentRuntime) -> None:  # type: ignore[no-untyped-def]
-        from endpoints_app.models import Deployment, DeploymentState
-
         ready = sum(1 for p in self._procs_of(deployment.id) if p.ready and p.drain_started is None)
         if deployment.desired_replicas == 0:
             state, message = DeploymentState.READY, "Scaled to zero; the next query starts a replica."
@@ -732,8 +704,6 @@ class Agent:
             ).update(state=state, state_message=message)
 
     def _fail(self, deployment, message: str) -> None:  # type: ignore[no-untyped-def]
-        from endpoints_app.models import Deployment, DeploymentState
-
         log.error("deployment %s failed: %s", deployment, message)
         Deployment.objects.filter(id=deployment.id).update(state=DeploymentState.FAILED, state_message=message)
         deployment.state = DeploymentState.FAILED
@@ -750,13 +720,6 @@ class Agent:
             self.builds.pop(deployment.id, None)
 
     def _build(self, deployment_id: int) -> None:
-        from django.db import close_old_connections
-        from django.utils import timezone
-
-        from endpoints_app.backends.local import deployment_dir, log_path
-        from endpoints_app.models import Deployment, DeploymentState
-        from endpoints_app.runtime.build import BuildError, prepare_model
-
         close_old_connections()
         try:
             deployment = Deployment.objects.get(id=deployment_id)
@@ -784,10 +747,6 @@ class Agent:
     # --- removal ----------------------------------------------------------------------------------
 
     def _drain(self, deployment) -> None:  # type: ignore[no-untyped-def]
-        from django.utils import timezone
-
-        from endpoints_app.models import Deployment, DeploymentState
-
         build = self.builds.get(deployment.id)
         if build is not None and not build.done():
             return  # let the build finish; its replicas are never started
@@ -822,16 +781,10 @@ class Agent:
 
     def _begin_drain(self, proc: ReplicaProc) -> None:
         """Stop routing to the replica; it is stopped once the gateway's routes and requests let go."""
-        from endpoints_app.models import Replica, ReplicaState
-
         proc.drain_started = time.monotonic()
         Replica.objects.filter(id=proc.replica_id).update(state=ReplicaState.DRAINING)
 
     def _drain_proc(self, proc: ReplicaProc, now: float) -> None:
-        from django.utils import timezone
-
-        from endpoints_app.models import Replica, ReplicaState
-
         assert proc.drain_started is not None
         if proc.popen.poll() is not None:
             self._release(proc)
@@ -861,13 +814,9 @@ class Agent:
     # --- logs -------------------------------------------------------------------------------------
 
     def _server_log(self, deployment_id: int) -> str:
-        from endpoints_app.backends.local import log_path, read_tail
-
         return read_tail(log_path(deployment_id, "server"), 16_000)
 
     def _server_log_note(self, deployment_id: int, line: str) -> None:
-        from endpoints_app.backends.local import log_path
-
         with open(log_path(deployment_id, "server"), "a", encoding="utf-8") as fh:
             fh.write(f"{time.strftime('%Y-%m-%d %H:%M:%S')} runtime: {line}\n")
 
@@ -903,7 +852,7 @@ def close_data_dir_to_others(data_dir: Path, runtime_dir: Path, scratch_root: Pa
     (keys, database, admin files, the Redis socket, the model store) and of the runtime folder
     (the standby's log) loses its group and other permissions.
     """
-    deployments = runtime_dir / "deployments"
+    deployments = deployments_root(runtime_dir)
     for directory in (data_dir, runtime_dir, deployments, scratch_root):
         directory.mkdir(parents=True, exist_ok=True)
         directory.chmod(0o711)
@@ -920,10 +869,6 @@ def replica_environment(environment_vars: dict) -> dict[str, str]:
     secrets store. Who may reference which secret was checked when the config was accepted.
     Raises ValueError naming the reference (never a value) when one cannot be read.
     """
-    from endpoints_app.errors import DomainError
-    from endpoints_app.services import secrets
-    from endpoints_app.validation import environment_secret_reference, forbidden_environment_var
-
     resolved: dict[str, str] = {}
     for name, value in environment_vars.items():
         # A config saved before the rules existed may still carry LD_PRELOAD or PYTHONPATH, which
@@ -941,12 +886,6 @@ def replica_environment(environment_vars: dict) -> dict[str, str]:
         except DomainError as exc:
             raise ValueError(f"environment variable {name}: cannot read {value}: {exc.message}") from None
     return resolved
-
-
-def _settings():  # type: ignore[no-untyped-def]
-    from django.conf import settings
-
-    return settings
 
 
 def is_gpu_workload(workload_type: str) -> bool:
@@ -1002,14 +941,9 @@ def _exit_reason(log_tail: str, code: int) -> str:
     return f"exit code {code}"
 
 
-def main(args: argparse.Namespace | None = None) -> int:
-    """``modelfleet runtime``: run the agent for this host until SIGTERM/SIGINT."""
-    os.environ.setdefault("DJANGO_SETTINGS_MODULE", "dashboard.settings")
-    os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
-    os.environ.setdefault("DO_NOT_TRACK", "true")
-    import django
-
-    django.setup()
+def run(args: argparse.Namespace | None = None) -> int:
+    """``modelfleet runtime``: run the agent for this host until SIGTERM/SIGINT (the process main,
+    runtime/agent_main.py, has set Django up)."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     agent_id = getattr(args, "agent_id", None) or os.environ.get("MODELFLEET_RUNTIME_AGENT_ID") or socket.gethostname()
     agent = Agent(agent_id=agent_id)
@@ -1025,7 +959,3 @@ def main(args: argparse.Namespace | None = None) -> int:
         return 0
     agent.run_forever()
     return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -13,6 +13,10 @@ from pathlib import Path
 from typing import TextIO
 
 import yaml
+from django.conf import settings
+
+from endpoints_app import registry
+from endpoints_app.errors import DomainError
 
 
 class BuildError(Exception):
@@ -25,11 +29,6 @@ def _log(fh: TextIO, message: str) -> None:
 
 
 def prepare_model(deployment, target: Path, fh: TextIO) -> Path:  # type: ignore[no-untyped-def]
-    from django.conf import settings
-
-    from endpoints_app import registry
-    from endpoints_app.errors import DomainError
-
     started = time.monotonic()
     _log(fh, f"Building {deployment.endpoint_name}/{deployment.served_entity_name} (deployment {deployment.pk})")
     _log(
@@ -50,7 +49,7 @@ def prepare_model(deployment, target: Path, fh: TextIO) -> Path:  # type: ignore
         if source_path.is_dir():
             shutil.copytree(source_path, target)
         else:
-            import mlflow.artifacts
+            import mlflow.artifacts  # slow to import, and needed only for a remote model store
 
             _log(fh, "Downloading model artifacts")
             mlflow.artifacts.download_artifacts(artifact_uri=info.source, dst_path=str(target))

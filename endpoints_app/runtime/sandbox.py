@@ -45,8 +45,11 @@ import json
 import logging
 import os
 import platform
+import pwd
+import stat
 import struct
 import sys
+import tempfile
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -543,8 +546,6 @@ def apply_seccomp(*, confine_signals: bool = False) -> bool:
 
 def replica_ids(user: str = REPLICA_USER) -> tuple[int, int]:
     """(uid, gid) of the user replicas run as when the agent is root."""
-    import pwd
-
     entry = pwd.getpwnam(user)
     return entry.pw_uid, entry.pw_gid
 
@@ -569,8 +570,6 @@ def reachable_by(uid: int, gid: int, paths: Iterable[str]) -> str | None:
     (``/root/.pyenv``) it is out of reach, and the agent keeps replicas at uid 0 without
     capabilities instead.
     """
-    import stat
-
     for path in paths:
         current = Path(os.path.realpath(path))
         for directory in [*reversed(current.parents), current]:
@@ -719,8 +718,6 @@ def enter_final(*, model_path: str, scratch: str, port: int) -> Isolation:
     """
     Path(scratch).mkdir(parents=True, exist_ok=True)
     os.environ["TMPDIR"] = os.environ["HOME"] = scratch
-    import tempfile
-
     tempfile.tempdir = None  # recomputed from TMPDIR on next use
     gpu = _early_plan.gpu if _early_plan is not None else False
     abi = apply_landlock(read=[model_path], write=[scratch], bind_port=port, gpu=gpu)
