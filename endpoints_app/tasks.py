@@ -1,9 +1,15 @@
-"""Celery tasks: thin wrappers that take ids and call one service."""
+"""Celery tasks: thin wrappers that take ids and call one service.
+
+Services enqueue these by name (``endpoints_app.jobs``), so this module sits above everything it
+calls and nothing but Celery imports it.
+"""
 
 from __future__ import annotations
 
 from celery import shared_task
 
+from endpoints_app.gateway import usage
+from endpoints_app.monitoring import alerts, logs, metrics, notifications, payloads, polling
 from endpoints_app.services import rollouts
 
 RECHECK_SECONDS = 0.5
@@ -35,8 +41,6 @@ def sweep_rollouts() -> None:
 @shared_task(ignore_result=True)
 def poll_due(kind: str) -> int:
     """Beat: one small poll task per target of this kind that is due."""
-    from endpoints_app.monitoring import polling
-
     polling.ensure_targets()
     due = polling.due_targets(kind)
     for target_id in due:
@@ -46,31 +50,22 @@ def poll_due(kind: str) -> int:
 
 @shared_task(ignore_result=True, soft_time_limit=30, time_limit=40)
 def poll_target(target_id: int) -> None:
-    from endpoints_app.monitoring import polling
-
     polling.run_poll(target_id)
 
 
 @shared_task(ignore_result=True)
 def rollup_metrics() -> None:
-    from endpoints_app.monitoring import metrics
-
     metrics.rollup()
 
 
 @shared_task(ignore_result=True)
 def evaluate_alerts() -> None:
-    from endpoints_app.monitoring import alerts
-
     alerts.evaluate_alerts()
 
 
 @shared_task(ignore_result=True)
 def prune_monitoring() -> None:
     """Beat: retention of metric points, log lines, payloads, usage records and poll runs."""
-    from endpoints_app.gateway import usage
-    from endpoints_app.monitoring import logs, metrics, payloads, polling
-
     metrics.prune()
     logs.prune_logs()
     payloads.prune_payloads()
@@ -80,6 +75,4 @@ def prune_monitoring() -> None:
 
 @shared_task(ignore_result=True)
 def notify_update_result(endpoint_id: str, version: int, ok: bool, message: str) -> None:
-    from endpoints_app.monitoring import notifications
-
     notifications.notify_update_result(endpoint_id=endpoint_id, version=version, ok=ok, message=message)

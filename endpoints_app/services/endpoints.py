@@ -15,7 +15,7 @@ from django.db import IntegrityError, transaction
 from django.db.models import Max
 from django.utils import timezone
 
-from endpoints_app import audit, capacity, registry
+from endpoints_app import audit, capacity, jobs, registry
 from endpoints_app.backends import get_backend
 from endpoints_app.errors import (
     InvalidParameterValue,
@@ -36,7 +36,7 @@ from endpoints_app.models import (
     PermissionLevel,
     ServedEntity,
 )
-from endpoints_app.services import secrets
+from endpoints_app.services import rollouts, secrets
 from endpoints_app.validation import (
     REDACTED,
     CoreConfig,
@@ -280,8 +280,6 @@ def _create_config_version(*, endpoint: Endpoint, config: CoreConfig, actor: Abs
 
 
 def _begin_rollout(endpoint: Endpoint, version: ConfigVersion) -> None:
-    from endpoints_app import tasks
-
     now = timezone.now()
     endpoint.pending_config = version
     endpoint.config_update = ConfigUpdate.IN_PROGRESS
@@ -290,8 +288,7 @@ def _begin_rollout(endpoint: Endpoint, version: ConfigVersion) -> None:
     endpoint.rollout_deadline = now + timedelta(seconds=settings.ROLLOUT_TIMEOUT_SECONDS)
     endpoint.rollout_next_check_at = now
     endpoint.save()
-    endpoint_id = endpoint.id
-    transaction.on_commit(lambda: tasks.start_rollout.delay(endpoint_id))
+    jobs.enqueue_on_commit(jobs.START_ROLLOUT, endpoint.id)
 
 
 def create_endpoint(*, actor: AbstractBaseUser | None, request: CreateRequest) -> Endpoint:
@@ -384,8 +381,6 @@ def _finish_external_rollout(endpoint: Endpoint, config: CoreConfig) -> None:
     I/O), so the endpoint is READY when the call returns. The enqueued rollout task then finds
     nothing left to do."""
     if config.is_external:
-        from endpoints_app.services import rollouts
-
         rollouts.start_rollout(endpoint_id=endpoint.id)
 
 

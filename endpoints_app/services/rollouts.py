@@ -18,7 +18,7 @@ from django.db import transaction
 from django.db.models import Q
 from django.utils import timezone
 
-from endpoints_app import audit
+from endpoints_app import audit, jobs
 from endpoints_app.backends import get_backend
 from endpoints_app.backends.base import EntityStatus
 from endpoints_app.models import ConfigUpdate, ConfigVersion, Deployment, DeploymentState, Endpoint
@@ -127,9 +127,7 @@ def _finish(*, endpoint_id: str, version: ConfigVersion, ok: bool, message: str)
     log.info("rollout of %s v%s %s%s", endpoint.name, version.version, "succeeded" if ok else "failed: ", message)
     remove_unused_deployments(endpoint_id=endpoint_id)
     if endpoint.email_notifications:
-        from endpoints_app import tasks
-
-        tasks.notify_update_result.delay(endpoint_id, version.version, ok, message)
+        jobs.enqueue_on_commit(jobs.NOTIFY_UPDATE_RESULT, endpoint_id, version.version, ok, message)
 
 
 def remove_unused_deployments(*, endpoint_id: str) -> None:
