@@ -14,8 +14,10 @@ from typing import Any
 
 from endpoints_app import egress
 from endpoints_app.errors import InvalidParameterValue
+from endpoints_app.gateway import guardrails, ratelimit
 from endpoints_app.gateway.providers import PROVIDERS, TASKS
 from endpoints_app.gateway.providers.base import CHAT, Field, iter_secret_fields
+from endpoints_app.secret_references import parse_reference
 
 NAME_RE = re.compile(r"^[A-Za-z0-9_-]+$")
 MAX_NAME_LENGTH = 63
@@ -413,8 +415,6 @@ def parse_environment_vars(raw: Any, where: str) -> dict[str, str]:
 
 def environment_secret_reference(value: str) -> tuple[str, str] | None:
     """``(scope, key)`` when an environment variable's whole value is a secret reference."""
-    from endpoints_app.services.secrets import parse_reference
-
     return parse_reference(value.strip())
 
 
@@ -514,8 +514,6 @@ def plaintext_credentials(config: CoreConfig) -> list[str]:
 
 
 def _parse_config_block(fields: tuple[Field, ...], raw: Any, where: str) -> dict[str, Any]:
-    from endpoints_app.services.secrets import parse_reference
-
     data = require_object(raw, where)
     out: dict[str, Any] = {}
     for spec in fields:
@@ -600,6 +598,90 @@ def _parse_traffic(raw: Any, entities: list[ServedEntitySpec], where: str) -> li
     return routes
 
 
+# --- ai_gateway (reference §2.9) ----------------------------------------------------------------
+# Guardrails, rate limits, usage tracking, fallbacks and inference tables: checked here for create,
+# ``PUT …/ai-gateway`` and change requests alike; services.ai_gateway stores them.
+AI_GATEWAY_FIELDS = ("guardrails", "inference_table_config", "rate_limits", "usage_tracking_config", "fallback_config")
+_UC_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_-]{0,254}$")
+
+
+def _flag_block(raw: Any, where: str, *, required: bool) -> dict[str, Any] | None:
+    if raw is None:
+        return None
+    if not isinstance(raw, dict):
+        raise InvalidParameterValue(f"{where} must be an object")
+    unknown = set(raw) - {"enabled"}
+    if unknown:
+        raise InvalidParameterValue(f"{where} has unknown fields: {', '.join(sorted(unknown))}")
+    enabled = raw.get("enabled")
+    if enabled is None and required:
+        raise InvalidParameterValue(f"{where}.enabled is required")
+    if enabled is not None and not isinstance(enabled, bool):
+        raise InvalidParameterValue(f"{where}.enabled must be true or false")
+    return {"enabled": bool(enabled)}
+
+
+def _inference_table(raw: Any, where: str, current: dict[str, Any] | None) -> dict[str, Any] | None:
+    if raw is None:
+        return None
+    if not isinstance(raw, dict):
+        raise InvalidParameterValue(f"{where} must be an object")
+    unknown = set(raw) - {"catalog_name", "schema_name", "table_name_prefix", "enabled"}
+    if unknown:
+        raise InvalidParameterValue(f"{where} has unknown fields: {', '.join(sorted(unknown))}")
+    out: dict[str, Any] = {"enabled": bool(raw.get("enabled", False))}
+    for name in ("catalog_name", "schema_name", "table_name_prefix"):
+        value = raw.get(name)
+        if value is None:
+            continue
+        if not isinstance(value, str) or not _UC_NAME.match(value):
+            raise InvalidParameterValue(f"{where}.{name} must be a name of letters, digits, _ and -")
+        out[name] = value
+    if out["enabled"] and not (out.get("catalog_name") and out.get("schema_name")):
+        raise InvalidParameterValue(f"{where}: catalog_name and schema_name are required when enabling")
+    if current and current.get("enabled") and out["enabled"]:
+        for name in ("catalog_name", "schema_name", "table_name_prefix"):
+            if name in out and current.get(name) not in (None, out[name]):
+                raise InvalidParameterValue(f"{where}: disable the inference table before changing {name}")
+    return out
+
+
+def parse_ai_gateway(
+    raw: Any, where: str = "ai_gateway", *, current: dict[str, Any] | None = None
+) -> dict[str, Any] | None:
+    """The AI-gateway block as stored, or InvalidParameterValue naming the bad field. ``None`` (or
+    an object with no fields) unsets it, as Databricks does."""
+    if raw is None:
+        return None
+    if not isinstance(raw, dict):
+        raise InvalidParameterValue(f"{where} must be an object")
+    unknown = set(raw) - set(AI_GATEWAY_FIELDS)
+    if unknown:
+        raise InvalidParameterValue(f"{where} has unknown fields: {', '.join(sorted(unknown))}")
+    out: dict[str, Any] = {}
+    try:
+        if raw.get("guardrails") is not None:
+            out["guardrails"] = guardrails.validate(raw["guardrails"], f"{where}.guardrails")
+        if raw.get("rate_limits") is not None:
+            out["rate_limits"] = ratelimit.validate(raw["rate_limits"], f"{where}.rate_limits")
+    except ValueError as exc:
+        raise InvalidParameterValue(str(exc)) from None
+    if (
+        usage := _flag_block(raw.get("usage_tracking_config"), f"{where}.usage_tracking_config", required=False)
+    ) is not None:
+        out["usage_tracking_config"] = usage
+    if (fallback := _flag_block(raw.get("fallback_config"), f"{where}.fallback_config", required=True)) is not None:
+        out["fallback_config"] = fallback
+    table = _inference_table(
+        raw.get("inference_table_config"),
+        f"{where}.inference_table_config",
+        (current or {}).get("inference_table_config"),
+    )
+    if table is not None:
+        out["inference_table_config"] = table
+    return out or None
+
+
 # --- whole requests ----------------------------------------------------------------------------
 
 
@@ -622,8 +704,6 @@ def parse_tags(raw: Any, where: str) -> list[tuple[str, str]]:
 
 
 def parse_create_request(raw: Any) -> CreateRequest:
-    from endpoints_app.services.ai_gateway import parse as parse_ai_gateway  # it needs the gateway's rules
-
     data = require_object(raw, "request body")
     name = validate_name(data.get("name"), "name")
     if name.startswith("databricks-"):

@@ -13,6 +13,8 @@ from endpoints_app.gateway.providers import PROVIDERS
 from endpoints_app.gateway.providers.base import iter_secret_fields
 from endpoints_app.models import ConfigUpdate, Endpoint, ServedEntity
 from endpoints_app.runtime.credentials import ReplicaTarget
+from endpoints_app.secret_references import parse_reference
+from endpoints_app.services import secrets
 
 
 @dataclass
@@ -163,8 +165,6 @@ def load_route_table(endpoint_name: str) -> RouteTable:
 
 def external_target(external_model: dict[str, Any]) -> ExternalTarget:
     """The stored external model with its secret references resolved (``secrets.resolve`` is cached)."""
-    from endpoints_app.services import secrets
-
     provider = PROVIDERS[external_model["provider"]]
     config = external_model.get(provider.config_key) or {}
     target = ExternalTarget(
@@ -173,7 +173,7 @@ def external_target(external_model: dict[str, Any]) -> ExternalTarget:
     problems = []
     for path, holder, name in iter_secret_fields(provider.fields, config):
         reference = holder.get(name)
-        parsed = secrets.parse_reference(reference) if isinstance(reference, str) else None
+        parsed = parse_reference(reference) if isinstance(reference, str) else None
         if parsed is None:
             continue
         try:

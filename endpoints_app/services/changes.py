@@ -189,7 +189,8 @@ def propose(*, actor: AbstractBaseUser, endpoint_name: str, action: str, body: A
             body = validation.require_object(body if body is not None else {}, "body")
             current = endpoint.ai_gateway if isinstance(endpoint.ai_gateway, dict) else None
             before = {"ai_gateway": current}
-            after = {"ai_gateway": ai_gateway.parse(body, current=current)}  # refuse now what would fail later
+            # Refuse now what would fail later.
+            after = {"ai_gateway": validation.parse_ai_gateway(body, current=current)}
         else:
             body, after = {}, None
         base = endpoint_services.etag(endpoint)

@@ -46,6 +46,7 @@ from endpoints_app.errors import (
     ResourceDoesNotExist,
 )
 from endpoints_app.models import Role, Secret, SecretAcl, SecretBackendType, SecretPermission, SecretScope
+from endpoints_app.secret_references import parse_reference, reference
 
 NAME_RE = re.compile(r"[A-Za-z0-9_.-]{1,128}")
 MAX_VALUE_BYTES = 128 * 1024
@@ -60,7 +61,6 @@ RANK: dict[str | None, int] = {
     SecretPermission.WRITE: 2,
     SecretPermission.MANAGE: 3,
 }
-_REFERENCE_RE = re.compile(r"\{\{\s*secrets\s*/\s*([A-Za-z0-9_.-]{1,128})\s*/\s*([A-Za-z0-9_.-]{1,128})\s*\}\}")
 
 
 class ResourceLimitExceeded(DomainError):
@@ -72,24 +72,6 @@ class ResourceLimitExceeded(DomainError):
 class SecretMetadata:
     key: str
     last_updated_timestamp: int
-
-
-# -- references -------------------------------------------------------------------------------
-
-
-def parse_reference(text: str) -> tuple[str, str] | None:
-    """``(scope, key)`` for ``{{secrets/<scope>/<key>}}`` (spaces allowed inside the braces), else None.
-
-    Anything else is plain text, as in Databricks' ``environment_vars``.
-    """
-    if not isinstance(text, str):
-        return None
-    match = _REFERENCE_RE.fullmatch(text)
-    return (match[1], match[2]) if match else None
-
-
-def reference(scope: str, key: str) -> str:
-    return f"{{{{secrets/{scope}/{key}}}}}"
 
 
 # -- access -----------------------------------------------------------------------------------
