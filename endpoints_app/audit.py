@@ -18,7 +18,7 @@ from django.contrib.auth.models import AbstractBaseUser
 from django.http import HttpRequest, HttpResponse
 
 from endpoints_app import validation
-from endpoints_app.models import AuditEvent
+from endpoints_app.models import AuditEvent, ConfigVersion
 
 _source: contextvars.ContextVar[str] = contextvars.ContextVar("audit_source", default="")
 
@@ -50,6 +50,11 @@ def record(
 
 def client_address(request: HttpRequest) -> str:
     return request.META.get("REMOTE_ADDR", "") or ""
+
+
+def current_source() -> str:
+    """The address of the client whose request is being handled ("" outside a request)."""
+    return _source.get()
 
 
 class AuditSourceMiddleware:
@@ -114,7 +119,6 @@ def config_snapshot(
 
 def endpoint_snapshot(endpoint: Any) -> dict[str, Any]:
     """What an endpoint looks like for before/after: its state and its active/pending versions."""
-    from endpoints_app.models import ConfigVersion
 
     def version(config: ConfigVersion | None) -> dict[str, Any] | None:
         if config is None:
@@ -136,15 +140,3 @@ def endpoint_snapshot(endpoint: Any) -> dict[str, Any]:
         "pending_config": version(endpoint.pending_config),
         "tags": {t.key: t.value for t in endpoint.tags.all()},
     }
-
-
-def on_failed_login(sender: object, credentials: dict, request: HttpRequest | None = None, **kwargs: object) -> None:
-    """A failed sign-in (Django's user_login_failed): counted against the client's address, and
-    audited once per address and window with the username only, never the password."""
-    from endpoints_app import auth_throttle
-
-    auth_throttle.record_failure(
-        client_address(request) if request is not None else _source.get(),
-        kind="password",
-        tried=str(credentials.get("username", "")),
-    )

@@ -135,3 +135,14 @@ class ThrottledModelBackend(ModelBackend):
         if request is not None and check(audit.client_address(request)) is not None:
             raise PermissionDenied("too many failed sign-ins from this address")
         return super().authenticate(request, username=username, password=password, **kw)
+
+
+def on_failed_login(sender: object, credentials: dict, request: HttpRequest | None = None, **kwargs: object) -> None:
+    """A failed sign-in (Django's user_login_failed, connected in apps.py): counted against the
+    client's address, and audited once per address and window with the username only, never the
+    password."""
+    record_failure(
+        audit.client_address(request) if request is not None else audit.current_source(),
+        kind="password",
+        tried=str(credentials.get("username", "")),
+    )
