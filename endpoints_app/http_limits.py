@@ -31,7 +31,7 @@ from django.conf import settings
 from django.db import close_old_connections
 
 from endpoints_app import access, auth_throttle
-from endpoints_app.api.authentication import token_from_header
+from endpoints_app.auth_header import token_from_header
 from endpoints_app.errors import PermissionDenied
 from endpoints_app.services.tokens import authenticate_token
 

@@ -1,35 +1,15 @@
-"""``Authorization: Bearer <token>`` (and Basic with the token as password, as Databricks' curl
-examples use ``-u token:$TOKEN``)."""
+"""The REST API's authentication (DRF): the token in ``Authorization`` (read by ``auth_header``),
+refused outright from an address over the failure limit (``auth_throttle``)."""
 
 from __future__ import annotations
-
-import base64
-import binascii
 
 from django.contrib.auth.models import AbstractBaseUser
 from rest_framework import authentication, exceptions
 from rest_framework.request import Request
 
 from endpoints_app import audit, auth_throttle
+from endpoints_app.auth_header import token_from_header
 from endpoints_app.services.tokens import authenticate_token
-
-
-def token_from_header(header: str | None) -> str | None:
-    """The raw token in an Authorization header value, or None if there is none."""
-    if not header:
-        return None
-    scheme, _, value = header.strip().partition(" ")
-    value = value.strip()
-    if scheme.lower() == "bearer" and value:
-        return value
-    if scheme.lower() == "basic" and value:
-        try:
-            decoded = base64.b64decode(value, validate=True).decode("utf-8")
-        except (binascii.Error, UnicodeDecodeError):
-            return None
-        _, _, password = decoded.partition(":")
-        return password or None
-    return None
 
 
 class BearerTokenAuthentication(authentication.BaseAuthentication):

@@ -32,10 +32,11 @@ from typing import Any
 
 from asgiref.sync import sync_to_async
 from django.conf import settings
+from django.contrib.auth import get_user_model
 from django.db import close_old_connections
 
 from endpoints_app import access, access_generation, auth_throttle
-from endpoints_app.api.authentication import token_from_header
+from endpoints_app.auth_header import token_from_header
 from endpoints_app.backends import get_backend
 from endpoints_app.errors import DomainError
 from endpoints_app.gateway import guardrails, jsonbody, ratelimit, session
@@ -52,7 +53,7 @@ from endpoints_app.gateway.upstream import (
     UpstreamUnreachable,
 )
 from endpoints_app.gateway.usage import recorder as usage_recorder
-from endpoints_app.models import PermissionLevel
+from endpoints_app.models import Endpoint, PermissionLevel
 from endpoints_app.services.tokens import authenticate_token
 from endpoints_app.validation import MAX_NAME_LENGTH, NAME_RE
 
@@ -95,10 +96,6 @@ def _load_table(name: str) -> RouteTable:
 
 
 def _query_level(user_id: int, endpoint_id: str) -> str | None:
-    from django.contrib.auth import get_user_model
-
-    from endpoints_app.models import Endpoint
-
     close_old_connections()
     try:
         user = get_user_model().objects.filter(pk=user_id).first()
@@ -112,8 +109,6 @@ def _query_level(user_id: int, endpoint_id: str) -> str | None:
 
 def _identity(user_id: int) -> tuple[str, frozenset[str]]:
     """The user name and group names that rate limits and usage records are keyed by."""
-    from django.contrib.auth import get_user_model
-
     close_old_connections()
     try:
         user = get_user_model().objects.filter(pk=user_id).first()
