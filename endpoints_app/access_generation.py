@@ -34,6 +34,8 @@ from django.db import transaction
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 
+from endpoints_app.redis_client import get_redis
+
 log = logging.getLogger(__name__)
 
 KEY = "mf:access-generation"
@@ -51,8 +53,6 @@ def bump() -> None:
 
 
 def _increment() -> None:
-    from endpoints_app.redis_client import get_redis
-
     try:
         get_redis().incr(KEY)
     except redis.RedisError:
@@ -65,8 +65,6 @@ def _increment() -> None:
 
 def current() -> int:
     """The generation as Redis holds it now (0 before the first change)."""
-    from endpoints_app.redis_client import get_redis
-
     return int(get_redis().get(KEY) or 0)
 
 

@@ -4,16 +4,25 @@ Idempotent: run on every ``make run``. The admin's password and API token are ge
 first run and printed once; nothing keeps them in plaintext (the database holds the password's and
 the token's hashes; the token also goes into the CLI profile in the user's own ~/.modelfleetcfg,
 mode 0600). ``python manage.py changepassword admin`` sets a new password later.
+
+A process main: the CLI imports this module to dispatch ``modelfleet setup`` before Django is set
+up, so what needs the models (the admin, the registry) is imported inside the functions that
+``main`` runs once ``_django()`` has set it up.
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import secrets
 import sys
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
+
+from django.conf import settings
+
+from endpoints_app.cli.config import config_path, write_default_profile
 
 DEMO_MODEL = "main.default.demo_classifier"
 ADMIN_USERNAME = "admin"
@@ -42,8 +51,6 @@ def _django() -> None:
 
 
 def _legacy_credentials_file() -> Path:
-    from django.conf import settings
-
     return Path(settings.DATA_DIR) / LEGACY_CREDENTIALS_FILE
 
 
@@ -53,9 +60,6 @@ def bootstrap_admin() -> AdminCredentials:
     The password and a generated token come back only from the run that creates them, to be
     printed once; later runs return neither, since only their hashes exist.
     """
-    import secrets
-
-    from django.conf import settings
     from django.contrib.auth import get_user_model
 
     from endpoints_app.models import AccessToken
@@ -115,8 +119,6 @@ def ensure_demo_model() -> list[str]:
 
 
 def write_cli_profile(host: str, token: str) -> tuple[Path, bool]:
-    from endpoints_app.cli.config import config_path, write_default_profile
-
     path = config_path()
     return path, write_default_profile(path, host, token)
 
@@ -137,8 +139,6 @@ def first_run_notice(credentials: AdminCredentials) -> str:
 
 
 def banner() -> None:
-    from django.conf import settings
-
     url = settings.PUBLIC_URL
     lines = [
         "",
@@ -158,7 +158,6 @@ def banner() -> None:
 def main(args: argparse.Namespace | None = None) -> int:
     quiet = bool(getattr(args, "quiet", False))
     _django()
-    from django.conf import settings
     from django.core.management import call_command
 
     Path(settings.DATA_DIR).mkdir(parents=True, exist_ok=True)

@@ -16,6 +16,8 @@ import logging
 import threading
 from collections import defaultdict
 
+from endpoints_app.redis_client import get_redis
+
 log = logging.getLogger(__name__)
 
 LATENCY_BUCKETS_MS: tuple[float, ...] = (1, 2, 5, 10, 25, 50, 100, 250, 500, 1000, 2500, 5000, 10000, 30000, 60000)
@@ -82,8 +84,6 @@ class GatewayMetrics:
             pending, self._pending = self._pending, defaultdict(lambda: defaultdict(float))
         if not pending:
             return
-        from endpoints_app.redis_client import get_redis
-
         try:
             pipe = get_redis().pipeline(transaction=False)
             for endpoint_id, counts in pending.items():
@@ -104,8 +104,6 @@ class GatewayMetrics:
 
 def read_counters(endpoint_id: str) -> dict[str, dict[str, float]]:
     """Cumulative counters of an endpoint by served entity: {entity: {"count", "4xx", "5xx", "sum", "b<le>"...}}."""
-    from endpoints_app.redis_client import get_redis
-
     raw = get_redis().hgetall(redis_key(endpoint_id))
     result: dict[str, dict[str, float]] = defaultdict(dict)
     for field, value in raw.items():
@@ -134,6 +132,4 @@ def cumulative_buckets(counters: dict[str, float]) -> list[tuple[str, float]]:
 
 
 def forget(endpoint_id: str) -> None:
-    from endpoints_app.redis_client import get_redis
-
     get_redis().delete(redis_key(endpoint_id))

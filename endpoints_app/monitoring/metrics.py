@@ -25,8 +25,9 @@ from typing import Any
 import requests
 from django.conf import settings
 from django.db import IntegrityError, transaction
-from django.db.models import Avg, F, Max, Sum, Value
+from django.db.models import Avg, F, Max, Q, Sum, Value
 from django.db.models.functions import Cast
+from django.utils import timezone
 
 from endpoints_app.backends import get_backend
 from endpoints_app.gateway.metrics import BUCKET_LABELS, UNATTRIBUTED, read_counters
@@ -244,7 +245,7 @@ def poll_metrics(endpoint: Endpoint) -> None:
                 endpoint=endpoint,
                 served_entity_name=name,
                 source="gateway",
-                defaults={"counters": values, "read_at": _now()},
+                defaults={"counters": values, "read_at": timezone.now()},
             )
         for name, interval in intervals.items():
             if name != UNATTRIBUTED:
@@ -252,12 +253,6 @@ def poll_metrics(endpoint: Endpoint) -> None:
         add_point(endpoint.id, "", BASE_RESOLUTION, ts, total)
     if errors and len(errors) == len(jobs):
         raise MetricsPollError(f"could not read metrics from {len(errors)} replica(s): {'; '.join(errors)[:500]}")
-
-
-def _now():  # type: ignore[no-untyped-def]
-    from django.utils import timezone
-
-    return timezone.now()
 
 
 def _as_delta(interval: Interval) -> dict[str, float]:
@@ -439,7 +434,7 @@ def series(
             c5xx=Sum("count_5xx"),
             p50w=Sum(F("p50_ms") * F("request_count")),
             p90w=Sum(F("p90_ms") * F("request_count")),
-            weight=Sum("request_count", filter=_has_latency()),
+            weight=Sum("request_count", filter=Q(p50_ms__isnull=False)),
             p99=Max("p99_ms"),
             cpu=Avg("cpu_pct"),
             mem=Avg("mem_pct"),
@@ -468,9 +463,3 @@ def series(
         for m in metrics:
             out[m].append([ts_ms, values[m]])
     return {"resolution": resolution, "step": step, "start": start * 1000, "end": end * 1000, "series": out}
-
-
-def _has_latency():  # type: ignore[no-untyped-def]
-    from django.db.models import Q
-
-    return Q(p50_ms__isnull=False)
