@@ -4,7 +4,7 @@ The way the CLI's no-Django test reads what ``--help`` loads, this test reads th
 module level and inside functions (an import inside a function still makes a cycle; it only hides
 it until the function runs). It fails when:
 
-1. the imports form a cycle: each one is named, module by module;
+1. the imports form a cycle: each knot is named, with its modules and one cycle through them;
 2. a module imports one from a higher layer (``LAYERS``, bottom to top; a layer may import its
    own and every lower one);
 3. a module is in no layer: a new module is placed when it is written;
@@ -30,7 +30,7 @@ from pathlib import Path
 import pytest
 
 from dashboard.celery import app as celery_app
-from endpoints_app import jobs, tasks  # noqa: F401  (tasks: registers the tasks jobs names)
+from endpoints_app import jobs, tasks  # noqa: F401  (importing tasks registers the tasks jobs name)
 
 ROOT = Path(__file__).resolve().parent.parent
 PACKAGES = ("endpoints_app", "dashboard")
