@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import math
 from datetime import datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from django.core.paginator import Page
 from django.utils.html import format_html, format_html_join
@@ -16,6 +16,9 @@ from django.utils.safestring import SafeString, mark_safe
 
 from endpoints_app.models import ConfigUpdate, Endpoint, EndpointTag, HealthStatus, ServedEntity
 from endpoints_app.selectors.fleet import METRIC_SORTS, STATES, FleetQuery, RowMetrics
+
+if TYPE_CHECKING:
+    from endpoints_app.selectors.fleet import FleetEndpoint
 
 
 def sparkline(values: list[float | None], *, width: int = 120, height: int = 28) -> list[str]:
@@ -126,11 +129,12 @@ def _tags_html(tags: list[EndpointTag]) -> SafeString:
     )
 
 
-def row(endpoint: Endpoint, metrics: RowMetrics | None, *, now: datetime) -> dict[str, Any]:
+def row(endpoint: FleetEndpoint, metrics: RowMetrics | None, *, now: datetime) -> dict[str, Any]:
     """One table row: ``endpoint`` as ``FleetRows`` loads it, ``metrics`` none when it has no points."""
-    active = list(endpoint.active_config.served_entities.all()) if endpoint.active_config_id else []
+    active = list(endpoint.active_config.served_entities.all()) if endpoint.active_config is not None else []
     pending: list[ServedEntity] = []
-    if endpoint.pending_config_id and endpoint.config_update in (ConfigUpdate.IN_PROGRESS, ConfigUpdate.UPDATE_FAILED):
+    updating = endpoint.config_update in (ConfigUpdate.IN_PROGRESS, ConfigUpdate.UPDATE_FAILED)
+    if updating and endpoint.pending_config is not None:
         pending = list(endpoint.pending_config.served_entities.all())
     metrics = metrics or RowMetrics()
     polled = endpoint.last_polled_at
@@ -141,7 +145,7 @@ def row(endpoint: Endpoint, metrics: RowMetrics | None, *, now: datetime) -> dic
         "health_key": endpoint.health.lower(),
         "health": HealthStatus(endpoint.health).label if endpoint.health in HealthStatus.values else endpoint.health,
         "health_reason": endpoint.health_reason,
-        "owner": endpoint.creator.username if endpoint.creator_id else "–",
+        "owner": endpoint.creator.username if endpoint.creator is not None else "–",
         "tags_html": _tags_html(list(endpoint.tags.all())),
         "entities_html": _entities_html(active, pending),
         "split_html": _split_html(traffic_split(endpoint)),

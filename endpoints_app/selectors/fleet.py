@@ -7,7 +7,8 @@ The page's query budget, which these reads keep, is stated in pages/fleet.py's d
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from datetime import datetime
+from typing import TYPE_CHECKING, Any, TypedDict
 
 from django.db.models import (
     BigIntegerField,
@@ -38,6 +39,9 @@ from endpoints_app.models import (
     PollTarget,
     ServedEntity,
 )
+
+if TYPE_CHECKING:
+    from django_stubs_ext import WithAnnotations
 
 # The sparkline covers the last hour in 30 buckets of 2 minutes.
 SPARK_SECONDS = 3600
@@ -139,7 +143,26 @@ def recent_window(now: float) -> tuple[int, int]:
     return end - SPARK_SECONDS, end
 
 
-def annotate_state(endpoints: QuerySet[Endpoint]) -> QuerySet[Endpoint]:
+class StateColumns(TypedDict):
+    """What ``annotate_state`` adds to each endpoint."""
+
+    has_unready_entity: bool
+    state_key: str
+    serving: bool
+
+
+class RowColumns(StateColumns):
+    """What a row of ``FleetRows`` carries besides the endpoint's own fields."""
+
+    last_polled_at: datetime | None
+
+
+if TYPE_CHECKING:  # django-stubs' names for "an Endpoint with these annotations" exist for the checker only
+    StatedEndpoint = WithAnnotations[Endpoint, StateColumns]
+    FleetEndpoint = WithAnnotations[Endpoint, RowColumns]
+
+
+def annotate_state(endpoints: QuerySet[Endpoint]) -> QuerySet[StatedEndpoint]:
     """``state_key`` (see STATES) and ``serving`` (every active served entity ready) in SQL.
 
     ``serving`` is selectors.endpoint_is_ready written as a subquery, so the list can filter
@@ -221,14 +244,13 @@ def matching_endpoints(user: Any, query: FleetQuery, *, now: float) -> QuerySet[
     the sort need: the page's rows are loaded in full afterwards (``FleetRows``)."""
     endpoints = access.visible_endpoints(user, Endpoint.objects.all())
     if query.state or query.sort == "state":
-        endpoints = annotate_state(endpoints)
+        stated = annotate_state(endpoints)
+        endpoints = stated.filter(state_key=query.state) if query.state else stated
     if query.q:
         served = ServedEntity.objects.filter(config_version=OuterRef("active_config")).filter(
             Q(name__icontains=query.q) | Q(entity_name__icontains=query.q)
         )
         endpoints = endpoints.filter(Q(name__icontains=query.q) | Exists(served))
-    if query.state:
-        endpoints = endpoints.filter(state_key=query.state)
     if query.health:
         endpoints = endpoints.filter(health=query.health)
     if query.owner:
@@ -268,7 +290,7 @@ class FleetRows:
     def __len__(self) -> int:
         return self.count()
 
-    def __getitem__(self, window: slice) -> list[Endpoint]:
+    def __getitem__(self, window: slice) -> list[FleetEndpoint]:
         ids = list(self.matching.values_list("id", flat=True)[window])
         if not ids:
             return []

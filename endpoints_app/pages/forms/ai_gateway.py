@@ -141,7 +141,8 @@ class AiGatewayEditor:
 
     def add_limit_row(self) -> None:
         """Offer one more rate-limit row (the form's "Add rate limit" without JavaScript)."""
-        data = self.limits.data.copy()
+        data = QueryDict(mutable=True)
+        data.update(self.limits.data)  # request.POST, or {} when unbound: every value of every key
         key = f"{self.limits.prefix}-TOTAL_FORMS"
         data[key] = str(int(data.get(key) or 0) + 1)
         self.limits = RateLimitFormSet(data, prefix=self.limits.prefix, initial=self.limits.initial)

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from django import forms
+from django.http import QueryDict
 
 from endpoints_app.models import ChangeRequestStatus
 
@@ -15,10 +18,11 @@ class ChangeRequestFilterForm(forms.Form):
     )
     endpoint_name = forms.CharField(required=False, max_length=255, label="Endpoint")
 
-    def __init__(self, data=None, *args, **kwargs):  # type: ignore[no-untyped-def]
-        if data is not None and data.get("status"):
+    def __init__(self, data: QueryDict | None = None, *args: Any, **kwargs: Any) -> None:
+        status = data.get("status") if data is not None else None
+        if data is not None and status:
             data = data.copy()
-            data["status"] = data["status"].upper()
+            data["status"] = status.upper()
         super().__init__(data, *args, **kwargs)
 
 

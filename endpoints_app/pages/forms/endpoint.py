@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterable
-from typing import Any
+from typing import Any, cast
 
 from django import forms
 from django.http import QueryDict
@@ -146,7 +146,7 @@ class ServedEntityForm(forms.Form):
         """``secret_choices``: the ``{{secrets/scope/key}}`` references the user may pick, grouped by
         scope (optgroups), plus those the endpoint uses now."""
         super().__init__(*args, **kwargs)
-        self.fields["entity"].choices = entity_choices
+        cast(forms.ChoiceField, self.fields["entity"]).choices = entity_choices  # declared a ChoiceField above
         self.env_errors: list[str] = []
         for provider in PROVIDERS.values():
             for config_input in config_inputs(provider):
@@ -353,7 +353,8 @@ class EndpointEditor:
 
     def add_entity_row(self) -> None:
         """Offer one more served entity (the form's "Add served entity" without JavaScript)."""
-        data = self.entities.data.copy()
+        data = QueryDict(mutable=True)
+        data.update(self.entities.data)  # request.POST, or {} when unbound: every value of every key
         key = f"{self.entities.prefix}-TOTAL_FORMS"
         index = int(data.get(key) or 0)
         data[key] = str(index + 1)
@@ -387,7 +388,7 @@ class EndpointEditor:
                 external = form.external_model_body()
                 name = (data.get("name") or "").strip()
                 route_name = name or default_external_entity_name(external["name"])
-                entity = {**((extras or {}).get(route_name) or {}), "external_model": external}
+                entity: dict[str, Any] = {**((extras or {}).get(route_name) or {}), "external_model": external}
                 if name:
                     entity["name"] = name
                 entities.append(entity)
@@ -400,7 +401,7 @@ class EndpointEditor:
                 k: stored[k] if v == validation.REDACTED and stored and k in stored else v
                 for k, v in form.environment_vars().items()
             }
-            entity: dict[str, Any] = {
+            entity = {
                 **((extras or {}).get(name) or {}),
                 "entity_name": entity_name,
                 "entity_version": entity_version,
@@ -511,11 +512,12 @@ def entity_initial(entity: Any, traffic: int | None) -> dict[str, Any]:
         }
         provider = PROVIDERS.get(external.get("provider") or "")
         block = external.get(provider.config_key) if provider is not None else None
-        for config_input in config_inputs(provider) if provider is not None and isinstance(block, dict) else []:
-            # Stored configs hold references only (plaintext is stored as a secret on the way in).
-            value = value_at(block, config_input.path)
-            if isinstance(value, str):
-                initial[config_input.field_name] = value
+        if provider is not None and isinstance(block, dict):
+            for config_input in config_inputs(provider):
+                # Stored configs hold references only (plaintext is stored as a secret on the way in).
+                value = value_at(block, config_input.path)
+                if isinstance(value, str):
+                    initial[config_input.field_name] = value
         return initial
     return {
         "kind": MODEL,

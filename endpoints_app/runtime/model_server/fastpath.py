@@ -118,7 +118,12 @@ class SklearnFastPath:
         dtypes: list[np.dtype | None] = []
         accepts: list[frozenset[type]] = []
         for spec in schema.inputs:
-            if not (isinstance(spec, ColSpec) and spec.required and spec.type in _FAST_COLUMN_TYPES):
+            if not (
+                isinstance(spec, ColSpec)
+                and spec.required
+                and isinstance(spec.type, DataType)
+                and spec.type in _FAST_COLUMN_TYPES
+            ):
                 return None, f"input column {spec.name!r} is not a required scalar column"
             dtype, types = _FAST_COLUMN_TYPES[spec.type]
             dtypes.append(dtype)

@@ -72,8 +72,9 @@ class Metrics:
         for gpu, util, mem_used_pct in _gpu_usage():
             lines.append(f'gpu_usage_percentage{{{labels},gpu="{gpu}"}} {util}')
             lines.append(f'gpu_mem_usage_percentage{{{labels},gpu="{gpu}"}} {mem_used_pct}')
-        cpu, mem = _resource_usage()
-        if cpu is not None:
+        usage = _resource_usage()
+        if usage is not None:
+            cpu, mem = usage
             metric(
                 "cpu_usage_percentage", "gauge", "CPU used by this replica since the last scrape, % of one core.", cpu
             )
@@ -131,14 +132,14 @@ def _gpu_usage() -> list[tuple[str, float, float]]:
     return result
 
 
-def _resource_usage() -> tuple[float | None, float | None]:
-    """(CPU %, memory %) of this process via psutil (an MLflow dependency); (None, None) without it."""
+def _resource_usage() -> tuple[float, float] | None:
+    """(CPU %, memory %) of this process via psutil (an MLflow dependency); None without it."""
     global _process
     try:
         # Imported on the first scrape, not at start-up: psutil comes with MLflow but is optional here.
         import psutil
     except ImportError:
-        return None, None
+        return None
     if _process is None:
         _process = psutil.Process()
         _process.cpu_percent(interval=None)  # the first call only sets the baseline
