@@ -1,23 +1,60 @@
-"""One rule for who may do what with an endpoint; pages, API, CLI (through the API) and the
-gateway all ask it.
+"""Who may do what: endpoints, secret scopes and change requests. Pages, API, CLI (through the
+API), the gateway and the services all ask here; nothing else decides access.
+
+Endpoints.
 
 A user's level on an endpoint is the highest of: their global role's baseline (admin →
 CAN_MANAGE on everything; viewer, editor, approver → CAN_VIEW on everything) and the direct
 grants to them or to their groups (the creator gets CAN_MANAGE when creating). No level means
 the endpoint does not exist for them: 404, not 403 (healthchecks' habit). A level too low for the
 action is 403 PERMISSION_DENIED naming the level needed.
+
+Secret scopes (Databricks' rules, reference §7).
+A user's permission on a scope is the highest of the ACLs naming them, one of their groups, or
+``users`` (every user); admins have MANAGE on every scope. READ lists the keys and lets an
+endpoint refer to the secrets; WRITE also puts and deletes secrets; MANAGE also reads and changes
+the ACLs and deletes the scope. Users with a global role see that every scope exists; without a
+role a user sees only the scopes an ACL gives them. A scope the caller cannot see is 404; one they
+see without enough permission is 403 naming the permission needed. Creating a scope needs the
+editor, approver or admin role. Managed scopes (credentials given to endpoints as ``*_plaintext``)
+have no ACLs that count: only admins see them, and the user who stored a secret there may refer
+to that secret.
+
+Change requests.
+Approvers and admins see and decide every change request (never their own) and change endpoints
+that an approval policy covers without proposing; anyone else sees only their own.
 """
 
 from __future__ import annotations
+
+from collections.abc import Iterable
 
 from django.contrib.auth.models import AbstractBaseUser
 from django.db.models import Q, QuerySet
 
 from endpoints_app.errors import PermissionDenied, ResourceDoesNotExist
-from endpoints_app.models import Endpoint, EndpointPermission, PermissionLevel, Role
+from endpoints_app.models import (
+    ChangeRequest,
+    Endpoint,
+    EndpointPermission,
+    PermissionLevel,
+    Role,
+    Secret,
+    SecretAcl,
+    SecretPermission,
+    SecretScope,
+)
 
 RANK = {None: 0, PermissionLevel.CAN_VIEW: 1, PermissionLevel.CAN_QUERY: 2, PermissionLevel.CAN_MANAGE: 3}
 CREATE_ROLES = (Role.EDITOR, Role.APPROVER, Role.ADMIN)
+APPROVER_ROLES = (Role.APPROVER, Role.ADMIN)
+SECRET_RANK: dict[str | None, int] = {
+    None: 0,
+    SecretPermission.READ: 1,
+    SecretPermission.WRITE: 2,
+    SecretPermission.MANAGE: 3,
+}
+ALL_USERS = "users"  # Databricks' group of every user
 
 
 def role_of(user: AbstractBaseUser | None) -> str:
@@ -88,3 +125,124 @@ def require_create(user: AbstractBaseUser | None) -> None:
     """Creating endpoints and registering models: the editor, approver or admin role."""
     if role_of(user) not in CREATE_ROLES:
         raise PermissionDenied("This needs the editor, approver or admin role")
+
+
+def require_admin(user: AbstractBaseUser | None, what: str) -> None:
+    """Changes to how the whole fleet is governed (approval policies): admins only."""
+    if role_of(user) != Role.ADMIN:
+        raise PermissionDenied(f"{what} are set by admins")
+
+
+# --- secret scopes -----------------------------------------------------------------------------
+
+
+def _principals(user: AbstractBaseUser) -> list[str]:
+    return [user.get_username(), ALL_USERS, *user.groups.values_list("name", flat=True)]
+
+
+def scope_permission(user: AbstractBaseUser | None, scope: SecretScope) -> str | None:
+    """The user's permission on the scope: the highest of their ACLs; MANAGE for admins."""
+    return scope_permissions(user, [scope])[scope.pk]
+
+
+def scope_permissions(user: AbstractBaseUser | None, scopes: Iterable[SecretScope]) -> dict[int, str | None]:
+    """``scope_permission`` for many scopes at once, by scope id, in two queries whatever their number
+    (the user's groups, then their ACLs on these scopes); none for an admin."""
+    scopes = list(scopes)
+    if role_of(user) == Role.ADMIN:
+        return {scope.pk: SecretPermission.MANAGE for scope in scopes}
+    best: dict[int, str | None] = {scope.pk: None for scope in scopes}
+    if user is None or not user.is_authenticated or not user.is_active:
+        return best
+    # Managed scopes have no ACLs that count: only admins (above) have a permission on them.
+    ids = [scope.pk for scope in scopes if not scope.managed]
+    if not ids:
+        return best
+    acls = SecretAcl.objects.filter(scope_id__in=ids, principal__in=_principals(user))
+    for scope_id, permission in acls.values_list("scope_id", "permission"):
+        if SECRET_RANK[permission] > SECRET_RANK[best[scope_id]]:
+            best[scope_id] = permission
+    return best
+
+
+def scope_allows(permission: str | None, needed: str) -> bool:
+    return SECRET_RANK[permission] >= SECRET_RANK[needed]
+
+
+def _can_see_scope(user: AbstractBaseUser | None, scope: SecretScope, permission: str | None) -> bool:
+    if permission is not None:
+        return True
+    return bool(role_of(user)) and not scope.managed
+
+
+def require_scope(user: AbstractBaseUser | None, scope: SecretScope | None, name: str, needed: str) -> str | None:
+    """The user's permission on ``scope`` (None: no such scope), if it allows ``needed``; else 404
+    when they cannot see the scope, 403 when they can but lack the permission."""
+    permission = scope_permission(user, scope) if scope is not None else None
+    if scope is None or not _can_see_scope(user, scope, permission):
+        raise ResourceDoesNotExist(f"Scope {name} does not exist!")
+    if not scope_allows(permission, needed):
+        raise PermissionDenied(
+            f"This needs {needed} on secret scope '{name}'; you have {permission or 'no permission'}. "
+            "Ask someone with MANAGE on it to grant it."
+        )
+    return permission
+
+
+def visible_scopes(user: AbstractBaseUser | None, queryset: QuerySet[SecretScope]) -> QuerySet[SecretScope]:
+    """Admins see every scope; users with a role every scope but the managed ones; anyone else the
+    scopes an ACL names them in."""
+    if role_of(user) == Role.ADMIN:
+        return queryset
+    queryset = queryset.filter(managed=False)
+    if role_of(user):
+        return queryset
+    if user is None or not user.is_authenticated:
+        return queryset.none()
+    return queryset.filter(acls__principal__in=_principals(user)).distinct()
+
+
+def require_create_scope(user: AbstractBaseUser | None) -> None:
+    if role_of(user) not in CREATE_ROLES:
+        raise PermissionDenied("Creating a secret scope needs the editor, approver or admin role")
+
+
+def check_can_read(*, user: AbstractBaseUser | None, scope: str, key: str) -> None:
+    """May ``user`` have an endpoint use ``{{secrets/scope/key}}``? Raises the domain error if not.
+
+    404 when the scope (for them) or the key does not exist, 403 when they lack READ.
+    """
+    scope_obj = SecretScope.objects.filter(name=scope).first()
+    if scope_obj is not None and scope_obj.managed and role_of(user) != Role.ADMIN:
+        # A managed scope: only the user who stored the secret (or an admin) may use it.
+        stored_by_them = (
+            user is not None
+            and user.is_authenticated
+            and Secret.objects.filter(scope=scope_obj, key=key, updated_by_id=user.pk).exists()
+        )
+        if not stored_by_them:
+            raise ResourceDoesNotExist(f"Scope {scope} does not exist!")
+        return
+    require_scope(user, scope_obj, scope, SecretPermission.READ)
+    if not Secret.objects.filter(scope=scope_obj, key=key).exists():
+        raise ResourceDoesNotExist(f"Secret {key} does not exist in scope {scope}!")
+
+
+# --- change requests ---------------------------------------------------------------------------
+
+
+def may_approve(user: AbstractBaseUser | None) -> bool:
+    """Approvers and admins decide change requests (never their own: ``services.changes``), and
+    for the same reason change endpoints that a policy covers without proposing first."""
+    return role_of(user) in APPROVER_ROLES
+
+
+def visible_change_requests(
+    user: AbstractBaseUser | None, queryset: QuerySet[ChangeRequest]
+) -> QuerySet[ChangeRequest]:
+    """Approvers and admins see every change request; anyone else only their own."""
+    if may_approve(user):
+        return queryset
+    if user is None or not user.is_authenticated:
+        return queryset.none()
+    return queryset.filter(author_id=user.pk)

@@ -35,7 +35,7 @@ from endpoints_app.models import (
     Role,
     UserProfile,
 )
-from endpoints_app.services import changes
+from endpoints_app.services import proposals
 from endpoints_app.services import secrets as secret_services
 from endpoints_app.services.tokens import create_token
 from tests import model_fixtures
@@ -142,8 +142,8 @@ def make_world(api, registered_models, django_user_model) -> dict[str, str]:  # 
     author = django_user_model.objects.create_user("author", "author@example.com", "pw-123456789")
     UserProfile.objects.create(user=author, role=Role.EDITOR)
     EndpointPermission.objects.create(endpoint=endpoint, user=author, level=MANAGE)
-    change = changes.propose(actor=author, endpoint_name="guarded", action="update_config", body=NEW_CONFIG)
-    other = changes.propose(actor=author, endpoint_name="guarded", action="update_config", body=NEW_CONFIG)
+    change = proposals.propose(actor=author, endpoint_name="guarded", action="update_config", body=NEW_CONFIG)
+    other = proposals.propose(actor=author, endpoint_name="guarded", action="update_config", body=NEW_CONFIG)
     victim = django_user_model.objects.create_user("victim", "victim@example.com", "pw-123456789")
     UserProfile.objects.create(user=victim, role=Role.VIEWER)
     their_token = create_token(user=victim, comment="theirs")[0]

@@ -16,7 +16,7 @@ import pytest
 
 from endpoints_app.gateway.usage import UsageRecorder
 from endpoints_app.models import ApprovalPolicy, AuditEvent, ChangeRequest, Endpoint, Role
-from endpoints_app.services import ai_gateway
+from endpoints_app.services import ai_gateway, checks
 from endpoints_app.services import endpoints as endpoint_services
 from tests.test_dashboard_edit import etag_in, make_user
 from tests.test_external_models import body_for, create, external, store_secret
@@ -38,7 +38,7 @@ def llm(api, user) -> Endpoint:
         "openai", "openai_config", {"openai_api_base": "https://llm.example.com/v1", "openai_api_key": reference}
     )
     create(api, body_for("llm", {"external_model": model}))
-    ai_gateway.put_ai_gateway(actor=user, name="llm", raw=CURRENT)
+    ai_gateway.put_ai_gateway(actor=user, name="llm", body=CURRENT)
     return Endpoint.objects.get(name="llm")
 
 
@@ -76,7 +76,7 @@ def test_a_manager_sees_the_current_settings_in_the_form(client, user, llm):
     response = client.get(URL)
     assert response.status_code == 200
     html = page(response)
-    assert etag_in(html) == endpoint_services.etag(llm)
+    assert etag_in(html) == checks.etag(llm)
     assert 'name="limits-0-calls" value="5"' in html and 'name="limits-0-principal" value="bob"' in html
     assert re.search(r'<option value="user" selected>', html)
     assert "project x\ncodename</textarea>" in html
@@ -163,7 +163,7 @@ def test_service_errors_appear_next_to_their_field(client, user, llm):
 def test_a_change_made_since_the_form_was_opened_is_refused(client, user, llm):
     client.force_login(user)
     etag = etag_in(client.get(URL).content.decode())
-    endpoint_services.patch_endpoint_tags(actor=user, name="llm", add_tags=[("team", "ml")], delete_tags=[])
+    endpoint_services.patch_endpoint_tags(actor=user, name="llm", body={"add_tags": [{"key": "team", "value": "ml"}]})
     response = client.post(URL, settings_form(etag, {"calls": 1, "key": "endpoint"}))
     assert response.status_code == 412 and "changed since you opened this form" in page(response)
     assert Endpoint.objects.get(name="llm").ai_gateway["rate_limits"][0]["calls"] == 5

@@ -19,7 +19,7 @@ from endpoints_app.models import (
     PermissionLevel,
     Role,
 )
-from endpoints_app.services import changes
+from endpoints_app.services import changes, proposals
 from endpoints_app.services import endpoints as endpoint_services
 from tests.conftest import endpoint_body
 from tests.test_api_endpoints import create, mark_ready
@@ -44,7 +44,7 @@ def ab(api, registered_models) -> Endpoint:
 @pytest.fixture
 def proposal(user, ab) -> ChangeRequest:
     """alice (an editor) proposes 90/10."""
-    return changes.propose(actor=user, endpoint_name="ab", action="update_config", body=split(90, 10))
+    return proposals.propose(actor=user, endpoint_name="ab", action="update_config", body=split(90, 10))
 
 
 def row_class(html: str, request_id: int) -> str:
@@ -63,7 +63,7 @@ def paula(django_user_model):
 
 
 def test_an_approver_sees_every_change_request_with_pending_ones_highlighted(client, user, paula, proposal):
-    older = changes.propose(actor=user, endpoint_name="ab", action="delete", body={})
+    older = proposals.propose(actor=user, endpoint_name="ab", action="delete", body={})
     changes.reject(actor=paula, request=older, comment="no")
     client.force_login(paula)
     response = client.get("/change-requests/")
@@ -87,7 +87,7 @@ def test_the_list_filters_by_status_and_endpoint(client, user, paula, proposal, 
     create(api, endpoint_body("other", (IRIS, "1")))
     mark_ready("other")
     ApprovalPolicy.objects.create(endpoint_name="other")
-    other = changes.propose(actor=user, endpoint_name="other", action="delete", body={})
+    other = proposals.propose(actor=user, endpoint_name="other", action="delete", body={})
     changes.reject(actor=paula, request=other)
     client.force_login(paula)
     pending = client.get("/change-requests/", {"status": "PENDING"}).content.decode()
@@ -98,7 +98,7 @@ def test_the_list_filters_by_status_and_endpoint(client, user, paula, proposal, 
 
 def test_the_list_reads_a_fixed_number_of_queries(client, user, paula, ab, django_assert_max_num_queries):
     for _ in range(30):
-        changes.propose(actor=user, endpoint_name="ab", action="delete", body={})
+        proposals.propose(actor=user, endpoint_name="ab", action="delete", body={})
     client.force_login(paula)
     with django_assert_max_num_queries(8):
         response = client.get("/change-requests/")
@@ -124,7 +124,7 @@ def test_the_author_gets_no_approve_button_and_the_server_refuses_anyway(client,
     # An approver who proposes: the page hides the decision, the service refuses it.
     quinn = make_user(django_user_model, "quinn", Role.APPROVER)
     EndpointPermission.objects.create(endpoint=ab, user=quinn, level=PermissionLevel.CAN_MANAGE)
-    mine = changes.propose(actor=quinn, endpoint_name="ab", action="delete", body={})
+    mine = proposals.propose(actor=quinn, endpoint_name="ab", action="delete", body={})
     client.force_login(quinn)
     page = client.get(f"/change-requests/{mine.pk}/").content.decode()
     assert "Approve and apply" not in page and "Another approver decides it" in page
@@ -160,8 +160,10 @@ def test_an_approver_rejects_with_a_comment(client, paula, proposal):
     assert Endpoint.objects.get(name="ab").config_versions.count() == 1
 
 
-def test_a_stale_request_is_shown_as_stale(client, user, paula, proposal):
-    endpoint_services.patch_endpoint_tags(actor=user, name="ab", add_tags=[("team", "ml")], delete_tags=[])
+def test_a_stale_request_is_shown_as_stale(client, django_user_model, paula, proposal):
+    admin = django_user_model.objects.create_superuser("root", "root@example.com", "pw-root-long-enough-1")
+    # An admin changes the endpoint directly (the policy binds others) after the proposal.
+    endpoint_services.patch_endpoint_tags(actor=admin, name="ab", body={"add_tags": [{"key": "team", "value": "ml"}]})
     client.force_login(paula)
     response = client.post(f"/change-requests/{proposal.pk}/approve", {"comment": ""})
     assert response.status_code == 409

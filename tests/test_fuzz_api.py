@@ -32,7 +32,7 @@ from rest_framework.test import APIClient
 from endpoints_app.api.openapi import management_openapi
 from endpoints_app.api.parsers import MAX_JSON_DEPTH
 from endpoints_app.models import AlertRule, ApprovalPolicy, Endpoint, Role, UserProfile
-from endpoints_app.services import changes
+from endpoints_app.services import proposals
 from endpoints_app.services import secrets as secret_services
 from endpoints_app.services.tokens import create_token
 from tests.conftest import endpoint_body
@@ -218,7 +218,7 @@ def fuzz_world(django_user_model, registered_models) -> Iterator[dict[str, Any]]
     rule = AlertRule.objects.create(endpoint=endpoint, name="slow", metric="p99_latency_ms", threshold=1000)
     victim = django_user_model.objects.create_user("victim", "victim@example.com", "pw-123456789")
     UserProfile.objects.create(user=victim, role=Role.EDITOR)
-    change = changes.propose(
+    change = proposals.propose(
         actor=admin,
         endpoint_name="fuzz",
         action="update_config",

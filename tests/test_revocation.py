@@ -442,9 +442,12 @@ def _change(kind: str, admin, django_user_model) -> None:  # type: ignore[no-unt
     endpoint = Endpoint.objects.create(name="svc-endpoint", creator=admin)
     steps = {
         "grant": lambda: permissions.set_permissions(
-            actor=admin, endpoint=endpoint, acl=[("user", "bob-svc", "CAN_QUERY")], replace=False
+            actor=admin,
+            endpoint=endpoint,
+            body={"access_control_list": [{"user_name": "bob-svc", "permission_level": "CAN_QUERY"}]},
+            replace=False,
         ),
-        "revoke": lambda: permissions.set_permissions(actor=admin, endpoint=endpoint, acl=[], replace=True),
+        "revoke": lambda: permissions.set_permissions(actor=admin, endpoint=endpoint, body={}, replace=True),
         "role": lambda: users.set_role(actor=admin, user=bob, role=Role.VIEWER),
         "deactivate": lambda: users.deactivate(actor=admin, user=bob),
         "join": lambda: users.set_membership(actor=admin, group=group, user=bob, member=True),

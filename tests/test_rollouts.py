@@ -10,16 +10,13 @@ from django.utils import timezone
 from endpoints_app.models import ConfigUpdate, Deployment, DeploymentState, Endpoint
 from endpoints_app.services import endpoints as endpoint_services
 from endpoints_app.services import rollouts
-from endpoints_app.validation import parse_core_config, parse_create_request
 from tests.conftest import endpoint_body
 
 pytestmark = pytest.mark.django_db
 
 
 def create(user, name: str, *entities) -> Endpoint:
-    endpoint = endpoint_services.create_endpoint(
-        actor=user, request=parse_create_request(endpoint_body(name, *entities))
-    )
+    endpoint = endpoint_services.create_endpoint(actor=user, body=endpoint_body(name, *entities)).applied()
     rollouts.start_rollout(endpoint_id=endpoint.id)
     return endpoint
 
@@ -47,9 +44,7 @@ def test_a_failed_entity_fails_the_update_and_keeps_the_old_config(user, registe
     rollouts.advance_rollout(endpoint_id=endpoint.id, claim=False)
     old = Deployment.objects.get(endpoint=endpoint)
 
-    endpoint_services.update_endpoint_config(
-        actor=user, name="r2", config=parse_core_config(endpoint_body("r2", (iris, "2"))["config"])
-    )
+    endpoint_services.update_endpoint_config(actor=user, name="r2", body=endpoint_body("r2", (iris, "2"))["config"])
     rollouts.start_rollout(endpoint_id=endpoint.id)
     set_state(endpoint, DeploymentState.FAILED, "model load failed: boom")
     assert rollouts.advance_rollout(endpoint_id=endpoint.id, claim=False) is True
@@ -64,9 +59,7 @@ def test_a_failed_entity_fails_the_update_and_keeps_the_old_config(user, registe
     assert Deployment.objects.get(id=old.id).remove_requested_at is None  # old config keeps serving
 
     # After a failure a new update is allowed.
-    endpoint_services.update_endpoint_config(
-        actor=user, name="r2", config=parse_core_config(endpoint_body("r2", (iris, "1"))["config"])
-    )
+    endpoint_services.update_endpoint_config(actor=user, name="r2", body=endpoint_body("r2", (iris, "1"))["config"])
     endpoint.refresh_from_db()
     assert endpoint.config_update == ConfigUpdate.IN_PROGRESS and endpoint.pending_config.version == 3
 
@@ -96,7 +89,5 @@ def test_the_sweeper_finds_rollouts_nobody_checked_recently(user, registered_mod
 
 def test_creating_enqueues_the_rollout_only_on_commit(user, registered_models, django_capture_on_commit_callbacks):
     with django_capture_on_commit_callbacks() as callbacks:
-        endpoint_services.create_endpoint(
-            actor=user, request=parse_create_request(endpoint_body("r6", (registered_models["iris"], "1")))
-        )
+        endpoint_services.create_endpoint(actor=user, body=endpoint_body("r6", (registered_models["iris"], "1")))
     assert len(callbacks) == 1

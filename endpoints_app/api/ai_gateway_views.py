@@ -10,20 +10,17 @@ from __future__ import annotations
 from django.urls import URLPattern, path
 from rest_framework.response import Response
 
-from endpoints_app import validation
 from endpoints_app.api.views import ApiView, if_match, request_body
 from endpoints_app.authenticated import AuthenticatedRequest
-from endpoints_app.models import PermissionLevel
-from endpoints_app.services import ai_gateway, changes
+from endpoints_app.services import ai_gateway
 
 
 class EndpointAiGatewayView(ApiView):
     def put(self, request: AuthenticatedRequest, name: str) -> Response:
-        self.endpoint(request, name, PermissionLevel.CAN_MANAGE)
-        changes.require_direct_change_allowed(request.user, endpoint_name=name, action="ai-gateway")
-        body = validation.require_object(request_body(request) or {}, "request body")
-        stored = ai_gateway.put_ai_gateway(actor=request.user, name=name, raw=body, if_match=if_match(request))
-        return Response(stored or {})
+        outcome = ai_gateway.put_ai_gateway(
+            actor=request.user, name=name, body=request_body(request), if_match=if_match(request)
+        )
+        return Response(outcome.applied() or {})
 
 
 urlpatterns: list[URLPattern] = [

@@ -8,13 +8,12 @@ from typing import Any
 from django.urls import path
 from rest_framework.response import Response
 
-from endpoints_app import access, audit
 from endpoints_app.api.views import ApiView, request_body
 from endpoints_app.authenticated import AuthenticatedRequest
-from endpoints_app.errors import InvalidParameterValue, PermissionDenied, ResourceDoesNotExist
-from endpoints_app.models import ApprovalPolicy, ChangeRequest, Role
+from endpoints_app.errors import InvalidParameterValue
+from endpoints_app.models import ApprovalPolicy, ChangeRequest
 from endpoints_app.selectors import change_request_for, change_requests_for
-from endpoints_app.services import changes
+from endpoints_app.services import approval_policies, changes, proposals
 from endpoints_app.validation import require_object
 
 
@@ -34,7 +33,7 @@ def serialize(request: ChangeRequest) -> dict[str, Any]:
         "decided_at": _ms(request.decided_at),
         "comment": request.comment,
         "error": request.error,
-        "proposed": changes.shown_proposal(request.action, request.proposed),
+        "proposed": proposals.shown_proposal(request.action, request.proposed),
         "diff": request.diff,
     }
 
@@ -60,7 +59,7 @@ class ChangeRequestListView(ApiView):
         name = body.get("endpoint_name")
         if not isinstance(name, str) or not name:
             raise InvalidParameterValue("endpoint_name is required")
-        change = changes.propose(
+        change = proposals.propose(
             actor=request.user, endpoint_name=name, action=str(body.get("action") or ""), body=body.get("body")
         )
         return Response(serialize(change))
@@ -83,66 +82,19 @@ class ChangeRequestRejectView(ApiView):
         return Response(serialize(changes.reject(actor=request.user, request=change, comment=_comment(request))))
 
 
-def _require_admin(request: AuthenticatedRequest) -> None:
-    if access.role_of(request.user) != Role.ADMIN:
-        raise PermissionDenied("Approval policies are set by admins")
-
-
-def serialize_policy(p: ApprovalPolicy) -> dict[str, Any]:
-    return {
-        "id": p.pk,
-        "endpoint_name": p.endpoint_name or None,
-        "tag_key": p.tag_key or None,
-        "tag_value": p.tag_value or None,
-    }
-
-
-def _policy_field(body: dict[str, Any], key: str, max_length: int) -> str:
-    """A string field of a policy, within its column's length (PostgreSQL refuses longer)."""
-    value = body.get(key) or ""
-    if not isinstance(value, str) or len(value) > max_length:
-        raise InvalidParameterValue(f"{key} must be a string of at most {max_length} characters")
-    return value
-
-
 class ApprovalPolicyListView(ApiView):
     def get(self, request: AuthenticatedRequest) -> Response:
-        return Response({"policies": [serialize_policy(p) for p in ApprovalPolicy.objects.order_by("id")]})
+        policies = ApprovalPolicy.objects.order_by("id")
+        return Response({"policies": [approval_policies.snapshot(p) for p in policies]})
 
     def post(self, request: AuthenticatedRequest) -> Response:
-        _require_admin(request)
-        body = require_object(request_body(request), "request body")
-        endpoint_name = _policy_field(body, "endpoint_name", 255)
-        tag_key, tag_value = _policy_field(body, "tag_key", 255), _policy_field(body, "tag_value", 1024)
-        if bool(endpoint_name) == bool(tag_key):
-            raise InvalidParameterValue("give endpoint_name, or tag_key (with tag_value) — exactly one")
-        policy = ApprovalPolicy.objects.create(
-            endpoint_name=endpoint_name, tag_key=tag_key, tag_value=tag_value, created_by=request.user
-        )
-        audit.record(
-            actor=request.user,
-            action="approval_policy.create",
-            object_type="approval_policy",
-            object_id=str(policy.pk),
-            after=serialize_policy(policy),
-        )
-        return Response(serialize_policy(policy))
+        policy = approval_policies.create_policy(actor=request.user, body=request_body(request))
+        return Response(approval_policies.snapshot(policy))
 
 
 class ApprovalPolicyDetailView(ApiView):
     def delete(self, request: AuthenticatedRequest, policy_id: int) -> Response:
-        _require_admin(request)
-        policy = ApprovalPolicy.objects.filter(pk=policy_id).first()
-        if policy is None:
-            raise ResourceDoesNotExist(f"Approval policy {policy_id} does not exist")
-        audit.record(
-            actor=request.user,
-            action="approval_policy.delete",
-            object_type="approval_policy",
-            object_id=str(policy.pk),
-            before=serialize_policy(policy),
-        )
-        policy.delete()
+        approval_policies.delete_policy(actor=request.user, policy_id=policy_id)
         return Response({})
 
 

@@ -73,9 +73,10 @@ class EndpointPermissionsView(ApiView):
         return self._change(request, endpoint_id, replace=False)
 
     def _change(self, request: AuthenticatedRequest, endpoint_id: str, *, replace: bool) -> Response:
-        endpoint = _endpoint(request, endpoint_id, PermissionLevel.CAN_MANAGE)
-        acl = permission_services.parse_acl(request_body(request))
-        permission_services.set_permissions(actor=request.user, endpoint=endpoint, acl=acl, replace=replace)
+        endpoint = _endpoint(request, endpoint_id, PermissionLevel.CAN_VIEW)  # 404 by id for outsiders
+        permission_services.set_permissions(
+            actor=request.user, endpoint=endpoint, body=request_body(request), replace=replace
+        )
         return Response(serialize_permissions(endpoint))
 
 

@@ -16,14 +16,14 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from endpoints_app import access, registry, selectors, validation
+from endpoints_app import access, registry, selectors
 from endpoints_app.api.openapi import endpoint_openapi
 from endpoints_app.api.parsers import AnyContentTypeJSONParser, check_path_and_query
 from endpoints_app.api.serializers.endpoints import serialize_endpoint_detailed, serialize_endpoint_summary
 from endpoints_app.backends import get_backend
 from endpoints_app.errors import InvalidParameterValue, MalformedRequest
 from endpoints_app.models import Endpoint, PermissionLevel
-from endpoints_app.services import changes
+from endpoints_app.services import checks
 from endpoints_app.services import endpoints as endpoint_services
 
 MAX_MODEL_UPLOAD_BYTES = 2 * 1024**3
@@ -67,7 +67,7 @@ def detailed(request: Request, name: str) -> Response:
     """The endpoint's wire shape, with its ETag for conditional writes (If-Match)."""
     endpoint = selectors.endpoint_detail(name)
     body = serialize_endpoint_detailed(endpoint, permission_level=access.endpoint_level(request.user, endpoint) or "")
-    return Response(body, headers={"ETag": endpoint_services.etag(endpoint)})
+    return Response(body, headers={"ETag": checks.etag(endpoint)})
 
 
 def if_match(request: Request) -> str | None:
@@ -80,13 +80,8 @@ class EndpointListView(ApiView):
         return Response({"endpoints": [serialize_endpoint_summary(e) for e in endpoints]})
 
     def post(self, request: Request) -> Response:
-        access.require_create(request.user)
-        create = validation.parse_create_request(request_body(request))
-        changes.require_direct_change_allowed(
-            request.user, endpoint_name=create.name, tags=dict(create.tags), action="create"
-        )
-        endpoint = endpoint_services.create_endpoint(actor=request.user, request=create)
-        return detailed(request, endpoint.name)
+        outcome = endpoint_services.create_endpoint(actor=request.user, body=request_body(request))
+        return detailed(request, outcome.applied().name)
 
 
 class EndpointDetailView(ApiView):
@@ -95,36 +90,27 @@ class EndpointDetailView(ApiView):
         return detailed(request, name)
 
     def delete(self, request: Request, name: str) -> Response:
-        self.endpoint(request, name, PermissionLevel.CAN_MANAGE)
-        changes.require_direct_change_allowed(request.user, endpoint_name=name, action="delete")
         endpoint_services.delete_endpoint(actor=request.user, name=name, if_match=if_match(request))
         return Response({})
 
 
 class EndpointConfigView(ApiView):
     def put(self, request: Request, name: str) -> Response:
-        endpoint = self.endpoint(request, name, PermissionLevel.CAN_MANAGE)
-        changes.require_direct_change_allowed(request.user, endpoint_name=name)
-        body = validation.require_object(request_body(request), "request body")
-        if "config" in body and "served_entities" not in body and "served_models" not in body:
-            body = validation.require_object(body["config"], "config")
-        body = endpoint_services.restore_redacted_environment(endpoint, body)  # a GET's config put back
-        config = validation.parse_core_config(body, where="config")
-        endpoint_services.update_endpoint_config(
-            actor=request.user, name=name, config=config, if_match=if_match(request)
-        )
+        """The config itself, or wrapped as ``{"config": {...}}``; the service checks the rest."""
+        body = request_body(request)
+        wrapped = isinstance(body, dict) and "config" in body and not {"served_entities", "served_models"} & set(body)
+        if wrapped:
+            body = body["config"]
+        endpoint_services.update_endpoint_config(actor=request.user, name=name, body=body, if_match=if_match(request))
         return detailed(request, name)
 
 
 class EndpointTagsView(ApiView):
     def patch(self, request: Request, name: str) -> Response:
-        self.endpoint(request, name, PermissionLevel.CAN_MANAGE)
-        add, delete = validation.parse_tags_patch(request_body(request))
-        changes.require_direct_tag_change_allowed(request.user, endpoint_name=name, add_tags=add, delete_tags=delete)
-        tags = endpoint_services.patch_endpoint_tags(
-            actor=request.user, name=name, add_tags=add, delete_tags=delete, if_match=if_match(request)
+        outcome = endpoint_services.patch_endpoint_tags(
+            actor=request.user, name=name, body=request_body(request), if_match=if_match(request)
         )
-        return Response({"tags": [{"key": t.key, "value": t.value} for t in tags]})
+        return Response({"tags": [{"key": t.key, "value": t.value} for t in outcome.applied()]})
 
 
 class EndpointOpenApiView(RawResponseApiView):

@@ -4,8 +4,8 @@ settings (rate limits, guardrails, usage tracking, fallbacks, inference table) f
 Saving builds ``PUT …/ai-gateway``'s body and calls the same service as the API
 (``services.ai_gateway.put_ai_gateway``) with the ETag read when the form was rendered, so a change
 made meanwhile is refused rather than overwritten; when an approval policy covers the endpoint and
-the user may not skip approval, it proposes a change request instead (action ``ai_gateway``),
-as the endpoint editor does for configs.
+the user may not skip approval, the service proposes a change request instead (action
+``ai_gateway``, ``on_approval_needed="propose"``), as for the endpoint editor's configs.
 
 The charts (``static/js/ai-gateway.js``) read the usage API with the session cookie,
 ``/api/2.0/modelfleet/serving-endpoints/<name>/usage``, which shows managers everyone's use and
@@ -26,11 +26,10 @@ from django.views.decorators.http import require_http_methods
 
 from endpoints_app import access, selectors
 from endpoints_app.errors import DomainError
-from endpoints_app.models import ChangeRequest, Endpoint, PermissionLevel
-from endpoints_app.pages.edit import needs_change_request, require_unchanged
+from endpoints_app.models import Endpoint, PermissionLevel
+from endpoints_app.pages.edit import proposed, shows_approval_notice
 from endpoints_app.pages.forms.ai_gateway import AiGatewayEditor
-from endpoints_app.services import ai_gateway, changes
-from endpoints_app.services import endpoints as endpoint_services
+from endpoints_app.services import ai_gateway, checks
 
 RANGES = (("1h", "1 h", 3600), ("6h", "6 h", 6 * 3600), ("24h", "24 h", 86400), ("7d", "7 d", 7 * 86400))
 
@@ -52,7 +51,7 @@ def _render(
         "nav": "endpoints",
         "endpoint": endpoint,
         "can_manage": can_manage,
-        "needs_approval": can_manage and needs_change_request(request.user, endpoint_name=endpoint.name),
+        "needs_approval": can_manage and shows_approval_notice(request.user, endpoint.name),
         "editor": editor,
         "current_json": json.dumps(current, indent=2, sort_keys=True) if current else "",
         "usage_tracking": bool((current.get("usage_tracking_config") or {}).get("enabled")),
@@ -72,9 +71,7 @@ def endpoint_ai_gateway(request: HttpRequest, name: str) -> HttpResponse:
     level = access.require(request.user, endpoint, PermissionLevel.CAN_VIEW)  # 404 for outsiders
     can_manage = level == PermissionLevel.CAN_MANAGE
     if request.method == "GET":
-        editor = (
-            AiGatewayEditor(current=_current(endpoint), etag=endpoint_services.etag(endpoint)) if can_manage else None
-        )
+        editor = AiGatewayEditor(current=_current(endpoint), etag=checks.etag(endpoint)) if can_manage else None
         return _render(request, endpoint, can_manage=can_manage, editor=editor)
 
     access.require(request.user, endpoint, PermissionLevel.CAN_MANAGE)  # 403 for everyone else
@@ -86,20 +83,14 @@ def endpoint_ai_gateway(request: HttpRequest, name: str) -> HttpResponse:
         return _render(request, endpoint, can_manage=True, editor=editor, status=400)
     body = editor.body()
     try:
-        if needs_change_request(request.user, endpoint_name=name):
-            require_unchanged(name, editor.etag)
-            change = changes.propose(
-                actor=request.user, endpoint_name=name, action=ChangeRequest.Action.AI_GATEWAY, body=body
-            )
-            messages.info(
-                request,
-                f"AI gateway changes to {name} need approval: change request #{change.pk} now waits for an approver.",
-            )
-            return redirect("change_request_detail", request_id=change.pk)
-        ai_gateway.put_ai_gateway(actor=request.user, name=name, raw=body, if_match=editor.etag)
+        outcome = ai_gateway.put_ai_gateway(
+            actor=request.user, name=name, body=body, if_match=editor.etag, on_approval_needed="propose"
+        )
     except DomainError as exc:
         editor.add_domain_error(exc)
         return _render(request, endpoint, can_manage=True, editor=editor, status=exc.status)
+    if outcome.change_request is not None:
+        return proposed(request, outcome.change_request, f"AI gateway changes to {name} need approval")
     messages.success(request, f"AI gateway settings of {name} saved; the gateway applies them within a second.")
     return redirect(reverse("endpoint_ai_gateway", args=[name]))
 

@@ -21,7 +21,7 @@ from endpoints_app.errors import DomainError, ResourceDoesNotExist
 from endpoints_app.models import ChangeRequest, ChangeRequestStatus, Role
 from endpoints_app.pages.forms.approvals import ChangeRequestFilterForm, DecisionForm
 from endpoints_app.selectors import change_request_for, change_requests_for
-from endpoints_app.services import changes
+from endpoints_app.services import changes, proposals
 
 PAGE_SIZE = 25
 
@@ -50,7 +50,7 @@ def change_request_list(request: HttpRequest) -> HttpResponse:
         "filters": filters,
         "page": page,
         "query": query.urlencode(),
-        "is_approver": changes.may_skip_approval(request.user),
+        "is_approver": access.may_approve(request.user),
     }
     return render(request, "dashboard/approvals/list.html", context)
 
@@ -92,17 +92,17 @@ def _render_detail(
 ) -> HttpResponse:
     user = request.user
     may_decide = (
-        change.status == ChangeRequestStatus.PENDING and changes.may_skip_approval(user) and change.author_id != user.pk
+        change.status == ChangeRequestStatus.PENDING and access.may_approve(user) and change.author_id != user.pk
     )
     context = {
         "nav": "changes",
         "change": change,
         "diff": diff_lines(change.diff),
         "summary": proposed_summary(change),
-        "proposed_json": json.dumps(changes.shown_proposal(change.action, change.proposed), indent=2, sort_keys=True),
+        "proposed_json": json.dumps(proposals.shown_proposal(change.action, change.proposed), indent=2, sort_keys=True),
         "may_decide": may_decide,
         "is_author": change.author_id == user.pk,
-        "is_approver": changes.may_skip_approval(user),
+        "is_approver": access.may_approve(user),
         "is_admin": access.role_of(user) == Role.ADMIN,
         "form": form or DecisionForm(),
         "error": error,

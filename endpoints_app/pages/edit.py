@@ -1,8 +1,9 @@
 """Creating, editing and deleting an endpoint from the dashboard.
 
-Each save builds the JSON body the API takes and calls the same services: it applies directly, or
-— when an approval policy covers the endpoint and the user may not skip approval — it proposes a
-change request and sends the user to it. Edits and deletes carry the ETag read when the form was
+Each save builds the JSON body the API takes and calls the same service with
+``on_approval_needed="propose"``: the change applies directly, or — when an approval policy covers
+the endpoint and the user may not skip approval — the service opens a change request and the page
+sends the user to it. Edits and deletes carry the ETag read when the form was
 rendered, so a change made meanwhile is refused instead of silently overwritten.
 
 A served entity is a registered model version or an external model; an external model's
@@ -19,7 +20,6 @@ from django.contrib import messages
 from django.contrib.auth.decorators import login_required
 from django.contrib.auth.models import AbstractBaseUser
 from django.core.exceptions import PermissionDenied as Forbidden
-from django.db import transaction
 from django.http import Http404, HttpRequest, HttpResponse
 from django.shortcuts import redirect, render
 from django.urls import path
@@ -32,7 +32,7 @@ from endpoints_app.gateway.providers.base import iter_secret_fields
 from endpoints_app.models import ChangeRequest, ConfigUpdate, Endpoint, PermissionLevel
 from endpoints_app.pages.forms.common import STALE_FORM_MESSAGE
 from endpoints_app.pages.forms.endpoint import EXTERNAL, EndpointEditor, entity_initial, model_version_choices
-from endpoints_app.services import changes, secrets
+from endpoints_app.services import checks, gate, secrets
 from endpoints_app.services import endpoints as endpoint_services
 
 # Buttons that re-render the form on the server without saving (the form without JavaScript).
@@ -55,23 +55,16 @@ def _managed_endpoint(user: AbstractBaseUser, name: str) -> Endpoint:
     return endpoint
 
 
-def needs_change_request(user: AbstractBaseUser, *, endpoint_name: str, tags: dict[str, str] | None = None) -> bool:
-    """Whether this user's change must go through approval (the one rule the API applies too)."""
-    try:
-        changes.require_direct_change_allowed(user, endpoint_name=endpoint_name, tags=tags)
-    except PermissionDenied:
-        return True
-    return False
+def shows_approval_notice(user: AbstractBaseUser, endpoint_name: str) -> bool:
+    """Whether the form should say that saving proposes a change request. Only a notice: saving
+    asks the service, which decides with the same gate."""
+    return gate.approval_required(actor=user, action=ChangeRequest.Action.UPDATE_CONFIG, endpoint_name=endpoint_name)
 
 
-def require_unchanged(name: str, etag: str) -> None:
-    """Refuse (412) when the endpoint changed since the form was rendered.
-
-    Proposals record the endpoint's ETag when they are made; checking the form's ETag first means a
-    proposal is never silently based on a config the user did not see.
-    """
-    with transaction.atomic():
-        endpoint_services.get_endpoint_for_update(name, if_match=etag)
+def proposed(request: HttpRequest, change: ChangeRequest, what: str) -> HttpResponse:
+    """Send the user to the change request their save opened instead of applying."""
+    messages.info(request, f"{what}: change request #{change.pk} now waits for an approver.")
+    return redirect("change_request_detail", request_id=change.pk)
 
 
 def _secret_choices(user: AbstractBaseUser, in_use: list[str] = ()) -> list[tuple[str, list[tuple[str, str]]]]:
@@ -171,22 +164,14 @@ def endpoint_new(request: HttpRequest) -> HttpResponse:
 
     body = {"name": editor.name, "config": editor.config_body()}
     try:
-        create = validation.parse_create_request(body)
-        if needs_change_request(request.user, endpoint_name=create.name, tags=dict(create.tags)):
-            change = changes.propose(
-                actor=request.user, endpoint_name=create.name, action=ChangeRequest.Action.CREATE, body=body
-            )
-            messages.info(
-                request,
-                f"Creating endpoint {create.name} needs approval: change request #{change.pk} now waits for an approver.",
-            )
-            return redirect("change_request_detail", request_id=change.pk)
-        endpoint_services.create_endpoint(actor=request.user, request=create)
+        outcome = endpoint_services.create_endpoint(actor=request.user, body=body, on_approval_needed="propose")
     except DomainError as exc:
         editor.add_domain_error(exc)
         return _render_editor(request, editor, endpoint=None, status=_status_for(editor, exc))
-    messages.success(request, f"Endpoint {create.name} created; its first config is deploying.")
-    return redirect(endpoint_page(create.name))
+    if outcome.change_request is not None:
+        return proposed(request, outcome.change_request, f"Creating endpoint {editor.name} needs approval")
+    messages.success(request, f"Endpoint {editor.name} created; its first config is deploying.")
+    return redirect(endpoint_page(editor.name))
 
 
 def _extras(
@@ -209,7 +194,7 @@ def _extras(
 @require_http_methods(["GET", "POST"])
 def endpoint_edit(request: HttpRequest, name: str) -> HttpResponse:
     endpoint = _managed_endpoint(request.user, name)
-    needs_approval = needs_change_request(request.user, endpoint_name=name)
+    needs_approval = shows_approval_notice(request.user, name)
     config = endpoint.active_config or endpoint.pending_config
     served = list(config.served_entities.all()) if config else []
     custom = [(e.entity_name, e.entity_version) for e in served if e.external_model is None]
@@ -231,7 +216,7 @@ def endpoint_edit(request: HttpRequest, name: str) -> HttpResponse:
             entity_choices=choices,
             secret_choices=secret_choices,
             initial_entities=[entity_initial(e, shares.get(e.name)) for e in served],
-            etag=endpoint_services.etag(endpoint),
+            etag=checks.etag(endpoint),
         )
         return _render_editor(request, editor, **page)
 
@@ -247,20 +232,15 @@ def endpoint_edit(request: HttpRequest, name: str) -> HttpResponse:
     if auto_capture is not None:
         body["auto_capture_config"] = auto_capture
     try:
-        parsed = validation.parse_core_config(body, where="config")
-        if needs_approval:
-            require_unchanged(name, editor.etag)
-            change = changes.propose(
-                actor=request.user, endpoint_name=name, action=ChangeRequest.Action.UPDATE_CONFIG, body=body
-            )
-            messages.info(
-                request, f"Changes to {name} need approval: change request #{change.pk} now waits for an approver."
-            )
-            return redirect("change_request_detail", request_id=change.pk)
-        endpoint_services.update_endpoint_config(actor=request.user, name=name, config=parsed, if_match=editor.etag)
+        validation.parse_core_config(body, where="config")  # errors next to their fields, before anything else
+        outcome = endpoint_services.update_endpoint_config(
+            actor=request.user, name=name, body=body, if_match=editor.etag, on_approval_needed="propose"
+        )
     except DomainError as exc:
         editor.add_domain_error(exc)
         return _render_editor(request, editor, status=_status_for(editor, exc), **page)
+    if outcome.change_request is not None:
+        return proposed(request, outcome.change_request, f"Changes to {name} need approval")
     messages.success(request, f"Saved: {name} is rolling out its new config; the current one serves until it is ready.")
     return redirect(endpoint_page(name))
 
@@ -269,28 +249,23 @@ def endpoint_edit(request: HttpRequest, name: str) -> HttpResponse:
 @require_http_methods(["GET", "POST"])
 def endpoint_delete(request: HttpRequest, name: str) -> HttpResponse:
     endpoint = _managed_endpoint(request.user, name)
-    needs_approval = needs_change_request(request.user, endpoint_name=name)
+    needs_approval = shows_approval_notice(request.user, name)
     context: dict[str, Any] = {"nav": "endpoints", "endpoint": endpoint, "needs_approval": needs_approval}
     if request.method == "GET":
-        context["etag"] = endpoint_services.etag(endpoint)
+        context["etag"] = checks.etag(endpoint)
         return render(request, "dashboard/edit_delete.html", context)
 
     etag = request.POST.get("etag", "")
     try:
-        if needs_approval:
-            require_unchanged(name, etag)
-            change = changes.propose(
-                actor=request.user, endpoint_name=name, action=ChangeRequest.Action.DELETE, body={}
-            )
-            messages.info(
-                request, f"Deleting {name} needs approval: change request #{change.pk} now waits for an approver."
-            )
-            return redirect("change_request_detail", request_id=change.pk)
-        endpoint_services.delete_endpoint(actor=request.user, name=name, if_match=etag)
+        outcome = endpoint_services.delete_endpoint(
+            actor=request.user, name=name, if_match=etag, on_approval_needed="propose"
+        )
     except DomainError as exc:
         context["etag"] = etag
         context["error"] = STALE_FORM_MESSAGE if exc.status == 412 else exc.message
         return render(request, "dashboard/edit_delete.html", context, status=exc.status)
+    if outcome.change_request is not None:
+        return proposed(request, outcome.change_request, f"Deleting {name} needs approval")
     messages.success(request, f"Endpoint {name} deleted; its replicas drain and stop in the background.")
     return redirect("/")
 

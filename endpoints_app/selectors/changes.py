@@ -8,7 +8,6 @@ from django.db.models import QuerySet
 from endpoints_app import access
 from endpoints_app.errors import ResourceDoesNotExist
 from endpoints_app.models import ChangeRequest
-from endpoints_app.services.changes import APPROVER_ROLES
 
 
 def change_requests_for(
@@ -16,10 +15,11 @@ def change_requests_for(
 ) -> QuerySet[ChangeRequest]:
     """The change requests ``user`` may see, newest first: approvers and admins see every one, anyone
     else only their own. ``status`` (any case) and ``endpoint_name`` narrow it; an unknown status
-    matches nothing. The page, the API and the CLI (through the API) all list through here."""
-    requests = ChangeRequest.objects.select_related("author", "decided_by").order_by("-id")
-    if access.role_of(user) not in APPROVER_ROLES:
-        requests = requests.filter(author_id=user.pk)
+    matches nothing. The page, the API and the CLI (through the API) all list through here; the
+    visibility rule is ``access.visible_change_requests``."""
+    requests = access.visible_change_requests(
+        user, ChangeRequest.objects.select_related("author", "decided_by").order_by("-id")
+    )
     if status:
         requests = requests.filter(status=status.upper())
     if endpoint_name:

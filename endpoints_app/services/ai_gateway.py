@@ -1,6 +1,6 @@
 """An endpoint's AI-gateway settings (reference §2.9): guardrails, rate limits, usage tracking,
 fallbacks and inference tables. ``validation.parse_ai_gateway`` checks the block (in create and in
-``PUT …/ai-gateway``); ``update_ai_gateway`` is the one state change, shared by the API, the CLI
+``PUT …/ai-gateway``); ``put_ai_gateway`` is the one state change, shared by the API, the CLI
 (through the API), the dashboard and approved change requests.
 """
 
@@ -12,35 +12,50 @@ from django.contrib.auth.models import AbstractBaseUser
 from django.db import transaction
 
 from endpoints_app import audit
-from endpoints_app.models import Endpoint
-from endpoints_app.services.endpoints import get_endpoint_for_update
-from endpoints_app.validation import parse_ai_gateway
-
-
-def update_ai_gateway(*, actor: AbstractBaseUser | None, endpoint: Endpoint, config: dict[str, Any] | None) -> Endpoint:
-    """Store new AI-gateway settings on a locked endpoint (the caller holds the row lock, having
-    checked If-Match); the gateway picks them up with its next route-table refresh."""
-    before = endpoint.ai_gateway
-    endpoint.ai_gateway = config
-    endpoint.save(update_fields=["ai_gateway", "updated_at"])
-    audit.record(
-        actor=actor,
-        action="endpoint.update_ai_gateway",
-        object_type="endpoint",
-        object_id=endpoint.id,
-        object_name=endpoint.name,
-        before={"ai_gateway": before},
-        after={"ai_gateway": config},
-    )
-    return endpoint
+from endpoints_app.models import ChangeRequest
+from endpoints_app.services import checks, gate
+from endpoints_app.services.gate import OnApprovalNeeded, Outcome
+from endpoints_app.validation import parse_ai_gateway, require_object
 
 
 def put_ai_gateway(
-    *, actor: AbstractBaseUser | None, name: str, raw: Any, if_match: str | None = None
-) -> dict[str, Any] | None:
-    """``PUT …/ai-gateway``: validate against the current settings, then store; returns what is stored."""
+    *,
+    actor: AbstractBaseUser | None,
+    name: str,
+    body: Any,
+    if_match: str | None = None,
+    on_approval_needed: OnApprovalNeeded = "refuse",
+    approved: ChangeRequest | None = None,
+) -> Outcome[dict[str, Any] | None]:
+    """``PUT …/ai-gateway``: CAN_MANAGE, the approval gate, then the settings checked against the
+    current ones under the row lock and stored with an audit row; the value is what is stored
+    (None: unset). The gateway picks them up with its next route-table refresh."""
+    checks.managed_endpoint(actor, name, approved=approved)
+    proposal = gate.admit(
+        actor=actor,
+        action=ChangeRequest.Action.AI_GATEWAY,
+        endpoint_name=name,
+        body=body,
+        on_approval_needed=on_approval_needed,
+        approved=approved,
+        if_match=if_match,
+    )
+    if proposal is not None:
+        return Outcome(change_request=proposal)
+    raw = require_object(body or {}, "request body")
     with transaction.atomic():
-        endpoint = get_endpoint_for_update(name, if_match=if_match)
-        config = parse_ai_gateway(raw, current=endpoint.ai_gateway if isinstance(endpoint.ai_gateway, dict) else None)
-        update_ai_gateway(actor=actor, endpoint=endpoint, config=config)
-    return config
+        endpoint = checks.get_endpoint_for_update(name, if_match=if_match)
+        before = endpoint.ai_gateway
+        config = parse_ai_gateway(raw, current=before if isinstance(before, dict) else None)
+        endpoint.ai_gateway = config
+        endpoint.save(update_fields=["ai_gateway", "updated_at"])
+        audit.record(
+            actor=actor,
+            action="endpoint.update_ai_gateway",
+            object_type="endpoint",
+            object_id=endpoint.id,
+            object_name=endpoint.name,
+            before={"ai_gateway": before},
+            after={"ai_gateway": config},
+        )
+    return Outcome(config)

@@ -1,10 +1,22 @@
-"""Creating, reconfiguring, tagging and deleting serving endpoints."""
+"""Creating, reconfiguring (served entities and their traffic split), tagging and deleting serving
+endpoints: one function per change, shared by the API, the dashboard and approved change requests.
+
+Each one, in order:
+1. checks access (``access``: CAN_MANAGE on the endpoint, or the creator roles to create);
+2. passes the approval gate (``services.gate``): apply now, or refuse / propose a change request
+   when a policy covers the endpoint, as the caller chose with ``on_approval_needed``; an approved
+   change request (``approved``) stands in for both;
+3. checks what must hold outside the transaction (models, capacity, secret references);
+4. writes, with an audit row, in one transaction, and enqueues the rollout on commit.
+
+A traffic split is part of the config (``traffic_config.routes``), so changing one is a config
+update; ``services.rollouts`` then carries the new version to its end without deciding anything.
+"""
 
 from __future__ import annotations
 
 import copy
 import dataclasses
-import json
 import uuid
 from datetime import timedelta
 from typing import Any
@@ -15,18 +27,17 @@ from django.db import IntegrityError, transaction
 from django.db.models import Max
 from django.utils import timezone
 
-from endpoints_app import audit, capacity, jobs, registry
+from endpoints_app import access, audit, capacity, jobs, registry
 from endpoints_app.backends import get_backend
 from endpoints_app.errors import (
     InvalidParameterValue,
-    PreconditionFailed,
     ResourceAlreadyExists,
     ResourceConflict,
-    ResourceDoesNotExist,
 )
 from endpoints_app.gateway.providers import PROVIDERS
 from endpoints_app.gateway.providers.base import iter_secret_fields
 from endpoints_app.models import (
+    ChangeRequest,
     ConfigUpdate,
     ConfigVersion,
     Deployment,
@@ -36,35 +47,16 @@ from endpoints_app.models import (
     PermissionLevel,
     ServedEntity,
 )
-from endpoints_app.services import rollouts, secrets
+from endpoints_app.services import checks, gate, proposals, rollouts, secrets
+from endpoints_app.services.gate import OnApprovalNeeded, Outcome
 from endpoints_app.validation import (
-    REDACTED,
     CoreConfig,
-    CreateRequest,
     Plaintext,
-    ServedEntitySpec,
-    default_served_entity_name,
-    environment_secret_reference,
+    parse_core_config,
+    parse_create_request,
+    parse_tags_patch,
+    require_object,
 )
-
-
-def etag(endpoint: Endpoint) -> str:
-    """A version tag of the endpoint: it changes with every change to it (config, state, tags)."""
-    return f'"{endpoint.id[:12]}-{int(endpoint.updated_at.timestamp() * 1_000_000)}"'
-
-
-def get_endpoint_for_update(name: str, *, if_match: str | None = None) -> Endpoint:
-    """Lock the endpoint's row; with If-Match, refuse (412) when it changed since that read."""
-    try:
-        endpoint = Endpoint.objects.select_for_update().get(name=name)
-    except Endpoint.DoesNotExist:
-        raise ResourceDoesNotExist(f"Endpoint '{name}' does not exist") from None
-    if if_match is not None and if_match.strip() != "*" and if_match.strip() != etag(endpoint):
-        raise PreconditionFailed(
-            f"Endpoint '{name}' changed since you read it (If-Match {if_match.strip()}, now {etag(endpoint)}); "
-            "read it again and re-apply your change"
-        )
-    return endpoint
 
 
 def _check_models_exist(config: CoreConfig) -> None:
@@ -77,128 +69,12 @@ def _check_models_exist(config: CoreConfig) -> None:
 def _check_deployable(*, actor: AbstractBaseUser | None, config: CoreConfig, endpoint: Endpoint | None = None) -> None:
     """What must hold before anything is written: the models exist and fit the host, or, for
     external models, the actor may read every secret the config refers to (reference §3)."""
-    check_secret_references(
-        actor=actor, config=config, in_use=secret_references_of(endpoint) if endpoint else frozenset()
+    checks.check_secret_references(
+        actor=actor, config=config, in_use=checks.secret_references_of(endpoint) if endpoint else frozenset()
     )
     if not config.is_external:
         _check_models_exist(config)
         capacity.check_fits(config)
-
-
-def _references(external_models: list[dict]) -> set[str]:
-    """The ``{{secrets/…}}`` references in external-model blocks, as written."""
-    found = set()
-    for external in external_models:
-        provider = PROVIDERS[external["provider"]]
-        for _path, holder, name in iter_secret_fields(provider.fields, external.get(provider.config_key) or {}):
-            if isinstance(holder.get(name), str):
-                found.add(holder[name])
-    return found
-
-
-def _destination(external: dict) -> str:
-    """Where a credential is sent: the provider and its whole config block (base URL, API type,
-    deployment, region…), canonical JSON. The model name and task do not move the key."""
-    provider = PROVIDERS[external["provider"]]
-    # A raw credential (Plaintext) is never JSON: it becomes a marker unique to this request, so a
-    # block holding one never matches, and its value never reaches the text.
-    return json.dumps(
-        [provider.name, external.get(provider.config_key) or {}], sort_keys=True, default=lambda v: f"<new {id(v)}>"
-    )
-
-
-def _env_destinations(entity: ServedEntity | ServedEntitySpec) -> dict[str, tuple[str, str]]:
-    """Where an entity's ``{{secrets/…}}`` environment variables go (the model version whose code
-    reads them, under that variable name), each with the ``(scope, key)`` it refers to."""
-    found = {}
-    for name, value in (entity.environment_vars or {}).items():
-        reference = environment_secret_reference(value)
-        if reference is not None:
-            found[json.dumps(["env", entity.entity_name, entity.entity_version, name, value])] = reference
-    return found
-
-
-def secret_references_of(endpoint: Endpoint) -> frozenset[str]:
-    """Where the endpoint's active and pending configs already send their credentials (external
-    models' provider blocks, and secret-valued environment variables of its model versions)."""
-    versions = [v for v in (endpoint.active_config_id, endpoint.pending_config_id) if v]
-    entities = ServedEntity.objects.filter(config_version_id__in=versions)
-    found: set[str] = set()
-    for entity in entities:
-        if entity.external_model is not None:
-            found.add(_destination(entity.external_model))
-        else:
-            found |= set(_env_destinations(entity))
-    return frozenset(found)
-
-
-def restore_redacted_environment(endpoint: Endpoint, body: Any) -> Any:
-    """A config body with each ``[REDACTED]`` environment value put back from the stored config.
-
-    Responses show plain environment values as ``[REDACTED]``, so a client that reads a config,
-    changes one field and puts it back (Terraform, the SDK, the dashboard's form) sends that
-    placeholder. It keeps the stored value only for the same variable of the same served entity
-    (same name, model and version): a value never moves to other model code this way. Anything
-    else is left for validation, which refuses a placeholder it cannot resolve.
-    """
-    config = endpoint.active_config or endpoint.pending_config
-    if config is None or not isinstance(body, dict):
-        return body
-    stored = {
-        (e.name, e.entity_name, str(e.entity_version)): dict(e.environment_vars or {})
-        for e in config.served_entities.all()
-        if e.environment_vars
-    }
-    if not stored:
-        return body
-    out = dict(body)
-    for key in ("served_entities", "served_models"):
-        entities = body.get(key)
-        if not isinstance(entities, list):
-            continue
-        restored = []
-        for entity in entities:
-            env = entity.get("environment_vars") if isinstance(entity, dict) else None
-            if isinstance(env, dict) and REDACTED in env.values():
-                model = entity.get("entity_name", entity.get("model_name"))
-                version = entity.get("entity_version", entity.get("model_version"))
-                if isinstance(model, str) and isinstance(version, str | int):
-                    name = entity.get("name") or default_served_entity_name(model, str(version))
-                    previous = stored.get((name, model, str(version)), {})
-                    env = {k: previous.get(k, v) if v == REDACTED else v for k, v in env.items()}
-                    entity = {**entity, "environment_vars": env}
-            restored.append(entity)
-        out[key] = restored
-    return out
-
-
-def check_secret_references(
-    *, actor: AbstractBaseUser | None, config: CoreConfig, in_use: frozenset[str] = frozenset()
-) -> None:
-    """The actor has READ on every ``{{secrets/scope/key}}`` the external models refer to
-    (404 RESOURCE_DOES_NOT_EXIST or 403 PERMISSION_DENIED from the secrets store otherwise).
-
-    An entity whose provider and config block (credential references included) are exactly as the
-    endpoint already has them (``in_use``, from ``secret_references_of``) passes unchecked: a manager
-    of the endpoint may re-submit its config with a credential someone else stored (e.g. a
-    ``*_plaintext`` key kept in the managed scope), but can neither send it anywhere else (another
-    base URL or deployment) nor copy the reference to another endpoint. Secret-valued
-    ``environment_vars`` likewise: unchanged on the same model version they pass, anywhere else
-    they need READ (model code could return the value).
-    """
-    checking = [
-        e.external_model
-        for e in config.served_entities
-        if e.external_model is not None and _destination(e.external_model) not in in_use
-    ]
-    references = [secrets.parse_reference(r) for r in _references(checking)]
-    # Environment variables the same way: one already given to this model version under this
-    # name passes; giving it to other model code (which could return it) needs READ.
-    for entity in config.served_entities:
-        references += [ref for where, ref in _env_destinations(entity).items() if where not in in_use]
-    for parsed in sorted(set(references)):  # type: ignore[type-var]
-        assert parsed is not None  # validation accepted only references here
-        secrets.check_can_read(user=actor, scope=parsed[0], key=parsed[1])
 
 
 def _store_plaintext_credentials(
@@ -291,8 +167,29 @@ def _begin_rollout(endpoint: Endpoint, version: ConfigVersion) -> None:
     jobs.enqueue_on_commit(jobs.START_ROLLOUT, endpoint.id)
 
 
-def create_endpoint(*, actor: AbstractBaseUser | None, request: CreateRequest) -> Endpoint:
-    """Create an endpoint and start deploying its first config version."""
+def create_endpoint(
+    *,
+    actor: AbstractBaseUser | None,
+    body: Any,
+    on_approval_needed: OnApprovalNeeded = "refuse",
+    approved: ChangeRequest | None = None,
+) -> Outcome[Endpoint]:
+    """Create an endpoint from a create request's body and start deploying its first config
+    version. Its creator manages it; for an approved request that is the request's author."""
+    if approved is None:
+        access.require_create(actor)
+    request = parse_create_request(body)
+    proposal = gate.admit(
+        actor=actor,
+        action=ChangeRequest.Action.CREATE,
+        endpoint_name=request.name,
+        body=body,
+        tag_sets=(dict(request.tags),),
+        on_approval_needed=on_approval_needed,
+        approved=approved,
+    )
+    if proposal is not None:
+        return Outcome(change_request=proposal)
     if Endpoint.objects.filter(name=request.name).exists():
         raise ResourceAlreadyExists(f"Endpoint with name '{request.name}' already exists")
     _check_deployable(actor=actor, config=request.config)
@@ -330,28 +227,41 @@ def create_endpoint(*, actor: AbstractBaseUser | None, request: CreateRequest) -
         # Two creates raced for the same name; the loser gets the same answer as above.
         raise ResourceAlreadyExists(f"Endpoint with name '{request.name}' already exists") from None
     _finish_external_rollout(endpoint, request.config)
-    return endpoint
+    return Outcome(endpoint)
 
 
 def update_endpoint_config(
     *,
     actor: AbstractBaseUser | None,
     name: str,
-    config: CoreConfig,
+    body: Any,
     if_match: str | None = None,
-    proposer: AbstractBaseUser | None = None,
-) -> Endpoint:
-    """Start rolling out a new config version; the active one keeps serving until it is ready.
+    on_approval_needed: OnApprovalNeeded = "refuse",
+    approved: ChangeRequest | None = None,
+) -> Outcome[Endpoint]:
+    """Start rolling out a new config version (served entities, traffic split, auto-capture) from
+    a config body; the active version keeps serving until the new one is ready.
 
-    ``proposer``: for an approved change request, its author: the config's secret references are
-    checked against the author's rights, not the approver's (``actor``), so a proposal cannot use
-    a secret only its approver may read."""
-    current = Endpoint.objects.filter(name=name).first()
-    if current is None:
-        raise ResourceDoesNotExist(f"Endpoint '{name}' does not exist")
-    _check_deployable(actor=proposer or actor, config=config, endpoint=current)
+    For an approved change request the config's secret references are checked against its
+    author's rights, not the approver's (``actor``), so a proposal cannot use a secret only its
+    approver may read."""
+    current = checks.managed_endpoint(actor, name, approved=approved)
+    proposal = gate.admit(
+        actor=actor,
+        action=ChangeRequest.Action.UPDATE_CONFIG,
+        endpoint_name=name,
+        body=body,
+        on_approval_needed=on_approval_needed,
+        approved=approved,
+        if_match=if_match,
+    )
+    if proposal is not None:
+        return Outcome(change_request=proposal)
+    body = checks.restore_redacted_environment(current, require_object(body, "config"))  # a GET's config put back
+    config = parse_core_config(body, where="config")
+    _check_deployable(actor=approved.author if approved else actor, config=config, endpoint=current)
     with transaction.atomic():
-        endpoint = get_endpoint_for_update(name, if_match=if_match)
+        endpoint = checks.get_endpoint_for_update(name, if_match=if_match)
         if endpoint.config_update == ConfigUpdate.IN_PROGRESS:
             raise ResourceConflict(
                 f"Endpoint '{name}' is already being updated (config version "
@@ -373,7 +283,7 @@ def update_endpoint_config(
             after=audit.endpoint_snapshot(endpoint),
         )
     _finish_external_rollout(endpoint, config)
-    return endpoint
+    return Outcome(endpoint)
 
 
 def _finish_external_rollout(endpoint: Endpoint, config: CoreConfig) -> None:
@@ -388,12 +298,34 @@ def patch_endpoint_tags(
     *,
     actor: AbstractBaseUser | None,
     name: str,
-    add_tags: list[tuple[str, str]],
-    delete_tags: list[str],
+    body: Any,
     if_match: str | None = None,
-) -> list[EndpointTag]:
+    on_approval_needed: OnApprovalNeeded = "refuse",
+    approved: ChangeRequest | None = None,
+) -> Outcome[list[EndpointTag]]:
+    """``PATCH …/tags``: delete ``delete_tags``, then set ``add_tags``; returns every tag after.
+
+    Tags decide which policies cover an endpoint, so the gate judges a tag change both on the tags
+    the endpoint has and on those it would have: otherwise removing ``env=prod``, changing the
+    endpoint freely and adding the tag back would bypass the policy; and adding a policy's tag is
+    a change to what the approvers guard."""
+    endpoint = checks.managed_endpoint(actor, name, approved=approved)
+    add_tags, delete_tags = parse_tags_patch(body)
+    before = {t.key: t.value for t in endpoint.tags.all()}
+    proposal = gate.admit(
+        actor=actor,
+        action=ChangeRequest.Action.TAGS,
+        endpoint_name=name,
+        body=body,
+        tag_sets=(before, proposals.patched_tags(before, add_tags, delete_tags)),
+        on_approval_needed=on_approval_needed,
+        approved=approved,
+        if_match=if_match,
+    )
+    if proposal is not None:
+        return Outcome(change_request=proposal)
     with transaction.atomic():
-        endpoint = get_endpoint_for_update(name, if_match=if_match)
+        endpoint = checks.get_endpoint_for_update(name, if_match=if_match)
         before = {t.key: t.value for t in endpoint.tags.all()}
         if delete_tags:
             endpoint.tags.filter(key__in=delete_tags).delete()
@@ -409,13 +341,32 @@ def patch_endpoint_tags(
             before=before,
             after={t.key: t.value for t in endpoint.tags.all()},
         )
-    return list(endpoint.tags.order_by("key"))
+    return Outcome(list(endpoint.tags.order_by("key")))
 
 
-def delete_endpoint(*, actor: AbstractBaseUser | None, name: str, if_match: str | None = None) -> None:
+def delete_endpoint(
+    *,
+    actor: AbstractBaseUser | None,
+    name: str,
+    if_match: str | None = None,
+    on_approval_needed: OnApprovalNeeded = "refuse",
+    approved: ChangeRequest | None = None,
+) -> Outcome[None]:
     """Delete the endpoint now; its replicas drain and stop in the background."""
+    checks.managed_endpoint(actor, name, approved=approved)
+    proposal = gate.admit(
+        actor=actor,
+        action=ChangeRequest.Action.DELETE,
+        endpoint_name=name,
+        body={},
+        on_approval_needed=on_approval_needed,
+        approved=approved,
+        if_match=if_match,
+    )
+    if proposal is not None:
+        return Outcome(change_request=proposal)
     with transaction.atomic():
-        endpoint = get_endpoint_for_update(name, if_match=if_match)
+        endpoint = checks.get_endpoint_for_update(name, if_match=if_match)
         deployment_ids = list(
             Deployment.objects.filter(endpoint=endpoint, remove_requested_at__isnull=True).values_list("id", flat=True)
         )
@@ -430,7 +381,8 @@ def delete_endpoint(*, actor: AbstractBaseUser | None, name: str, if_match: str 
         # Credentials given as *_plaintext were stored for this endpoint alone: they go with it.
         stored = ServedEntity.objects.filter(config_version__endpoint=endpoint, external_model__isnull=False)
         secrets.delete_managed(
-            actor=actor, references=_references(list(stored.values_list("external_model", flat=True)))
+            actor=actor, references=checks.references_in(list(stored.values_list("external_model", flat=True)))
         )
         endpoint.delete()
     get_backend().remove(deployment_ids=deployment_ids)
+    return Outcome()

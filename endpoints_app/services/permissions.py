@@ -1,4 +1,9 @@
-"""Setting per-endpoint grants (Databricks permissions API semantics: PUT replaces, PATCH merges)."""
+"""Setting per-endpoint grants (Databricks permissions API semantics: PUT replaces, PATCH merges).
+
+One service for the API, the CLI (through the API) and the endpoint page's permissions panel
+(whose script calls the API): CAN_MANAGE on the endpoint, the approval gate, then the grants and
+an audit row in one transaction; every gateway process drops its cached levels on commit.
+"""
 
 from __future__ import annotations
 
@@ -9,9 +14,10 @@ from django.contrib.auth.models import AbstractBaseUser, Group
 from django.db import transaction
 from django.db.models import Q
 
-from endpoints_app import access_generation, audit
+from endpoints_app import access, access_generation, audit
 from endpoints_app.errors import InvalidParameterValue
 from endpoints_app.models import Endpoint, EndpointPermission, PermissionLevel
+from endpoints_app.services import gate
 from endpoints_app.validation import require_object
 
 
@@ -53,9 +59,12 @@ def _principal(kind: str, name: str) -> dict[str, Any]:
     return {"group": group}
 
 
-def set_permissions(
-    *, actor: AbstractBaseUser, endpoint: Endpoint, acl: list[tuple[str, str, str]], replace: bool
-) -> None:
+def set_permissions(*, actor: AbstractBaseUser, endpoint: Endpoint, body: Any, replace: bool) -> None:
+    """Grant what ``body``'s ``access_control_list`` says: replacing every direct grant
+    (``replace``, PUT) or adding to them (PATCH)."""
+    access.require(actor, endpoint, PermissionLevel.CAN_MANAGE)
+    acl = parse_acl(body)
+    gate.admit(actor=actor, action=gate.PERMISSIONS, endpoint_name=endpoint.name, body=body)
     principals = [(_principal(kind, name), level) for kind, name, level in acl]
     with transaction.atomic():
         before = grants_snapshot(endpoint)

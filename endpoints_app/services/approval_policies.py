@@ -1,0 +1,80 @@
+"""Approval policies: which endpoints need a second person's approval before a change applies
+(one endpoint by name, or every endpoint with a tag). Only admins set them; each change passes
+the approval gate and writes its audit row in the same transaction as the policy.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django.contrib.auth.models import AbstractBaseUser
+from django.db import transaction
+
+from endpoints_app import access, audit
+from endpoints_app.errors import InvalidParameterValue, ResourceDoesNotExist
+from endpoints_app.models import ApprovalPolicy
+from endpoints_app.services import gate
+from endpoints_app.validation import require_object
+
+WHAT = "Approval policies"
+
+
+def snapshot(policy: ApprovalPolicy) -> dict[str, Any]:
+    """The policy as the API shows it and the audit log records it."""
+    return {
+        "id": policy.pk,
+        "endpoint_name": policy.endpoint_name or None,
+        "tag_key": policy.tag_key or None,
+        "tag_value": policy.tag_value or None,
+    }
+
+
+def _field(body: dict[str, Any], key: str, max_length: int) -> str:
+    """A string field of a policy, within its column's length (PostgreSQL refuses longer)."""
+    value = body.get(key) or ""
+    if not isinstance(value, str) or len(value) > max_length:
+        raise InvalidParameterValue(f"{key} must be a string of at most {max_length} characters")
+    return value
+
+
+def _subject(policy: ApprovalPolicy) -> str:
+    return policy.endpoint_name or f"{policy.tag_key}={policy.tag_value}"
+
+
+def create_policy(*, actor: AbstractBaseUser, body: Any) -> ApprovalPolicy:
+    """A policy covering ``endpoint_name``, or every endpoint tagged ``tag_key`` = ``tag_value``."""
+    access.require_admin(actor, WHAT)
+    data = require_object(body, "request body")
+    endpoint_name = _field(data, "endpoint_name", 255)
+    tag_key, tag_value = _field(data, "tag_key", 255), _field(data, "tag_value", 1024)
+    if bool(endpoint_name) == bool(tag_key):
+        raise InvalidParameterValue("give endpoint_name, or tag_key (with tag_value) — exactly one")
+    policy = ApprovalPolicy(endpoint_name=endpoint_name, tag_key=tag_key, tag_value=tag_value, created_by=actor)
+    gate.admit(actor=actor, action=gate.APPROVAL_POLICY, endpoint_name=_subject(policy), body=data)
+    with transaction.atomic():
+        policy.save()
+        audit.record(
+            actor=actor,
+            action="approval_policy.create",
+            object_type="approval_policy",
+            object_id=str(policy.pk),
+            after=snapshot(policy),
+        )
+    return policy
+
+
+def delete_policy(*, actor: AbstractBaseUser, policy_id: int) -> None:
+    access.require_admin(actor, WHAT)
+    with transaction.atomic():
+        policy = ApprovalPolicy.objects.select_for_update().filter(pk=policy_id).first()
+        if policy is None:
+            raise ResourceDoesNotExist(f"Approval policy {policy_id} does not exist")
+        gate.admit(actor=actor, action=gate.APPROVAL_POLICY, endpoint_name=_subject(policy), body={})
+        audit.record(
+            actor=actor,
+            action="approval_policy.delete",
+            object_type="approval_policy",
+            object_id=str(policy.pk),
+            before=snapshot(policy),
+        )
+        policy.delete()

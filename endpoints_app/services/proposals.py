@@ -1,0 +1,185 @@
+"""Proposing a change for approval: a change request, checked now as it will be when applied, with
+a diff against the active config, an audit row and a mail to the approvers.
+
+The governed services (``services.endpoints``, ``services.ai_gateway``) call ``propose`` when the
+approval gate (``services.gate``) says a change must wait; the change-request API calls it
+directly. Approving and rejecting live in ``services.changes``, above the services that apply.
+"""
+
+from __future__ import annotations
+
+import difflib
+import json
+import logging
+from typing import Any
+
+from django.conf import settings
+from django.contrib.auth import get_user_model
+from django.contrib.auth.models import AbstractBaseUser
+from django.core.mail import send_mail
+from django.db import transaction
+from django.db.models import Q
+
+from endpoints_app import access, audit, validation
+from endpoints_app.errors import InvalidParameterValue, ResourceConflict, ResourceDoesNotExist
+from endpoints_app.models import ChangeRequest, Endpoint, PermissionLevel
+from endpoints_app.services import checks
+
+log = logging.getLogger(__name__)
+
+
+def patched_tags(before: dict[str, str], add_tags: list[tuple[str, str]], delete_tags: list[str]) -> dict[str, str]:
+    """The tags after a PATCH …/tags (deletes first, then adds, as ``patch_endpoint_tags`` applies them)."""
+    after = {k: v for k, v in before.items() if k not in set(delete_tags)}
+    after.update(add_tags)
+    return after
+
+
+def _comparable(config: dict[str, Any] | None) -> dict[str, Any] | None:
+    if config is None:
+        return None
+    return {k: v for k, v in config.items() if k != "config_version"}
+
+
+def _config_view(config: validation.CoreConfig) -> dict[str, Any]:
+    """A parsed config in the shape of the audit snapshot, so the diff shows real changes only."""
+    return audit.config_snapshot(
+        config.served_entities,
+        traffic_config={"routes": config.routes},
+        auto_capture_config=config.auto_capture_config,
+        legacy_served_models=config.legacy_served_models,
+    )
+
+
+def _refuse_plaintext_credentials(config: validation.CoreConfig) -> None:
+    """A proposal is stored, shown to approvers and audited as given: it must not carry a raw key."""
+    fields = validation.plaintext_credentials(config)
+    if fields:
+        raise InvalidParameterValue(
+            f"A change request cannot carry plaintext credentials ({', '.join(fields)}): it is stored and shown "
+            "to approvers. Put the key in a secret scope (modelfleet secrets put-secret SCOPE KEY) and refer to "
+            "it as {{secrets/SCOPE/KEY}}."
+        )
+
+
+def shown_proposal(action: str, body: Any) -> Any:
+    """A proposal's body as the API, the pages and the audit log show it: environment values
+    redacted as they are on the endpoint (names and secret references as written)."""
+
+    def config(raw: Any) -> Any:
+        if not isinstance(raw, dict):
+            return raw
+        out = dict(raw)
+        for key in ("served_entities", "served_models"):
+            if isinstance(raw.get(key), list):
+                out[key] = [
+                    {**e, "environment_vars": validation.redact_environment_vars(e["environment_vars"])}
+                    if isinstance(e, dict) and isinstance(e.get("environment_vars"), dict)
+                    else e
+                    for e in raw[key]
+                ]
+        return out
+
+    if action == ChangeRequest.Action.CREATE and isinstance(body, dict):
+        return {**body, "config": config(body.get("config"))}
+    if action == ChangeRequest.Action.UPDATE_CONFIG:
+        return config(body)
+    return body
+
+
+def _diff(before: Any, after: Any) -> str:
+    a = json.dumps(before, indent=2, sort_keys=True).splitlines() if before is not None else []
+    b = json.dumps(after, indent=2, sort_keys=True).splitlines() if after is not None else []
+    return "\n".join(difflib.unified_diff(a, b, "active", "proposed", lineterm=""))
+
+
+def propose(
+    *, actor: AbstractBaseUser, endpoint_name: str, action: str, body: Any, if_match: str | None = None
+) -> ChangeRequest:
+    """Open a change request for an approver, checked now as it will be when applied.
+
+    ``if_match``: the ETag the author read (the dashboard's form); a proposal based on an older
+    read is refused (412), so it never rests on a config its author did not see."""
+    if action not in ChangeRequest.Action.values:
+        raise InvalidParameterValue(f"action must be one of {', '.join(ChangeRequest.Action.values)}")
+    endpoint = Endpoint.objects.filter(name=endpoint_name).first()
+    if action == ChangeRequest.Action.CREATE:
+        if endpoint is not None:
+            raise ResourceConflict(f"Endpoint '{endpoint_name}' already exists")
+        access.require_create(actor)
+        body = validation.require_object(body, "body")
+        create = validation.parse_create_request({**body, "name": endpoint_name})  # refuse now what would fail later
+        _refuse_plaintext_credentials(create.config)
+        checks.check_secret_references(actor=actor, config=create.config)  # the author's, as at approval
+        before, after, base = None, shown_proposal(action, body), ""  # env values redacted in the diff too
+    else:
+        if endpoint is None:
+            raise ResourceDoesNotExist(f"Endpoint '{endpoint_name}' does not exist")
+        access.require(actor, endpoint, PermissionLevel.CAN_MANAGE)
+        before = _comparable(audit.endpoint_snapshot(endpoint)["config"])
+        if action == ChangeRequest.Action.UPDATE_CONFIG:
+            body = validation.require_object(body, "body")
+            body = checks.restore_redacted_environment(endpoint, body)
+            parsed = validation.parse_core_config(body)
+            _refuse_plaintext_credentials(parsed)
+            checks.check_secret_references(actor=actor, config=parsed, in_use=checks.secret_references_of(endpoint))
+            after = _config_view(parsed)
+        elif action == ChangeRequest.Action.TAGS:
+            body = validation.require_object(body, "body")
+            add, delete = validation.parse_tags_patch(body)  # refuse now what would fail later
+            current = {t.key: t.value for t in endpoint.tags.all()}
+            before, after = {"tags": current}, {"tags": patched_tags(current, add, delete)}
+        elif action == ChangeRequest.Action.AI_GATEWAY:
+            body = validation.require_object(body if body is not None else {}, "body")
+            current = endpoint.ai_gateway if isinstance(endpoint.ai_gateway, dict) else None
+            before = {"ai_gateway": current}
+            # Refuse now what would fail later.
+            after = {"ai_gateway": validation.parse_ai_gateway(body, current=current)}
+        else:
+            body, after = {}, None
+        checks.check_if_match(endpoint, if_match)
+        base = checks.etag(endpoint)
+    with transaction.atomic():
+        request = ChangeRequest.objects.create(
+            endpoint_name=endpoint_name,
+            action=action,
+            proposed=body,
+            diff=_diff(before, after),
+            base_etag=base,
+            author=actor,
+        )
+        audit.record(
+            actor=actor,
+            action="change_request.propose",
+            object_type="change_request",
+            object_id=str(request.pk),
+            object_name=endpoint_name,
+            after={"action": action, "proposed": shown_proposal(action, body)},
+        )
+    _notify_approvers(request)
+    return request
+
+
+def _notify_approvers(request: ChangeRequest) -> None:
+    """Email every approver and admin (outside any transaction; a mail failure is only logged)."""
+    users = (
+        get_user_model()
+        .objects.filter(is_active=True)
+        .exclude(email="")
+        .filter(Q(is_superuser=True) | Q(profile__role__in=access.APPROVER_ROLES))
+    )
+    recipients = sorted({u.email for u in users if request.author_id != u.pk})
+    if not recipients:
+        return
+    author = request.author.get_username() if request.author else "someone"
+    try:
+        send_mail(
+            f"[Modelfleet] approval needed: {request.action} {request.endpoint_name} (#{request.pk})",
+            f"{author} proposed to {request.action.replace('_', ' ')} endpoint {request.endpoint_name}.\n\n"
+            f"{request.diff or '(no config change)'}\n\nApprove: modelfleet change-requests approve {request.pk}\n"
+            f"Review: {settings.PUBLIC_URL}/api/2.0/modelfleet/change-requests/{request.pk}\n",
+            None,
+            recipients,
+        )
+    except Exception as exc:  # the request stands; the mail server is someone else's problem
+        log.warning("could not email approvers about change request %s: %s", request.pk, exc)
