@@ -17,7 +17,7 @@ from django.test.utils import CaptureQueriesContext
 from rest_framework.test import APIClient
 
 from dashboard.env import EnvError, env_fernet_key
-from endpoints_app import encryption
+from endpoints_app import access, encryption
 from endpoints_app.errors import PermissionDenied, ResourceConflict, ResourceDoesNotExist
 from endpoints_app.models import AuditEvent, Role, Secret, SecretAcl, SecretScope, UserProfile
 from endpoints_app.services import secrets as secret_services
@@ -473,15 +473,15 @@ def test_check_can_read_per_persona(personas):
     grant(clients, "eddie", "READ")
     for who in ("owner", "admin", "editor2"):
         user = people.get(who) or type(people["admin"]).objects.get(username="alice")
-        secret_services.check_can_read(user=user, scope="team", key="k")
+        access.check_can_read(user=user, scope="team", key="k")
     with pytest.raises(PermissionDenied):
-        secret_services.check_can_read(user=people["viewer"], scope="team", key="k")
+        access.check_can_read(user=people["viewer"], scope="team", key="k")
     with pytest.raises(ResourceDoesNotExist):
-        secret_services.check_can_read(user=people["outsider"], scope="team", key="k")
+        access.check_can_read(user=people["outsider"], scope="team", key="k")
     with pytest.raises(ResourceDoesNotExist, match="missing"):
-        secret_services.check_can_read(user=people["editor2"], scope="team", key="missing")
+        access.check_can_read(user=people["editor2"], scope="team", key="missing")
     with pytest.raises(ResourceDoesNotExist):
-        secret_services.check_can_read(user=people["admin"], scope="nope", key="k")
+        access.check_can_read(user=people["admin"], scope="nope", key="k")
 
 
 def test_resolve_is_one_query_and_sees_changes_and_deletes(personas, django_assert_num_queries):
@@ -518,9 +518,9 @@ def test_store_plaintext_keeps_the_credential_in_a_managed_scope(personas):
     assert SecretScope.objects.get(name="modelfleet-managed").managed
 
     # Who stored it may reference it; other users do not even see the scope; admins see everything.
-    secret_services.check_can_read(user=alice, scope="modelfleet-managed", key="ep1-openai_api_key")
+    access.check_can_read(user=alice, scope="modelfleet-managed", key="ep1-openai_api_key")
     with pytest.raises(ResourceDoesNotExist):
-        secret_services.check_can_read(user=people["editor2"], scope="modelfleet-managed", key="ep1-openai_api_key")
+        access.check_can_read(user=people["editor2"], scope="modelfleet-managed", key="ep1-openai_api_key")
     assert [s["name"] for s in clients["owner"].get(f"{S}/scopes/list").json()["scopes"]] == ["team"]
     assert clients["owner"].get(f"{S}/list", {"scope": "modelfleet-managed"}).status_code == 404
     assert put(clients["owner"], "modelfleet-managed", "ep1-openai_api_key", string_value="x").status_code == 404
@@ -614,16 +614,16 @@ def test_scope_permissions_agrees_with_scope_permission_for_every_persona(django
     managed = SecretScope.objects.get(name=secret_services.MANAGED_SCOPE)
     scopes = [by_name, by_group, everyone, best_of, managed]
     for person in people:
-        bulk = secret_services.scope_permissions(person, scopes)
-        assert bulk == {s.pk: secret_services.scope_permission(person, s) for s in scopes}, person
-    assert [secret_services.scope_permissions(grace, scopes)[s.pk] for s in scopes] == [
+        bulk = access.scope_permissions(person, scopes)
+        assert bulk == {s.pk: access.scope_permission(person, s) for s in scopes}, person
+    assert [access.scope_permissions(grace, scopes)[s.pk] for s in scopes] == [
         "WRITE",
         "READ",
         "MANAGE",
         "WRITE",
         None,
     ]
-    assert set(secret_services.scope_permissions(people[3], scopes).values()) == {"MANAGE"}  # the admin
+    assert set(access.scope_permissions(people[3], scopes).values()) == {"MANAGE"}  # the admin
 
 
 def test_scope_permissions_reads_twice_whatever_the_number_of_scopes(django_user_model, user):
@@ -634,6 +634,6 @@ def test_scope_permissions_reads_twice_whatever_the_number_of_scopes(django_user
     reader = type(reader).objects.select_related("profile").get(pk=reader.pk)  # its role read once, here
     for count in (3, 30):
         with CaptureQueriesContext(connection) as queries:
-            permissions = secret_services.scope_permissions(reader, scopes[:count])
+            permissions = access.scope_permissions(reader, scopes[:count])
         assert len(queries) == 2, [q["sql"] for q in queries]  # the user's groups, their ACLs
         assert sum(p == "READ" for p in permissions.values()) == len(scopes[:count:3])

@@ -10,6 +10,7 @@ from typing import Any
 from django.urls import path
 from rest_framework.response import Response
 
+from endpoints_app import access
 from endpoints_app.api.serializers.secrets import serialize_acl, serialize_scope, serialize_secret
 from endpoints_app.api.views import ApiView, request_body
 from endpoints_app.authenticated import AuthenticatedRequest
@@ -96,7 +97,7 @@ class SecretGetView(ApiView):
     def get(self, request: AuthenticatedRequest) -> Response:
         query = _query(request, SecretKeyFilterSet)
         scope, key = query.value("scope"), query.value("key")
-        secret_services.check_can_read(user=request.user, scope=scope, key=key)
+        access.check_can_read(user=request.user, scope=scope, key=key)
         raise PermissionDenied(
             "Secret values are never returned by the API. Reference the secret as "
             f"{secret_services.reference(scope, key)} in an endpoint's environment_vars or credentials."

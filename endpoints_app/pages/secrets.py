@@ -41,7 +41,7 @@ ACTIONS = {
 
 
 def _may(permission: str | None, needed: str) -> bool:
-    return secrets.RANK[permission] >= secrets.RANK[needed]
+    return access.scope_allows(permission, needed)
 
 
 def _scope(user: User, name: str, needed: str = SecretPermission.READ) -> tuple[SecretScope, str | None]:
@@ -49,13 +49,7 @@ def _scope(user: User, name: str, needed: str = SecretPermission.READ) -> tuple[
     when they may not list its keys (READ) or lack what ``needed`` asks."""
     secrets.list_secrets(user=user, scope=name)  # the services' own check: 404, or 403 without READ
     scope = SecretScope.objects.get(name=name)
-    permission = secrets.scope_permission(user, scope)
-    if not _may(permission, needed):
-        raise PermissionDenied(
-            f"This needs {needed} on secret scope '{name}'; you have {permission or 'no permission'}. "
-            "Ask someone with MANAGE on it to grant it."
-        )
-    return scope, permission
+    return scope, access.require_scope(user, scope, name, needed)
 
 
 # --- the scopes ----------------------------------------------------------------------------------
@@ -66,7 +60,7 @@ def _scopes_page(
 ) -> HttpResponse:
     user = request.user
     scopes = list(secrets.list_scopes(user=user).annotate(key_count=Count("secrets", distinct=True)))
-    permissions = secrets.scope_permissions(user, scopes)  # the services' rule, in one read for all
+    permissions = access.scope_permissions(user, scopes)  # the access rule, in one read for all
     rows = [
         {
             "scope": scope,

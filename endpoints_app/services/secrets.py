@@ -1,18 +1,10 @@
 """The secrets store (Databricks' Secrets API, reference §7) and the helpers endpoints use to refer
 to secrets as ``{{secrets/<scope>/<key>}}``.
 
-Who may do what, one rule for API, CLI (through the API) and endpoint references:
-
-* A user's permission on a scope is the highest of the ACLs naming them, one of their groups, or
-  ``users`` (every user). Admins have MANAGE on every scope.
-* READ lists the keys and lets an endpoint reference the secrets; WRITE also puts and deletes
-  secrets; MANAGE also reads and changes the ACLs and deletes the scope (Databricks' rules).
-* Users with a global role see that every scope exists (Databricks lists all scopes); without a
-  role a user sees only the scopes an ACL gives them. A scope the caller cannot see is 404; one
-  they see without enough permission is 403 naming the permission needed.
-* Creating a scope needs the editor, approver or admin role; the creator gets MANAGE.
-* Managed scopes (``store_plaintext``) hold credentials given to endpoints as ``*_plaintext``:
-  only admins see them, and the user who stored a secret there may reference that secret.
+Who may do what (scope permissions READ < WRITE < MANAGE, who sees which scope, who may refer to
+a secret) is decided in ``endpoints_app.access``, with the rules for endpoints and change
+requests; every function here asks it first. The creator of a scope gets MANAGE on it. Managed
+scopes (``store_plaintext``) hold credentials given to endpoints as ``*_plaintext``.
 
 No function here returns, logs or audits a secret's value. Only ``resolve`` decrypts, for the
 gateway.
@@ -25,7 +17,6 @@ import binascii
 import re
 import threading
 from collections import OrderedDict
-from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -35,32 +26,24 @@ from django.db import IntegrityError, transaction
 from django.db.models import QuerySet
 from django.utils import timezone
 
-from endpoints_app import access_generation, audit, encryption
-from endpoints_app.access import CREATE_ROLES, role_of
+from endpoints_app import access, access_generation, audit, encryption
+from endpoints_app.access import ALL_USERS
 from endpoints_app.errors import (
     DomainError,
     InvalidParameterValue,
-    PermissionDenied,
     ResourceAlreadyExists,
     ResourceConflict,
     ResourceDoesNotExist,
 )
-from endpoints_app.models import Role, Secret, SecretAcl, SecretBackendType, SecretPermission, SecretScope
+from endpoints_app.models import Secret, SecretAcl, SecretBackendType, SecretPermission, SecretScope
 from endpoints_app.secret_references import parse_reference, reference
 
 NAME_RE = re.compile(r"[A-Za-z0-9_.-]{1,128}")
 MAX_VALUE_BYTES = 128 * 1024
 MAX_SECRETS_PER_SCOPE = 1000
-ALL_USERS = "users"  # Databricks' group of every user; the only initial_manage_principal allowed
 # Scopes with this prefix belong to Modelfleet (store_plaintext): users cannot create or squat them.
 RESERVED_PREFIX = "modelfleet-"
 MANAGED_SCOPE = "modelfleet-managed"
-RANK: dict[str | None, int] = {
-    None: 0,
-    SecretPermission.READ: 1,
-    SecretPermission.WRITE: 2,
-    SecretPermission.MANAGE: 3,
-}
 
 
 class ResourceLimitExceeded(DomainError):
@@ -74,82 +57,16 @@ class SecretMetadata:
     last_updated_timestamp: int
 
 
-# -- access -----------------------------------------------------------------------------------
-
-
-def _principals(user: AbstractBaseUser) -> list[str]:
-    return [user.get_username(), ALL_USERS, *user.groups.values_list("name", flat=True)]
-
-
-def _is_admin(user: AbstractBaseUser | None) -> bool:
-    return role_of(user) == Role.ADMIN
-
-
-def scope_permission(user: AbstractBaseUser | None, scope: SecretScope) -> str | None:
-    """The user's permission on the scope: the highest of their ACLs; MANAGE for admins."""
-    return scope_permissions(user, [scope])[scope.pk]
-
-
-def scope_permissions(user: AbstractBaseUser | None, scopes: Iterable[SecretScope]) -> dict[int, str | None]:
-    """``scope_permission`` for many scopes at once, by scope id, in two queries whatever their number
-    (the user's groups, then their ACLs on these scopes); none for an admin."""
-    scopes = list(scopes)
-    if _is_admin(user):
-        return {scope.pk: SecretPermission.MANAGE for scope in scopes}
-    best: dict[int, str | None] = {scope.pk: None for scope in scopes}
-    if user is None or not user.is_authenticated or not user.is_active:
-        return best
-    # Managed scopes have no ACLs that count: only admins (above) have a permission on them.
-    ids = [scope.pk for scope in scopes if not scope.managed]
-    if not ids:
-        return best
-    acls = SecretAcl.objects.filter(scope_id__in=ids, principal__in=_principals(user))
-    for scope_id, permission in acls.values_list("scope_id", "permission"):
-        if RANK[permission] > RANK[best[scope_id]]:
-            best[scope_id] = permission
-    return best
-
-
-def _can_see(user: AbstractBaseUser | None, scope: SecretScope, permission: str | None) -> bool:
-    if permission is not None:
-        return True
-    return bool(role_of(user)) and not scope.managed
+# -- access (the rules are ``access``'s) --------------------------------------------------------
 
 
 def _scope(user: AbstractBaseUser | None, name: str, needed: str, *, lock: bool = False) -> SecretScope:
     """The scope, if the user may do what ``needed`` allows (404 when they cannot see it, else 403)."""
     qs = SecretScope.objects.select_for_update() if lock else SecretScope.objects.all()
     scope = qs.filter(name=name).first() if isinstance(name, str) else None
-    permission = scope_permission(user, scope) if scope is not None else None
-    if scope is None or not _can_see(user, scope, permission):
-        raise ResourceDoesNotExist(f"Scope {name} does not exist!")
-    if RANK[permission] < RANK[needed]:
-        raise PermissionDenied(
-            f"This needs {needed} on secret scope '{name}'; you have {permission or 'no permission'}. "
-            "Ask someone with MANAGE on it to grant it."
-        )
+    access.require_scope(user, scope, name, needed)
+    assert scope is not None  # require_scope refused a missing scope
     return scope
-
-
-def check_can_read(*, user: AbstractBaseUser | None, scope: str, key: str) -> None:
-    """May ``user`` have an endpoint use ``{{secrets/scope/key}}``? Raises the domain error if not.
-
-    404 when the scope (for them) or the key does not exist, 403 when they lack READ.
-    """
-    scope_obj = SecretScope.objects.filter(name=scope).first()
-    if scope_obj is not None and scope_obj.managed and not _is_admin(user):
-        # A managed scope: only the user who stored the secret (or an admin) may use it.
-        stored_by_them = (
-            user is not None
-            and user.is_authenticated
-            and Secret.objects.filter(scope=scope_obj, key=key, updated_by_id=user.pk).exists()
-        )
-        if not stored_by_them:
-            raise ResourceDoesNotExist(f"Scope {scope} does not exist!")
-        return
-    found = _scope(user, scope, SecretPermission.READ)
-    if not Secret.objects.filter(scope=found, key=key).exists():
-        raise ResourceDoesNotExist(f"Secret {key} does not exist in scope {scope}!")
 
 
 # -- validation -------------------------------------------------------------------------------
@@ -237,8 +154,7 @@ def create_scope(
     scope_backend_type: object = None,
 ) -> SecretScope:
     """A new scope; MANAGE goes to the creator, or to every user with ``initial_manage_principal="users"``."""
-    if role_of(actor) not in CREATE_ROLES:
-        raise PermissionDenied("Creating a secret scope needs the editor, approver or admin role")
+    access.require_create_scope(actor)
     name = _name(scope, "Scope name")
     backend = str(scope_backend_type or SecretBackendType.DATABRICKS).upper()
     if backend != SecretBackendType.DATABRICKS:
@@ -274,13 +190,7 @@ def delete_scope(*, actor: AbstractBaseUser, scope: object) -> None:
 
 def list_scopes(*, user: AbstractBaseUser) -> QuerySet[SecretScope]:
     """The scopes the user can see, by name."""
-    qs = SecretScope.objects.order_by("name")
-    if _is_admin(user):
-        return qs
-    qs = qs.filter(managed=False)
-    if role_of(user):
-        return qs
-    return qs.filter(acls__principal__in=_principals(user)).distinct()
+    return access.visible_scopes(user, SecretScope.objects.order_by("name"))
 
 
 # -- secrets ----------------------------------------------------------------------------------
