@@ -14,7 +14,7 @@ from rest_framework.test import APIClient
 
 from endpoints_app.filters import AuditEventListFilterSet, LogLineFilterSet, PayloadFilterSet
 from endpoints_app.filters.fields import to_epoch_ms
-from endpoints_app.models import Deployment, Endpoint, LogKind, LogLine
+from endpoints_app.models import ApprovalPolicy, ChangeRequest, Deployment, Endpoint, LogKind, LogLine
 from endpoints_app.services.tokens import create_token
 
 pytestmark = pytest.mark.django_db
@@ -62,6 +62,9 @@ BAD_PARAMETERS = [
     ("/api/2.0/modelfleet/audit-events", {"since": "soon"}, "since"),
     ("/api/2.0/modelfleet/audit-events", {"page_token": "%%%"}, "page_token"),
     ("/api/2.0/modelfleet/audit-events", {"object_name": NUL}, "object_name"),
+    ("/api/2.0/modelfleet/change-requests", {"status": "MAYBE"}, "status"),
+    ("/api/2.0/modelfleet/change-requests", {"endpoint_name": "e" * 256}, "endpoint_name"),
+    ("/api/2.0/modelfleet/change-requests", {"endpoint_name": NUL}, "endpoint_name"),
     ("/api/2.0/modelfleet/tokens", {"user": NUL}, "user"),
     ("/api/2.0/secrets/list", {}, "scope"),
     ("/api/2.0/secrets/list", {"scope": NUL}, "scope"),
@@ -144,6 +147,22 @@ def test_empty_parameters_read_as_their_defaults(root_api, ep, url):
 
 
 # --- the pages that show the same lists ----------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("params", "field"),
+    [({"status": "MAYBE"}, "status"), ({"endpoint_name": "e" * 256}, "endpoint_name"), ({"status": NUL}, "status")],
+)
+def test_the_approvals_page_shows_the_apis_error_inline(client, root, root_api, params, field):
+    ApprovalPolicy.objects.create(endpoint_name="ab")
+    change = ChangeRequest.objects.create(endpoint_name="ab", action="delete", author=root)
+    message = root_api.get("/api/2.0/modelfleet/change-requests", params).json()["message"]
+    client.force_login(root)
+    page = client.get("/change-requests/", params)
+    assert page.status_code == 200
+    html = page.content.decode()
+    assert inline_error(html, f"id_{field}") == message.removeprefix(f"{field}: ")
+    assert f'href="/change-requests/{change.pk}/"' in html  # the filter that did not parse is left out
 
 
 @pytest.mark.parametrize(

@@ -2,40 +2,18 @@
 
 from __future__ import annotations
 
-from datetime import datetime
-from typing import Any
-
 from django.urls import path
 from rest_framework.response import Response
 
+from endpoints_app.api.serializers.changes import serialize_change_request
 from endpoints_app.api.views import ApiView, request_body
 from endpoints_app.authenticated import AuthenticatedRequest
 from endpoints_app.errors import InvalidParameterValue
-from endpoints_app.models import ApprovalPolicy, ChangeRequest
+from endpoints_app.filters import ChangeRequestFilterSet
+from endpoints_app.models import ApprovalPolicy
 from endpoints_app.selectors import change_request_for, change_requests_for
 from endpoints_app.services import approval_policies, changes, proposals
 from endpoints_app.validation import require_object
-
-
-def _ms(value: datetime | None) -> int | None:
-    return int(value.timestamp() * 1000) if value else None
-
-
-def serialize(request: ChangeRequest) -> dict[str, Any]:
-    return {
-        "id": request.pk,
-        "endpoint_name": request.endpoint_name,
-        "action": request.action,
-        "status": request.status,
-        "author": request.author.get_username() if request.author else None,
-        "created_at": _ms(request.created_at),
-        "decided_by": request.decided_by.get_username() if request.decided_by else None,
-        "decided_at": _ms(request.decided_at),
-        "comment": request.comment,
-        "error": request.error,
-        "proposed": proposals.shown_proposal(request.action, request.proposed),
-        "diff": request.diff,
-    }
 
 
 def _comment(request: AuthenticatedRequest) -> str:
@@ -48,11 +26,12 @@ def _comment(request: AuthenticatedRequest) -> str:
 
 class ChangeRequestListView(ApiView):
     def get(self, request: AuthenticatedRequest) -> Response:
-        params = request.query_params
+        filters = ChangeRequestFilterSet(request.query_params)
+        filters.raise_if_invalid()
         requests = change_requests_for(
-            request.user, status=params.get("status"), endpoint_name=params.get("endpoint_name")
+            request.user, status=filters.value("status") or None, endpoint_name=filters.value("endpoint_name") or None
         )
-        return Response({"change_requests": [serialize(c) for c in requests[:500]]})
+        return Response({"change_requests": [serialize_change_request(c) for c in requests[:500]]})
 
     def post(self, request: AuthenticatedRequest) -> Response:
         body = require_object(request_body(request), "request body")
@@ -62,24 +41,28 @@ class ChangeRequestListView(ApiView):
         change = proposals.propose(
             actor=request.user, endpoint_name=name, action=str(body.get("action") or ""), body=body.get("body")
         )
-        return Response(serialize(change))
+        return Response(serialize_change_request(change))
 
 
 class ChangeRequestDetailView(ApiView):
     def get(self, request: AuthenticatedRequest, request_id: int) -> Response:
-        return Response(serialize(change_request_for(request.user, request_id)))
+        return Response(serialize_change_request(change_request_for(request.user, request_id)))
 
 
 class ChangeRequestApproveView(ApiView):
     def post(self, request: AuthenticatedRequest, request_id: int) -> Response:
         change = change_request_for(request.user, request_id)
-        return Response(serialize(changes.approve(actor=request.user, request=change, comment=_comment(request))))
+        return Response(
+            serialize_change_request(changes.approve(actor=request.user, request=change, comment=_comment(request)))
+        )
 
 
 class ChangeRequestRejectView(ApiView):
     def post(self, request: AuthenticatedRequest, request_id: int) -> Response:
         change = change_request_for(request.user, request_id)
-        return Response(serialize(changes.reject(actor=request.user, request=change, comment=_comment(request))))
+        return Response(
+            serialize_change_request(changes.reject(actor=request.user, request=change, comment=_comment(request)))
+        )
 
 
 class ApprovalPolicyListView(ApiView):

@@ -5,16 +5,15 @@ The path names the endpoint by its id. Reading needs CAN_VIEW, changing needs CA
 
 from __future__ import annotations
 
-from typing import Any
-
 from django.urls import path
 from rest_framework.response import Response
 
 from endpoints_app import access
+from endpoints_app.api.serializers.permissions import serialize_permissions
 from endpoints_app.api.views import ApiView, request_body
 from endpoints_app.authenticated import AuthenticatedRequest
 from endpoints_app.errors import ResourceDoesNotExist
-from endpoints_app.models import Endpoint, EndpointPermission, PermissionLevel
+from endpoints_app.models import Endpoint, PermissionLevel
 from endpoints_app.services import permissions as permission_services
 
 DESCRIPTIONS = {
@@ -30,36 +29,6 @@ def _endpoint(request: AuthenticatedRequest, endpoint_id: str, needed: str) -> E
         raise ResourceDoesNotExist(f"Serving endpoint with id '{endpoint_id}' does not exist")
     access.require(request.user, endpoint, needed)
     return endpoint
-
-
-def serialize_permissions(endpoint: Endpoint) -> dict[str, Any]:
-    acl: list[dict[str, Any]] = []
-    grants = EndpointPermission.objects.filter(endpoint=endpoint).select_related("user", "group").order_by("id")
-    for grant in grants:
-        entry: dict[str, Any] = {"all_permissions": [{"permission_level": grant.level, "inherited": False}]}
-        if grant.user is not None:
-            entry["user_name"] = grant.user.get_username()
-            entry["display_name"] = grant.user.get_full_name() or grant.user.get_username()
-        elif grant.group is not None:  # always, when there is no user (the model's check constraint)
-            entry["group_name"] = grant.group.name
-        acl.append(entry)
-    acl.append(
-        {
-            "group_name": "admins",
-            "all_permissions": [
-                {
-                    "permission_level": PermissionLevel.CAN_MANAGE,
-                    "inherited": True,
-                    "inherited_from_object": ["/serving-endpoints/"],
-                }
-            ],
-        }
-    )
-    return {
-        "object_id": f"/serving-endpoints/{endpoint.id}",
-        "object_type": "serving-endpoint",
-        "access_control_list": acl,
-    }
 
 
 class EndpointPermissionsView(ApiView):

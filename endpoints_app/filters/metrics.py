@@ -15,7 +15,7 @@ from endpoints_app.monitoring import metrics
 class MetricNamesField(forms.Field):
     """A comma-separated list of series names (``request_rate,p99_ms``); empty is ``request_rate``."""
 
-    default = ["request_rate"]
+    default = ("request_rate",)
 
     def to_python(self, value: Any) -> list[str]:
         refuse_nul(value)

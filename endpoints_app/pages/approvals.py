@@ -18,8 +18,9 @@ from django.views.decorators.http import require_GET, require_POST
 
 from endpoints_app import access, validation
 from endpoints_app.errors import DomainError, ResourceDoesNotExist
+from endpoints_app.filters import ChangeRequestFilterSet
 from endpoints_app.models import ChangeRequest, ChangeRequestStatus, Role
-from endpoints_app.pages.forms.approvals import ChangeRequestFilterForm, DecisionForm
+from endpoints_app.pages.forms.approvals import DecisionForm
 from endpoints_app.selectors import change_request_for, change_requests_for
 from endpoints_app.services import changes, proposals
 
@@ -36,11 +37,10 @@ def _visible(user: AbstractBaseUser, request_id: int) -> ChangeRequest:
 @login_required
 @require_GET
 def change_request_list(request: HttpRequest) -> HttpResponse:
-    filters = ChangeRequestFilterForm(request.GET or None)
+    filters = ChangeRequestFilterSet(request.GET or None)  # the API's filters
     filters.is_valid()  # a field that does not parse is shown with its error and left out
-    data = getattr(filters, "cleaned_data", {})
     requests = change_requests_for(
-        request.user, status=data.get("status"), endpoint_name=(data.get("endpoint_name") or "").strip()
+        request.user, status=filters.value("status") or None, endpoint_name=filters.value("endpoint_name") or None
     )
     page = Paginator(requests, PAGE_SIZE).get_page(request.GET.get("page"))
     query = request.GET.copy()
