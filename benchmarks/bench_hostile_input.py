@@ -1,10 +1,12 @@
-"""Hostile-input benchmark: PII guardrail patterns on 1 MB of adversarial text, and the event loop
+"""Hostile-input benchmark: the PII guardrail on 1 MB of adversarial text, and the event loop
 while a big text is checked.
 
 1. For each adversarial shape (runs that made a backtracking pattern re-read the text from every
-   start: ``a.a.a.…``, digit runs, ``@`` floods, dots, dashes, …) and each PII pattern, the CPU
-   time of one full scan of 1 MB, the best of ``--runs``. Target: < 100 ms per pattern. The whole
-   check (all six patterns, overlaps resolved) is shown beside it.
+   start: ``a.a.a.…``, digit runs, ``@`` floods, dots, dashes, …; texts full of findings or of near
+   misses for several patterns at once; a mix of them all), the CPU time of each pattern's scan
+   (its seed search included; the class string is read once for all, "classes") and of the whole
+   check, ``find_pii`` and ``mask_pii``, the best of ``--runs``. Target: the whole check under
+   100 ms per MB.
 2. For scale, the e-mail pattern as it was (quadratic) on 16 and 32 KB of ``a.a.a.…``.
 3. The longest stall of an asyncio ticker (every 5 ms) while 1 MB is checked in place and while it
    is checked with ``apply_off_loop`` (a worker process): what the dashboard and API would wait.
@@ -12,6 +14,8 @@ while a big text is checked.
    the Aho–Corasick matcher, beside the backtracking regex trie it replaced (64 KB only: on 1 MB of
    the first case that took 23.6 s). Most of the time goes to marking non-word characters (one
    split and join; a character outside Latin-1 costs most), the search itself ~10 ms per MB.
+
+CPU times on a machine shared with other work run long: the best of several runs is reported.
 
 Usage: python benchmarks/bench_hostile_input.py [--runs 3] [--size 1048576]
 """
@@ -63,7 +67,33 @@ def shapes(size: int) -> dict[str, str]:
         "cards": "4111 1111 1111 1111 " * (size // 20),
         "(((": "(" * size,
         ".1.. -1.": ".1.. -1." * (size // 8),
+        # Near misses and findings for several patterns at once, other scripts, and all of them mixed.
+        "1234 ": "1234 " * (size // 5),
+        "12 345 678 ": "12 345 678 " * (size // 11),
+        "123-45-6789 ": "123-45-6789 " * (size // 12),
+        "000-00-0000 ": "000-00-0000 " * (size // 12),
+        "415-555-0100 ": "415-555-0100 " * (size // 13),
+        "999.1.1.1 ": "999.1.1.1 " * (size // 10),
+        "a@b.com.": "a@b.com." * (size // 8),
+        "AB12AB12": "AB12" * (size // 4),
+        "aA1.": "aA1." * (size // 4),
+        "\u0661-": "\u0661-" * (size // 2),
+        "emoji": "\U0001f600" * size,
     }
+
+
+def mixed(size: int) -> str:
+    """Every shape above in turn, in pieces of 64 characters (no region holds one shape only), and
+    the same characters at random."""
+    pieces = list(shapes(size).values())
+    out: list[str] = []
+    total = 0
+    while total < size:
+        for piece in pieces:
+            start = (total * 7) % (len(piece) - 64)
+            out.append(piece[start : start + 64])
+            total += 64
+    return "".join(out)[:size]
 
 
 def cpu_ms(fn, runs: int) -> float:  # type: ignore[no-untyped-def]
@@ -84,20 +114,26 @@ TEXT = ""
 
 
 def pattern_table(size: int, runs: int) -> bool:
-    global TEXT
-    names = [entity.split("_")[0][:6] for entity, _, _ in guardrails.PII_PATTERNS]
-    print(f"## CPU ms per scan of {size / 1024 / 1024:g} MB (best of {runs}); target < {TARGET_MS:g} ms per pattern\n")
-    print("| shape | " + " | ".join(names) + " | worst | whole check |")
-    print("|---" * (len(names) + 3) + "|")
+    names = ["EMAIL", *(pattern.entity.split("_")[0][:6] for pattern in guardrails.BOUNDED_PATTERNS)]
+    print(f"## CPU ms per {size / 1024 / 1024:g} MB (best of {runs}); target: whole check < {TARGET_MS:g} ms\n")
+    print("| shape | classes | " + " | ".join(names) + " | whole check (find_pii) | mask_pii |")
+    print("|---" * (len(names) + 4) + "|")
     ok = True
-    for shape, text in shapes(size).items():
-        TEXT = text
-        times = [cpu_ms(lambda p=pattern: scan(p), runs) for _, pattern, _ in guardrails.PII_PATTERNS]
+    rng = random.Random(2)
+    cases = {**shapes(size), "mixed, 64-char pieces": mixed(size)}
+    alphabet = sorted(set(cases["mixed, 64-char pieces"]))
+    cases["random of those chars"] = "".join(rng.choices(alphabet, k=size))
+    for shape, text in cases.items():
+        classes = guardrails._classes(text)
+        times = [cpu_ms(lambda t=text: guardrails._classes(t), runs)]
+        times += [cpu_ms(lambda s=scanner, c=classes, t=text: s(t, c), runs) for scanner in guardrails.PII_SCANS]
         whole = cpu_ms(lambda t=text: guardrails.find_pii(t), runs)
-        worst = max(times)
-        ok = ok and worst < TARGET_MS
+        masked = cpu_ms(lambda t=text: guardrails.mask_pii(t), runs)
+        good = whole < TARGET_MS and masked < TARGET_MS
+        ok = ok and good
         cells = " | ".join(f"{t:.0f}" for t in times)
-        print(f"| {shape} | {cells} | {worst:.0f}{'' if worst < TARGET_MS else ' ✗'} | {whole:.0f} |")
+        verdict = "PASS" if good else "FAIL"
+        print(f"| {shape!r} | {cells} | {whole:.0f} {verdict} | {masked:.0f} |")
     return ok
 
 
@@ -109,7 +145,7 @@ def old_email_table() -> None:
     for size in (16 * 1024, 32 * 1024):
         TEXT = "a." * (size // 2)
         old = cpu_ms(lambda: scan(OLD_EMAIL), 1)
-        new = cpu_ms(lambda: scan(guardrails.PII_PATTERNS[0][1]), 1)
+        new = cpu_ms(lambda t=TEXT: guardrails._scan_emails(t, guardrails._classes(t)), 1)
         print(f"| {size // 1024} KB | {old:.0f} | {new:.1f} |")
 
 
@@ -241,7 +277,7 @@ def main() -> int:
     old_email_table()
     loop_table(args.size)
     keywords_ok = keyword_table(args.size, args.runs)
-    print(f"\nEvery pattern under {TARGET_MS:g} ms per {args.size // 1024} KB: {'yes' if ok else 'NO'}")
+    print(f"\nEvery whole PII check under {TARGET_MS:g} ms per {args.size // 1024} KB: {'yes' if ok else 'NO'}")
     print(f"Every keyword case linear and under {KEYWORD_TARGET_MS:g} ms per MB: {'yes' if keywords_ok else 'NO'}")
     return 0 if ok and keywords_ok else 1
 

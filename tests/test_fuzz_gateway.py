@@ -5,7 +5,10 @@ parsing step answers a value or its own 4xx-style error, never another exception
 - the OpenAI-shaped checks for external models (``check_openai_request``) and each provider's
   translation of a checked body (``build_request``), for chat, completions and embeddings;
 - the model server's input parsing for custom models (``dataframe_split``/``dataframe_records``,
-  ``instances``, ``inputs``), fast path and full MLflow path, on a real scikit-learn model.
+  ``instances``, ``inputs``), fast path and full MLflow path, on a real scikit-learn model;
+- the PII guardrail: its fast path (seeded chunks, rewritten patterns, checks in bulk) finds and
+  masks exactly what the six patterns as first written find (``tests/pii_reference.py``), on texts
+  drawn from the characters the patterns care about, read in chunks of a few characters too.
 
 Bounded: about 200 examples a test, derandomized (CI sees the same cases), no shrinking database.
 """
@@ -24,6 +27,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from endpoints_app.gateway import guardrails
 from endpoints_app.gateway.app import Gateway, GatewayError
 from endpoints_app.gateway.payloads import client_request_id
 from endpoints_app.gateway.providers import PROVIDERS
@@ -36,6 +40,7 @@ from endpoints_app.gateway.providers.base import (
     UpstreamRequest,
     check_openai_request,
 )
+from tests import pii_reference
 from tests.model_fixtures import save_iris_model
 
 FUZZ = settings(
@@ -299,3 +304,55 @@ def test_a_number_json_cannot_carry_in_an_external_request_is_rejected(number: f
     """Python's decoder reads NaN and Infinity; httpx would refuse to send them (a 500)."""
     with pytest.raises(RequestRejected, match="finite"):
         check_openai_request(CHAT, {"messages": [{"role": "user", "content": "hi"}], "temperature": number})
+
+
+# --- the PII guardrail's fast path ---------------------------------------------------------------------
+
+# Alphabets that crowd several patterns into the same few characters (digits of two scripts next to
+# separators, letters next to digits, "@" next to dots), and whole findings to splice in.
+PII_ALPHABETS = [
+    "0123456789 .-",
+    "19 -.()+",
+    "1a.@-+_",
+    "ABZ09 12",
+    "aA1.@ -",
+    "1.2.5 ",
+    "\u0661\u06629 -.@a\u00e9",
+    "AB12 .@-()+x\n",
+    "a@.c-om+x,(1",
+]
+PII_PIECES = [
+    "john.doe@example.com",
+    "x@y.co",
+    "4111 1111 1111 1111",
+    "4111-1111-1111-1112",
+    "123-45-6789",
+    "000-12-3456",
+    "DE89 3704 0044 0532 0130 00",
+    "AB12 ",
+    "10.0.0.1",
+    "255.255.255.256",
+    "+1 415-555-0100",
+    "(415) 555 0100",
+    "a@b.com.",
+    "-x@c.de",
+    "a.",
+    "1-",
+    "@",
+    ",",
+]
+pii_texts = st.one_of([st.text(alphabet=alphabet, max_size=400) for alphabet in PII_ALPHABETS]) | st.lists(
+    st.sampled_from(PII_PIECES) | st.text(alphabet="1 .-@a,", max_size=3), max_size=40
+).map("".join)
+
+
+@settings(FUZZ, max_examples=1500)
+@given(pii_texts, st.sampled_from([1, 3, 8, 32, 100, guardrails.CHUNK]))
+def test_the_pii_fast_path_finds_and_masks_what_the_original_patterns_do(text: str, chunk: int) -> None:
+    original_chunk = guardrails.CHUNK
+    guardrails.CHUNK = chunk  # small chunks put chunk edges (and slices) everywhere in a short text
+    try:
+        assert guardrails.find_pii(text) == pii_reference.find_pii(text)
+        assert guardrails.mask_pii(text) == pii_reference.mask_pii(text)
+    finally:
+        guardrails.CHUNK = original_chunk
