@@ -19,7 +19,12 @@ from rest_framework.views import APIView
 from endpoints_app import access, registry, selectors
 from endpoints_app.api.openapi import endpoint_openapi
 from endpoints_app.api.parsers import AnyContentTypeJSONParser, check_path_and_query
-from endpoints_app.api.serializers.endpoints import serialize_endpoint_detailed, serialize_endpoint_summary
+from endpoints_app.api.serializers.endpoints import (
+    serialize_endpoint_detailed,
+    serialize_endpoint_summary,
+    serialize_tags,
+)
+from endpoints_app.api.serializers.models import serialize_model_version
 from endpoints_app.backends import get_backend
 from endpoints_app.errors import InvalidParameterValue, MalformedRequest
 from endpoints_app.models import Endpoint, PermissionLevel
@@ -110,7 +115,7 @@ class EndpointTagsView(ApiView):
         outcome = endpoint_services.patch_endpoint_tags(
             actor=request.user, name=name, body=request_body(request), if_match=if_match(request)
         )
-        return Response({"tags": [{"key": t.key, "value": t.value} for t in outcome.applied()]})
+        return Response({"tags": serialize_tags(outcome.applied())})
 
 
 class EndpointOpenApiView(RawResponseApiView):
@@ -162,7 +167,7 @@ class RegisteredModelUploadView(ApiView):
             _refuse_links(target)
             root = _model_root(target)
             info = registry.register_model_dir(root, name, description=description)
-        return Response({"name": info.name, "version": info.version, "source": info.source, "status": info.status})
+        return Response(serialize_model_version(info))
 
 
 def _upload_dir() -> str:

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import Any
 
 from endpoints_app.api.serializers.common import ms, user_label
-from endpoints_app.models import ConfigUpdate, ConfigVersion, DeploymentState, Endpoint, ServedEntity
+from endpoints_app.models import ConfigUpdate, ConfigVersion, DeploymentState, Endpoint, EndpointTag, ServedEntity
 from endpoints_app.selectors import endpoint_is_ready
 from endpoints_app.services.rollouts import EXTERNAL_READY_MESSAGE
 from endpoints_app.validation import redact_environment_vars
@@ -69,6 +70,10 @@ def serialize_served_entity(entity: ServedEntity, *, failed_config: bool = False
     return out
 
 
+def serialize_tags(tags: Iterable[EndpointTag]) -> list[dict[str, str]]:
+    return [{"key": t.key, "value": t.value} for t in tags]
+
+
 def endpoint_task(endpoint: Endpoint) -> str:
     """The task of an endpoint serving external models (reference §2.5), "" for custom models."""
     config = endpoint.active_config or endpoint.pending_config
@@ -123,7 +128,7 @@ def serialize_endpoint_detailed(endpoint: Endpoint, *, permission_level: str = "
         "creation_timestamp": ms(endpoint.created_at),
         "last_updated_timestamp": ms(endpoint.updated_at),
         "state": serialize_state(endpoint),
-        "tags": [{"key": t.key, "value": t.value} for t in endpoint.tags.all()],
+        "tags": serialize_tags(endpoint.tags.all()),
         "permission_level": permission_level,
         "route_optimized": endpoint.route_optimized,
         "description": endpoint.description,
@@ -158,7 +163,7 @@ def serialize_endpoint_summary(endpoint: Endpoint) -> dict[str, Any]:
         "last_updated_timestamp": ms(endpoint.updated_at),
         "state": serialize_state(endpoint),
         "config": {"served_entities": [_entity_spec(e) for e in entities]},
-        "tags": [{"key": t.key, "value": t.value} for t in endpoint.tags.all()],
+        "tags": serialize_tags(endpoint.tags.all()),
         "description": endpoint.description,
     }
     if endpoint.ai_gateway:
