@@ -341,16 +341,16 @@ PII_PIECES = [
     "@",
     ",",
 ]
-pii_texts = st.one_of([st.text(alphabet=alphabet, max_size=400) for alphabet in PII_ALPHABETS]) | st.lists(
-    st.sampled_from(PII_PIECES) | st.text(alphabet="1 .-@a,", max_size=3), max_size=40
+pii_texts = st.one_of([st.text(alphabet=alphabet, max_size=1000) for alphabet in PII_ALPHABETS]) | st.lists(
+    st.sampled_from(PII_PIECES) | st.text(alphabet="1 .-@a,", max_size=3), max_size=80
 ).map("".join)
 
 
 @settings(FUZZ, max_examples=1500)
-@given(pii_texts, st.sampled_from([1, 3, 8, 32, 100, guardrails.CHUNK]))
+@given(pii_texts, st.sampled_from([65, 80, 100, guardrails.CHUNK]))
 def test_the_pii_fast_path_finds_and_masks_what_the_original_patterns_do(text: str, chunk: int) -> None:
     original_chunk = guardrails.CHUNK
-    guardrails.CHUNK = chunk  # small chunks put chunk edges (and slices) everywhere in a short text
+    guardrails.CHUNK = chunk  # short chunks (it must exceed REACH) put region edges all over a short text
     try:
         assert guardrails.find_pii(text) == pii_reference.find_pii(text)
         assert guardrails.mask_pii(text) == pii_reference.mask_pii(text)

@@ -11,9 +11,9 @@ the caller sees it. Per direction:
 Detection is pattern based and runs on this machine (nothing leaves it): e-mail addresses, phone
 numbers, US social security numbers, payment card numbers (Luhn-checked, so order numbers do not
 trip it), IPv4 addresses and IBANs. Every pattern runs in linear time over the whole text (no scan
-cap that padding could slip personal data past), each only where its shape could occur, findings
-handled in bulk (1 MB of hostile text well under 0.1 s, see "PII detection" below); so does keyword
-matching (an Aho–Corasick automaton, ``KeywordMatcher``). A long text is checked in a worker process
+cap that padding could slip personal data past), each only near text of its shape, findings handled
+in bulk (see "PII detection" below); so does keyword matching (an Aho–Corasick automaton,
+``KeywordMatcher``). A long text is checked in a worker process
 (``apply_off_loop``) so the one event loop of the web process keeps serving meanwhile. ``safety``
 and ``valid_topics`` need a classifier model, which Modelfleet does not ship: validation refuses
 them rather than pretend.
@@ -52,24 +52,28 @@ MAX_KEYWORD_LENGTH = 200
 #
 # Each pattern costs linear time, but ``re`` pays 20-60 ns at every position where a match could start,
 # and six full scans of a megabyte of hostile text (``1-1-1-…``, ``((((…``) took 0.1-0.4 s. So a
-# pattern runs only where it could match, and findings are handled in bulk:
+# pattern runs only near text that could hold a match, and findings are handled in bulk:
 #
 # 1. The text is read once into one byte per character (``_classes``): a digit, an ASCII letter,
 #    another word character, the punctuation the patterns use, or anything else.
-# 2. Each pattern needs, near every match, a fixed piece of that class string (its "seed": an SSN is
-#    ``000-00-0000``, an IBAN starts ``AA00`` after a non-word character, …). Found with ``bytes``
-#    searches (a fixed prefix lets ``re`` skip ahead in C), seeds mark 1 KiB chunks where a match may
-#    start; a pattern without a seed anywhere costs a few searches of the class string.
-# 3. Marked chunks are scanned with the pattern itself, written so that a match starts with a
-#    character class (``re`` then skips other characters in C) and equivalent to the original
-#    (tests compare them). Every pattern but the e-mail one is bounded: nothing it reads lies more
-#    than ``REACH`` characters past where a match starts, and its look-behinds see the characters
-#    before a scan's start, so a chunk is scanned as a part of the whole text. Where the chunk is
-#    preceded by a character no match starts at nor looks through, a slice is ``split`` (matches
-#    and their offsets as one list, no match object each); otherwise ``finditer`` reads in place.
+# 2. Every match of a pattern lies near a "seed" that whole-string operations on that class string
+#    find (``bytes.split``, ``translate``, numpy): an SSN is ``000-00-0000``, an IBAN starts ``AA00``
+#    after a non-word character, a card starts at a digit after one with 13 digits or separators on,
+#    … Seeds mark 128-character chunks where a match may start (``_regions``); a pattern with no
+#    seed costs those few operations, and a mixed text is read only where each pattern's shapes are.
+# 3. The regions are read with the pattern itself, rewritten to start with a character class (``re``
+#    then skips other characters in C) and equivalent to the original (tests compare them). All but
+#    the e-mail pattern are bounded: nothing a match reads lies more than ``REACH`` past its start,
+#    so a region is read as a slice of the text, from a character no match starts at nor looks
+#    behind through; the slices, joined by NULs, are ``split`` at once (matches and their offsets,
+#    no match object each). See ``_scan_bounded``.
 # 4. Checks (Luhn, parts of an address) run on all candidates at once with numpy, and so do the
 #    overlap rule and masking: a text full of findings (1 MB of ``1.1.1.1 ``: 131,072 addresses)
 #    costs no Python-level step per finding.
+#
+# What is left is ``re`` reading the candidates themselves: a megabyte dense with one pattern's
+# near-misses or findings (card-like digit groups, addresses) costs about one pass of that pattern
+# (benchmarks/bench_hostile_input.py).
 #
 # The e-mail pattern is unbounded (a local part and a domain can be as long as the text), see
 # ``_scan_emails``.
@@ -171,91 +175,114 @@ def _cards_valid(found: list[str]) -> np.ndarray:
     return (totals % 10 == 0) & (counts >= 13) & (counts <= 19)
 
 
-def _ipv4s_valid(found: list[str]) -> np.ndarray:
-    """No part over 255, for every candidate at once. A part over 255 has three digits (the pattern
-    allows at most three), so only three digits in a row are read; candidates are joined with a
-    newline so that no three span two of them."""
-    valid = np.ones(len(found), bool)
-    joined = "\n".join(found)
-    if b"000" not in _classes(joined):
-        return valid
-    values = _digit_values(joined).astype(np.int64)
-    three = (values[:-2] != 255) & (values[1:-1] != 255) & (values[2:] != 255)
-    over = np.flatnonzero(three & (values[:-2] * 100 + values[1:-1] * 10 + values[2:] > 255))
-    lengths = np.fromiter(map(len, found), np.int64, len(found))
-    starts = np.cumsum(lengths + 1) - lengths - 1  # where each candidate starts in ``joined``
-    valid[np.searchsorted(starts, over, side="right") - 1] = False
-    return valid
-
-
 @dataclass(frozen=True)
 class PiiPattern:
     """A bounded PII pattern and what lets it run only where it could match (see above).
 
-    ``regex`` is equivalent to ``original`` (same matches from every position), rewritten to start
-    with a character class. A match starts in a chunk only if ``seed`` is found in the class string
-    read through ``seed_view`` (or ``view``) within ``REACH`` after that start (or 2 before it) and,
-    where ``starts`` are given, one of them is in the chunk in ``view`` (what must precede a match's
-    first character). ``safe``: classes (in ``view``) of characters a match can neither start at nor
-    look behind through, where a slice may begin.
+    ``regex`` is equivalent to ``original`` (same match from every position; tests compare them),
+    rewritten to start with a character class. ``seeds(classes)`` lists positions such that every
+    match starts within ``before`` characters before one or ``after`` after it. ``safe``: the
+    classes of characters a match can neither start at nor look behind through, where a slice of
+    the text may begin.
     """
 
     entity: str
     original: str
     regex: re.Pattern[str]
     gate: Callable[[bytes], bool]  # a cheap test of the whole class string: could it match at all?
-    view: bytes
-    seed: re.Pattern[bytes]
-    safe: bytes
+    seeds: Callable[[bytes], np.ndarray]
+    before: int
+    after: int
+    safe: str
     check: Callable[[list[str]], np.ndarray] | None = None
-    seed_view: bytes | None = None
-    starts: tuple[bytes, ...] = ()
 
     @functools.cached_property
     def splitter(self) -> re.Pattern[str]:
         return re.compile(f"({self.regex.pattern})")
 
+    @functools.cached_property
+    def safe_view(self) -> bytes:
+        return _view(s=self.safe, **{".": "".join(sorted(set(_ASCII_CLASSES.decode()) - set(self.safe)))})
 
+
+def _mask(classes: bytes, members: str) -> np.ndarray:
+    """Where the class string holds one of ``members``, as booleans (one ``translate``)."""
+    table = bytearray(256)
+    for member in members:
+        table[ord(member)] = 1
+    return np.frombuffer(classes.translate(bytes(table)), np.bool_)
+
+
+def _occurrences(data: bytes, literal: bytes) -> np.ndarray:
+    """Starts of the occurrences of ``literal`` in ``data`` that ``split`` finds (not those that
+    overlap one it found), from one ``split``."""
+    pieces = data.split(literal)
+    lengths = np.fromiter(map(len, pieces[:-1]), np.int64, len(pieces) - 1) + len(literal)
+    return np.cumsum(lengths) - len(literal)
+
+
+def _hits(data: bytes, splitter: re.Pattern[bytes]) -> np.ndarray:
+    """Starts of the matches of ``splitter`` (one group, the whole pattern) in ``data``."""
+    parts = splitter.split(data)
+    return np.cumsum(np.fromiter(map(len, parts), np.int64, len(parts)))[0::2][:-1]
+
+
+_CARD_RUN = _view(n=".+@()#Aa_", **{"0": " -"})
+
+
+def _card_seeds(classes: bytes) -> np.ndarray:
+    """Where a card may start: a digit after a non-word character (or at the start) with digits and
+    separators only in the 13 characters from there."""
+    n = len(classes)
+    if b"0" * 13 not in classes.translate(_CARD_RUN):
+        return _NONE
+    after_non_word = np.empty(n, bool)
+    after_non_word[0] = True
+    np.logical_not(_mask(classes, "0Aa_")[:-1], out=after_non_word[1:])
+    others = np.concatenate(([0], np.cumsum(~_mask(classes, "0 -"), dtype=np.int32)))
+    clear = np.zeros(n, bool)
+    clear[: n - 12] = others[13:] == others[: n - 12]
+    return np.flatnonzero(_mask(classes, "0") & after_non_word & clear)
+
+
+_IBAN_START = _view(n=" .-+@()#", w="a_")
+_PHONE_VIEW = _view(s=" .-", p="+(", x="@)#", a="A_")
+# The last two groups of digits, and after them what the look-ahead lets through.
+_PHONE_END = re.compile(rb"(000s0000?(?:[xp]|s[xpsa]))")
+
+# IPv4 addresses are read from runs of word characters instead (``_scan_ipv4s``).
 BOUNDED_PATTERNS = (
     PiiPattern(
         "CREDIT_CARD",
         r"\b(?:\d[ -]?){12,18}\d\b",
         re.compile(r"\d(?<!\w\d)" + r"[ -]?\d" * 12 + r"(?:[ -]?\d){0,6}\b"),
         lambda classes: classes.count(b"0") >= 13,
-        _view(s=" -", n=".+@()#", w="Aa_"),
-        re.compile(b"0" * 13),  # 13 digits or separators in a row
-        b"snw",
+        _card_seeds,
+        0,
+        0,
+        "Aa_ .-+@()#",
         _cards_valid,
-        seed_view=_view(n=".+@()#Aa_", **{"0": " -"}),
-        starts=(b"s0", b"n0"),  # a digit after a non-word character
     ),
     PiiPattern(
         "US_SSN",
         r"\b(?!000|666|9\d\d)\d{3}-(?!00)\d{2}-(?!0000)\d{4}\b",
         re.compile(r"\d(?<!\w\d)\d\d(?<!000)(?<!666)(?<!9\d\d)-(?!00)\d{2}-(?!0000)\d{4}\b"),
         lambda classes: b"0-00-0" in classes,
-        _view(n="Aa_ .+@()#"),
-        re.compile(rb"000-00-0000"),
-        b"n-",
+        lambda classes: _occurrences(classes, b"000-00-0000"),
+        0,
+        11,
+        "Aa_ .-+@()#",
     ),
     PiiPattern(
         "IBAN_CODE",
         r"\b[A-Z]{2}\d{2}(?: ?[A-Z0-9]{4}){2,7}(?: ?[A-Z0-9]{1,4})?\b",
         re.compile(r"[A-Z](?<!\w[A-Z])[A-Z]\d{2}(?: ?[A-Z0-9]{4}){2,7}(?: ?[A-Z0-9]{1,4})?\b"),
         lambda classes: b"AA00" in classes,
-        _view(n=" .-+@()#", w="a_"),
-        re.compile(rb"nAA00"),
-        b"nw0",
-    ),
-    PiiPattern(
-        "IP_ADDRESS",
-        r"\b(?:\d{1,3}\.){3}\d{1,3}\b",
-        re.compile(r"\d(?<!\w\d)\d{0,2}\.\d{1,3}\.\d{1,3}\.\d{1,3}\b"),
-        lambda classes: b"0.0" in classes,
-        _view(n="Aa_ -+@()#"),
-        re.compile(rb"0\.0{1,3}\.0"),  # the second part, between dots
-        b"n.",
-        _ipv4s_valid,
+        # In the framed view the non-word character before the match is at the match's own index.
+        lambda classes: _occurrences(_framed(classes, _IBAN_START), b"nAA00"),
+        0,
+        5,
+        "0a_ .-+@()#",
     ),
     PiiPattern(
         "PHONE_NUMBER",
@@ -266,92 +293,139 @@ BOUNDED_PATTERNS = (
             r"\d{3,4}[ .-]\d{3,4}\b(?![ .-]?\d)"
         ),
         lambda classes: classes.count(b"0") >= 8,
-        _view(s=" .-", p="+(", x="@)#", a="A_"),
-        # The last two groups of digits, and after them what the look-ahead lets through.
-        re.compile(rb"000s0000?(?:[xp]|s[xpsa])"),
-        b"xa",
+        lambda classes: _hits(_framed(classes, _PHONE_VIEW), _PHONE_END),
+        24,
+        10,
+        "Aa_@)#",
     ),
 )
 # How far past a match's start a bounded pattern reads (its longest match, 44 characters for an
 # IBAN, and two characters of look-ahead), with room to spare; tests check it.
 REACH = 64
-CHUNK = 1024  # the text is marked for a pattern in chunks this long
+# Match starts are marked in chunks this long. Longer than REACH, so that two regions (runs of
+# marked chunks) lie more than REACH apart, and than any pattern's before + after, so that a seed
+# marks two chunks at most.
+CHUNK = 128
 _NONE = np.zeros(0, np.int64)
 
 
-def _seeded_chunks(view: bytes, seed: re.Pattern[bytes], reach: int) -> list[int]:
-    """The chunks where a match may start: within ``reach`` before a seed, or 2 after it (``view``
-    is framed). After a seed the search goes on from the next chunk, so a text full of seeds costs
-    one search per chunk."""
-    chunks: list[int] = []
-    pos = 0
-    while (hit := seed.search(view, pos)) is not None:
-        first, last = max(0, hit.start() - 1 - reach) // CHUNK, (hit.start() + 1) // CHUNK
-        chunks.extend(range(max(first, chunks[-1] + 1 if chunks else 0), last + 1))
-        pos = (last + 1) * CHUNK - 1
-    return chunks
-
-
-def _regions(chunks: list[int]) -> list[tuple[int, int]]:
-    """Runs of consecutive chunks, as [start, end) in the text."""
-    regions: list[tuple[int, int]] = []
-    for chunk in chunks:
-        if regions and regions[-1][1] == chunk * CHUNK:
-            regions[-1] = (regions[-1][0], (chunk + 1) * CHUNK)
-        else:
-            regions.append((chunk * CHUNK, (chunk + 1) * CHUNK))
-    return regions
+def _regions(pattern: PiiPattern, classes: bytes) -> tuple[np.ndarray, np.ndarray]:
+    """[begins, ends) of the runs of chunks where a match of ``pattern`` may start."""
+    seeds = pattern.seeds(classes)
+    if not len(seeds):
+        return _NONE, _NONE
+    marked = np.zeros(len(classes) // CHUNK + 2, np.int8)
+    marked[np.maximum(seeds - pattern.before, 0) // CHUNK] = 1
+    marked[(seeds + pattern.after) // CHUNK] = 1
+    edges = np.flatnonzero(np.diff(marked, prepend=0, append=0))
+    begins, ends = edges[0::2] * CHUNK, np.minimum(edges[1::2] * CHUNK, len(classes))
+    inside = begins < len(classes)
+    return begins[inside], ends[inside]
 
 
 def _scan_bounded(pattern: PiiPattern, text: str, classes: bytes) -> tuple[np.ndarray, np.ndarray]:
-    """(starts, ends) of ``pattern.original``'s ``finditer`` matches that pass its check."""
+    """(starts, ends) of ``pattern.original``'s ``finditer`` matches that pass its check.
+
+    Each region is read from a safe character at most 256 before it (no match starts between: none
+    was seeded there; none straddles it: the previous region's matches end REACH after it at most):
+    from there a slice has the same matches as the text. The slices, a NUL between two (which no
+    pattern matches, and which ends a match as the text's end would), are split at once. A region
+    with no safe character before it is read in place with ``finditer``, whose look-behinds see the
+    text before it.
+    """
     if not pattern.gate(classes):
         return _NONE, _NONE
-    view = _framed(classes, pattern.view)
-    seed_view = view if pattern.seed_view is None else _framed(classes, pattern.seed_view)
-    chunks = _seeded_chunks(seed_view, pattern.seed, REACH)
-    if pattern.starts:
-        chunks = [
-            chunk
-            for chunk in chunks
-            if any(view.find(start, chunk * CHUNK, (chunk + 1) * CHUNK + 2) >= 0 for start in pattern.starts)
-        ]
-    n = len(text)
-    starts: list[np.ndarray] = []
-    ends: list[np.ndarray] = []
-    found: list[str] = []
-    floor = 0  # where the last match ended: no match straddles it
-    for begin, end in _regions(chunks):
-        # Matches start in [begin, end); what they read ends before ``stop``. Matches that start
-        # later are read only to be dropped (the next region, if any, is at least a chunk away).
-        stop = min(n, end + REACH)
-        low = max(floor, begin - 256)
-        cut = max(view.rfind(pattern.safe[i : i + 1], low, begin + 1) for i in range(len(pattern.safe))) - 1
-        if cut >= floor or cut == -1:
-            # text[cut] is safe (or cut is the text's start): the slice from there has the same
-            # matches as the text, since none starts before ``begin`` (none was seeded there).
-            cut = max(cut, 0)
-            parts = pattern.splitter.split(text[cut:stop])
-            offsets = np.cumsum(np.fromiter(map(len, parts), np.int64, len(parts))) + cut
-            match_starts, match_ends, strings = offsets[0::2][:-1], offsets[1::2], parts[1::2]
-        else:
-            matches = list(pattern.regex.finditer(text, max(begin, floor), stop))
-            spans = np.fromiter(chain.from_iterable(map(re.Match.span, matches)), np.int64, 2 * len(matches))
-            match_starts, match_ends = spans[0::2], spans[1::2]
-            strings = list(map(re.Match.group, matches))
-        keep = int(np.searchsorted(match_starts, end))
-        if keep:
-            starts.append(match_starts[:keep])
-            ends.append(match_ends[:keep])
-            found += strings[:keep]
-            floor = int(match_ends[keep - 1])
-    if not starts:
+    begins, ends = _regions(pattern, classes)
+    if not len(begins):
         return _NONE, _NONE
-    all_starts, all_ends = np.concatenate(starts), np.concatenate(ends)
-    if pattern.check is not None:
-        valid = pattern.check(found)
+    n = len(text)
+    safe = classes.translate(pattern.safe_view)
+    stops = np.minimum(ends + REACH, n)
+    cuts = np.array(
+        [
+            safe.rfind(b"s", max(0, begin - 256, stop), begin + 1)
+            for begin, stop in zip(begins.tolist(), [0, *stops[:-1].tolist()], strict=True)
+        ],
+        np.int64,
+    )
+    cuts[(cuts < 0) & (begins == 0)] = 0  # the text's start
+    starts: list[np.ndarray] = []
+    finishes: list[np.ndarray] = []
+    found: list[str] = []
+    for begin, end, stop in zip(
+        begins[cuts < 0].tolist(), ends[cuts < 0].tolist(), stops[cuts < 0].tolist(), strict=True
+    ):
+        matches = [match for match in pattern.regex.finditer(text, begin, stop) if match.start() < end]
+        spans = np.fromiter(chain.from_iterable(map(re.Match.span, matches)), np.int64, 2 * len(matches))
+        starts.append(spans[0::2])
+        finishes.append(spans[1::2])
+        found += map(re.Match.group, matches)
+    sliced = cuts >= 0
+    if sliced.any():
+        cuts, ends, stops = cuts[sliced], ends[sliced], stops[sliced]
+        lengths = stops - cuts
+        at = np.cumsum(lengths + 1) - lengths - 1  # where each slice starts in the joined text
+        slices = map(text.__getitem__, map(slice, cuts.tolist(), stops.tolist()))
+        parts = pattern.splitter.split("\0".join(slices))
+        offsets = np.cumsum(np.fromiter(map(len, parts), np.int64, len(parts)))
+        match_starts, match_ends = offsets[0::2][:-1], offsets[1::2]
+        owner = np.searchsorted(at, match_starts, side="right") - 1
+        shift = cuts[owner] - at[owner]
+        keep = match_starts + shift < ends[owner]  # matches that start past the region are not its own
+        starts.append((match_starts + shift)[keep])
+        finishes.append((match_ends + shift)[keep])
+        strings = parts[1::2]
+        found += strings if keep.all() else [strings[i] for i in np.flatnonzero(keep)]
+    all_starts, all_ends = np.concatenate(starts), np.concatenate(finishes)
+    order = np.argsort(all_starts, kind="stable")
+    all_starts, all_ends = all_starts[order], all_ends[order]
+    if pattern.check is not None and len(found):
+        valid = pattern.check([found[i] for i in order] if len(starts) > 1 else found)
         all_starts, all_ends = all_starts[valid], all_ends[valid]
     return all_starts, all_ends
+
+
+def _tokens(classes: bytes) -> tuple[np.ndarray, np.ndarray]:
+    """[starts, ends) of the runs of word characters (``\\w+``)."""
+    edges = np.flatnonzero(np.diff(_mask(classes, "0Aa_").view(np.int8), prepend=0, append=0))
+    return edges[0::2], edges[1::2]
+
+
+def _scan_ipv4s(text: str, classes: bytes) -> tuple[np.ndarray, np.ndarray]:
+    """(starts, ends) of ``\\b(?:\\d{1,3}\\.){3}\\d{1,3}\\b``'s ``finditer`` matches with no part over
+    255, read from the runs of word characters ("tokens") instead of by ``re``.
+
+    The pattern matches four whole tokens of one to three digits, one "." between each two (a part
+    cannot end inside a token: "." or a word boundary must follow it). Such a match may start at any
+    such token followed by three more; after a match the search goes on past its fourth token. In a
+    dotted run of k such tokens the matches start at the first, fifth, ninth, … while four are left,
+    and the next run starts past the last match's tokens: each run is read alone.
+    """
+    if b"0.0" not in classes:
+        return _NONE, _NONE
+    starts, ends = _tokens(classes)
+    lengths = ends - starts
+    digits = np.concatenate(([0], np.cumsum(_mask(classes, "0"), dtype=np.int64)))
+    short = (digits[ends] - digits[starts] == lengths) & (lengths <= 3)
+    codes = np.frombuffer(classes, np.uint8)
+    dotted = (starts[1:] - ends[:-1] == 1) & (codes[ends[:-1]] == ord("."))  # token j, ".", token j + 1
+    linked = short[:-1] & dotted & short[1:]
+    found = np.flatnonzero(linked[:-2] & linked[1:-1] & linked[2:])  # tokens j … j + 3
+    if not len(found):
+        return _NONE, _NONE
+    run_starts = np.concatenate(([True], np.diff(found) != 1))
+    first = np.maximum.accumulate(np.where(run_starts, found, 0))
+    found = found[(found - first) % 4 == 0]
+    # A part over 255 has three digits.
+    three = np.flatnonzero(lengths == 3)
+    over = np.zeros(len(starts) + 1, np.int64)
+    if len(three):
+        values = _digit_values(text).astype(np.int64)
+        at = starts[three]
+        over[three + 1] = values[at] * 100 + values[at + 1] * 10 + values[at + 2] > 255
+    over = np.cumsum(over)
+    valid = over[found + 4] == over[found]
+    return starts[found[valid]], ends[found[valid] + 3]
 
 
 # E-mail addresses: ``\b[\w.+-]+@[\w-]+(?:\.[\w-]+)*\.[A-Za-z]{2,}\b``. Backtracking, that regex
@@ -369,16 +443,15 @@ EMAIL_REGEX = r"\b[\w.+-]+@[\w-]+(?:\.[\w-]+)*\.[A-Za-z]{2,}\b"
 _DOMAIN = r"[\w-]++(?:\.[\w-]++)*\.[A-Za-z]{2,}\b"
 _EMAIL_CHAINS = re.compile(rf"(?<![\w.+-])([.+-]*+)(\w[\w.+-]*+@{_DOMAIN}(?:[.+-][\w.+-]*+@{_DOMAIN})*)")
 _EMAIL_ONE = re.compile(rf"(\w[\w.+-]*+@{_DOMAIN}|[.+-][\w.+-]*+@{_DOMAIN})")
-# An address is made of [\w.+-@] only, and a character outside them and the word characters ("|" in
-# this view) neither belongs to one nor changes what its neighbours match: the text is read in
-# slices cut there. A slice is read only if it holds an "@" and a top-level domain's end (two ASCII
-# letters, "L", then a non-word character).
+# An address is made of [\w.+-@] only, and any other non-word character ("|" in this view) neither
+# belongs to one nor changes what its neighbours match: cut there, the text falls into segments read
+# independently, and only those that hold an "@" and a top-level domain's end (two ASCII letters,
+# "L", then a non-word character) are read: runs of them, joined by spaces, in one ``split``.
 _EMAIL_VIEW = _view(L="Aa", w="0_", **{"|": " ()#"})
-_AT = re.compile(rb"@")
-_TLD_ENDS = tuple(b"LL" + after for after in (b".", b"-", b"+", b"@", b"|"))
+_TLD_AFTER = np.frombuffer(b".-+@|", np.uint8)
 
 
-def _ends(parts: list[str], offset: int) -> np.ndarray:
+def _ends(parts: list[str], offset: int = 0) -> np.ndarray:
     """Where each of ``parts`` (consecutive pieces of a text starting at ``offset``) ends."""
     return np.cumsum(np.fromiter(map(len, parts), np.int64, len(parts))) + offset
 
@@ -387,57 +460,61 @@ def _scan_emails(text: str, classes: bytes) -> tuple[np.ndarray, np.ndarray]:
     """(starts, ends) of ``EMAIL_REGEX``'s ``finditer`` matches, in linear time."""
     if b"@" not in classes:
         return _NONE, _NONE
-    view = _framed(classes, _EMAIL_VIEW)  # the frame is "|"
-    starts: list[np.ndarray] = []
-    ends: list[np.ndarray] = []
-    done = 0  # text[done - 1] is a cut (or done is 0); the text before it is read
-    for begin, end in _regions(_seeded_chunks(view, _AT, 0)):
-        if end <= done:
-            continue
-        # Widen to cuts: view[first] is the one before the region (text[first - 1]), view[last + 1] after.
-        first = view.rfind(b"|", done, max(begin, done) + 1)
-        last = view.find(b"|", min(end, len(text)) + 1) - 1
-        done = last + 1
-        if not any(view.find(tld, first + 1, last + 2) >= 0 for tld in _TLD_ENDS):
-            continue
-        parts = _EMAIL_CHAINS.split(text[first:last])  # before, leading ".+-", chain, before, …
-        if len(parts) == 1:
-            continue
-        offsets = _ends(parts, first)
-        chains = parts[2::3]
-        chain_starts, chain_ends = offsets[1::3], offsets[2::3]
-        if "".join(chains).count("@") == len(chains):
-            starts.append(chain_starts)
-            ends.append(chain_ends)
-            continue
-        ats = np.fromiter(map(str.count, chains, repeat("@")), np.int64, len(chains))
-        single = ats == 1
-        starts.append(chain_starts[single])
-        ends.append(chain_ends[single])
+    codes = np.frombuffer(_framed(classes, _EMAIL_VIEW), np.uint8)  # codes[i + 1] is text[i]; the frame is "|"
+    letter = codes == ord("L")
+    tld_ends = np.flatnonzero(letter[:-2] & letter[1:-1] & np.isin(codes[2:], _TLD_AFTER)) + 1
+    if not len(tld_ends):
+        return _NONE, _NONE
+    is_cut = codes == ord("|")
+    segment = np.cumsum(is_cut)  # segment k follows the k-th cut
+    cuts = np.flatnonzero(is_cut)
+    with_at, with_tld = np.zeros(len(cuts) + 1, bool), np.zeros(len(cuts) + 1, bool)
+    with_at[segment[codes == ord("@")]] = True
+    with_tld[segment[tld_ends]] = True
+    wanted = np.flatnonzero(with_at & with_tld)
+    if not len(wanted):
+        return _NONE, _NONE
+    breaks = np.flatnonzero(np.diff(wanted) != 1) + 1
+    first_segments = wanted[np.concatenate(([0], breaks))]
+    last_segments = wanted[np.concatenate((breaks - 1, [len(wanted) - 1]))]
+    piece_starts, piece_ends = cuts[first_segments - 1], cuts[last_segments] - 1  # in the text
+    lengths = piece_ends - piece_starts
+    at = np.cumsum(lengths + 1) - lengths - 1  # where each piece starts in the joined text
+    pieces = map(text.__getitem__, map(slice, piece_starts.tolist(), piece_ends.tolist()))
+    parts = _EMAIL_CHAINS.split(" ".join(pieces))  # before, leading ".+-", chain, before, …
+    offsets = _ends(parts)
+    chains = parts[2::3]
+    starts, ends = offsets[1::3], offsets[2::3]
+    if "".join(chains).count("@") != len(chains):
+        single = np.fromiter(map(str.count, chains, repeat("@")), np.int64, len(chains)) == 1
         several = np.flatnonzero(~single)
         long_chains = [chains[i] for i in several]
         # All the long chains at once, a newline between two (no address reads through it).
-        pieces = _EMAIL_ONE.split("\n".join(long_chains))
-        piece_ends = _ends(pieces, 0)
-        found_starts, found_ends = piece_ends[0::2][:-1], piece_ends[1::2]
-        lengths = np.fromiter(map(len, long_chains), np.int64, len(long_chains))
-        joined_starts = np.cumsum(lengths + 1) - lengths - 1
-        owner = np.searchsorted(joined_starts, found_starts, side="right") - 1
-        shift = chain_starts[several][owner] - joined_starts[owner]
-        starts.append(found_starts + shift)
-        ends.append(found_ends + shift)
-    if not starts:
-        return _NONE, _NONE
-    all_starts, all_ends = np.concatenate(starts), np.concatenate(ends)
-    order = np.argsort(all_starts, kind="stable")
-    return all_starts[order], all_ends[order]
+        found = _ends(_EMAIL_ONE.split("\n".join(long_chains)))
+        one_starts, one_ends = found[0::2][:-1], found[1::2]
+        chain_lengths = np.fromiter(map(len, long_chains), np.int64, len(long_chains))
+        joined_at = np.cumsum(chain_lengths + 1) - chain_lengths - 1
+        owner = np.searchsorted(joined_at, one_starts, side="right") - 1
+        shift = starts[several][owner] - joined_at[owner]
+        starts = np.concatenate((starts[single], one_starts + shift))
+        ends = np.concatenate((ends[single], one_ends + shift))
+        order = np.argsort(starts, kind="stable")
+        starts, ends = starts[order], ends[order]
+    owner = np.searchsorted(at, starts, side="right") - 1
+    shift = piece_starts[owner] - at[owner]
+    return starts + shift, ends + shift
 
 
 # Entity types in the order their patterns claim text.
-PII_ENTITIES = ("EMAIL_ADDRESS", *(pattern.entity for pattern in BOUNDED_PATTERNS))
+_CARDS, _SSNS, _IBANS, _PHONES = (functools.partial(_scan_bounded, pattern) for pattern in BOUNDED_PATTERNS)
+PII_ENTITIES = ("EMAIL_ADDRESS", "CREDIT_CARD", "US_SSN", "IBAN_CODE", "IP_ADDRESS", "PHONE_NUMBER")
 PII_SCANS: tuple[Callable[[str, bytes], tuple[np.ndarray, np.ndarray]], ...] = (
     _scan_emails,
-    *(functools.partial(_scan_bounded, pattern) for pattern in BOUNDED_PATTERNS),
+    _CARDS,
+    _SSNS,
+    _IBANS,
+    _scan_ipv4s,
+    _PHONES,
 )
 _ENTITY_NAMES = np.array(PII_ENTITIES, dtype=object)
 _ENTITY_LABELS = np.array([f"<{entity}>" for entity in PII_ENTITIES], dtype=object)
