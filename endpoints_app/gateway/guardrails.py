@@ -769,10 +769,11 @@ def _apply_and_return(guardrail: Guardrail, body: dict[str, Any], direction: str
     return body, _apply(guardrail, body, direction=direction)
 
 
-# Texts at least this long are checked in a worker process. Linear patterns still cost about a
-# millisecond per 10 KB per pattern, and ``re`` holds the GIL for the whole of one scan, so a thread
-# would still stop the event loop for a scan's length; a process leaves it free. Shorter texts are
-# checked in place: shipping them would cost more than checking them.
+# Texts at least this long are checked in a worker process. Hostile text still costs up to about one
+# pattern's full scan (tens of milliseconds per 1 MB, see the PII notes above), and ``re`` and numpy
+# hold the GIL for the whole of one step, so a thread would still stop the event loop that long; a
+# process leaves it free. Shorter texts are checked in place: shipping them would cost more than
+# checking them.
 OFF_LOOP_CHARS = 64 * 1024
 _pool: ProcessPoolExecutor | None = None
 
