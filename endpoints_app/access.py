@@ -29,7 +29,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-from django.contrib.auth.models import AbstractBaseUser
+from django.contrib.auth.models import User
 from django.db.models import Q, QuerySet
 
 from endpoints_app.errors import PermissionDenied, ResourceDoesNotExist
@@ -45,7 +45,7 @@ from endpoints_app.models import (
     SecretScope,
 )
 
-RANK = {None: 0, PermissionLevel.CAN_VIEW: 1, PermissionLevel.CAN_QUERY: 2, PermissionLevel.CAN_MANAGE: 3}
+RANK: dict[str | None, int] = {None: 0, PermissionLevel.CAN_VIEW: 1, PermissionLevel.CAN_QUERY: 2, PermissionLevel.CAN_MANAGE: 3}
 CREATE_ROLES = (Role.EDITOR, Role.APPROVER, Role.ADMIN)
 APPROVER_ROLES = (Role.APPROVER, Role.ADMIN)
 SECRET_RANK: dict[str | None, int] = {
@@ -57,7 +57,7 @@ SECRET_RANK: dict[str | None, int] = {
 ALL_USERS = "users"  # Databricks' group of every user
 
 
-def role_of(user: AbstractBaseUser | None) -> str:
+def role_of(user: User | None) -> str:
     if user is None or not user.is_authenticated or not user.is_active:
         return Role.NONE
     if getattr(user, "is_superuser", False):
@@ -69,11 +69,11 @@ def role_of(user: AbstractBaseUser | None) -> str:
         return Role.NONE
 
 
-def _grants(user: AbstractBaseUser) -> QuerySet[EndpointPermission]:
+def _grants(user: User) -> QuerySet[EndpointPermission]:
     return EndpointPermission.objects.filter(Q(user=user) | Q(group__in=user.groups.all()))
 
 
-def endpoint_level(user: AbstractBaseUser | None, endpoint: Endpoint) -> str | None:
+def endpoint_level(user: User | None, endpoint: Endpoint) -> str | None:
     role = role_of(user)
     if role == Role.ADMIN:
         return PermissionLevel.CAN_MANAGE
@@ -85,7 +85,7 @@ def endpoint_level(user: AbstractBaseUser | None, endpoint: Endpoint) -> str | N
     return best
 
 
-def levels_for(user: AbstractBaseUser | None, endpoint_ids: list[str]) -> dict[str, str | None]:
+def levels_for(user: User | None, endpoint_ids: list[str]) -> dict[str, str | None]:
     """endpoint_level for many endpoints in one query (list views)."""
     role = role_of(user)
     if role == Role.ADMIN:
@@ -101,7 +101,7 @@ def levels_for(user: AbstractBaseUser | None, endpoint_ids: list[str]) -> dict[s
     return levels
 
 
-def visible_endpoints(user: AbstractBaseUser | None, queryset: QuerySet[Endpoint]) -> QuerySet[Endpoint]:
+def visible_endpoints(user: User | None, queryset: QuerySet[Endpoint]) -> QuerySet[Endpoint]:
     if role_of(user):
         return queryset
     if user is None or not user.is_authenticated:
@@ -109,7 +109,7 @@ def visible_endpoints(user: AbstractBaseUser | None, queryset: QuerySet[Endpoint
     return queryset.filter(id__in=_grants(user).values("endpoint_id"))
 
 
-def require(user: AbstractBaseUser | None, endpoint: Endpoint, needed: str) -> str:
+def require(user: User | None, endpoint: Endpoint, needed: str) -> str:
     """The user's level, if it is at least ``needed``; else 404 (cannot see) or 403 (cannot act)."""
     level = endpoint_level(user, endpoint)
     if level is None:
@@ -121,13 +121,13 @@ def require(user: AbstractBaseUser | None, endpoint: Endpoint, needed: str) -> s
     return level
 
 
-def require_create(user: AbstractBaseUser | None) -> None:
+def require_create(user: User | None) -> None:
     """Creating endpoints and registering models: the editor, approver or admin role."""
     if role_of(user) not in CREATE_ROLES:
         raise PermissionDenied("This needs the editor, approver or admin role")
 
 
-def require_admin(user: AbstractBaseUser | None, what: str) -> None:
+def require_admin(user: User | None, what: str) -> None:
     """Changes to how the whole fleet is governed (approval policies): admins only."""
     if role_of(user) != Role.ADMIN:
         raise PermissionDenied(f"{what} are set by admins")
@@ -136,16 +136,16 @@ def require_admin(user: AbstractBaseUser | None, what: str) -> None:
 # --- secret scopes -----------------------------------------------------------------------------
 
 
-def _principals(user: AbstractBaseUser) -> list[str]:
+def _principals(user: User) -> list[str]:
     return [user.get_username(), ALL_USERS, *user.groups.values_list("name", flat=True)]
 
 
-def scope_permission(user: AbstractBaseUser | None, scope: SecretScope) -> str | None:
+def scope_permission(user: User | None, scope: SecretScope) -> str | None:
     """The user's permission on the scope: the highest of their ACLs; MANAGE for admins."""
     return scope_permissions(user, [scope])[scope.pk]
 
 
-def scope_permissions(user: AbstractBaseUser | None, scopes: Iterable[SecretScope]) -> dict[int, str | None]:
+def scope_permissions(user: User | None, scopes: Iterable[SecretScope]) -> dict[int, str | None]:
     """``scope_permission`` for many scopes at once, by scope id, in two queries whatever their number
     (the user's groups, then their ACLs on these scopes); none for an admin."""
     scopes = list(scopes)
@@ -169,13 +169,13 @@ def scope_allows(permission: str | None, needed: str) -> bool:
     return SECRET_RANK[permission] >= SECRET_RANK[needed]
 
 
-def _can_see_scope(user: AbstractBaseUser | None, scope: SecretScope, permission: str | None) -> bool:
+def _can_see_scope(user: User | None, scope: SecretScope, permission: str | None) -> bool:
     if permission is not None:
         return True
     return bool(role_of(user)) and not scope.managed
 
 
-def require_scope(user: AbstractBaseUser | None, scope: SecretScope | None, name: str, needed: str) -> str | None:
+def require_scope(user: User | None, scope: SecretScope | None, name: str, needed: str) -> str | None:
     """The user's permission on ``scope`` (None: no such scope), if it allows ``needed``; else 404
     when they cannot see the scope, 403 when they can but lack the permission."""
     permission = scope_permission(user, scope) if scope is not None else None
@@ -189,7 +189,7 @@ def require_scope(user: AbstractBaseUser | None, scope: SecretScope | None, name
     return permission
 
 
-def visible_scopes(user: AbstractBaseUser | None, queryset: QuerySet[SecretScope]) -> QuerySet[SecretScope]:
+def visible_scopes(user: User | None, queryset: QuerySet[SecretScope]) -> QuerySet[SecretScope]:
     """Admins see every scope; users with a role every scope but the managed ones; anyone else the
     scopes an ACL names them in."""
     if role_of(user) == Role.ADMIN:
@@ -202,12 +202,12 @@ def visible_scopes(user: AbstractBaseUser | None, queryset: QuerySet[SecretScope
     return queryset.filter(acls__principal__in=_principals(user)).distinct()
 
 
-def require_create_scope(user: AbstractBaseUser | None) -> None:
+def require_create_scope(user: User | None) -> None:
     if role_of(user) not in CREATE_ROLES:
         raise PermissionDenied("Creating a secret scope needs the editor, approver or admin role")
 
 
-def check_can_read(*, user: AbstractBaseUser | None, scope: str, key: str) -> None:
+def check_can_read(*, user: User | None, scope: str, key: str) -> None:
     """May ``user`` have an endpoint use ``{{secrets/scope/key}}``? Raises the domain error if not.
 
     404 when the scope (for them) or the key does not exist, 403 when they lack READ.
@@ -231,14 +231,14 @@ def check_can_read(*, user: AbstractBaseUser | None, scope: str, key: str) -> No
 # --- change requests ---------------------------------------------------------------------------
 
 
-def may_approve(user: AbstractBaseUser | None) -> bool:
+def may_approve(user: User | None) -> bool:
     """Approvers and admins decide change requests (never their own: ``services.changes``), and
     for the same reason change endpoints that a policy covers without proposing first."""
     return role_of(user) in APPROVER_ROLES
 
 
 def visible_change_requests(
-    user: AbstractBaseUser | None, queryset: QuerySet[ChangeRequest]
+    user: User | None, queryset: QuerySet[ChangeRequest]
 ) -> QuerySet[ChangeRequest]:
     """Approvers and admins see every change request; anyone else only their own."""
     if may_approve(user):

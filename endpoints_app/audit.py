@@ -14,7 +14,7 @@ from collections.abc import Callable, Iterable
 from typing import Any
 
 from django.conf import settings
-from django.contrib.auth.models import AbstractBaseUser
+from django.contrib.auth.models import User
 from django.http import HttpRequest, HttpResponse
 
 from endpoints_app import validation
@@ -25,7 +25,7 @@ _source: contextvars.ContextVar[str] = contextvars.ContextVar("audit_source", de
 
 def record(
     *,
-    actor: AbstractBaseUser | None,
+    actor: User | None,
     action: str,
     object_type: str = "",
     object_id: str = "",
@@ -34,10 +34,10 @@ def record(
     after: Any = None,
     source: str | None = None,
 ) -> AuditEvent:
-    authenticated = actor is not None and getattr(actor, "is_authenticated", False)
+    known = actor if actor is not None and getattr(actor, "is_authenticated", False) else None
     return AuditEvent.objects.create(
-        actor=actor if authenticated else None,
-        actor_name=actor.get_username() if authenticated else "",
+        actor=known,
+        actor_name=known.get_username() if known is not None else "",
         source=source if source is not None else _source.get(),
         action=action,
         object_type=object_type,

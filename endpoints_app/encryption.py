@@ -89,7 +89,7 @@ def encrypt(plaintext: bytes) -> bytes:
     return _fernet().encrypt(plaintext)
 
 
-def decrypt(token: bytes, *, what: str) -> bytes:
+def decrypt(token: bytes | memoryview, *, what: str) -> bytes:
     """The plaintext of ``token``; ``what`` names the secret in the error (never its value)."""
     try:
         return _fernet().decrypt(bytes(token))

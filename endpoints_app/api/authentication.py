@@ -3,7 +3,7 @@ refused outright from an address over the failure limit (``auth_throttle``)."""
 
 from __future__ import annotations
 
-from django.contrib.auth.models import AbstractBaseUser
+from django.contrib.auth.models import User
 from rest_framework import authentication, exceptions
 from rest_framework.request import Request
 
@@ -13,7 +13,7 @@ from endpoints_app.services.tokens import authenticate_token
 
 
 class BearerTokenAuthentication(authentication.BaseAuthentication):
-    def authenticate(self, request: Request) -> tuple[AbstractBaseUser, None] | None:
+    def authenticate(self, request: Request) -> tuple[User, None] | None:
         header = request.META.get("HTTP_AUTHORIZATION")
         if not header:
             return None

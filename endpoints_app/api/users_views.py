@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from django.contrib.auth import get_user_model
-from django.contrib.auth.base_user import AbstractBaseUser
 from django.contrib.auth.models import Group
 from django.urls import path
 from rest_framework.response import Response
@@ -76,7 +75,7 @@ class TokenListView(ApiView):
 
     def post(self, request: AuthenticatedRequest) -> Response:
         body = require_object(request_body(request), "request body")
-        owner: AbstractBaseUser = request.user
+        owner = request.user
         if body.get("user") and body["user"] != request.user.get_username():
             _require_admin(request)
             owner = user_services.get_user(str(body["user"]))

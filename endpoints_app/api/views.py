@@ -11,7 +11,7 @@ from typing import Any
 from django.conf import settings
 from django.http import HttpResponse, JsonResponse, QueryDict
 from rest_framework.permissions import AllowAny
-from rest_framework.renderers import JSONRenderer
+from rest_framework.renderers import BaseRenderer, JSONRenderer
 from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
@@ -25,9 +25,11 @@ from endpoints_app.api.serializers.endpoints import (
     serialize_tags,
 )
 from endpoints_app.api.serializers.models import serialize_model_version
+from endpoints_app.authenticated import AuthenticatedRequest
 from endpoints_app.backends import get_backend
 from endpoints_app.errors import InvalidParameterValue, MalformedRequest
 from endpoints_app.models import Endpoint, PermissionLevel
+from endpoints_app.runtime.layout import LogKind
 from endpoints_app.services import checks
 from endpoints_app.services import endpoints as endpoint_services
 
@@ -49,7 +51,7 @@ class ApiView(APIView):
         super().initial(request, *args, **kwargs)
         check_path_and_query(request.query_params, kwargs)
 
-    def endpoint(self, request: Request, name: str, needed: str) -> Endpoint:
+    def endpoint(self, request: AuthenticatedRequest, name: str, needed: str) -> Endpoint:
         """The endpoint, if the caller may do ``needed`` with it (404 / 403 otherwise)."""
         endpoint = selectors.endpoint_by_name(name)
         access.require(request.user, endpoint, needed)
@@ -63,12 +65,12 @@ class RawResponseApiView(ApiView):
     refuse with 406 because the API only renders JSON.
     """
 
-    def perform_content_negotiation(self, request, force=False):  # type: ignore[no-untyped-def]
+    def perform_content_negotiation(self, request: Request, force: bool = False) -> tuple[BaseRenderer, str]:
         renderer = JSONRenderer()
         return renderer, renderer.media_type
 
 
-def detailed(request: Request, name: str) -> Response:
+def detailed(request: AuthenticatedRequest, name: str) -> Response:
     """The endpoint's wire shape, with its ETag for conditional writes (If-Match)."""
     endpoint = selectors.endpoint_detail(name)
     body = serialize_endpoint_detailed(endpoint, permission_level=access.endpoint_level(request.user, endpoint) or "")
@@ -80,27 +82,27 @@ def if_match(request: Request) -> str | None:
 
 
 class EndpointListView(ApiView):
-    def get(self, request: Request) -> Response:
+    def get(self, request: AuthenticatedRequest) -> Response:
         endpoints = list(access.visible_endpoints(request.user, selectors.endpoint_list()))
         return Response({"endpoints": [serialize_endpoint_summary(e) for e in endpoints]})
 
-    def post(self, request: Request) -> Response:
+    def post(self, request: AuthenticatedRequest) -> Response:
         outcome = endpoint_services.create_endpoint(actor=request.user, body=request_body(request))
         return detailed(request, outcome.applied().name)
 
 
 class EndpointDetailView(ApiView):
-    def get(self, request: Request, name: str) -> Response:
+    def get(self, request: AuthenticatedRequest, name: str) -> Response:
         self.endpoint(request, name, PermissionLevel.CAN_VIEW)
         return detailed(request, name)
 
-    def delete(self, request: Request, name: str) -> Response:
+    def delete(self, request: AuthenticatedRequest, name: str) -> Response:
         endpoint_services.delete_endpoint(actor=request.user, name=name, if_match=if_match(request))
         return Response({})
 
 
 class EndpointConfigView(ApiView):
-    def put(self, request: Request, name: str) -> Response:
+    def put(self, request: AuthenticatedRequest, name: str) -> Response:
         """The config itself, or wrapped as ``{"config": {...}}``; the service checks the rest."""
         body = request_body(request)
         wrapped = isinstance(body, dict) and "config" in body and not {"served_entities", "served_models"} & set(body)
@@ -111,7 +113,7 @@ class EndpointConfigView(ApiView):
 
 
 class EndpointTagsView(ApiView):
-    def patch(self, request: Request, name: str) -> Response:
+    def patch(self, request: AuthenticatedRequest, name: str) -> Response:
         outcome = endpoint_services.patch_endpoint_tags(
             actor=request.user, name=name, body=request_body(request), if_match=if_match(request)
         )
@@ -119,19 +121,19 @@ class EndpointTagsView(ApiView):
 
 
 class EndpointOpenApiView(RawResponseApiView):
-    def get(self, request: Request, name: str) -> HttpResponse:
+    def get(self, request: AuthenticatedRequest, name: str) -> HttpResponse:
         endpoint = self.endpoint(request, name, PermissionLevel.CAN_VIEW)
         document = endpoint_openapi(endpoint, host=request.build_absolute_uri("/").rstrip("/"))
         return HttpResponse(json.dumps(document, indent=2), content_type="application/json")
 
 
 class ServedModelLogsView(ApiView):
-    kind = "server"
+    kind: LogKind = "server"
 
-    def get(self, request: Request, name: str, served_model_name: str) -> Response:
+    def get(self, request: AuthenticatedRequest, name: str, served_model_name: str) -> Response:
         endpoint = self.endpoint(request, name, PermissionLevel.CAN_VIEW)
         entity = selectors.served_entity_for_logs(endpoint, served_model_name)
-        return Response({"logs": get_backend().logs(entity=entity, kind=self.kind)})  # type: ignore[arg-type]
+        return Response({"logs": get_backend().logs(entity=entity, kind=self.kind)})
 
 
 class ServedModelBuildLogsView(ServedModelLogsView):
@@ -139,7 +141,7 @@ class ServedModelBuildLogsView(ServedModelLogsView):
 
 
 class RegisteredModelListView(ApiView):
-    def get(self, request: Request) -> Response:
+    def get(self, request: AuthenticatedRequest) -> Response:
         name = request.query_params.get("name") or None
         return Response({"registered_models": registry.list_registered_models(name)})
 
@@ -147,7 +149,7 @@ class RegisteredModelListView(ApiView):
 class RegisteredModelUploadView(ApiView):
     """Register an MLflow model directory sent as a gzipped tar (``modelfleet models register``)."""
 
-    def post(self, request: Request) -> Response:
+    def post(self, request: AuthenticatedRequest) -> Response:
         access.require_create(request.user)  # registering models is an editor's job, like creating endpoints
         name = (request.query_params.get("name") or "").strip()
         if not name:

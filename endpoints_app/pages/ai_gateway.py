@@ -19,12 +19,13 @@ from typing import Any
 
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required
-from django.http import HttpRequest, HttpResponse
+from django.http import HttpResponse
 from django.shortcuts import redirect, render
 from django.urls import path, reverse
 from django.views.decorators.http import require_http_methods
 
 from endpoints_app import access, selectors
+from endpoints_app.authenticated import AuthenticatedHttpRequest
 from endpoints_app.errors import DomainError
 from endpoints_app.models import Endpoint, PermissionLevel
 from endpoints_app.pages.edit import proposed, shows_approval_notice
@@ -39,7 +40,7 @@ def _current(endpoint: Endpoint) -> dict[str, Any] | None:
 
 
 def _render(
-    request: HttpRequest,
+    request: AuthenticatedHttpRequest,
     endpoint: Endpoint,
     *,
     can_manage: bool,
@@ -66,7 +67,7 @@ def _render(
 
 @login_required
 @require_http_methods(["GET", "POST"])
-def endpoint_ai_gateway(request: HttpRequest, name: str) -> HttpResponse:
+def endpoint_ai_gateway(request: AuthenticatedHttpRequest, name: str) -> HttpResponse:
     endpoint = selectors.endpoint_by_name(name)
     level = access.require(request.user, endpoint, PermissionLevel.CAN_VIEW)  # 404 for outsiders
     can_manage = level == PermissionLevel.CAN_MANAGE

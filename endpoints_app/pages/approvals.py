@@ -9,14 +9,15 @@ from typing import Any
 
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required
-from django.contrib.auth.models import AbstractBaseUser
+from django.contrib.auth.models import User
 from django.core.paginator import Paginator
-from django.http import Http404, HttpRequest, HttpResponse
+from django.http import Http404, HttpResponse
 from django.shortcuts import redirect, render
 from django.urls import path
 from django.views.decorators.http import require_GET, require_POST
 
 from endpoints_app import access, validation
+from endpoints_app.authenticated import AuthenticatedHttpRequest
 from endpoints_app.errors import DomainError, ResourceDoesNotExist
 from endpoints_app.filters import ChangeRequestFilterSet
 from endpoints_app.models import ChangeRequest, ChangeRequestStatus, Role
@@ -27,7 +28,7 @@ from endpoints_app.services import changes, proposals
 PAGE_SIZE = 25
 
 
-def _visible(user: AbstractBaseUser, request_id: int) -> ChangeRequest:
+def _visible(user: User, request_id: int) -> ChangeRequest:
     try:
         return change_request_for(user, request_id)
     except ResourceDoesNotExist as exc:
@@ -36,7 +37,7 @@ def _visible(user: AbstractBaseUser, request_id: int) -> ChangeRequest:
 
 @login_required
 @require_GET
-def change_request_list(request: HttpRequest) -> HttpResponse:
+def change_request_list(request: AuthenticatedHttpRequest) -> HttpResponse:
     filters = ChangeRequestFilterSet(request.GET or None)  # the API's filters
     filters.is_valid()  # a field that does not parse is shown with its error and left out
     requests = change_requests_for(
@@ -88,7 +89,7 @@ def proposed_summary(change: ChangeRequest) -> list[dict[str, Any]] | None:
 
 
 def _render_detail(
-    request: HttpRequest, change: ChangeRequest, *, form: DecisionForm | None = None, error: str = "", status: int = 200
+    request: AuthenticatedHttpRequest, change: ChangeRequest, *, form: DecisionForm | None = None, error: str = "", status: int = 200
 ) -> HttpResponse:
     user = request.user
     may_decide = (
@@ -112,11 +113,11 @@ def _render_detail(
 
 @login_required
 @require_GET
-def change_request_detail(request: HttpRequest, request_id: int) -> HttpResponse:
+def change_request_detail(request: AuthenticatedHttpRequest, request_id: int) -> HttpResponse:
     return _render_detail(request, _visible(request.user, request_id))
 
 
-def _decide(request: HttpRequest, request_id: int, *, approve: bool) -> HttpResponse:
+def _decide(request: AuthenticatedHttpRequest, request_id: int, *, approve: bool) -> HttpResponse:
     change = _visible(request.user, request_id)
     form = DecisionForm(request.POST)
     if not form.is_valid():
@@ -139,13 +140,13 @@ def _decide(request: HttpRequest, request_id: int, *, approve: bool) -> HttpResp
 
 @login_required
 @require_POST
-def change_request_approve(request: HttpRequest, request_id: int) -> HttpResponse:
+def change_request_approve(request: AuthenticatedHttpRequest, request_id: int) -> HttpResponse:
     return _decide(request, request_id, approve=True)
 
 
 @login_required
 @require_POST
-def change_request_reject(request: HttpRequest, request_id: int) -> HttpResponse:
+def change_request_reject(request: AuthenticatedHttpRequest, request_id: int) -> HttpResponse:
     return _decide(request, request_id, approve=False)
 
 

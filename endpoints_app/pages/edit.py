@@ -14,11 +14,12 @@ every secret the config refers to.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import Any
 
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required
-from django.contrib.auth.models import AbstractBaseUser
+from django.contrib.auth.models import User
 from django.core.exceptions import PermissionDenied as Forbidden
 from django.http import Http404, HttpRequest, HttpResponse
 from django.shortcuts import redirect, render
@@ -26,6 +27,7 @@ from django.urls import path
 from django.views.decorators.http import require_http_methods
 
 from endpoints_app import access, registry, selectors, validation
+from endpoints_app.authenticated import AuthenticatedHttpRequest
 from endpoints_app.errors import DomainError, PermissionDenied, ResourceDoesNotExist
 from endpoints_app.gateway.providers import PROVIDERS
 from endpoints_app.gateway.providers.base import iter_secret_fields
@@ -43,7 +45,7 @@ def endpoint_page(name: str) -> str:
     return f"/endpoints/{name}/"
 
 
-def _managed_endpoint(user: AbstractBaseUser, name: str) -> Endpoint:
+def _managed_endpoint(user: User, name: str) -> Endpoint:
     """The endpoint if the user may change it: 404 when they cannot see it, 403 when they cannot manage it."""
     try:
         endpoint = selectors.endpoint_by_name(name)
@@ -55,7 +57,7 @@ def _managed_endpoint(user: AbstractBaseUser, name: str) -> Endpoint:
     return endpoint
 
 
-def shows_approval_notice(user: AbstractBaseUser, endpoint_name: str) -> bool:
+def shows_approval_notice(user: User, endpoint_name: str) -> bool:
     """Whether the form should say that saving proposes a change request. Only a notice: saving
     asks the service, which decides with the same gate."""
     return gate.approval_required(actor=user, action=ChangeRequest.Action.UPDATE_CONFIG, endpoint_name=endpoint_name)
@@ -67,7 +69,7 @@ def proposed(request: HttpRequest, change: ChangeRequest, what: str) -> HttpResp
     return redirect("change_request_detail", request_id=change.pk)
 
 
-def _secret_choices(user: AbstractBaseUser, in_use: list[str] = ()) -> list[tuple[str, list[tuple[str, str]]]]:
+def _secret_choices(user: User, in_use: Iterable[str] = ()) -> list[tuple[str, list[tuple[str, str]]]]:
     """The secret picker's options: ``{{secrets/scope/key}}`` of every secret the user may READ
     (grouped by scope), then the references the endpoint uses now that are not among them (a
     credential stored from plaintext, a scope shared by someone else), so saving keeps them."""
@@ -95,7 +97,7 @@ def _references_in_use(served: list[Any]) -> list[str]:
         external = entity.external_model
         provider = PROVIDERS.get(external.get("provider") or "") if external else None
         block = external.get(provider.config_key) if provider is not None else None
-        if not isinstance(block, dict):
+        if provider is None or not isinstance(block, dict):
             continue
         for _path, holder, name in iter_secret_fields(provider.fields, block):
             if isinstance(holder.get(name), str):
@@ -111,7 +113,7 @@ def _registered_models() -> list[dict[str, Any]]:
 
 
 def _render_editor(
-    request: HttpRequest, editor: EndpointEditor, *, endpoint: Endpoint | None, status: int = 200, **extra: Any
+    request: AuthenticatedHttpRequest, editor: EndpointEditor, *, endpoint: Endpoint | None, status: int = 200, **extra: Any
 ) -> HttpResponse:
     forms = editor.entities.forms
     total = sum(f.traffic_value() for f in forms if not f["DELETE"].value())
@@ -137,7 +139,7 @@ def _status_for(editor: EndpointEditor, exc: DomainError | None) -> int:
 
 @login_required
 @require_http_methods(["GET", "POST"])
-def endpoint_new(request: HttpRequest) -> HttpResponse:
+def endpoint_new(request: AuthenticatedHttpRequest) -> HttpResponse:
     try:
         access.require_create(request.user)
     except PermissionDenied as exc:
@@ -192,7 +194,7 @@ def _extras(
 
 @login_required
 @require_http_methods(["GET", "POST"])
-def endpoint_edit(request: HttpRequest, name: str) -> HttpResponse:
+def endpoint_edit(request: AuthenticatedHttpRequest, name: str) -> HttpResponse:
     endpoint = _managed_endpoint(request.user, name)
     needs_approval = shows_approval_notice(request.user, name)
     config = endpoint.active_config or endpoint.pending_config
@@ -200,7 +202,7 @@ def endpoint_edit(request: HttpRequest, name: str) -> HttpResponse:
     custom = [(e.entity_name, e.entity_version) for e in served if e.external_model is None]
     choices = model_version_choices(_registered_models(), custom)
     secret_choices = _secret_choices(request.user, _references_in_use(served))
-    page = {
+    page: dict[str, Any] = {
         "endpoint": endpoint,
         "needs_approval": needs_approval,
         "updating": endpoint.config_update == ConfigUpdate.IN_PROGRESS,
@@ -247,7 +249,7 @@ def endpoint_edit(request: HttpRequest, name: str) -> HttpResponse:
 
 @login_required
 @require_http_methods(["GET", "POST"])
-def endpoint_delete(request: HttpRequest, name: str) -> HttpResponse:
+def endpoint_delete(request: AuthenticatedHttpRequest, name: str) -> HttpResponse:
     endpoint = _managed_endpoint(request.user, name)
     needs_approval = shows_approval_notice(request.user, name)
     context: dict[str, Any] = {"nav": "endpoints", "endpoint": endpoint, "needs_approval": needs_approval}

@@ -28,12 +28,13 @@ from pathlib import Path
 from typing import Any
 
 from django.contrib.auth.decorators import login_required
-from django.http import HttpRequest, HttpResponse, QueryDict
+from django.http import HttpResponse, QueryDict
 from django.shortcuts import render
 from django.urls import path
 
 from endpoints_app import access, audit, registry, selectors
 from endpoints_app.api.serializers.endpoints import serialize_entity_state
+from endpoints_app.authenticated import AuthenticatedHttpRequest
 from endpoints_app.errors import DomainError, ResourceDoesNotExist
 from endpoints_app.filters import LogLineFilterSet
 from endpoints_app.models import (
@@ -64,7 +65,7 @@ LOG_TAIL = 100
 HISTORY_ROWS = 20
 
 
-def endpoint_for(request: HttpRequest, name: str, needed: str = PermissionLevel.CAN_VIEW) -> tuple[Endpoint, str]:
+def endpoint_for(request: AuthenticatedHttpRequest, name: str, needed: str = PermissionLevel.CAN_VIEW) -> tuple[Endpoint, str]:
     """The endpoint (with entities, deployments and ready replicas) and the user's level on it."""
     endpoint = selectors.endpoint_detail(name)
     return endpoint, access.require(request.user, endpoint, needed)
@@ -243,7 +244,7 @@ def grants_of(endpoint: Endpoint) -> list[EndpointPermission]:
     )
 
 
-def _permissions_context(request: HttpRequest, endpoint: Endpoint, level: str) -> dict[str, Any]:
+def _permissions_context(request: AuthenticatedHttpRequest, endpoint: Endpoint, level: str) -> dict[str, Any]:
     return {
         "endpoint": endpoint,
         "grants": grants_of(endpoint),
@@ -254,7 +255,7 @@ def _permissions_context(request: HttpRequest, endpoint: Endpoint, level: str) -
 
 
 @login_required
-def endpoint_page(request: HttpRequest, name: str) -> HttpResponse:
+def endpoint_page(request: AuthenticatedHttpRequest, name: str) -> HttpResponse:
     endpoint, level = endpoint_for(request, name)
     state_key, state_label = state_of(endpoint)
     updating = endpoint.pending_config_id is not None and endpoint.config_update in (
@@ -262,8 +263,9 @@ def endpoint_page(request: HttpRequest, name: str) -> HttpResponse:
         ConfigUpdate.UPDATE_FAILED,
     )
     failed = endpoint.config_update == ConfigUpdate.UPDATE_FAILED
-    active_rows = entity_rows(endpoint.active_config) if endpoint.active_config_id else []
-    pending_rows = entity_rows(endpoint.pending_config, failed=failed) if updating else []
+    active_rows = entity_rows(endpoint.active_config) if endpoint.active_config is not None else []
+    pending = endpoint.pending_config if updating else None
+    pending_rows = entity_rows(pending, failed=failed) if pending is not None else []
     # Charts and playground cover both configs' entities, the pending ones first while they deploy.
     names: list[str] = []
     examples: dict[str, str] = {}
@@ -363,7 +365,7 @@ def _external_json(entity: Any) -> dict[str, Any]:
 
 
 @login_required
-def permissions_panel(request: HttpRequest, name: str) -> HttpResponse:
+def permissions_panel(request: AuthenticatedHttpRequest, name: str) -> HttpResponse:
     """The permissions panel alone, re-rendered after the script changed a grant through the API."""
     endpoint = Endpoint.objects.filter(name=name).first()
     if endpoint is None:

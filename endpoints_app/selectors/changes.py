@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from django.contrib.auth.models import AbstractBaseUser
+from django.contrib.auth.models import User
 from django.db.models import QuerySet
 
 from endpoints_app import access
@@ -11,7 +11,7 @@ from endpoints_app.models import ChangeRequest
 
 
 def change_requests_for(
-    user: AbstractBaseUser, *, status: str | None = None, endpoint_name: str | None = None
+    user: User, *, status: str | None = None, endpoint_name: str | None = None
 ) -> QuerySet[ChangeRequest]:
     """The change requests ``user`` may see, newest first: approvers and admins see every one, anyone
     else only their own. ``status`` (any case) and ``endpoint_name`` narrow it; an unknown status
@@ -27,7 +27,7 @@ def change_requests_for(
     return requests
 
 
-def change_request_for(user: AbstractBaseUser, request_id: int) -> ChangeRequest:
+def change_request_for(user: User, request_id: int) -> ChangeRequest:
     """One change request ``user`` may see; one they may not is as missing as one that never was."""
     change = change_requests_for(user).filter(pk=request_id).first()
     if change is None:

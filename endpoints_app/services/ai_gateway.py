@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from django.contrib.auth.models import AbstractBaseUser
+from django.contrib.auth.models import User
 from django.db import transaction
 
 from endpoints_app import audit
@@ -20,7 +20,7 @@ from endpoints_app.validation import parse_ai_gateway, require_object
 
 def put_ai_gateway(
     *,
-    actor: AbstractBaseUser | None,
+    actor: User | None,
     name: str,
     body: Any,
     if_match: str | None = None,

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from django.contrib.auth.models import AbstractBaseUser
+from django.contrib.auth.models import User
 from django.db import transaction
 
 from endpoints_app import access, audit
@@ -41,7 +41,7 @@ def _subject(policy: ApprovalPolicy) -> str:
     return policy.endpoint_name or f"{policy.tag_key}={policy.tag_value}"
 
 
-def create_policy(*, actor: AbstractBaseUser, body: Any) -> ApprovalPolicy:
+def create_policy(*, actor: User, body: Any) -> ApprovalPolicy:
     """A policy covering ``endpoint_name``, or every endpoint tagged ``tag_key`` = ``tag_value``."""
     access.require_admin(actor, WHAT)
     data = require_object(body, "request body")
@@ -63,7 +63,7 @@ def create_policy(*, actor: AbstractBaseUser, body: Any) -> ApprovalPolicy:
     return policy
 
 
-def delete_policy(*, actor: AbstractBaseUser, policy_id: int) -> None:
+def delete_policy(*, actor: User, policy_id: int) -> None:
     access.require_admin(actor, WHAT)
     with transaction.atomic():
         policy = ApprovalPolicy.objects.select_for_update().filter(pk=policy_id).first()

@@ -10,7 +10,7 @@ Rules:
 
 from __future__ import annotations
 
-from django.contrib.auth.models import AbstractBaseUser
+from django.contrib.auth.models import User
 from django.db import transaction
 from django.utils import timezone
 
@@ -28,7 +28,7 @@ def get(request_id: int) -> ChangeRequest:
     return request
 
 
-def _decide(*, actor: AbstractBaseUser, request: ChangeRequest, status: str, comment: str) -> None:
+def _decide(*, actor: User, request: ChangeRequest, status: str, comment: str) -> None:
     if not access.may_approve(actor):
         raise PermissionDenied("Approving or rejecting change requests needs the approver or admin role")
     if request.author_id == actor.pk:
@@ -43,7 +43,7 @@ def _decide(*, actor: AbstractBaseUser, request: ChangeRequest, status: str, com
     request.refresh_from_db()
 
 
-def reject(*, actor: AbstractBaseUser, request: ChangeRequest, comment: str = "") -> ChangeRequest:
+def reject(*, actor: User, request: ChangeRequest, comment: str = "") -> ChangeRequest:
     with transaction.atomic():
         _decide(actor=actor, request=request, status=ChangeRequestStatus.REJECTED, comment=comment)
         audit.record(
@@ -57,7 +57,7 @@ def reject(*, actor: AbstractBaseUser, request: ChangeRequest, comment: str = ""
     return request
 
 
-def approve(*, actor: AbstractBaseUser, request: ChangeRequest, comment: str = "") -> ChangeRequest:
+def approve(*, actor: User, request: ChangeRequest, comment: str = "") -> ChangeRequest:
     """Approve and apply. Stale requests are refused; a failed apply is recorded on the request."""
     with transaction.atomic():
         _decide(actor=actor, request=request, status=ChangeRequestStatus.APPLIED, comment=comment)
@@ -95,7 +95,7 @@ def approve(*, actor: AbstractBaseUser, request: ChangeRequest, comment: str = "
     return request
 
 
-def _apply(*, actor: AbstractBaseUser, request: ChangeRequest) -> None:
+def _apply(*, actor: User, request: ChangeRequest) -> None:
     """Apply an approved request through the service a direct change calls, with the request
     standing in for the approval gate and the access check (``_decide`` checked the approver).
     A config's secret references are checked against the author's rights (the approver vouches

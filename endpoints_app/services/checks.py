@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from django.contrib.auth.models import AbstractBaseUser
+from django.contrib.auth.models import User
 
 from endpoints_app import access
 from endpoints_app.errors import PreconditionFailed, ResourceDoesNotExist
@@ -34,7 +34,7 @@ def etag(endpoint: Endpoint) -> str:
     return f'"{endpoint.id[:12]}-{int(endpoint.updated_at.timestamp() * 1_000_000)}"'
 
 
-def managed_endpoint(actor: AbstractBaseUser | None, name: str, *, approved: ChangeRequest | None) -> Endpoint:
+def managed_endpoint(actor: User | None, name: str, *, approved: ChangeRequest | None) -> Endpoint:
     """The endpoint, if ``actor`` may change it: CAN_MANAGE on it (404 when they cannot see it,
     403 when they cannot manage it). An approved change request stands in for that check: its
     approver's role was checked when they claimed it (``services.changes``), and the gate
@@ -155,7 +155,7 @@ def restore_redacted_environment(endpoint: Endpoint, body: Any) -> Any:
 
 
 def check_secret_references(
-    *, actor: AbstractBaseUser | None, config: CoreConfig, in_use: frozenset[str] = frozenset()
+    *, actor: User | None, config: CoreConfig, in_use: frozenset[str] = frozenset()
 ) -> None:
     """The actor has READ on every ``{{secrets/scope/key}}`` the external models refer to
     (404 RESOURCE_DOES_NOT_EXIST or 403 PERMISSION_DENIED from the secrets store otherwise).
@@ -173,11 +173,14 @@ def check_secret_references(
         for e in config.served_entities
         if e.external_model is not None and _destination(e.external_model) not in in_use
     ]
-    references = [parse_reference(r) for r in references_in(checking)]
+    references: list[tuple[str, str]] = []
+    for text in references_in(checking):
+        parsed = parse_reference(text)
+        assert parsed is not None  # validation accepted only references here
+        references.append(parsed)
     # Environment variables the same way: one already given to this model version under this
     # name passes; giving it to other model code (which could return it) needs READ.
     for entity in config.served_entities:
         references += [ref for where, ref in _env_destinations(entity).items() if where not in in_use]
-    for parsed in sorted(set(references)):  # type: ignore[type-var]
-        assert parsed is not None  # validation accepted only references here
-        access.check_can_read(user=actor, scope=parsed[0], key=parsed[1])
+    for scope, key in sorted(set(references)):
+        access.check_can_read(user=actor, scope=scope, key=key)

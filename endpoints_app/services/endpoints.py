@@ -22,7 +22,7 @@ from datetime import timedelta
 from typing import Any
 
 from django.conf import settings
-from django.contrib.auth.models import AbstractBaseUser
+from django.contrib.auth.models import User
 from django.db import IntegrityError, transaction
 from django.db.models import Max
 from django.utils import timezone
@@ -66,7 +66,7 @@ def _check_models_exist(config: CoreConfig) -> None:
             registry.get_model_version(entity.entity_name, entity.entity_version)
 
 
-def _check_deployable(*, actor: AbstractBaseUser | None, config: CoreConfig, endpoint: Endpoint | None = None) -> None:
+def _check_deployable(*, actor: User | None, config: CoreConfig, endpoint: Endpoint | None = None) -> None:
     """What must hold before anything is written: the models exist and fit the host, or, for
     external models, the actor may read every secret the config refers to (reference §3)."""
     checks.check_secret_references(
@@ -78,7 +78,7 @@ def _check_deployable(*, actor: AbstractBaseUser | None, config: CoreConfig, end
 
 
 def _store_plaintext_credentials(
-    *, actor: AbstractBaseUser | None, endpoint_name: str, config: CoreConfig
+    *, actor: User | None, endpoint_name: str, config: CoreConfig
 ) -> CoreConfig:
     """The config with every ``*_plaintext`` credential stored in the managed secret scope and
     replaced by its reference: the endpoint never holds a raw credential. Call inside the
@@ -99,7 +99,7 @@ def _store_plaintext_credentials(
                 # Unique per store, so a failed update never overwrites what the active config uses.
                 key = f"{endpoint_name}.{entity.name}.{path}"[:119] + "-" + uuid.uuid4().hex[:8]
                 holder[name] = secrets.store_plaintext(
-                    user=actor,  # type: ignore[arg-type]
+                    user=actor,
                     scope=secrets.MANAGED_SCOPE,
                     key=key,
                     value=plain.value,
@@ -123,7 +123,7 @@ def _check_same_kind(endpoint: Endpoint, config: CoreConfig) -> None:
         )
 
 
-def _create_config_version(*, endpoint: Endpoint, config: CoreConfig, actor: AbstractBaseUser | None) -> ConfigVersion:
+def _create_config_version(*, endpoint: Endpoint, config: CoreConfig, actor: User | None) -> ConfigVersion:
     last = endpoint.config_versions.aggregate(m=Max("version"))["m"] or 0
     version = ConfigVersion.objects.create(
         endpoint=endpoint,
@@ -169,7 +169,7 @@ def _begin_rollout(endpoint: Endpoint, version: ConfigVersion) -> None:
 
 def create_endpoint(
     *,
-    actor: AbstractBaseUser | None,
+    actor: User | None,
     body: Any,
     on_approval_needed: OnApprovalNeeded = "refuse",
     approved: ChangeRequest | None = None,
@@ -232,7 +232,7 @@ def create_endpoint(
 
 def update_endpoint_config(
     *,
-    actor: AbstractBaseUser | None,
+    actor: User | None,
     name: str,
     body: Any,
     if_match: str | None = None,
@@ -296,7 +296,7 @@ def _finish_external_rollout(endpoint: Endpoint, config: CoreConfig) -> None:
 
 def patch_endpoint_tags(
     *,
-    actor: AbstractBaseUser | None,
+    actor: User | None,
     name: str,
     body: Any,
     if_match: str | None = None,
@@ -346,7 +346,7 @@ def patch_endpoint_tags(
 
 def delete_endpoint(
     *,
-    actor: AbstractBaseUser | None,
+    actor: User | None,
     name: str,
     if_match: str | None = None,
     on_approval_needed: OnApprovalNeeded = "refuse",
@@ -380,9 +380,8 @@ def delete_endpoint(
         )
         # Credentials given as *_plaintext were stored for this endpoint alone: they go with it.
         stored = ServedEntity.objects.filter(config_version__endpoint=endpoint, external_model__isnull=False)
-        secrets.delete_managed(
-            actor=actor, references=checks.references_in(list(stored.values_list("external_model", flat=True)))
-        )
+        blocks = [block for block in stored.values_list("external_model", flat=True) if block is not None]
+        secrets.delete_managed(actor=actor, references=checks.references_in(blocks))
         endpoint.delete()
     get_backend().remove(deployment_ids=deployment_ids)
     return Outcome()

@@ -21,7 +21,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Generic, Literal, TypeVar, cast
 
-from django.contrib.auth.models import AbstractBaseUser
+from django.contrib.auth.models import User
 from django.db.models import Q
 
 from endpoints_app import access
@@ -72,7 +72,7 @@ def policy_covers(*, endpoint_name: str, tags: dict[str, str] | None = None) -> 
 
 
 def approval_required(
-    *, actor: AbstractBaseUser | None, action: str, endpoint_name: str, tags: dict[str, str] | None = None
+    *, actor: User | None, action: str, endpoint_name: str, tags: dict[str, str] | None = None
 ) -> bool:
     """Whether ``actor``'s ``action`` on the endpoint must wait for an approver."""
     if action not in GOVERNED or access.may_approve(actor):
@@ -109,7 +109,7 @@ def _check_approved(request: ChangeRequest, *, action: str, endpoint_name: str) 
 
 def admit(
     *,
-    actor: AbstractBaseUser | None,
+    actor: User | None,
     action: str,
     endpoint_name: str,
     body: object,

@@ -10,7 +10,7 @@ from __future__ import annotations
 from typing import Any
 
 from django.contrib.auth import get_user_model
-from django.contrib.auth.models import AbstractBaseUser, Group
+from django.contrib.auth.models import Group, User
 from django.db import transaction
 from django.db.models import Q
 
@@ -59,7 +59,7 @@ def _principal(kind: str, name: str) -> dict[str, Any]:
     return {"group": group}
 
 
-def set_permissions(*, actor: AbstractBaseUser, endpoint: Endpoint, body: Any, replace: bool) -> None:
+def set_permissions(*, actor: User, endpoint: Endpoint, body: Any, replace: bool) -> None:
     """Grant what ``body``'s ``access_control_list`` says: replacing every direct grant
     (``replace``, PUT) or adding to them (PATCH)."""
     access.require(actor, endpoint, PermissionLevel.CAN_MANAGE)
@@ -85,7 +85,14 @@ def set_permissions(*, actor: AbstractBaseUser, endpoint: Endpoint, body: Any, r
 
 
 def grants_snapshot(endpoint: Endpoint) -> list[dict[str, str]]:
-    return [
-        {"user": g.user.get_username()} | {"level": g.level} if g.user else {"group": g.group.name, "level": g.level}
-        for g in EndpointPermission.objects.filter(endpoint=endpoint).select_related("user", "group").order_by("id")
-    ]
+    grants = EndpointPermission.objects.filter(endpoint=endpoint).select_related("user", "group").order_by("id")
+    return [{**_grantee(g), "level": g.level} for g in grants]
+
+
+def _grantee(grant: EndpointPermission) -> dict[str, str]:
+    """``{"user": …}`` or ``{"group": …}``: a grant names exactly one (the model's check constraint)."""
+    if grant.user is not None:
+        return {"user": grant.user.get_username()}
+    if grant.group is not None:
+        return {"group": grant.group.name}
+    raise ValueError(f"permission grant {grant.pk} names neither a user nor a group")

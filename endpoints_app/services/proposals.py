@@ -15,7 +15,7 @@ from typing import Any
 
 from django.conf import settings
 from django.contrib.auth import get_user_model
-from django.contrib.auth.models import AbstractBaseUser
+from django.contrib.auth.models import User
 from django.core.mail import send_mail
 from django.db import transaction
 from django.db.models import Q
@@ -94,7 +94,7 @@ def _diff(before: Any, after: Any) -> str:
 
 
 def propose(
-    *, actor: AbstractBaseUser, endpoint_name: str, action: str, body: Any, if_match: str | None = None
+    *, actor: User, endpoint_name: str, action: str, body: Any, if_match: str | None = None
 ) -> ChangeRequest:
     """Open a change request for an approver, checked now as it will be when applied.
 
@@ -131,10 +131,10 @@ def propose(
             before, after = {"tags": current}, {"tags": patched_tags(current, add, delete)}
         elif action == ChangeRequest.Action.AI_GATEWAY:
             body = validation.require_object(body if body is not None else {}, "body")
-            current = endpoint.ai_gateway if isinstance(endpoint.ai_gateway, dict) else None
-            before = {"ai_gateway": current}
+            gateway = endpoint.ai_gateway if isinstance(endpoint.ai_gateway, dict) else None
+            before = {"ai_gateway": gateway}
             # Refuse now what would fail later.
-            after = {"ai_gateway": validation.parse_ai_gateway(body, current=current)}
+            after = {"ai_gateway": validation.parse_ai_gateway(body, current=gateway)}
         else:
             body, after = {}, None
         checks.check_if_match(endpoint, if_match)

@@ -135,10 +135,10 @@ def remove_unused_deployments(*, endpoint_id: str) -> None:
     endpoint = Endpoint.objects.filter(id=endpoint_id).first()
     if endpoint is None:
         return
-    keep = {None}
-    if endpoint.active_config_id:
+    keep: set[int | None] = {None}
+    if endpoint.active_config is not None:
         keep |= set(endpoint.active_config.served_entities.values_list("deployment_id", flat=True))
-    if endpoint.config_update == ConfigUpdate.IN_PROGRESS and endpoint.pending_config_id:
+    if endpoint.config_update == ConfigUpdate.IN_PROGRESS and endpoint.pending_config is not None:
         keep |= set(endpoint.pending_config.served_entities.values_list("deployment_id", flat=True))
     unused = (
         Deployment.objects.filter(endpoint=endpoint, remove_requested_at__isnull=True)

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from django.contrib.auth import get_user_model
-from django.contrib.auth.models import AbstractBaseUser, Group
+from django.contrib.auth.models import Group, User
 from django.db import IntegrityError, transaction
 from django.db.models import QuerySet
 from django.utils import timezone
@@ -60,7 +60,7 @@ class SecretMetadata:
 # -- access (the rules are ``access``'s) --------------------------------------------------------
 
 
-def _scope(user: AbstractBaseUser | None, name: str, needed: str, *, lock: bool = False) -> SecretScope:
+def _scope(user: User | None, name: str, needed: str, *, lock: bool = False) -> SecretScope:
     """The scope, if the user may do what ``needed`` allows (404 when they cannot see it, else 403)."""
     qs = SecretScope.objects.select_for_update() if lock else SecretScope.objects.all()
     scope = qs.filter(name=name).first() if isinstance(name, str) else None
@@ -132,7 +132,7 @@ def _scope_snapshot(scope: SecretScope) -> dict[str, Any]:
     }
 
 
-def _audit(actor: AbstractBaseUser | None, action: str, scope: SecretScope, **values: Any) -> None:
+def _audit(actor: User | None, action: str, scope: SecretScope, **values: Any) -> None:
     audit.record(
         actor=actor,
         action=action,
@@ -148,7 +148,7 @@ def _audit(actor: AbstractBaseUser | None, action: str, scope: SecretScope, **va
 
 def create_scope(
     *,
-    actor: AbstractBaseUser,
+    actor: User,
     scope: object,
     initial_manage_principal: object = None,
     scope_backend_type: object = None,
@@ -178,7 +178,7 @@ def create_scope(
     return created
 
 
-def delete_scope(*, actor: AbstractBaseUser, scope: object) -> None:
+def delete_scope(*, actor: User, scope: object) -> None:
     """Delete the scope with its secrets and ACLs (MANAGE)."""
     with transaction.atomic():
         found = _scope(actor, _name(scope, "Scope name"), SecretPermission.MANAGE, lock=True)
@@ -188,7 +188,7 @@ def delete_scope(*, actor: AbstractBaseUser, scope: object) -> None:
         access_generation.bump()  # gateways drop route tables holding its values on commit
 
 
-def list_scopes(*, user: AbstractBaseUser) -> QuerySet[SecretScope]:
+def list_scopes(*, user: User) -> QuerySet[SecretScope]:
     """The scopes the user can see, by name."""
     return access.visible_scopes(user, SecretScope.objects.order_by("name"))
 
@@ -197,7 +197,7 @@ def list_scopes(*, user: AbstractBaseUser) -> QuerySet[SecretScope]:
 
 
 def _store(
-    *, actor: AbstractBaseUser | None, scope: SecretScope, key: str, value: bytes, managed_by: AbstractBaseUser | None
+    *, actor: User | None, scope: SecretScope, key: str, value: bytes, managed_by: User | None
 ) -> Secret:
     """Encrypt and store under a scope row the caller has locked; one audit row (never the value)."""
     now_ms = int(timezone.now().timestamp() * 1000)
@@ -222,7 +222,7 @@ def _store(
 
 
 def put_secret(
-    *, actor: AbstractBaseUser, scope: object, key: object, string_value: object = None, bytes_value: object = None
+    *, actor: User, scope: object, key: object, string_value: object = None, bytes_value: object = None
 ) -> Secret:
     """Create or overwrite a secret (WRITE): exactly one of ``string_value`` or base64 ``bytes_value``."""
     scope_name = _name(scope, "Scope name")
@@ -234,7 +234,7 @@ def put_secret(
         return _store(actor=actor, scope=found, key=key_name, value=value, managed_by=actor)
 
 
-def delete_secret(*, actor: AbstractBaseUser, scope: object, key: object) -> None:
+def delete_secret(*, actor: User, scope: object, key: object) -> None:
     """Delete one secret (WRITE)."""
     scope_name = _name(scope, "Scope name")
     key_name = _name(key, "Secret key")
@@ -253,7 +253,7 @@ def delete_secret(*, actor: AbstractBaseUser, scope: object, key: object) -> Non
         access_generation.bump()  # gateways drop route tables holding its value on commit
 
 
-def list_secrets(*, user: AbstractBaseUser, scope: object) -> list[SecretMetadata]:
+def list_secrets(*, user: User, scope: object) -> list[SecretMetadata]:
     """The keys in the scope and when each was last put (READ); never the values."""
     found = _scope(user, _name(scope, "Scope name"), SecretPermission.READ)
     return [
@@ -265,7 +265,7 @@ def list_secrets(*, user: AbstractBaseUser, scope: object) -> list[SecretMetadat
 # -- ACLs -------------------------------------------------------------------------------------
 
 
-def put_acl(*, actor: AbstractBaseUser, scope: object, principal: object, permission: object) -> SecretAcl:
+def put_acl(*, actor: User, scope: object, principal: object, permission: object) -> SecretAcl:
     """Grant ``principal`` (a user name, a group name, or ``users``) a permission, replacing theirs (MANAGE)."""
     scope_name = _name(scope, "Scope name")
     level = _permission(permission)
@@ -283,7 +283,7 @@ def put_acl(*, actor: AbstractBaseUser, scope: object, principal: object, permis
     return acl
 
 
-def delete_acl(*, actor: AbstractBaseUser, scope: object, principal: object) -> None:
+def delete_acl(*, actor: User, scope: object, principal: object) -> None:
     """Remove a principal's ACL (MANAGE)."""
     scope_name = _name(scope, "Scope name")
     with transaction.atomic():
@@ -296,7 +296,7 @@ def delete_acl(*, actor: AbstractBaseUser, scope: object, principal: object) -> 
         access_generation.bump()
 
 
-def get_acl(*, user: AbstractBaseUser, scope: object, principal: object) -> SecretAcl:
+def get_acl(*, user: User, scope: object, principal: object) -> SecretAcl:
     """One principal's ACL (MANAGE, as in Databricks)."""
     found = _scope(user, _name(scope, "Scope name"), SecretPermission.MANAGE)
     acl = SecretAcl.objects.filter(scope=found, principal=principal).first() if isinstance(principal, str) else None
@@ -305,7 +305,7 @@ def get_acl(*, user: AbstractBaseUser, scope: object, principal: object) -> Secr
     return acl
 
 
-def list_acls(*, user: AbstractBaseUser, scope: object) -> list[SecretAcl]:
+def list_acls(*, user: User, scope: object) -> list[SecretAcl]:
     """Every ACL of the scope (MANAGE, as in Databricks)."""
     found = _scope(user, _name(scope, "Scope name"), SecretPermission.MANAGE)
     return list(found.acls.order_by("principal"))
@@ -314,12 +314,12 @@ def list_acls(*, user: AbstractBaseUser, scope: object) -> list[SecretAcl]:
 # -- system use: endpoints --------------------------------------------------------------------
 
 
-def store_plaintext(*, user: AbstractBaseUser, scope: str, key: str, value: str) -> str:
+def store_plaintext(*, user: User | None, scope: str, key: str, value: str) -> str:
     """Store a credential an endpoint was given as ``*_plaintext``; returns its ``{{secrets/…}}`` reference.
 
     The scope is system-owned (``managed``), created when missing; use ``MANAGED_SCOPE`` or another
     name starting with ``RESERVED_PREFIX`` so that no user can have created it first. ``user`` is
-    recorded as the actor and may reference the secret later (``check_can_read``).
+    recorded as the actor and may reference the secret later (``check_can_read``); None is the system.
     """
     scope_name = _name(scope, "Scope name")
     key_name = _name(key, "Secret key")
@@ -339,7 +339,7 @@ def store_plaintext(*, user: AbstractBaseUser, scope: str, key: str, value: str)
     return reference(scope_name, key_name)
 
 
-def delete_managed(*, actor: AbstractBaseUser | None, references: set[str]) -> int:
+def delete_managed(*, actor: User | None, references: set[str]) -> int:
     """Delete the managed-scope secrets among ``references`` (an endpoint's plaintext credentials,
     when the endpoint is deleted); references to users' scopes are left alone. Returns how many."""
     deleted = 0

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from django.contrib.auth.models import AbstractBaseUser
+from django.contrib.auth.models import User
 from django.db import transaction
 from django.utils import timezone
 
@@ -12,7 +12,7 @@ from endpoints_app.models.tokens import generate_token, hash_token
 
 
 def create_token(
-    *, user: AbstractBaseUser, comment: str = "", raw: str | None = None, actor: AbstractBaseUser | None = None
+    *, user: User, comment: str = "", raw: str | None = None, actor: User | None = None
 ) -> tuple[AccessToken, str]:
     """A new token for ``user``; returns the row and the raw token (the only time it exists)."""
     raw = raw or generate_token()
@@ -30,7 +30,7 @@ def create_token(
     return token, raw
 
 
-def revoke_token(*, token: AccessToken, actor: AbstractBaseUser | None = None) -> None:
+def revoke_token(*, token: AccessToken, actor: User | None = None) -> None:
     """The token stops working everywhere within a second (the gateways' caches follow access_generation)."""
     with transaction.atomic():
         if AccessToken.objects.filter(pk=token.pk, revoked_at__isnull=True).update(revoked_at=timezone.now()):
@@ -45,7 +45,7 @@ def revoke_token(*, token: AccessToken, actor: AbstractBaseUser | None = None) -
             access_generation.bump()  # every gateway process forgets the token on commit
 
 
-def authenticate_token(raw: str) -> AbstractBaseUser | None:
+def authenticate_token(raw: str) -> User | None:
     """The active user owning this token, or None."""
     token = (
         AccessToken.objects.select_related("user")

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from django.contrib.auth import get_user_model
-from django.contrib.auth.models import AbstractBaseUser, Group
+from django.contrib.auth.models import Group, User
 from django.contrib.auth.password_validation import validate_password
 from django.core.exceptions import ValidationError
 from django.db import IntegrityError, transaction
@@ -14,7 +14,7 @@ from endpoints_app.errors import InvalidParameterValue, ResourceAlreadyExists, R
 from endpoints_app.models import Role, UserProfile
 
 
-def get_user(username: str) -> AbstractBaseUser:
+def get_user(username: str) -> User:
     user = get_user_model().objects.filter(username=username).first()
     if user is None:
         raise ResourceDoesNotExist(f"User '{username}' does not exist")
@@ -29,7 +29,7 @@ def _role(value: object) -> str:
     return str(value)
 
 
-def user_snapshot(user: AbstractBaseUser) -> dict:
+def user_snapshot(user: User) -> dict:
     return {"username": user.get_username(), "email": user.email, "role": role_of(user), "active": user.is_active}
 
 
@@ -43,8 +43,8 @@ def check_password(password: str, *, username: str, email: str = "") -> None:
 
 
 def create_user(
-    *, actor: AbstractBaseUser, username: str, email: str = "", role: object = None, password: str | None = None
-) -> AbstractBaseUser:
+    *, actor: User, username: str, email: str = "", role: object = None, password: str | None = None
+) -> User:
     if (
         not username
         or len(username) > 150
@@ -74,7 +74,7 @@ def create_user(
     return user
 
 
-def set_role(*, actor: AbstractBaseUser, user: AbstractBaseUser, role: object) -> None:
+def set_role(*, actor: User, user: User, role: object) -> None:
     role_value = _role(role)
     with transaction.atomic():
         before = user_snapshot(user)
@@ -92,7 +92,7 @@ def set_role(*, actor: AbstractBaseUser, user: AbstractBaseUser, role: object) -
         access_generation.bump()  # the role sets a baseline level everywhere: gateways drop cached levels
 
 
-def deactivate(*, actor: AbstractBaseUser, user: AbstractBaseUser) -> None:
+def deactivate(*, actor: User, user: User) -> None:
     """The user can no longer sign in; every token stops working at once (auth checks is_active, and
     every gateway process drops the user's cached tokens on commit)."""
     with transaction.atomic():
@@ -111,7 +111,7 @@ def deactivate(*, actor: AbstractBaseUser, user: AbstractBaseUser) -> None:
         access_generation.bump()
 
 
-def create_group(*, actor: AbstractBaseUser, name: str) -> Group:
+def create_group(*, actor: User, name: str) -> Group:
     if not name or len(name) > 150:
         raise InvalidParameterValue("group name must be 1–150 characters")
     try:
@@ -132,7 +132,7 @@ def get_group(name: str) -> Group:
     return group
 
 
-def set_membership(*, actor: AbstractBaseUser, group: Group, user: AbstractBaseUser, member: bool) -> None:
+def set_membership(*, actor: User, group: Group, user: User, member: bool) -> None:
     with transaction.atomic():
         if member:
             user.groups.add(group)
