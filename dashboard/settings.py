@@ -49,11 +49,11 @@ DEBUG = env_bool("MODELFLEET_DEBUG", False)
 ENVIRONMENT = env_str("MODELFLEET_ENV", "development")
 if ENVIRONMENT not in ("development", "production"):
     raise EnvError(f"MODELFLEET_ENV must be 'development' or 'production', not {ENVIRONMENT!r}")
-SECRET_KEY = env_str("MODELFLEET_SECRET_KEY")  # generated into the data dir when unset (below)
+_secret_key = env_str("MODELFLEET_SECRET_KEY")  # generated into the data dir when unset (SECRET_KEY, below)
 # Keys that were ever published (examples, old compose files): a session signed with one can be forged.
 _KNOWN_SECRET_KEYS = {"change-me-in-production", "change-me", "changeme", "secret", "insecure", "modelfleet"}
-if SECRET_KEY is not None and (
-    SECRET_KEY.strip().lower() in _KNOWN_SECRET_KEYS or SECRET_KEY.startswith("django-insecure-")
+if _secret_key is not None and (
+    _secret_key.strip().lower() in _KNOWN_SECRET_KEYS or _secret_key.startswith("django-insecure-")
 ):
     raise EnvError(
         "MODELFLEET_SECRET_KEY is a published example value: set a random one (python -c "
@@ -61,7 +61,7 @@ if SECRET_KEY is not None and (
     )
 if ENVIRONMENT == "production" and DEBUG:
     raise EnvError("MODELFLEET_DEBUG must be off in production (MODELFLEET_ENV=production): it shows settings and code")
-if ENVIRONMENT == "production" and (SECRET_KEY is None or len(SECRET_KEY) < 50 or len(set(SECRET_KEY)) < 10):
+if ENVIRONMENT == "production" and (_secret_key is None or len(_secret_key) < 50 or len(set(_secret_key)) < 10):
     raise EnvError(
         "MODELFLEET_SECRET_KEY must be set in production (MODELFLEET_ENV=production) to a random value of at "
         "least 50 characters, e.g. python -c 'import secrets; print(secrets.token_urlsafe(50))'"
@@ -387,20 +387,21 @@ LOGGING = {
     },
 }
 
-if SECRET_KEY is None:
+if _secret_key is None:
     # Generated once into the data dir with owner-only permissions, so sessions survive restarts.
     _key_file = DATA_DIR / "secret_key"
     if _key_file.exists():
-        SECRET_KEY = _key_file.read_text().strip()
+        _secret_key = _key_file.read_text().strip()
     else:
         import secrets as _secrets
 
         DATA_DIR.mkdir(parents=True, exist_ok=True)
-        SECRET_KEY = _secrets.token_urlsafe(50)
+        _secret_key = _secrets.token_urlsafe(50)
         try:
             _fd = os.open(_key_file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         except FileExistsError:  # another process won the race: use its key
-            SECRET_KEY = _key_file.read_text().strip()
+            _secret_key = _key_file.read_text().strip()
         else:
             with os.fdopen(_fd, "w") as _fh:
-                _fh.write(SECRET_KEY)
+                _fh.write(_secret_key)
+SECRET_KEY: str = _secret_key

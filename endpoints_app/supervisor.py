@@ -16,8 +16,10 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import IO
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -37,7 +39,7 @@ class Child:
     pumps: list[threading.Thread] = field(default_factory=list)
 
 
-def _pump(name: str, stream) -> None:  # type: ignore[no-untyped-def]
+def _pump(name: str, stream: IO[bytes]) -> None:
     width = 8
     for raw in iter(stream.readline, b""):
         line = raw.decode("utf-8", errors="replace").rstrip("\n")
@@ -66,7 +68,7 @@ class Supervisor:
         pump.start()
         child.pumps = [pump]
 
-    def run(self, on_ready=None) -> int:  # type: ignore[no-untyped-def]
+    def run(self, on_ready: Callable[[], object] | None = None) -> int:
         for child in self.children:
             self.start(child)
             if child.name == "redis":

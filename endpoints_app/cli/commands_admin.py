@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from collections.abc import Callable
 from typing import Any
 
 from endpoints_app.cli import render
@@ -16,7 +17,13 @@ AUDIT = "/api/2.0/modelfleet/audit-events"
 ROLES = ["none", "viewer", "editor", "approver", "admin"]
 
 
-def _verb(verbs, common, name: str, handler, text: str) -> argparse.ArgumentParser:  # type: ignore[no-untyped-def]
+def _verb(
+    verbs: argparse._SubParsersAction[argparse.ArgumentParser],
+    common: argparse.ArgumentParser,
+    name: str,
+    handler: Callable[[Context], int],
+    text: str,
+) -> argparse.ArgumentParser:
     parser = verbs.add_parser(name, parents=[common], help=text, description=text, allow_abbrev=False)
     parser.set_defaults(handler=handler, leaf_parser=parser)
     return parser

@@ -421,7 +421,7 @@ def cmd_logs(ctx: Context) -> int:
     endpoint = ctx.api.call("GET", endpoint_path(name))
     served_names = list(
         dict.fromkeys(
-            e.get("name")
+            e["name"]
             for e in render.served_entities(endpoint.get("config"))
             + render.served_entities(endpoint.get("pending_config"))
             if e.get("name")
@@ -429,7 +429,8 @@ def cmd_logs(ctx: Context) -> int:
     )
     if not served_names:
         raise CliError(f"endpoint {name!r} has no served models")
-    results, exit_code = [], EXIT_OK
+    results: list[dict[str, str]] = []
+    exit_code = EXIT_OK
     for served_name in served_names:
         try:
             results.append({"served_model_name": served_name, "logs": _logs_of(ctx, name, served_name, "logs")})

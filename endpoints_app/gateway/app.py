@@ -54,6 +54,7 @@ from endpoints_app.gateway.upstream import (
 )
 from endpoints_app.gateway.usage import recorder as usage_recorder
 from endpoints_app.models import Endpoint, PermissionLevel
+from endpoints_app.runtime.credentials import ReplicaTarget
 from endpoints_app.services.tokens import authenticate_token
 from endpoints_app.validation import MAX_NAME_LENGTH, NAME_RE
 
@@ -161,7 +162,7 @@ class Gateway:
         self.access.on_change(self._drop_access_caches)
         self.limiter = ratelimit.RateLimiter(settings.REDIS_URL)
         self._background: set[asyncio.Future[None]] = set()
-        self._in_flight: defaultdict[str, int] = defaultdict(int)
+        self._in_flight: defaultdict[ReplicaTarget, int] = defaultdict(int)
         self.upstream = UpstreamPool()
         self.external = ExternalModels()
         self._rng = random.Random()
@@ -648,7 +649,7 @@ class Gateway:
         assert key is not None
         waiting = self._waking.get(key)
         if waiting is None:
-            waiting = asyncio.ensure_future(self._wake_and_wait(table.endpoint_name, entity))
+            waiting = asyncio.ensure_future(self._wake_and_wait(table.endpoint_name, entity, key))
             self._waking[key] = waiting
             waiting.add_done_callback(lambda f: (self._waking.pop(key, None), f.cancelled() or f.exception()))
         if self._wake_waiters >= settings.GATEWAY_MAX_WAKE_WAITERS:
@@ -665,10 +666,10 @@ class Gateway:
         finally:
             self._wake_waiters -= 1
 
-    async def _wake_and_wait(self, endpoint_name: str, entity: EntityRoute) -> EntityRoute:
+    async def _wake_and_wait(self, endpoint_name: str, entity: EntityRoute, deployment_id: int) -> EntityRoute:
         started = time.monotonic()
         deadline = started + settings.SCALE_FROM_ZERO_WAIT_SECONDS
-        await sync_to_async(_wake_deployment, thread_sensitive=False)(entity.deployment_id)
+        await sync_to_async(_wake_deployment, thread_sensitive=False)(deployment_id)
         log.info("waking %s/%s from zero", endpoint_name, entity.name)
         while time.monotonic() < deadline:
             await asyncio.sleep(WAKE_POLL_SECONDS)
@@ -686,7 +687,7 @@ class Gateway:
             {"retry-after": "5"},
         )
 
-    def _pick_replica(self, entity: EntityRoute, exclude: set[str]) -> str | None:
+    def _pick_replica(self, entity: EntityRoute, exclude: set[ReplicaTarget]) -> ReplicaTarget | None:
         candidates = [r for r in entity.replicas if r not in exclude]
         if not candidates:
             return None
@@ -697,7 +698,7 @@ class Gateway:
     ) -> tuple[int, dict[str, str], bytes]:
         if not entity.replicas and entity.coming_up and entity.deployment_id is not None:
             entity = await self._wake(table, entity)
-        tried: set[str] = set()
+        tried: set[ReplicaTarget] = set()
         for _attempt in range(2):
             replica = self._pick_replica(entity, tried)
             if replica is None:
@@ -841,5 +842,5 @@ def mount(django_app: Any) -> Any:
         else:
             await django_app(scope, receive, send)
 
-    application.gateway = gateway  # type: ignore[attr-defined]
+    application.gateway = gateway  # type: ignore[attr-defined]  # for tests and the benchmark; a function has no such field
     return application

@@ -15,6 +15,7 @@ import bisect
 import logging
 import threading
 from collections import defaultdict
+from typing import cast
 
 from endpoints_app.redis_client import get_redis
 
@@ -104,7 +105,7 @@ class GatewayMetrics:
 
 def read_counters(endpoint_id: str) -> dict[str, dict[str, float]]:
     """Cumulative counters of an endpoint by served entity: {entity: {"count", "4xx", "5xx", "sum", "b<le>"...}}."""
-    raw = get_redis().hgetall(redis_key(endpoint_id))
+    raw = cast(dict[str, str], get_redis().hgetall(redis_key(endpoint_id)))  # the client decodes (decode_responses)
     result: dict[str, dict[str, float]] = defaultdict(dict)
     for field, value in raw.items():
         entity, _, name = field.rpartition("|")

@@ -196,7 +196,7 @@ def payload_sample_rate(endpoint: Endpoint) -> float | None:
         if isinstance(endpoint.ai_gateway, dict)
         else {}
     )
-    capture = {}
+    capture: dict[str, Any] = {}
     if endpoint.active_config_id and endpoint.active_config is not None:
         capture = endpoint.active_config.auto_capture_config or {}
     if not (gateway_cfg.get("enabled") is True or capture.get("enabled") is True):

@@ -187,7 +187,7 @@ def read_new_lines(
     """Read one log from its cursor and store what is new; returns the number of lines stored."""
     data, next_offset = backend.read_log(
         deployment_id=deployment.id,
-        kind=cursor.kind,  # type: ignore[arg-type]
+        kind=cursor.kind,  # type: ignore[arg-type]  # a CharField whose choices are LogKind's values
         offset=cursor.offset,
         max_bytes=MAX_READ_BYTES,
     )

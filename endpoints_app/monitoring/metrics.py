@@ -188,14 +188,20 @@ def _mean(values: list[float]) -> float | None:
 def poll_metrics(endpoint: Endpoint) -> None:
     """Read the sources once and add one 15 s point per served entity and one for the endpoint."""
     ts = int(time.time()) // BASE_RESOLUTION * BASE_RESOLUTION
-    entities = list(endpoint.active_config.served_entities.all()) if endpoint.active_config_id else []
+    config = endpoint.active_config  # None without a query when there is no active config
+    entities = list(config.served_entities.all()) if config is not None else []
     counters = read_counters(endpoint.id)
 
     # 1. Replica gauges, read in parallel, each with a timeout.
     urls_by_deployment = get_backend().ready_replicas(
         deployment_ids=[e.deployment_id for e in entities if e.deployment_id]
     )
-    jobs = [(e.name, url) for e in entities for url in urls_by_deployment.get(e.deployment_id, [])]
+    jobs = [
+        (e.name, url)
+        for e in entities
+        if e.deployment_id is not None
+        for url in urls_by_deployment.get(e.deployment_id, [])
+    ]
     gauges: dict[str, list[ReplicaGauges]] = defaultdict(list)
     errors: list[str] = []
     if jobs:

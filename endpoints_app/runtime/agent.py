@@ -270,7 +270,9 @@ class Agent:
     def forget_previous_run(self) -> None:
         """Replica rows left by an earlier run of this agent describe processes that are gone."""
         stale = Replica.objects.filter(agent_id=self.agent_id).exclude(state=ReplicaState.STOPPED)
-        for pid in stale.exclude(pid__isnull=True).values_list("pid", flat=True):
+        for pid in stale.values_list("pid", flat=True):
+            if pid is None:  # never started
+                continue
             try:
                 os.kill(pid, signal.SIGTERM)
             except (ProcessLookupError, PermissionError):
@@ -361,7 +363,7 @@ class Agent:
     def _procs_of(self, deployment_id: int) -> list[ReplicaProc]:
         return [p for p in self.procs.values() if p.deployment_id == deployment_id]
 
-    def _ensure(self, deployment) -> None:  # type: ignore[no-untyped-def]
+    def _ensure(self, deployment: Deployment) -> None:
         if deployment.state in (DeploymentState.FAILED, DeploymentState.ABORTED):
             return
         if deployment.built_at is None:
@@ -396,10 +398,10 @@ class Agent:
             self._begin_drain(victim)
         self._update_deployment_state(deployment, rt)
 
-    def _autoscale(self, deployment, rt: DeploymentRuntime, now: float) -> None:  # type: ignore[no-untyped-def]
+    def _autoscale(self, deployment: Deployment, rt: DeploymentRuntime, now: float) -> None:
         ready = [p for p in self._procs_of(deployment.id) if p.ready and p.drain_started is None]
-        stats = [health(self.bind_host_for_checks(), p.port, p.credential, timeout=0.3) for p in ready]
-        stats = [h for h in stats if h is not None]
+        answers = [health(self.bind_host_for_checks(), p.port, p.credential, timeout=0.3) for p in ready]
+        stats = [h for h in answers if h is not None]
         rt.history.add(
             Sample(
                 at=now,
@@ -445,7 +447,7 @@ class Agent:
             setattr(deployment, key, value)
         rt.history = History()
 
-    def _check_replica(self, deployment, rt: DeploymentRuntime, proc: ReplicaProc, now: float) -> None:  # type: ignore[no-untyped-def]
+    def _check_replica(self, deployment: Deployment, rt: DeploymentRuntime, proc: ReplicaProc, now: float) -> None:
         code = proc.popen.poll()
         if code is not None:
             self._release(proc)
@@ -586,7 +588,7 @@ class Agent:
     def bind_host_for_checks(self) -> str:
         return "127.0.0.1" if self.bind_host in ("0.0.0.0", "::", "") else self.bind_host
 
-    def _start_replica(self, deployment, rt: DeploymentRuntime) -> None:  # type: ignore[no-untyped-def]
+    def _start_replica(self, deployment: Deployment, rt: DeploymentRuntime) -> None:
         try:
             model_env = replica_environment(deployment.spec.get("environment_vars") or {})
         except ValueError as exc:
@@ -685,7 +687,7 @@ class Agent:
         )
         log.info("started replica %s of %s (pid %s, port %s)", index, deployment, popen.pid, port)
 
-    def _update_deployment_state(self, deployment, rt: DeploymentRuntime) -> None:  # type: ignore[no-untyped-def]
+    def _update_deployment_state(self, deployment: Deployment, rt: DeploymentRuntime) -> None:
         ready = sum(1 for p in self._procs_of(deployment.id) if p.ready and p.drain_started is None)
         if deployment.desired_replicas == 0:
             state, message = DeploymentState.READY, "Scaled to zero; the next query starts a replica."
@@ -703,7 +705,7 @@ class Agent:
                 state=DeploymentState.FAILED
             ).update(state=state, state_message=message)
 
-    def _fail(self, deployment, message: str) -> None:  # type: ignore[no-untyped-def]
+    def _fail(self, deployment: Deployment, message: str) -> None:
         log.error("deployment %s failed: %s", deployment, message)
         Deployment.objects.filter(id=deployment.id).update(state=DeploymentState.FAILED, state_message=message)
         deployment.state = DeploymentState.FAILED
@@ -712,7 +714,7 @@ class Agent:
 
     # --- build ------------------------------------------------------------------------------------
 
-    def _build_async(self, deployment) -> None:  # type: ignore[no-untyped-def]
+    def _build_async(self, deployment: Deployment) -> None:
         future = self.builds.get(deployment.id)
         if future is None:
             self.builds[deployment.id] = self.pool.submit(self._build, deployment.id)
@@ -746,7 +748,7 @@ class Agent:
 
     # --- removal ----------------------------------------------------------------------------------
 
-    def _drain(self, deployment) -> None:  # type: ignore[no-untyped-def]
+    def _drain(self, deployment: Deployment) -> None:
         build = self.builds.get(deployment.id)
         if build is not None and not build.done():
             return  # let the build finish; its replicas are never started

@@ -10,13 +10,16 @@ import platform
 import shutil
 import time
 from pathlib import Path
-from typing import TextIO
+from typing import TYPE_CHECKING, TextIO
 
 import yaml
 from django.conf import settings
 
 from endpoints_app import registry
 from endpoints_app.errors import DomainError
+
+if TYPE_CHECKING:  # the model classes need the app registry, which the caller has set up
+    from endpoints_app.models import Deployment
 
 
 class BuildError(Exception):
@@ -28,7 +31,7 @@ def _log(fh: TextIO, message: str) -> None:
     fh.flush()
 
 
-def prepare_model(deployment, target: Path, fh: TextIO) -> Path:  # type: ignore[no-untyped-def]
+def prepare_model(deployment: Deployment, target: Path, fh: TextIO) -> Path:
     started = time.monotonic()
     _log(fh, f"Building {deployment.endpoint_name}/{deployment.served_entity_name} (deployment {deployment.pk})")
     _log(

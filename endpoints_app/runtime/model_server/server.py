@@ -119,12 +119,12 @@ def http_protocol_class() -> type[asyncio.Protocol]:
 
         base = H11Protocol
 
-    class NoDelayProtocol(base):  # type: ignore[valid-type,misc]
+    class NoDelayProtocol(base):  # type: ignore[valid-type,misc]  # a base chosen at run time (httptools or h11)
         def connection_made(self, transport: asyncio.BaseTransport) -> None:
             sock = transport.get_extra_info("socket")
             if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
                 sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            super().connection_made(_CoalescingTransport(transport))  # type: ignore[arg-type]
+            super().connection_made(_CoalescingTransport(transport))  # type: ignore[arg-type]  # a wrapper, not a subclass
 
     NoDelayProtocol.__name__ = f"NoDelay{base.__name__}"
     return NoDelayProtocol
