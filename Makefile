@@ -48,9 +48,13 @@ lint: install
 clean:
 	rm -rf $(VENV) node_modules var
 
+# The benchmarks start `mlflow models serve`, which runs a bare `uvicorn`: the venv's bin goes first on PATH.
+# bench_models.py installs Debian's wrk (the load generator) when it is missing.
+bench: export PATH := $(abspath $(BIN)):$(PATH)
 bench: install
 	$(BIN)/python benchmarks/bench_serving.py
 	$(BIN)/python benchmarks/bench_faults.py
 	$(BIN)/python benchmarks/bench_monitoring.py
 	$(BIN)/python benchmarks/bench_dashboard.py
 	$(BIN)/python benchmarks/bench_hostile_input.py
+	$(BIN)/python benchmarks/bench_models.py
