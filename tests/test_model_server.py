@@ -504,6 +504,7 @@ PACKAGE = "endpoints_app.runtime.model_server"
 # module must be placed here, or this test fails.
 MODULE_ORDER = [
     "responses",
+    "batchable",
     "fastpath",
     "served_model",
     "batching",

@@ -22,8 +22,11 @@ Design choices, each for a reason (each module's docstring says more):
   cost ~1.5 ms of a ~2 ms request, so plain-table requests to a scikit-learn model whose
   signature is named scalar columns are checked and converted here, and only when MLflow would
   build exactly the same table; everything else, errors included, still goes through MLflow.
-  Fast-path requests that arrive together share one predict call (batching.py), on the event
-  loop itself while that is known to take under a millisecond.
+* Concurrent requests to a model that predicts row by row share one predict call (batching.py):
+  scikit-learn, XGBoost, LightGBM and CatBoost models, and any model declared row-wise by its
+  author (MLmodel metadata) or its served entity (``MODELFLEET_BATCHABLE``), see batchable.py.
+  Each request is still parsed and schema-checked on its own, so a bad one fails alone, and a
+  lone request never waits for company (served_model.py).
 * SIGTERM/SIGINT trigger uvicorn's graceful shutdown: stop accepting, let in-flight requests
   finish (up to 30 s), then exit 0.
 
@@ -38,7 +41,8 @@ line says ``model load failed: <Type>: <message>``), 4 when the port cannot be b
 sandbox the agent asked for could not be set up.
 
 Modules, each importing only those listed before it: responses (answer and error bodies),
-fastpath, served_model (the full MLflow path), batching, metrics, app, server (uvicorn, the
-background load), standby, main (the entry point); ``__main__`` confines the process before
-importing main.  This file imports nothing: ``python -m`` runs it before the sandbox's early stage.
+batchable (which models may batch), fastpath, served_model (the full MLflow path), batching,
+metrics, app, server (uvicorn, the background load), standby, main (the entry point);
+``__main__`` confines the process before importing main.  This file imports nothing:
+``python -m`` runs it before the sandbox's early stage.
 """

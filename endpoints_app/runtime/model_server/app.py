@@ -1,8 +1,8 @@
 """The replica's HTTP application: a bare ASGI callable with three routes around one model.
 
 * ``POST /invocations`` -- the MLflow / Databricks scoring protocol (served_model.py; the fast
-  path and batching for scikit-learn models).  Answers ``{"predictions": ...}``; every error is
-  ``{"error_code": ..., "message": ...}``.
+  path for scikit-learn models, and batching for every model that predicts row by row).
+  Answers ``{"predictions": ...}``; every error is ``{"error_code": ..., "message": ...}``.
 * ``GET /health`` -- 200 ``{"status": "ready", "in_flight": N, "requests": N, "idle_seconds": S,
   "model": ..., "replica": K, "pid": P, "isolation": ...}`` once the model is loaded, 503 with
   ``"status": "loading"`` (or ``"failed"``) before that.  ``in_flight`` lets the agent drain a
@@ -13,6 +13,10 @@ No framework sits between the socket and the model, which keeps per-request over
 parsing, one thread hop and the model itself.  Parsing, prediction and serialisation run in a
 worker thread, so a slow or large request never stalls /health, /metrics or other connections
 on the event loop; only small fast-path bodies are decoded on the loop.
+
+When the model may batch (batchable.py), a full-path request is parsed in a worker thread, which
+predicts it right there if the model is idle (so a lone request costs what it does unbatched);
+otherwise it is schema-enforced there and queued, and joins the next batch (batching.py).
 
 Every route answers only requests that carry the replica's credential (``Authorization: Bearer
 <credential>``), compared in constant time.
@@ -31,9 +35,10 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from endpoints_app.runtime.model_server.batching import DEFAULT_MAX_BATCH_ROWS, Batcher
+from endpoints_app.runtime.model_server.fastpath import FastInput
 from endpoints_app.runtime.model_server.metrics import METRICS_CONTENT_TYPE, Metrics
 from endpoints_app.runtime.model_server.responses import JSON_HEADERS, RequestError, error_body, method_not_allowed
-from endpoints_app.runtime.model_server.served_model import NOT_JSON, ServedModel
+from endpoints_app.runtime.model_server.served_model import NOT_JSON, ParsedRequest, ServedModel
 
 logger = logging.getLogger(__name__)
 
@@ -41,6 +46,8 @@ Scope = dict[str, Any]
 Message = dict[str, Any]
 Receive = Callable[[], Awaitable[Message]]
 Send = Callable[[Message], Awaitable[None]]
+# Parses one request for the full path, from its body or its decoded JSON payload.
+Parse = Callable[[Any], ParsedRequest]
 
 MAX_BODY_BYTES = 16 * 1024 * 1024
 # Fast-path bodies up to this size are decoded on the event loop (a 100-row iris body is 3.5 KB,
@@ -83,12 +90,18 @@ class ModelServerApp:
         self.metrics = Metrics.for_replica(name=name, replica_id=replica_id)
         self.executor = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="predict")
         self.max_batch_rows = max_batch_rows
-        self.batcher: Batcher | None = None
+        # The fast path's batches, and the full path's (only for a model that may batch).
+        self.batcher: Batcher[FastInput, bytes | None] | None = None
+        self.full_batcher: Batcher[ParsedRequest, bytes | RequestError] | None = None
 
     def model_loaded(self, model: ServedModel, seconds: float) -> None:
         """Called on the event loop once the background load succeeds; /health turns 200."""
+        rows = self.max_batch_rows if model.batching.enabled else 1
         if model.fast is not None:
-            self.batcher = Batcher(model.fast, max_rows=self.max_batch_rows)
+            self.batcher = Batcher(model.fast.predict_batch, max_rows=rows)
+        if model.batching.enabled:
+            # Its batches run on the predict threads, which server.py shuts down.
+            self.full_batcher = Batcher(model.predict_batch, max_rows=rows, executor=self.executor)
         self.model = model
         self.load_seconds = seconds
         self.last_request_at = time.monotonic()
@@ -118,7 +131,13 @@ class ModelServerApp:
                 await _send_error(send, method_not_allowed(method, path, "GET"))
         elif path == "/metrics":
             if method in ("GET", "HEAD"):
-                body = self.metrics.render(in_flight=self.in_flight, load_seconds=self.load_seconds)
+                batchers = [batcher for batcher in (self.batcher, self.full_batcher) if batcher is not None]
+                body = self.metrics.render(
+                    in_flight=self.in_flight,
+                    load_seconds=self.load_seconds,
+                    batches=sum(batcher.batches for batcher in batchers),
+                    batched_requests=sum(batcher.batched_requests for batcher in batchers),
+                )
                 await _send(send, 200, body, [(b"content-type", METRICS_CONTENT_TYPE)])
             else:
                 await _send_error(send, method_not_allowed(method, path, "GET"))
@@ -191,14 +210,13 @@ class ModelServerApp:
                 content_length = int(value) if value.isdigit() else -1
         if content_length > MAX_BODY_BYTES:
             raise _too_large()
-        handler = _handler_for(model, content_type)
+        parse = _parser_for(model, content_type)
         body = await _read_body(receive)
-        loop = asyncio.get_running_loop()
-        if self.batcher is not None and handler == model.predict_json:
+        if self.batcher is not None and parse == model.parse_json:
             return await self._invoke_fast(model, self.batcher, body)
-        return await loop.run_in_executor(self.executor, handler, body)
+        return await self._invoke_full(model, parse, body)
 
-    async def _invoke_fast(self, model: ServedModel, batcher: Batcher, body: bytes) -> bytes:
+    async def _invoke_fast(self, model: ServedModel, batcher: Batcher[FastInput, bytes | None], body: bytes) -> bytes:
         """A JSON request to a model with a fast path: decode and check it (on the loop when
         small), predict it in a batch; whatever the fast path does not take, or cannot answer,
         goes to the full path in a worker thread, which gives MLflow's own answer or error."""
@@ -212,11 +230,52 @@ class ModelServerApp:
             if answer is not None:
                 return answer
         if payload is NOT_JSON:
-            return await loop.run_in_executor(self.executor, model.predict_json, body)
-        return await loop.run_in_executor(self.executor, model.predict_payload, payload)
+            return await self._invoke_full(model, model.parse_json, body)
+        return await self._invoke_full(model, model.parse_payload, payload)
+
+    async def _invoke_full(self, model: ServedModel, parse: Parse, source: Any) -> bytes:
+        """The full MLflow path: parse, predict and serialise in a worker thread, where a model
+        that may batch predicts the request at once when idle, or else queues it for the next
+        batch (see the module docstring)."""
+        loop = asyncio.get_running_loop()
+        batcher = self.full_batcher
+        if batcher is None:
+            return await loop.run_in_executor(self.executor, _predict_alone, model, parse, source)
+        outcome = await loop.run_in_executor(self.executor, _predict_or_prepare, model, batcher, parse, source)
+        if isinstance(outcome, bytes):
+            return outcome
+        answer = await batcher.predict(outcome)
+        if answer is None:  # the batch failed in an unexpected way: answer it alone
+            return await loop.run_in_executor(self.executor, model.predict_one, outcome)
+        if isinstance(answer, RequestError):
+            raise answer
+        return answer
 
 
-def _handler_for(model: ServedModel, content_type: bytes) -> Callable[[bytes], bytes]:
+def _predict_alone(model: ServedModel, parse: Parse, source: Any) -> bytes:
+    return model.predict_one(parse(source))
+
+
+def _predict_or_prepare(
+    model: ServedModel, batcher: Batcher[ParsedRequest, bytes | RequestError], parse: Parse, source: Any
+) -> bytes | ParsedRequest:
+    """In a worker thread: parse the request, then predict it here if it cannot share a call or
+    the model is idle; else enforce its schema and hand it back for the next batch."""
+    request = parse(source)
+    if not model.may_batch(request):
+        return model.predict_one(request)
+    answers = batcher.run_if_idle(request)
+    if answers is not None:
+        answer = answers[0]
+        if isinstance(answer, RequestError):
+            raise answer
+        return answer if answer is not None else model.predict_one(request)
+    if not model.prepare_batch(request):
+        return model.predict_one(request)
+    return request
+
+
+def _parser_for(model: ServedModel, content_type: bytes) -> Parse:
     """Pick the parser for a Content-Type; a missing one means JSON, as clients often omit it."""
     mime, _, parameters = content_type.decode("latin-1").partition(";")
     mime = mime.strip().lower()
@@ -228,9 +287,9 @@ def _handler_for(model: ServedModel, content_type: bytes) -> Callable[[bytes], b
     if charset not in ("", "utf-8", "utf8"):
         raise RequestError(415, "BAD_REQUEST", f"Only UTF-8 request bodies are supported, not charset={charset}.")
     if mime in ("", "application/json"):
-        return model.predict_json
+        return model.parse_json
     if mime == "text/csv":
-        return model.predict_csv
+        return model.parse_csv
     raise RequestError(415, "BAD_REQUEST", f"Unsupported Content-Type {mime!r}; send application/json (or text/csv).")
 
 

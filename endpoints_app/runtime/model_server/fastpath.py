@@ -5,7 +5,7 @@ MLflow's parsing and schema enforcement cost ~1.5 ms of a ~2 ms request, so plai
 to a scikit-learn model whose signature is named scalar columns are checked and converted here,
 and only when MLflow would build exactly the same table; everything else, errors included, still
 goes through MLflow (served_model.py).  Requests that arrive together share one predict call
-(batching.py).  Measured on two cores for the iris demo model: ~2,500 requests/s at concurrency 1
+(batching.py) when the model predicts row by row (batchable.py).  Measured on two cores for the iris demo model: ~2,500 requests/s at concurrency 1
 and ~7,500 at concurrency 8, against ~400 and ~300 through MLflow's path.
 """
 
@@ -22,11 +22,9 @@ import pandas as pd
 from mlflow.pyfunc import PyFuncModel
 from mlflow.types import ColSpec, DataType
 
+from endpoints_app.runtime.model_server.batchable import ROW_WISE_PREDICT_FNS, Batching, estimator_classes
 from endpoints_app.runtime.model_server.responses import RequestError, predictions_json
 
-# The fast path serves these predict functions of a scikit-learn model; each answers every row
-# on its own, which is what lets requests share one call.  ("score" needs labels and is not.)
-FAST_PREDICT_FNS = frozenset({"predict", "predict_proba", "predict_log_proba", "predict_joint_log_proba"})
 # Per MLflow column type: the dtype that MLflow's parsing and schema enforcement hand the model
 # (None: strings, left to pandas' own inference, as MLflow does), and the JSON value types the
 # fast path converts itself.  MLflow converts other values by rules of its own (a bool or "1.5"
@@ -42,9 +40,8 @@ _FAST_COLUMN_TYPES: dict[DataType, tuple[np.dtype | None, frozenset[type]]] = {
 _INDEX_TYPES = frozenset({int, str, float})
 _SPLIT_KEYS = frozenset({"columns", "data", "index"})
 # Estimator classes for which a numpy array is not the same input as MLflow's DataFrame: column
-# selection by name, and arbitrary user functions (which may also mix rows).
+# selection by name, and arbitrary user functions.
 _NAME_DEPENDENT_ESTIMATORS = frozenset({"ColumnTransformer", "FunctionTransformer"})
-_ROW_DEPENDENT_ESTIMATORS = frozenset({"FunctionTransformer"})
 # sklearn warns on every call when an estimator fitted on a DataFrame is given an array; the
 # fast path does that on purpose (same values, same column order, several times faster).
 _FEATURE_NAMES_WARNING = "X does not have valid feature names"
@@ -54,6 +51,8 @@ class FastInput:
     """One request's rows, checked and converted: an (n, k) array, or one sequence per column."""
 
     __slots__ = ("data", "rows")
+    # Any two fast-path requests to one model may share a call (batching.BatchItem).
+    key = None
 
     def __init__(self, rows: int, data: Any) -> None:
         self.rows = rows
@@ -102,8 +101,9 @@ class SklearnFastPath:
             self._values_of = operator.itemgetter(*names)
 
     @classmethod
-    def for_model(cls, model: PyFuncModel) -> tuple[SklearnFastPath | None, str]:
-        """The fast path for this model, or None and the reason it has none."""
+    def for_model(cls, model: PyFuncModel, batching: Batching) -> tuple[SklearnFastPath | None, str]:
+        """The fast path for this model, or None and the reason it has none; requests share
+        predict calls when ``batching`` allows it (batchable.py)."""
         metadata = model.metadata
         pyfunc_conf = metadata.flavors.get("python_function", {})
         if "sklearn" not in metadata.flavors or pyfunc_conf.get("loader_module") != "mlflow.sklearn":
@@ -132,19 +132,18 @@ class SklearnFastPath:
         if len(set(names)) != len(names):
             return None, "its signature repeats a column name"
         predict_fn = pyfunc_conf.get("predict_fn", "predict")
-        if predict_fn not in FAST_PREDICT_FNS:
+        if predict_fn not in ROW_WISE_PREDICT_FNS:
             return None, f"its pyfunc predict function is {predict_fn}"
         estimator = model.get_raw_model()
         predict = getattr(estimator, predict_fn, None)
         if not callable(predict):
             return None, f"the estimator has no {predict_fn}"
-        classes = _estimator_classes(estimator)
+        classes = estimator_classes(estimator)
         sklearn_only = all(module.startswith("sklearn.") for module, _ in classes)
         class_names = {name for _, name in classes}
-        row_independent = sklearn_only and not class_names & _ROW_DEPENDENT_ESTIMATORS
         fitted_names = getattr(estimator, "feature_names_in_", None)
         as_array = (
-            row_independent
+            sklearn_only
             and not class_names & _NAME_DEPENDENT_ESTIMATORS
             and len(set(dtypes)) == 1
             and dtypes[0] is not None
@@ -160,11 +159,11 @@ class SklearnFastPath:
             dtypes=dtypes,
             accepts=accepts,
             as_array=as_array,
-            row_independent=row_independent,
+            row_independent=batching.enabled,
         )
         how = "numpy arrays" if as_array else "DataFrames"
-        batching = "batched" if row_independent else "one request per call (not only scikit-learn's own estimators)"
-        return fast, f"{type(estimator).__name__}.{predict_fn} on {how}, {batching}"
+        shared = "batched" if batching.enabled else f"one request per call ({batching.reason})"
+        return fast, f"{type(estimator).__name__}.{predict_fn} on {how}, {shared}"
 
     def read(self, payload: dict[str, Any]) -> FastInput | None:
         """Check and convert a decoded request body; None when the full path must answer it."""
@@ -294,17 +293,3 @@ class SklearnFastPath:
             else:
                 columns[name] = parts[0] if len(parts) == 1 else np.concatenate(parts)
         return pd.DataFrame(columns)
-
-
-def _estimator_classes(estimator: Any) -> set[tuple[str, str]]:
-    """(module, class name) of the estimator and of every estimator nested in its parameters
-    (pipeline steps, column transformers, ensembles' members)."""
-    found = {(type(estimator).__module__, type(estimator).__name__)}
-    try:
-        params = estimator.get_params(deep=True)
-    except Exception:
-        return found | {("", "unknown")}
-    for value in params.values():
-        if hasattr(value, "fit"):
-            found.add((type(value).__module__, type(value).__name__))
-    return found

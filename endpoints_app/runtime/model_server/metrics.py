@@ -47,7 +47,9 @@ class Metrics:
         self.latency_buckets[bisect.bisect_left(LATENCY_BUCKETS_MS, latency_ms)] += 1
         self.latency_sum_ms += latency_ms
 
-    def render(self, *, in_flight: int, load_seconds: float | None) -> bytes:
+    def render(
+        self, *, in_flight: int, load_seconds: float | None, batches: int = 0, batched_requests: int = 0
+    ) -> bytes:
         labels = self.labels
         lines: list[str] = []
 
@@ -69,6 +71,16 @@ class Metrics:
         lines.append(f"request_latency_ms_sum{{{labels}}} {self.latency_sum_ms:.3f}")
         lines.append(f"request_latency_ms_count{{{labels}}} {self.request_count}")
         metric("in_flight_requests", "gauge", "Invocation requests being handled now.", in_flight)
+        # Whether concurrent requests really share predict calls (batching.py).
+        metric(
+            "batch_count_total", "counter", "Batches of two or more requests given to the model as one call.", batches
+        )
+        metric(
+            "batched_request_count_total",
+            "counter",
+            "Invocation requests that went into such batches.",
+            batched_requests,
+        )
         for gpu, util, mem_used_pct in _gpu_usage():
             lines.append(f'gpu_usage_percentage{{{labels},gpu="{gpu}"}} {util}')
             lines.append(f'gpu_mem_usage_percentage{{{labels},gpu="{gpu}"}} {mem_used_pct}')

@@ -6,6 +6,23 @@ The MLflow / Databricks scoring protocol (``dataframe_split``, ``dataframe_recor
 scoring-server helpers, so answers and schema errors match ``mlflow models serve``.  Everything
 here runs in a worker thread (app.py), except ServedModel.read_fast, which only decodes a small
 body and hands it to the fast path (fastpath.py).
+
+For a model that predicts row by row (batchable.py), concurrent requests share one predict call
+(batching.py, app.py), and what they share is decided here:
+
+1. Each request is parsed and schema-enforced on its own (``parse_*``, then ``prepare_batch``),
+   exactly as MLflow's predict would enforce it, so a request that does not fit gets its own
+   400 with MLflow's message and never reaches a batch.
+2. Requests whose enforced inputs stack into one table (same columns and dtypes, or array
+   shapes, and equal params) are concatenated and predicted with one call of the pyfunc
+   model, which enforces the schema once more on the whole table.
+3. The output is split back by row counts, in order, and each part serialised as if it had
+   been predicted alone.  When the combined call raises, every request is predicted alone, so
+   one bad request fails only itself; when the output is not one answer per row, every request
+   is predicted alone and the model is not batched again.
+
+A request predicted alone (because nothing else was waiting, or it does not stack) takes
+exactly the unbatched route, ``predict_one``.
 """
 
 from __future__ import annotations
@@ -13,14 +30,21 @@ from __future__ import annotations
 import inspect
 import json
 import logging
+import os
+from collections.abc import Hashable, Mapping
+from dataclasses import dataclass
 from io import StringIO
+from itertools import chain
 from typing import Any
 
+import numpy as np
+import pandas as pd
 from mlflow.exceptions import MlflowException
-from mlflow.pyfunc import PyFuncModel
+from mlflow.pyfunc import PyFuncModel, _validate_prediction_input
 from mlflow.pyfunc.scoring_server import SUPPORTED_FORMATS, _parse_json_data, parse_csv_input
 from mlflow.pyfunc.utils.serving_data_parser import is_unified_llm_input
 
+from endpoints_app.runtime.model_server.batchable import Batching, BatchingSettingError, decide_batching
 from endpoints_app.runtime.model_server.fastpath import FastInput, SklearnFastPath
 from endpoints_app.runtime.model_server.responses import RequestError, client_message, predictions_json
 
@@ -34,18 +58,47 @@ INPUT_KEYS_HELP = (
 )
 
 
-class ServedModel:
-    """A loaded pyfunc model plus what can be worked out once instead of on every request."""
+@dataclass(slots=True, eq=False)
+class ParsedRequest:
+    """One request on the full path, parsed: what MLflow's scoring server would hand the model."""
 
-    def __init__(self, model: PyFuncModel) -> None:
+    data: Any
+    params: dict[str, Any] | None
+    # {"predictions": ...} around the output; chat/completions/embeddings bodies get it bare.
+    wrap: bool = True
+    # Set by ServedModel.prepare_batch: the schema-enforced input, its rows, and what it can be
+    # stacked with (batching.BatchItem); key None means it is predicted alone.
+    table: Any = None
+    rows: int = 0
+    key: Hashable = None
+
+
+class ServedModel:
+    """A loaded pyfunc model plus what can be worked out once instead of on every request.
+
+    Raises BatchingSettingError when the served entity's MODELFLEET_BATCHABLE, or the model's
+    metadata flag, is neither true nor false (batchable.py).
+    """
+
+    def __init__(self, model: PyFuncModel, *, environ: Mapping[str, str] = os.environ) -> None:
         self.model = model
         self.metadata = model.metadata
         self.input_schema = model.metadata.get_input_schema()
-        self.has_params_schema = model.metadata.get_params_schema() is not None
+        self.params_schema = model.metadata.get_params_schema()
+        self.has_params_schema = self.params_schema is not None
         self.accepts_params = "params" in inspect.signature(model.predict).parameters
+        # MLflow's predict enforces nothing itself for these: the model's type hints do.
+        self._enforced_by_model = model.metadata._is_signature_from_type_hint()
         self._warned_params_ignored = False
         try:
-            self.fast, self.fast_note = SklearnFastPath.for_model(model)
+            self.batching = decide_batching(model, environ)
+        except BatchingSettingError:
+            raise
+        except Exception as exc:  # an unusual model: serve it, one request per call
+            self.batching = Batching(False, f"{type(exc).__name__}: {exc}")
+        logger.info("batching: %s (%s)", "on" if self.batching.enabled else "off", self.batching.reason)
+        try:
+            self.fast, self.fast_note = SklearnFastPath.for_model(model, self.batching)
         except Exception as exc:  # an unusual estimator: serve it, just not faster
             self.fast, self.fast_note = None, f"{type(exc).__name__}: {exc}"
 
@@ -67,16 +120,28 @@ class ServedModel:
             RequestError: the body is not JSON (MALFORMED_REQUEST) or does not fit the
                 protocol, the schema or the model (INVALID_PARAMETER_VALUE).
         """
+        return self.predict_one(self.parse_json(body))
+
+    def predict_payload(self, payload: Any) -> bytes:
+        """Answer one decoded JSON request body through MLflow's parsing and the pyfunc model."""
+        return self.predict_one(self.parse_payload(payload))
+
+    def predict_csv(self, body: bytes) -> bytes:
+        """Answer one ``text/csv`` request body (a DataFrame with a header row)."""
+        return self.predict_one(self.parse_csv(body))
+
+    def parse_json(self, body: bytes) -> ParsedRequest:
+        """Decode and parse one JSON request body (RequestError as predict_json)."""
         try:
             payload = json.loads(body)
         except (ValueError, UnicodeDecodeError) as exc:  # JSONDecodeError is a ValueError
             raise RequestError(400, "MALFORMED_REQUEST", f"The request body is not valid JSON: {exc}") from exc
         except RecursionError:  # e.g. 100 000 "[": the decoder recurses once per level
             raise RequestError(400, "MALFORMED_REQUEST", "The request body's JSON is nested too deeply") from None
-        return self.predict_payload(payload)
+        return self.parse_payload(payload)
 
-    def predict_payload(self, payload: Any) -> bytes:
-        """Answer one decoded JSON request body through MLflow's parsing and the pyfunc model."""
+    def parse_payload(self, payload: Any) -> ParsedRequest:
+        """Parse one decoded JSON request body with MLflow's scoring-server helpers."""
         if not isinstance(payload, dict):
             raise RequestError(
                 400, "INVALID_PARAMETER_VALUE", f"{INPUT_KEYS_HELP} Got a JSON {type(payload).__name__}."
@@ -104,21 +169,101 @@ class ServedModel:
                 self._warned_params_ignored = True
                 logger.warning("ignoring request params: the model's signature defines no params schema")
             params = None
-        predictions = self._predict(parsed.data, params)
-        if parsed.is_unified_llm_input:
-            # Chat/completions/embeddings bodies get the model output unwrapped, as MLflow does.
-            return predictions_json(predictions, wrap=False)
-        return predictions_json(predictions, wrap=True)
+        # Chat/completions/embeddings bodies get the model output unwrapped, as MLflow does.
+        return ParsedRequest(parsed.data, params, wrap=not parsed.is_unified_llm_input)
 
-    def predict_csv(self, body: bytes) -> bytes:
-        """Answer one ``text/csv`` request body (a DataFrame with a header row)."""
+    def parse_csv(self, body: bytes) -> ParsedRequest:
+        """Parse one ``text/csv`` request body (a DataFrame with a header row)."""
         try:
             frame = parse_csv_input(StringIO(body.decode("utf-8")), schema=self.input_schema)
         except UnicodeDecodeError as exc:
             raise RequestError(400, "MALFORMED_REQUEST", f"The request body is not valid UTF-8: {exc}") from exc
         except MlflowException as exc:
             raise RequestError(400, "INVALID_PARAMETER_VALUE", client_message(exc.message)) from exc
-        return predictions_json(self._predict(frame, None), wrap=True)
+        return ParsedRequest(frame, None)
+
+    def predict_one(self, request: ParsedRequest) -> bytes:
+        """Predict one parsed request with its own call, as an unbatched server does."""
+        return predictions_json(self._predict(request.data, request.params), wrap=request.wrap)
+
+    def may_batch(self, request: ParsedRequest) -> bool:
+        """Whether the request could share a call: the model is batched and the body is a table
+        of rows (not a chat/completions body)."""
+        return self.batching.enabled and request.wrap
+
+    def prepare_batch(self, request: ParsedRequest) -> bool:
+        """Enforce the request's input schema on its own, as the pyfunc model's predict would,
+        and work out what it stacks with; False when it must be predicted alone.
+
+        Raises:
+            RequestError: the input does not fit the schema or the params schema (MLflow's
+                message, the same 400 that predicting it alone gives).
+        """
+        params = request.params if self.accepts_params else None
+        if self._enforced_by_model:
+            table = request.data
+        else:
+            try:
+                table, _ = _validate_prediction_input(
+                    request.data, params, self.input_schema, self.params_schema, self.model.loader_module
+                )
+            except MlflowException as exc:
+                raise RequestError(400, "INVALID_PARAMETER_VALUE", client_message(exc.message)) from exc
+            except Exception:
+                return False  # predicted alone, which reports it as the unbatched server does
+        shape = _stack_shape(table)
+        if shape is None or not self.batching.enabled:
+            return False
+        rows, layout = shape
+        request.table, request.rows = table, rows
+        request.key = (layout, None if params is None else json.dumps(params, sort_keys=True))
+        return True
+
+    def predict_batch(self, requests: list[ParsedRequest]) -> list[bytes | RequestError]:
+        """Answer requests that stack (equal keys, from prepare_batch) with one predict call.
+
+        Each answer is the response body, or the RequestError that predicting the request alone
+        raises.  A one-request batch, or one whose key is None, is predicted alone.
+        """
+        if len(requests) == 1 or requests[0].key is None:
+            return [self._answer_alone(request) for request in requests]
+        first = requests[0]
+        params = first.params if self.accepts_params else None
+        try:
+            combined = _stack([request.table for request in requests])
+            if self.accepts_params:
+                output = self.model.predict(combined, params=params)
+            else:
+                output = self.model.predict(combined)
+        except Exception as exc:
+            # Mostly one bad request among good ones: each is predicted alone, so it fails alone.
+            logger.debug(
+                "a batch of %d requests failed (%s: %s); predicting each alone", len(requests), type(exc).__name__, exc
+            )
+            return [self._answer_alone(request) for request in requests]
+        parts = _split(output, [request.rows for request in requests])
+        if parts is None:
+            self.batching = Batching(False, "its output was not one answer per input row")
+            logger.warning(
+                "batching off: for %d rows the model answered %s, not one answer per row; "
+                "requests are predicted one by one from now on",
+                sum(request.rows for request in requests),
+                _describe(output),
+            )
+            return [self._answer_alone(request) for request in requests]
+        answers: list[bytes | RequestError] = []
+        for part in parts:
+            try:
+                answers.append(predictions_json(part, wrap=True))
+            except RequestError as exc:
+                answers.append(exc)
+        return answers
+
+    def _answer_alone(self, request: ParsedRequest) -> bytes | RequestError:
+        try:
+            return self.predict_one(request)
+        except RequestError as exc:
+            return exc
 
     def _predict(self, data: Any, params: dict[str, Any] | None) -> Any:
         try:
@@ -138,3 +283,67 @@ class ServedModel:
                 "INVALID_PARAMETER_VALUE",
                 client_message(f"The model could not make a prediction for this input: {type(exc).__name__}: {exc}"),
             ) from exc
+
+
+def _stack_shape(table: Any) -> tuple[int, Hashable] | None:
+    """(rows, layout) of an enforced model input that can be stacked with others of the same
+    layout along its first axis; None for anything else (no rows, a scalar, a string...)."""
+    layout: Hashable
+    if isinstance(table, pd.DataFrame):
+        if not table.columns.is_unique:
+            return None
+        rows, layout = len(table), ("frame", tuple(table.columns), tuple(table.dtypes))
+    elif isinstance(table, np.ndarray):
+        if table.ndim == 0:
+            return None
+        rows, layout = len(table), ("array", table.dtype, table.shape[1:])
+    elif isinstance(table, list):
+        rows, layout = len(table), ("list",)
+    elif isinstance(table, dict) and table and all(isinstance(v, np.ndarray) and v.ndim > 0 for v in table.values()):
+        lengths = {len(value) for value in table.values()}
+        if len(lengths) != 1:
+            return None
+        rows = lengths.pop()
+        layout = ("arrays", tuple((name, value.dtype, value.shape[1:]) for name, value in table.items()))
+    else:
+        return None
+    return (rows, layout) if rows else None
+
+
+def _stack(tables: list[Any]) -> Any:
+    """One model input from inputs of one layout (see _stack_shape), rows in order."""
+    first = tables[0]
+    if isinstance(first, pd.DataFrame):
+        return pd.concat(tables, ignore_index=True)
+    if isinstance(first, np.ndarray):
+        return np.concatenate(tables)
+    if isinstance(first, list):
+        return list(chain.from_iterable(tables))
+    return {name: np.concatenate([table[name] for table in tables]) for name in first}
+
+
+def _split(output: Any, rows: list[int]) -> list[Any] | None:
+    """The model's output for stacked inputs, cut back into one part per input; None when it is
+    not one answer per input row."""
+    total = sum(rows)
+    if isinstance(output, pd.DataFrame | pd.Series):
+        if len(output) != total:
+            return None
+        cut: Any = output.iloc
+    elif isinstance(output, np.ndarray | list):
+        if (isinstance(output, np.ndarray) and output.ndim == 0) or len(output) != total:
+            return None
+        cut = output
+    else:
+        return None
+    parts = []
+    start = 0
+    for count in rows:
+        parts.append(cut[start : start + count])
+        start += count
+    return parts
+
+
+def _describe(output: Any) -> str:
+    length = f" of length {len(output)}" if hasattr(output, "__len__") else ""
+    return f"a {type(output).__name__}{length}"
