@@ -122,6 +122,30 @@ def test_the_linear_email_finder_matches_the_reference_pattern_exactly(text):
     assert list(zip(starts.tolist(), ends.tolist(), strict=True)) == reference
 
 
+DIGIT_GROUPS = st.lists(
+    st.sampled_from(["4111 1111 1111 1111", "123-45-6789", "000-12-3456", "666-", "900-", "-00-", "-0000", "1-", "1 "])
+    | st.text(alphabet="019 -a_.\u0661\u0669", max_size=4),
+    max_size=40,
+).map("".join)
+
+
+def _luhn(digits: str) -> bool:
+    total = sum(int(c) if i % 2 == 0 else sum(divmod(2 * int(c), 10)) for i, c in enumerate(reversed(digits)))
+    return total % 10 == 0
+
+
+@hypothesis_settings(max_examples=3000, deadline=None)
+@given(DIGIT_GROUPS | st.text(alphabet="0129 -a\u0661", max_size=120))
+def test_the_card_and_ssn_scanners_match_the_reference_patterns_exactly(text):
+    # Read without re (numbered digits, a fixed shape): same matches as finditer, a card only if Luhn-valid.
+    cards = [m.span() for m in re.finditer(guardrails.CARD_REGEX, text) if _luhn(re.sub(r"\D", "", m.group()))]
+    ssns = [m.span() for m in re.finditer(guardrails.SSN_REGEX, text)]
+    classes = guardrails._classes(text)
+    for scan, reference in ((guardrails._scan_cards, cards), (guardrails._scan_ssns, ssns)):
+        starts, ends = scan(text, classes)
+        assert list(zip(starts.tolist(), ends.tolist(), strict=True)) == reference
+
+
 @pytest.mark.parametrize("pattern", guardrails.BOUNDED_PATTERNS, ids=lambda pattern: pattern.entity)
 def test_each_rewritten_pattern_reads_no_further_than_the_scan_allows(pattern):
     # A chunk is scanned up to REACH past the last match start it keeps: nothing a match reads may lie

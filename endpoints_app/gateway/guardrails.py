@@ -57,23 +57,24 @@ MAX_KEYWORD_LENGTH = 200
 # 1. The text is read once into one byte per character (``_classes``): a digit, an ASCII letter,
 #    another word character, the punctuation the patterns use, or anything else.
 # 2. Every match of a pattern lies near a "seed" that whole-string operations on that class string
-#    find (``bytes.split``, ``translate``, numpy): an SSN is ``000-00-0000``, an IBAN starts ``AA00``
-#    after a non-word character, a card starts at a digit after one with 13 digits or separators on,
-#    … Seeds mark 128-character chunks where a match may start (``_regions``); a pattern with no
-#    seed costs those few operations, and a mixed text is read only where each pattern's shapes are.
+#    find (``bytes.split``, ``translate``, numpy): an IBAN starts ``AA00`` after a non-word
+#    character, a phone number ends in two groups of digits, … Seeds mark 128-character chunks
+#    where a match may start (``_regions``); a pattern with no seed costs those few operations, and a mixed text is read only where each pattern's shapes are.
 # 3. The regions are read with the pattern itself, rewritten to start with a character class (``re``
 #    then skips other characters in C) and equivalent to the original (tests compare them). All but
 #    the e-mail pattern are bounded: nothing a match reads lies more than ``REACH`` past its start,
 #    so a region is read as a slice of the text, from a character no match starts at nor looks
 #    behind through; the slices, joined by NULs, are ``split`` at once (matches and their offsets,
 #    no match object each). See ``_scan_bounded``.
+#    Cards, SSNs and IPv4 addresses need no ``re`` at all: numpy reads them from the class string
+#    (``_scan_cards``, ``_scan_ssns``, ``_scan_ipv4s``).
 # 4. Checks (Luhn, parts of an address) run on all candidates at once with numpy, and so do the
 #    overlap rule and masking: a text full of findings (1 MB of ``1.1.1.1 ``: 131,072 addresses)
 #    costs no Python-level step per finding.
 #
 # What is left is ``re`` reading the candidates themselves: a megabyte dense with one pattern's
-# near-misses or findings (card-like digit groups, addresses) costs about one pass of that pattern
-# (benchmarks/bench_hostile_input.py).
+# near-misses or findings (phone-like digit groups, IBANs, e-mail addresses) costs about one pass of
+# that pattern (benchmarks/bench_hostile_input.py).
 #
 # The e-mail pattern is unbounded (a local part and a domain can be as long as the text), see
 # ``_scan_emails``.
@@ -149,30 +150,7 @@ def _framed(classes: bytes, view: bytes) -> bytes:
     return (b"#" + classes + b"#").translate(view)
 
 
-_DOUBLED = np.array([0, 2, 4, 6, 8, 1, 3, 5, 7, 9], np.int64)  # a Luhn digit doubled, digits summed
-
-
-def _cards_valid(found: list[str]) -> np.ndarray:
-    """The Luhn check of every candidate at once: its digits (separators skipped), every second one
-    from the right doubled, sum to a multiple of 10; 13 to 19 digits."""
-    values = _digit_values("".join(found))
-    is_digit = values != 255
-    digits = values[is_digit].astype(np.int64)
-    bounds = np.concatenate(([0], np.cumsum(np.fromiter(map(len, found), np.int64, len(found)))))
-    digit_bounds = bounds - np.concatenate(([0], np.cumsum(~is_digit)))[bounds]
-    first, last = digit_bounds[:-1], digit_bounds[1:]
-    odd = np.arange(len(digits)) % 2 == 1
-    # Running sums with the digits at odd indexes doubled, and with those at even indexes doubled:
-    # a card whose last digit has an even index doubles its digits at odd indexes, and the reverse.
-    doubled_at_odd = np.concatenate(([0], np.cumsum(np.where(odd, _DOUBLED[digits], digits))))
-    doubled_at_even = np.concatenate(([0], np.cumsum(np.where(odd, digits, _DOUBLED[digits]))))
-    totals = np.where(
-        (last - 1) % 2 == 0,
-        doubled_at_odd[last] - doubled_at_odd[first],
-        doubled_at_even[last] - doubled_at_even[first],
-    )
-    counts = last - first
-    return (totals % 10 == 0) & (counts >= 13) & (counts <= 19)
+_DOUBLED = np.array([0, 2, 4, 6, 8, 1, 3, 5, 7, 9], np.uint8)  # a Luhn digit doubled, digits summed
 
 
 @dataclass(frozen=True)
@@ -230,49 +208,13 @@ def _hits(data: bytes, splitter: re.Pattern[bytes]) -> np.ndarray:
 _CARD_RUN = _view(n=".+@()#Aa_", **{"0": " -"})
 
 
-def _card_seeds(classes: bytes) -> np.ndarray:
-    """Where a card may start: a digit after a non-word character (or at the start) with digits and
-    separators only in the 13 characters from there."""
-    n = len(classes)
-    if b"0" * 13 not in classes.translate(_CARD_RUN):
-        return _NONE
-    after_non_word = np.empty(n, bool)
-    after_non_word[0] = True
-    np.logical_not(_mask(classes, "0Aa_")[:-1], out=after_non_word[1:])
-    others = np.concatenate(([0], np.cumsum(~_mask(classes, "0 -"), dtype=np.int32)))
-    clear = np.zeros(n, bool)
-    clear[: n - 12] = others[13:] == others[: n - 12]
-    return np.flatnonzero(_mask(classes, "0") & after_non_word & clear)
-
-
 _IBAN_START = _view(n=" .-+@()#", w="a_")
 _PHONE_VIEW = _view(s=" .-", p="+(", x="@)#", a="A_")
 # The last two groups of digits, and after them what the look-ahead lets through.
 _PHONE_END = re.compile(rb"(000s0000?(?:[xp]|s[xpsa]))")
 
-# IPv4 addresses are read from runs of word characters instead (``_scan_ipv4s``).
+# Cards, SSNs (``_scan_cards``, ``_scan_ssns``) and IPv4 addresses (``_scan_ipv4s``) are read without ``re``.
 BOUNDED_PATTERNS = (
-    PiiPattern(
-        "CREDIT_CARD",
-        r"\b(?:\d[ -]?){12,18}\d\b",
-        re.compile(r"\d(?<!\w\d)" + r"[ -]?\d" * 12 + r"(?:[ -]?\d){0,6}\b"),
-        lambda classes: classes.count(b"0") >= 13,
-        _card_seeds,
-        0,
-        0,
-        "Aa_ .-+@()#",
-        _cards_valid,
-    ),
-    PiiPattern(
-        "US_SSN",
-        r"\b(?!000|666|9\d\d)\d{3}-(?!00)\d{2}-(?!0000)\d{4}\b",
-        re.compile(r"\d(?<!\w\d)\d\d(?<!000)(?<!666)(?<!9\d\d)-(?!00)\d{2}-(?!0000)\d{4}\b"),
-        lambda classes: b"0-00-0" in classes,
-        lambda classes: _occurrences(classes, b"000-00-0000"),
-        0,
-        11,
-        "Aa_ .-+@()#",
-    ),
     PiiPattern(
         "IBAN_CODE",
         r"\b[A-Z]{2}\d{2}(?: ?[A-Z0-9]{4}){2,7}(?: ?[A-Z0-9]{1,4})?\b",
@@ -505,13 +447,137 @@ def _scan_emails(text: str, classes: bytes) -> tuple[np.ndarray, np.ndarray]:
     return starts + shift, ends + shift
 
 
+# Cards and SSNs are read without ``re``: on a megabyte dense with digit groups (``4111 1111 …``,
+# ``1-1-…``, ``123-45-6789 …``) ``re`` alone cost 50-170 ms, a Python object per match on top.
+#
+# ``\b(?:\d[ -]?){12,18}\d\b``: a separator is taken exactly where one follows a digit (else the next
+# ``\d`` fails), so from a start the pattern reads along a "run" of digits, each two apart by nothing
+# or by one " " or "-", and ends at the furthest digit among the 13th to 19th with a word boundary
+# after it (greedy: 18 repetitions tried first). A start is a digit after a non-word character; a
+# start with no such end fails, and ``finditer`` goes on at the next start. Numbering the text's
+# digits, every start's end is found at once (``_card_ends``); then the matches ``finditer`` keeps
+# are a chain: the first start with an end, then the first such start past that end, … (one step per
+# match, each a list lookup).
+# The class string in this view, framed by one "x" before and two after: digits, separators, other
+# word characters, anything else.
+_CARD_VIEW = _view(d="0", e="Aa_", s=" -", x=".+@()#")  # word characters sort before the others
+
+
+def _card_ends(classes: bytes) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(where each digit is, and the first and last digit of each start's match: digit numbers, for
+    the starts that have one)."""
+    codes = np.frombuffer(b"x" + classes.translate(_CARD_VIEW) + b"xx", np.uint8)
+    here, ahead, further = codes[1:-2], codes[2:-1], codes[3:]
+    digit, separator = ord("d"), ord("s")
+    is_digit = here == digit
+    # Per character, bit 1: no word character before it; 2: none after it; 4: the next digit follows
+    # at once or after one separator (the two are in one run).
+    state = (codes[:-3] >= separator).view(np.uint8) | ((ahead >= separator).view(np.uint8) << 1)
+    state |= ((ahead == digit) | ((ahead == separator) & (further == digit))).view(np.uint8) << 2
+    where = np.flatnonzero(is_digit)
+    state = state[where]
+    numbers = np.arange(len(where), dtype=np.int32)
+    # The last digit of each digit's run: the first digit at or after it that is not linked on.
+    run_ends = np.flatnonzero(state & 4 == 0)
+    last = run_ends[np.cumsum(state & 4 == 0) - (state & 4 == 0)]
+    boundary_at_or_before = np.maximum.accumulate(np.where(state & 2, numbers, -1))
+    firsts = np.flatnonzero(state & 1)
+    lasts = boundary_at_or_before[np.minimum(firsts + 18, last[firsts])]
+    found = lasts >= firsts + 12
+    return where, firsts[found], lasts[found]
+
+
+def _luhn_valid(values: np.ndarray, firsts: np.ndarray, lasts: np.ndarray) -> np.ndarray:
+    """The Luhn check of the digits ``values[first : last + 1]`` of each candidate at once: every
+    second one from the right doubled, they sum to a multiple of 10."""
+    doubled = _DOUBLED[values]
+    # Running sums with the digits at odd indexes doubled, and with those at even indexes doubled:
+    # a card whose last digit has an even index doubles its digits at odd indexes, and the reverse.
+    at_odd, at_even = values.astype(np.int32), doubled.astype(np.int32)
+    at_odd[1::2], at_even[1::2] = doubled[1::2], values[1::2]
+    doubled_at_odd = np.concatenate(([0], np.cumsum(at_odd, dtype=np.int32)))
+    doubled_at_even = np.concatenate(([0], np.cumsum(at_even, dtype=np.int32)))
+    stops = lasts + 1
+    totals = np.where(
+        lasts % 2 == 0,
+        doubled_at_odd[stops] - doubled_at_odd[firsts],
+        doubled_at_even[stops] - doubled_at_even[firsts],
+    )
+    return totals % 10 == 0
+
+
+CARD_REGEX = r"\b(?:\d[ -]?){12,18}\d\b"
+
+
+def _scan_cards(text: str, classes: bytes) -> tuple[np.ndarray, np.ndarray]:
+    """(starts, ends) of ``CARD_REGEX``'s ``finditer`` matches that pass the Luhn check."""
+    if b"0" * 13 not in classes.translate(_CARD_RUN):
+        return _NONE, _NONE
+    where, firsts, lasts = _card_ends(classes)
+    if not len(firsts):
+        return _NONE, _NONE
+    # The first start past each match: how many starts lie at or before its last digit.
+    starts_before = np.zeros(len(where) + 1, np.int64)
+    starts_before[firsts + 1] = 1
+    following = memoryview(np.cumsum(starts_before)[lasts + 1])
+    chosen: list[int] = []
+    at, count = 0, len(firsts)
+    while at < count:
+        chosen.append(at)
+        at = following[at]
+    kept = np.array(chosen, np.int64)
+    firsts, lasts = firsts[kept], lasts[kept]
+    if text.isascii():
+        values = np.frombuffer(text.encode("ascii"), np.uint8)[where] - ord("0")
+    else:
+        values = _unicode_tables()[1][_code_points(text)[where]]
+    valid = _luhn_valid(values, firsts, lasts)
+    return where[firsts[valid]], where[lasts[valid]] + 1
+
+
+# ``\b(?!000|666|9\d\d)\d{3}-(?!00)\d{2}-(?!0000)\d{4}\b``: eleven characters of a fixed shape,
+# which cannot overlap itself (a "-" would have to fall on a digit), so its matches are all the
+# places that shape and the word boundaries hold, less those the look-aheads refuse (ASCII "0", "6"
+# and "9" only: the pattern spells them).
+SSN_REGEX = r"\b(?!000|666|9\d\d)\d{3}-(?!00)\d{2}-(?!0000)\d{4}\b"
+_SSN_SHAPE = b"000-00-0000"
+
+
+def _scan_ssns(text: str, classes: bytes) -> tuple[np.ndarray, np.ndarray]:
+    """(starts, ends) of ``SSN_REGEX``'s ``finditer`` matches."""
+    if _SSN_SHAPE not in classes:
+        return _NONE, _NONE
+    framed = _framed(classes, _SSN_EDGE)
+    starts = _occurrences(classes, _SSN_SHAPE)
+    # framed[i] is the character before text[i], framed[i + 12] the one after text[i : i + 11].
+    codes = np.frombuffer(framed, np.uint8)
+    starts = starts[(codes[starts] == ord("n")) & (codes[starts + 12] == ord("n"))]
+    if not len(starts):
+        return _NONE, _NONE
+    chars = np.frombuffer(text.encode("ascii"), np.uint8) if text.isascii() else _code_points(text)
+    area, group, serial = (chars[starts[:, None] + np.arange(i, j)] for i, j in ((0, 3), (4, 6), (7, 11)))
+    zero = ord("0")
+    refused = (
+        (area == zero).all(axis=1)
+        | (area == ord("6")).all(axis=1)
+        | (area[:, 0] == ord("9"))
+        | (group == zero).all(axis=1)
+        | (serial == zero).all(axis=1)
+    )
+    starts = starts[~refused]
+    return starts, starts + 11
+
+
+_SSN_EDGE = _view(n=" .-+@()#", w="0Aa_")
+
+
 # Entity types in the order their patterns claim text.
-_CARDS, _SSNS, _IBANS, _PHONES = (functools.partial(_scan_bounded, pattern) for pattern in BOUNDED_PATTERNS)
+_IBANS, _PHONES = (functools.partial(_scan_bounded, pattern) for pattern in BOUNDED_PATTERNS)
 PII_ENTITIES = ("EMAIL_ADDRESS", "CREDIT_CARD", "US_SSN", "IBAN_CODE", "IP_ADDRESS", "PHONE_NUMBER")
 PII_SCANS: tuple[Callable[[str, bytes], tuple[np.ndarray, np.ndarray]], ...] = (
     _scan_emails,
-    _CARDS,
-    _SSNS,
+    _scan_cards,
+    _scan_ssns,
     _IBANS,
     _scan_ipv4s,
     _PHONES,
