@@ -72,7 +72,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         "--max-batch-rows",
         type=int,
         default=DEFAULT_MAX_BATCH_ROWS,
-        help=f"rows that concurrent fast-path requests may share one predict call with (default "
+        help=f"rows that concurrent requests may share one predict call with (default "
         f"{DEFAULT_MAX_BATCH_ROWS}; 1 predicts every request on its own)",
     )
     parser.add_argument(

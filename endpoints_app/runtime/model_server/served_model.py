@@ -204,6 +204,8 @@ class ServedModel:
             table = request.data
         else:
             try:
+                # The function MLflow's own predict calls first (private, like _parse_json_data):
+                # the same conversions and the same message for input that does not fit.
                 table, _ = _validate_prediction_input(
                     request.data, params, self.input_schema, self.params_schema, self.model.loader_module
                 )
