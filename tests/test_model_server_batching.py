@@ -80,6 +80,14 @@ class CountModel(PythonModel):
         return {"rows": len(model_input)}
 
 
+class ShoutModel(PythonModel):
+    """A pyfunc in MLflow 3's style: its type hints are its signature (a list of strings)."""
+
+    def predict(self, model_input: list[str], params: dict[str, Any] | None = None) -> list[str]:
+        """Each string in capitals."""
+        return [text.upper() for text in model_input]
+
+
 ROW_SIGNATURE = ModelSignature(
     inputs=Schema([ColSpec("long", "id"), ColSpec("double", "x")]),
     params=ParamSchema([ParamSpec("tag", "string", "")]),
@@ -115,6 +123,17 @@ def save_count_model(path: Path) -> Path:
         mlflow.pyfunc.save_model(
             str(path),
             python_model=CountModel(),
+            metadata={"modelfleet": {"batchable": True}},
+            pip_requirements=[f"cloudpickle=={cloudpickle.__version__}"],
+        )
+    return path
+
+
+def save_shout_model(path: Path) -> Path:
+    with _pickled_by_value():
+        mlflow.pyfunc.save_model(
+            str(path),
+            python_model=ShoutModel(),
             metadata={"modelfleet": {"batchable": True}},
             pip_requirements=[f"cloudpickle=={cloudpickle.__version__}"],
         )
@@ -464,6 +483,19 @@ def test_a_batch_answers_each_request_with_the_bytes_it_gets_alone(row_declared_
         assert (answer.message if isinstance(answer, RequestError) else answer) == alone, body
 
 
+def test_a_type_hinted_pyfunc_batches_its_lists_and_a_bad_item_fails_alone(models_dir: Path) -> None:
+    served = ServedModel(mlflow.pyfunc.load_model(str(save_shout_model(models_dir / "shout"))), environ={})
+    bodies = [json.dumps({"inputs": texts}).encode() for texts in (["a", "b"], [1], ["c"])]
+
+    answers = served.predict_batch([_parsed(served, body) for body in bodies])
+
+    assert answers[0] == b'{"predictions": ["A", "B"]}' and answers[2] == b'{"predictions": ["C"]}'
+    assert isinstance(answers[1], RequestError)
+    with pytest.raises(RequestError) as alone:
+        served.predict_json(bodies[1])
+    assert answers[1].message == alone.value.message
+
+
 def test_a_model_whose_output_is_not_one_answer_per_row_stops_batching(models_dir: Path) -> None:
     served = ServedModel(mlflow.pyfunc.load_model(str(save_count_model(models_dir / "count"))), environ={})
     bodies = [json.dumps({"dataframe_records": [{"a": i}] * (i + 1)}).encode() for i in range(3)]
@@ -531,6 +563,27 @@ def test_a_bad_request_among_good_ones_fails_alone_with_its_own_400(row_servers:
     assert [json.loads(content)["predictions"][0]["id"] for status, content in answers if status == 200] == list(
         range(10)
     )
+
+
+def test_csv_requests_share_calls_too(row_servers: dict[str, Replica]) -> None:
+    batched, unbatched = row_servers["batched"], row_servers["unbatched"]
+    bodies = [("id,x\n" + "".join(f"{i * 10 + j},{j}.5\n" for j in range(1 + i % 3))).encode() for i in range(24)]
+    batches_before, _ = batched.metrics()
+
+    def fire_csv(url: str) -> list[tuple[int, bytes]]:
+        def call(body: bytes) -> tuple[int, bytes]:
+            headers = {**AUTH, "Content-Type": "text/csv"}
+            response = requests.post(f"{url}/invocations", data=body, headers=headers, timeout=60)
+            return response.status_code, response.content
+
+        with ThreadPoolExecutor(max_workers=CLIENTS) as pool:
+            return list(pool.map(call, bodies))
+
+    answers = fire_csv(batched.url)
+
+    assert answers == fire_csv(unbatched.url)
+    assert {status for status, _ in answers} == {200}
+    assert batched.metrics()[0] > batches_before
 
 
 def test_the_setting_turns_batching_off(row_servers: dict[str, Replica]) -> None:
