@@ -347,7 +347,7 @@ def _scan_ipv4s(text: str, classes: bytes) -> tuple[np.ndarray, np.ndarray]:
         return _NONE, _NONE
     starts, ends = _tokens(classes)
     lengths = ends - starts
-    digits = np.concatenate(([0], np.cumsum(_mask(classes, "0"), dtype=np.int64)))
+    digits = np.concatenate(([0], np.cumsum(_mask(classes, "0").view(np.uint8), dtype=np.int32)))
     short = (digits[ends] - digits[starts] == lengths) & (lengths <= 3)
     codes = np.frombuffer(classes, np.uint8)
     dotted = (starts[1:] - ends[:-1] == 1) & (codes[ends[:-1]] == ord("."))  # token j, ".", token j + 1
@@ -442,7 +442,7 @@ def _scan_emails(text: str, classes: bytes) -> tuple[np.ndarray, np.ndarray]:
     # way, or (a later start can only fail where an earlier one succeeds) only if it did not.
     fixed = found_if_missed == found_if_found
     last_fixed = np.maximum.accumulate(np.where(fixed, np.arange(len(ats)), 0))
-    flips = np.cumsum(~fixed)
+    flips = np.cumsum((~fixed).view(np.uint8), dtype=np.int32)
     found = found_if_missed[last_fixed] ^ ((flips - flips[last_fixed]) % 2 == 1)
     previous_found = np.concatenate(([False], found[:-1]))
     starts = np.where(previous_found, if_found, if_missed)
@@ -478,13 +478,15 @@ def _card_ends(classes: bytes) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     state |= ((ahead == digit) | ((ahead == separator) & (further == digit))).view(np.uint8) << 2
     where = np.flatnonzero(is_digit)
     state = state[where]
-    numbers = np.arange(len(where), dtype=np.int32)
-    # The last digit of each digit's run: the first digit at or after it that is not linked on.
-    run_ends = np.flatnonzero(state & 4 == 0)
-    last = run_ends[np.cumsum(state & 4 == 0) - (state & 4 == 0)]
-    boundary_at_or_before = np.maximum.accumulate(np.where(state & 2, numbers, -1))
-    firsts = np.flatnonzero(state & 1)
-    lasts = boundary_at_or_before[np.minimum(firsts + 18, last[firsts])]
+    # The last digit of each start's run: the first digit at or after it that is not linked on.
+    is_end = (state & 4) == 0
+    run_ends = np.flatnonzero(is_end)
+    firsts = np.flatnonzero((state & 1) != 0)
+    last = run_ends[np.cumsum(is_end.view(np.uint8), dtype=np.int32)[firsts] - is_end[firsts]]
+    # The last digit with a boundary after it at or before the 19th from the start, or -1.
+    has_boundary = (state & 2) != 0
+    boundaries = np.concatenate(([-1], np.flatnonzero(has_boundary)))
+    lasts = boundaries[np.cumsum(has_boundary.view(np.uint8), dtype=np.int32)[np.minimum(firsts + 18, last)]]
     found = lasts >= firsts + 12
     return where, firsts[found], lasts[found]
 
@@ -519,9 +521,9 @@ def _scan_cards(text: str, classes: bytes) -> tuple[np.ndarray, np.ndarray]:
     if not len(firsts):
         return _NONE, _NONE
     # The first start past each match: how many starts lie at or before its last digit.
-    starts_before = np.zeros(len(where) + 1, np.int64)
+    starts_before = np.zeros(len(where) + 1, np.uint8)
     starts_before[firsts + 1] = 1
-    following = memoryview(np.cumsum(starts_before)[lasts + 1])
+    following = memoryview(np.cumsum(starts_before, dtype=np.int32)[lasts + 1])
     chosen: list[int] = []
     at, count = 0, len(firsts)
     while at < count:
