@@ -551,28 +551,31 @@ def _scan_ssns(text: str, classes: bytes) -> tuple[np.ndarray, np.ndarray]:
     """(starts, ends) of ``SSN_REGEX``'s ``finditer`` matches."""
     if _SSN_SHAPE not in classes:
         return _NONE, _NONE
-    framed = _framed(classes, _SSN_EDGE)
-    starts = _occurrences(classes, _SSN_SHAPE)
-    # framed[i] is the character before text[i], framed[i + 12] the one after text[i : i + 11].
-    codes = np.frombuffer(framed, np.uint8)
-    starts = starts[(codes[starts] == ord("n")) & (codes[starts + 12] == ord("n"))]
+    # framed[i + 1] is text[i]; "n" stands for a non-word character other than "-", and the frame.
+    framed = np.frombuffer(_framed(classes, _SSN_VIEW), np.uint8)
+    digit, dash = framed == ord("0"), framed == ord("-")
+    edge = dash | (framed == ord("n"))
+    count = len(framed) - 12
+    # A match at i: a non-word character before it, the shape, a non-word character after it.
+    found = edge[:count].copy()
+    for offset, char in enumerate(_SSN_SHAPE, 1):
+        found &= (digit if char == ord("0") else dash)[offset : offset + count]
+    found &= edge[12:]
+    starts = np.flatnonzero(found)
     if not len(starts):
         return _NONE, _NONE
     chars = np.frombuffer(text.encode("ascii"), np.uint8) if text.isascii() else _code_points(text)
-    area, group, serial = (chars[starts[:, None] + np.arange(i, j)] for i, j in ((0, 3), (4, 6), (7, 11)))
-    zero = ord("0")
-    refused = (
-        (area == zero).all(axis=1)
-        | (area == ord("6")).all(axis=1)
-        | (area[:, 0] == ord("9"))
-        | (group == zero).all(axis=1)
-        | (serial == zero).all(axis=1)
-    )
+    zero, six = ord("0"), ord("6")
+    first, second, third = chars[starts], chars[starts + 1], chars[starts + 2]
+    refused = (first == ord("9")) | ((first == second) & (second == third) & ((first == zero) | (first == six)))
+    refused |= (chars[starts + 4] == zero) & (chars[starts + 5] == zero)
+    serial = [chars[starts + offset] == zero for offset in (7, 8, 9, 10)]
+    refused |= serial[0] & serial[1] & serial[2] & serial[3]
     starts = starts[~refused]
     return starts, starts + 11
 
 
-_SSN_EDGE = _view(n=" .-+@()#", w="0Aa_")
+_SSN_VIEW = _view(n=" .+@()#", w="Aa_")
 
 
 # Entity types in the order their patterns claim text.
