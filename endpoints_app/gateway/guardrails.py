@@ -329,7 +329,8 @@ def _scan_bounded(pattern: PiiPattern, text: str, classes: bytes) -> tuple[np.nd
 
 def _tokens(classes: bytes) -> tuple[np.ndarray, np.ndarray]:
     """[starts, ends) of the runs of word characters (``\\w+``)."""
-    edges = np.flatnonzero(np.diff(_mask(classes, "0Aa_").view(np.int8), prepend=0, append=0))
+    word = np.concatenate(([False], _mask(classes, "0Aa_"), [False]))
+    edges = np.flatnonzero(word[1:] != word[:-1])
     return edges[0::2], edges[1::2]
 
 
@@ -347,8 +348,12 @@ def _scan_ipv4s(text: str, classes: bytes) -> tuple[np.ndarray, np.ndarray]:
         return _NONE, _NONE
     starts, ends = _tokens(classes)
     lengths = ends - starts
-    digits = np.concatenate(([0], np.cumsum(_mask(classes, "0").view(np.uint8), dtype=np.int32)))
-    short = (digits[ends] - digits[starts] == lengths) & (lengths <= 3)
+    # Tokens of one to three characters, each a digit.
+    is_digit = _mask(classes, "0")
+    last = len(classes) - 1
+    short = (lengths <= 3) & is_digit[starts]
+    short &= (lengths < 2) | is_digit[np.minimum(starts + 1, last)]
+    short &= (lengths < 3) | is_digit[np.minimum(starts + 2, last)]
     codes = np.frombuffer(classes, np.uint8)
     dotted = (starts[1:] - ends[:-1] == 1) & (codes[ends[:-1]] == ord("."))  # token j, ".", token j + 1
     linked = short[:-1] & dotted & short[1:]
@@ -360,12 +365,12 @@ def _scan_ipv4s(text: str, classes: bytes) -> tuple[np.ndarray, np.ndarray]:
     found = found[(found - first) % 4 == 0]
     # A part over 255 has three digits.
     three = np.flatnonzero(lengths == 3)
-    over = np.zeros(len(starts) + 1, np.int64)
+    over = np.zeros(len(starts) + 1, np.uint8)
     if len(three):
         values = _digit_values(text).astype(np.int64)
         at = starts[three]
         over[three + 1] = values[at] * 100 + values[at + 1] * 10 + values[at + 2] > 255
-    over = np.cumsum(over)
+    over = np.cumsum(over, dtype=np.int32)
     valid = over[found + 4] == over[found]
     return starts[found[valid]], ends[found[valid] + 3]
 
