@@ -56,28 +56,26 @@ MAX_KEYWORD_LENGTH = 200
 #
 # 1. The text is read once into one byte per character (``_classes``): a digit, an ASCII letter,
 #    another word character, the punctuation the patterns use, or anything else.
-# 2. Every match of a pattern lies near a "seed" that whole-string operations on that class string
-#    find (``bytes.split``, ``translate``, numpy): an IBAN starts ``AA00`` after a non-word
-#    character, a phone number ends in two groups of digits, … Seeds mark 128-character chunks
-#    where a match may start (``_regions``); a pattern with no seed costs those few operations, and a mixed text is read only where each pattern's shapes are.
-# 3. The regions are read with the pattern itself, rewritten to start with a character class (``re``
-#    then skips other characters in C) and equivalent to the original (tests compare them). All but
-#    the e-mail pattern are bounded: nothing a match reads lies more than ``REACH`` past its start,
-#    so a region is read as a slice of the text, from a character no match starts at nor looks
-#    behind through; the slices, joined by NULs, are ``split`` at once (matches and their offsets,
-#    no match object each). See ``_scan_bounded``.
-#    Cards, SSNs and IPv4 addresses need no ``re`` at all: numpy reads them from the class string
-#    (``_scan_cards``, ``_scan_ssns``, ``_scan_ipv4s``).
+# 2. The e-mail, card, SSN and IPv4 patterns need no ``re`` at all: numpy finds their matches from
+#    the class string, every candidate at once (``_scan_emails``, ``_scan_cards``, ``_scan_ssns``,
+#    ``_scan_ipv4s``; why each is exact is said there, and tests compare them with the patterns).
+# 3. Every match of the two others lies near a "seed" that whole-string operations on the class
+#    string find (``bytes.split``, ``translate``, numpy): an IBAN starts ``AA00`` after a non-word
+#    character, a phone number ends in two groups of digits. Seeds mark 128-character chunks where
+#    a match may start (``_regions``); a pattern with no seed costs those few operations, and a
+#    mixed text is read only where each pattern's shapes are. The regions are read with the
+#    pattern itself, rewritten to start with a character class (``re`` then skips other characters
+#    in C) and equivalent to the original (tests compare them). Both are bounded: nothing a match
+#    reads lies more than ``REACH`` past its start, so a region is read as a slice of the text, from
+#    a character no match starts at nor looks behind through; the slices, joined by NULs, are
+#    ``split`` at once (matches and their offsets, no match object each). See ``_scan_bounded``.
 # 4. Checks (Luhn, parts of an address) run on all candidates at once with numpy, and so do the
 #    overlap rule and masking: a text full of findings (1 MB of ``1.1.1.1 ``: 131,072 addresses)
 #    costs no Python-level step per finding.
 #
-# What is left is ``re`` reading the candidates themselves: a megabyte dense with one pattern's
-# near-misses or findings (phone-like digit groups, IBANs, e-mail addresses) costs about one pass of
-# that pattern (benchmarks/bench_hostile_input.py).
-#
-# The e-mail pattern is unbounded (a local part and a domain can be as long as the text), see
-# ``_scan_emails``.
+# What is left is ``re`` reading phone and IBAN candidates (a megabyte dense with them costs about
+# one pass of that pattern), numpy passes over the text and its candidates, and, for a text full of
+# findings, the list of them (benchmarks/bench_hostile_input.py: tens of milliseconds per MB).
 
 _PUNCTUATION = " .-+@()"
 
@@ -172,7 +170,6 @@ class PiiPattern:
     before: int
     after: int
     safe: str
-    check: Callable[[list[str]], np.ndarray] | None = None
 
     @functools.cached_property
     def splitter(self) -> re.Pattern[str]:
@@ -266,7 +263,7 @@ def _regions(pattern: PiiPattern, classes: bytes) -> tuple[np.ndarray, np.ndarra
 
 
 def _scan_bounded(pattern: PiiPattern, text: str, classes: bytes) -> tuple[np.ndarray, np.ndarray]:
-    """(starts, ends) of ``pattern.original``'s ``finditer`` matches that pass its check.
+    """(starts, ends) of ``pattern.original``'s ``finditer`` matches.
 
     Each region is read from a safe character at most 256 before it (no match starts between: none
     was seeded there; none straddles it: the previous region's matches end REACH after it at most):
@@ -293,7 +290,6 @@ def _scan_bounded(pattern: PiiPattern, text: str, classes: bytes) -> tuple[np.nd
     cuts[(cuts < 0) & (begins == 0)] = 0  # the text's start
     starts: list[np.ndarray] = []
     finishes: list[np.ndarray] = []
-    found: list[str] = []
     for begin, end, stop in zip(
         begins[cuts < 0].tolist(), ends[cuts < 0].tolist(), stops[cuts < 0].tolist(), strict=True
     ):
@@ -301,7 +297,6 @@ def _scan_bounded(pattern: PiiPattern, text: str, classes: bytes) -> tuple[np.nd
         spans = np.fromiter(chain.from_iterable(map(re.Match.span, matches)), np.int64, 2 * len(matches))
         starts.append(spans[0::2])
         finishes.append(spans[1::2])
-        found += map(re.Match.group, matches)
     sliced = cuts >= 0
     if sliced.any():
         cuts, ends, stops = cuts[sliced], ends[sliced], stops[sliced]
@@ -316,15 +311,9 @@ def _scan_bounded(pattern: PiiPattern, text: str, classes: bytes) -> tuple[np.nd
         keep = match_starts + shift < ends[owner]  # matches that start past the region are not its own
         starts.append((match_starts + shift)[keep])
         finishes.append((match_ends + shift)[keep])
-        strings = parts[1::2]
-        found += strings if keep.all() else [strings[i] for i in np.flatnonzero(keep)]
     all_starts, all_ends = np.concatenate(starts), np.concatenate(finishes)
     order = np.argsort(all_starts, kind="stable")
-    all_starts, all_ends = all_starts[order], all_ends[order]
-    if pattern.check is not None and len(found):
-        valid = pattern.check([found[i] for i in order] if len(starts) > 1 else found)
-        all_starts, all_ends = all_starts[valid], all_ends[valid]
-    return all_starts, all_ends
+    return all_starts[order], all_ends[order]
 
 
 def _tokens(classes: bytes) -> tuple[np.ndarray, np.ndarray]:
@@ -847,10 +836,9 @@ def _apply_and_return(guardrail: Guardrail, body: dict[str, Any], direction: str
     return body, _apply(guardrail, body, direction=direction)
 
 
-# Texts at least this long are checked in a worker process. Hostile text still costs up to about one
-# pattern's full scan (tens of milliseconds per 1 MB, see the PII notes above), and ``re`` and numpy
-# hold the GIL for the whole of one step, so a thread would still stop the event loop that long; a
-# process leaves it free. Shorter texts are checked in place: shipping them would cost more than
+# Texts at least this long are checked in a worker process. Hostile text still costs tens of
+# milliseconds per 1 MB (see the PII notes above), and ``re`` and numpy hold the GIL for the whole
+# of one step, so a thread would still stop the event loop that long; a process leaves it free. Shorter texts are checked in place: shipping them would cost more than
 # checking them.
 OFF_LOOP_CHARS = 64 * 1024
 _pool: ProcessPoolExecutor | None = None
