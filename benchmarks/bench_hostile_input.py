@@ -42,6 +42,10 @@ settings.configure(GUARDRAIL_WORKERS=1)  # the guardrails read only this; no dat
 
 from endpoints_app.gateway import guardrails  # noqa: E402
 
+# Measured as the guardrail workers run it: reusing freed memory (without this, 1 MB of mixed text
+# costs about 20 ms more, in page faults on fresh temporaries).
+guardrails.keep_freed_memory()
+
 TARGET_MS = 100.0
 OLD_EMAIL = re.compile(r"\b[\w.+-]+@[\w-]+(?:\.[\w-]+)*\.[A-Za-z]{2,}\b")
 

@@ -22,6 +22,7 @@ them rather than pretend.
 from __future__ import annotations
 
 import asyncio
+import ctypes
 import functools
 import multiprocessing
 import re
@@ -181,7 +182,14 @@ class PiiPattern:
 
 
 def _mask(classes: bytes, members: str) -> np.ndarray:
-    """Where the class string holds one of ``members``, as booleans (one ``translate``)."""
+    """Where the class string holds one of ``members``, as booleans: a few comparisons of its bytes
+    (numpy compares a megabyte in a few dozen microseconds), or one ``translate`` for many members."""
+    if len(members) <= 4:
+        codes = np.frombuffer(classes, np.uint8)
+        found = codes == ord(members[0])
+        for member in members[1:]:
+            found |= codes == ord(member)
+        return found
     table = bytearray(256)
     for member in members:
         table[ord(member)] = 1
@@ -851,9 +859,33 @@ def _workers() -> ProcessPoolExecutor:
     if _pool is None:
         # spawn: a fork of a process that runs threads (the event loop's executors) may inherit held locks.
         _pool = ProcessPoolExecutor(
-            max_workers=settings.GUARDRAIL_WORKERS, mp_context=multiprocessing.get_context("spawn")
+            max_workers=settings.GUARDRAIL_WORKERS,
+            mp_context=multiprocessing.get_context("spawn"),
+            initializer=keep_freed_memory,
         )
     return _pool
+
+
+# glibc's malloc settings (mallopt's parameter numbers), for ``keep_freed_memory``.
+_M_TRIM_THRESHOLD, _M_TOP_PAD, _M_MMAP_THRESHOLD = -1, -2, -3
+_MiB = 1024 * 1024
+
+
+def keep_freed_memory() -> None:
+    """Let this process reuse the memory it frees instead of handing it back to the kernel.
+
+    A check of 1 MB allocates dozens of temporary arrays of a megabyte or more. By default glibc
+    maps each afresh and unmaps it when freed, so every page of every temporary is faulted in again:
+    about half of the check's time (1 MB of mixed hostile text: 53 ms instead of 74). Allocations
+    up to 32 MiB (glibc's largest setting) come from the heap, and up to 128 MiB of free heap is
+    kept. The guardrail workers run this first; elsewhere (not glibc) it does nothing."""
+    try:
+        mallopt = ctypes.CDLL(None).mallopt
+    except (OSError, AttributeError):
+        return
+    mallopt(_M_MMAP_THRESHOLD, 32 * _MiB)
+    mallopt(_M_TRIM_THRESHOLD, 128 * _MiB)
+    mallopt(_M_TOP_PAD, 16 * _MiB)
 
 
 def shutdown_workers() -> None:
