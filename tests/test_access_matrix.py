@@ -350,6 +350,8 @@ class Verb:
     rule: str | None = None  # else a role rule
     scope_needed: str | None = None  # else a permission on the secret scope `team`
     denied_says: str = ""
+    ("version",): "prints the CLI's version",
+    ("completion",): "prints a shell completion script",
 
 
 NEW_CONFIG_FILE = "{tmp}/config.json"
@@ -372,6 +374,8 @@ CLI_VERBS = [
     Verb(("change-requests", "list"), rule=ANY),
     Verb(("change-requests", "show", "{change}"), rule=APPROVERS),
     Verb(("change-requests", "approve", "{change}", "--comment", "ok"), rule=APPROVERS),
+    Verb(("permissions", "get", "serving-endpoints", "{id}"), needed=VIEW),
+    Verb(("permissions", "get-permission-levels", "serving-endpoints", "{id}"), needed=VIEW),
     Verb(("change-requests", "reject", "{change2}", "--comment", "no"), rule=APPROVERS),
     Verb(("change-requests", "propose", "guarded", "--json", f"@{NEW_CONFIG_FILE}"), needed=MANAGE),
     Verb(
@@ -396,6 +400,8 @@ CLI_VERBS = [
     Verb(("groups", "add-member", "{group}", "{user}"), rule=ADMIN),
     Verb(("groups", "remove-member", "{group}", "{member}"), rule=ADMIN),
     Verb(("tokens", "list"), rule=ANY),
+    Verb(("permissions", "set", "serving-endpoints", "{id}", "--json", KEEP_ME), needed=MANAGE),
+    Verb(("permissions", "update", "serving-endpoints", "{id}", "--json", KEEP_ME), needed=MANAGE),
     Verb(("tokens", "create", "--comment", "mine"), rule=ANY),
     Verb(("tokens", "create", "--user", "{user}", "--comment", "theirs"), rule=ADMIN),
     Verb(("tokens", "revoke", "{token}"), rule=ADMIN),

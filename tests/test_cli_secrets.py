@@ -52,7 +52,8 @@ def cli(live_server, django_user_model, monkeypatch, capsys):
 @pytest.mark.django_db(transaction=True)
 def test_every_secrets_verb(cli):
     assert cli("secrets", "create-scope", "team")[0] == 0
-    assert cli("secrets", "put-secret", "team", "flag", "--string-value", VALUE) == (
+    assert cli("secrets", "put-secret", "team", "flag", "--string-value", VALUE) == (0, "", "")  # as Databricks'
+    assert cli("secrets", "put-secret", "team", "flag", "--string-value", VALUE, "-o", "table") == (
         0,
         "Stored secret flag in scope team\n",
         "",
@@ -77,7 +78,9 @@ def test_every_secrets_verb(cli):
         {"principal": "alice", "permission": "MANAGE"},
         {"principal": "victor", "permission": "READ"},
     ]
-    assert cli("secrets", "get-acl", "team", "victor")[1].splitlines()[1].split() == ["victor", "READ"]
+    assert json.loads(cli("secrets", "get-acl", "team", "victor")[1]) == {"principal": "victor", "permission": "READ"}
+    assert cli("secrets", "get-acl", "team", "victor", "-o", "table")[1].splitlines()[1].split() == ["victor", "READ"]
+    assert [a["principal"] for a in json.loads(cli("secrets", "list-acls", "team")[1])] == ["alice", "victor"]
     assert cli("secrets", "delete-acl", "team", "victor")[0] == 0
     code, _, err = cli("secrets", "get-acl", "team", "victor")
     assert code == 1 and err.startswith("Error: No ACL for principal victor")

@@ -166,12 +166,13 @@ def _handler_for(server: CannedServer) -> type[BaseHTTPRequestHandler]:
 
 @pytest.fixture
 def clean_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Path:
-    """No ambient MODELFLEET_* settings; the config file lives in tmp_path."""
+    """No ambient MODELFLEET_* or DATABRICKS_* settings; both config files live in tmp_path."""
     for name in list(os.environ):
-        if name.startswith("MODELFLEET_"):
+        if name.startswith(("MODELFLEET_", "DATABRICKS_")):
             monkeypatch.delenv(name)
     cfg = tmp_path / "modelfleetcfg"
     monkeypatch.setenv("MODELFLEET_CONFIG_FILE", str(cfg))
+    monkeypatch.setenv("DATABRICKS_CONFIG_FILE", str(tmp_path / "databrickscfg"))
     return cfg
 
 
@@ -245,7 +246,7 @@ def test_missing_profile_is_an_error_naming_the_file(clean_env: Path, capsys: py
     write_cfg(clean_env, "[DEFAULT]\nhost = http://a\ntoken = ta\n")
     code, out, err = run_cli(capsys, "serving-endpoints", "list", "-p", "nope")
     assert code == 1
-    assert err == f"Error: profile 'nope' not found in {clean_env}\n"
+    assert err == f"Error: profile 'nope' not found in {clean_env} or {clean_env.parent / 'databrickscfg'}\n"
 
 
 def test_missing_env_profile_is_an_error(clean_env: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -622,7 +623,9 @@ def test_list_text_json_and_limit(server: CannedServer, capsys) -> None:
     server.on("GET", "/api/2.0/serving-endpoints", (200, {"endpoints": [sample_endpoint(), second]}))
     code, out, _ = run_cli(capsys, "serving-endpoints", "list", "-o", "json")
     assert code == 0 and [e["name"] for e in json.loads(out)] == ["churn", "fraud"]
-    code, out, _ = run_cli(capsys, "serving-endpoints", "list", "--limit", "1")
+    code, out, _ = run_cli(capsys, "serving-endpoints", "list", "--limit", "1")  # text is JSON, as in Databricks
+    assert code == 0 and [e["name"] for e in json.loads(out)] == ["churn"]
+    code, out, _ = run_cli(capsys, "serving-endpoints", "list", "--limit", "1", "-o", "table")
     assert code == 0 and len(out.splitlines()) == 2 and out.splitlines()[1].startswith("churn")
 
 
@@ -674,6 +677,8 @@ def test_create_without_json_sends_name_and_flags(server: CannedServer, capsys) 
     )
     assert code == 0 and server.paths() == ["POST /api/2.0/serving-endpoints"]
     assert server.requests[0].json() == {"name": "churn", "description": "d", "route_optimized": True}
+    assert json.loads(out) == sample_endpoint("IN_PROGRESS")
+    code, out, _ = run_cli(capsys, "serving-endpoints", "create", "churn", "--no-wait", "-o", "table")
     assert "State:          READY (config update: IN_PROGRESS)" in out
 
 
@@ -750,8 +755,10 @@ def test_logs_for_every_served_model(server: CannedServer, capsys) -> None:
 def test_logs_and_build_logs_for_one_served_model(server: CannedServer, capsys) -> None:
     server.on("GET", f"{EP}/served-models/m-1/logs", (200, {"logs": "serving"}))
     server.on("GET", f"{EP}/served-models/m-1/build-logs", (200, {"logs": "building\n"}))
-    assert run_cli(capsys, "serving-endpoints", "logs", "churn", "m-1")[1] == "serving\n"
-    assert run_cli(capsys, "serving-endpoints", "build-logs", "churn", "m-1")[1] == "building\n"
+    assert json.loads(run_cli(capsys, "serving-endpoints", "logs", "churn", "m-1")[1]) == {"logs": "serving"}
+    assert json.loads(run_cli(capsys, "serving-endpoints", "build-logs", "churn", "m-1")[1]) == {"logs": "building\n"}
+    assert run_cli(capsys, "serving-endpoints", "logs", "churn", "m-1", "-o", "table")[1] == "serving\n"
+    assert run_cli(capsys, "serving-endpoints", "build-logs", "churn", "m-1", "-o", "table")[1] == "building\n"
 
 
 def test_patch_tags(server: CannedServer, capsys) -> None:
@@ -764,8 +771,10 @@ def test_patch_tags(server: CannedServer, capsys) -> None:
         "--json",
         '{"add_tags":[{"key":"a","value":"b"}],"delete_tags":["x"]}',
     )
-    assert code == 0 and out.splitlines() == ["KEY  VALUE", "a    b"]
+    assert code == 0 and json.loads(out) == {"tags": [{"key": "a", "value": "b"}]}
     assert server.requests[0].json() == {"add_tags": [{"key": "a", "value": "b"}], "delete_tags": ["x"]}
+    code, out, _ = run_cli(capsys, "serving-endpoints", "patch", "churn", "--json", "{}", "-o", "table")
+    assert code == 0 and out.splitlines() == ["KEY  VALUE", "a    b"]
 
 
 def test_metrics_and_openapi_print_raw_text(server: CannedServer, capsys) -> None:

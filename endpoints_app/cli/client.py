@@ -10,11 +10,11 @@ from __future__ import annotations
 import json
 import platform
 import re
-from importlib.metadata import version
 from typing import TYPE_CHECKING, Any, TextIO
 from urllib.parse import urljoin, urlsplit
 
 from endpoints_app.cli.errors import CliError
+from endpoints_app.cli.version import cli_version
 
 if TYPE_CHECKING:
     import requests
@@ -25,11 +25,7 @@ _DEBUG_BODY_LIMIT = 2000
 
 
 def _user_agent() -> str:
-    try:
-        cli_version = version("modelfleet")
-    except Exception:  # not installed (running from a checkout)
-        cli_version = "0+unknown"
-    return f"modelfleet-cli/{cli_version} python/{platform.python_version()} os/{platform.system().lower()}"
+    return f"modelfleet-cli/{cli_version()} python/{platform.python_version()} os/{platform.system().lower()}"
 
 
 class ApiError(CliError):

@@ -32,11 +32,23 @@ class Context:
     debug: bool = False
     stdout: TextIO = field(default_factory=lambda: sys.stdout)
     stderr: TextIO = field(default_factory=lambda: sys.stderr)
+    # The whole command tree, for commands that describe it (completion).
+    root_parser: argparse.ArgumentParser | None = None
     _client: ApiClient | None = None
 
     @property
     def json_output(self) -> bool:
+        """``-o json``. Modelfleet's own commands print tables otherwise (``text`` and ``table`` alike)."""
         return self.output == "json"
+
+    @property
+    def table_output(self) -> bool:
+        """``-o table``: Modelfleet's tables and summaries even where the Databricks CLI's text is JSON.
+
+        Verbs that the Databricks CLI has print what it prints under ``text`` (JSON, for most),
+        so that scripts written for ``databricks`` work unchanged; ``table`` is for people.
+        """
+        return self.output == "table"
 
     @property
     def api(self) -> ApiClient:

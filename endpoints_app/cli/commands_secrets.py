@@ -4,6 +4,10 @@
 CLI base64-encodes, as Databricks' CLI does), else from stdin when it is not a terminal (read as
 is, every byte: use ``printf``, not ``echo``, to avoid a trailing newline), else from a prompt that
 does not echo. The value never appears in the output.
+
+Output is the Databricks CLI's: ``list-scopes`` and ``list-secrets`` print tables, ``list-acls`` and
+``get-acl`` JSON, and the verbs that change something print nothing (``-o table`` prints tables
+and a line saying what was done; ``-o json`` JSON).
 """
 
 from __future__ import annotations
@@ -125,8 +129,8 @@ def _body(ctx: Context, *fields: str) -> dict[str, Any]:
 
 
 def _done(ctx: Context, message: str) -> int:
-    """Void calls print nothing with ``-o json`` (like Databricks' CLI) and one line of text otherwise."""
-    if not ctx.json_output:
+    """Void calls print nothing, like the Databricks CLI's; ``-o table`` adds one line saying what was done."""
+    if ctx.table_output:
         ctx.out(message)
     return EXIT_OK
 
@@ -228,13 +232,13 @@ def _acl_table(acls: list[dict[str, Any]]) -> str:
 
 def cmd_list_acls(ctx: Context) -> int:
     acls = ctx.api.call("GET", f"{SECRETS}/acls/list", params={"scope": ctx.args.scope}).get("items") or []
-    ctx.out(render.to_json(acls) if ctx.json_output else _acl_table(acls))
+    ctx.out(_acl_table(acls) if ctx.table_output else render.to_json(acls))
     return EXIT_OK
 
 
 def cmd_get_acl(ctx: Context) -> int:
     acl = ctx.api.call("GET", f"{SECRETS}/acls/get", params={"scope": ctx.args.scope, "principal": ctx.args.principal})
-    ctx.out(render.to_json(acl) if ctx.json_output else _acl_table([acl]))
+    ctx.out(_acl_table([acl]) if ctx.table_output else render.to_json(acl))
     return EXIT_OK
 
 

@@ -2,6 +2,11 @@
 
 Every verb that takes an endpoint name accepts it positionally or as ``--name NAME`` (the seed docs
 use ``--name``). ``create`` and ``update-config`` wait for the rollout unless ``--no-wait``.
+
+Output is the Databricks CLI's: the verbs it has print the response as JSON in ``text`` mode too
+(``list`` a JSON array), so ``… | jq`` scripts written for ``databricks`` work. ``-o table`` prints
+Modelfleet's summaries and tables instead. ``get-status``, ``list-external-models`` and ``logs``
+without a served model are Modelfleet's own and print text unless ``-o json``.
 """
 
 from __future__ import annotations
@@ -189,7 +194,7 @@ def register(commands: argparse._SubParsersAction, common: argparse.ArgumentPars
 
 
 def _print_endpoint(ctx: Context, endpoint: dict[str, Any]) -> None:
-    ctx.out(render.to_json(endpoint) if ctx.json_output else render.endpoint_summary(endpoint))
+    ctx.out(render.endpoint_summary(endpoint) if ctx.table_output else render.to_json(endpoint))
 
 
 def _print_raw(ctx: Context, text: str) -> None:
@@ -284,7 +289,7 @@ def cmd_list(ctx: Context) -> int:
     endpoints = ctx.api.call("GET", "/api/2.0/serving-endpoints").get("endpoints") or []
     if ctx.args.limit > 0:
         endpoints = endpoints[: ctx.args.limit]
-    ctx.out(render.to_json(endpoints) if ctx.json_output else render.endpoint_table(endpoints))
+    ctx.out(render.endpoint_table(endpoints) if ctx.table_output else render.to_json(endpoints))
     return EXIT_OK
 
 
@@ -411,11 +416,7 @@ def _logs_of(ctx: Context, name: str, served: str, kind: str) -> str:
 def cmd_logs(ctx: Context) -> int:
     name, served = ctx.args.name, ctx.args.served_model_name
     if served:
-        logs = _logs_of(ctx, name, served, "logs")
-        if ctx.json_output:
-            ctx.out(render.to_json({"logs": logs}))
-        else:
-            _print_raw(ctx, logs)
+        _print_logs(ctx, _logs_of(ctx, name, served, "logs"))
         return EXIT_OK
 
     endpoint = ctx.api.call("GET", endpoint_path(name))
@@ -449,19 +450,23 @@ def cmd_logs(ctx: Context) -> int:
     return exit_code
 
 
-def cmd_build_logs(ctx: Context) -> int:
-    logs = _logs_of(ctx, ctx.args.name, ctx.args.served_model_name, "build-logs")
-    if ctx.json_output:
-        ctx.out(render.to_json({"logs": logs}))
-    else:
+def _print_logs(ctx: Context, logs: str) -> None:
+    """One served model's logs: ``{"logs": …}`` as the Databricks CLI prints them, raw with ``-o table``."""
+    if ctx.table_output:
         _print_raw(ctx, logs)
+    else:
+        ctx.out(render.to_json({"logs": logs}))
+
+
+def cmd_build_logs(ctx: Context) -> int:
+    _print_logs(ctx, _logs_of(ctx, ctx.args.name, ctx.args.served_model_name, "build-logs"))
     return EXIT_OK
 
 
 def cmd_patch(ctx: Context) -> int:
     body = parse_json_object(ctx.args.json)
     result = ctx.api.call("PATCH", endpoint_path(ctx.args.name, "tags"), body)
-    ctx.out(render.to_json(result) if ctx.json_output else render.tags_table(result.get("tags") or []))
+    ctx.out(render.tags_table(result.get("tags") or []) if ctx.table_output else render.to_json(result))
     return EXIT_OK
 
 

@@ -1,15 +1,22 @@
-"""Connection profiles for the CLI, kept in an INI file like ``~/.databrickscfg``.
+"""Connection profiles for the CLI: Modelfleet's own first, the Databricks CLI's as a fallback.
 
-The file (``~/.modelfleetcfg``, or ``$MODELFLEET_CONFIG_FILE``) has one section per profile, each
-with ``host`` and ``token``::
+Modelfleet's file (``~/.modelfleetcfg``, or ``$MODELFLEET_CONFIG_FILE``) is an INI file like
+``~/.databrickscfg``, one section per profile, each with ``host`` and ``token``::
 
     [DEFAULT]
     host = http://127.0.0.1:8000
     token = mf-...
 
-Unlike ``configparser``'s usual behaviour, ``[DEFAULT]`` is an ordinary profile here: other
-profiles do not inherit its keys, so a half-filled profile can never send one server's token to
-another server's host.
+Where Modelfleet has nothing configured, the Databricks CLI's settings are read the way it reads
+them: ``$DATABRICKS_CONFIG_PROFILE``, ``$DATABRICKS_HOST``/``$DATABRICKS_TOKEN`` and
+``~/.databrickscfg`` (``$DATABRICKS_CONFIG_FILE``), whose default profile may be named by
+``[__settings__] default_profile``. Only personal access tokens are understood there: a profile
+that signs in another way (OAuth, a service principal's secret) is refused with a message.
+
+Unlike ``configparser``'s usual behaviour, ``[DEFAULT]`` is an ordinary profile in both files:
+other profiles do not inherit its keys, so a half-filled profile can never send one server's token
+to another server's host. For the same reason a host from one family of settings (``MODELFLEET_*``
+or ``DATABRICKS_*``) is never paired with a token from the other.
 """
 
 from __future__ import annotations
@@ -30,6 +37,14 @@ ENV_PROFILE = "MODELFLEET_CONFIG_PROFILE"
 ENV_HOST = "MODELFLEET_HOST"
 ENV_TOKEN = "MODELFLEET_TOKEN"
 
+DATABRICKS_CONFIG_FILE = "~/.databrickscfg"
+DATABRICKS_ENV_CONFIG_FILE = "DATABRICKS_CONFIG_FILE"
+DATABRICKS_ENV_PROFILE = "DATABRICKS_CONFIG_PROFILE"
+DATABRICKS_ENV_HOST = "DATABRICKS_HOST"
+DATABRICKS_ENV_TOKEN = "DATABRICKS_TOKEN"
+# The section where the Databricks CLI keeps its own settings (``default_profile``); not a profile.
+DATABRICKS_SETTINGS_SECTION = "__settings__"
+
 _LOOPBACK_HOSTS = ("localhost", "127.0.0.1", "[::1]")
 
 
@@ -42,13 +57,38 @@ class Profile:
     source: str
 
 
+@dataclass(frozen=True)
+class _Family:
+    """One family of settings: its config file and environment variables."""
+
+    label: str
+    env_file: str
+    default_file: str
+    env_profile: str
+    env_host: str
+    env_token: str
+
+    def path(self, env: Mapping[str, str]) -> Path:
+        return Path(env.get(self.env_file) or self.default_file).expanduser()
+
+
+MODELFLEET = _Family("Modelfleet", ENV_CONFIG_FILE, DEFAULT_CONFIG_FILE, ENV_PROFILE, ENV_HOST, ENV_TOKEN)
+DATABRICKS = _Family(
+    "Databricks",
+    DATABRICKS_ENV_CONFIG_FILE,
+    DATABRICKS_CONFIG_FILE,
+    DATABRICKS_ENV_PROFILE,
+    DATABRICKS_ENV_HOST,
+    DATABRICKS_ENV_TOKEN,
+)
+
+
 def config_path(environ: Mapping[str, str] | None = None) -> Path:
-    env = os.environ if environ is None else environ
-    return Path(env.get(ENV_CONFIG_FILE) or DEFAULT_CONFIG_FILE).expanduser()
+    return MODELFLEET.path(os.environ if environ is None else environ)
 
 
 def normalize_host(host: str) -> str:
-    """Strip whitespace and trailing slashes; add a scheme if missing.
+    """Strip whitespace, trailing slashes and an https ``:443``; add a scheme if missing.
 
     Loopback hosts get ``http://`` (that is how ``make run`` serves), anything else ``https://``,
     as the Databricks SDK does.
@@ -57,6 +97,8 @@ def normalize_host(host: str) -> str:
     if host and "://" not in host:
         scheme = "http" if host.split(":")[0] in _LOOPBACK_HOSTS or host.startswith("[::1]") else "https"
         host = f"{scheme}://{host}"
+    if host.startswith("https://") and host.endswith(":443"):
+        host = host[: -len(":443")]
     return host
 
 
@@ -71,39 +113,123 @@ def _read_profiles(path: Path) -> configparser.ConfigParser:
     return parser
 
 
+def _sections(path: Path) -> configparser.ConfigParser | None:
+    return _read_profiles(path) if path.is_file() else None
+
+
+def _section(parser: configparser.ConfigParser | None, name: str) -> dict[str, str] | None:
+    if parser is None or name == DATABRICKS_SETTINGS_SECTION or not parser.has_section(name):
+        return None
+    return dict(parser.items(name))
+
+
 def resolve_profile(profile: str | None = None, environ: Mapping[str, str] | None = None) -> Profile:
     """Pick host and token, in this order:
 
-    1. ``profile`` (from ``--profile``): that section; an error if it does not exist.
+    1. ``profile`` (from ``--profile``): that section of ``~/.modelfleetcfg``, else of
+       ``~/.databrickscfg``; an error if neither has it.
     2. ``$MODELFLEET_HOST`` and ``$MODELFLEET_TOKEN``, when both are set.
-    3. The section named by ``$MODELFLEET_CONFIG_PROFILE`` (an error if missing), else ``[DEFAULT]``.
-       A lone ``$MODELFLEET_HOST`` or ``$MODELFLEET_TOKEN`` overrides that field of the profile.
+    3. The section named by ``$MODELFLEET_CONFIG_PROFILE`` (looked up like ``--profile``), else
+       ``[DEFAULT]`` of ``~/.modelfleetcfg``. A lone ``$MODELFLEET_HOST`` or ``$MODELFLEET_TOKEN``
+       overrides that field of a Modelfleet profile (and alone, without one, is an error).
+    4. Only when none of the above is configured, the Databricks CLI's settings, in its order: the
+       section named by ``$DATABRICKS_CONFIG_PROFILE``; ``$DATABRICKS_HOST`` and
+       ``$DATABRICKS_TOKEN``; the profile named by ``[__settings__] default_profile``, else
+       ``[DEFAULT]``. A lone ``$DATABRICKS_HOST`` or ``$DATABRICKS_TOKEN`` overrides that field.
     """
     env = os.environ if environ is None else environ
-    path = config_path(env)
 
     if profile:
-        section = _profile_section(path, profile, required=True)
-        return _complete(section.get("host", ""), section.get("token", ""), f"profile {profile!r} in {path}")
+        return _named_profile(profile, env, how="")
 
-    env_host, env_token = env.get(ENV_HOST, ""), env.get(ENV_TOKEN, "")
-    if env_host and env_token:
-        return _complete(env_host, env_token, f"${ENV_HOST}/${ENV_TOKEN}")
+    own_host, own_token = env.get(ENV_HOST, ""), env.get(ENV_TOKEN, "")
+    if own_host and own_token:
+        return _complete(own_host, own_token, f"${ENV_HOST}/${ENV_TOKEN}")
+    own = {key: value for key, value in (("host", own_host), ("token", own_token)) if value}
+    if env.get(ENV_PROFILE):
+        return _named_profile(env[ENV_PROFILE], env, how=f" (named by ${ENV_PROFILE})", overrides=own)
 
-    name = env.get(ENV_PROFILE) or DEFAULT_PROFILE
-    section = _profile_section(path, name, required=bool(env.get(ENV_PROFILE)))
-    host = env_host or section.get("host", "")
-    token = env_token or section.get("token", "")
-    return _complete(host, token, f"profile {name!r} in {path}")
+    path = MODELFLEET.path(env)
+    default = _section(_sections(path), DEFAULT_PROFILE)
+    if default is not None or own_host or own_token:
+        default = default or {}
+        host = own_host or default.get("host", "")
+        token = own_token or default.get("token", "")
+        return _complete(host, token, f"profile {DEFAULT_PROFILE!r} in {path}")
+
+    found = _databricks_profile(env)
+    if found is not None:
+        return found
+    raise CliError(
+        f"no Modelfleet host and token configured (looked at ${ENV_HOST}/${ENV_TOKEN}, {path}, "
+        f"${DATABRICKS_ENV_HOST}/${DATABRICKS_ENV_TOKEN} and {DATABRICKS.path(env)}). "
+        f"Run `make run` (it writes the DEFAULT profile to {DEFAULT_CONFIG_FILE}) "
+        f"or set {ENV_HOST} and {ENV_TOKEN}."
+    )
 
 
-def _profile_section(path: Path, name: str, *, required: bool) -> dict[str, str]:
-    parser = _read_profiles(path) if path.exists() else None
-    if parser is None or not parser.has_section(name):
-        if required:
-            raise CliError(f"profile '{name}' not found in {path}")
-        return {}
-    return dict(parser.items(name))
+def _named_profile(
+    name: str, env: Mapping[str, str], *, how: str, overrides: Mapping[str, str] | None = None
+) -> Profile:
+    """A profile someone named: Modelfleet's file first, then the Databricks CLI's.
+
+    ``overrides`` (a lone ``$MODELFLEET_HOST`` or ``$MODELFLEET_TOKEN``) apply to a Modelfleet
+    profile only: they are never paired with a Databricks profile's other half.
+    """
+    own_path, theirs_path = MODELFLEET.path(env), DATABRICKS.path(env)
+    section = _section(_sections(own_path), name)
+    if section is not None:
+        section = {**section, **(overrides or {})}
+        return _complete(section.get("host", ""), section.get("token", ""), f"profile {name!r} in {own_path}")
+    section = _section(_sections(theirs_path), name)
+    if section is not None:
+        return _complete_databricks(section, {}, f"profile {name!r} in {theirs_path}")
+    raise CliError(f"profile '{name}' not found in {own_path} or {theirs_path}{how}")
+
+
+def _databricks_profile(env: Mapping[str, str]) -> Profile | None:
+    """The Databricks CLI's configuration, or None if it has none."""
+    path = DATABRICKS.path(env)
+    parser = _sections(path)
+    overrides = {
+        key: env[var] for key, var in (("host", DATABRICKS_ENV_HOST), ("token", DATABRICKS_ENV_TOKEN)) if env.get(var)
+    }
+    if env.get(DATABRICKS_ENV_PROFILE):
+        name = env[DATABRICKS_ENV_PROFILE]
+        section = _section(parser, name)
+        if section is None:
+            raise CliError(f"profile '{name}' not found in {path} (named by ${DATABRICKS_ENV_PROFILE})")
+        return _complete_databricks(section, overrides, f"profile {name!r} in {path}")
+    if len(overrides) == 2:
+        return _complete(overrides["host"], overrides["token"], f"${DATABRICKS_ENV_HOST}/${DATABRICKS_ENV_TOKEN}")
+    name = DEFAULT_PROFILE
+    if parser is not None and parser.has_option(DATABRICKS_SETTINGS_SECTION, "default_profile"):
+        name = parser.get(DATABRICKS_SETTINGS_SECTION, "default_profile").strip() or DEFAULT_PROFILE
+    section = _section(parser, name)
+    if section is None and name != DEFAULT_PROFILE:
+        raise CliError(
+            f"profile '{name}' not found in {path} (named by default_profile in [{DATABRICKS_SETTINGS_SECTION}])"
+        )
+    if section is None and not overrides:
+        return None
+    return _complete_databricks(section or {}, overrides, f"profile {name!r} in {path}")
+
+
+def _complete_databricks(section: Mapping[str, str], overrides: Mapping[str, str], source: str) -> Profile:
+    """A Databricks profile with a personal access token; other sign-in methods are refused by name."""
+    host = overrides.get("host") or section.get("host", "")
+    token = overrides.get("token") or section.get("token", "")
+    if host.strip() and not token.strip():
+        how = section.get("auth_type") or next(
+            (key for key in ("client_id", "username", "azure_client_id", "google_service_account") if key in section),
+            "",
+        )
+        if how:
+            raise CliError(
+                f"{source} signs in with {how!r}: Modelfleet accepts personal access tokens only "
+                f"(set token = ... in that profile, or ${DATABRICKS_ENV_TOKEN})"
+            )
+    return _complete(host, token, source)
 
 
 def _complete(host: str, token: str, source: str) -> Profile:

@@ -2,6 +2,10 @@
 
 Global flags (``-p/--profile``, ``-o/--output``, ``--debug``) are accepted before or after the
 subcommand. Exit codes: 0 success, 1 server or network error, 2 usage error.
+
+Output formats: ``text`` (the default) prints what the Databricks CLI prints for the verbs it has
+(JSON for serving endpoints and permissions) and tables for Modelfleet's own commands; ``json``
+prints JSON everywhere; ``table`` prints tables and summaries everywhere, for people.
 """
 
 from __future__ import annotations
@@ -10,17 +14,32 @@ import argparse
 import os
 import sys
 
-from endpoints_app.cli import commands_admin, commands_models, commands_secrets, commands_server, commands_serving
+from endpoints_app.cli import (
+    commands_admin,
+    commands_local,
+    commands_models,
+    commands_permissions,
+    commands_secrets,
+    commands_server,
+    commands_serving,
+)
 from endpoints_app.cli.commands_common import Context
 from endpoints_app.cli.errors import EXIT_ERROR, EXIT_USAGE, CliError
+from endpoints_app.cli.version import version_line
 
 ENV_OUTPUT = "MODELFLEET_OUTPUT_FORMAT"
-OUTPUT_FORMATS = ("text", "json")
+DATABRICKS_ENV_OUTPUT = "DATABRICKS_OUTPUT_FORMAT"
+OUTPUT_FORMATS = ("text", "json", "table")
 
 EPILOG = """\
-connection: --profile NAME, else $MODELFLEET_HOST and $MODELFLEET_TOKEN, else the profile named by
-$MODELFLEET_CONFIG_PROFILE, else [DEFAULT] in ~/.modelfleetcfg ($MODELFLEET_CONFIG_FILE).
-`make run` writes the DEFAULT profile.
+connection: --profile NAME (in ~/.modelfleetcfg, else ~/.databrickscfg), else $MODELFLEET_HOST and
+$MODELFLEET_TOKEN, else the profile named by $MODELFLEET_CONFIG_PROFILE, else [DEFAULT] in
+~/.modelfleetcfg ($MODELFLEET_CONFIG_FILE). `make run` writes that DEFAULT profile. With none of
+these, the Databricks CLI's settings: $DATABRICKS_CONFIG_PROFILE, $DATABRICKS_HOST and
+$DATABRICKS_TOKEN, ~/.databrickscfg ($DATABRICKS_CONFIG_FILE); personal access tokens only.
+
+output: text (default; JSON where the Databricks CLI prints JSON), json, or table (tables and
+summaries for people); -o, else $MODELFLEET_OUTPUT_FORMAT, else $DATABRICKS_OUTPUT_FORMAT.
 """
 
 
@@ -34,7 +53,7 @@ def _global_flags() -> argparse.ArgumentParser:
         "--output",
         choices=OUTPUT_FORMATS,
         default=argparse.SUPPRESS,
-        help=f"output format (default text, or ${ENV_OUTPUT})",
+        help=f"output format: text, json or table (default text, or ${ENV_OUTPUT})",
     )
     group.add_argument(
         "--debug", action="store_true", default=argparse.SUPPRESS, help="print HTTP requests and responses to stderr"
@@ -52,12 +71,15 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
         allow_abbrev=False,
     )
+    parser.add_argument("--version", action="version", version=version_line(), help="print the version and exit")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     commands_serving.register(commands, common)
+    commands_permissions.register(commands, common)
     commands_models.register(commands, common)
     commands_admin.register(commands, common)
     commands_secrets.register(commands, common)
     commands_server.register(commands, common)
+    commands_local.register(commands, common)
     return parser
 
 
@@ -93,16 +115,19 @@ def main(argv: list[str] | None = None) -> int:
     except SystemExit as exc:  # argparse: --help (0) or a usage error (2)
         return exc.code if isinstance(exc.code, int) else (0 if exc.code is None else EXIT_USAGE)
 
-    output = getattr(args, "output", None) or os.environ.get(ENV_OUTPUT) or "text"
-    if output not in OUTPUT_FORMATS:
-        sys.stderr.write(f"Error: invalid output format {output!r} in ${ENV_OUTPUT} (use text or json)\n")
-        return EXIT_USAGE
+    output = getattr(args, "output", None)
+    if output is None:
+        source = next((name for name in (ENV_OUTPUT, DATABRICKS_ENV_OUTPUT) if os.environ.get(name)), None)
+        output = os.environ[source].strip().lower() if source else "text"
+        if output not in OUTPUT_FORMATS:
+            sys.stderr.write(f"Error: invalid output format {output!r} in ${source} (use text, json or table)\n")
+            return EXIT_USAGE
     # Server-side commands receive the Namespace: give it every global flag, set or not.
     args.output = output
     args.debug = getattr(args, "debug", False)
     args.profile = getattr(args, "profile", None)
 
-    ctx = Context(args=args, output=output, debug=args.debug)
+    ctx = Context(args=args, output=output, debug=args.debug, root_parser=parser)
     try:
         return args.handler(ctx)
     except CliError as exc:

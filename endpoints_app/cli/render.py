@@ -1,8 +1,9 @@
 """Turn API responses into what the CLI prints.
 
-``-o json`` prints the response as pretty JSON (lists as a JSON array, like the Databricks CLI).
-``-o text`` prints tables and summary blocks for people; timestamps (epoch milliseconds on the
-wire) are shown as UTC ISO-8601. Functions here return strings and never print.
+JSON is the response, pretty-printed (lists as a JSON array, like the Databricks CLI). Tables and
+summary blocks are for people (``-o table``, and ``text`` for Modelfleet's own commands);
+timestamps (epoch milliseconds on the wire) are shown there as UTC ISO-8601. Functions here return
+strings and never print.
 """
 
 from __future__ import annotations
