@@ -12,7 +12,9 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 import dj_database_url
+from whitenoise.compress import Compressor
 
+from dashboard import assets
 from dashboard.env import (
     EnvError,
     env_bind,
@@ -33,7 +35,14 @@ os.environ.setdefault("DO_NOT_TRACK", "true")
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 
-DATA_DIR = env_dir("MODELFLEET_DATA_DIR", str(BASE_DIR / "var"))
+# A checkout keeps its data in var/ beside the code; an installed wheel (no checkout to write into)
+# in the user's data folder, as the XDG base directory spec places it.
+_DEFAULT_DATA_DIR = (
+    Path(os.environ.get("XDG_DATA_HOME") or Path.home() / ".local" / "share") / "modelfleet"
+    if assets.PACKAGED
+    else BASE_DIR / "var"
+)
+DATA_DIR = env_dir("MODELFLEET_DATA_DIR", str(_DEFAULT_DATA_DIR))
 BIND = env_bind("MODELFLEET_BIND", "127.0.0.1:8000")
 PUBLIC_URL = env_url("MODELFLEET_PUBLIC_URL", ("http", "https")) or f"http://{BIND.host}:{BIND.port}"
 
@@ -307,7 +316,7 @@ APPEND_SLASH = False
 TEMPLATES = [
     {
         "BACKEND": "django.template.backends.django.DjangoTemplates",
-        "DIRS": [BASE_DIR / "templates"],
+        "DIRS": [assets.TEMPLATES_DIR],
         "APP_DIRS": True,
         "OPTIONS": {
             "context_processors": [
@@ -337,22 +346,36 @@ USE_I18N = True
 USE_TZ = True
 
 STATIC_URL = "static/"
-# Front-end packages come from npm (`make install`); only their built files are served, under vendor/.
-_NPM = BASE_DIR / "node_modules"
-STATICFILES_DIRS = [BASE_DIR / "static"] + [
-    (f"vendor/{name}", _NPM / name / "dist") for name in ("chart.js", "htmx.org") if (_NPM / name / "dist").is_dir()
+# The pages' own files and the front-end packages' built files (dashboard.assets says where each
+# lives in a checkout and in a wheel). `modelfleet up` (and the image's build) runs collectstatic,
+# which copies them to STATIC_ROOT with a content hash in every name and a gzip and brotli copy
+# beside each; WhiteNoise serves them from there with far-future cache headers.
+STATICFILES_DIRS = [assets.STATIC_DIR]
+STATICFILES_FINDERS = [
+    "django.contrib.staticfiles.finders.FileSystemFinder",
+    "django.contrib.staticfiles.finders.AppDirectoriesFinder",
+    "dashboard.staticfinders.VendorFinder",
 ]
-STATIC_ROOT = DATA_DIR / "staticfiles"
-# WhiteNoise serves static files from the app's own folders and npm's node_modules, so
-# the product needs no separate web server and no collectstatic step.
-WHITENOISE_USE_FINDERS = True
+STATIC_ROOT = env_dir("MODELFLEET_STATIC_ROOT", str(DATA_DIR / "staticfiles"))
+STORAGES = {
+    "default": {"BACKEND": "django.core.files.storage.FileSystemStorage"},
+    "staticfiles": {"BACKEND": "whitenoise.storage.CompressedManifestStaticFilesStorage"},
+}
+# With MODELFLEET_DEBUG the pages name unhashed files and WhiteNoise finds them in the sources, so
+# an edited stylesheet shows on reload without collecting again.
+WHITENOISE_USE_FINDERS = DEBUG
+WHITENOISE_AUTOREFRESH = DEBUG
+# Pages name every file by its hashed name, so the unhashed copies are not kept (nor compressed);
+# source maps are fetched by a browser's developer tools only, and compressing Chart.js's 1 MB map
+# at brotli's best level cost seconds at every first start.
+WHITENOISE_KEEP_ONLY_HASHED_FILES = True
+WHITENOISE_SKIP_COMPRESS_EXTENSIONS = (*Compressor.SKIP_COMPRESS_EXTENSIONS, "map")
+STATIC_ROOT.mkdir(parents=True, exist_ok=True)  # WhiteNoise warns about a missing one
 # WhiteNoise hands Django a file iterator, which Django's ASGI handler reads in a thread and warns
 # about on every static file; that is the intended cost here (small files), not a fault to log.
 warnings.filterwarnings(
     "ignore", message="StreamingHttpResponse must consume synchronous iterators", module="django.core.handlers.asgi"
 )
-STATIC_ROOT.mkdir(parents=True, exist_ok=True)
-WHITENOISE_AUTOREFRESH = DEBUG
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 LOGIN_URL = "/accounts/login/"
 LOGIN_REDIRECT_URL = "/"

@@ -267,13 +267,21 @@ def main(args: argparse.Namespace | None = None) -> int:
             say(f"setup failed with code {result.returncode}")
             return result.returncode
 
+    without = set((os.environ.get("MODELFLEET_WITHOUT") or "").split(",")) - {""}
+    if "web" not in without:
+        # The pages name hashed static files: collect them (only when the sources changed).
+        command = [sys.executable, "-m", "django", "collectstatic_if_changed"]
+        result = subprocess.run(command, cwd=str(ROOT), env=env)
+        if result.returncode != 0:
+            say(f"collecting static files failed with code {result.returncode}")
+            return result.returncode
+
     def banner() -> None:  # printed once the web process answers
         _wait_for_http(bind, 60)
         subprocess.run([sys.executable, "-m", "endpoints_app.setup", "--banner"], cwd=str(ROOT), env=env)
 
     if embedded and socket_path.exists():
         socket_path.unlink()
-    without = set((os.environ.get("MODELFLEET_WITHOUT") or "").split(",")) - {""}
     children = build_children(
         embedded_redis=embedded, socket_path=socket_path, data_dir=data_dir, bind=bind, without=without
     )

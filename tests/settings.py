@@ -32,4 +32,7 @@ if not os.environ.get("REDIS_URL"):
 from dashboard.settings import *  # noqa: E402,F403
 
 CELERY_BROKER_URL = "memory://"
+# Pages rendered in the test process name static files unhashed (no collectstatic before each run);
+# the processes the end-to-end tests start use the real settings, and `modelfleet up` collects.
+STORAGES = {**STORAGES, "staticfiles": {"BACKEND": "django.contrib.staticfiles.storage.StaticFilesStorage"}}  # noqa: F405
 PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]

@@ -117,6 +117,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
             "endpoints_app.cli",
             "endpoints_app.supervisor",
             "endpoints_app.setup",
+            "endpoints_app.management",
             "endpoints_app.runtime.agent_main",
             "dashboard",
         ),

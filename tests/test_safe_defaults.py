@@ -292,6 +292,6 @@ def test_compose_ships_no_database_or_redis_password():
     assert "${MODELFLEET_DB_PASSWORD:?" in env["DATABASE_URL"] and "${MODELFLEET_DB_PASSWORD" in env["MLFLOW_TRACKING_URI"]
     assert env["REDIS_URL"].startswith("redis://:${MODELFLEET_REDIS_PASSWORD:?")
     assert compose["services"]["postgres"]["environment"]["POSTGRES_PASSWORD"].startswith("${MODELFLEET_DB_PASSWORD:?")
-    redis = compose["services"]["redis"]
+    redis = compose["services"]["valkey"]
     assert "--requirepass" in " ".join(redis["command"]) and "MODELFLEET_REDIS_PASSWORD:?" in redis["environment"]["REDISCLI_AUTH"]
     assert "modelfleet:modelfleet@" not in text
