@@ -22,6 +22,7 @@ endpoint by the body's ``model``.
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import logging
 import random
@@ -75,6 +76,9 @@ MAX_TOKEN_LENGTH = 256
 # bounds how long one lives if the change could not be announced (Redis down at commit).
 TOKEN_TTL_SECONDS = 5.0
 NOT_READY_RECHECK_SECONDS = 0.1
+# How long past its TTL a route table may still answer while its reload runs. Below the agent's
+# drain grace past the TTL (1 s): a replica being stopped is out of every table before it stops.
+STALE_GRACE_SECONDS = 0.5
 WAKE_POLL_SECONDS = 0.05
 
 Send = Any
@@ -168,6 +172,8 @@ class Gateway:
         self._rng = random.Random()
         self._waking: dict[int, asyncio.Future[EntityRoute]] = {}
         self._ttl = settings.GATEWAY_ROUTE_TTL_SECONDS
+        self._loading: dict[str, asyncio.Future[RouteTable]] = {}
+        self.route_table_loads = 0  # how many times a route table was read from the database
 
     def _drop_access_caches(self) -> None:
         self._tokens.clear()
@@ -593,19 +599,46 @@ class Gateway:
                 return b"".join(chunks)
 
     async def _table(self, name: str) -> RouteTable:
+        """The endpoint's route table: cached for ``GATEWAY_ROUTE_TTL_SECONDS``; a usable table a
+        little older (``STALE_GRACE_SECONDS``) is still answered with while one reload runs in the
+        background, so under steady traffic no query waits for the database."""
         now = time.monotonic()
         cached = self._tables.get(name)
         if cached is not None:
             loaded_at, table = cached
-            fresh = now - loaded_at < self._ttl
-            usable = any(e.replicas or e.external for e in table.entities)
-            if fresh and (usable or now - loaded_at < NOT_READY_RECHECK_SECONDS):
+            age = now - loaded_at
+            if any(e.replicas or e.external for e in table.entities):
+                if age < self._ttl:
+                    return table
+                if age < self._ttl + STALE_GRACE_SECONDS:
+                    self._reload(name)
+                    return table
+            elif age < min(self._ttl, NOT_READY_RECHECK_SECONDS):
                 return table
+        return await asyncio.shield(self._reload(name))
+
+    def _reload(self, name: str) -> asyncio.Future[RouteTable]:
+        """The one load of ``name``'s route table in flight, started if none is: queries that find
+        the table expired together share it rather than each querying the database."""
+        loading = self._loading.get(name)
+        if loading is None:
+            loading = asyncio.ensure_future(self._load(name))
+            self._loading[name] = loading
+            loading.add_done_callback(functools.partial(self._loaded, name))
+        return loading
+
+    async def _load(self, name: str) -> RouteTable:
+        self.route_table_loads += 1
         epoch = self.access.epoch
         table = await sync_to_async(_load_table, thread_sensitive=False)(name)
         if epoch == self.access.epoch:  # else a secret changed while it loaded: its credentials may be stale
             self._tables[name] = (time.monotonic(), table)
         return table
+
+    def _loaded(self, name: str, loading: asyncio.Future[RouteTable]) -> None:
+        self._loading.pop(name, None)
+        if not loading.cancelled() and loading.exception() is not None:  # retrieved: awaiters see it too
+            log.warning("loading the route table of %s failed: %s", name, loading.exception())
 
     def _choose_entity(self, table: RouteTable, served_name: str | None) -> EntityRoute:
         if not table.exists:
