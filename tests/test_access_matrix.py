@@ -332,7 +332,8 @@ def test_no_api_route_answers_an_anonymous_caller(world, registered_models):
 
 # --- CLI verbs × personas ---------------------------------------------------------------------------
 
-# Commands that run here and talk to no server, so there is nothing to permit or refuse.
+# Commands with nothing to permit or refuse: they run here and talk to no server, or every
+# signed-in caller gets the same answer.
 LOCAL_VERBS = {
     ("up",): "starts the product's processes on this machine",
     ("runtime",): "runs a runtime agent on this machine",
@@ -340,6 +341,12 @@ LOCAL_VERBS = {
     # Queries go to the ASGI gateway, which the live test server does not run; the gateway's own
     # matrix is tests/test_access.py::test_the_gateway_needs_can_query.
     ("serving-endpoints", "query"): "goes to the gateway (covered by the gateway matrix test)",
+    ("version",): "prints the CLI's version",
+    ("completion",): "prints a shell completion script",
+    # Databricks verbs for what Modelfleet does not serve: whoever asks gets a 400 "not supported".
+    ("serving-endpoints", "create-provisioned-throughput-endpoint"): "not supported: a 400 for everyone",
+    ("serving-endpoints", "update-provisioned-throughput-endpoint-config"): "not supported: a 400 for everyone",
+    ("serving-endpoints", "http-request"): "not supported: a 400 for everyone",
 }
 
 
@@ -350,8 +357,6 @@ class Verb:
     rule: str | None = None  # else a role rule
     scope_needed: str | None = None  # else a permission on the secret scope `team`
     denied_says: str = ""
-    ("version",): "prints the CLI's version",
-    ("completion",): "prints a shell completion script",
 
 
 NEW_CONFIG_FILE = "{tmp}/config.json"
@@ -364,6 +369,8 @@ CLI_VERBS = [
     Verb(("serving-endpoints", "get-status", "guarded"), needed=VIEW),
     Verb(("serving-endpoints", "get-permissions", "{id}"), needed=VIEW),
     Verb(("serving-endpoints", "get-permission-levels", "{id}"), needed=VIEW),
+    Verb(("permissions", "get", "serving-endpoints", "{id}"), needed=VIEW),
+    Verb(("permissions", "get-permission-levels", "serving-endpoints", "{id}"), needed=VIEW),
     Verb(("serving-endpoints", "logs", "guarded", "iris-1"), needed=VIEW),
     Verb(("serving-endpoints", "build-logs", "guarded", "iris-1"), needed=VIEW),
     Verb(("serving-endpoints", "get-open-api", "guarded"), needed=VIEW),
@@ -374,8 +381,6 @@ CLI_VERBS = [
     Verb(("change-requests", "list"), rule=ANY),
     Verb(("change-requests", "show", "{change}"), rule=APPROVERS),
     Verb(("change-requests", "approve", "{change}", "--comment", "ok"), rule=APPROVERS),
-    Verb(("permissions", "get", "serving-endpoints", "{id}"), needed=VIEW),
-    Verb(("permissions", "get-permission-levels", "serving-endpoints", "{id}"), needed=VIEW),
     Verb(("change-requests", "reject", "{change2}", "--comment", "no"), rule=APPROVERS),
     Verb(("change-requests", "propose", "guarded", "--json", f"@{NEW_CONFIG_FILE}"), needed=MANAGE),
     Verb(
@@ -388,8 +393,25 @@ CLI_VERBS = [
         ("serving-endpoints", "put-ai-gateway", "guarded", "--json", '{"usage_tracking_config": {"enabled": true}}'),
         needed=MANAGE,
     ),
+    Verb(
+        (
+            "serving-endpoints",
+            "put",
+            "guarded",
+            "--json",
+            '{"rate_limits": [{"calls": 9, "renewal_period": "minute"}]}',
+        ),
+        needed=MANAGE,
+    ),
+    Verb(
+        ("serving-endpoints", "update-notifications", "guarded", "--json", '{"email_notifications": {}}'),
+        needed=MANAGE,
+    ),
+    Verb(("serving-endpoints", "patch-telemetry-config", "guarded", "--json", "{}"), needed=MANAGE),
     Verb(("serving-endpoints", "set-permissions", "{id}", "--json", KEEP_ME), needed=MANAGE),
     Verb(("serving-endpoints", "update-permissions", "{id}", "--json", KEEP_ME), needed=MANAGE),
+    Verb(("permissions", "set", "serving-endpoints", "{id}", "--json", KEEP_ME), needed=MANAGE),
+    Verb(("permissions", "update", "serving-endpoints", "{id}", "--json", KEEP_ME), needed=MANAGE),
     Verb(("serving-endpoints", "create", "--json", "@{tmp}/create.json", "--no-wait"), rule=CREATORS),
     Verb(("models", "register", "{tmp}/model", "--name", "main.default.cli_matrix"), rule=CREATORS),
     Verb(("users", "list"), rule=ADMIN),
@@ -400,8 +422,6 @@ CLI_VERBS = [
     Verb(("groups", "add-member", "{group}", "{user}"), rule=ADMIN),
     Verb(("groups", "remove-member", "{group}", "{member}"), rule=ADMIN),
     Verb(("tokens", "list"), rule=ANY),
-    Verb(("permissions", "set", "serving-endpoints", "{id}", "--json", KEEP_ME), needed=MANAGE),
-    Verb(("permissions", "update", "serving-endpoints", "{id}", "--json", KEEP_ME), needed=MANAGE),
     Verb(("tokens", "create", "--comment", "mine"), rule=ANY),
     Verb(("tokens", "create", "--user", "{user}", "--comment", "theirs"), rule=ADMIN),
     Verb(("tokens", "revoke", "{token}"), rule=ADMIN),

@@ -189,6 +189,57 @@ def register(commands: argparse._SubParsersAction, common: argparse.ArgumentPars
         [],
     )
 
+    for verb, handler, text, example in (
+        ("put", cmd_put, "replace the endpoint's rate limits (legacy; kept as AI-gateway rate limits)",
+         '{"rate_limits": [{"calls": 100, "key": "user", "renewal_period": "minute"}]}'),
+        ("update-notifications", cmd_update_notifications, "set who is emailed when a config update ends",
+         '{"email_notifications": {"on_update_failure": ["ops@example.com"], "on_update_success": []}}'),
+        ("patch-telemetry-config", cmd_patch_telemetry_config, "set or remove the endpoint's telemetry config",
+         '{"telemetry_config": {…}} ({} removes it)'),
+    ):  # fmt: skip
+        p = add_verb(verbs, common, verb, handler, text, name)
+        p.add_argument("--json", metavar="JSON", required=True, help=f"{example}: inline or @file")
+
+    # Databricks' verbs for what Modelfleet does not serve: the server answers each with a 400
+    # saying so, which reads better than "invalid choice" in a script written for `databricks`.
+    p = add_verb(
+        verbs,
+        common,
+        "create-provisioned-throughput-endpoint",
+        cmd_create_provisioned_throughput,
+        "provisioned throughput: not supported by Modelfleet (the server says why)",
+        [],
+    )
+    p.add_argument("--json", metavar="JSON", required=True, help="request body: inline JSON or @file")
+    p.add_argument("--budget-policy-id", metavar="ID", help="budget policy to attach")
+    _add_wait_flags(p)
+    p = add_verb(
+        verbs,
+        common,
+        "update-provisioned-throughput-endpoint-config",
+        cmd_update_provisioned_throughput,
+        "provisioned throughput: not supported by Modelfleet (the server says why)",
+        name,
+    )
+    p.add_argument("--json", metavar="JSON", required=True, help="request body: inline JSON or @file")
+    _add_wait_flags(p)
+    # Hidden, as in the Databricks CLI (no help= keeps it out of the verb list).
+    p = verbs.add_parser("http-request", parents=[common], allow_abbrev=False)
+    p.set_defaults(
+        handler=cmd_http_request,
+        leaf_parser=p,
+        positional_spec=[
+            ("connection_name", "CONNECTION_NAME", True),
+            ("method", "METHOD", True),
+            ("path", "PATH", True),
+        ],
+    )
+    p.add_argument("positionals", nargs="*", help=argparse.SUPPRESS)
+    p.add_argument("--headers", metavar="JSON", help="request headers as a JSON object")
+    p.add_argument("--json", metavar="JSON", help="the request's payload")
+    p.add_argument("--params", metavar="JSON", help="query parameters as a JSON object")
+    p.add_argument("--sub-domain", metavar="SUB_DOMAIN", help="sub-domain of the connection's host")
+
 
 # -- helpers ----------------------------------------------------------------------------------
 
@@ -512,6 +563,64 @@ def cmd_list_external_models(ctx: Context) -> int:
         headers = ["ENDPOINT", "SERVED MODEL", "PROVIDER", "MODEL", "TASK"]
         keys = ["endpoint", "served_model_name", "provider", "model", "task"]
         ctx.out(render.table(headers, [[r[k] for k in keys] for r in rows]))
+    return EXIT_OK
+
+
+def cmd_put(ctx: Context) -> int:
+    body = parse_json_object(ctx.args.json)
+    ctx.out(render.to_json(ctx.api.call("PUT", endpoint_path(ctx.args.name, "rate-limits"), body)))
+    return EXIT_OK
+
+
+def cmd_update_notifications(ctx: Context) -> int:
+    body = parse_json_object(ctx.args.json)
+    ctx.out(render.to_json(ctx.api.call("PATCH", endpoint_path(ctx.args.name, "notifications"), body)))
+    return EXIT_OK
+
+
+def cmd_patch_telemetry_config(ctx: Context) -> int:
+    body = parse_json_object(ctx.args.json)
+    _print_endpoint(ctx, ctx.api.call("PATCH", endpoint_path(ctx.args.name, "telemetry-config"), body))
+    return EXIT_OK
+
+
+def cmd_create_provisioned_throughput(ctx: Context) -> int:
+    body = parse_json_object(ctx.args.json)
+    if ctx.args.budget_policy_id is not None:
+        body["budget_policy_id"] = ctx.args.budget_policy_id
+    endpoint = ctx.api.call("POST", "/api/2.0/serving-endpoints/pt", body)
+    if not ctx.args.no_wait:
+        endpoint = wait_until_not_updating(ctx, endpoint.get("name") or str(body.get("name")), ctx.args.timeout)
+    _print_endpoint(ctx, endpoint)
+    return EXIT_OK
+
+
+def cmd_update_provisioned_throughput(ctx: Context) -> int:
+    body = parse_json_object(ctx.args.json)
+    endpoint = ctx.api.call("PUT", f"/api/2.0/serving-endpoints/pt/{path_param(ctx.args.name)}/config", body)
+    if not ctx.args.no_wait:
+        endpoint = wait_until_not_updating(ctx, endpoint.get("name") or ctx.args.name, ctx.args.timeout)
+    _print_endpoint(ctx, endpoint)
+    return EXIT_OK
+
+
+def cmd_http_request(ctx: Context) -> int:
+    args = ctx.args
+    body: dict[str, Any] = {"connection_name": args.connection_name, "method": args.method.upper(), "path": args.path}
+    for key, raw in (("headers", args.headers), ("params", args.params)):
+        if raw is not None:
+            body[key] = json.dumps(parse_json_object(raw))
+    if args.json is not None:
+        body["json"] = args.json
+    if args.sub_domain is not None:
+        body["sub_domain"] = args.sub_domain
+    response = ctx.api.request(
+        "POST",
+        "/api/2.0/external-function",
+        data=json.dumps(body).encode("utf-8"),
+        headers={"Content-Type": "application/json", "Accept": "text/plain"},
+    )
+    _print_raw(ctx, response.text)
     return EXIT_OK
 
 

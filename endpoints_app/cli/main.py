@@ -47,7 +47,9 @@ def _global_flags() -> argparse.ArgumentParser:
     """Flags every parser level accepts. SUPPRESS defaults let a later level leave an earlier value alone."""
     common = argparse.ArgumentParser(add_help=False)
     group = common.add_argument_group("global flags")
-    group.add_argument("-p", "--profile", default=argparse.SUPPRESS, help="profile in ~/.modelfleetcfg")
+    group.add_argument(
+        "-p", "--profile", default=argparse.SUPPRESS, help="profile in ~/.modelfleetcfg, else ~/.databrickscfg"
+    )
     group.add_argument(
         "-o",
         "--output",
