@@ -8,8 +8,10 @@ from endpoints_app.api import (
     alerts_views,
     audit_views,
     changes_views,
+    endpoint_settings_views,
     logs_views,
     metrics_views,
+    oauth_views,
     openapi_views,
     payloads_views,
     permissions_views,
@@ -32,7 +34,10 @@ urlpatterns = [
     path("admin/", admin.site.urls),
     path(".well-known/databricks-config", api.WellKnownConfigView.as_view()),
     path(EP, api.EndpointListView.as_view()),
-    path(f"{EP}/<str:name>", api.EndpointDetailView.as_view()),
+    path(f"{EP}/", api.EndpointListView.as_view()),  # mlflow's deployment client adds the slash
+    path(f"{EP}/<str:name>", api.EndpointDetailView.as_view()),  # POST …/pt: provisioned throughput, refused
+    path(f"{EP}/pt/<str:name>/config", api.ProvisionedThroughputConfigView.as_view()),
+    path("api/2.0/external-function", api.ExternalFunctionView.as_view()),
     path(f"{EP}/<str:name>/config", api.EndpointConfigView.as_view()),
     path(f"{EP}/<str:name>/tags", api.EndpointTagsView.as_view()),
     path(f"{EP}/<str:name>/openapi", api.EndpointOpenApiView.as_view()),
@@ -55,4 +60,6 @@ urlpatterns += (
     + usage_views.urlpatterns
     + ai_gateway_views.urlpatterns
     + openapi_views.urlpatterns
+    + endpoint_settings_views.urlpatterns
+    + oauth_views.urlpatterns
 )

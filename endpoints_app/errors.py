@@ -74,3 +74,11 @@ class PreconditionFailed(DomainError):
 
     error_code = "PRECONDITION_FAILED"
     status = 412
+
+
+class NotSupported(DomainError):
+    """A Databricks API this server does not offer (provisioned throughput, UC connections): a clear
+    400 naming what to use instead, rather than a 404 or 405 a client cannot make sense of."""
+
+    error_code = "BAD_REQUEST"
+    status = 400

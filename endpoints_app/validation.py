@@ -119,7 +119,6 @@ class CreateRequest:
     ai_gateway: dict[str, Any] | None
     email_notifications: dict[str, Any] | None
     telemetry_config: dict[str, Any] | None
-    rate_limits: list[Any] | None
 
 
 # --- small typed readers ----------------------------------------------------------------------
@@ -715,9 +714,6 @@ def parse_create_request(raw: Any) -> CreateRequest:
     inner_name = config_obj.get("name")
     if inner_name is not None and inner_name != name:
         raise InvalidParameterValue(f"config.name '{inner_name}' does not match name '{name}'")
-    rate_limits = data.get("rate_limits")
-    if rate_limits is not None and not isinstance(rate_limits, list):
-        raise InvalidParameterValue("rate_limits must be an array")
     return CreateRequest(
         name=name,
         config=parse_core_config(config_obj),
@@ -725,11 +721,168 @@ def parse_create_request(raw: Any) -> CreateRequest:
         description=_str(data, "description", "request body") or "",
         route_optimized=_bool(data, "route_optimized", "request body"),
         budget_policy_id=_budget_policy_id(data),
-        ai_gateway=parse_ai_gateway(data.get("ai_gateway")),
-        email_notifications=_optional_object(data, "email_notifications", "request body"),
-        telemetry_config=_optional_object(data, "telemetry_config", "request body"),
-        rate_limits=rate_limits,
+        ai_gateway=_ai_gateway_with_legacy_rate_limits(data.get("ai_gateway"), data.get("rate_limits")),
+        email_notifications=parse_email_notifications(data.get("email_notifications")),
+        telemetry_config=parse_telemetry_config(data.get("telemetry_config")),
     )
+
+
+def _ai_gateway_with_legacy_rate_limits(ai_gateway: Any, rate_limits: Any) -> dict[str, Any] | None:
+    """A create's ``ai_gateway``, with its legacy top-level ``rate_limits`` (what mlflow's
+    ``create_endpoint`` sends) folded in as AI-gateway rate limits: they are one setting, enforced
+    by the gateway, so giving both is refused rather than one silently winning."""
+    if rate_limits is None:
+        return parse_ai_gateway(ai_gateway)
+    limits = parse_legacy_rate_limits(rate_limits, "rate_limits")
+    if isinstance(ai_gateway, dict) and ai_gateway.get("rate_limits") is not None:
+        raise InvalidParameterValue(
+            "give rate limits once: rate_limits is the legacy form of ai_gateway.rate_limits; use one of them"
+        )
+    if ai_gateway is not None and not isinstance(ai_gateway, dict):
+        raise InvalidParameterValue("ai_gateway must be an object")
+    return parse_ai_gateway({**(ai_gateway or {}), "rate_limits": limits})
+
+
+def parse_legacy_rate_limits(raw: Any, where: str = "rate_limits") -> list[dict[str, Any]]:
+    """Legacy ``RateLimit`` items (create's ``rate_limits``, ``PUT …/rate-limits``; reference §2.9)
+    as AI-gateway rate limits: ``calls`` (required) per ``renewal_period`` ``minute``, ``key``
+    ``user`` or ``endpoint`` (default ``endpoint``). The gateway enforces them as it does any
+    AI-gateway limit; ``legacy_rate_limits`` reads them back."""
+    if not isinstance(raw, list):
+        raise InvalidParameterValue(f"{where} must be an array of {{calls, key, renewal_period}} objects")
+    out: list[dict[str, Any]] = []
+    for index, item in enumerate(raw):
+        iw = f"{where}[{index}]"
+        limit = require_object(item, iw)
+        unknown = set(limit) - {"calls", "key", "renewal_period"}
+        if unknown:
+            raise InvalidParameterValue(f"{iw} has unknown fields: {', '.join(sorted(unknown))}")
+        calls = _int(limit, "calls", iw)
+        if calls is None or calls < 0:
+            raise InvalidParameterValue(f"{iw}.calls is required: a whole number of calls of at least 0")
+        key = limit.get("key") or "endpoint"
+        if key not in ("user", "endpoint"):
+            raise InvalidParameterValue(f"{iw}.key must be 'user' or 'endpoint', got {key!r}")
+        if limit.get("renewal_period") != "minute":
+            raise InvalidParameterValue(f"{iw}.renewal_period is required and must be 'minute'")
+        out.append({"calls": calls, "key": key, "renewal_period": "minute"})
+    try:
+        return ratelimit.validate(out, where)
+    except ValueError as exc:
+        raise InvalidParameterValue(str(exc)) from None
+
+
+def legacy_rate_limits(ai_gateway: dict[str, Any] | None) -> list[dict[str, Any]]:
+    """The AI-gateway rate limits a legacy client can read (``{calls, key, renewal_period}``):
+    call limits keyed by ``user`` or ``endpoint`` for no one in particular."""
+    limits = (ai_gateway or {}).get("rate_limits") or []
+    return [
+        {"calls": limit["calls"], "key": limit["key"], "renewal_period": limit["renewal_period"]}
+        for limit in limits
+        if "calls" in limit and limit.get("key") in ("user", "endpoint") and "principal" not in limit
+    ]
+
+
+# --- email notifications and telemetry (reference §2.10) ----------------------------------------
+MAX_NOTIFICATION_EMAILS = 50
+_EMAIL_RE = re.compile(r"^[^@\s]{1,64}@[^@\s]{1,255}$")
+TELEMETRY_FEATURES = (
+    "TELEMETRY_FEATURE_INFERENCE_TABLE",
+    "TELEMETRY_FEATURE_LOGS",
+    "TELEMETRY_FEATURE_METRICS",
+    "TELEMETRY_FEATURE_TRACES",
+)
+_UC_TABLE_RE = re.compile(r"^[A-Za-z0-9_-]{1,255}\.[A-Za-z0-9_-]{1,255}\.[A-Za-z0-9_-]{1,255}$")
+
+
+def parse_email_notifications(raw: Any, where: str = "email_notifications") -> dict[str, list[str]] | None:
+    """``{on_update_failure, on_update_success}``: lists of email addresses (None or ``{}``: no
+    notifications). The rollout emails them when an update succeeds or fails."""
+    if raw is None:
+        return None
+    data = require_object(raw, where)
+    unknown = set(data) - {"on_update_failure", "on_update_success"}
+    if unknown:
+        raise InvalidParameterValue(f"{where} has unknown fields: {', '.join(sorted(unknown))}")
+    out: dict[str, list[str]] = {}
+    for key in ("on_update_failure", "on_update_success"):
+        value = data.get(key)
+        if value is None:
+            continue
+        if not isinstance(value, list) or len(value) > MAX_NOTIFICATION_EMAILS:
+            raise InvalidParameterValue(
+                f"{where}.{key} must be an array of at most {MAX_NOTIFICATION_EMAILS} email addresses"
+            )
+        emails: list[str] = []
+        for i, email in enumerate(value):
+            if not isinstance(email, str) or not _EMAIL_RE.fullmatch(email.strip()):
+                raise InvalidParameterValue(f"{where}.{key}[{i}] must be an email address")
+            if email.strip() not in emails:
+                emails.append(email.strip())
+        out[key] = emails
+    return out or None
+
+
+def parse_telemetry_config(raw: Any, where: str = "telemetry_config") -> dict[str, Any] | None:
+    """A ``TelemetryConfig`` as stored (None: removed). Only ``inference_table_config.sampling_fraction``
+    acts here (the share of payloads logged when inference tables are on); the rest is kept and
+    echoed, as Databricks' table names mean nothing to this server."""
+    if raw is None:
+        return None
+    data = require_object(raw, where)
+    unknown = set(data) - {
+        "enabled_telemetry_features",
+        "inference_table_config",
+        "table_names",
+        "telemetry_profile_id",
+    }
+    if unknown:
+        raise InvalidParameterValue(f"{where} has unknown fields: {', '.join(sorted(unknown))}")
+    out: dict[str, Any] = {}
+    features = data.get("enabled_telemetry_features")
+    if features is not None:
+        if not isinstance(features, list) or any(f not in TELEMETRY_FEATURES for f in features):
+            raise InvalidParameterValue(
+                f"{where}.enabled_telemetry_features must be an array of {', '.join(TELEMETRY_FEATURES)}"
+            )
+        out["enabled_telemetry_features"] = list(dict.fromkeys(features))
+    table = data.get("inference_table_config")
+    if table is not None:
+        tw = f"{where}.inference_table_config"
+        table = require_object(table, tw)
+        unknown = set(table) - {"name", "sampling_fraction"}
+        if unknown:
+            raise InvalidParameterValue(f"{tw} has unknown fields: {', '.join(sorted(unknown))}")
+        stored: dict[str, Any] = {}
+        if table.get("name") is not None:
+            stored["name"] = _uc_table(table["name"], f"{tw}.name")
+        fraction = table.get("sampling_fraction")
+        if fraction is not None:
+            if isinstance(fraction, bool) or not isinstance(fraction, (int, float)) or not 0.0 <= fraction <= 1.0:
+                raise InvalidParameterValue(f"{tw}.sampling_fraction must be a number from 0.0 to 1.0")
+            stored["sampling_fraction"] = float(fraction)
+        out["inference_table_config"] = stored
+    names = data.get("table_names")
+    if names is not None:
+        nw = f"{where}.table_names"
+        names = require_object(names, nw)
+        allowed = ("logs_table", "metrics_table", "traces_table", "annotations_table")
+        unknown = set(names) - set(allowed)
+        if unknown:
+            raise InvalidParameterValue(f"{nw} has unknown fields: {', '.join(sorted(unknown))}")
+        out["table_names"] = {k: _uc_table(names[k], f"{nw}.{k}") for k in allowed if names.get(k) is not None}
+    profile = _str(data, "telemetry_profile_id", where)
+    if profile:
+        if len(profile) > 255:
+            raise InvalidParameterValue(f"{where}.telemetry_profile_id is limited to 255 characters")
+        out["telemetry_profile_id"] = profile
+    return out
+
+
+def _uc_table(value: Any, where: str) -> str:
+    if not isinstance(value, str) or not _UC_TABLE_RE.fullmatch(value):
+        raise InvalidParameterValue(f"{where} must be a three-level table name, catalog.schema.table")
+    return value
 
 
 def _budget_policy_id(data: dict[str, Any]) -> str:

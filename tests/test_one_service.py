@@ -117,6 +117,15 @@ API_CHANGES = {
     "ai-gateway": lambda c, ab: c.put(
         f"{API}/ab/ai-gateway", {"usage_tracking_config": {"enabled": True}}, format="json"
     ),
+    "rate-limits": lambda c, ab: c.put(
+        f"{API}/ab/rate-limits", {"rate_limits": [{"calls": 5, "renewal_period": "minute"}]}, format="json"
+    ),
+    "notifications": lambda c, ab: c.patch(
+        f"{API}/ab/notifications", {"email_notifications": {"on_update_success": ["a@example.com"]}}, format="json"
+    ),
+    "telemetry": lambda c, ab: c.patch(
+        f"{API}/ab/telemetry-config", {"telemetry_config": {"enabled_telemetry_features": []}}, format="json"
+    ),
     "permissions": lambda c, ab: c.patch(
         f"/api/2.0/permissions/serving-endpoints/{ab.id}",
         {"access_control_list": [{"user_name": "alice", "permission_level": "CAN_QUERY"}]},
@@ -129,7 +138,7 @@ API_CHANGES = {
         f"/api/2.0/modelfleet/approval-policies/{ApprovalPolicy.objects.get().pk}"
     ),
 }
-PROPOSABLE = {"create", "config", "traffic", "tags", "delete", "ai-gateway"}
+PROPOSABLE = {"create", "config", "traffic", "tags", "delete", "ai-gateway", "rate-limits"}
 
 
 @pytest.mark.parametrize("change", list(API_CHANGES))

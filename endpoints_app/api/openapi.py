@@ -12,9 +12,11 @@ from endpoints_app.gateway.providers import PROVIDERS
 from endpoints_app.models import AlertMetric, Endpoint, Role, ServedEntity
 from endpoints_app.validation import (
     MAX_NAME_LENGTH,
+    MAX_NOTIFICATION_EMAILS,
     MAX_PROVISIONED_CONCURRENCY,
     MAX_SERVED_ENTITIES,
     NAME_RE,
+    TELEMETRY_FEATURES,
     WORKLOAD_SIZES,
     WORKLOAD_TYPES,
 )
@@ -240,6 +242,44 @@ _AI_GATEWAY = {
         "inference_table_config": _JSON_OBJECT,
     },
 }
+_LEGACY_RATE_LIMITS = {
+    "type": "array",
+    "items": {
+        "type": "object",
+        "additionalProperties": False,
+        "required": ["calls", "renewal_period"],
+        "properties": {
+            "calls": {"type": "integer", "minimum": 0},
+            "key": {"type": "string", "enum": ["user", "endpoint"]},
+            "renewal_period": {"type": "string", "enum": ["minute"]},
+        },
+    },
+}
+_EMAILS = {"type": "array", "maxItems": MAX_NOTIFICATION_EMAILS, "items": {"type": "string", "format": "email"}}
+_EMAIL_NOTIFICATIONS = {
+    "type": "object",
+    "additionalProperties": False,
+    "properties": {"on_update_failure": _EMAILS, "on_update_success": _EMAILS},
+}
+_UC_TABLE = {"type": "string", "pattern": "^[A-Za-z0-9_-]+[.][A-Za-z0-9_-]+[.][A-Za-z0-9_-]+$", "maxLength": 767}
+_TELEMETRY_CONFIG = {
+    "type": "object",
+    "additionalProperties": False,
+    "properties": {
+        "enabled_telemetry_features": {"type": "array", "items": {"type": "string", "enum": list(TELEMETRY_FEATURES)}},
+        "inference_table_config": {
+            "type": "object",
+            "additionalProperties": False,
+            "properties": {"name": _UC_TABLE, "sampling_fraction": {"type": "number", "minimum": 0, "maximum": 1}},
+        },
+        "table_names": {
+            "type": "object",
+            "additionalProperties": False,
+            "properties": {k: _UC_TABLE for k in ("logs_table", "metrics_table", "traces_table", "annotations_table")},
+        },
+        "telemetry_profile_id": {"type": "string", "maxLength": 255},
+    },
+}
 _CREATE_ENDPOINT = {
     "type": "object",
     "required": ["name", "config"],
@@ -251,9 +291,9 @@ _CREATE_ENDPOINT = {
         "route_optimized": {"type": "boolean"},
         "budget_policy_id": {"type": "string", "maxLength": 255},
         "ai_gateway": _AI_GATEWAY,
-        "email_notifications": _JSON_OBJECT,
-        "telemetry_config": _JSON_OBJECT,
-        "rate_limits": {"type": "array", "items": _JSON_OBJECT},
+        "email_notifications": _EMAIL_NOTIFICATIONS,
+        "telemetry_config": _TELEMETRY_CONFIG,
+        "rate_limits": _LEGACY_RATE_LIMITS,
     },
 }
 _ACL = {
@@ -363,13 +403,55 @@ def management_openapi() -> dict[str, Any]:
     paths: dict[str, Any] = {
         "/.well-known/databricks-config": {"get": _op("Host metadata the Databricks SDK probes", public=True)},
         f"{mf}/openapi.json": {"get": _op("This document")},
-        ep: {
-            "get": _op("List the endpoints the caller may see"),
-            "post": _op("Create an endpoint (editor role or above)", body=_body(_CREATE_ENDPOINT)),
+        **{
+            path: {
+                "get": _op("List the endpoints the caller may see"),
+                "post": _op("Create an endpoint (editor role or above)", body=_body(_CREATE_ENDPOINT)),
+            }
+            for path in (ep, f"{ep}/")  # with a trailing slash too, as mlflow's deployment client sends
         },
         f"{ep}/{{name}}": {
             "get": _op("Get an endpoint (CAN_VIEW)", params=[name]),
             "delete": _op("Delete an endpoint (CAN_MANAGE)", params=[name, if_match]),
+            "post": _op(
+                "Only as …/pt: create a provisioned-throughput endpoint, which is not supported (400); 405 otherwise",
+                params=[name],
+                body=_body(_JSON_OBJECT, required=False),
+            ),
+        },
+        f"{ep}/pt/{{name}}/config": {
+            "put": _op(
+                "Update a provisioned-throughput endpoint: not supported (400)",
+                params=[name],
+                body=_body(_JSON_OBJECT, required=False),
+            )
+        },
+        "/api/2.0/external-function": {
+            "post": _op(
+                "A request through a Unity Catalog connection: not supported (400), there are none",
+                body=_body(_JSON_OBJECT, required=False),
+            )
+        },
+        f"{ep}/{{name}}/rate-limits": {
+            "put": _op(
+                "Set the legacy rate limits, stored as AI-gateway rate limits (CAN_MANAGE)",
+                params=[name, if_match],
+                body=_body(_object(rate_limits=_LEGACY_RATE_LIMITS)),
+            )
+        },
+        f"{ep}/{{name}}/notifications": {
+            "patch": _op(
+                "Set the email notifications of updates (CAN_MANAGE)",
+                params=[name, if_match],
+                body=_body(_object(email_notifications=_EMAIL_NOTIFICATIONS)),
+            )
+        },
+        f"{ep}/{{name}}/telemetry-config": {
+            "patch": _op(
+                "Set, or with no telemetry_config remove, the telemetry config (CAN_MANAGE)",
+                params=[name, if_match],
+                body=_body(_object(telemetry_config=_TELEMETRY_CONFIG)),
+            )
         },
         f"{ep}/{{name}}/config": {
             "put": _op(

@@ -10,6 +10,7 @@ from typing import Any
 
 from django.conf import settings
 from django.http import HttpResponse, JsonResponse, QueryDict
+from rest_framework.exceptions import MethodNotAllowed
 from rest_framework.permissions import AllowAny
 from rest_framework.renderers import BaseRenderer, JSONRenderer
 from rest_framework.request import Request
@@ -27,7 +28,7 @@ from endpoints_app.api.serializers.endpoints import (
 from endpoints_app.api.serializers.models import serialize_model_version
 from endpoints_app.authenticated import AuthenticatedRequest
 from endpoints_app.backends import get_backend
-from endpoints_app.errors import InvalidParameterValue, MalformedRequest
+from endpoints_app.errors import InvalidParameterValue, MalformedRequest, NotSupported
 from endpoints_app.models import Endpoint, PermissionLevel
 from endpoints_app.runtime.layout import LogKind
 from endpoints_app.services import checks
@@ -70,10 +71,17 @@ class RawResponseApiView(ApiView):
         return renderer, renderer.media_type
 
 
+def base_url(request: Request) -> str:
+    """This server as the caller reached it (a host ALLOWED_HOSTS let through), without a slash."""
+    return request.build_absolute_uri("/").rstrip("/")
+
+
 def detailed(request: AuthenticatedRequest, name: str) -> Response:
     """The endpoint's wire shape, with its ETag for conditional writes (If-Match)."""
     endpoint = selectors.endpoint_detail(name)
-    body = serialize_endpoint_detailed(endpoint, permission_level=access.endpoint_level(request.user, endpoint) or "")
+    body = serialize_endpoint_detailed(
+        endpoint, permission_level=access.endpoint_level(request.user, endpoint) or "", base_url=base_url(request)
+    )
     return Response(body, headers={"ETag": checks.etag(endpoint)})
 
 
@@ -82,6 +90,9 @@ def if_match(request: Request) -> str | None:
 
 
 class EndpointListView(ApiView):
+    """``/api/2.0/serving-endpoints``, also with a trailing slash: mlflow's deployment client lists
+    and creates at ``/api/2.0/serving-endpoints/``, which Databricks accepts."""
+
     def get(self, request: AuthenticatedRequest) -> Response:
         endpoints = list(access.visible_endpoints(request.user, selectors.endpoint_list()))
         return Response({"endpoints": [serialize_endpoint_summary(e) for e in endpoints]})
@@ -99,6 +110,46 @@ class EndpointDetailView(ApiView):
     def delete(self, request: AuthenticatedRequest, name: str) -> Response:
         endpoint_services.delete_endpoint(actor=request.user, name=name, if_match=if_match(request))
         return Response({})
+
+    def post(self, request: AuthenticatedRequest, name: str) -> Response:
+        """``POST /api/2.0/serving-endpoints/pt`` is Databricks' provisioned-throughput create; an
+        endpoint may still be named ``pt`` (GET and DELETE above), so only POST means that here."""
+        if name == PROVISIONED_THROUGHPUT:
+            raise NotSupported(PROVISIONED_THROUGHPUT_MESSAGE)
+        raise MethodNotAllowed("POST")
+
+
+PROVISIONED_THROUGHPUT = "pt"
+PROVISIONED_THROUGHPUT_MESSAGE = (
+    "Provisioned-throughput endpoints (foundation models in provisioned model units) are not supported by "
+    "Modelfleet: create an endpoint with POST /api/2.0/serving-endpoints serving a registered model, or an "
+    "external model (served_entities[].external_model)"
+)
+
+
+class ProvisionedThroughputConfigView(ApiView):
+    """``PUT /api/2.0/serving-endpoints/pt/<name>/config`` (SDK
+    ``update_provisioned_throughput_endpoint_config``): not supported, as for the create."""
+
+    def put(self, request: AuthenticatedRequest, name: str) -> Response:
+        raise NotSupported(
+            PROVISIONED_THROUGHPUT_MESSAGE
+            + f"; change an endpoint's config with PUT /api/2.0/serving-endpoints/{name}/config"
+        )
+
+
+class ExternalFunctionView(RawResponseApiView):
+    """``POST /api/2.0/external-function`` (SDK ``serving_endpoints.http_request``): Databricks
+    sends an HTTP request through a Unity Catalog connection. Modelfleet has no connections (its
+    external providers are reached through serving endpoints, with credentials in secret scopes),
+    so this is a clear 400 rather than a call to somewhere nobody configured."""
+
+    def post(self, request: AuthenticatedRequest) -> Response:
+        raise NotSupported(
+            "Unity Catalog connections are not supported by Modelfleet, so /api/2.0/external-function has none to "
+            "call: serve the external service as an external model (served_entities[].external_model, its "
+            "credentials as {{secrets/<scope>/<key>}}) and query it at /serving-endpoints/<name>/invocations"
+        )
 
 
 class EndpointConfigView(ApiView):
@@ -249,4 +300,6 @@ class WellKnownConfigView(APIView):
     permission_classes = [AllowAny]
 
     def get(self, request: Request) -> JsonResponse:
-        return JsonResponse({"workspace_id": settings.WORKSPACE_ID})
+        # oidc_endpoint: where an OAuth client (oauth-m2m, data-plane queries) finds
+        # <oidc_endpoint>/.well-known/oauth-authorization-server (api/oauth_views.py).
+        return JsonResponse({"workspace_id": settings.WORKSPACE_ID, "oidc_endpoint": f"{base_url(request)}/oidc"})

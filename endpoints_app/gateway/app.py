@@ -56,7 +56,7 @@ from endpoints_app.gateway.upstream import (
 from endpoints_app.gateway.usage import recorder as usage_recorder
 from endpoints_app.models import Endpoint, PermissionLevel
 from endpoints_app.runtime.credentials import ReplicaTarget
-from endpoints_app.services.tokens import authenticate_token
+from endpoints_app.services.tokens import authenticate_credential
 from endpoints_app.validation import MAX_NAME_LENGTH, NAME_RE
 
 log = logging.getLogger(__name__)
@@ -124,11 +124,12 @@ def _identity(user_id: int) -> tuple[str, frozenset[str]]:
         close_old_connections()
 
 
-def _auth(raw: str) -> int | None:
+def _auth(raw: str) -> tuple[int, str | None] | None:
+    """The token's user, and the one endpoint it may query if it is a data-plane token."""
     close_old_connections()
     try:
-        user = authenticate_token(raw)
-        return user.pk if user is not None else None
+        credential = authenticate_credential(raw)
+        return (credential.user.pk, credential.endpoint_id) if credential is not None else None
     finally:
         close_old_connections()
 
@@ -154,7 +155,7 @@ class Gateway:
         self.metrics = GatewayMetrics()
         self.payloads = PayloadLogger()
         self._tables: LRU[str, tuple[float, RouteTable]] = LRU(ROUTE_TABLE_CACHE_SIZE)
-        self._tokens: LRU[str, tuple[float, int | None]] = LRU(TOKEN_CACHE_SIZE)
+        self._tokens: LRU[str, tuple[float, tuple[int, str | None] | None]] = LRU(TOKEN_CACHE_SIZE)
         self._levels: LRU[tuple[int, str], tuple[float, str | None]] = LRU(LEVEL_CACHE_SIZE)
         self._identities: LRU[int, tuple[float, str, frozenset[str]]] = LRU(IDENTITY_CACHE_SIZE)
         # Queries this process is answering now, and those held for a wake-up (both capped).
@@ -322,24 +323,27 @@ class Gateway:
             raise GatewayError(405, "METHOD_NOT_ALLOWED", "Query an endpoint with POST")
         headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
         await self.access.refresh()  # rights changed elsewhere: drop what is cached (access_generation)
+        token_endpoint: str | None = None  # a data-plane token's one endpoint
         if "authorization" not in headers and session.has_session_cookie(headers):
             user_id = await self._authenticate_session(scope)  # the dashboard's query playground
         else:
-            user_id = await self._authenticate(headers.get("authorization"), (scope.get("client") or ("",))[0])
+            user_id, token_endpoint = await self._authenticate(
+                headers.get("authorization"), (scope.get("client") or ("",))[0]
+            )
         table = None
         if openai_task is None:
             # The name is in the path: CAN_QUERY is checked before the body is read, so a caller
             # without it cannot make the gateway hold large bodies.
             table = await self._table(endpoint_name)
             if table.exists:
-                await self._authorize(user_id, table)
+                await self._authorize(user_id, table, token_endpoint)
         call.body = await self._read_body(receive)
         if table is None:  # the OpenAI client's routes name the endpoint in the body
             call.json = self._json(call.body)
             endpoint_name = self._model_of(call.json)
             table = await self._table(endpoint_name)
             if table.exists:
-                await self._authorize(user_id, table)
+                await self._authorize(user_id, table, token_endpoint)
         if table.exists:
             call.table = table
         if openai_task is not None and table.exists:
@@ -518,8 +522,8 @@ class Gateway:
         except DomainError as err:
             raise GatewayError(err.status, err.error_code, err.message) from None
 
-    async def _authenticate(self, header: str | None, address: str = "") -> int:
-        """The token's user. A token known good skips the throttle; any other is looked up only
+    async def _authenticate(self, header: str | None, address: str = "") -> tuple[int, str | None]:
+        """The token's user (and a data-plane token's endpoint). A token known good skips the throttle; any other is looked up only
         while the caller's address is under the failure limit (auth_throttle: 429 past it)."""
         raw = token_from_header(header)
         if raw is None:
@@ -542,23 +546,24 @@ class Gateway:
                     429, "REQUEST_LIMIT_EXCEEDED", throttle.message, {"retry-after": str(throttle.retry_after)}
                 )
         if cached is not None and cached[0] > now:
-            user_id = cached[1]
+            found = cached[1]
         else:
             epoch = self.access.epoch
-            user_id = await sync_to_async(_auth, thread_sensitive=False)(raw)
+            found = await sync_to_async(_auth, thread_sensitive=False)(raw)
             if epoch == self.access.epoch:  # else rights changed while it loaded: it may be stale
-                self._tokens[raw] = (now + TOKEN_TTL_SECONDS, user_id)
-        if user_id is None:
+                self._tokens[raw] = (now + TOKEN_TTL_SECONDS, found)
+        if found is None:
             await sync_to_async(auth_throttle.record_failure, thread_sensitive=False)(
                 address, kind="token", tried=raw[:6] + "…"
             )
             raise GatewayError(
                 401, "UNAUTHENTICATED", "Invalid access token", {"www-authenticate": 'Bearer realm="modelfleet"'}
             )
-        return user_id
+        return found
 
-    async def _authorize(self, user_id: int, table: RouteTable) -> None:
-        """Querying needs CAN_QUERY (access.py decides; cached briefly like tokens)."""
+    async def _authorize(self, user_id: int, table: RouteTable, token_endpoint: str | None = None) -> None:
+        """Querying needs CAN_QUERY (access.py decides; cached briefly like tokens); a data-plane
+        token (``token_endpoint``) queries only the endpoint it was issued for."""
         key = (user_id, table.endpoint_id)
         now = time.monotonic()
         cached = self._levels.get(key)
@@ -576,6 +581,12 @@ class Gateway:
                 403,
                 "PERMISSION_DENIED",
                 f"Querying endpoint '{table.endpoint_name}' needs CAN_QUERY; you have {level}",
+            )
+        if token_endpoint is not None and token_endpoint != table.endpoint_id:
+            raise GatewayError(
+                403,
+                "PERMISSION_DENIED",
+                f"This data-plane token queries another endpoint, not '{table.endpoint_name}'",
             )
 
     @staticmethod

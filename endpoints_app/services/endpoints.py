@@ -1,5 +1,6 @@
 """Creating, reconfiguring (served entities and their traffic split), tagging and deleting serving
-endpoints: one function per change, shared by the API, the dashboard and approved change requests.
+endpoints, and setting their email notifications and telemetry: one function per change, shared by
+the API, the dashboard and approved change requests.
 
 Each one, in order:
 1. checks access (``access``: CAN_MANAGE on the endpoint, or the creator roles to create);
@@ -54,9 +55,16 @@ from endpoints_app.validation import (
     Plaintext,
     parse_core_config,
     parse_create_request,
+    parse_email_notifications,
     parse_tags_patch,
+    parse_telemetry_config,
     require_object,
 )
+
+# Settings that change neither what an endpoint serves nor who may use it: no approval policy
+# covers them (``gate.GOVERNED``), but they pass the gate like every change, so a rule would land there.
+NOTIFICATIONS = "email_notifications"
+TELEMETRY = "telemetry_config"
 
 
 def _check_models_exist(config: CoreConfig) -> None:
@@ -204,7 +212,6 @@ def create_endpoint(
                 ai_gateway=request.ai_gateway,
                 email_notifications=request.email_notifications,
                 telemetry_config=request.telemetry_config,
-                rate_limits=request.rate_limits,
             )
             if actor is not None and actor.is_authenticated:
                 # The creator manages what they create (reference §2.11).
@@ -342,6 +349,44 @@ def patch_endpoint_tags(
             after={t.key: t.value for t in endpoint.tags.all()},
         )
     return Outcome(list(endpoint.tags.order_by("key")))
+
+
+def update_notifications(*, actor: User | None, name: str, body: Any, if_match: str | None = None) -> Endpoint:
+    """``PATCH …/notifications``: the endpoint's ``email_notifications`` replaced (an empty or
+    missing block turns them off); the rollout emails these addresses when an update ends."""
+    checks.managed_endpoint(actor, name, approved=None)
+    gate.admit(actor=actor, action=NOTIFICATIONS, endpoint_name=name, body=body, if_match=if_match)
+    data = require_object(body if body is not None else {}, "request body")
+    value = parse_email_notifications(data.get("email_notifications"))
+    return _set_setting(actor=actor, name=name, field=NOTIFICATIONS, value=value, if_match=if_match)
+
+
+def patch_telemetry_config(*, actor: User | None, name: str, body: Any, if_match: str | None = None) -> Endpoint:
+    """``PATCH …/telemetry-config``: the endpoint's ``telemetry_config`` replaced, or removed when
+    the body has none (reference §1, row 18)."""
+    checks.managed_endpoint(actor, name, approved=None)
+    gate.admit(actor=actor, action=TELEMETRY, endpoint_name=name, body=body, if_match=if_match)
+    data = require_object(body if body is not None else {}, "request body")
+    value = parse_telemetry_config(data.get("telemetry_config"))
+    return _set_setting(actor=actor, name=name, field=TELEMETRY, value=value, if_match=if_match)
+
+
+def _set_setting(*, actor: User | None, name: str, field: str, value: Any, if_match: str | None) -> Endpoint:
+    with transaction.atomic():
+        endpoint = checks.get_endpoint_for_update(name, if_match=if_match)
+        before = getattr(endpoint, field)
+        setattr(endpoint, field, value)
+        endpoint.save(update_fields=[field, "updated_at"])
+        audit.record(
+            actor=actor,
+            action=f"endpoint.update_{field}",
+            object_type="endpoint",
+            object_id=endpoint.id,
+            object_name=endpoint.name,
+            before={field: before},
+            after={field: value},
+        )
+    return endpoint
 
 
 def delete_endpoint(

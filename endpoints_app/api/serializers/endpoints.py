@@ -8,6 +8,7 @@ from typing import Any
 from endpoints_app.api.serializers.common import ms, user_label
 from endpoints_app.models import ConfigUpdate, ConfigVersion, DeploymentState, Endpoint, EndpointTag, ServedEntity
 from endpoints_app.selectors import endpoint_is_ready
+from endpoints_app.services.oauth import authorization_details
 from endpoints_app.services.rollouts import EXTERNAL_READY_MESSAGE
 from endpoints_app.validation import redact_environment_vars
 
@@ -120,7 +121,12 @@ def serialize_state(endpoint: Endpoint) -> dict[str, str]:
     return state
 
 
-def serialize_endpoint_detailed(endpoint: Endpoint, *, permission_level: str = "CAN_MANAGE") -> dict[str, Any]:
+def serialize_endpoint_detailed(
+    endpoint: Endpoint, *, permission_level: str = "CAN_MANAGE", base_url: str = ""
+) -> dict[str, Any]:
+    """``base_url``: this server as the caller reached it; a route-optimized endpoint then gets its
+    ``endpoint_url`` and ``data_plane_info`` (the query URL and the right to ask a data-plane token
+    for, at ``/oidc/v1/token``: ``services.oauth``)."""
     out: dict[str, Any] = {
         "id": endpoint.id,
         "name": endpoint.name,
@@ -149,6 +155,13 @@ def serialize_endpoint_detailed(endpoint: Endpoint, *, permission_level: str = "
     task = endpoint_task(endpoint)
     if task:
         out["task"] = task
+    if endpoint.route_optimized and base_url:
+        # The gateway itself: a data-plane token is accepted there, for this endpoint only.
+        url = f"{base_url}/serving-endpoints/{endpoint.name}/invocations"
+        out["endpoint_url"] = url
+        out["data_plane_info"] = {
+            "query_info": {"endpoint_url": url, "authorization_details": authorization_details(endpoint)}
+        }
     return out
 
 
