@@ -102,6 +102,29 @@ def test_get_list_create_and_update_print_json_like_databricks(own_env, api, reg
 
 
 @pytest.mark.django_db(transaction=True)
+def test_the_other_databricks_serving_endpoints_verbs(own_env, api, registered_models):
+    create(api, endpoint_body("churn", (registered_models["iris"], "1")))
+    limits = {"rate_limits": [{"calls": 9, "key": "user", "renewal_period": "minute"}]}
+    put = modelfleet(own_env, "serving-endpoints", "put", "churn", "--json", json.dumps(limits))
+    assert put.returncode == 0, put.stderr
+    assert json.loads(put.stdout) == limits
+    emails = {"email_notifications": {"on_update_failure": ["ops@example.com"]}}
+    notified = modelfleet(own_env, "serving-endpoints", "update-notifications", "churn", "--json", json.dumps(emails))
+    assert json.loads(notified.stdout) == {"name": "churn", **emails}
+    telemetry = modelfleet(own_env, "serving-endpoints", "patch-telemetry-config", "churn", "--json", "{}")
+    assert json.loads(telemetry.stdout)["name"] == "churn"
+
+    # What Modelfleet does not serve: the server's "not supported", not "invalid choice".
+    for argv in (
+        ("create-provisioned-throughput-endpoint", "--json", '{"name": "pt-ep", "config": {}}'),
+        ("update-provisioned-throughput-endpoint-config", "churn", "--json", '{"config": {}}'),
+        ("http-request", "my-connection", "get", "/v1/things", "--json", '{"q": 1}'),
+    ):
+        refused = modelfleet(own_env, "serving-endpoints", *argv)
+        assert (refused.returncode, "not supported" in refused.stderr) == (1, True), refused.stderr
+
+
+@pytest.mark.django_db(transaction=True)
 @pytest.mark.skipif(shutil.which("jq") is None, reason="jq is not installed")
 def test_jq_scripts_written_for_databricks_work(own_env, api, registered_models):
     endpoint = create(api, endpoint_body("churn", (registered_models["iris"], "1")))
