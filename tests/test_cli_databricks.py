@@ -328,7 +328,7 @@ complete_line() {
     _modelfleet_completion; echo "${COMPREPLY[*]}"
 }
 complete_line "modelfleet serv"
-complete_line "modelfleet -p dev serving-endpoints cr"
+complete_line "modelfleet -p dev serving-endpoints get-s"
 complete_line "modelfleet serving-endpoints get churn -o "
 complete_line "modelfleet permissions "
 complete_line "modelfleet permissions set "
@@ -343,7 +343,7 @@ def test_bash_sources_the_completion_script_and_completes(bare_env) -> None:
     assert result.returncode == 0, result.stderr
     assert result.stdout.splitlines() == [
         "serving-endpoints",
-        "create",
+        "get-status",
         "text json table",
         "get get-permission-levels set update",
         "serving-endpoints",
@@ -371,11 +371,11 @@ def test_zsh_loads_the_completion_script(bare_env) -> None:
 def test_fish_loads_the_completion_script(bare_env) -> None:
     script = (
         "modelfleet completion fish | source; "
-        "complete -C 'modelfleet serving-endpoints cr'; complete -C 'modelfleet -o json permissions g'"
+        "complete -C 'modelfleet serving-endpoints get-s'; complete -C 'modelfleet -o json permissions g'"
     )
     result = shell(bare_env, script, program="fish")
     assert result.returncode == 0, result.stderr
-    assert result.stdout.split() == ["create", "get", "get-permission-levels"]
+    assert result.stdout.split() == ["get-status", "get", "get-permission-levels"]
 
 
 def test_the_completion_words_cover_every_command_of_the_parser() -> None:
