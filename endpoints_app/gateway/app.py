@@ -40,16 +40,17 @@ from endpoints_app import access, access_generation, auth_throttle
 from endpoints_app.auth_header import token_from_header
 from endpoints_app.backends import get_backend
 from endpoints_app.errors import DomainError
-from endpoints_app.gateway import guardrails, jsonbody, ratelimit, session
+from endpoints_app.gateway import custom_models, guardrails, jsonbody, ratelimit, session
 from endpoints_app.gateway.external import Answer, ExternalError, ExternalModels, StreamAnswer
 from endpoints_app.gateway.lru import LRU
 from endpoints_app.gateway.metrics import GatewayMetrics
 from endpoints_app.gateway.payloads import MAX_PAYLOAD_BYTES, PayloadLogger
-from endpoints_app.gateway.providers.base import CHAT, COMPLETIONS, EMBEDDINGS, Usage, sse
+from endpoints_app.gateway.providers.base import CHAT, COMPLETIONS, EMBEDDINGS, StreamDecoder, Usage, sse
 from endpoints_app.gateway.routing import EntityRoute, GatewayPolicy, RouteTable, load_route_table
 from endpoints_app.gateway.upstream import (
     UpstreamError,
     UpstreamPool,
+    UpstreamStream,
     UpstreamTimeout,
     UpstreamUnreachable,
 )
@@ -63,7 +64,12 @@ log = logging.getLogger(__name__)
 
 PREFIX = "/serving-endpoints/"
 # The OpenAI client's paths below base_url=<host>/serving-endpoints, by the task they ask for.
-OPENAI_ROUTES = {"chat/completions": CHAT, "completions": COMPLETIONS, "embeddings": EMBEDDINGS}
+OPENAI_ROUTES = {
+    "chat/completions": CHAT,
+    "completions": COMPLETIONS,
+    "embeddings": EMBEDDINGS,
+    "responses": custom_models.RESPONSES,
+}
 # Every cache keyed by what a caller sends is bounded (gateway.lru): a flood of made-up names or
 # tokens churns the least recently used entries instead of growing the process.
 ROUTE_TABLE_CACHE_SIZE = 2048
@@ -357,7 +363,11 @@ class Gateway:
             fallback = policy is not None and policy.fallback and served_name is None
             result = await self._query_external(table, entity, call, fallback=fallback)
         else:
-            result = await self._forward(table, entity, call.body, headers.get("content-type") or "application/json")
+            content_type = headers.get("content-type") or "application/json"
+            if openai_task is not None:  # a custom model through the OpenAI client's routes
+                call.body, content_type = custom_models.body_for_model(openai_task, call.json), "application/json"
+            stream = await custom_models.asks_for_stream(call.body, call.json if openai_task is not None else None)
+            result = await self._forward(table, entity, call.body, content_type, stream=stream)
         if policy is not None and policy.output_guardrail is not None:
             result = await self._guard_output(policy.output_guardrail, result)
         return result
@@ -468,13 +478,10 @@ class Gateway:
 
     @staticmethod
     def _check_task(table: RouteTable, task: str) -> None:
+        """Custom models take every route (the model answers what it cannot read with a 400);
+        external models the route of their task."""
         if not table.task:
-            raise GatewayError(
-                400,
-                "INVALID_PARAMETER_VALUE",
-                f"Endpoint '{table.endpoint_name}' serves custom models, not {task}; "
-                f"query it at /serving-endpoints/{table.endpoint_name}/invocations",
-            )
+            return
         if table.task != task:
             route = next(path for path, t in OPENAI_ROUTES.items() if t == table.task)
             raise GatewayError(
@@ -738,8 +745,10 @@ class Gateway:
         return min(candidates, key=lambda r: (self._in_flight[r], self._rng.random()))
 
     async def _forward(
-        self, table: RouteTable, entity: EntityRoute, body: bytes, content_type: str
-    ) -> tuple[int, dict[str, str], bytes]:
+        self, table: RouteTable, entity: EntityRoute, body: bytes, content_type: str, *, stream: bool = False
+    ) -> tuple[int, dict[str, str], bytes] | StreamAnswer:
+        """The replica's answer; with ``stream``, a model's server-sent events are relayed as they
+        come (a replica's answer that is not a stream, an error say, is answered as it is)."""
         if not entity.replicas and entity.coming_up and entity.deployment_id is not None:
             entity = await self._wake(table, entity)
         tried: set[ReplicaTarget] = set()
@@ -749,10 +758,28 @@ class Gateway:
                 break
             tried.add(replica)
             self._in_flight[replica] += 1
+            streaming = False
             try:
-                status, content_type, response_body = await self.upstream.post(
-                    replica, "/invocations", body, content_type, timeout=settings.GATEWAY_TIMEOUT_SECONDS
-                )
+                if stream:
+                    answer = await self.upstream.stream(
+                        replica, "/invocations", body, content_type, timeout=settings.GATEWAY_TIMEOUT_SECONDS
+                    )
+                    if isinstance(answer, UpstreamStream):
+                        streaming = True  # the replica stays counted busy until the stream ends
+                        return StreamAnswer(
+                            headers={
+                                "content-type": "text/event-stream",
+                                "cache-control": "no-cache",
+                                "served-model-name": entity.name,
+                            },
+                            chunks=self._replica_events(replica, entity, answer),
+                            decoder=StreamDecoder(),
+                        )
+                else:
+                    answer = await self.upstream.post(
+                        replica, "/invocations", body, content_type, timeout=settings.GATEWAY_TIMEOUT_SECONDS
+                    )
+                status, content_type, response_body = answer
             except UpstreamUnreachable as exc:
                 # Nothing reached the model (refused, or reset before any response byte): retry once.
                 log.warning("replica %s of %s failed before answering: %s", replica, entity.name, exc)
@@ -769,9 +796,8 @@ class Gateway:
                     502, "BAD_GATEWAY", f"Served model '{entity.name}' broke off its answer: {exc}"
                 ) from None
             finally:
-                self._in_flight[replica] -= 1
-                if not self._in_flight[replica]:
-                    del self._in_flight[replica]  # replicas come and go: keep only the busy ones
+                if not streaming:
+                    self._done_with(replica)
             headers = {"content-type": content_type, "served-model-name": entity.name}
             return status, headers, response_body
         raise GatewayError(
@@ -780,6 +806,33 @@ class Gateway:
             f"Served model '{entity.name}' of endpoint '{table.endpoint_name}' has no ready replica right now",
             {"retry-after": "1"},
         )
+
+    def _done_with(self, replica: ReplicaTarget) -> None:
+        self._in_flight[replica] -= 1
+        if not self._in_flight[replica]:
+            del self._in_flight[replica]  # replicas come and go: keep only the busy ones
+
+    async def _replica_events(self, replica: ReplicaTarget, entity: EntityRoute, stream: UpstreamStream) -> Any:
+        """A replica's server-sent events; a stream that stalls or breaks off ends with an error
+        event (the status line is sent already), as a provider's stream does (gateway.external)."""
+        try:
+            async for event in stream.events():
+                yield event
+        except UpstreamTimeout:
+            yield sse(
+                {
+                    "error_code": "DEADLINE_EXCEEDED",
+                    "message": f"Served model '{entity.name}' sent nothing more within "
+                    f"{settings.GATEWAY_TIMEOUT_SECONDS:g} seconds",
+                }
+            )
+        except UpstreamError as exc:
+            yield sse(
+                {"error_code": "BAD_GATEWAY", "message": f"Served model '{entity.name}' broke off its stream: {exc}"}
+            )
+        finally:
+            await stream.aclose()
+            self._done_with(replica)
 
 
 def _checked_name(name: str, what: str) -> str:

@@ -11,6 +11,11 @@ Failures are classified for the caller's retry rule:
 - ``UpstreamBroken``: the answer started but broke off — not retried (the model may have run).
 A pooled connection the replica closed while idle is replaced transparently.
 
+``stream`` asks the same and hands back a replica's server-sent events as they come (a model
+answering ``"stream": true``, model_server/streaming.py): one event at a time, each within the
+timeout of the one before; the connection returns to the pool once the stream is read to its end
+and is closed when the reader stops early (so the model stops producing).
+
 Every request carries the replica's credential (``ReplicaTarget``): model servers refuse
 requests without it.
 """
@@ -21,6 +26,7 @@ import asyncio
 import socket
 import time
 from collections import defaultdict
+from collections.abc import AsyncIterator
 from urllib.parse import urlparse
 
 from endpoints_app.runtime.credentials import ReplicaTarget, authorization
@@ -28,6 +34,8 @@ from endpoints_app.runtime.credentials import ReplicaTarget, authorization
 IDLE_SECONDS = 4.0  # below uvicorn's 5 s keep-alive: never reuse a connection the server is closing
 MAX_IDLE_PER_REPLICA = 256
 MAX_HEADER_BYTES = 64 * 1024
+# One server-sent event of a replica's stream (a chunk of a model's answer, as JSON) at most.
+MAX_EVENT_BYTES = 16 * 1024 * 1024
 
 
 class UpstreamError(Exception):
@@ -70,6 +78,28 @@ class UpstreamPool:
     ) -> tuple[int, str, bytes]:
         """(status, content type, body) of ``POST base_url + path``, with the replica's credential
         when ``base_url`` is a ReplicaTarget (a plain URL is for servers that need none)."""
+        answer = await self._request(base_url, path, body, content_type, timeout=timeout, stream=False)
+        assert not isinstance(answer, UpstreamStream)
+        return answer
+
+    async def stream(
+        self, base_url: ReplicaTarget | str, path: str, body: bytes, content_type: str, *, timeout: float
+    ) -> tuple[int, str, bytes] | UpstreamStream:
+        """As ``post``, but a 200 answer of server-sent events comes back as an ``UpstreamStream``
+        as soon as its headers are read; any other answer is read whole, as ``post`` reads it.
+        ``timeout`` bounds the wait for the headers, then the wait for each event."""
+        return await self._request(base_url, path, body, content_type, timeout=timeout, stream=True)
+
+    async def _request(
+        self,
+        base_url: ReplicaTarget | str,
+        path: str,
+        body: bytes,
+        content_type: str,
+        *,
+        timeout: float,
+        stream: bool,
+    ) -> tuple[int, str, bytes] | UpstreamStream:
         host, port = _host_port(str(base_url))
         auth = (
             f"Authorization: {authorization(base_url.credential)}\r\n" if isinstance(base_url, ReplicaTarget) else ""
@@ -83,7 +113,8 @@ class UpstreamPool:
             conn, reused = await self._checkout(base_url, host, port)
             try:
                 return await asyncio.wait_for(
-                    self._exchange(base_url, conn, request), max(0.001, deadline - time.monotonic())
+                    self._exchange(base_url, conn, request, stream=stream, timeout=timeout),
+                    max(0.001, deadline - time.monotonic()),
                 )
             except _StaleConnection:
                 conn.close()
@@ -119,7 +150,9 @@ class UpstreamPool:
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         return _Conn(reader, writer), False
 
-    async def _exchange(self, base_url: ReplicaTarget | str, conn: _Conn, request: bytes) -> tuple[int, str, bytes]:
+    async def _exchange(
+        self, base_url: ReplicaTarget | str, conn: _Conn, request: bytes, *, stream: bool = False, timeout: float = 0
+    ) -> tuple[int, str, bytes] | UpstreamStream:
         try:
             conn.writer.write(request)
             head = await conn.reader.readuntil(b"\r\n\r\n")
@@ -132,6 +165,8 @@ class UpstreamPool:
         except asyncio.LimitOverrunError:
             raise UpstreamBroken("the replica's response headers are too large") from None
         status, content_type, length, chunked, close = _parse_head(head)
+        if stream and status == 200 and chunked and content_type.lower().startswith("text/event-stream"):
+            return UpstreamStream(self, base_url, conn, timeout=timeout, close=close)
         try:
             if chunked:
                 body = await _read_chunked(conn.reader)
@@ -142,22 +177,80 @@ class UpstreamPool:
                 close = True
         except asyncio.IncompleteReadError:
             raise UpstreamBroken("the replica's answer broke off in its body") from None
+        self._release(base_url, conn, close=close)
+        return status, content_type, body
+
+    def _release(self, base_url: ReplicaTarget | str, conn: _Conn, *, close: bool) -> None:
+        """Keep a connection whose answer was read to its end for the next request (or close it)."""
         if close:
             conn.close()
+            return
+        conn.idle_since = time.monotonic()
+        idle = self._idle[base_url]
+        if len(idle) < MAX_IDLE_PER_REPLICA:
+            idle.append(conn)
         else:
-            conn.idle_since = time.monotonic()
-            idle = self._idle[base_url]
-            if len(idle) < MAX_IDLE_PER_REPLICA:
-                idle.append(conn)
-            else:
-                conn.close()
-        return status, content_type, body
+            conn.close()
 
     async def aclose(self) -> None:
         for conns in self._idle.values():
             for conn in conns:
                 conn.close()
         self._idle.clear()
+
+
+class UpstreamStream:
+    """A replica's answer of server-sent events, its headers read: ``events`` yields each event
+    (``data: ...`` and its blank line) as it arrives. ``aclose`` before the end closes the
+    connection; read to the end, the connection goes back to the pool.
+
+    Raises (from ``events``): UpstreamTimeout when the next event takes longer than the timeout,
+    UpstreamBroken when the answer breaks off or is not chunked server-sent events.
+    """
+
+    def __init__(
+        self, pool: UpstreamPool, base_url: ReplicaTarget | str, conn: _Conn, *, timeout: float, close: bool
+    ) -> None:
+        self._pool, self._base_url, self._conn = pool, base_url, conn
+        self._timeout, self._close = timeout, close
+        self._finished = False
+        self._closed = False
+
+    async def events(self) -> AsyncIterator[bytes]:
+        buffer = b""
+        try:
+            while True:
+                try:
+                    chunk = await asyncio.wait_for(_read_one_chunk(self._conn.reader), self._timeout)
+                except TimeoutError:
+                    raise UpstreamTimeout(f"no event within {self._timeout:g} s") from None
+                except (asyncio.IncompleteReadError, asyncio.LimitOverrunError, ValueError, ConnectionError, OSError):
+                    raise UpstreamBroken("the replica's stream broke off") from None
+                if chunk is None:
+                    break
+                buffer += chunk
+                while True:
+                    event, separator, rest = buffer.partition(b"\n\n")
+                    if not separator:
+                        break
+                    buffer = rest
+                    yield event + separator
+                if len(buffer) > MAX_EVENT_BYTES:
+                    raise UpstreamBroken(f"an event of the replica's stream is larger than {MAX_EVENT_BYTES} bytes")
+            self._finished = True
+            if buffer.strip():
+                yield buffer + b"\n\n"
+        finally:
+            await self.aclose()
+
+    async def aclose(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        if self._finished:
+            self._pool._release(self._base_url, self._conn, close=self._close)
+        else:
+            self._conn.close()  # the replica sees the client go and stops the model's stream
 
 
 class _StaleConnection(Exception):
@@ -188,6 +281,20 @@ def _parse_head(head: bytes) -> tuple[int, str, int | None, bool, bool]:
         elif name == b"connection" and value.strip().lower() == b"close":
             close = True
     return status, content_type, length, chunked, close
+
+
+async def _read_one_chunk(reader: asyncio.StreamReader) -> bytes | None:
+    """The next chunk of a chunked body; None after the last one (and its trailer) was read."""
+    size_line = await reader.readuntil(b"\r\n")
+    size = int(size_line.split(b";", 1)[0].strip(), 16)
+    if size == 0:
+        await reader.readuntil(b"\r\n")
+        return None
+    if size > MAX_EVENT_BYTES:
+        raise ValueError("chunk too large")
+    data = await reader.readexactly(size)
+    await reader.readexactly(2)
+    return data
 
 
 async def _read_chunked(reader: asyncio.StreamReader) -> bytes:

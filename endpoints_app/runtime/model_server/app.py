@@ -39,6 +39,9 @@ from endpoints_app.runtime.model_server.fastpath import FastInput
 from endpoints_app.runtime.model_server.metrics import METRICS_CONTENT_TYPE, Metrics
 from endpoints_app.runtime.model_server.responses import JSON_HEADERS, RequestError, error_body, method_not_allowed
 from endpoints_app.runtime.model_server.served_model import NOT_JSON, ParsedRequest, ServedModel
+from endpoints_app.runtime.model_server.streaming import Stream
+from endpoints_app.runtime.model_server.streaming import may_ask as may_ask_for_stream
+from endpoints_app.runtime.model_server.streaming import start as start_stream
 
 logger = logging.getLogger(__name__)
 
@@ -175,8 +178,11 @@ class ModelServerApp:
         try:
             try:
                 body = await self._invoke(scope, receive)
-                status = 200
-                await _send(send, 200, body, JSON_HEADERS)
+                if isinstance(body, Stream):  # "stream": true (streaming.py)
+                    status = await body.send(send, receive)
+                else:
+                    status = 200
+                    await _send(send, 200, body, JSON_HEADERS)
             except RequestError as exc:
                 status = exc.status
                 await _send_error(send, exc)
@@ -194,7 +200,7 @@ class ModelServerApp:
             self.last_request_at = time.monotonic()
             self.metrics.observe(status, (time.perf_counter() - started) * 1000.0)
 
-    async def _invoke(self, scope: Scope, receive: Receive) -> bytes:
+    async def _invoke(self, scope: Scope, receive: Receive) -> bytes | Stream:
         """Check the request, then parse, predict and serialise it in a worker thread."""
         if scope["method"] != "POST":
             raise method_not_allowed(scope["method"], "/invocations", "POST")
@@ -212,6 +218,10 @@ class ModelServerApp:
             raise _too_large()
         parse = _parser_for(model, content_type)
         body = await _read_body(receive)
+        if parse == model.parse_json and may_ask_for_stream(body):
+            stream = await start_stream(model, body, self.executor)
+            if stream is not None:
+                return stream
         if self.batcher is not None and parse == model.parse_json:
             return await self._invoke_fast(model, self.batcher, body)
         return await self._invoke_full(model, parse, body)

@@ -26,6 +26,7 @@ from types import FrameType
 from typing import Any
 
 import mlflow.pyfunc
+import mlflow.tracing
 import uvicorn
 
 from endpoints_app.runtime.model_server.app import ModelServerApp
@@ -162,6 +163,11 @@ def _load_in_background(app: ModelServerApp, server: uvicorn.Server, model_path:
             if not model_path.is_dir():
                 # Only local directories: a models:/ or runs:/ URI would reach out to a tracking server.
                 raise FileNotFoundError(f"model directory {str(model_path)!r} does not exist")
+            # A replica has no tracking server to send traces to (and its sandbox allows no
+            # outbound connection): left on, MLflow's tracing of agents' predict (ResponsesAgent,
+            # ChatAgent) would try to create a SQLite store in a read-only folder on every query,
+            # retrying with backoff for seconds before answering.
+            mlflow.tracing.disable()
             model = ServedModel(mlflow.pyfunc.load_model(str(model_path)))
         except BaseException as exc:
             # The summary comes first so that a one-line view of the log says why.
