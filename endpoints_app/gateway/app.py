@@ -40,7 +40,8 @@ from endpoints_app import access, access_generation, auth_throttle
 from endpoints_app.auth_header import token_from_header
 from endpoints_app.backends import get_backend
 from endpoints_app.errors import DomainError
-from endpoints_app.gateway import custom_models, guardrails, jsonbody, ratelimit, session
+from endpoints_app.gateway import custom_models, guardrails, jsonbody, ratelimit, responses_api, session
+from endpoints_app.gateway.custom_models import RESPONSES
 from endpoints_app.gateway.external import Answer, ExternalError, ExternalModels, StreamAnswer
 from endpoints_app.gateway.lru import LRU
 from endpoints_app.gateway.metrics import GatewayMetrics
@@ -68,7 +69,7 @@ OPENAI_ROUTES = {
     "chat/completions": CHAT,
     "completions": COMPLETIONS,
     "embeddings": EMBEDDINGS,
-    "responses": custom_models.RESPONSES,
+    "responses": RESPONSES,
 }
 # Every cache keyed by what a caller sends is bounded (gateway.lru): a flood of made-up names or
 # tokens churns the least recently used entries instead of growing the process.
@@ -354,6 +355,13 @@ class Gateway:
             call.table = table
         if openai_task is not None and table.exists:
             self._check_task(table, openai_task)
+        responses_request = None  # the Responses API on an external chat model (gateway.responses_api)
+        if openai_task == RESPONSES and table.task == CHAT:
+            responses_request = call.json
+            try:
+                call.json = responses_api.to_chat(call.json)
+            except responses_api.NotTranslatable as exc:
+                raise GatewayError(400, "INVALID_PARAMETER_VALUE", f"Invalid Responses API request: {exc}") from None
         policy = table.policy if table.exists else None
         if policy is not None:
             await self._before_query(policy, table, user_id, call)
@@ -370,6 +378,8 @@ class Gateway:
             result = await self._forward(table, entity, call.body, content_type, stream=stream)
         if policy is not None and policy.output_guardrail is not None:
             result = await self._guard_output(policy.output_guardrail, result)
+        if responses_request is not None:
+            result = _as_response(result, responses_request)
         return result
 
     async def _before_query(self, policy: GatewayPolicy, table: RouteTable, user_id: int, call: _Call) -> None:
@@ -480,7 +490,7 @@ class Gateway:
     def _check_task(table: RouteTable, task: str) -> None:
         """Custom models take every route (the model answers what it cannot read with a 400);
         external models the route of their task."""
-        if not table.task:
+        if not table.task or (task == RESPONSES and table.task == CHAT):
             return
         if table.task != task:
             route = next(path for path, t in OPENAI_ROUTES.items() if t == table.task)
@@ -873,6 +883,26 @@ async def _relay_stream(chunks: Any, send: Send, sent: bytearray) -> bool:
         if len(sent) <= MAX_PAYLOAD_BYTES:
             sent += chunk
     return True
+
+
+def _as_response(
+    result: tuple[int, dict[str, str], bytes] | StreamAnswer, request: dict[str, Any]
+) -> tuple[int, dict[str, str], bytes] | StreamAnswer:
+    """A chat model's answer to a Responses API request, as a Response (or its events); errors
+    are answered as they are."""
+    if isinstance(result, StreamAnswer):
+        result.chunks = responses_api.ResponsesStream(result.chunks, request, result.decoder).events()
+        return result
+    status, headers, body = result
+    if status != 200:
+        return result
+    try:
+        answer = jsonbody.loads(body)
+    except ValueError:
+        return result
+    if not isinstance(answer, dict):
+        return result
+    return status, headers, json.dumps(responses_api.from_chat(answer, request), separators=(",", ":")).encode()
 
 
 async def _client_gone(receive: Receive) -> None:
