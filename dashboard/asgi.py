@@ -1,6 +1,9 @@
 """ASGI entry: the inference gateway mounted beside Django (see endpoints_app.gateway.app), both
 behind the request-body size limits (endpoints_app.http_limits), which refuse an oversized body
-before Django spools it or the gateway reads it."""
+before Django spools it or the gateway reads it; /healthz, /readyz and /metrics answered in front
+of them (endpoints_app.api.operations); every answer with an X-Request-Id, which every log line
+written meanwhile carries (endpoints_app.observability.requestid). The process's heartbeat
+(resource use, for the fleet's /metrics) starts here."""
 
 import os
 
@@ -10,10 +13,14 @@ from django.core.asgi import get_asgi_application  # noqa: E402
 
 django_application = get_asgi_application()
 
+from endpoints_app.api import operations  # noqa: E402
 from endpoints_app.gateway.app import mount  # noqa: E402
 from endpoints_app.http_limits import limit_bodies  # noqa: E402
+from endpoints_app.observability import processes  # noqa: E402
+from endpoints_app.observability.requestid import RequestIdMiddleware  # noqa: E402
 
-application = limit_bodies(mount(django_application))
+application = RequestIdMiddleware(operations.mount(limit_bodies(mount(django_application))))
+processes.start("web")
 
 from dashboard.heap import freeze_startup_objects  # noqa: E402
 

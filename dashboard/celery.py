@@ -6,6 +6,8 @@ import os
 
 from celery import Celery
 
+from endpoints_app.observability import processes
+
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "dashboard.settings")
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 os.environ.setdefault("DO_NOT_TRACK", "true")
@@ -13,6 +15,7 @@ os.environ.setdefault("DO_NOT_TRACK", "true")
 app = Celery("modelfleet")
 app.config_from_object("django.conf:settings", namespace="CELERY")
 app.autodiscover_tasks(["endpoints_app"])
+processes.connect_celery_signals()  # the worker's and beat's heartbeats for /metrics
 
 
 @app.on_after_configure.connect

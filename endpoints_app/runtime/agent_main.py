@@ -19,7 +19,10 @@ def main(args: argparse.Namespace | None = None) -> int:
     import django
 
     django.setup()
+    from endpoints_app.observability import processes
     from endpoints_app.runtime import agent
+
+    processes.start("agent")  # the heartbeat /metrics reads
 
     return agent.run(args)
 
