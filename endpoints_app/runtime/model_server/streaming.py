@@ -27,7 +27,7 @@ import contextvars
 import json
 import logging
 from collections.abc import Awaitable, Callable, Iterator
-from concurrent.futures import Executor
+from concurrent.futures import Executor, Future
 from typing import Any
 
 from mlflow.exceptions import MlflowException
@@ -45,6 +45,9 @@ Send = Callable[[Message], Awaitable[None]]
 SSE_HEADERS = [(b"content-type", b"text/event-stream"), (b"cache-control", b"no-cache")]
 DONE = b"data: [DONE]\n\n"
 _END = object()  # what a step returns once the generator is exhausted
+# How long a stream whose client left waits for the chunk being made before closing the model's
+# generator (past that the generator is left to the garbage collector, which closes it too).
+STEP_WAIT_SECONDS = 30.0
 
 
 def may_ask(body: bytes) -> bool:
@@ -81,6 +84,7 @@ class Stream:
         self._first = first
         self._context = context
         self._executor = executor
+        self._step: Future[Any] | None = None  # the next() running on a predict thread, if any
 
     async def send(self, send: Send, receive: Receive) -> int:
         """Send the stream as server-sent events; the status to record (499 when the client
@@ -99,7 +103,6 @@ class Stream:
         return 200
 
     async def _relay(self, send: Send) -> None:
-        loop = asyncio.get_running_loop()
         await send({"type": "http.response.start", "status": 200, "headers": SSE_HEADERS})
         chunk = self._first
         while chunk is not _END:
@@ -112,7 +115,8 @@ class Stream:
                 return
             await _body(send, data)
             try:
-                chunk = await loop.run_in_executor(self._executor, self._context.run, _step, self._chunks)
+                self._step = self._executor.submit(self._context.run, _step, self._chunks)
+                chunk = await asyncio.wrap_future(self._step)
             except Exception as exc:
                 logger.warning("predict_stream raised %s: %s", type(exc).__name__, exc, exc_info=True)
                 message = client_message(f"The model's stream failed: {type(exc).__name__}: {exc}")
@@ -122,10 +126,14 @@ class Stream:
         await _body(send, DONE, more=False)
 
     async def _close(self) -> None:
-        """Close the generator (in its context, off the loop): a model mid-stream stops."""
+        """Close the generator (in its context, off the loop): a model mid-stream stops. A step
+        still running (the client left while the model made a chunk) is waited for first: a
+        generator cannot be closed while it runs."""
         close = getattr(self._chunks, "close", None)
         if close is None:
             return
+        if self._step is not None and not self._step.done():
+            await asyncio.wait({asyncio.wrap_future(self._step)}, timeout=STEP_WAIT_SECONDS)
         loop = asyncio.get_running_loop()
         try:
             await loop.run_in_executor(self._executor, self._context.run, close)
