@@ -801,13 +801,31 @@ def _texts(body: dict[str, Any]) -> Iterator[tuple[Callable[[str], None], str]]:
                     yield setter(value, index), part
                 elif isinstance(part, dict) and isinstance(part.get("text"), str):
                     yield setter(part, "text"), part["text"]
+                elif isinstance(part, dict) and "content" in part:  # a message among Responses API input items
+                    yield from walk_content(part, "content")
+                elif isinstance(part, dict) and isinstance(part.get("output"), str):  # a function call's output
+                    yield setter(part, "output"), part["output"]
 
     for message in body.get("messages") or ():
         if isinstance(message, dict) and "content" in message:
             yield from walk_content(message, "content")
-    for key in ("prompt", "input"):
+    for key in ("prompt", "input", "instructions"):
         if key in body:
             yield from walk_content(body, key)
+    # Agents' answers: a ResponsesAgent's output items, a ChatAgent's stream chunk ({"delta":
+    # message}), a Responses stream event (a text "delta", or the finished "item").
+    output = body.get("output")
+    for item in output if isinstance(output, list) else ():
+        if isinstance(item, dict) and "content" in item:
+            yield from walk_content(item, "content")
+    delta = body.get("delta")
+    if isinstance(delta, dict) and "content" in delta and delta["content"] is not None:
+        yield from walk_content(delta, "content")
+    elif isinstance(delta, str) and str(body.get("type", "")).endswith("text.delta"):
+        yield setter(body, "delta"), delta
+    item = body.get("item")
+    if isinstance(item, dict) and "content" in item:
+        yield from walk_content(item, "content")
     for choice in body.get("choices") or ():
         if not isinstance(choice, dict):
             continue
