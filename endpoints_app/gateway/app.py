@@ -15,8 +15,14 @@ An external model's entity is answered by its provider instead (``gateway.extern
 OpenAI-shaped request is translated to the provider's wire format and back, streamed as
 server-sent events with ``stream: true`` (a client that hangs up mid-stream closes the provider's
 stream too), and its token usage is counted. The OpenAI client's
-routes (``/serving-endpoints/chat/completions``, ``/completions``, ``/embeddings``) pick the
-endpoint by the body's ``model``.
+routes (``/serving-endpoints/chat/completions``, ``/completions``, ``/embeddings``,
+``/responses``) pick the endpoint by the body's ``model``; an external chat model answers the
+Responses API through a translation (``gateway.responses_api``).
+
+A custom model takes the OpenAI client's routes too (``gateway.custom_models``: MLflow's chat
+models and agents), and a body with ``"stream": true`` gets the replica's server-sent events
+relayed as they come (the model's ``predict_stream``; ``UpstreamPool.stream``), the replica
+counted busy until the stream ends and its connection closed when the client hangs up.
 """
 
 from __future__ import annotations
