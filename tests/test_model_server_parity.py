@@ -443,6 +443,12 @@ def test_the_corpus_has_answers_and_refusals_for_both_models(exchanges: list[Exc
     assert first["index"] == "Index:0"
 
 
+def test_our_servers_read_plain_tables_themselves(pairs: dict[str, Pair]) -> None:
+    """So the corpus above exercises the tables the full path builds, not only MLflow's."""
+    for pair in pairs.values():
+        assert "full path: plain tables read in one pass (tables of " in pair.ours.log()
+
+
 def test_every_accepted_request_gets_the_same_bytes(exchanges: list[Exchange]) -> None:
     differences = [
         _describe(e)
@@ -482,3 +488,123 @@ def test_what_differs_on_purpose_still_differs_as_documented(exchanges: list[Exc
             assert e.ours.content == next(
                 x.ours.content for x in exchanges if x.model == e.model and x.request.name == "charset=utf-8"
             )
+
+
+# -- in process: the tables the full path builds itself -------------------------------------------
+
+# Signatures for the table reader, and the JSON values each column type may be sent: mostly
+# values MLflow keeps or converts by numpy's rule, and some it converts by its own rules or
+# refuses (which the reader must leave to MLflow).
+SCHEMAS = {
+    "offer": OFFER_SIGNATURE.inputs,
+    "one string": Schema([ColSpec("string", "text")]),
+    "narrow numbers": Schema([ColSpec("float", "f"), ColSpec("integer", "i"), ColSpec("double", "d")]),
+}
+GOOD_VALUES: dict[str, list[Any]] = {
+    "string": ["paris", "lyon", "", "caf\u00e9", "a b", "x" * 40, "\u4e2d\u6587", "nul\x00", "in\x00side"],
+    "long": [0, 1, -7, 42, 2**40, -(2**62)],
+    "integer": [0, 3, -5, 2**30],
+    "double": [0.0, 1.5, -2.25, 1e300, 40, 2**62, 2**70, float("nan"), float("inf")],
+    "float": [0.5, -1.25, 3.4e38, 1e-45],
+    "boolean": [True, False],
+}
+ODD_VALUES: dict[str, list[Any]] = {
+    "string": [3, None, True, ["a"]],
+    "long": [1.0, 2.5, True, "3", None, 2**64, [1]],
+    "integer": [2**31, 1.0, False, "4", None],
+    "double": [True, "1.5", None, {"a": 1}],
+    "float": [1, True, "0.5", None, 1e40],
+    "boolean": [0, 1, "true", None],
+}
+
+
+def _value(rng: np.random.Generator, kind: str) -> Any:
+    pool = ODD_VALUES[kind] if rng.random() < 0.04 else GOOD_VALUES[kind]
+    return pool[int(rng.integers(len(pool)))]
+
+
+def _payloads(schema: Schema, rng: np.random.Generator, count: int) -> Iterator[dict[str, Any]]:
+    """Request bodies in every shape the reader knows, a few with odd values, columns or keys."""
+    names = schema.input_names()
+    kinds = [spec.type.name for spec in schema.inputs]
+    for position in range(count):
+        size = [1, 1, 2, 3, 7, 20][position % 6]
+        records = [{name: _value(rng, kind) for name, kind in zip(names, kinds, strict=True)} for _ in range(size)]
+        if rng.random() < 0.05:
+            del records[0][names[0]]
+        elif rng.random() < 0.05:
+            records[-1]["extra"] = 1
+        columns = list(names)
+        if rng.random() < 0.5:
+            rng.shuffle(columns)
+        shape = position % 9
+        body: dict[str, Any]
+        if shape == 0:
+            body = {"dataframe_records": records}
+        elif shape == 1:
+            body = {"instances": records}
+        elif shape == 2:
+            body = {"inputs": records}
+        elif shape == 3:
+            body = {"inputs": {name: [record.get(name) for record in records] for name in columns}}
+        elif shape == 4:
+            body = {"inputs": records[0]}
+        else:
+            split: dict[str, Any] = {"columns": columns, "data": [[r.get(c) for c in columns] for r in records]}
+            if shape == 6:
+                split["index"] = list(range(10, 10 + size))
+            elif shape == 7:
+                split["index"] = [f"row{i}" for i in range(size)]
+            elif shape == 8:
+                split["index"] = [1] * size  # repeated labels: left to MLflow
+            body = {"dataframe_split": split}
+        if rng.random() < 0.2:
+            body["params"] = {"threshold": 1.0}
+        elif rng.random() < 0.03:
+            body["comment"] = "a key MLflow ignores"
+        # As a client sends it: NaN travels as JSON's NaN extension, which Python reads back.
+        yield json.loads(json.dumps(body))
+
+
+def _mlflow_table(payload: dict[str, Any], model: Any) -> Any:
+    """What MLflow's scoring server parses and PyFuncModel.predict enforces: the model's input."""
+    from mlflow.pyfunc import _validate_prediction_input
+    from mlflow.pyfunc.scoring_server import _parse_json_data
+
+    schema = model.metadata.get_input_schema()
+    parsed = _parse_json_data(payload, model.metadata, schema)
+    table, _ = _validate_prediction_input(parsed.data, None, schema, None, model.loader_module)
+    return table
+
+
+class _Echo(PythonModel):
+    def predict(self, context, model_input, params=None):  # type: ignore[no-untyped-def]
+        """The table itself."""
+        return model_input
+
+
+@pytest.mark.parametrize("schema_name", list(SCHEMAS))
+def test_plain_tables_are_the_tables_mlflow_hands_the_model(schema_name: str, tmp_path: Path) -> None:
+    from endpoints_app.runtime.model_server.served_model import PlainTables
+
+    mlflow.pyfunc.save_model(
+        str(tmp_path / "echo"), python_model=_Echo(), signature=ModelSignature(SCHEMAS[schema_name])
+    )
+    model = mlflow.pyfunc.load_model(str(tmp_path / "echo"))
+    tables, note = PlainTables.for_model(model)
+    assert tables is not None, note
+    read = 0
+    for payload in _payloads(SCHEMAS[schema_name], np.random.default_rng(7), count=240):
+        ours = tables.read(payload)
+        try:
+            theirs = _mlflow_table(payload, model)
+        except Exception:
+            assert ours is None, payload  # never a table where MLflow refuses the request
+            continue
+        if ours is None:
+            continue
+        read += 1
+        pd.testing.assert_frame_equal(ours, theirs, check_exact=True, check_index_type=True, check_column_type=True)
+        assert type(ours.index) is type(theirs.index), payload
+        assert ours.dtypes.to_dict() == theirs.dtypes.to_dict(), payload
+    assert read >= 100  # most of the corpus is plain tables; the rest went to MLflow
