@@ -403,3 +403,130 @@ def test_every_answer_has_a_request_id_and_every_log_line_is_json(json_stack):
     assert processes_seen >= {"supervisor", "web", "worker", "beat"} and processes_seen & {"agent", "runtime"}
     not_found = [e for e in entries if e["request_id"] == "trace-e2e-42"]
     assert not_found and "Not Found: /no-such-page" in not_found[0]["message"], not_found
+
+
+# --- OpenTelemetry: gateway -> replica, only with an OTLP endpoint ---------------------------------
+
+
+class _Collector:
+    """An OTLP/HTTP trace receiver on loopback: what the exporter sends, decoded."""
+
+    def __init__(self) -> None:
+        import http.server
+        import threading
+
+        from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
+
+        spans = self.spans = []
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_POST(self):  # noqa: N802 - http.server's name
+                body = self.rfile.read(int(self.headers["Content-Length"]))
+                request = ExportTraceServiceRequest.FromString(body)
+                for resource_spans in request.resource_spans:
+                    for scope_spans in resource_spans.scope_spans:
+                        spans.extend(scope_spans.spans)
+                self.send_response(200)
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+
+            def log_message(self, *args):
+                pass
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_port}"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def _gateway_call_to_replica(app_wrapper) -> tuple[dict, list[bytes]]:
+    """A request through the middlewares to an app that calls a replica with the gateway's pool."""
+    from endpoints_app.gateway.upstream import UpstreamPool
+
+    replica_heads: list[bytes] = []
+
+    async def go() -> dict:
+        async def replica(reader, writer):
+            head = await reader.readuntil(b"\r\n\r\n")
+            length = int(re.search(rb"content-length: (\d+)", head, re.I).group(1))
+            await reader.readexactly(length)
+            replica_heads.append(head)
+            writer.write(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 2\r\n\r\n{}")
+            await writer.drain()
+            writer.close()
+
+        server = await asyncio.start_server(replica, "127.0.0.1", 0)
+        port = server.sockets[0].getsockname()[1]
+        pool = UpstreamPool()
+
+        async def gateway(scope, receive, send):
+            status, _, body = await pool.post(
+                f"http://127.0.0.1:{port}", "/invocations", b"{}", "application/json", timeout=5
+            )
+            await send({"type": "http.response.start", "status": status, "headers": []})
+            await send({"type": "http.response.body", "body": body})
+
+        from asgiref.testing import ApplicationCommunicator
+
+        scope = {
+            "type": "http",
+            "method": "POST",
+            "path": "/serving-endpoints/churn/invocations",
+            "query_string": b"",
+            "headers": [
+                (b"traceparent", b"00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"),
+                (b"x-request-id", b"rid-trace-1"),
+            ],
+        }
+        communicator = ApplicationCommunicator(app_wrapper(gateway), scope)
+        await communicator.send_input({"type": "http.request", "body": b"{}"})
+        start = await communicator.receive_output(10)
+        await communicator.receive_output(10)
+        await pool.aclose()
+        server.close()
+        return start
+
+    return asyncio.run(go()), replica_heads
+
+
+def test_without_an_otlp_endpoint_nothing_is_traced_or_sent(monkeypatch):
+    from endpoints_app.observability import tracing
+
+    for name in tracing.ENDPOINT_VARIABLES:
+        monkeypatch.delenv(name, raising=False)
+    assert tracing.setup("modelfleet") is False and not tracing.enabled()
+    start, heads = _gateway_call_to_replica(lambda app: requestid.RequestIdMiddleware(tracing.TracingMiddleware(app)))
+    assert start["status"] == 200
+    assert b"traceparent" not in heads[0].lower()
+
+
+def test_with_an_otlp_endpoint_the_request_and_its_replica_call_are_one_trace(monkeypatch):
+    from endpoints_app.observability import tracing
+
+    collector = _Collector()
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_ENDPOINT", collector.url)
+    try:
+        assert tracing.setup("modelfleet-test")
+        start, heads = _gateway_call_to_replica(
+            lambda app: requestid.RequestIdMiddleware(tracing.TracingMiddleware(app))
+        )
+    finally:
+        tracing.shutdown()  # exports what is pending, and tracing is off again for the other tests
+        collector.close()
+    assert start["status"] == 200
+    server = next(s for s in collector.spans if s.name == "POST /serving-endpoints/{name}/invocations")
+    client = next(s for s in collector.spans if s.name == "POST replica")
+    assert server.trace_id.hex() == "0af7651916cd43dd8448eb211c80319c"  # the caller's trace continues
+    assert server.parent_span_id.hex() == "b7ad6b7169203331"
+    assert client.trace_id == server.trace_id and client.parent_span_id == server.span_id
+    attributes = {a.key: a.value for a in server.attributes}
+    assert attributes["modelfleet.endpoint"].string_value == "churn"
+    assert attributes["modelfleet.request_id"].string_value == "rid-trace-1"
+    assert attributes["http.response.status_code"].int_value == 200
+    # The replica was told which span called it.
+    traceparent = re.search(rb"traceparent: 00-([0-9a-f]{32})-([0-9a-f]{16})-01", heads[0], re.I)
+    assert traceparent and traceparent.group(1).decode() == client.trace_id.hex()
+    assert traceparent.group(2).decode() == client.span_id.hex()

@@ -29,6 +29,7 @@ from collections import defaultdict
 from collections.abc import AsyncIterator
 from urllib.parse import urlparse
 
+from endpoints_app.observability import tracing
 from endpoints_app.runtime.credentials import ReplicaTarget, authorization
 
 IDLE_SECONDS = 4.0  # below uvicorn's 5 s keep-alive: never reuse a connection the server is closing
@@ -104,32 +105,35 @@ class UpstreamPool:
         auth = (
             f"Authorization: {authorization(base_url.credential)}\r\n" if isinstance(base_url, ReplicaTarget) else ""
         )
-        request = (
-            f"POST {path} HTTP/1.1\r\nHost: {host}:{port}\r\nContent-Type: {content_type}\r\n{auth}"
-            f"Content-Length: {len(body)}\r\n\r\n"
-        ).encode("latin-1") + body
-        deadline = time.monotonic() + timeout
-        while True:
-            conn, reused = await self._checkout(base_url, host, port)
-            try:
-                return await asyncio.wait_for(
-                    self._exchange(base_url, conn, request, stream=stream, timeout=timeout),
-                    max(0.001, deadline - time.monotonic()),
-                )
-            except _StaleConnection:
-                conn.close()
-                if reused:
-                    continue  # the replica closed this idle connection: try a fresh one
-                raise UpstreamUnreachable("the replica closed the connection before answering") from None
-            except TimeoutError:
-                conn.close()
-                raise UpstreamTimeout(f"no answer within {timeout:g} s") from None
-            except UpstreamError:
-                conn.close()
-                raise
-            except (ConnectionError, OSError) as exc:
-                conn.close()
-                raise UpstreamBroken(f"the connection broke while answering: {exc}") from None
+        with tracing.replica_call(host, port, path) as call:  # no span, no header unless tracing is on
+            request = (
+                f"POST {path} HTTP/1.1\r\nHost: {host}:{port}\r\nContent-Type: {content_type}\r\n{auth}"
+                f"{call.headers}Content-Length: {len(body)}\r\n\r\n"
+            ).encode("latin-1") + body
+            deadline = time.monotonic() + timeout
+            while True:
+                conn, reused = await self._checkout(base_url, host, port)
+                try:
+                    answer = await asyncio.wait_for(
+                        self._exchange(base_url, conn, request, stream=stream, timeout=timeout),
+                        max(0.001, deadline - time.monotonic()),
+                    )
+                    call.status(200 if isinstance(answer, UpstreamStream) else answer[0])
+                    return answer
+                except _StaleConnection:
+                    conn.close()
+                    if reused:
+                        continue  # the replica closed this idle connection: try a fresh one
+                    raise UpstreamUnreachable("the replica closed the connection before answering") from None
+                except TimeoutError:
+                    conn.close()
+                    raise UpstreamTimeout(f"no answer within {timeout:g} s") from None
+                except UpstreamError:
+                    conn.close()
+                    raise
+                except (ConnectionError, OSError) as exc:
+                    conn.close()
+                    raise UpstreamBroken(f"the connection broke while answering: {exc}") from None
 
     async def _checkout(self, base_url: ReplicaTarget | str, host: str, port: int) -> tuple[_Conn, bool]:
         idle = self._idle[base_url]
