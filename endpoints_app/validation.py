@@ -130,6 +130,17 @@ def require_object(value: Any, where: str) -> dict[str, Any]:
     return value
 
 
+def string_field(data: dict[str, Any], key: str) -> str:
+    """``data[key]`` when it is a string, "" when it is missing or null; any other JSON (a number,
+    an object) is refused rather than turned into its text."""
+    value = data.get(key)
+    if value is None:
+        return ""
+    if not isinstance(value, str):
+        raise InvalidParameterValue(f"{key} must be a string, got {_type_name(value)}")
+    return value
+
+
 def _type_name(value: Any) -> str:
     return {dict: "an object", list: "an array", str: "a string", bool: "a boolean", type(None): "null"}.get(
         type(value), "a number"

@@ -45,6 +45,29 @@ def test_admins_create_users_set_roles_and_deactivate(admin_api):
     assert admin_api.patch("/api/2.0/modelfleet/users/nobody", {"role": "viewer"}, format="json").status_code == 404
 
 
+@pytest.mark.parametrize(
+    ("path", "field"),
+    [
+        ("/api/2.0/modelfleet/groups", "name"),
+        ("/api/2.0/modelfleet/users", "username"),
+        ("/api/2.0/modelfleet/tokens", "user"),
+        ("/api/2.0/modelfleet/change-requests", "action"),
+    ],
+)
+@pytest.mark.parametrize("value", [{"a": 1}, ["ml-team"], 7, True])
+def test_names_that_are_not_strings_are_refused_not_turned_into_text(admin_api, path, field, value):
+    # Before, a group created from {"name": {"a": 1}} was named "{'a': 1}".
+    from django.contrib.auth import get_user_model
+    from django.contrib.auth.models import Group
+
+    body = {field: value, "endpoint_name": "e"} if field == "action" else {field: value}
+    response = admin_api.post(path, body, format="json")
+    assert response.status_code == 400, response.content
+    assert response.json()["error_code"] == "INVALID_PARAMETER_VALUE"
+    assert f"{field} must be a string" in response.json()["message"]
+    assert not Group.objects.exists() and get_user_model().objects.count() == 1
+
+
 def test_non_admins_cannot_manage_users(api):
     assert api.get("/api/2.0/modelfleet/users").status_code == 403
     assert api.post("/api/2.0/modelfleet/users", {"username": "x"}, format="json").status_code == 403

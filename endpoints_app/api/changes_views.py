@@ -13,7 +13,7 @@ from endpoints_app.filters import ChangeRequestFilterSet
 from endpoints_app.models import ApprovalPolicy
 from endpoints_app.selectors import change_request_for, change_requests_for
 from endpoints_app.services import approval_policies, changes, proposals
-from endpoints_app.validation import require_object
+from endpoints_app.validation import require_object, string_field
 
 
 def _comment(request: AuthenticatedRequest) -> str:
@@ -39,7 +39,7 @@ class ChangeRequestListView(ApiView):
         if not isinstance(name, str) or not name:
             raise InvalidParameterValue("endpoint_name is required")
         change = proposals.propose(
-            actor=request.user, endpoint_name=name, action=str(body.get("action") or ""), body=body.get("body")
+            actor=request.user, endpoint_name=name, action=string_field(body, "action"), body=body.get("body")
         )
         return Response(serialize_change_request(change))
 

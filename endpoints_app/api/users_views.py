@@ -17,7 +17,7 @@ from endpoints_app.filters import TokenFilterSet
 from endpoints_app.models import AccessToken, Role
 from endpoints_app.services import tokens as token_services
 from endpoints_app.services import users as user_services
-from endpoints_app.validation import require_object
+from endpoints_app.validation import require_object, string_field
 
 
 def _require_admin(request: AuthenticatedRequest) -> None:
@@ -39,7 +39,7 @@ class UserListView(ApiView):
             raise InvalidParameterValue("email must be a string of at most 254 characters")
         user = user_services.create_user(
             actor=request.user,
-            username=str(body.get("username") or ""),
+            username=string_field(body, "username"),
             email=email,
             role=body.get("role"),
             password=body.get("password") if isinstance(body.get("password"), str) else None,
@@ -78,7 +78,7 @@ class TokenListView(ApiView):
         owner = request.user
         if body.get("user") and body["user"] != request.user.get_username():
             _require_admin(request)
-            owner = user_services.get_user(str(body["user"]))
+            owner = user_services.get_user(string_field(body, "user"))
         comment = body.get("comment") or ""
         if not isinstance(comment, str) or len(comment) > 255:
             raise InvalidParameterValue("comment must be a string of at most 255 characters")
@@ -106,7 +106,7 @@ class GroupListView(ApiView):
     def post(self, request: AuthenticatedRequest) -> Response:
         _require_admin(request)
         body = require_object(request_body(request), "request body")
-        group = user_services.create_group(actor=request.user, name=str(body.get("name") or ""))
+        group = user_services.create_group(actor=request.user, name=string_field(body, "name"))
         return Response(serialize_group(group))
 
 
