@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 export MLFLOW_DISABLE_TELEMETRY := true
 export DO_NOT_TRACK := true
 
-.PHONY: run setup install browser test test-fast lint bench clean
+.PHONY: run setup install browser test test-fast lint bench clean wheel
 
 run: install
 	$(BIN)/modelfleet up
@@ -23,9 +23,14 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install --quiet -e '.[dev]'
 	touch $(STAMP)
 
-node_modules/.installed: package.json
-	npm install --no-audit --no-fund --loglevel=error
+# Exactly the versions package-lock.json pins (as the image does).
+node_modules/.installed: package.json package-lock.json
+	npm ci --no-audit --no-fund --loglevel=error
 	touch node_modules/.installed
+
+# The wheel carries the templates, static files and the pages' npm files (setup.py copies them in).
+wheel: install
+	$(BIN)/python -m pip wheel --no-deps --wheel-dir dist .
 
 # The dashboard's browser tests drive Debian's Chromium through Playwright (no browser download).
 browser:
@@ -46,7 +51,7 @@ lint: install
 	$(BIN)/mypy
 
 clean:
-	rm -rf $(VENV) node_modules var
+	rm -rf $(VENV) node_modules var build dist
 
 # The benchmarks start `mlflow models serve`, which runs a bare `uvicorn`: the venv's bin goes first on PATH.
 # bench_models.py installs Debian's wrk (the load generator) when it is missing.
