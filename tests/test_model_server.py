@@ -509,6 +509,7 @@ MODULE_ORDER = [
     "served_model",
     "batching",
     "metrics",
+    "streaming",
     "app",
     "server",
     "standby",
