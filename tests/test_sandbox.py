@@ -227,6 +227,13 @@ def sandboxed_endpoint(stack: Stack, sdk, probe_model: str, django_user_model) -
     return Replica.objects.get(deployment__endpoint__name=ENDPOINT, state=ReplicaState.READY)
 
 
+def _cli_profile() -> Path:
+    profile = Path.home() / ".modelfleetcfg-sandbox-probe"
+    profile.write_text("[DEFAULT]\nhost = http://127.0.0.1:1\ntoken = mf-not-a-real-token\n")
+    profile.chmod(0o600)
+    return profile
+
+
 def control_plane_targets(stack: Stack, other_replica_port: int) -> dict:
     """Everything of the control plane the model must not reach, named as issue 11 names it."""
     data_dir = Path(settings.DATA_DIR)
@@ -238,6 +245,9 @@ def control_plane_targets(stack: Stack, other_replica_port: int) -> dict:
         "secret_key": data_dir / "secret_key",
         "admin-credentials.json": data_dir / "admin-credentials.json",
         "a file in DATA_DIR": canary,
+        # The CLI profile holds a token in the user's home directory (~/.modelfleetcfg, as
+        # ~/.databrickscfg does for the Databricks CLI): a stand-in with the same mode.
+        "the CLI profile in the home directory": _cli_profile(),
     }
     database = settings.DATABASES["default"]
     tcp = {"the gateway": ("127.0.0.1", urlparse(stack.url).port), "another replica": ("127.0.0.1", other_replica_port)}
@@ -266,7 +276,9 @@ def test_a_hostile_model_reaches_nothing_of_the_control_plane(  # type: ignore[n
 ):
     port, accepted = listener
     spec = control_plane_targets(stack, port)
-    assert {"secrets_key", "secret_key", "a file in DATA_DIR"} <= set(spec["files"])  # real targets
+    assert {"secrets_key", "secret_key", "a file in DATA_DIR", "the CLI profile in the home directory"} <= set(
+        spec["files"]
+    )  # real targets
     spec["files"].update(other_deployment)
     # Writes: another deployment's files, and /dev/shm, which every process of the host shares.
     spec["writes"] = {**other_deployment, "/dev/shm": "/dev/shm/modelfleet-replica-channel"}
