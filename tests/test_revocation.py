@@ -213,6 +213,9 @@ def setup(webs, provider, transactional_db, django_user_model) -> Setup:  # type
 
 def test_a_grant_and_a_revoke_reach_every_process_within_a_second(setup, django_user_model):
     bob, token = _person(django_user_model, "bob", Role.VIEWER)
+    # What is timed is the grant reaching each process, not a cold route table or a first
+    # connection to the provider: the admin's queries warm those (under load they took ~0.5 s).
+    setup.warm(setup.admin, 200)
     setup.warm(token, 403)  # CAN_VIEW only: both processes cache that
     setup.grant(user_name="bob")
     assert setup.seconds_until(token, 200) < DEADLINE_SECONDS
