@@ -437,9 +437,10 @@ LOGGING = {
         # One line per query to an external model provider is noise (the gateway counts queries).
         "httpx": {"level": "WARNING"},
         # uvicorn configures its own handlers before Django loads; these take them over, so its
-        # lines have the same format (and are JSON when asked).
-        "uvicorn": {"handlers": ["console"], "propagate": False},
-        "uvicorn.access": {"handlers": ["console"], "propagate": False},
+        # lines have the same format (and are JSON when asked). Its start-up chatter stays out, as
+        # `modelfleet up`'s --log-level warning always kept it; its errors still show.
+        "uvicorn": {"handlers": ["console"], "propagate": False, "level": "WARNING"},
+        "uvicorn.access": {"handlers": ["console"], "propagate": False, "level": "WARNING"},
     },
 }
 

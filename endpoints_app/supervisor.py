@@ -69,7 +69,8 @@ def _json_child_line(name: str, line: str) -> str:
         except ValueError:
             entry = None
         if isinstance(entry, dict):
-            entry.setdefault("process", name)
+            if entry.get("process") in (None, "-"):  # logged before the child named its role
+                entry["process"] = name
             return json.dumps(entry, ensure_ascii=False)
     return logformat.json_line(line, logger=name, process=name)
 
