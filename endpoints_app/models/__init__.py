@@ -33,6 +33,7 @@ from endpoints_app.models.runtime import (
     ScalingDecision,
 )
 from endpoints_app.models.secrets import Secret, SecretAcl, SecretBackendType, SecretPermission, SecretScope
+from endpoints_app.models.sso import GroupRoleMapping, SsoIdentity
 from endpoints_app.models.tokens import AccessToken
 from endpoints_app.models.usage import UsageRecord
 
@@ -78,4 +79,6 @@ __all__ = [
     "SecretPermission",
     "SecretScope",
     "ServedEntity",
+    "GroupRoleMapping",
+    "SsoIdentity",
 ]
