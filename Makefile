@@ -3,6 +3,14 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+# Test-only: databricks-langchain and its Databricks helpers, installed without their declared
+# dependencies (unitycatalog-ai pins databricks-sdk<=0.94, databricks-connect and numpy<2, which
+# would downgrade what the project runs on); their ordinary dependencies are resolved normally.
+CLIENT_TEST_PACKAGES := databricks-langchain==0.21.0 databricks-ai-bridge==0.22.0 databricks-ai-search==0.81 \
+	databricks-mcp==0.9.2 databricks-openai==0.18.0 unitycatalog-langchain==0.4.0 unitycatalog-ai==0.4.0 \
+	unitycatalog-client==0.4.1 unitycatalog-openai==0.2.0
+CLIENT_TEST_DEPS := aiohttp aiohttp-retry cloudpickle deprecation langchain langchain-community \
+	langchain-mcp-adapters mcp nest-asyncio openai-agents python-dateutil tabulate tiktoken
 export MLFLOW_DISABLE_TELEMETRY := true
 export DO_NOT_TRACK := true
 
@@ -21,6 +29,8 @@ $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	$(BIN)/python -m pip install --quiet $(CLIENT_TEST_DEPS)
+	$(BIN)/python -m pip install --quiet --no-deps $(CLIENT_TEST_PACKAGES)
 	touch $(STAMP)
 
 # Exactly the versions package-lock.json pins (as the image does).
