@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+from collections.abc import Mapping
 
 from django.http import JsonResponse
 from django.urls import URLPattern, path
@@ -64,9 +65,10 @@ class TokenView(OAuthView):
                 429, "slow_down", "REQUEST_LIMIT_EXCEEDED", throttle.message, retry_after=throttle.retry_after
             )
         try:
-            form = {str(k): str(v) for k, v in request.data.items()}
+            data = request.data
         except APIException as exc:  # not a form (415) or unreadable
             return _error(400, "invalid_request", "MALFORMED_REQUEST", f"Send a form body ({FORM}): {exc}")
+        form = {str(k): str(v) for k, v in data.items()} if isinstance(data, Mapping) else {}
         basic = None
         try:
             basic = _basic_credentials(request.headers.get("Authorization"))
