@@ -1,7 +1,8 @@
 """The approval gate: whether a change applies now or waits for an approver.
 
 Every service that changes what the fleet serves or who may touch it (``services.endpoints``:
-create, config and traffic split, tags, delete; ``services.ai_gateway``; ``services.permissions``;
+create, config and traffic split, tags, delete, email notifications, telemetry;
+``services.ai_gateway``: its settings and the legacy rate limits; ``services.permissions``;
 ``services.approval_policies``) checks access and then calls ``admit`` once, before it writes.
 No interface asks the gate on its own: the API, the pages and approved change requests reach it
 only through those services (pages ask ``approval_required`` to show a notice, never to decide).
@@ -10,9 +11,9 @@ The rule: a change to an endpoint that an approval policy covers (by name, or by
 must be approved, unless its author is an approver or an admin. When it must, the caller chose
 what happens: ``"refuse"`` (the API: 403 naming the change request to propose instead) or
 ``"propose"`` (the dashboard: the change request is opened and the page sends the user to it).
-Permission and approval-policy changes are not covered by any policy (policies guard what an
-endpoint serves, and only admins set them), but pass the same gate so a rule for them would land
-here. An approved change request stands in for the gate: ``changes.approve`` claimed it after
+Permission, approval-policy, notification and telemetry changes are not covered by any policy
+(policies guard what an endpoint serves, and only admins set them), but pass the same gate so a
+rule for them would land here. An approved change request stands in for the gate: ``changes.approve`` claimed it after
 checking its approver's role, so applying it does not ask again.
 """
 
