@@ -28,6 +28,7 @@ from dashboard.env import (
     env_url,
     env_url_map,
 )
+from dashboard.oidc_env import env_group_roles, env_issuer
 from endpoints_app.egress import parse_allow_list
 from endpoints_app.observability import logformat
 
@@ -133,7 +134,30 @@ CONTENT_SECURITY_POLICY = (
 # (429) for the rest of the window; counted in Redis, shared by every process.
 AUTH_FAILURE_LIMIT = env_int("MODELFLEET_AUTH_FAILURE_LIMIT", 10, minimum=1)
 AUTH_FAILURE_WINDOW_SECONDS = env_int("MODELFLEET_AUTH_FAILURE_WINDOW_SECONDS", 300, minimum=1)
-AUTHENTICATION_BACKENDS = ["endpoints_app.auth_throttle.ThrottledModelBackend"]
+# The throttled password backend (which refuses when MODELFLEET_LOCAL_LOGIN is false), and the one
+# that keeps single sign-on sessions.
+AUTHENTICATION_BACKENDS = ["endpoints_app.pages.sso.LocalLoginBackend", "endpoints_app.pages.sso.SsoBackend"]
+
+# --- single sign-on: OpenID Connect (endpoints_app.pages.sso, endpoints_app.services.sso) --------
+# The provider's issuer URL (discovery at ISSUER/.well-known/openid-configuration); unset: no SSO.
+OIDC_ISSUER = env_issuer("MODELFLEET_OIDC_ISSUER")
+OIDC_CLIENT_ID = env_str("MODELFLEET_OIDC_CLIENT_ID", "")
+OIDC_CLIENT_SECRET = env_str("MODELFLEET_OIDC_CLIENT_SECRET", "")
+OIDC_SCOPES = env_str("MODELFLEET_OIDC_SCOPES", "openid email profile")
+OIDC_GROUPS_CLAIM = env_str("MODELFLEET_OIDC_GROUPS_CLAIM", "groups")
+OIDC_USERNAME_CLAIM = env_str("MODELFLEET_OIDC_USERNAME_CLAIM", "preferred_username")
+OIDC_PROVIDER_NAME = env_str("MODELFLEET_OIDC_PROVIDER_NAME", "single sign-on")  # the button's label
+# Provider group → global role, for groups with no mapping set through the API.
+OIDC_GROUP_ROLES = env_group_roles("MODELFLEET_OIDC_GROUP_ROLES")
+if OIDC_ISSUER and not (OIDC_CLIENT_ID and OIDC_CLIENT_SECRET):
+    raise EnvError("MODELFLEET_OIDC_ISSUER needs MODELFLEET_OIDC_CLIENT_ID and MODELFLEET_OIDC_CLIENT_SECRET")
+if "openid" not in OIDC_SCOPES.split():
+    raise EnvError(f"MODELFLEET_OIDC_SCOPES={OIDC_SCOPES!r} must include openid")
+# Password sign-in (dashboard and admin); when false only the break-glass admin may use it.
+LOCAL_LOGIN = env_bool("MODELFLEET_LOCAL_LOGIN", True)
+BREAK_GLASS_ADMIN = env_str("MODELFLEET_BREAK_GLASS_ADMIN", "admin")
+if not LOCAL_LOGIN and not OIDC_ISSUER:
+    raise EnvError("MODELFLEET_LOCAL_LOGIN=false needs single sign-on (MODELFLEET_OIDC_ISSUER)")
 
 # --- database -------------------------------------------------------------------------------
 _database_url = env_str("DATABASE_URL")
@@ -349,6 +373,7 @@ TEMPLATES = [
                 "django.contrib.auth.context_processors.auth",
                 "django.contrib.messages.context_processors.messages",
                 "endpoints_app.pages.context.navigation",
+                "endpoints_app.pages.sso.sign_in_options",
             ],
         },
     },

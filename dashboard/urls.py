@@ -16,6 +16,7 @@ from endpoints_app.api import (
     payloads_views,
     permissions_views,
     secrets_views,
+    sso_views,
     usage_views,
     users_views,
 )
@@ -62,4 +63,5 @@ urlpatterns += (
     + openapi_views.urlpatterns
     + endpoint_settings_views.urlpatterns
     + oauth_views.urlpatterns
+    + sso_views.urlpatterns
 )

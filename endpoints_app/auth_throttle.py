@@ -83,8 +83,9 @@ def check(address: str, *, now: float | None = None) -> Throttle | None:
 
 
 def record_failure(address: str, *, kind: str, tried: str, now: float | None = None) -> int:
-    """Count one failure (``kind``: "password" or "token"; ``tried``: a username or a token's
-    first characters, never a secret) and write the window's audit rows. Returns the count."""
+    """Count one failure (``kind``: "password", "token" or "sso"; ``tried``: a username, a token's
+    first characters or what failed in a single sign-on, never a secret) and write the window's
+    audit rows. Returns the count."""
     now = time.time() if now is None else now
     number, _ = _window(now)
     key = _key(number, address)
@@ -102,7 +103,7 @@ def record_failure(address: str, *, kind: str, tried: str, now: float | None = N
         "window_start": int(number * settings.AUTH_FAILURE_WINDOW_SECONDS),
         "window_seconds": settings.AUTH_FAILURE_WINDOW_SECONDS,
     }
-    object_type = "user" if kind == "password" else "token"
+    object_type = {"password": "user", "sso": "sso"}.get(kind, "token")
     if of_kind == 1:
         audit.record(
             actor=None,

@@ -29,6 +29,7 @@ from endpoints_app.models import (
     AccessToken,
     AlertRule,
     ApprovalPolicy,
+    GroupRoleMapping,
     ChangeRequest,
     Endpoint,
     EndpointPermission,
@@ -100,6 +101,9 @@ GLOBAL_ROUTES = [
     Row("post", "/api/2.0/modelfleet/tokens", {"user": "{user}", "comment": "theirs"}, ADMIN),
     Row("delete", "/api/2.0/modelfleet/tokens/{token}", None, ADMIN, denied=404),
     Row("get", "/api/2.0/modelfleet/audit-events", None, ADMIN),
+    Row("get", "/api/2.0/modelfleet/group-role-mappings", None, ADMIN),
+    Row("put", "/api/2.0/modelfleet/group-role-mappings/ml-eng", {"role": "editor"}, ADMIN),
+    Row("delete", "/api/2.0/modelfleet/group-role-mappings/{group}", None, ADMIN),
     Row("get", f"{S}/scopes/list", None, ANY),
     Row("post", f"{S}/scopes/create", {"scope": "new-scope"}, CREATORS),
     Row("get", "/api/2.0/modelfleet/openapi.json", None, ANY),
@@ -158,6 +162,7 @@ def make_world(api, registered_models, django_user_model) -> dict[str, str]:  # 
     member = django_user_model.objects.create_user("member", "member@example.com", "pw-123456789")
     member.groups.add(group)
     policy = ApprovalPolicy.objects.create(tag_key="env", tag_value="staging")
+    GroupRoleMapping.objects.create(group_name="team", role=Role.VIEWER)
     secret_services.create_scope(actor=author, scope="team")
     secret_services.put_secret(actor=author, scope="team", key="db-key", string_value="s3cr3t-value")
     return {

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from endpoints_app.pages import account, ai_gateway, approvals, audit, edit, endpoint, fleet, models, secrets
+from endpoints_app.pages import account, ai_gateway, approvals, audit, edit, endpoint, fleet, models, secrets, sso
 
 urlpatterns = (
     account.urlpatterns
@@ -14,4 +14,5 @@ urlpatterns = (
     + approvals.urlpatterns
     + audit.urlpatterns
     + secrets.urlpatterns
+    + sso.urlpatterns
 )
