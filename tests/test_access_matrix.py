@@ -29,10 +29,10 @@ from endpoints_app.models import (
     AccessToken,
     AlertRule,
     ApprovalPolicy,
-    GroupRoleMapping,
     ChangeRequest,
     Endpoint,
     EndpointPermission,
+    GroupRoleMapping,
     Role,
     UserProfile,
 )
