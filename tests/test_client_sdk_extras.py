@@ -181,6 +181,23 @@ def test_a_route_optimized_endpoint_is_queried_through_its_data_plane(
         f"{stack.url}/serving-endpoints/elsewhere/invocations", json=body, headers=data_plane, timeout=30
     )
     assert elsewhere.status_code == 404  # quinn cannot see it: as for any token of hers
+    elsewhere_id = sdk.serving_endpoints.get("elsewhere").id
+    sdk.serving_endpoints.update_permissions(
+        elsewhere_id,
+        access_control_list=[
+            ServingEndpointAccessControlRequest(
+                user_name="quinn", permission_level=ServingEndpointPermissionLevel.CAN_QUERY
+            )
+        ],
+    )
+
+    def refused_elsewhere() -> bool:
+        answer = requests.post(
+            f"{stack.url}/serving-endpoints/elsewhere/invocations", json=body, headers=data_plane, timeout=30
+        )
+        return answer.status_code == 403 and "queries another endpoint" in answer.json()["message"]
+
+    within(2, refused_elsewhere)  # she may query it, but not with this token
     assert requests.get(f"{stack.url}/api/2.0/serving-endpoints", headers=data_plane, timeout=10).status_code == 401
     # quinn's workspace token works on the API as she does; she may query, not manage.
     with pytest.raises(PermissionDenied):
