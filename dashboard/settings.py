@@ -1,6 +1,6 @@
 """Django settings. Everything that differs between machines comes from the environment.
 
-See README "Settings" for the list; `dashboard.env` parses each value strictly.
+See docs/settings.md for the list; `dashboard.env` parses each value strictly.
 """
 
 from __future__ import annotations
@@ -82,7 +82,7 @@ if ENVIRONMENT == "production" and (_secret_key is None or len(_secret_key) < 50
 # (endpoints_app.encryption); every process that reads secrets must see the same key.
 SECRETS_KEY = env_fernet_key("MODELFLEET_SECRETS_KEY")
 
-# --- web security (README "Settings"): every value parsed strictly, a bad one stops start-up ----
+# --- web security (docs/settings.md): every value parsed strictly, a bad one stops start-up ----
 _HOST_RE = re.compile(r"^(\*|\.?[A-Za-z0-9](?:[A-Za-z0-9.-]*[A-Za-z0-9])?|\[[0-9A-Fa-f:.]+\])$")
 _ORIGIN_RE = re.compile(r"^https?://(\*\.)?[A-Za-z0-9.-]+(:\d{1,5})?$|^https?://\[[0-9A-Fa-f:.]+\](:\d{1,5})?$")
 
