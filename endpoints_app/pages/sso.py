@@ -131,7 +131,8 @@ def sso_login(request: HttpRequest) -> HttpResponse:
 @require_GET
 def sso_callback(request: HttpRequest) -> HttpResponse:
     client = provider()
-    if client is None:
+    issuer = settings.OIDC_ISSUER
+    if client is None or issuer is None:
         raise Http404("Single sign-on is not configured")
     throttled = _throttled(request)
     if throttled is not None:
@@ -149,7 +150,7 @@ def sso_callback(request: HttpRequest) -> HttpResponse:
             if extra.get("sub") != claims.get("sub"):
                 raise SsoError("the userinfo answer is about another subject")
             claims = {**extra, **claims}
-        user = sso_services.sign_in(issuer=settings.OIDC_ISSUER, claims=claims)
+        user = sso_services.sign_in(issuer=issuer, claims=claims)
     except AuthlibBaseError as exc:  # state mismatch, provider errors (error=access_denied…)
         return _failed(request, exc.description or exc.error or type(exc).__name__)
     except JoseError as exc:  # signature, issuer, audience, expiry, nonce
