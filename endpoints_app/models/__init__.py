@@ -32,6 +32,7 @@ from endpoints_app.models.runtime import (
     RuntimeHost,
     ScalingDecision,
 )
+from endpoints_app.models.scim import ScimGroup, ScimUser
 from endpoints_app.models.secrets import Secret, SecretAcl, SecretBackendType, SecretPermission, SecretScope
 from endpoints_app.models.sso import GroupRoleMapping, SsoIdentity
 from endpoints_app.models.tokens import AccessToken
@@ -80,5 +81,7 @@ __all__ = [
     "SecretScope",
     "ServedEntity",
     "GroupRoleMapping",
+    "ScimGroup",
+    "ScimUser",
     "SsoIdentity",
 ]
