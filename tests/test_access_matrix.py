@@ -100,6 +100,11 @@ GLOBAL_ROUTES = [
     Row("post", "/api/2.0/modelfleet/tokens", {"comment": "mine"}, ANY),
     Row("post", "/api/2.0/modelfleet/tokens", {"user": "{user}", "comment": "theirs"}, ADMIN),
     Row("delete", "/api/2.0/modelfleet/tokens/{token}", None, ADMIN, denied=404),
+    Row("patch", "/api/2.0/modelfleet/users/{user}", {"max_token_lifetime_seconds": 86400}, ADMIN),
+    Row("post", "/api/2.0/token/create", {"comment": "mine", "lifetime_seconds": 600}, ANY),
+    Row("get", "/api/2.0/token/list", None, ANY),  # the caller's own
+    # Only the caller's own tokens: someone else's is not found, for admins too.
+    Row("post", "/api/2.0/token/delete", {"token_id": "{token}"}, ANY, allowed_status=404, says="does not exist"),
     Row("get", "/api/2.0/modelfleet/audit-events", None, ADMIN),
     Row("get", "/api/2.0/modelfleet/group-role-mappings", None, ADMIN),
     Row("put", "/api/2.0/modelfleet/group-role-mappings/ml-eng", {"role": "editor"}, ADMIN),
@@ -439,6 +444,8 @@ CLI_VERBS = [
     Verb(("tokens", "list"), rule=ANY),
     Verb(("tokens", "create", "--comment", "mine"), rule=ANY),
     Verb(("tokens", "create", "--user", "{user}", "--comment", "theirs"), rule=ADMIN),
+    Verb(("tokens", "create", "--comment", "expiring", "--lifetime-seconds", "600"), rule=ANY),
+    Verb(("users", "set-max-token-lifetime", "{user}", "86400"), rule=ADMIN),
     Verb(("tokens", "revoke", "{token}"), rule=ADMIN),
     Verb(("audit", "list"), rule=ADMIN),
     Verb(("audit", "export"), rule=ADMIN),

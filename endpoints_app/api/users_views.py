@@ -1,6 +1,10 @@
-"""Administration API: users and roles (admins), personal access tokens (admins, or your own)."""
+"""Administration API: users and roles (admins), personal access tokens (admins, or your own), and
+Databricks' token API (``/api/2.0/token/create|list|delete``: your own tokens, as the SDK's
+``w.tokens`` calls it)."""
 
 from __future__ import annotations
+
+import re
 
 from django.contrib.auth import get_user_model
 from django.contrib.auth.models import Group
@@ -8,7 +12,7 @@ from django.urls import path
 from rest_framework.response import Response
 
 from endpoints_app import access
-from endpoints_app.api.serializers.tokens import serialize_token
+from endpoints_app.api.serializers.tokens import serialize_token, serialize_token_info
 from endpoints_app.api.serializers.users import serialize_group
 from endpoints_app.api.views import ApiView, request_body
 from endpoints_app.authenticated import AuthenticatedRequest
@@ -54,12 +58,17 @@ class UserDetailView(ApiView):
         user = user_services.get_user(username)
         if "role" in body:
             user_services.set_role(actor=request.user, user=user, role=body["role"])
+        if "max_token_lifetime_seconds" in body:
+            seconds = token_services.parse_lifetime(body["max_token_lifetime_seconds"], "max_token_lifetime_seconds")
+            token_services.set_max_lifetime(actor=request.user, user=user, seconds=seconds)
         if body.get("active") is False:
             user_services.deactivate(actor=request.user, user=user)
         elif "active" in body and body["active"] is not True:
             raise InvalidParameterValue("active may only be set to false (deactivate)")
         user.refresh_from_db()
-        return Response(user_services.user_snapshot(user))
+        return Response(
+            {**user_services.user_snapshot(user), "max_token_lifetime_seconds": token_services.max_lifetime(user)}
+        )
 
 
 class TokenListView(ApiView):
@@ -79,12 +88,60 @@ class TokenListView(ApiView):
         if body.get("user") and body["user"] != request.user.get_username():
             _require_admin(request)
             owner = user_services.get_user(string_field(body, "user"))
-        comment = body.get("comment") or ""
-        if not isinstance(comment, str) or len(comment) > 255:
-            raise InvalidParameterValue("comment must be a string of at most 255 characters")
-        token, raw = token_services.create_token(user=owner, comment=comment, actor=request.user)
+        token, raw = token_services.create_token(
+            user=owner,
+            comment=_comment(body),
+            actor=request.user,
+            lifetime_seconds=token_services.parse_lifetime(body.get("lifetime_seconds")),
+        )
         # The only time the token is shown: it is stored as a hash.
         return Response({**serialize_token(token), "token": raw})
+
+
+def _comment(body: dict) -> str:
+    comment = body.get("comment") or ""
+    if not isinstance(comment, str) or len(comment) > 255:
+        raise InvalidParameterValue("comment must be a string of at most 255 characters")
+    return comment
+
+
+class DatabricksTokenCreateView(ApiView):
+    """``POST /api/2.0/token/create``: a token for the caller (``comment``, ``lifetime_seconds``)."""
+
+    def post(self, request: AuthenticatedRequest) -> Response:
+        body = require_object(request_body(request), "request body")
+        token, raw = token_services.create_token(
+            user=request.user,
+            comment=_comment(body),
+            actor=request.user,
+            lifetime_seconds=token_services.parse_lifetime(body.get("lifetime_seconds")),
+        )
+        return Response({"token_value": raw, "token_info": serialize_token_info(token)})
+
+
+class DatabricksTokenListView(ApiView):
+    """``GET /api/2.0/token/list``: the caller's live tokens."""
+
+    def get(self, request: AuthenticatedRequest) -> Response:
+        live = AccessToken.objects.filter(user=request.user, revoked_at__isnull=True).order_by("-created_at")
+        return Response({"token_infos": [serialize_token_info(t) for t in live]})
+
+
+class DatabricksTokenDeleteView(ApiView):
+    """``POST /api/2.0/token/delete`` with ``token_id``: revokes one of the caller's tokens."""
+
+    def post(self, request: AuthenticatedRequest) -> Response:
+        body = require_object(request_body(request), "request body")
+        token_id = string_field(body, "token_id")
+        token = (
+            AccessToken.objects.select_related("user")
+            .filter(pk=int(token_id) if re.fullmatch(r"[0-9]{1,18}", token_id) else -1, user=request.user)
+            .first()
+        )
+        if token is None:
+            raise ResourceDoesNotExist(f"Token {token_id[:40]} does not exist")
+        token_services.revoke_token(token=token, actor=request.user)
+        return Response({})
 
 
 class TokenDetailView(ApiView):
@@ -135,4 +192,7 @@ urlpatterns = [
     path("api/2.0/modelfleet/users/<str:username>", UserDetailView.as_view()),
     path("api/2.0/modelfleet/tokens", TokenListView.as_view()),
     path("api/2.0/modelfleet/tokens/<int:token_id>", TokenDetailView.as_view()),
+    path("api/2.0/token/create", DatabricksTokenCreateView.as_view()),
+    path("api/2.0/token/list", DatabricksTokenListView.as_view()),
+    path("api/2.0/token/delete", DatabricksTokenDeleteView.as_view()),
 ]

@@ -43,6 +43,15 @@ def register(commands: argparse._SubParsersAction, common: argparse.ArgumentPars
     p.add_argument("role", choices=ROLES)
     p = _verb(verbs, common, "deactivate", cmd_users_deactivate, "stop a user from signing in (their tokens stop too)")
     p.add_argument("username")
+    p = _verb(
+        verbs,
+        common,
+        "set-max-token-lifetime",
+        cmd_users_set_max_token_lifetime,
+        "the longest lifetime a user's new personal access tokens may have",
+    )
+    p.add_argument("username")
+    p.add_argument("seconds", help="whole seconds, or 'none' for no limit")
 
     groups = commands.add_parser("groups", parents=[common], help="manage groups (admins); grant endpoints to them")
     verbs = groups.add_subparsers(dest="verb", metavar="VERB", required=True)
@@ -62,6 +71,9 @@ def register(commands: argparse._SubParsersAction, common: argparse.ArgumentPars
     p = _verb(verbs, common, "create", cmd_tokens_create, "create a token (printed once, as the last line)")
     p.add_argument("--user", help="for another user (admins)")
     p.add_argument("--comment", default="")
+    p.add_argument(
+        "--lifetime-seconds", type=int, metavar="N", help="the token expires after N seconds (default: never)"
+    )
     p = _verb(verbs, common, "list", cmd_tokens_list, "list tokens (never their values)")
     p.add_argument("--user")
     p = _verb(verbs, common, "revoke", cmd_tokens_revoke, "revoke a token")
@@ -152,15 +164,36 @@ def cmd_users_deactivate(ctx: Context) -> int:
     return EXIT_OK
 
 
+def cmd_users_set_max_token_lifetime(ctx: Context) -> int:
+    seconds: int | None = None
+    if ctx.args.seconds != "none":
+        try:
+            seconds = int(ctx.args.seconds)
+        except ValueError:
+            raise CliError("seconds must be a whole number or 'none'") from None
+    result = ctx.api.call("PATCH", f"{USERS}/{ctx.args.username}", {"max_token_lifetime_seconds": seconds})
+    limit = result.get("max_token_lifetime_seconds")
+    ctx.out(
+        render.to_json(result)
+        if ctx.json_output
+        else f"{result['username']}'s new tokens may live {f'at most {limit} seconds' if limit else 'without limit'}"
+    )
+    return EXIT_OK
+
+
 def cmd_tokens_create(ctx: Context) -> int:
-    body = {"comment": ctx.args.comment}
+    body: dict[str, Any] = {"comment": ctx.args.comment}
     if ctx.args.user:
         body["user"] = ctx.args.user
+    if ctx.args.lifetime_seconds is not None:
+        body["lifetime_seconds"] = ctx.args.lifetime_seconds
     result = ctx.api.call("POST", TOKENS, body)
     if ctx.json_output:
         ctx.out(render.to_json(result))
     else:
-        ctx.note(f"Token {result['id']} for {result['user']}: shown once, stored only as a hash.")
+        expiry = result.get("expiry_time", -1)
+        until = f"expires {render.timestamp(expiry)}" if expiry and expiry > 0 else "never expires"
+        ctx.note(f"Token {result['id']} for {result['user']} ({until}): shown once, stored only as a hash.")
         ctx.out(result["token"])
     return EXIT_OK
 
@@ -172,7 +205,7 @@ def cmd_tokens_list(ctx: Context) -> int:
     else:
         ctx.out(
             render.table(
-                ["ID", "USER", "HINT", "COMMENT", "CREATED", "LAST USED", "REVOKED"],
+                ["ID", "USER", "HINT", "COMMENT", "CREATED", "LAST USED", "EXPIRES", "REVOKED"],
                 [
                     [
                         t["id"],
@@ -181,6 +214,7 @@ def cmd_tokens_list(ctx: Context) -> int:
                         t["comment"],
                         render.timestamp(t["created_at"]),
                         render.timestamp(t["last_used_at"]) if t["last_used_at"] else "-",
+                        render.timestamp(t["expiry_time"]) if t.get("expiry_time", -1) > 0 else "never",
                         "yes" if t["revoked"] else "no",
                     ]
                     for t in tokens

@@ -86,7 +86,8 @@ IDENTITY_CACHE_SIZE = 10_000
 # Access tokens are 43 characters (models.tokens); a longer one is refused before the token cache.
 MAX_TOKEN_LENGTH = 256
 # A backstop only: a change of rights empties these caches at once (access_generation); this
-# bounds how long one lives if the change could not be announced (Redis down at commit).
+# bounds how long one lives if the change could not be announced (Redis down at commit). A token
+# that expires sooner is cached only until it expires.
 TOKEN_TTL_SECONDS = 5.0
 NOT_READY_RECHECK_SECONDS = 0.1
 # How long past its TTL a route table may still answer while its reload runs. Below the agent's
@@ -137,12 +138,15 @@ def _identity(user_id: int) -> tuple[str, frozenset[str]]:
         close_old_connections()
 
 
-def _auth(raw: str) -> tuple[int, str | None] | None:
-    """The token's user, and the one endpoint it may query if it is a data-plane token."""
+def _auth(raw: str) -> tuple[tuple[int, str | None] | None, int | None]:
+    """The token's user and the one endpoint it may query if it is a data-plane token (None: not a
+    live token), and when the token expires (Unix seconds; None: never)."""
     close_old_connections()
     try:
         credential = authenticate_credential(raw)
-        return (credential.user.pk, credential.endpoint_id) if credential is not None else None
+        if credential is None:
+            return None, None
+        return (credential.user.pk, credential.endpoint_id), credential.expires_at
     finally:
         close_old_connections()
 
@@ -572,9 +576,12 @@ class Gateway:
             found = cached[1]
         else:
             epoch = self.access.epoch
-            found = await sync_to_async(_auth, thread_sensitive=False)(raw)
+            found, expires_at = await sync_to_async(_auth, thread_sensitive=False)(raw)
+            deadline = now + TOKEN_TTL_SECONDS
+            if expires_at is not None:  # an expiring token is cached no longer than it lives
+                deadline = min(deadline, now + (expires_at - time.time()))
             if epoch == self.access.epoch:  # else rights changed while it loaded: it may be stale
-                self._tokens[raw] = (now + TOKEN_TTL_SECONDS, found)
+                self._tokens[raw] = (deadline, found)
         if found is None:
             await sync_to_async(auth_throttle.record_failure, thread_sensitive=False)(
                 address, kind="token", tried=raw[:6] + "…"

@@ -35,7 +35,7 @@ from endpoints_app.models.runtime import (
 from endpoints_app.models.scim import ScimGroup, ScimUser
 from endpoints_app.models.secrets import Secret, SecretAcl, SecretBackendType, SecretPermission, SecretScope
 from endpoints_app.models.sso import GroupRoleMapping, SsoIdentity
-from endpoints_app.models.tokens import AccessToken
+from endpoints_app.models.tokens import AccessToken, ServicePrincipal, ServicePrincipalSecret
 from endpoints_app.models.usage import UsageRecord
 
 __all__ = [
@@ -80,6 +80,8 @@ __all__ = [
     "SecretPermission",
     "SecretScope",
     "ServedEntity",
+    "ServicePrincipal",
+    "ServicePrincipalSecret",
     "GroupRoleMapping",
     "ScimGroup",
     "ScimUser",

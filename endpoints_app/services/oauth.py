@@ -1,10 +1,14 @@
 """The OAuth token endpoint (``POST /oidc/v1/token``): the two exchanges Databricks clients make.
 
 1. **client credentials** (``grant_type=client_credentials``; the SDK's ``auth_type="oauth-m2m"``,
-   with HTTP Basic or form credentials). Modelfleet has no service principals, so the client is a
-   user: ``client_id`` is the user name (or email address) and ``client_secret`` one of that
-   user's personal access tokens. The answer is a workspace token (``signed_tokens``) valid for an hour, with the user's
-   own rights, that dies with the personal access token it came from.
+   with HTTP Basic or form credentials). The client is either
+   - a **service principal** (``services.service_principals``): ``client_id`` its application id,
+     ``client_secret`` one of its OAuth secrets (``mfsp-…``); or
+   - a **user**: ``client_id`` the user name (or email address) and ``client_secret`` one of that
+     user's personal access tokens.
+   The answer is a workspace token (``signed_tokens``) valid for an hour (never past the personal
+   access token's own expiry), with the client's own rights, that dies with the secret or personal
+   access token it came from. Each one is an audit event (``oauth.token``).
 2. **data-plane token** (``grant_type=urn:ietf:params:oauth:grant-type:jwt-bearer``; the SDK's
    ``serving_endpoints_data_plane``): ``assertion`` is a workspace token (or a personal access
    token) and ``authorization_details`` the string a route-optimized endpoint's
@@ -14,7 +18,7 @@
 
 Errors follow RFC 6749 §5.2 (``error``, ``error_description``), which is what OAuth clients read;
 ``OAuthError`` carries the code, and the view adds the API's ``error_code``/``message`` beside it.
-Nothing is written but a personal access token's ``last_used_at``.
+Nothing else is written but the secret's or personal access token's ``last_used_at``.
 """
 
 from __future__ import annotations
@@ -26,9 +30,10 @@ from typing import Any
 
 from django.contrib.auth.models import User
 
-from endpoints_app import access
+from endpoints_app import access, audit
 from endpoints_app.errors import DomainError
 from endpoints_app.models import Endpoint, PermissionLevel
+from endpoints_app.models.tokens import SECRET_PREFIX
 from endpoints_app.services import signed_tokens, tokens
 
 CLIENT_CREDENTIALS = "client_credentials"
@@ -86,8 +91,9 @@ def exchange(form: Mapping[str, str], *, basic: tuple[str, str] | None = None) -
         return _data_plane_token(form.get("assertion", ""), form.get("authorization_details", ""))
     raise OAuthError(
         "unsupported_grant_type",
-        f"grant_type must be '{CLIENT_CREDENTIALS}' (client_id: a user name, client_secret: one of that "
-        f"user's personal access tokens) or '{JWT_BEARER}' (a data-plane token for a route-optimized endpoint)",
+        f"grant_type must be '{CLIENT_CREDENTIALS}' (client_id: a service principal's application id, "
+        "client_secret: one of its secrets; or a user name and one of that user's personal access tokens) "
+        f"or '{JWT_BEARER}' (a data-plane token for a route-optimized endpoint)",
     )
 
 
@@ -99,20 +105,45 @@ def _client_credentials(client_id: str, client_secret: str, scope: str) -> dict[
             f"unknown scope {', '.join(sorted(requested - KNOWN_SCOPES))}: a token has its user's rights, "
             f"scope '{SCOPE}'",
         )
+    refused = OAuthError(
+        "invalid_client",
+        "Invalid client credentials: client_id is a service principal's application id and client_secret one of "
+        "its OAuth secrets, or your user name (or email address) and one of your personal access tokens",
+        status=401,
+        error_code="UNAUTHENTICATED",
+    )
+    now = int(time.time())
+    if client_secret.startswith(SECRET_PREFIX):
+        secret = tokens.authenticate_secret(client_secret)
+        if secret is None or client_id.strip().lower() != str(secret.principal.application_id):
+            raise refused
+        user = secret.principal.user
+        claims = signed_tokens.Claims(
+            kind="workspace", user_id=user.pk, token_id=0, secret_id=secret.pk, expires_at=now + WORKSPACE_TOKEN_SECONDS
+        )
+        _record(user, "service_principal", str(secret.principal.application_id), secret.hint, WORKSPACE_TOKEN_SECONDS)
+        return _answer(signed_tokens.mint(claims), WORKSPACE_TOKEN_SECONDS, scope=SCOPE)
     token = tokens.authenticate_personal_token(client_secret) if client_secret else None
     if token is None or not _names(token.user, client_id):
-        raise OAuthError(
-            "invalid_client",
-            "Invalid client credentials: client_id is your user name (or email address), client_secret one of "
-            "your personal access tokens",
-            status=401,
-            error_code="UNAUTHENTICATED",
-        )
-    expires_at = int(time.time()) + WORKSPACE_TOKEN_SECONDS
-    raw = signed_tokens.mint(
-        signed_tokens.Claims(kind="workspace", user_id=token.user.pk, token_id=token.pk, expires_at=expires_at)
+        raise refused
+    lifetime = WORKSPACE_TOKEN_SECONDS
+    if token.expires_at is not None:  # never outlives the personal access token it stands for
+        lifetime = max(1, min(lifetime, int(token.expires_at.timestamp()) - now))
+    claims = signed_tokens.Claims(kind="workspace", user_id=token.user.pk, token_id=token.pk, expires_at=now + lifetime)
+    _record(token.user, "user", token.user.get_username(), token.hint, lifetime)
+    return _answer(signed_tokens.mint(claims), lifetime, scope=SCOPE)
+
+
+def _record(user: User, kind: str, client_id: str, hint: str, lifetime: int) -> None:
+    """An audit event for an issued workspace token: who, through which secret (its hint), for how long."""
+    audit.record(
+        actor=user,
+        action="oauth.token",
+        object_type=kind,
+        object_id=str(user.pk),
+        object_name=client_id,
+        after={"grant_type": CLIENT_CREDENTIALS, "secret_hint": hint, "expires_in": lifetime},
     )
-    return _answer(raw, WORKSPACE_TOKEN_SECONDS, scope=SCOPE)
 
 
 def _names(user: User, client_id: str) -> bool:
@@ -146,10 +177,12 @@ def _data_plane_token(assertion: str, details: str) -> dict[str, Any]:
     lifetime = DATA_PLANE_TOKEN_SECONDS
     if credential.expires_at is not None:
         lifetime = min(lifetime, credential.expires_at - int(time.time()))
+    token_id, secret_id = credential.origin
     claims = signed_tokens.Claims(
         kind="data-plane",
         user_id=credential.user.pk,
-        token_id=credential.token.pk,
+        token_id=token_id,
+        secret_id=secret_id,
         expires_at=int(time.time()) + lifetime,
         endpoint_id=endpoint.id,
     )

@@ -13,7 +13,8 @@ of expiry), and a row per exchange would grow a table nobody reads. A token is i
 with HMAC-SHA256 under ``SECRET_KEY`` (Django's ``Signer``, one salt per kind, so one kind can never
 be read as the other; ``SECRET_KEY_FALLBACKS`` rotate as for sessions). Reading one checks the
 signature and the expiry only; ``services.tokens`` then checks the personal access token it came
-from, so a token stops working when that token is revoked or its user deactivated (the gateways
+from (``t``), or the service principal's secret (``s``), so a token stops working when that token
+is revoked or expires, that secret or principal is deleted, or its user deactivated (the gateways
 forget cached tokens on revocation: ``access_generation``).
 """
 
@@ -36,9 +37,10 @@ MAX_LENGTH = 512
 class Claims:
     kind: Kind
     user_id: int
-    token_id: int  # the personal access token the chain of exchanges started from
+    token_id: int  # the personal access token the chain of exchanges started from (0: a secret did)
     expires_at: int  # Unix seconds
     endpoint_id: str | None = None  # data-plane tokens: the one endpoint they query
+    secret_id: int | None = None  # the service principal's secret the chain started from
 
 
 def kind_of(raw: str) -> Kind | None:
@@ -50,6 +52,8 @@ def mint(claims: Claims) -> str:
     payload: dict[str, object] = {"u": claims.user_id, "t": claims.token_id, "x": claims.expires_at}
     if claims.endpoint_id is not None:
         payload["e"] = claims.endpoint_id
+    if claims.secret_id is not None:
+        payload["s"] = claims.secret_id
     return PREFIXES[claims.kind] + signing.Signer(salt=_SALTS[claims.kind]).sign_object(payload)
 
 
@@ -71,4 +75,14 @@ def read(raw: str) -> Claims | None:
         return None
     if (kind == "data-plane") != isinstance(endpoint_id, str):
         return None
-    return Claims(kind=kind, user_id=user_id, token_id=token_id, expires_at=expires_at, endpoint_id=endpoint_id)
+    secret_id = payload.get("s")
+    if secret_id is not None and not isinstance(secret_id, int):
+        return None
+    return Claims(
+        kind=kind,
+        user_id=user_id,
+        token_id=token_id,
+        expires_at=expires_at,
+        endpoint_id=endpoint_id,
+        secret_id=secret_id,
+    )
