@@ -15,6 +15,7 @@ from endpoints_app.api import (
     openapi_views,
     payloads_views,
     permissions_views,
+    scim_views,
     secrets_views,
     sso_views,
     usage_views,
@@ -63,5 +64,6 @@ urlpatterns += (
     + openapi_views.urlpatterns
     + endpoint_settings_views.urlpatterns
     + oauth_views.urlpatterns
+    + scim_views.urlpatterns
     + sso_views.urlpatterns
 )

@@ -47,6 +47,7 @@ pytestmark = pytest.mark.django_db
 
 CR = "/api/2.0/modelfleet/change-requests"
 S = "/api/2.0/secrets"
+SCIM = "/api/2.0/preview/scim/v2"
 ANY, CREATORS, APPROVERS, ADMIN = "any signed-in user", "editor+", "approver+", "admin"
 ROLE_RULES = {
     ANY: None,
@@ -54,6 +55,7 @@ ROLE_RULES = {
     APPROVERS: (Role.APPROVER, Role.ADMIN),
     ADMIN: (Role.ADMIN,),
 }
+METHODS = ("get", "post", "put", "patch", "delete")
 NEW_CONFIG = {"served_entities": [{"entity_name": "main.default.iris", "entity_version": "2"}]}
 
 
@@ -67,10 +69,12 @@ class Row:
     rule: str
     denied: int = 403
     allowed_status: int | None = None  # what an allowed caller gets, when not a success
+    says: str = "not supported"  # what the error then says
 
 
 # Paths use {change} (a request proposed by someone else), {token} (someone else's token),
-# {policy}, {group}, {member}, {user}. Bodies use the same placeholders.
+# {policy}, {group}, {member}, {user}, and SCIM's ids {user_id}, {group_id}, {member_id}.
+# Bodies use the same placeholders. SCIM routes answer SCIM errors (status, detail).
 GLOBAL_ROUTES = [
     Row("get", "/api/2.0/serving-endpoints", None, ANY),
     Row("post", "/api/2.0/serving-endpoints", "create", CREATORS),
@@ -112,6 +116,32 @@ GLOBAL_ROUTES = [
     Row("get", f"{S}/scopes/list", None, ANY),
     Row("post", f"{S}/scopes/create", {"scope": "new-scope"}, CREATORS),
     Row("get", "/api/2.0/modelfleet/openapi.json", None, ANY),
+    # SCIM provisioning: an identity provider's admin token; /Me for anyone (w.current_user.me()).
+    Row("get", f"{SCIM}/Users", None, ADMIN),
+    Row("post", f"{SCIM}/Users", {"userName": "scim-newcomer"}, ADMIN),
+    Row("get", f"{SCIM}/Users/{{user_id}}", None, ADMIN),
+    Row("put", f"{SCIM}/Users/{{user_id}}", {"userName": "victim", "displayName": "Victim"}, ADMIN),
+    Row(
+        "patch",
+        f"{SCIM}/Users/{{user_id}}",
+        {"Operations": [{"op": "replace", "path": "displayName", "value": "V"}]},
+        ADMIN,
+    ),
+    Row("delete", f"{SCIM}/Users/{{user_id}}", None, ADMIN),
+    Row("get", f"{SCIM}/Groups", None, ADMIN),
+    Row("post", f"{SCIM}/Groups", {"displayName": "scim-group"}, ADMIN),
+    Row("get", f"{SCIM}/Groups/{{group_id}}", None, ADMIN),
+    Row("put", f"{SCIM}/Groups/{{group_id}}", {"displayName": "team", "members": [{"value": "{user_id}"}]}, ADMIN),
+    Row("patch", f"{SCIM}/Groups/{{group_id}}", {"Operations": [{"op": "remove", "path": "members"}]}, ADMIN),
+    Row("delete", f"{SCIM}/Groups/{{group_id}}", None, ADMIN),
+    Row("get", f"{SCIM}/Me", None, ANY),
+    Row("get", f"{SCIM}/ServiceProviderConfig", None, ADMIN),
+    Row("get", f"{SCIM}/Schemas", None, ADMIN),
+    Row("get", f"{SCIM}/Schemas/urn:ietf:params:scim:schemas:core:2.0:User", None, ADMIN),
+    Row("get", f"{SCIM}/ResourceTypes", None, ADMIN),
+    Row("get", f"{SCIM}/ResourceTypes/User", None, ADMIN),
+    Row("post", f"{SCIM}/.search", {}, ADMIN, allowed_status=501),
+    *(Row(m, f"{SCIM}/Nothing/here", None, ADMIN, allowed_status=404, says="No SCIM resource") for m in METHODS),
 ]
 
 # Endpoint-scoped routes whose endpoint is named in the body rather than the path.
@@ -180,6 +210,9 @@ def make_world(api, registered_models, django_user_model) -> dict[str, str]:  # 
         "group": group.name,
         "member": member.username,
         "user": victim.username,
+        "user_id": str(victim.pk),
+        "group_id": str(group.pk),
+        "member_id": str(member.pk),
     }
 
 
@@ -254,7 +287,7 @@ def api_routes() -> set[tuple[str, str]]:
 
 def covered_routes() -> set[tuple[str, str]]:
     sample = {"id": "e-1", "rule": "1", "change": "1", "change2": "2", "token": "1", "policy": "1", "group": "g"}
-    sample |= {"member": "m", "user": "u"}
+    sample |= {"member": "m", "user": "u", "user_id": "1", "group_id": "1", "member_id": "1"}
     rows = [(m, p) for m, p, _, _ in ROUTES] + [(r.method, r.path) for r in GLOBAL_ROUTES]
     rows += [(m, p) for m, p, _, _ in BODY_SCOPED_ROUTES] + [(m, p) for m, p, _, _ in SCOPE_ROUTES]
     covered = set()
@@ -277,15 +310,19 @@ def test_every_global_route_for_every_persona(row, persona, world, django_user_m
     spec = GLOBAL_ROUTES[row]
     client = persona_client(persona, django_user_model, world["id"])
     response = call(client, spec.method, fill(spec.path, world), fill(spec.body, world), registered_models)
+    scim = spec.path.startswith(SCIM)
     if allowed(persona, spec.rule) and spec.allowed_status is not None:
         assert response.status_code == spec.allowed_status, (persona, spec, response.content)
-        assert "not supported" in response.json()["message"]
+        assert spec.says in response.json()["detail" if scim else "message"]
     elif allowed(persona, spec.rule):
         assert response.status_code < 400 or response.status_code == 400 and spec.body == "upload", (
             persona,
             spec,
             response.content,
         )
+    elif scim:  # SCIM's own error (RFC 7644 §3.12)
+        assert response.status_code == spec.denied, (persona, spec, response.content)
+        assert response.json()["status"] == str(spec.denied) and "scimType" not in response.json()
     else:
         assert response.status_code == spec.denied, (persona, spec, response.content)
         assert response.json()["error_code"] == (

@@ -247,6 +247,19 @@ def test_a_deactivated_user_stops_within_a_second(setup, django_user_model):
     assert setup.seconds_until(token, 401) < DEADLINE_SECONDS
 
 
+def test_a_user_deactivated_over_scim_stops_within_a_second(setup, django_user_model):
+    """As an identity provider deactivates someone (Okta and Entra send this PATCH)."""
+    bob, token = _person(django_user_model, "bob", Role.VIEWER)
+    setup.grant(user_name="bob")
+    setup.warm(token, 200)
+    patch = {
+        "schemas": ["urn:ietf:params:scim:api:messages:2.0:PatchOp"],
+        "Operations": [{"op": "replace", "path": "active", "value": False}],
+    }
+    setup.api("PATCH", f"/api/2.0/preview/scim/v2/Users/{bob.pk}", patch, via=1)
+    assert setup.seconds_until(token, 401) < DEADLINE_SECONDS
+
+
 def test_leaving_a_group_that_had_the_grant_stops_within_a_second(setup, django_user_model):
     carol, token = _person(django_user_model, "carol", Role.VIEWER)
     carol.groups.add(Group.objects.create(name="analysts"))
