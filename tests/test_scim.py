@@ -26,7 +26,7 @@ from scim2_client import BaseSyncSCIMClient
 from scim2_tester import Status, check_server
 
 from endpoints_app import scim_filter
-from endpoints_app.models import AccessToken, AuditEvent, Role, UserProfile
+from endpoints_app.models import AccessToken, AuditEvent, Role, ServicePrincipal, UserProfile
 from endpoints_app.scim_schemas import ERROR
 from endpoints_app.services.tokens import create_token
 
@@ -247,6 +247,10 @@ def test_errors_are_scim_errors(live_server, admin_token, django_user_model):
     assert (
         scim(live_server, admin_token, "POST", "/Users", json={"displayName": "no userName"}).json()["status"] == "400"
     )
+    tagged = scim(live_server, admin_token, "POST", "/Users", json={"userName": "first.last+ml@example.com"})
+    assert tagged.status_code == 201 and tagged.json()["userName"] == "first.last+ml@example.com"
+    odd = scim(live_server, admin_token, "POST", "/Users", json={"userName": "no spaces or !"})
+    assert odd.status_code == 400 and odd.json()["scimType"] == "invalidValue"
     duplicate = scim(live_server, admin_token, "POST", "/Groups", json={"displayName": "g"})
     again = scim(live_server, admin_token, "POST", "/Groups", json={"displayName": "g"})
     assert duplicate.status_code == 201 and again.status_code == 409 and again.json()["scimType"] == "uniqueness"
@@ -289,6 +293,20 @@ def test_hostile_filters_are_a_400_quickly(live_server, admin_token, expression,
     assert time.monotonic() - started < 2
     assert response.status_code == 400, response.text
     assert response.json()["scimType"] == "invalidFilter" and says in response.json()["detail"]
+
+
+def test_groups_hold_users_only_and_service_principals_are_not_users(live_server, admin_token, django_user_model):
+    robot = django_user_model.objects.create_user("robot-user")
+    ServicePrincipal.objects.create(user=robot, display_name="robot")
+    team = Group.objects.create(name="nest")
+    nested = {"displayName": "outer", "members": [{"value": str(team.pk), "type": "Group"}]}
+    refused = scim(live_server, admin_token, "POST", "/Groups", json=nested)
+    assert refused.status_code == 400 and "groups do not nest" in refused.json()["detail"]
+    listed = scim(live_server, admin_token, "GET", "/Users").json()
+    assert [u["userName"] for u in listed["Resources"]] == ["scim-admin"]
+    assert scim(live_server, admin_token, "GET", f"/Users/{robot.pk}").status_code == 404
+    assert scim(live_server, admin_token, "DELETE", f"/Users/{robot.pk}").status_code == 404
+    assert django_user_model.objects.filter(pk=robot.pk, is_active=True).exists()
 
 
 def test_sizes_are_bounded(live_server, admin_token, django_user_model):

@@ -207,8 +207,13 @@ def _one(request: Request, body: dict[str, Any], status: int = 200) -> Response:
     return response
 
 
-def _users() -> QuerySet[User]:
+def _everyone() -> QuerySet[User]:
     return get_user_model().objects.select_related("scim").prefetch_related("groups")
+
+
+def _users() -> QuerySet[User]:
+    """People: a service principal has a user row of its own, but is not a SCIM User."""
+    return _everyone().filter(service_principal__isnull=True)
 
 
 def _groups() -> QuerySet[Group]:
@@ -287,7 +292,7 @@ class MeView(ScimView):
     admin_only = False
 
     def get(self, request: AuthenticatedRequest) -> Response:
-        return _one(request, serialize_user(_get(_users(), str(request.user.pk), "User"), base_url(request)))
+        return _one(request, serialize_user(_get(_everyone(), str(request.user.pk), "User"), base_url(request)))
 
 
 def _schema(schema: dict[str, Any], url: str) -> dict[str, Any]:

@@ -160,6 +160,9 @@ class GroupAttributes:
 def _member_users(members: list[dict[str, Any]]) -> list[User]:
     ids: set[int] = set()
     for member in members:
+        kind = member.get("type")
+        if kind is not None and (not isinstance(kind, str) or kind.lower() != "user"):
+            raise ScimError(f"members: {str(kind)[:40]!r} members are not supported (groups do not nest)")
         value = member.get("value")
         if not isinstance(value, str) or not (value.isascii() and value.isdigit() and len(value) <= 18):
             raise ScimError(f"members: {str(value)[:40]!r} is not a user id")

@@ -50,9 +50,11 @@ def create_user(
     if (
         not username
         or len(username) > 150
-        or not username.replace("-", "").replace("_", "").replace(".", "").replace("@", "").isalnum()
+        or not username.replace("-", "").replace("_", "").replace(".", "").replace("@", "").replace("+", "").isalnum()
     ):
-        raise InvalidParameterValue("username must be 1–150 letters, digits and . _ - @")
+        # Django's own rule: an address with a tag (first.last+ml@example.com) is a user name, as
+        # identity providers send it over SCIM and single sign-on takes it from the email claim.
+        raise InvalidParameterValue("username must be 1–150 letters, digits and . _ - @ +")
     role_value = _role(role)
     if password:
         check_password(password, username=username, email=email)
