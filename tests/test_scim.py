@@ -27,7 +27,7 @@ from scim2_tester import Status, check_server
 
 from endpoints_app import scim_filter
 from endpoints_app.models import AccessToken, AuditEvent, Role, ServicePrincipal, UserProfile
-from endpoints_app.scim_schemas import ERROR
+from endpoints_app.scim_schemas import ERROR, USER_SCHEMA
 from endpoints_app.services.tokens import create_token
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -307,6 +307,38 @@ def test_groups_hold_users_only_and_service_principals_are_not_users(live_server
     assert scim(live_server, admin_token, "GET", f"/Users/{robot.pk}").status_code == 404
     assert scim(live_server, admin_token, "DELETE", f"/Users/{robot.pk}").status_code == 404
     assert django_user_model.objects.filter(pk=robot.pk, is_active=True).exists()
+
+
+def test_what_entra_and_okta_send_but_is_not_kept_is_accepted_and_ignored(live_server, admin_token):
+    """Their default attribute mappings send more of RFC 7643's User than is kept here."""
+    enterprise = "urn:ietf:params:scim:schemas:extension:enterprise:2.0:User"
+    created = scim(
+        live_server,
+        admin_token,
+        "POST",
+        "/Users",
+        json={
+            "schemas": [USER_SCHEMA, enterprise],
+            "userName": "grace@example.com",
+            "title": "Rear Admiral",
+            "phoneNumbers": [{"type": "work", "value": "+1 555 0100"}],
+            enterprise: {"department": "Navy", "employeeNumber": "1906"},
+        },
+    )
+    assert created.status_code == 201, created.text
+    operations = [
+        {"op": "Replace", "path": "title", "value": "Commodore"},
+        {"op": "Add", "path": 'phoneNumbers[type eq "mobile"].value', "value": "+1 555 0101"},
+        {"op": "Replace", "path": f"{enterprise}:department", "value": "Research"},
+        {"op": "Add", "value": {enterprise: {"manager": {"value": "1"}}, "name.formatted": "Grace Hopper"}},
+        {"op": "Replace", "path": "name.givenName", "value": "Grace"},
+    ]
+    patched = scim(live_server, admin_token, "PATCH", f"/Users/{created.json()['id']}", json={"Operations": operations})
+    assert patched.status_code == 200, patched.text
+    assert patched.json()["name"] == {"givenName": "Grace"} and "title" not in patched.json()
+    unknown = {"Operations": [{"op": "replace", "path": "favouriteColour", "value": "blue"}]}
+    refused = scim(live_server, admin_token, "PATCH", f"/Users/{created.json()['id']}", json=unknown)
+    assert refused.status_code == 400 and refused.json()["scimType"] == "invalidPath"
 
 
 def test_sizes_are_bounded(live_server, admin_token, django_user_model):

@@ -191,8 +191,26 @@ _GROUP_ATTRIBUTES = {n.lower(): n for n in ("displayName", "members", "externalI
 _MULTI_VALUED = {"emails", "members"}
 _COMPLEX = {"name": {"givenname": "givenName", "familyname": "familyName"}}
 _READ_ONLY = {"id", "meta", "groups", "schemas"}
-# Databricks attributes a client may patch that this server does not keep: accepted, changing nothing.
-_IGNORED = {"entitlements", "roles"}
+# Attributes a client may patch that this server does not keep: accepted, changing nothing, as a
+# POST or PUT ignores them. Databricks' own (entitlements, roles), and the rest of RFC 7643's User
+# that Microsoft Entra's and Okta's default mappings send (title, phoneNumbers[type eq "work"].value, …).
+_IGNORED = {
+    "entitlements",
+    "roles",
+    "nickname",
+    "profileurl",
+    "title",
+    "usertype",
+    "preferredlanguage",
+    "locale",
+    "timezone",
+    "phonenumbers",
+    "ims",
+    "photos",
+    "addresses",
+    "x509certificates",
+}
+_IGNORED_NAME_PARTS = {"formatted", "middlename", "honorificprefix", "honorificsuffix"}
 
 
 @dataclass(frozen=True)
@@ -208,6 +226,8 @@ def _parse_path(text: str, urn: str, names: dict[str, str]) -> _Path | None:
     if len(text) > 500:
         raise ScimError("the path is too long", scim_type="invalidPath")
     text = _urn_stripped(text.strip(), urn)
+    if text.lower().startswith("urn:"):
+        return None  # an extension's attribute (the enterprise User's department, manager): not kept
     flt = None
     if "[" in text:
         head, _, rest = text.partition("[")
@@ -230,6 +250,8 @@ def _parse_path(text: str, urn: str, names: dict[str, str]) -> _Path | None:
     attribute = names[lowered]
     if flt is not None and attribute not in _MULTI_VALUED:
         raise ScimError(f"{attribute} is not multi-valued", scim_type="invalidPath")
+    if attribute == "name" and sub.lower() in _IGNORED_NAME_PARTS:
+        return None
     if sub:
         subs = _COMPLEX.get(attribute, {"value": "value"} if attribute in _MULTI_VALUED else {})
         if sub.lower() not in subs:
