@@ -17,6 +17,7 @@ from endpoints_app.api import (
     permissions_views,
     scim_views,
     secrets_views,
+    service_principals_views,
     sso_views,
     usage_views,
     users_views,
@@ -59,6 +60,7 @@ urlpatterns += (
     + alerts_views.urlpatterns
     + payloads_views.urlpatterns
     + secrets_views.urlpatterns
+    + service_principals_views.urlpatterns
     + usage_views.urlpatterns
     + ai_gateway_views.urlpatterns
     + openapi_views.urlpatterns

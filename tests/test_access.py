@@ -175,8 +175,12 @@ def test_put_replaces_and_patch_merges_grants(api, guarded, django_user_model):
     [
         ({"user_name": "nobody", "permission_level": "CAN_VIEW"}, "does not exist"),
         ({"user_name": "alice", "permission_level": "CAN_FLY"}, "permission_level"),
-        ({"service_principal_name": "sp", "permission_level": "CAN_VIEW"}, "service principals"),
-        ({"permission_level": "CAN_VIEW"}, "user_name or a group_name"),
+        ({"service_principal_name": "sp", "permission_level": "CAN_VIEW"}, "ServicePrincipalName(sp) does not exist"),
+        (
+            {"service_principal_name": "00000000-0000-4000-8000-000000000000", "permission_level": "CAN_VIEW"},
+            "does not exist",
+        ),
+        ({"permission_level": "CAN_VIEW"}, "user_name, a group_name or a service_principal_name"),
     ],
 )
 def test_bad_grants_are_400_and_change_nothing(api, guarded, entry, needle):

@@ -38,6 +38,7 @@ from endpoints_app.models import (
 )
 from endpoints_app.services import proposals
 from endpoints_app.services import secrets as secret_services
+from endpoints_app.services import service_principals as principal_services
 from endpoints_app.services.tokens import create_token
 from tests import model_fixtures
 from tests.conftest import endpoint_body
@@ -48,6 +49,7 @@ pytestmark = pytest.mark.django_db
 CR = "/api/2.0/modelfleet/change-requests"
 S = "/api/2.0/secrets"
 SCIM = "/api/2.0/preview/scim/v2"
+SPS = "/api/2.0/modelfleet/service-principals"
 ANY, CREATORS, APPROVERS, ADMIN = "any signed-in user", "editor+", "approver+", "admin"
 ROLE_RULES = {
     ANY: None,
@@ -73,7 +75,8 @@ class Row:
 
 
 # Paths use {change} (a request proposed by someone else), {token} (someone else's token),
-# {policy}, {group}, {member}, {user}, and SCIM's ids {user_id}, {group_id}, {member_id}.
+# {policy}, {group}, {member}, {user}, SCIM's ids {user_id}, {group_id}, {member_id}, and a service
+# principal's application id {sp} and its secret's id {sp_secret}.
 # Bodies use the same placeholders. SCIM routes answer SCIM errors (status, detail).
 GLOBAL_ROUTES = [
     Row("get", "/api/2.0/serving-endpoints", None, ANY),
@@ -110,6 +113,12 @@ GLOBAL_ROUTES = [
     # Only the caller's own tokens: someone else's is not found, for admins too.
     Row("post", "/api/2.0/token/delete", {"token_id": "{token}"}, ANY, allowed_status=404, says="does not exist"),
     Row("get", "/api/2.0/modelfleet/audit-events", None, ADMIN),
+    Row("get", SPS, None, ADMIN),
+    Row("post", SPS, {"display_name": "new-principal"}, ADMIN),
+    Row("get", f"{SPS}/{{sp}}", None, ADMIN),
+    Row("delete", f"{SPS}/{{sp}}", None, ADMIN),
+    Row("post", f"{SPS}/{{sp}}/secrets", {}, ADMIN),
+    Row("delete", f"{SPS}/{{sp}}/secrets/{{sp_secret}}", None, ADMIN),
     Row("get", "/api/2.0/modelfleet/group-role-mappings", None, ADMIN),
     Row("put", "/api/2.0/modelfleet/group-role-mappings/ml-eng", {"role": "editor"}, ADMIN),
     Row("delete", "/api/2.0/modelfleet/group-role-mappings/{group}", None, ADMIN),
@@ -200,7 +209,10 @@ def make_world(api, registered_models, django_user_model) -> dict[str, str]:  # 
     GroupRoleMapping.objects.create(group_name="team", role=Role.VIEWER)
     secret_services.create_scope(actor=author, scope="team")
     secret_services.put_secret(actor=author, scope="team", key="db-key", string_value="s3cr3t-value")
+    principal = principal_services.create_principal(actor=author, display_name="pipeline")[0]
     return {
+        "sp": str(principal.application_id),
+        "sp_secret": str(principal.secrets.get().pk),
         "id": endpoint.id,
         "rule": str(rule.pk),
         "change": str(change.pk),
@@ -288,6 +300,7 @@ def api_routes() -> set[tuple[str, str]]:
 def covered_routes() -> set[tuple[str, str]]:
     sample = {"id": "e-1", "rule": "1", "change": "1", "change2": "2", "token": "1", "policy": "1", "group": "g"}
     sample |= {"member": "m", "user": "u", "user_id": "1", "group_id": "1", "member_id": "1"}
+    sample |= {"sp": "00000000-0000-4000-8000-000000000000", "sp_secret": "1"}
     rows = [(m, p) for m, p, _, _ in ROUTES] + [(r.method, r.path) for r in GLOBAL_ROUTES]
     rows += [(m, p) for m, p, _, _ in BODY_SCOPED_ROUTES] + [(m, p) for m, p, _, _ in SCOPE_ROUTES]
     covered = set()
@@ -485,6 +498,11 @@ CLI_VERBS = [
     Verb(("users", "set-max-token-lifetime", "{user}", "86400"), rule=ADMIN),
     Verb(("tokens", "revoke", "{token}"), rule=ADMIN),
     Verb(("audit", "list"), rule=ADMIN),
+    Verb(("service-principals", "list"), rule=ADMIN),
+    Verb(("service-principals", "create", "new-principal", "--role", "viewer"), rule=ADMIN),
+    Verb(("service-principals", "create-secret", "{sp}"), rule=ADMIN),
+    Verb(("service-principals", "delete-secret", "{sp}", "{sp_secret}"), rule=ADMIN),
+    Verb(("service-principals", "delete", "{sp}"), rule=ADMIN),
     Verb(("audit", "export"), rule=ADMIN),
     Verb(("secrets", "list-scopes"), rule=ANY),
     Verb(("secrets", "create-scope", "new-scope"), rule=CREATORS),

@@ -63,7 +63,8 @@ def _verb(
             "--json",
             metavar="JSON",
             required=True,
-            help='{"access_control_list": [{"user_name"|"group_name": …, "permission_level": …}]}: inline or @file',
+            help='{"access_control_list": [{"user_name"|"group_name"|"service_principal_name": …, '
+            '"permission_level": …}]}: inline or @file (a service principal by its application id)',
         )
     parser.set_defaults(handler=handler, leaf_parser=parser)
 

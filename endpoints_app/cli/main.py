@@ -21,6 +21,7 @@ from endpoints_app.cli import (
     commands_permissions,
     commands_secrets,
     commands_server,
+    commands_service_principals,
     commands_serving,
 )
 from endpoints_app.cli.commands_common import Context
@@ -80,6 +81,7 @@ def build_parser() -> argparse.ArgumentParser:
     commands_models.register(commands, common)
     commands_admin.register(commands, common)
     commands_secrets.register(commands, common)
+    commands_service_principals.register(commands, common)
     commands_server.register(commands, common)
     commands_local.register(commands, common)
     return parser

@@ -2,7 +2,19 @@
 
 from __future__ import annotations
 
-from endpoints_app.pages import account, ai_gateway, approvals, audit, edit, endpoint, fleet, models, secrets, sso
+from endpoints_app.pages import (
+    account,
+    ai_gateway,
+    approvals,
+    audit,
+    edit,
+    endpoint,
+    fleet,
+    models,
+    secrets,
+    service_principals,
+    sso,
+)
 
 urlpatterns = (
     account.urlpatterns
@@ -14,5 +26,6 @@ urlpatterns = (
     + approvals.urlpatterns
     + audit.urlpatterns
     + secrets.urlpatterns
+    + service_principals.urlpatterns
     + sso.urlpatterns
 )

@@ -7,6 +7,7 @@ an audit row in one transaction; every gateway process drops its cached levels o
 
 from __future__ import annotations
 
+import uuid
 from typing import Any
 
 from django.contrib.auth import get_user_model
@@ -16,13 +17,14 @@ from django.db.models import Q
 
 from endpoints_app import access, access_generation, audit
 from endpoints_app.errors import InvalidParameterValue
-from endpoints_app.models import Endpoint, EndpointPermission, PermissionLevel
+from endpoints_app.models import Endpoint, EndpointPermission, PermissionLevel, ServicePrincipal
 from endpoints_app.services import gate
 from endpoints_app.validation import require_object
 
 
 def parse_acl(raw: Any) -> list[tuple[str, str, str]]:
-    """[(kind "user"|"group", name, level)] from ``{"access_control_list": [...]}``."""
+    """[(kind "user"|"group"|"service_principal", name, level)] from ``{"access_control_list": [...]}``
+    (a service principal is named by its application id, as in Databricks)."""
     body = require_object(raw, "request body")
     items = body.get("access_control_list")
     if items is None:
@@ -36,18 +38,31 @@ def parse_acl(raw: Any) -> list[tuple[str, str, str]]:
         level = entry.get("permission_level")
         if level not in PermissionLevel.values:
             raise InvalidParameterValue(f"{where}.permission_level must be one of {', '.join(PermissionLevel.values)}")
-        if entry.get("service_principal_name"):
-            raise InvalidParameterValue(f"{where}: service principals are not supported; grant a user or a group")
-        if isinstance(entry.get("user_name"), str) and entry["user_name"]:
+        if isinstance(entry.get("service_principal_name"), str) and entry["service_principal_name"]:
+            acl.append(("service_principal", entry["service_principal_name"], level))
+        elif isinstance(entry.get("user_name"), str) and entry["user_name"]:
             acl.append(("user", entry["user_name"], level))
         elif isinstance(entry.get("group_name"), str) and entry["group_name"]:
             acl.append(("group", entry["group_name"], level))
         else:
-            raise InvalidParameterValue(f"{where} must name a user_name or a group_name")
+            raise InvalidParameterValue(f"{where} must name a user_name, a group_name or a service_principal_name")
     return acl
 
 
 def _principal(kind: str, name: str) -> dict[str, Any]:
+    if kind == "service_principal":
+        try:
+            application_id: uuid.UUID | None = uuid.UUID(name)
+        except ValueError:
+            application_id = None
+        principal = (
+            ServicePrincipal.objects.select_related("user").filter(application_id=application_id).first()
+            if application_id is not None
+            else None
+        )
+        if principal is None:
+            raise InvalidParameterValue(f"Principal: ServicePrincipalName({name[:64]}) does not exist")
+        return {"user": principal.user}
     if kind == "user":
         user = get_user_model().objects.filter(Q(username=name) | Q(email=name)).order_by("id").first()
         if user is None:
@@ -85,12 +100,18 @@ def set_permissions(*, actor: User, endpoint: Endpoint, body: Any, replace: bool
 
 
 def grants_snapshot(endpoint: Endpoint) -> list[dict[str, str]]:
-    grants = EndpointPermission.objects.filter(endpoint=endpoint).select_related("user", "group").order_by("id")
+    grants = (
+        EndpointPermission.objects.filter(endpoint=endpoint)
+        .select_related("user__service_principal", "group")
+        .order_by("id")
+    )
     return [{**_grantee(g), "level": g.level} for g in grants]
 
 
 def _grantee(grant: EndpointPermission) -> dict[str, str]:
     """``{"user": …}`` or ``{"group": …}``: a grant names exactly one (the model's check constraint)."""
+    if grant.user is not None and hasattr(grant.user, "service_principal"):
+        return {"service_principal": grant.user.get_username()}
     if grant.user is not None:
         return {"user": grant.user.get_username()}
     if grant.group is not None:
