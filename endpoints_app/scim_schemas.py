@@ -13,6 +13,7 @@ from typing import Any
 
 USER_SCHEMA = "urn:ietf:params:scim:schemas:core:2.0:User"
 GROUP_SCHEMA = "urn:ietf:params:scim:schemas:core:2.0:Group"
+SERVICE_PRINCIPAL_SCHEMA = "urn:ietf:params:scim:schemas:core:2.0:ServicePrincipal"  # Databricks'
 LIST_RESPONSE = "urn:ietf:params:scim:api:messages:2.0:ListResponse"
 PATCH_OP = "urn:ietf:params:scim:api:messages:2.0:PatchOp"
 ERROR = "urn:ietf:params:scim:api:messages:2.0:Error"
@@ -136,6 +137,40 @@ GROUP = {
                     reference_types=["User"],
                 ),
                 attribute("type", description="The member's resource type", mutability="immutable", canonical=["User"]),
+            ],
+        ),
+    ],
+}
+
+SERVICE_PRINCIPAL = {
+    "id": SERVICE_PRINCIPAL_SCHEMA,
+    "name": "ServicePrincipal",
+    "description": "An identity for automation that signs in with OAuth client credentials (Databricks' resource)",
+    "attributes": [
+        attribute(
+            "applicationId",
+            description="Its OAuth client id (a UUID) and its service_principal_name in permissions; assigned by "
+            "the server unless the create gives one",
+            case_exact=True,
+            uniqueness="server",
+        ),
+        attribute("displayName", description="The name shown for it", required=True, mutability=RW),
+        attribute(
+            "active",
+            "boolean",
+            description="false deactivates it: every token it holds stops at once",
+            required=True,
+            mutability=RW,
+        ),
+        attribute(
+            "groups",
+            "complex",
+            description="The groups it belongs to",
+            multi=True,
+            sub=[
+                attribute("value", description="The group's id"),
+                attribute("$ref", "reference", description="The group's URI", reference_types=["Group"]),
+                attribute("display", description="The group's name"),
             ],
         ),
     ],
@@ -288,11 +323,18 @@ SERVICE_PROVIDER_CONFIG = {
     ],
 }
 
-SCHEMAS = [USER, GROUP, SCHEMA, RESOURCE_TYPE, SERVICE_PROVIDER_CONFIG]
+SCHEMAS = [USER, GROUP, SERVICE_PRINCIPAL, SCHEMA, RESOURCE_TYPE, SERVICE_PROVIDER_CONFIG]
 
 RESOURCE_TYPES = [
     {"id": "User", "name": "User", "description": "Users", "endpoint": "/Users", "schema": USER_SCHEMA},
     {"id": "Group", "name": "Group", "description": "Groups", "endpoint": "/Groups", "schema": GROUP_SCHEMA},
+    {
+        "id": "ServicePrincipal",
+        "name": "ServicePrincipal",
+        "description": "Service principals",
+        "endpoint": "/ServicePrincipals",
+        "schema": SERVICE_PRINCIPAL_SCHEMA,
+    },
 ]
 
 SERVICE_PROVIDER = {

@@ -76,7 +76,7 @@ class Row:
 
 # Paths use {change} (a request proposed by someone else), {token} (someone else's token),
 # {policy}, {group}, {member}, {user}, SCIM's ids {user_id}, {group_id}, {member_id}, and a service
-# principal's application id {sp} and its secret's id {sp_secret}.
+# principal's application id {sp}, its secret's id {sp_secret} and its SCIM id {sp_user_id}.
 # Bodies use the same placeholders. SCIM routes answer SCIM errors (status, detail).
 GLOBAL_ROUTES = [
     Row("get", "/api/2.0/serving-endpoints", None, ANY),
@@ -143,6 +143,17 @@ GLOBAL_ROUTES = [
     Row("put", f"{SCIM}/Groups/{{group_id}}", {"displayName": "team", "members": [{"value": "{user_id}"}]}, ADMIN),
     Row("patch", f"{SCIM}/Groups/{{group_id}}", {"Operations": [{"op": "remove", "path": "members"}]}, ADMIN),
     Row("delete", f"{SCIM}/Groups/{{group_id}}", None, ADMIN),
+    Row("get", f"{SCIM}/ServicePrincipals", None, ADMIN),
+    Row("post", f"{SCIM}/ServicePrincipals", {"displayName": "provisioned"}, ADMIN),
+    Row("get", f"{SCIM}/ServicePrincipals/{{sp_user_id}}", None, ADMIN),
+    Row("put", f"{SCIM}/ServicePrincipals/{{sp_user_id}}", {"displayName": "renamed"}, ADMIN),
+    Row(
+        "patch",
+        f"{SCIM}/ServicePrincipals/{{sp_user_id}}",
+        {"Operations": [{"op": "replace", "path": "displayName", "value": "R"}]},
+        ADMIN,
+    ),
+    Row("delete", f"{SCIM}/ServicePrincipals/{{sp_user_id}}", None, ADMIN),
     Row("get", f"{SCIM}/Me", None, ANY),
     Row("get", f"{SCIM}/ServiceProviderConfig", None, ADMIN),
     Row("get", f"{SCIM}/Schemas", None, ADMIN),
@@ -213,6 +224,7 @@ def make_world(api, registered_models, django_user_model) -> dict[str, str]:  # 
     return {
         "sp": str(principal.application_id),
         "sp_secret": str(principal.secrets.get().pk),
+        "sp_user_id": str(principal.user_id),
         "id": endpoint.id,
         "rule": str(rule.pk),
         "change": str(change.pk),
@@ -300,7 +312,7 @@ def api_routes() -> set[tuple[str, str]]:
 def covered_routes() -> set[tuple[str, str]]:
     sample = {"id": "e-1", "rule": "1", "change": "1", "change2": "2", "token": "1", "policy": "1", "group": "g"}
     sample |= {"member": "m", "user": "u", "user_id": "1", "group_id": "1", "member_id": "1"}
-    sample |= {"sp": "00000000-0000-4000-8000-000000000000", "sp_secret": "1"}
+    sample |= {"sp": "00000000-0000-4000-8000-000000000000", "sp_secret": "1", "sp_user_id": "1"}
     rows = [(m, p) for m, p, _, _ in ROUTES] + [(r.method, r.path) for r in GLOBAL_ROUTES]
     rows += [(m, p) for m, p, _, _ in BODY_SCOPED_ROUTES] + [(m, p) for m, p, _, _ in SCOPE_ROUTES]
     covered = set()

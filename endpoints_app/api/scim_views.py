@@ -1,7 +1,8 @@
 """SCIM 2.0 (RFC 7644) under ``/api/2.0/preview/scim/v2/``: Users and Groups, the paths the
 databricks-sdk's ``w.users`` and ``w.groups`` call, for an identity provider to provision with;
-``/Me`` for ``w.current_user.me()``; and the discovery endpoints (ServiceProviderConfig, Schemas,
-ResourceTypes). There are no service principals yet, so there is no ServicePrincipals resource.
+``/Me`` for ``w.current_user.me()``; ServicePrincipals (``w.service_principals``: a principal's
+id is its user row's, its secrets are made with ``modelfleet service-principals create-secret``);
+and the discovery endpoints (ServiceProviderConfig, Schemas, ResourceTypes).
 
 Everything but ``/Me`` needs the admin role. Errors are SCIM errors
 (``{"schemas": [...Error], "status": "404", "detail": ..., "scimType": ...}``), which the SDK
@@ -32,7 +33,13 @@ from rest_framework.response import Response
 
 from endpoints_app import access, scim_filter
 from endpoints_app.api.errors import exception_handler as api_exception_handler
-from endpoints_app.api.serializers.scim import SCIM_ROOT, select_attributes, serialize_group, serialize_user
+from endpoints_app.api.serializers.scim import (
+    SCIM_ROOT,
+    select_attributes,
+    serialize_group,
+    serialize_service_principal,
+    serialize_user,
+)
 from endpoints_app.api.views import ApiView, base_url, request_body
 from endpoints_app.authenticated import AuthenticatedRequest
 from endpoints_app.errors import DomainError, PermissionDenied, ResourceAlreadyExists, ResourceDoesNotExist
@@ -46,10 +53,12 @@ from endpoints_app.scim_schemas import (
     RESOURCE_TYPES,
     SCHEMA_SCHEMA,
     SCHEMAS,
+    SERVICE_PRINCIPAL_SCHEMA,
     SERVICE_PROVIDER,
     USER_SCHEMA,
 )
 from endpoints_app.services import scim as scim_services
+from endpoints_app.services import service_principals as principal_services
 from endpoints_app.services.scim import ScimError
 
 A = scim_filter.Attribute
@@ -61,6 +70,13 @@ USER_FILTERS = {
     "emails.value": A("email"),
     "name.givenname": A("first_name"),
     "name.familyname": A("last_name"),
+    "id": A("pk", "id"),
+    "active": A("is_active", "boolean"),
+}
+SERVICE_PRINCIPAL_FILTERS = {
+    "applicationid": A("username"),  # a principal's user name is its application id
+    "displayname": A("service_principal__display_name"),
+    "externalid": A("scim__external_id", case_exact=True),
     "id": A("pk", "id"),
     "active": A("is_active", "boolean"),
 }
@@ -216,6 +232,10 @@ def _users() -> QuerySet[User]:
     return _everyone().filter(service_principal__isnull=True)
 
 
+def _service_principals() -> QuerySet[User]:
+    return _everyone().filter(service_principal__isnull=False).select_related("service_principal")
+
+
 def _groups() -> QuerySet[Group]:
     return Group.objects.select_related("scim").prefetch_related("user_set")
 
@@ -283,6 +303,43 @@ class GroupDetailView(ScimView):
 
     def delete(self, request: AuthenticatedRequest, group_id: str) -> Response:
         scim_services.delete_group(actor=request.user, group=_get(_groups(), group_id, "Group"))
+        return Response(status=204)
+
+
+class ServicePrincipalListView(ScimView):
+    def get(self, request: AuthenticatedRequest) -> Response:
+        return _list(
+            request,
+            _service_principals(),
+            SERVICE_PRINCIPAL_FILTERS,
+            SERVICE_PRINCIPAL_SCHEMA,
+            serialize_service_principal,
+        )
+
+    def post(self, request: AuthenticatedRequest) -> Response:
+        principal = scim_services.create_service_principal(actor=request.user, body=request_body(request))
+        created = _get(_service_principals(), str(principal.user_id), "ServicePrincipal")
+        return _one(request, serialize_service_principal(created, base_url(request)), status=201)
+
+
+class ServicePrincipalDetailView(ScimView):
+    def get(self, request: AuthenticatedRequest, user_id: str) -> Response:
+        found = _get(_service_principals(), user_id, "ServicePrincipal")
+        return _one(request, serialize_service_principal(found, base_url(request)))
+
+    def put(self, request: AuthenticatedRequest, user_id: str) -> Response:
+        principal = _get(_service_principals(), user_id, "ServicePrincipal").service_principal
+        scim_services.replace_service_principal(actor=request.user, principal=principal, body=request_body(request))
+        return self.get(request, user_id)
+
+    def patch(self, request: AuthenticatedRequest, user_id: str) -> Response:
+        principal = _get(_service_principals(), user_id, "ServicePrincipal").service_principal
+        scim_services.patch_service_principal(actor=request.user, principal=principal, body=request_body(request))
+        return self.get(request, user_id)
+
+    def delete(self, request: AuthenticatedRequest, user_id: str) -> Response:
+        principal = _get(_service_principals(), user_id, "ServicePrincipal").service_principal
+        principal_services.delete_principal(actor=request.user, principal=principal)
         return Response(status=204)
 
 
@@ -367,6 +424,8 @@ urlpatterns = [
     path(f"{R}/Users/<str:user_id>", UserDetailView.as_view()),
     path(f"{R}/Groups", GroupListView.as_view()),
     path(f"{R}/Groups/<str:group_id>", GroupDetailView.as_view()),
+    path(f"{R}/ServicePrincipals", ServicePrincipalListView.as_view()),
+    path(f"{R}/ServicePrincipals/<str:user_id>", ServicePrincipalDetailView.as_view()),
     path(f"{R}/Me", MeView.as_view()),
     path(f"{R}/ServiceProviderConfig", ServiceProviderConfigView.as_view()),
     path(f"{R}/Schemas", SchemaListView.as_view()),

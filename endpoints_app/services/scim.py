@@ -8,6 +8,7 @@ and the result is applied as a PUT would be: one set of rules reads both.
 
 from __future__ import annotations
 
+import uuid
 from dataclasses import dataclass
 from typing import Any
 
@@ -17,8 +18,9 @@ from django.db import transaction
 
 from endpoints_app import scim_filter
 from endpoints_app.errors import DomainError
-from endpoints_app.models import ScimGroup, ScimUser
-from endpoints_app.scim_schemas import GROUP_SCHEMA, PATCH_OP, USER_SCHEMA
+from endpoints_app.models import ScimGroup, ScimUser, ServicePrincipal
+from endpoints_app.scim_schemas import GROUP_SCHEMA, PATCH_OP, SERVICE_PRINCIPAL_SCHEMA, USER_SCHEMA
+from endpoints_app.services import service_principals as principal_services
 from endpoints_app.services import users as user_services
 
 MAX_OPERATIONS = 1000
@@ -65,6 +67,19 @@ def user_attributes(user: User) -> dict[str, Any]:
         body["displayName"] = scim.display_name
     if user.email:
         body["emails"] = [{"value": user.email}]
+    if scim is not None and scim.external_id:
+        body["externalId"] = scim.external_id
+    return body
+
+
+def service_principal_attributes(principal: ServicePrincipal) -> dict[str, Any]:
+    """A service principal's writable attributes, as a SCIM body."""
+    body: dict[str, Any] = {
+        "applicationId": str(principal.application_id),
+        "displayName": principal.display_name,
+        "active": principal.user.is_active,
+    }
+    scim = _scim_user(principal.user)
     if scim is not None and scim.external_id:
         body["externalId"] = scim.external_id
     return body
@@ -183,11 +198,37 @@ def read_group(body: object) -> GroupAttributes:
     )
 
 
+@dataclass(frozen=True)
+class ServicePrincipalAttributes:
+    application_id: uuid.UUID | None
+    display_name: str
+    active: bool
+    external_id: str
+
+
+def read_service_principal(body: object) -> ServicePrincipalAttributes:
+    """A ServicePrincipal body (POST, PUT, or a PATCH's result). Databricks' entitlements, roles and
+    groups are ignored (groups change on the group)."""
+    body = _object(body, "the request body")
+    text = _string(body, "applicationId")
+    try:
+        application_id = uuid.UUID(text) if text else None
+    except ValueError:
+        raise ScimError("applicationId must be a UUID") from None
+    return ServicePrincipalAttributes(
+        application_id=application_id,
+        display_name=_string(body, "displayName", required=True),
+        active=_boolean(body["active"], "active") if body.get("active") is not None else True,
+        external_id=_string(body, "externalId"),
+    )
+
+
 # --- PATCH --------------------------------------------------------------------------------------------
 
 # Per resource: its attribute names (lower case → as written), which are multi-valued, which complex.
 _USER_ATTRIBUTES = {n.lower(): n for n in ("userName", "name", "displayName", "active", "emails", "externalId")}
 _GROUP_ATTRIBUTES = {n.lower(): n for n in ("displayName", "members", "externalId")}
+_SERVICE_PRINCIPAL_ATTRIBUTES = {n.lower(): n for n in ("applicationId", "displayName", "active", "externalId")}
 _MULTI_VALUED = {"emails", "members"}
 _COMPLEX = {"name": {"givenname": "givenName", "familyname": "familyName"}}
 _READ_ONLY = {"id", "meta", "groups", "schemas"}
@@ -423,3 +464,44 @@ def patch_group(*, actor: User, group: Group, body: object) -> None:
 
 def delete_group(*, actor: User, group: Group) -> None:
     user_services.delete_group(actor=actor, group=group)
+
+
+def create_service_principal(*, actor: User, body: object) -> ServicePrincipal:
+    """A principal provisioned by an identity provider: no secret yet (an admin creates one with
+    ``modelfleet service-principals create-secret``), no global role."""
+    attributes = read_service_principal(body)
+    with transaction.atomic():
+        principal, _ = principal_services.create_principal(
+            actor=actor,
+            display_name=attributes.display_name,
+            application_id=attributes.application_id,
+            with_secret=False,
+        )
+        _set_service_principal(actor=actor, principal=principal, attributes=attributes)
+    return principal
+
+
+def _set_service_principal(*, actor: User, principal: ServicePrincipal, attributes: ServicePrincipalAttributes) -> None:
+    if attributes.application_id is not None and attributes.application_id != principal.application_id:
+        raise ScimError("applicationId cannot be changed", scim_type="mutability")
+    principal_services.update_principal(
+        actor=actor,
+        principal=principal,
+        display_name=attributes.display_name,
+        active=attributes.active,
+        external=attributes.external_id,
+    )
+
+
+def replace_service_principal(*, actor: User, principal: ServicePrincipal, body: object) -> None:
+    _set_service_principal(actor=actor, principal=principal, attributes=read_service_principal(body))
+
+
+def patch_service_principal(*, actor: User, principal: ServicePrincipal, body: object) -> None:
+    patched = apply_patch(
+        service_principal_attributes(principal),
+        body,
+        urn=SERVICE_PRINCIPAL_SCHEMA,
+        names=_SERVICE_PRINCIPAL_ATTRIBUTES,
+    )
+    replace_service_principal(actor=actor, principal=principal, body=patched)

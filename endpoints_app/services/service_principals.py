@@ -24,8 +24,8 @@ from django.contrib.auth.models import User
 from django.db import transaction
 
 from endpoints_app import access_generation, audit
-from endpoints_app.errors import InvalidParameterValue, ResourceDoesNotExist
-from endpoints_app.models import Role, ServicePrincipal, ServicePrincipalSecret, UserProfile
+from endpoints_app.errors import InvalidParameterValue, ResourceAlreadyExists, ResourceDoesNotExist
+from endpoints_app.models import Role, ScimUser, ServicePrincipal, ServicePrincipalSecret, UserProfile
 from endpoints_app.models.tokens import generate_secret, hash_token
 
 MAX_DISPLAY_NAME = 255
@@ -71,11 +71,24 @@ def _role(value: object) -> str:
     return str(value)
 
 
-def create_principal(*, actor: User, display_name: object, role: object = None) -> tuple[ServicePrincipal, str]:
-    """A new principal with one secret; returns the principal and the raw secret (its only copy).
-    ``role`` is its global role (none by default: it sees only what it is granted)."""
+def create_principal(
+    *,
+    actor: User,
+    display_name: object,
+    role: object = None,
+    application_id: uuid.UUID | None = None,
+    with_secret: bool = True,
+) -> tuple[ServicePrincipal, str]:
+    """A new principal, with one secret unless ``with_secret`` is false (SCIM provisioning: an
+    admin adds one later); returns the principal and the raw secret (its only copy, "" without).
+    ``role`` is its global role (none by default: it sees only what it is granted);
+    ``application_id`` one the identity provider chose (Microsoft Entra's), else a new one."""
     name, role_value = _display_name(display_name), _role(role)
-    application_id = uuid.uuid4()
+    application_id = application_id or uuid.uuid4()
+    if ServicePrincipal.objects.filter(application_id=application_id).exists() or (
+        get_user_model().objects.filter(username=str(application_id)).exists()
+    ):
+        raise ResourceAlreadyExists(f"A service principal with application id {application_id} exists")
     with transaction.atomic():
         user = get_user_model().objects.create_user(username=str(application_id), first_name=name[:150])
         user.set_unusable_password()  # never signs in with a password: only with its secrets
@@ -90,8 +103,48 @@ def create_principal(*, actor: User, display_name: object, role: object = None) 
             object_name=name,
             after=snapshot(principal),
         )
-        _, raw = _add_secret(actor=actor, principal=principal)
+        raw = _add_secret(actor=actor, principal=principal)[1] if with_secret else ""
     return principal, raw
+
+
+def external_id(principal: ServicePrincipal) -> str:
+    """The identity provider's id for the principal (SCIM's ``externalId``; "" when none)."""
+    return ScimUser.objects.filter(user_id=principal.user_id).values_list("external_id", flat=True).first() or ""
+
+
+def update_principal(
+    *, actor: User, principal: ServicePrincipal, display_name: object, active: bool, external: str | None = None
+) -> None:
+    """A new display name (and identity provider's id, unless ``external`` is None), and
+    deactivation (every token of the principal stops at once, in every process; its secrets sign
+    in again only once it is reactivated) or reactivation."""
+    name = _display_name(display_name)
+    user = principal.user
+    old_external = external_id(principal)
+    new_external = old_external if external is None else external
+    if len(new_external) > 255:
+        raise InvalidParameterValue("externalId must be at most 255 characters")
+    if (name, active, new_external) == (principal.display_name, user.is_active, old_external):
+        return
+    with transaction.atomic():
+        before = {**snapshot(principal), "active": user.is_active, "external_id": old_external}
+        principal.display_name = name
+        principal.save(update_fields=["display_name"])
+        if new_external != old_external:
+            ScimUser.objects.update_or_create(user=user, defaults={"external_id": new_external})
+        if active != user.is_active:
+            user.is_active = active
+            user.save(update_fields=["is_active"])
+            access_generation.bump()
+        audit.record(
+            actor=actor,
+            action="service_principal.update",
+            object_type="service_principal",
+            object_id=str(principal.application_id),
+            object_name=name,
+            before=before,
+            after={**snapshot(principal), "active": active, "external_id": new_external},
+        )
 
 
 def create_secret(*, actor: User, principal: ServicePrincipal) -> tuple[ServicePrincipalSecret, str]:

@@ -1,4 +1,4 @@
-"""Users and groups in SCIM's wire shape (RFC 7643 §4), as ``/api/2.0/preview/scim/v2/`` serves them."""
+"""Users, groups and service principals in SCIM's wire shape (RFC 7643 §4), as ``/api/2.0/preview/scim/v2/`` serves them."""
 
 from __future__ import annotations
 
@@ -6,8 +6,8 @@ from typing import Any
 
 from django.contrib.auth.models import Group, User
 
-from endpoints_app.scim_schemas import GROUP_SCHEMA, USER_SCHEMA
-from endpoints_app.services.scim import group_attributes, user_attributes
+from endpoints_app.scim_schemas import GROUP_SCHEMA, SERVICE_PRINCIPAL_SCHEMA, USER_SCHEMA
+from endpoints_app.services.scim import group_attributes, service_principal_attributes, user_attributes
 
 SCIM_ROOT = "/api/2.0/preview/scim/v2"
 
@@ -32,6 +32,32 @@ def serialize_user(user: User, base_url: str) -> dict[str, Any]:
         "resourceType": "User",
         "created": user.date_joined.isoformat(),
         "location": user_location(base_url, user.pk),
+    }
+    return body
+
+
+def service_principal_location(base_url: str, user_id: int) -> str:
+    return f"{base_url}{SCIM_ROOT}/ServicePrincipals/{user_id}"
+
+
+def serialize_service_principal(user: User, base_url: str) -> dict[str, Any]:
+    """A service principal: its user row (select_related ``service_principal``, prefetch ``groups``
+    for a list), whose id it shares, as Databricks' ids are one namespace."""
+    principal = user.service_principal
+    body: dict[str, Any] = {
+        "schemas": [SERVICE_PRINCIPAL_SCHEMA],
+        "id": str(user.pk),
+        **service_principal_attributes(principal),
+    }
+    groups = sorted(user.groups.all(), key=lambda g: g.pk)
+    if groups:
+        body["groups"] = [
+            {"value": str(g.pk), "$ref": group_location(base_url, g.pk), "display": g.name} for g in groups
+        ]
+    body["meta"] = {
+        "resourceType": "ServicePrincipal",
+        "created": principal.created_at.isoformat(),
+        "location": service_principal_location(base_url, user.pk),
     }
     return body
 
