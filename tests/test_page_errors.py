@@ -24,7 +24,8 @@ from endpoints_app.models import Endpoint, Role, UserProfile
 
 pytestmark = pytest.mark.django_db
 
-SKIP_PREFIXES = ("api/", "admin/", "static/", "serving-endpoints/", ".well-known/")
+# oidc/: the OAuth token and discovery routes answer OAuth clients in JSON, as the API does.
+SKIP_PREFIXES = ("api/", "admin/", "static/", "serving-endpoints/", ".well-known/", "oidc/")
 PARAM = re.compile(r"<(?:(?P<conv>\w+):)?(?P<name>\w+)>")
 HIDDEN = "hidden-endpoint"
 
@@ -93,8 +94,14 @@ def test_anonymous_visitors_are_sent_to_sign_in_never_json(route, client):
         assert response["Location"].startswith("/accounts/login/"), (url, response["Location"])
     else:
         assert_html(response, url)
-        # Only the sign-in page itself answers, and signing out refuses GET (405, as a page).
-        assert (route, response.status_code) in {("accounts/login/", 200), ("accounts/logout/", 405)}, url
+        # Only the sign-in page itself answers, signing out refuses GET (405, as a page), and the
+        # single sign-on routes are a 404 page while no provider is configured.
+        assert (route, response.status_code) in {
+            ("accounts/login/", 200),
+            ("accounts/logout/", 405),
+            ("accounts/sso/login", 404),
+            ("accounts/sso/callback", 404),
+        }, url
 
 
 @pytest.mark.parametrize("name", ["no-such-thing", HIDDEN])
