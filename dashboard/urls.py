@@ -21,6 +21,7 @@ from endpoints_app.api import (
     sso_views,
     usage_views,
     users_views,
+    workspaces_views,
 )
 from endpoints_app.api import views as api
 from endpoints_app.pages import urls as pages
@@ -68,4 +69,5 @@ urlpatterns += (
     + oauth_views.urlpatterns
     + scim_views.urlpatterns
     + sso_views.urlpatterns
+    + workspaces_views.urlpatterns
 )

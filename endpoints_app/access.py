@@ -20,6 +20,11 @@ editor, approver or admin role. Managed scopes (credentials given to endpoints a
 have no ACLs that count: only admins see them, and the user who stored a secret there may refer
 to that secret.
 
+Workspaces.
+Every user with a global role sees every workspace (name, host, status; never a token): they see
+every endpoint already, and the fleet names each endpoint's workspace. A user without a role sees
+only ``local``. Only admins register, change or remove workspaces (``require_admin``).
+
 Change requests.
 Approvers and admins see and decide every change request (never their own) and change endpoints
 that an approval policy covers without proposing; anyone else sees only their own.
@@ -43,6 +48,8 @@ from endpoints_app.models import (
     SecretAcl,
     SecretPermission,
     SecretScope,
+    Workspace,
+    WorkspaceKind,
 )
 
 RANK: dict[str | None, int] = {None: 0, PermissionLevel.CAN_VIEW: 1, PermissionLevel.CAN_QUERY: 2, PermissionLevel.CAN_MANAGE: 3}
@@ -246,3 +253,15 @@ def visible_change_requests(
     if user is None or not user.is_authenticated:
         return queryset.none()
     return queryset.filter(author_id=user.pk)
+
+
+# --- workspaces --------------------------------------------------------------------------------
+
+
+def visible_workspaces(user: User | None, queryset: QuerySet[Workspace]) -> QuerySet[Workspace]:
+    """Every workspace for users with a global role; ``local`` only for the others."""
+    if role_of(user):
+        return queryset
+    if user is None or not user.is_authenticated:
+        return queryset.none()
+    return queryset.filter(kind=WorkspaceKind.LOCAL)

@@ -13,6 +13,7 @@ Endpoint-scoped routes are in tests/test_access.py (ROUTES). Here:
 from __future__ import annotations
 
 import argparse
+import io
 import itertools
 import json
 from dataclasses import dataclass
@@ -35,6 +36,7 @@ from endpoints_app.models import (
     GroupRoleMapping,
     Role,
     UserProfile,
+    Workspace,
 )
 from endpoints_app.services import proposals
 from endpoints_app.services import secrets as secret_services
@@ -50,9 +52,12 @@ CR = "/api/2.0/modelfleet/change-requests"
 S = "/api/2.0/secrets"
 SCIM = "/api/2.0/preview/scim/v2"
 SPS = "/api/2.0/modelfleet/service-principals"
+WS = "/api/2.0/modelfleet/workspaces"
 ANY, CREATORS, APPROVERS, ADMIN = "any signed-in user", "editor+", "approver+", "admin"
+ROLES = "any global role"
 ROLE_RULES = {
     ANY: None,
+    ROLES: (Role.VIEWER, Role.EDITOR, Role.APPROVER, Role.ADMIN),
     CREATORS: (Role.EDITOR, Role.APPROVER, Role.ADMIN),
     APPROVERS: (Role.APPROVER, Role.ADMIN),
     ADMIN: (Role.ADMIN,),
@@ -76,7 +81,8 @@ class Row:
 
 # Paths use {change} (a request proposed by someone else), {token} (someone else's token),
 # {policy}, {group}, {member}, {user}, SCIM's ids {user_id}, {group_id}, {member_id}, and a service
-# principal's application id {sp}, its secret's id {sp_secret} and its SCIM id {sp_user_id}.
+# principal's application id {sp}, its secret's id {sp_secret} and its SCIM id {sp_user_id}, and a
+# remote workspace's name {workspace}.
 # Bodies use the same placeholders. SCIM routes answer SCIM errors (status, detail).
 GLOBAL_ROUTES = [
     Row("get", "/api/2.0/serving-endpoints", None, ANY),
@@ -122,6 +128,14 @@ GLOBAL_ROUTES = [
     Row("get", "/api/2.0/modelfleet/group-role-mappings", None, ADMIN),
     Row("put", "/api/2.0/modelfleet/group-role-mappings/ml-eng", {"role": "editor"}, ADMIN),
     Row("delete", "/api/2.0/modelfleet/group-role-mappings/{group}", None, ADMIN),
+    # Workspaces: every global role reads them (users without one see only local), admins change them.
+    # validate=false: the remote.test check fails at once (the tests' DNS knows no such name).
+    Row("get", WS, None, ANY),
+    Row("post", f"{WS}?validate=false", {"name": "new-ws", "host": "https://remote.test", "token": "t" * 30}, ADMIN),
+    Row("get", f"{WS}/local", None, ANY),
+    Row("get", f"{WS}/{{workspace}}", None, ROLES, denied=404),
+    Row("patch", f"{WS}/{{workspace}}?validate=false", {"token": "u" * 30}, ADMIN),
+    Row("delete", f"{WS}/{{workspace}}", None, ADMIN),
     Row("get", f"{S}/scopes/list", None, ANY),
     Row("post", f"{S}/scopes/create", {"scope": "new-scope"}, CREATORS),
     Row("get", "/api/2.0/modelfleet/openapi.json", None, ANY),
@@ -221,7 +235,9 @@ def make_world(api, registered_models, django_user_model) -> dict[str, str]:  # 
     secret_services.create_scope(actor=author, scope="team")
     secret_services.put_secret(actor=author, scope="team", key="db-key", string_value="s3cr3t-value")
     principal = principal_services.create_principal(actor=author, display_name="pipeline")[0]
+    workspace = Workspace.objects.create(name="remote-ws", host="https://remote.test", state="ERROR")
     return {
+        "workspace": workspace.name,
         "sp": str(principal.application_id),
         "sp_secret": str(principal.secrets.get().pk),
         "sp_user_id": str(principal.user_id),
@@ -311,7 +327,7 @@ def api_routes() -> set[tuple[str, str]]:
 
 def covered_routes() -> set[tuple[str, str]]:
     sample = {"id": "e-1", "rule": "1", "change": "1", "change2": "2", "token": "1", "policy": "1", "group": "g"}
-    sample |= {"member": "m", "user": "u", "user_id": "1", "group_id": "1", "member_id": "1"}
+    sample |= {"member": "m", "user": "u", "user_id": "1", "group_id": "1", "member_id": "1", "workspace": "w"}
     sample |= {"sp": "00000000-0000-4000-8000-000000000000", "sp_secret": "1", "sp_user_id": "1"}
     rows = [(m, p) for m, p, _, _ in ROUTES] + [(r.method, r.path) for r in GLOBAL_ROUTES]
     rows += [(m, p) for m, p, _, _ in BODY_SCOPED_ROUTES] + [(m, p) for m, p, _, _ in SCOPE_ROUTES]
@@ -516,6 +532,13 @@ CLI_VERBS = [
     Verb(("service-principals", "delete-secret", "{sp}", "{sp_secret}"), rule=ADMIN),
     Verb(("service-principals", "delete", "{sp}"), rule=ADMIN),
     Verb(("audit", "export"), rule=ADMIN),
+    Verb(("workspaces", "list"), rule=ANY),
+    Verb(("workspaces", "get", "local"), rule=ANY),
+    Verb(
+        ("workspaces", "add", "cli-ws", "--host", "https://remote.test", "--token-stdin", "--no-validate"), rule=ADMIN
+    ),
+    Verb(("workspaces", "update", "{workspace}", "--token-stdin", "--no-validate"), rule=ADMIN),
+    Verb(("workspaces", "remove", "{workspace}"), rule=ADMIN),
     Verb(("secrets", "list-scopes"), rule=ANY),
     Verb(("secrets", "create-scope", "new-scope"), rule=CREATORS),
     Verb(("secrets", "list-secrets", "team"), scope_needed=READ),
@@ -594,6 +617,7 @@ def test_every_cli_verb_for_every_persona(
     monkeypatch.setenv("MODELFLEET_HOST", live_server.url)
     monkeypatch.setenv("MODELFLEET_TOKEN", create_token(user=user)[1])
     monkeypatch.setenv("MODELFLEET_CONFIG_FILE", str(tmp_path / "no-such-config"))
+    monkeypatch.setattr("sys.stdin", io.StringIO("t" * 30 + "\n" + "u" * 30 + "\n"))  # workspaces add, update
 
     wrong = []
     for verb in CLI_VERBS:

@@ -163,7 +163,7 @@ class ApiClient:
         for key, value in headers.items():
             self._log(f"> {key}: {'Bearer ***' if key == 'Authorization' else value}")
         if data:
-            self._log(f"> {_preview(data, headers.get('Content-Type', ''))}")
+            self._log(f"> {_preview(_redacted(data), headers.get('Content-Type', ''))}")
 
     def _debug_response(self, response: requests.Response) -> None:
         if not self.debug:
@@ -179,6 +179,21 @@ class ApiClient:
 def _origin(url: str) -> tuple[str, str]:
     parts = urlsplit(url)
     return parts.scheme.lower(), parts.netloc.lower()
+
+
+# Request fields whose values --debug never prints (a workspace's token, a secret's value, passwords).
+_REDACTED_FIELDS = frozenset(("token", "string_value", "bytes_value", "password", "secret", "client_secret"))
+
+
+def _redacted(data: bytes) -> bytes:
+    """A JSON request body with the values of ``_REDACTED_FIELDS`` replaced by ``***``; other bodies as they are."""
+    try:
+        body = json.loads(data)
+    except ValueError:
+        return data
+    if not isinstance(body, dict) or not _REDACTED_FIELDS & body.keys():
+        return data
+    return json.dumps({k: "***" if k in _REDACTED_FIELDS else v for k, v in body.items()}).encode("utf-8")
 
 
 def _preview(data: bytes, content_type: str) -> str:

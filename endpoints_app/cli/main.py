@@ -23,6 +23,7 @@ from endpoints_app.cli import (
     commands_server,
     commands_service_principals,
     commands_serving,
+    commands_workspaces,
 )
 from endpoints_app.cli.commands_common import Context
 from endpoints_app.cli.errors import EXIT_ERROR, EXIT_USAGE, CliError
@@ -82,6 +83,7 @@ def build_parser() -> argparse.ArgumentParser:
     commands_admin.register(commands, common)
     commands_secrets.register(commands, common)
     commands_service_principals.register(commands, common)
+    commands_workspaces.register(commands, common)
     commands_server.register(commands, common)
     commands_local.register(commands, common)
     return parser

@@ -37,6 +37,7 @@ from endpoints_app.models.secrets import Secret, SecretAcl, SecretBackendType, S
 from endpoints_app.models.sso import GroupRoleMapping, SsoIdentity
 from endpoints_app.models.tokens import AccessToken, ServicePrincipal, ServicePrincipalSecret
 from endpoints_app.models.usage import UsageRecord
+from endpoints_app.models.workspaces import Workspace, WorkspaceKind, WorkspaceState
 
 __all__ = [
     "AccessToken",
@@ -86,4 +87,7 @@ __all__ = [
     "ScimGroup",
     "ScimUser",
     "SsoIdentity",
+    "Workspace",
+    "WorkspaceKind",
+    "WorkspaceState",
 ]

@@ -1,0 +1,60 @@
+"""Workspaces: this installation (``local``) and the remote ones a fleet spans.
+
+A remote workspace speaks the Databricks serving-endpoints API (a Databricks workspace, or another
+Modelfleet) and is reached with the official ``databricks-sdk`` at ``host`` with a personal access
+token. The token is kept only in the encrypted secrets store (``token_reference`` names it, in a
+managed scope); this table holds a hint of it (its last characters), never the token.
+
+``local`` is a row too, so that what later hangs off a workspace (endpoints polled from it,
+per-workspace grants, approval policies naming one) can point at ``local`` the same way; it has
+no host and no token, and cannot be changed or removed.
+"""
+
+from __future__ import annotations
+
+from django.conf import settings
+from django.db import models
+
+LOCAL_WORKSPACE = "local"
+
+
+class WorkspaceKind(models.TextChoices):
+    LOCAL = "LOCAL"  # this installation
+    REMOTE = "REMOTE"  # reached with the databricks-sdk
+
+
+class WorkspaceState(models.TextChoices):
+    """What the last check of a remote said (``status_message`` says more)."""
+
+    UNKNOWN = "UNKNOWN"  # not checked yet
+    OK = "OK"  # it answered the serving-endpoints API with this token
+    ERROR = "ERROR"  # unreachable, refused the token, or answered something else
+
+
+class Workspace(models.Model):
+    name = models.CharField(max_length=63, unique=True)
+    kind = models.CharField(max_length=8, choices=WorkspaceKind.choices, default=WorkspaceKind.REMOTE)
+    # The remote's base URL, normalised (scheme://host[:port], no path, no trailing slash); "" for local.
+    host = models.CharField(max_length=512, blank=True, default="")
+    # ``{{secrets/<managed scope>/<key>}}``: where the token is, encrypted; "" for local.
+    token_reference = models.CharField(max_length=300, blank=True, default="")
+    # Shown instead of the token: "…" and its last four characters (only those of a long token).
+    token_hint = models.CharField(max_length=8, blank=True, default="")
+    state = models.CharField(max_length=8, choices=WorkspaceState.choices, default=WorkspaceState.UNKNOWN)
+    status_message = models.CharField(max_length=1000, blank=True, default="")
+    # When ``state`` (and its message) last changed: "unreachable since …".
+    status_since = models.DateTimeField(null=True, blank=True)
+    # When the remote was last asked, whatever it said.
+    checked_at = models.DateTimeField(null=True, blank=True)
+    creator = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    def __str__(self) -> str:
+        return self.name
+
+    @property
+    def is_local(self) -> bool:
+        return self.kind == WorkspaceKind.LOCAL
