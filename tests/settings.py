@@ -35,4 +35,7 @@ CELERY_BROKER_URL = "memory://"
 # Pages rendered in the test process name static files unhashed (no collectstatic before each run);
 # the processes the end-to-end tests start use the real settings, and `modelfleet up` collects.
 STORAGES = {**STORAGES, "staticfiles": {"BACKEND": "django.contrib.staticfiles.storage.StaticFilesStorage"}}  # noqa: F405
+# …and the ASGI app the browser tests serve finds them where they are (the checkout, node_modules), so
+# no test depends on an earlier one having run collectstatic into the data dir.
+WHITENOISE_USE_FINDERS = True
 PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
