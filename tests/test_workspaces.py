@@ -18,6 +18,7 @@ from __future__ import annotations
 import io
 import json
 import logging
+import re
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -25,6 +26,7 @@ from typing import Any
 from urllib.parse import urlparse
 
 import pytest
+from django.test import Client
 from rest_framework.test import APIClient
 
 from endpoints_app import egress
@@ -519,3 +521,77 @@ def test_the_cli_needs_the_token_on_stdin_and_refuses_an_empty_one(cli, remote, 
     assert code == 1 and "the token is empty" in err
     code, _, err = cli("workspaces", "remove", "local")
     assert code == 1 and "cannot be removed" in err
+
+
+# --- the page ---------------------------------------------------------------------------------------
+
+
+def page_client(django_user_model, name: str, role: str) -> Client:
+    user = django_user_model.objects.create_user(name, f"{name}@example.com", "pw-123456789")
+    UserProfile.objects.create(user=user, role=role)
+    client = Client(enforce_csrf_checks=True)
+    client.force_login(user)
+    client.get("/workspaces/")  # sets the CSRF cookie
+    return client
+
+
+def csrf(client: Client) -> str:
+    return client.cookies["csrftoken"].value
+
+
+def test_the_page_lists_workspaces_and_an_admin_adds_and_removes_one_with_csrf(django_user_model, remote, remote_token):
+    client = page_client(django_user_model, "page-root", Role.ADMIN)
+    page = client.get("/workspaces/")
+    assert page.status_code == 200 and "Add a workspace" in page.content.decode() and ">local<" in page.content.decode()
+    form = {"name": "staging", "host": remote, "token": remote_token}
+    assert client.post("/workspaces/", form).status_code == 403  # no CSRF token
+    assert not Workspace.objects.filter(name="staging").exists()
+
+    added = client.post("/workspaces/", {**form, "csrfmiddlewaretoken": csrf(client)})
+    assert added.status_code == 302 and added["Location"] == "/workspaces/"
+    html = client.get("/workspaces/").content.decode()
+    assert "staging" in html and remote in html and "0 serving endpoints" in html and remote_token[-4:] in html
+    assert remote_token not in html
+    token_input = re.search(r'<input id="ws-token"[^>]*>', html)
+    assert token_input is not None and 'type="password"' in token_input[0] and "value" not in token_input[0]
+
+    assert client.post("/workspaces/staging/delete").status_code == 403  # no CSRF token
+    removed = client.post("/workspaces/staging/delete", {"csrfmiddlewaretoken": csrf(client)})
+    assert removed.status_code == 302
+    assert not Workspace.objects.filter(name="staging").exists()
+    assert not Secret.objects.filter(scope__name="modelfleet-workspaces").exists()
+    assert client.post("/workspaces/local/delete", {"csrfmiddlewaretoken": csrf(client)}).status_code == 400
+
+
+def test_the_page_shows_the_error_and_never_echoes_the_token(django_user_model, remote):
+    client = page_client(django_user_model, "page-root", Role.ADMIN)
+    wrong = "mf-" + "5" * 40
+    page = client.post(
+        "/workspaces/", {"name": "staging", "host": remote, "token": wrong, "csrfmiddlewaretoken": csrf(client)}
+    )
+    html = page.content.decode()
+    assert page.status_code == 400 and "refused the token" in html
+    assert 'value="staging"' in html and f'value="{remote}"' in html and wrong not in html
+    # Stored anyway when asked to, with the failure as its status.
+    saved = client.post(
+        "/workspaces/",
+        {"name": "staging", "host": remote, "token": wrong, "skip_check": "1", "csrfmiddlewaretoken": csrf(client)},
+    )
+    assert saved.status_code == 302
+    html = client.get("/workspaces/").content.decode()
+    assert "badge-failed" in html and "refused the token" in html and wrong not in html
+
+
+@pytest.mark.parametrize("role", [Role.VIEWER, Role.APPROVER])
+def test_non_admins_see_the_list_without_forms_and_their_posts_get_403(
+    role, django_user_model, admin, remote, remote_token
+):
+    register(admin, "staging", remote, remote_token)
+    client = page_client(django_user_model, "page-user", role)
+    html = client.get("/workspaces/").content.decode()
+    assert "staging" in html and "Add a workspace" not in html and "Remove" not in html
+    token = csrf(client)
+    form = {"name": "mine", "host": remote, "token": remote_token, "csrfmiddlewaretoken": token}
+    assert client.post("/workspaces/", form).status_code == 403
+    assert client.post("/workspaces/staging/delete", {"csrfmiddlewaretoken": token}).status_code == 403
+    assert set(Workspace.objects.filter(kind="REMOTE").values_list("name", flat=True)) == {"staging"}

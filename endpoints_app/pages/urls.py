@@ -14,6 +14,7 @@ from endpoints_app.pages import (
     secrets,
     service_principals,
     sso,
+    workspaces,
 )
 
 urlpatterns = (
@@ -28,4 +29,5 @@ urlpatterns = (
     + secrets.urlpatterns
     + service_principals.urlpatterns
     + sso.urlpatterns
+    + workspaces.urlpatterns
 )
