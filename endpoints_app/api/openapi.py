@@ -10,6 +10,7 @@ from endpoints_app import registry
 from endpoints_app.errors import DomainError, InvalidParameterValue
 from endpoints_app.gateway.providers import PROVIDERS
 from endpoints_app.models import AlertMetric, Endpoint, Role, ServedEntity
+from endpoints_app.services.tokens import MAX_LIFETIME_SECONDS
 from endpoints_app.validation import (
     MAX_NAME_LENGTH,
     MAX_NOTIFICATION_EMAILS,
@@ -307,6 +308,7 @@ _ACL = {
                 "properties": {
                     "user_name": {"type": "string", "minLength": 1, "maxLength": 150},
                     "group_name": {"type": "string", "minLength": 1, "maxLength": 150},
+                    "service_principal_name": {"type": "string", "format": "uuid"},
                     "permission_level": {"type": "string", "enum": ["CAN_VIEW", "CAN_QUERY", "CAN_MANAGE"]},
                 },
             },
@@ -330,6 +332,7 @@ _KEY = {"type": "string", "minLength": 1, "maxLength": 128, "pattern": "^[A-Za-z
 _PRINCIPAL = {"type": "string", "minLength": 1, "maxLength": 255}
 _USERNAME = {"type": "string", "minLength": 1, "maxLength": 150, "pattern": "^[A-Za-z0-9._@-]+$"}
 _ROLE = {"type": "string", "enum": list(Role.values)}
+_LIFETIME = {"type": "integer", "minimum": -1, "maximum": MAX_LIFETIME_SECONDS, "description": "seconds; -1: no expiry"}
 
 
 def _body(schema: dict[str, Any], *, required: bool = True) -> dict[str, Any]:
@@ -392,6 +395,7 @@ def management_openapi() -> dict[str, Any]:
     served = _param("served_model_name", "path", {"type": "string", "minLength": 1})
     rule_id = _param("rule_id", "path", {"type": "string", "minLength": 1})
     request_id = _param("request_id", "path", {"type": "integer", "minimum": 0})
+    application_id = _param("application_id", "path", {"type": "string", "format": "uuid"})
     if_match = _param("If-Match", "header", {"type": "string"})
     limit = {"type": "integer", "minimum": 1, "maximum": 1000}
     ep = "/api/2.0/serving-endpoints"
@@ -577,17 +581,65 @@ def management_openapi() -> dict[str, Any]:
         },
         f"{mf}/users/{{username}}": {
             "patch": _op(
-                "Change a user's role, or deactivate them (admins)",
+                "Change a user's role or their tokens' longest lifetime, or deactivate them (admins)",
                 params=[_param("username", "path", {"type": "string", "minLength": 1})],
-                body=_body(_object(role=_ROLE, active={"type": "boolean", "enum": [False]})),
+                body=_body(
+                    _object(
+                        role=_ROLE,
+                        active={"type": "boolean", "enum": [False]},
+                        max_token_lifetime_seconds={**_LIFETIME, "nullable": True},
+                    )
+                ),
             )
         },
         f"{mf}/tokens": {
             "get": _op("Access tokens (admins: all, or one user's; others their own)", params=_query(user=_USERNAME)),
             "post": _op(
                 "Create a token (for another user: admins); the only answer that shows it",
-                body=_body(_object(user=_USERNAME, comment={"type": "string", "maxLength": 255}), required=False),
+                body=_body(
+                    _object(user=_USERNAME, comment={"type": "string", "maxLength": 255}, lifetime_seconds=_LIFETIME),
+                    required=False,
+                ),
             ),
+        },
+        "/api/2.0/token/create": {
+            "post": _op(
+                "Create a token for the caller (Databricks' token API); the only answer that shows it",
+                body=_body(
+                    _object(comment={"type": "string", "maxLength": 255}, lifetime_seconds=_LIFETIME), required=False
+                ),
+            )
+        },
+        "/api/2.0/token/list": {"get": _op("The caller's live tokens (Databricks' token API)")},
+        "/api/2.0/token/delete": {
+            "post": _op(
+                "Revoke one of the caller's tokens (Databricks' token API)",
+                body=_body(_object(["token_id"], token_id={"type": "string", "pattern": "^[0-9]{1,18}$"})),
+            )
+        },
+        f"{mf}/service-principals": {
+            "get": _op("Service principals, their roles and secrets' hints (admins)"),
+            "post": _op(
+                "Create a service principal (admins); the only answer that shows its first secret",
+                body=_body(
+                    _object(
+                        ["display_name"], display_name={"type": "string", "minLength": 1, "maxLength": 255}, role=_ROLE
+                    )
+                ),
+            ),
+        },
+        f"{mf}/service-principals/{{application_id}}": {
+            "get": _op("A service principal (admins)", params=[application_id]),
+            "delete": _op("Delete a service principal: its tokens stop at once (admins)", params=[application_id]),
+        },
+        f"{mf}/service-principals/{{application_id}}/secrets": {
+            "post": _op("Another secret, to rotate (admins); the only answer that shows it", params=[application_id]),
+        },
+        f"{mf}/service-principals/{{application_id}}/secrets/{{secret_id}}": {
+            "delete": _op(
+                "Delete a secret: its tokens stop at once (admins)",
+                params=[application_id, _param("secret_id", "path", {"type": "integer", "minimum": 0})],
+            )
         },
         f"{mf}/tokens/{{token_id}}": {
             "delete": _op(

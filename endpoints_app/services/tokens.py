@@ -92,7 +92,11 @@ def create_token(
             object_type="token",
             object_id=str(token.pk),
             object_name=user.get_username(),
-            after={"hint": token.hint, "comment": comment, "lifetime_seconds": lifetime_seconds},
+            after={
+                "hint": token.hint,
+                "comment": comment,
+                **({"lifetime_seconds": lifetime_seconds} if lifetime_seconds is not None else {}),
+            },
         )
     return token, raw
 
