@@ -95,6 +95,7 @@ def test_an_admin_creates_a_principal_whose_secret_is_shown_once_and_stored_hash
     user = get_user_model().objects.get(username=body["application_id"])
     assert not user.has_usable_password()
     assert not APIClient().login(username=body["application_id"], password="")
+    assert [u["username"] for u in admin.get("/api/2.0/modelfleet/users").json()["users"]] == ["boss"]  # people only
     # Audited, the secret never in the log.
     actions = list(AuditEvent.objects.filter(object_type="service_principal").values_list("action", flat=True))
     assert sorted(actions) == ["service_principal.create", "service_principal.secret_create"]

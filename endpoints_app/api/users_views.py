@@ -32,7 +32,13 @@ def _require_admin(request: AuthenticatedRequest) -> None:
 class UserListView(ApiView):
     def get(self, request: AuthenticatedRequest) -> Response:
         _require_admin(request)
-        users = get_user_model().objects.select_related("profile").order_by("username")
+        # People: service principals have user rows of their own, listed by their own API.
+        users = (
+            get_user_model()
+            .objects.filter(service_principal__isnull=True)
+            .select_related("profile")
+            .order_by("username")
+        )
         return Response({"users": [user_services.user_snapshot(u) for u in users]})
 
     def post(self, request: AuthenticatedRequest) -> Response:
