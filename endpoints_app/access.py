@@ -23,7 +23,8 @@ to that secret.
 Workspaces.
 Every user with a global role sees every workspace (name, host, status; never a token): they see
 every endpoint already, and the fleet names each endpoint's workspace. A user without a role sees
-only ``local``. Only admins register, change or remove workspaces (``require_admin``).
+only ``local``. Only admins register, change or remove workspaces (``require_admin``). No one,
+admins included, may have an endpoint refer to a workspace's token (``check_can_read``).
 
 Change requests.
 Approvers and admins see and decide every change request (never their own) and change endpoints
@@ -51,6 +52,7 @@ from endpoints_app.models import (
     Workspace,
     WorkspaceKind,
 )
+from endpoints_app.models.workspaces import WORKSPACE_TOKEN_SCOPE
 
 RANK: dict[str | None, int] = {None: 0, PermissionLevel.CAN_VIEW: 1, PermissionLevel.CAN_QUERY: 2, PermissionLevel.CAN_MANAGE: 3}
 CREATE_ROLES = (Role.EDITOR, Role.APPROVER, Role.ADMIN)
@@ -219,6 +221,10 @@ def check_can_read(*, user: User | None, scope: str, key: str) -> None:
 
     404 when the scope (for them) or the key does not exist, 403 when they lack READ.
     """
+    if scope == WORKSPACE_TOKEN_SCOPE:
+        # Remote workspaces' tokens go only to their own hosts (services.workspaces), never to
+        # an endpoint: not even an admin may refer to them.
+        raise ResourceDoesNotExist(f"Scope {scope} does not exist!")
     scope_obj = SecretScope.objects.filter(name=scope).first()
     if scope_obj is not None and scope_obj.managed and role_of(user) != Role.ADMIN:
         # A managed scope: only the user who stored the secret (or an admin) may use it.

@@ -32,12 +32,13 @@ from rest_framework.test import APIClient
 from endpoints_app import egress
 from endpoints_app.cli.main import main as cli_main
 from endpoints_app.egress import parse_allow_list
-from endpoints_app.models import AuditEvent, Role, Secret, UserProfile, Workspace, WorkspaceState
+from endpoints_app.models import AuditEvent, Endpoint, Role, Secret, UserProfile, Workspace, WorkspaceState
 from endpoints_app.remote import client as remote_client
 from endpoints_app.remote.client import CheckResult
 from endpoints_app.services import secrets as secret_services
 from endpoints_app.services import workspaces as workspace_services
 from endpoints_app.services.tokens import create_token
+from tests.conftest import endpoint_body
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -224,6 +225,30 @@ def test_a_name_registered_twice_is_a_409(admin, remote, remote_token):
     refused(
         register(admin, "staging", remote, remote_token), "already exists", status=409, code="RESOURCE_ALREADY_EXISTS"
     )
+
+
+def test_no_endpoint_may_refer_to_a_workspace_token_not_even_an_admins(admin, remote, remote_token, registered_models):
+    """Else an admin could hand the token to a model's environment or an external model's key
+    and read it there, which changing the host (that needs the token again) does not allow."""
+    register(admin, "staging", remote, remote_token)
+    reference = Workspace.objects.get(name="staging").token_reference
+    body = endpoint_body("leaky", (registered_models["iris"], "1"))
+    body["config"]["served_entities"][0]["environment_vars"] = {"WS_TOKEN": reference}
+    refused(
+        admin.post("/api/2.0/serving-endpoints", body, format="json"),
+        "does not exist",
+        status=404,
+        code="RESOURCE_DOES_NOT_EXIST",
+    )
+    assert not Endpoint.objects.filter(name="leaky").exists()
+
+
+def test_a_workspace_whose_token_left_the_secrets_store_shows_it_in_its_status(admin, remote, remote_token):
+    register(admin, "staging", remote, remote_token)
+    Secret.objects.filter(scope__name="modelfleet-workspaces").delete()  # e.g. an admin's secrets/delete
+    workspace = workspace_services.check_workspace(workspace_id=Workspace.objects.get(name="staging").pk)
+    assert workspace is not None and workspace.state == WorkspaceState.ERROR
+    assert "token is no longer in the secrets store" in workspace.status_message
 
 
 # --- permissions ------------------------------------------------------------------------------------

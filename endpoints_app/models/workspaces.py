@@ -16,6 +16,9 @@ from django.conf import settings
 from django.db import models
 
 LOCAL_WORKSPACE = "local"
+# The managed secret scope holding remote workspaces' tokens. No endpoint may refer to a secret in
+# it, admins' included (``access.check_can_read``): a token goes only to the host it was given for.
+WORKSPACE_TOKEN_SCOPE = "modelfleet-workspaces"
 
 
 class WorkspaceKind(models.TextChoices):

@@ -20,8 +20,10 @@ is best told at once rather than at the first poll:
    (encrypted; ``token_reference`` names it), the status, and an audit row whose snapshots carry a
    hint of the token (``…`` and its last four characters), never the token.
 
-Changing the host needs the token again: the stored token is only ever sent to the host it was
-given for, so an admin account cannot be used to send it somewhere else and read it there.
+Changing the host needs the token again, and no endpoint may refer to the token as a secret (an
+external model's key, an environment variable; ``access.check_can_read``): the stored token is
+only ever sent to the host it was given for, so an admin account cannot be used to send it
+somewhere else and read it there.
 Deleting a workspace deletes its token from the secrets store in the same transaction.
 
 ``record_check`` is the one place a status changes after registration (the poller's, later):
@@ -40,16 +42,22 @@ from django.db import IntegrityError, transaction
 from django.utils import timezone
 
 from endpoints_app import access, audit, egress
-from endpoints_app.errors import InvalidParameterValue, ResourceAlreadyExists, ResourceConflict, ResourceDoesNotExist
+from endpoints_app.errors import (
+    DomainError,
+    InvalidParameterValue,
+    ResourceAlreadyExists,
+    ResourceConflict,
+    ResourceDoesNotExist,
+)
 from endpoints_app.models import Workspace, WorkspaceKind, WorkspaceState
-from endpoints_app.models.workspaces import LOCAL_WORKSPACE
+from endpoints_app.models.workspaces import LOCAL_WORKSPACE, WORKSPACE_TOKEN_SCOPE
 from endpoints_app.remote import client as remote
 from endpoints_app.secret_references import parse_reference
 from endpoints_app.services import secrets as secret_services
 from endpoints_app.validation import validate_name
 
 WHAT = "Workspaces"
-TOKEN_SCOPE = "modelfleet-workspaces"  # a managed scope (secret_services.RESERVED_PREFIX): no user owns it
+TOKEN_SCOPE = WORKSPACE_TOKEN_SCOPE  # a managed scope (secret_services.RESERVED_PREFIX): no user owns it
 MAX_HOST_LENGTH = 512
 MAX_TOKEN_LENGTH = 4096
 HINT_MIN_TOKEN_LENGTH = 20  # shorter tokens get no suffix in their hint: four characters would be too much of them
@@ -329,5 +337,10 @@ def check_workspace(*, workspace_id: int) -> Workspace | None:
     workspace = Workspace.objects.filter(pk=workspace_id, kind=WorkspaceKind.REMOTE).first()
     if workspace is None:
         return None
-    result = remote.check(host=workspace.host, token=token_of(workspace))
+    try:
+        token = token_of(workspace)
+    except DomainError:  # deleted through the secrets API, or undecryptable with this key
+        result = remote.CheckResult(False, "Its token is no longer in the secrets store: give it again (update)")
+    else:
+        result = remote.check(host=workspace.host, token=token)
     return record_check(workspace_id=workspace_id, result=result)
