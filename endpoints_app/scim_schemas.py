@@ -124,7 +124,7 @@ GROUP = {
         attribute(
             "members",
             "complex",
-            description="The users in the group (groups do not nest)",
+            description="The users and service principals in the group (groups do not nest)",
             multi=True,
             mutability=RW,
             sub=[
@@ -134,9 +134,14 @@ GROUP = {
                     "reference",
                     description="The member's URI",
                     mutability="immutable",
-                    reference_types=["User"],
+                    reference_types=["User", "ServicePrincipal"],
                 ),
-                attribute("type", description="The member's resource type", mutability="immutable", canonical=["User"]),
+                attribute(
+                    "type",
+                    description="The member's resource type",
+                    mutability="immutable",
+                    canonical=["User", "ServicePrincipal"],
+                ),
             ],
         ),
     ],

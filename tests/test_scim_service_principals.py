@@ -12,7 +12,7 @@ import pytest
 import requests
 from databricks.sdk import WorkspaceClient
 from databricks.sdk.errors import NotFound
-from databricks.sdk.service.iam import Patch, PatchOp, PatchSchema
+from databricks.sdk.service.iam import ComplexValue, Patch, PatchOp, PatchSchema
 
 from endpoints_app.models import AuditEvent, Role, ServicePrincipal, ServicePrincipalSecret, UserProfile
 from endpoints_app.services import service_principals as principal_services
@@ -132,3 +132,28 @@ def test_only_admins_provision_service_principals(live_server, django_user_model
         live_server, admin_token, "GET", "/Schemas/urn:ietf:params:scim:schemas:core:2.0:ServicePrincipal"
     ).json()
     assert {a["name"] for a in schema["attributes"]} >= {"applicationId", "displayName", "active"}
+
+
+def test_groups_hold_service_principals_shown_with_their_type(
+    w: WorkspaceClient,  # noqa: F811 - the fixture
+    live_server,
+    admin_token: str,  # noqa: F811 - the fixture
+    django_user_model,
+):
+    robot = w.service_principals.create(display_name="robot")
+    person = django_user_model.objects.create_user("ada", "ada@example.com", "pw-123456789")
+    group = w.groups.create(
+        display_name="automation",
+        members=[ComplexValue(value=robot.id, type="ServicePrincipal"), ComplexValue(value=str(person.pk))],
+    )
+    members = {m.value: m for m in w.groups.get(group.id).members}
+    assert members[robot.id].type == "ServicePrincipal" and members[robot.id].ref.endswith(
+        f"/ServicePrincipals/{robot.id}"
+    )
+    assert members[str(person.pk)].type == "User" and members[str(person.pk)].ref.endswith(f"/Users/{person.pk}")
+    assert [g.display for g in w.service_principals.get(robot.id).groups] == ["automation"]
+    # A member's type must be what it is.
+    for value, kind in ((str(person.pk), "ServicePrincipal"), (robot.id, "User")):
+        wrong = {"displayName": f"wrong-{kind}", "members": [{"value": value, "type": kind}]}
+        refused = scim(live_server, admin_token, "POST", "/Groups", json=wrong)
+        assert refused.status_code == 400 and f"is not a {kind}" in refused.json()["detail"]

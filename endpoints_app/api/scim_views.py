@@ -237,7 +237,7 @@ def _service_principals() -> QuerySet[User]:
 
 
 def _groups() -> QuerySet[Group]:
-    return Group.objects.select_related("scim").prefetch_related("user_set")
+    return Group.objects.select_related("scim").prefetch_related("user_set__service_principal")
 
 
 M = TypeVar("M", bound=Model)

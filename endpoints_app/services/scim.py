@@ -172,21 +172,43 @@ class GroupAttributes:
     members: list[User]
 
 
+_MEMBER_TYPES = {"user": "User", "serviceprincipal": "ServicePrincipal"}
+
+
 def _member_users(members: list[dict[str, Any]]) -> list[User]:
+    """The users (and service principals: user rows too) a members list names; a member whose
+    ``type`` says User must be a person, ServicePrincipal a principal."""
     ids: set[int] = set()
+    typed: dict[int, str] = {}
     for member in members:
         kind = member.get("type")
-        if kind is not None and (not isinstance(kind, str) or kind.lower() != "user"):
+        if kind is not None and (not isinstance(kind, str) or kind.lower() not in _MEMBER_TYPES):
             raise ScimError(f"members: {str(kind)[:40]!r} members are not supported (groups do not nest)")
         value = member.get("value")
         if not isinstance(value, str) or not (value.isascii() and value.isdigit() and len(value) <= 18):
             raise ScimError(f"members: {str(value)[:40]!r} is not a user id")
         ids.add(int(value))
-    found = list(get_user_model().objects.filter(pk__in=ids))
+        if kind is not None:
+            typed[int(value)] = _MEMBER_TYPES[kind.lower()]
+    found = list(get_user_model().objects.filter(pk__in=ids).select_related("service_principal"))
     missing = ids - {u.pk for u in found}
     if missing:
         raise ScimError(f"members: no user has the id {min(missing)}")
+    for user in found:
+        kind = typed.get(user.pk)
+        if kind is not None and kind != member_type(user):
+            raise ScimError(f"members: {user.pk} is not a {kind}")
     return found
+
+
+def member_type(user: User) -> str:
+    """A group member's SCIM resource type: ServicePrincipal for a principal's user row, else User
+    (select_related or prefetch ``service_principal``: no query)."""
+    try:
+        user.service_principal  # noqa: B018 - reading the reverse one-to-one is the check
+    except ServicePrincipal.DoesNotExist:
+        return "User"
+    return "ServicePrincipal"
 
 
 def read_group(body: object) -> GroupAttributes:

@@ -7,7 +7,7 @@ from typing import Any
 from django.contrib.auth.models import Group, User
 
 from endpoints_app.scim_schemas import GROUP_SCHEMA, SERVICE_PRINCIPAL_SCHEMA, USER_SCHEMA
-from endpoints_app.services.scim import group_attributes, service_principal_attributes, user_attributes
+from endpoints_app.services.scim import group_attributes, member_type, service_principal_attributes, user_attributes
 
 SCIM_ROOT = "/api/2.0/preview/scim/v2"
 
@@ -62,14 +62,19 @@ def serialize_service_principal(user: User, base_url: str) -> dict[str, Any]:
     return body
 
 
+def _member(value: str, kind: str, base_url: str) -> dict[str, Any]:
+    if kind == "ServicePrincipal":
+        return {"value": value, "$ref": service_principal_location(base_url, int(value)), "type": kind}
+    return {"value": value, "$ref": user_location(base_url, int(value)), "type": kind}
+
+
 def serialize_group(group: Group, base_url: str) -> dict[str, Any]:
-    """The group (prefetch ``scim`` and ``user_set`` for a list)."""
+    """The group (prefetch ``scim`` and ``user_set__service_principal`` for a list): its members
+    are users and service principals, each with its own type."""
     body: dict[str, Any] = {"schemas": [GROUP_SCHEMA], "id": str(group.pk), **group_attributes(group)}
     if "members" in body:
-        body["members"] = [
-            {"value": m["value"], "$ref": user_location(base_url, int(m["value"])), "type": "User"}
-            for m in body["members"]
-        ]
+        kinds = {str(u.pk): member_type(u) for u in group.user_set.all()}
+        body["members"] = [_member(m["value"], kinds.get(m["value"], "User"), base_url) for m in body["members"]]
     body["meta"] = {"resourceType": "Group", "location": group_location(base_url, group.pk)}
     return body
 
