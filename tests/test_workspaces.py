@@ -34,6 +34,7 @@ from endpoints_app.cli.main import main as cli_main
 from endpoints_app.egress import parse_allow_list
 from endpoints_app.models import AuditEvent, Endpoint, Role, Secret, UserProfile, Workspace, WorkspaceState
 from endpoints_app.remote import client as remote_client
+from endpoints_app.remote import transport
 from endpoints_app.remote.client import CheckResult
 from endpoints_app.services import secrets as secret_services
 from endpoints_app.services import workspaces as workspace_services
@@ -402,6 +403,35 @@ def test_a_redirect_is_not_followed_with_the_token(admin, remote_token, settings
         for server in (thief, redirector):
             server.shutdown()
             server.server_close()
+
+
+class _Big(BaseHTTPRequestHandler):
+    """A remote whose every answer is a serving-endpoints list of 4 KiB."""
+
+    def do_GET(self) -> None:  # noqa: N802 - http.server's name
+        body = json.dumps({"endpoints": [{"name": f"e{i}"} for i in range(400)]}).encode()
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+def test_an_answer_longer_than_the_bound_is_not_read(admin, remote_token, settings, monkeypatch):
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _Big)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        settings.EGRESS_ALLOW = parse_allow_list(f"127.0.0.1:{server.server_port}")
+        host = f"http://127.0.0.1:{server.server_port}"
+        assert register(admin, "big", host, remote_token).json()["status"]["message"] == "400 serving endpoints"
+        monkeypatch.setattr(transport, "MAX_RESPONSE_BYTES", 1024)
+        refused(register(admin, "bigger", host, remote_token), "answered more than 1024 bytes")
+    finally:
+        server.shutdown()
+        server.server_close()
 
 
 # --- input ------------------------------------------------------------------------------------------

@@ -23,7 +23,7 @@ from databricks.sdk.config import Config
 from databricks.sdk.errors import DatabricksError, PermissionDenied, Unauthenticated
 
 from endpoints_app import egress
-from endpoints_app.remote.transport import EgressAdapter, HostUnresolved, RedirectRefused
+from endpoints_app.remote.transport import EgressAdapter, HostUnresolved, RedirectRefused, ResponseTooLarge
 
 # Seconds one HTTP request to a remote may take, and the SDK's budget for retrying one call
 # (429 and 503 answers, resets): together they bound how long a check of a dead remote takes.
@@ -66,6 +66,8 @@ def check(*, host: str, token: str) -> CheckResult:
         return _failed(token, f"{host} is refused by the egress policy: {exc}")
     except HostUnresolved as exc:
         return _failed(token, f"Cannot reach {host}: {exc}")
+    except ResponseTooLarge as exc:
+        return _failed(token, f"{host} {exc}, more than a serving-endpoints list can be")
     except RedirectRefused as exc:
         return _failed(
             token,

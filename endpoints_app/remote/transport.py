@@ -18,6 +18,9 @@ neither of which the SDK retries. It also:
   redirect points, so a remote (or anything on the path) could have the token sent to another
   host. A 3xx answer raises ``RedirectRefused`` instead (dropping only the ``Location`` would not
   do: the SDK would read the redirect's body as the answer).
+- reads at most ``MAX_RESPONSE_BYTES`` of an answer (decompressed), so that a remote cannot fill
+  the control plane's memory; a longer one raises ``ResponseTooLarge``. (Answers the SDK streams,
+  such as file downloads, are not read here; the serving-endpoints API has none.)
 """
 
 from __future__ import annotations
@@ -33,6 +36,10 @@ from urllib3.exceptions import ConnectTimeoutError, NewConnectionError
 
 from endpoints_app import egress
 
+# The longest answer read from a remote: the serving-endpoints list of a workspace with some
+# 10,000 endpoints is about 20 MB.
+MAX_RESPONSE_BYTES = 64 * 1024 * 1024
+
 
 class HostUnresolved(Exception):
     """The host's name has no address now. Raised past urllib3 and requests on purpose: as a
@@ -47,6 +54,10 @@ class RedirectRefused(Exception):
         super().__init__(f"answered HTTP {status}, a redirect to {location[:200]!r}, which is not followed")
         self.status = status
         self.location = location
+
+
+class ResponseTooLarge(Exception):
+    """A remote's answer is longer than ``MAX_RESPONSE_BYTES``."""
 
 
 class _PinnedMixin:
@@ -116,4 +127,14 @@ class EgressAdapter(HTTPAdapter):
             location = response.headers.get("location", "")
             response.close()
             raise RedirectRefused(response.status_code, location)
+        if not stream:
+            # Read it here, bounded, instead of letting requests read all of it: decoded, so a
+            # compressed answer cannot expand past the bound either.
+            limit = MAX_RESPONSE_BYTES
+            body = response.raw.read(limit + 1, decode_content=True)
+            if len(body) > limit:
+                response.close()
+                raise ResponseTooLarge(f"answered more than {limit} bytes")
+            response._content = body
+            response.close()
         return response
