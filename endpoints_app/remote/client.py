@@ -29,7 +29,7 @@ from endpoints_app.remote.transport import EgressAdapter, HostUnresolved, Redire
 # (429 and 503 answers, resets): together they bound how long a check of a dead remote takes.
 HTTP_TIMEOUT_SECONDS = 10
 RETRY_TIMEOUT_SECONDS = 5
-MAX_MESSAGE = 300  # characters of a remote's own error message kept in a status
+MAX_MESSAGE = 600  # characters of a status message (a remote's own error message is part of it)
 
 _adapter = EgressAdapter()  # shared by every client: its pools are thread-safe
 
@@ -44,7 +44,7 @@ def workspace_client(*, host: str, token: str) -> WorkspaceClient:
         auth_type="pat",
         http_adapter=_adapter,
         http_timeout_seconds=HTTP_TIMEOUT_SECONDS,
-        retry_timeout_seconds=RETRY_TIMEOUT_SECONDS,  # read at each call: tests shorten it
+        retry_timeout_seconds=RETRY_TIMEOUT_SECONDS,  # read per client, so that tests can shorten it
         product="modelfleet",
         product_version=_version(),
     )
@@ -118,7 +118,6 @@ def _version() -> str:
 
 
 def _failed(token: str, message: str) -> CheckResult:
-    message = message[: MAX_MESSAGE + 200]
     if token:
         message = message.replace(token, "[token]")  # a remote echoing it back never puts it in a status
-    return CheckResult(False, message)
+    return CheckResult(False, message[:MAX_MESSAGE])
