@@ -47,6 +47,36 @@ _NAME_DEPENDENT_ESTIMATORS = frozenset({"ColumnTransformer", "FunctionTransforme
 _FEATURE_NAMES_WARNING = "X does not have valid feature names"
 
 
+def scalar_columns(
+    metadata: Any,
+) -> tuple[list[str], list[np.dtype | None], list[frozenset[type]]] | str:
+    """A model's input signature as named scalar columns (names, dtypes as MLflow hands them to
+    the model, the JSON types read directly), or the reason it is not one: the one test both the
+    scikit-learn fast path and the full path's plain-table reader (served_model.py) apply."""
+    if metadata._is_signature_from_type_hint() or metadata._is_type_hint_from_example():
+        return "its signature comes from type hints"
+    schema = metadata.get_input_schema()
+    if schema is None or schema.is_tensor_spec() or not schema.has_input_names():
+        return "its input signature is not a table of named columns"
+    dtypes: list[np.dtype | None] = []
+    accepts: list[frozenset[type]] = []
+    for spec in schema.inputs:
+        if not (
+            isinstance(spec, ColSpec)
+            and spec.required
+            and isinstance(spec.type, DataType)
+            and spec.type in _FAST_COLUMN_TYPES
+        ):
+            return f"input column {spec.name!r} is not a required scalar column"
+        dtype, types = _FAST_COLUMN_TYPES[spec.type]
+        dtypes.append(dtype)
+        accepts.append(types)
+    names = schema.input_names()
+    if len(set(names)) != len(names):
+        return "its signature repeats a column name"
+    return names, dtypes, accepts
+
+
 class FastInput:
     """One request's rows, checked and converted: an (n, k) array, or one sequence per column."""
 
@@ -108,29 +138,12 @@ class SklearnFastPath:
         pyfunc_conf = metadata.flavors.get("python_function", {})
         if "sklearn" not in metadata.flavors or pyfunc_conf.get("loader_module") != "mlflow.sklearn":
             return None, "not a scikit-learn model"
-        if metadata._is_signature_from_type_hint() or metadata._is_type_hint_from_example():
-            return None, "its signature comes from type hints"
+        columns = scalar_columns(metadata)
+        if isinstance(columns, str):
+            return None, columns
+        names, dtypes, accepts = columns
         if metadata.get_params_schema() is not None:
             return None, "its signature has params"
-        schema = metadata.get_input_schema()
-        if schema is None or schema.is_tensor_spec() or not schema.has_input_names():
-            return None, "its input signature is not a table of named columns"
-        dtypes: list[np.dtype | None] = []
-        accepts: list[frozenset[type]] = []
-        for spec in schema.inputs:
-            if not (
-                isinstance(spec, ColSpec)
-                and spec.required
-                and isinstance(spec.type, DataType)
-                and spec.type in _FAST_COLUMN_TYPES
-            ):
-                return None, f"input column {spec.name!r} is not a required scalar column"
-            dtype, types = _FAST_COLUMN_TYPES[spec.type]
-            dtypes.append(dtype)
-            accepts.append(types)
-        names = schema.input_names()
-        if len(set(names)) != len(names):
-            return None, "its signature repeats a column name"
         predict_fn = pyfunc_conf.get("predict_fn", "predict")
         if predict_fn not in ROW_WISE_PREDICT_FNS:
             return None, f"its pyfunc predict function is {predict_fn}"

@@ -46,10 +46,9 @@ from mlflow.models import ModelSignature
 from mlflow.pyfunc import PyFuncModel, _validate_prediction_input
 from mlflow.pyfunc.scoring_server import SUPPORTED_FORMATS, _parse_json_data, parse_csv_input
 from mlflow.pyfunc.utils.serving_data_parser import is_unified_llm_input
-from mlflow.types import ColSpec, DataType
 
 from endpoints_app.runtime.model_server.batchable import Batching, BatchingSettingError, decide_batching
-from endpoints_app.runtime.model_server.fastpath import _FAST_COLUMN_TYPES, FastInput, SklearnFastPath
+from endpoints_app.runtime.model_server.fastpath import FastInput, SklearnFastPath, scalar_columns
 from endpoints_app.runtime.model_server.responses import RequestError, client_message, predictions_json
 
 logger = logging.getLogger(__name__)
@@ -110,27 +109,10 @@ class PlainTables:
         metadata = model.metadata
         if type(model) is not PyFuncModel:
             return None, f"the model is a {type(model).__name__}"
-        if metadata._is_signature_from_type_hint() or metadata._is_type_hint_from_example():
-            return None, "its signature comes from type hints"
-        schema = metadata.get_input_schema()
-        if schema is None or schema.is_tensor_spec() or not schema.has_input_names():
-            return None, "its input signature is not a table of named columns"
-        dtypes: list[np.dtype | None] = []
-        accepts: list[frozenset[type]] = []
-        for spec in schema.inputs:
-            if not (
-                isinstance(spec, ColSpec)
-                and spec.required
-                and isinstance(spec.type, DataType)
-                and spec.type in _FAST_COLUMN_TYPES
-            ):
-                return None, f"input column {spec.name!r} is not a required scalar column"
-            dtype, types = _FAST_COLUMN_TYPES[spec.type]
-            dtypes.append(dtype)
-            accepts.append(types)
-        names = schema.input_names()
-        if len(set(names)) != len(names):
-            return None, "its signature repeats a column name"
+        columns = scalar_columns(metadata)
+        if isinstance(columns, str):
+            return None, columns
+        names, dtypes, accepts = columns
         return cls(names, dtypes, accepts), f"tables of {len(names)} named columns"
 
     def read(self, payload: dict[str, Any]) -> pd.DataFrame | None:
