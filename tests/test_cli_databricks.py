@@ -327,7 +327,7 @@ complete_line() {
     COMP_CWORD=$(( ${#COMP_WORDS[@]} - 1 )); COMPREPLY=()
     _modelfleet_completion; echo "${COMPREPLY[*]}"
 }
-complete_line "modelfleet serv"
+complete_line "modelfleet servin"
 complete_line "modelfleet -p dev serving-endpoints get-s"
 complete_line "modelfleet serving-endpoints get churn -o "
 complete_line "modelfleet permissions "

@@ -4,11 +4,10 @@ from __future__ import annotations
 
 import argparse
 import sys
-from collections.abc import Callable
 from typing import Any
 
 from endpoints_app.cli import render
-from endpoints_app.cli.commands_common import Context, parse_json_object
+from endpoints_app.cli.commands_common import Context, parse_json_object, simple_verb
 from endpoints_app.cli.errors import EXIT_OK, CliError
 
 USERS = "/api/2.0/modelfleet/users"
@@ -17,33 +16,23 @@ AUDIT = "/api/2.0/modelfleet/audit-events"
 ROLES = ["none", "viewer", "editor", "approver", "admin"]
 
 
-def _verb(
-    verbs: argparse._SubParsersAction[argparse.ArgumentParser],
-    common: argparse.ArgumentParser,
-    name: str,
-    handler: Callable[[Context], int],
-    text: str,
-) -> argparse.ArgumentParser:
-    parser = verbs.add_parser(name, parents=[common], help=text, description=text, allow_abbrev=False)
-    parser.set_defaults(handler=handler, leaf_parser=parser)
-    return parser
-
-
 def register(commands: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
     users = commands.add_parser("users", parents=[common], help="manage users and their roles (admins)")
     verbs = users.add_subparsers(dest="verb", metavar="VERB", required=True)
-    p = _verb(verbs, common, "create", cmd_users_create, "create a user")
+    p = simple_verb(verbs, common, "create", cmd_users_create, "create a user")
     p.add_argument("username")
     p.add_argument("--role", choices=ROLES, default="none")
     p.add_argument("--email", default="")
     p.add_argument("--password-stdin", action="store_true", help="read a password for the web sign-in from stdin")
-    _verb(verbs, common, "list", cmd_users_list, "list users")
-    p = _verb(verbs, common, "set-role", cmd_users_set_role, "change a user's global role")
+    simple_verb(verbs, common, "list", cmd_users_list, "list users")
+    p = simple_verb(verbs, common, "set-role", cmd_users_set_role, "change a user's global role")
     p.add_argument("username")
     p.add_argument("role", choices=ROLES)
-    p = _verb(verbs, common, "deactivate", cmd_users_deactivate, "stop a user from signing in (their tokens stop too)")
+    p = simple_verb(
+        verbs, common, "deactivate", cmd_users_deactivate, "stop a user from signing in (their tokens stop too)"
+    )
     p.add_argument("username")
-    p = _verb(
+    p = simple_verb(
         verbs,
         common,
         "set-max-token-lifetime",
@@ -55,37 +44,37 @@ def register(commands: argparse._SubParsersAction, common: argparse.ArgumentPars
 
     groups = commands.add_parser("groups", parents=[common], help="manage groups (admins); grant endpoints to them")
     verbs = groups.add_subparsers(dest="verb", metavar="VERB", required=True)
-    _verb(verbs, common, "list", cmd_groups_list, "list groups and their members")
-    p = _verb(verbs, common, "create", cmd_groups_create, "create a group")
+    simple_verb(verbs, common, "list", cmd_groups_list, "list groups and their members")
+    p = simple_verb(verbs, common, "create", cmd_groups_create, "create a group")
     p.add_argument("name")
     for name, handler, text in (
         ("add-member", cmd_groups_add, "add a user to a group"),
         ("remove-member", cmd_groups_remove, "remove a user from a group"),
     ):
-        p = _verb(verbs, common, name, handler, text)
+        p = simple_verb(verbs, common, name, handler, text)
         p.add_argument("group")
         p.add_argument("username")
 
     tokens = commands.add_parser("tokens", parents=[common], help="personal access tokens")
     verbs = tokens.add_subparsers(dest="verb", metavar="VERB", required=True)
-    p = _verb(verbs, common, "create", cmd_tokens_create, "create a token (printed once, as the last line)")
+    p = simple_verb(verbs, common, "create", cmd_tokens_create, "create a token (printed once, as the last line)")
     p.add_argument("--user", help="for another user (admins)")
     p.add_argument("--comment", default="")
     p.add_argument(
         "--lifetime-seconds", type=int, metavar="N", help="the token expires after N seconds (default: never)"
     )
-    p = _verb(verbs, common, "list", cmd_tokens_list, "list tokens (never their values)")
+    p = simple_verb(verbs, common, "list", cmd_tokens_list, "list tokens (never their values)")
     p.add_argument("--user")
-    p = _verb(verbs, common, "revoke", cmd_tokens_revoke, "revoke a token")
+    p = simple_verb(verbs, common, "revoke", cmd_tokens_revoke, "revoke a token")
     p.add_argument("token_id", type=int)
 
     crs = commands.add_parser("change-requests", parents=[common], help="propose, review and approve changes")
     verbs = crs.add_subparsers(dest="verb", metavar="VERB", required=True)
-    p = _verb(verbs, common, "list", cmd_cr_list, "list change requests (approvers see all, others their own)")
+    p = simple_verb(verbs, common, "list", cmd_cr_list, "list change requests (approvers see all, others their own)")
     p.add_argument("--status", choices=["pending", "applied", "rejected", "stale", "failed"])
-    p = _verb(verbs, common, "show", cmd_cr_show, "show one change request with its diff")
+    p = simple_verb(verbs, common, "show", cmd_cr_show, "show one change request with its diff")
     p.add_argument("request_id", type=int)
-    p = _verb(verbs, common, "propose", cmd_cr_propose, "propose a change for approval")
+    p = simple_verb(verbs, common, "propose", cmd_cr_propose, "propose a change for approval")
     p.add_argument("endpoint_name")
     p.add_argument(
         "--action", choices=["create", "update-config", "ai-gateway", "tags", "delete"], default="update-config"
@@ -97,7 +86,7 @@ def register(commands: argparse._SubParsersAction, common: argparse.ArgumentPars
         "inline or @file",
     )
     for name, handler in (("approve", cmd_cr_approve), ("reject", cmd_cr_reject)):
-        p = _verb(verbs, common, name, handler, f"{name} a change request (not your own)")
+        p = simple_verb(verbs, common, name, handler, f"{name} a change request (not your own)")
         p.add_argument("request_id", type=int)
         p.add_argument("--comment", default="")
 
@@ -107,7 +96,7 @@ def register(commands: argparse._SubParsersAction, common: argparse.ArgumentPars
         ("list", cmd_audit_list, "list audit events, newest first"),
         ("export", cmd_audit_export, "every matching event as JSON lines, oldest first"),
     ):
-        p = _verb(verbs, common, name, handler, text)
+        p = simple_verb(verbs, common, name, handler, text)
         for flag in ("--actor", "--action", "--object-type", "--object-id", "--object-name", "--since", "--until"):
             p.add_argument(flag)
         if name == "list":

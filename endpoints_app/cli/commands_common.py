@@ -68,6 +68,19 @@ class Context:
         self.stderr.flush()
 
 
+def simple_verb(
+    verbs: argparse._SubParsersAction[argparse.ArgumentParser],
+    common: argparse.ArgumentParser,
+    name: str,
+    handler: Handler,
+    text: str,
+) -> argparse.ArgumentParser:
+    """A verb whose arguments the caller adds to the returned parser (plain argparse positionals)."""
+    parser = verbs.add_parser(name, parents=[common], help=text, description=text, allow_abbrev=False)
+    parser.set_defaults(handler=handler, leaf_parser=parser)
+    return parser
+
+
 def path_param(value: str) -> str:
     """URL-encode one path segment (names may hold anything the user typed)."""
     return quote(value, safe="")

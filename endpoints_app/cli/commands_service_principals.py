@@ -10,26 +10,13 @@ auth_type="oauth-m2m")``) or to any OAuth client of ``/oidc/v1/token``. Grant it
 from __future__ import annotations
 
 import argparse
-from collections.abc import Callable
 
 from endpoints_app.cli import render
-from endpoints_app.cli.commands_common import Context, path_param
+from endpoints_app.cli.commands_common import Context, path_param, simple_verb
 from endpoints_app.cli.errors import EXIT_OK
 
 PRINCIPALS = "/api/2.0/modelfleet/service-principals"
 ROLES = ["none", "viewer", "editor", "approver", "admin"]
-
-
-def _verb(
-    verbs: argparse._SubParsersAction[argparse.ArgumentParser],
-    common: argparse.ArgumentParser,
-    name: str,
-    handler: Callable[[Context], int],
-    text: str,
-) -> argparse.ArgumentParser:
-    parser = verbs.add_parser(name, parents=[common], help=text, description=text, allow_abbrev=False)
-    parser.set_defaults(handler=handler, leaf_parser=parser)
-    return parser
 
 
 def register(commands: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
@@ -42,15 +29,15 @@ def register(commands: argparse._SubParsersAction, common: argparse.ArgumentPars
         allow_abbrev=False,
     )
     verbs = group.add_subparsers(dest="verb", metavar="VERB", required=True)
-    p = _verb(verbs, common, "create", cmd_create, "create a service principal (its secret printed once)")
+    p = simple_verb(verbs, common, "create", cmd_create, "create a service principal (its secret printed once)")
     p.add_argument("display_name", metavar="NAME")
     p.add_argument("--role", choices=ROLES, default="none", help="its global role (default: none, only grants)")
-    _verb(verbs, common, "list", cmd_list, "list service principals (never their secrets)")
-    p = _verb(verbs, common, "delete", cmd_delete, "delete a service principal: its tokens stop at once")
+    simple_verb(verbs, common, "list", cmd_list, "list service principals (never their secrets)")
+    p = simple_verb(verbs, common, "delete", cmd_delete, "delete a service principal: its tokens stop at once")
     p.add_argument("application_id", metavar="APPLICATION_ID")
-    p = _verb(verbs, common, "create-secret", cmd_create_secret, "another secret, to rotate (printed once)")
+    p = simple_verb(verbs, common, "create-secret", cmd_create_secret, "another secret, to rotate (printed once)")
     p.add_argument("application_id", metavar="APPLICATION_ID")
-    p = _verb(verbs, common, "delete-secret", cmd_delete_secret, "delete a secret: its tokens stop at once")
+    p = simple_verb(verbs, common, "delete-secret", cmd_delete_secret, "delete a secret: its tokens stop at once")
     p.add_argument("application_id", metavar="APPLICATION_ID")
     p.add_argument("secret_id", metavar="SECRET_ID", type=int)
 

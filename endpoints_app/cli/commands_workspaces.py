@@ -15,27 +15,14 @@ from __future__ import annotations
 import argparse
 import getpass
 import sys
-from collections.abc import Callable
 from typing import Any
 
 from endpoints_app.cli import render
-from endpoints_app.cli.commands_common import Context, path_param
+from endpoints_app.cli.commands_common import Context, path_param, simple_verb
 from endpoints_app.cli.errors import EXIT_OK, CliError
 
 WORKSPACES = "/api/2.0/modelfleet/workspaces"
 MAX_TOKEN_INPUT = 8192  # characters read from stdin at most (the server takes 4096)
-
-
-def _verb(
-    verbs: argparse._SubParsersAction[argparse.ArgumentParser],
-    common: argparse.ArgumentParser,
-    name: str,
-    handler: Callable[[Context], int],
-    text: str,
-) -> argparse.ArgumentParser:
-    parser = verbs.add_parser(name, parents=[common], help=text, description=text, allow_abbrev=False)
-    parser.set_defaults(handler=handler, leaf_parser=parser)
-    return parser
 
 
 def register(commands: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
@@ -48,18 +35,18 @@ def register(commands: argparse._SubParsersAction, common: argparse.ArgumentPars
         allow_abbrev=False,
     )
     verbs = group.add_subparsers(dest="verb", metavar="VERB", required=True)
-    p = _verb(verbs, common, "add", cmd_add, "register a remote workspace (admins)")
+    p = simple_verb(verbs, common, "add", cmd_add, "register a remote workspace (admins)")
     p.add_argument("name", metavar="NAME")
     p.add_argument("--host", required=True, metavar="URL", help="the workspace's URL, https://…")
     _token_flags(p)
-    _verb(verbs, common, "list", cmd_list, "list the workspaces and their status")
-    p = _verb(verbs, common, "get", cmd_get, "show one workspace and its status")
+    simple_verb(verbs, common, "list", cmd_list, "list the workspaces and their status")
+    p = simple_verb(verbs, common, "get", cmd_get, "show one workspace and its status")
     p.add_argument("name", metavar="NAME")
-    p = _verb(verbs, common, "update", cmd_update, "change a workspace's host (with its token) or token (admins)")
+    p = simple_verb(verbs, common, "update", cmd_update, "change a workspace's host (with its token) or token (admins)")
     p.add_argument("name", metavar="NAME")
     p.add_argument("--host", metavar="URL", help="a new URL: the token must be given again")
     _token_flags(p)
-    p = _verb(verbs, common, "remove", cmd_remove, "remove a workspace and its stored token (admins)")
+    p = simple_verb(verbs, common, "remove", cmd_remove, "remove a workspace and its stored token (admins)")
     p.add_argument("name", metavar="NAME")
 
 
