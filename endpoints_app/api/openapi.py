@@ -7,10 +7,18 @@ from pathlib import Path
 from typing import Any
 
 from endpoints_app import registry
+from endpoints_app.api.serializers.scim import SCIM_ROOT
 from endpoints_app.errors import DomainError, InvalidParameterValue
 from endpoints_app.gateway.providers import PROVIDERS
 from endpoints_app.models import AlertMetric, Endpoint, Role, ServedEntity
+from endpoints_app.scim_filter import MAX_FILTER_LENGTH
+from endpoints_app.scim_schemas import ERROR as SCIM_ERROR_URN
+from endpoints_app.scim_schemas import MAX_PAGE_SIZE as SCIM_MAX_PAGE_SIZE
+from endpoints_app.scim_schemas import PATCH_OP
+from endpoints_app.services.scim import MAX_MEMBERS, MAX_OPERATIONS
+from endpoints_app.services.service_principals import MAX_DISPLAY_NAME
 from endpoints_app.services.tokens import MAX_LIFETIME_SECONDS
+from endpoints_app.services.workspaces import MAX_HOST_LENGTH, MAX_TOKEN_LENGTH
 from endpoints_app.validation import (
     MAX_NAME_LENGTH,
     MAX_NOTIFICATION_EMAILS,
@@ -384,6 +392,214 @@ def _op(
     return op
 
 
+# --- SCIM (RFC 7643/7644) --------------------------------------------------------------------------
+#
+# SCIM routes read application/scim+json or JSON alike, answer application/scim+json, and give SCIM's
+# own errors ({"schemas", "status", "detail", "scimType"?}) for everything but a 401, which
+# authentication answers as it does for every API route.
+
+_SCIM_ERROR = {"$ref": "#/components/schemas/ScimError"}
+_SCIM_STRING = {"type": "string", "description": "no NUL characters"}
+_SCIM_ACTIVE = {"type": "boolean", "description": 'also "True"/"False" as strings, as Microsoft Entra sends them'}
+_SCIM_SCHEMAS = {
+    "type": "array",
+    "items": {"type": "string"},
+    "description": "the resource's schema URNs (not checked)",
+}
+_SCIM_USER = _object(
+    ["userName"],
+    schemas=_SCIM_SCHEMAS,
+    userName={"type": "string", "minLength": 1, "maxLength": 150, "pattern": "^[A-Za-z0-9._@+-]+$"},
+    name=_object(
+        givenName={**_SCIM_STRING, "maxLength": 150},
+        familyName={**_SCIM_STRING, "maxLength": 150},
+    ),
+    displayName={**_SCIM_STRING, "maxLength": 255},
+    emails={
+        "type": "array",
+        "maxItems": 100,
+        "description": "the primary one (else the first) is kept",
+        "items": _object(value={**_SCIM_STRING, "maxLength": 254}, primary={"type": "boolean"}, type=_SCIM_STRING),
+    },
+    externalId={**_SCIM_STRING, "maxLength": 255},
+    active=_SCIM_ACTIVE,
+)
+_SCIM_GROUP = _object(
+    ["displayName"],
+    schemas=_SCIM_SCHEMAS,
+    displayName={**_SCIM_STRING, "minLength": 1, "maxLength": 150},
+    externalId={**_SCIM_STRING, "maxLength": 255},
+    members={
+        "type": "array",
+        "maxItems": MAX_MEMBERS,
+        "description": "users and service principals: groups do not nest",
+        "items": _object(
+            ["value"],
+            value={"type": "string", "pattern": "^[0-9]{1,18}$", "description": "a user's or service principal's id"},
+            type={"type": "string", "enum": ["User", "ServicePrincipal"], "description": "if given, what the id is"},
+            display=_SCIM_STRING,
+        ),
+    },
+)
+_SCIM_SERVICE_PRINCIPAL = _object(
+    ["displayName"],
+    schemas=_SCIM_SCHEMAS,
+    applicationId={"type": "string", "format": "uuid", "description": "the identity provider's; a new one if absent"},
+    displayName={**_SCIM_STRING, "minLength": 1, "maxLength": MAX_DISPLAY_NAME},
+    externalId={**_SCIM_STRING, "maxLength": 255},
+    active=_SCIM_ACTIVE,
+)
+_SCIM_PATCH = _object(
+    ["Operations"],
+    schemas={"type": "array", "items": {"type": "string", "enum": [PATCH_OP]}, "minItems": 1, "maxItems": 1},
+    Operations={
+        "type": "array",
+        "minItems": 1,
+        "maxItems": MAX_OPERATIONS,
+        "items": _object(
+            ["op"],
+            op={"type": "string", "enum": ["add", "replace", "remove", "Add", "Replace", "Remove"]},
+            path={
+                "type": "string",
+                "maxLength": 500,
+                "description": 'attr, attr.sub, attr[sub eq "v"] or attr[sub eq "v"].sub; needed by remove',
+            },
+            value={"description": "needed by add and replace; without a path, an object of attributes"},
+        ),
+    },
+)
+_SCIM_SELECT: dict[str, dict[str, Any]] = {
+    "attributes": {"type": "string", "maxLength": 2000, "description": "comma-separated attributes to return"},
+    "excludedAttributes": {
+        "type": "string",
+        "maxLength": 2000,
+        "description": "comma-separated attributes to leave out",
+    },
+}
+_SCIM_LIST_QUERY: dict[str, dict[str, Any]] = {
+    "filter": {"type": "string", "maxLength": MAX_FILTER_LENGTH, "description": 'e.g. userName eq "a@example.com"'},
+    "sortBy": {"type": "string", "maxLength": 500},
+    "sortOrder": {"type": "string", "enum": ["ascending", "descending"]},
+    "startIndex": {"type": "integer", "minimum": 1, "maximum": 999_999_999, "description": "from 1"},
+    "count": {"type": "integer", "minimum": 0, "maximum": SCIM_MAX_PAGE_SIZE},
+    **_SCIM_SELECT,
+}
+
+
+# Workspaces (services.workspaces): a host is an https:// base URL (an address literal, or plain
+# http:// to a host MODELFLEET_EGRESS_ALLOW names, is accepted too; described here as a name, so no
+# generated example is an address that could be dialled); a token has no white space.
+_HOST = {
+    "type": "string",
+    "maxLength": MAX_HOST_LENGTH,
+    "pattern": "^https://[a-z][a-z0-9-]{0,30}([.][a-z][a-z0-9-]{0,30}){0,3}(:[1-9][0-9]{0,3})?/?$",
+    "description": "the workspace's base URL, https://name[:port], no path, query or credentials",
+}
+_REMOTE_TOKEN = {
+    "type": "string",
+    "minLength": 1,
+    "maxLength": MAX_TOKEN_LENGTH,
+    "pattern": "^[^\\s\\x00-\\x1f\\x7f]+$",
+    "description": "the remote's personal access token; never shown again",
+}
+_VALIDATE = {
+    "type": "boolean",
+    "description": "false: store it even if the check fails, with the failure as its status",
+}
+_CLOSED = {"additionalProperties": False}
+
+
+def _scim_body(schema: dict[str, Any]) -> dict[str, Any]:
+    return {"required": True, "content": {t: {"schema": schema} for t in ("application/scim+json", "application/json")}}
+
+
+def _scim_op(
+    summary: str,
+    *,
+    params: list[dict[str, Any]] | None = None,
+    body: dict[str, Any] | None = None,
+    ok: tuple[str, str] | None = ("200", "OK"),
+    also: dict[str, str] | None = None,
+) -> dict[str, Any]:
+    """One SCIM operation: its answer on success (None: it has none), SCIM errors for every 4xx
+    but a 401."""
+    op: dict[str, Any] = {"summary": summary, "responses": {}}
+    if ok is not None:
+        op["responses"][ok[0]] = {"description": ok[1]}
+    if params:
+        op["parameters"] = params
+    if body is not None:
+        op["requestBody"] = _scim_body(body)
+    op["responses"]["401"] = {
+        "description": "No valid credential",
+        "content": {"application/json": {"schema": _ERROR}},
+    }
+    for status, what in {
+        "400": "An invalid body, filter or parameter (scimType says which: invalidValue, invalidFilter, …)",
+        "403": "Not an admin (only /Me answers every signed-in user)",
+        "404": "No such resource",
+        "405": "The resource does not take this method",
+        "409": "A resource with this name exists (scimType uniqueness)",
+        "429": "Too many requests",
+        **(also or {}),
+    }.items():
+        op["responses"][status] = {
+            "description": what,
+            "content": {"application/scim+json": {"schema": _SCIM_ERROR}},
+        }
+    return op
+
+
+def _scim_paths(root: str) -> dict[str, Any]:
+    """Users, Groups, ServicePrincipals (admins), Me (anyone signed in), the discovery endpoints, and
+    the catch-all that answers a SCIM 404 for any other path under the root."""
+    paths: dict[str, Any] = {}
+    for kind, key, schema, who in (
+        ("Users", "user_id", _SCIM_USER, "user"),
+        ("Groups", "group_id", _SCIM_GROUP, "group"),
+        ("ServicePrincipals", "user_id", _SCIM_SERVICE_PRINCIPAL, "service principal"),
+    ):
+        resource_id = _param(key, "path", {"type": "string", "minLength": 1, "description": "the id SCIM shows"})
+        selected = [resource_id, *_query(**_SCIM_SELECT)]
+        paths[f"{root}/{kind}"] = {
+            "get": _scim_op(f"{kind}: filtered, sorted, paged (admins)", params=_query(**_SCIM_LIST_QUERY)),
+            "post": _scim_op(
+                f"Create a {who} (admins)", params=_query(**_SCIM_SELECT), body=schema, ok=("201", "Created")
+            ),
+        }
+        paths[f"{root}/{kind}/{{{key}}}"] = {
+            "get": _scim_op(f"One {who} (admins)", params=selected),
+            "put": _scim_op(f"Replace a {who}'s attributes (admins)", params=selected, body=schema),
+            "patch": _scim_op(
+                f"Add, replace or remove a {who}'s attributes (admins)", params=selected, body=_SCIM_PATCH
+            ),
+            "delete": _scim_op(f"Delete a {who} (admins)", params=[resource_id], ok=("204", "Deleted")),
+        }
+    paths[f"{root}/Me"] = {
+        "get": _scim_op("The caller, as a SCIM User (anyone signed in)", params=_query(**_SCIM_SELECT))
+    }
+    paths[f"{root}/ServiceProviderConfig"] = {"get": _scim_op("What this SCIM server supports (admins)")}
+    for kind, key in (("Schemas", "schema_id"), ("ResourceTypes", "type_id")):
+        paths[f"{root}/{kind}"] = {"get": _scim_op(f"Every one of the {kind} (admins)")}
+        paths[f"{root}/{kind}/{{{key}}}"] = {
+            "get": _scim_op(
+                f"One of the {kind} (admins)", params=[_param(key, "path", {"type": "string", "minLength": 1})]
+            )
+        }
+    rest = _param("rest", "path", {"type": "string", "minLength": 1, "description": "any other path under the root"})
+    paths[f"{root}/{{rest}}"] = {
+        method: _scim_op("No resource here: a SCIM 404 (admins; others 403)", params=[rest], ok=None)
+        for method in ("get", "put", "patch", "delete")
+    }
+    paths[f"{root}/{{rest}}"]["post"] = _scim_op(
+        "No resource here: a SCIM 404; POST /.search (several resource types at once) is not supported: 501",
+        params=[rest],
+        ok=None,
+        also={"501": "POST /.search: not supported"},
+    )
+    return paths
+
+
 def management_openapi() -> dict[str, Any]:
     """The OpenAPI 3.0 document of the management API: every ``/api/`` route and method of the URL conf.
 
@@ -397,6 +613,7 @@ def management_openapi() -> dict[str, Any]:
     request_id = _param("request_id", "path", {"type": "integer", "minimum": 0})
     application_id = _param("application_id", "path", {"type": "string", "format": "uuid"})
     if_match = _param("If-Match", "header", {"type": "string"})
+    group_path = _param("group", "path", {"type": "string", "minLength": 1, "maxLength": 150})
     limit = {"type": "integer", "minimum": 1, "maximum": 1000}
     ep = "/api/2.0/serving-endpoints"
     mf = "/api/2.0/modelfleet"
@@ -824,14 +1041,55 @@ def management_openapi() -> dict[str, Any]:
             )
         },
         f"{sec}/acls/list": {"get": _op("A scope's grants (MANAGE)", params=[scope_q])},
+        f"{mf}/group-role-mappings": {
+            "get": _op("The single sign-on group → role mappings in force, from the API and the settings (admins)")
+        },
+        f"{mf}/group-role-mappings/{{group}}": {
+            "put": _op(
+                "Map a provider group to a global role, from its members' next sign-in (admins)",
+                params=[group_path],
+                body=_body(_object(["role"], role={"type": "string", "enum": [r for r in Role.values if r]})),
+            ),
+            "delete": _op("Remove a group's mapping (admins)", params=[group_path]),
+        },
+        f"{mf}/workspaces": {
+            "get": _op("The workspaces: local first, then the remotes (any global role)"),
+            "post": _op(
+                "Register a remote workspace, checked first unless validate=false (admins); no answer holds the token",
+                params=_query(validate=_VALIDATE),
+                body=_body(
+                    {**_object(["name", "host", "token"], name=_NAME, host=_HOST, token=_REMOTE_TOKEN), **_CLOSED}
+                ),
+            ),
+        },
+        f"{mf}/workspaces/{{name}}": {
+            "get": _op("One workspace (any global role)", params=[name]),
+            "patch": _op(
+                "Change a remote's host (with its token) or token, checked first unless validate=false (admins)",
+                params=[name, *_query(validate=_VALIDATE)],
+                body=_body(
+                    {
+                        **_object(
+                            name={**_NAME, "description": "only the workspace's own: workspaces are not renamed"},
+                            host=_HOST,
+                            token=_REMOTE_TOKEN,
+                        ),
+                        **_CLOSED,
+                    }
+                ),
+            ),
+            "delete": _op("Remove a remote workspace and its stored token (admins; not local)", params=[name]),
+        },
+        **_scim_paths(SCIM_ROOT),
     }
     return {
         "openapi": "3.0.3",
         "info": {
             "title": "Modelfleet management API",
             "version": "2.0",
-            "description": "Databricks-compatible serving-endpoint, permissions and secrets APIs, and Modelfleet's own "
-            'fleet API. Errors are {"error_code", "message"}. Reading this document needs a signed-in user.',
+            "description": "Databricks-compatible serving-endpoint, permissions, secrets, token and SCIM APIs, and "
+            'Modelfleet\'s own fleet API. Errors are {"error_code", "message"}; SCIM routes answer SCIM\'s own '
+            "(ScimError). Reading this document needs a signed-in user.",
         },
         "components": {
             "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
@@ -840,7 +1098,18 @@ def management_openapi() -> dict[str, Any]:
                     "type": "object",
                     "required": ["error_code", "message"],
                     "properties": {"error_code": {"type": "string"}, "message": {"type": "string"}},
-                }
+                },
+                "ScimError": {
+                    "type": "object",
+                    "description": "SCIM's error (RFC 7644 §3.12), on SCIM routes",
+                    "required": ["schemas", "status", "detail"],
+                    "properties": {
+                        "schemas": {"type": "array", "items": {"type": "string", "enum": [SCIM_ERROR_URN]}},
+                        "status": {"type": "string", "description": "the HTTP status, as a string"},
+                        "detail": {"type": "string"},
+                        "scimType": {"type": "string"},
+                    },
+                },
             },
         },
         "security": [{"bearer": []}],
