@@ -272,6 +272,16 @@ def test_errors_are_scim_errors(live_server, admin_token, django_user_model):
     assert anonymous.status_code == 401 and anonymous.json()["error_code"] == "UNAUTHENTICATED"
 
 
+def test_any_other_path_under_the_root_is_a_scim_404_line_breaks_included(live_server, admin_token):
+    """Found by the OpenAPI fuzzer: a path with an encoded line break passed by the catch-all (Django's
+    ``path`` converter stops at one) and got the API's 404, not SCIM's."""
+    for path in ("/Nothing/here", "/a%0Ab", "/Users%0A", "/%0A"):
+        for method in ("GET", "POST", "PUT", "PATCH", "DELETE"):
+            response = scim(live_server, admin_token, method, path)
+            assert response.status_code == 404, (method, path, response.content)
+            assert response.json()["schemas"] == [ERROR] and response.json()["status"] == "404", (method, path)
+
+
 @pytest.mark.parametrize(
     ("expression", "says"),
     [

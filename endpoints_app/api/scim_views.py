@@ -12,7 +12,7 @@ Every change goes through ``services.scim``, which writes the audit rows.
 A new resource type is a list view and a detail view on ``ScimView`` (``_list``/``_one``/``_get``
 do paging, filters and attribute selection), a filter table like ``USER_FILTERS``, its schema in
 ``scim_schemas.SCHEMAS`` and its entry in ``RESOURCE_TYPES``, and two paths in ``urlpatterns``
-before the catch-all ``<path:rest>``.
+before the catch-all ``<scim_rest:rest>``.
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ from django.contrib.auth import get_user_model
 from django.contrib.auth.models import Group, User
 from django.db.models import Model, QuerySet
 from django.http import Http404
-from django.urls import path
+from django.urls import path, register_converter
 from rest_framework import exceptions
 from rest_framework.renderers import BaseRenderer, JSONRenderer
 from rest_framework.request import Request
@@ -418,6 +418,21 @@ class UnknownView(ScimView):
         return self.get(request, rest)
 
 
+class AnyRest:
+    """The rest of a path, line breaks included: Django's ``path`` converter stops at one, and the
+    path would fall through to the API's 404 instead of SCIM's."""
+
+    regex = r"[\s\S]+"
+
+    def to_python(self, value: str) -> str:
+        return value
+
+    def to_url(self, value: str) -> str:
+        return value
+
+
+register_converter(AnyRest, "scim_rest")
+
 R = SCIM_ROOT.lstrip("/")
 urlpatterns = [
     path(f"{R}/Users", UserListView.as_view()),
@@ -432,5 +447,5 @@ urlpatterns = [
     path(f"{R}/Schemas/<str:schema_id>", SchemaDetailView.as_view()),
     path(f"{R}/ResourceTypes", ResourceTypeListView.as_view()),
     path(f"{R}/ResourceTypes/<str:type_id>", ResourceTypeDetailView.as_view()),
-    path(f"{R}/<path:rest>", UnknownView.as_view()),
+    path(f"{R}/<scim_rest:rest>", UnknownView.as_view()),
 ]
