@@ -5,7 +5,8 @@
 - schemathesis generates requests from it, conforming and not (wrong types, missing fields,
   non-object bodies, odd strings), sends them in-process through Django's WSGI handler as an
   admin (so they reach the handlers, not just the permission check), and every answer must be
-  below 500, and every 4xx the API's ``{"error_code", "message"}``.
+  below 500, and every 4xx the API's ``{"error_code", "message"}`` (SCIM's routes: SCIM's error,
+  ``{"schemas": [...Error], "status", "detail"}``, but for a 401, which authentication answers).
 - Hostile shapes no generator tries by itself: 100 000 ``[``, NUL characters, ids past a bigint.
 
 Bounded for ``make test``: a few examples per operation, derandomized so CI sees the same cases.
@@ -31,9 +32,12 @@ from rest_framework.test import APIClient
 
 from endpoints_app.api.openapi import management_openapi
 from endpoints_app.api.parsers import MAX_JSON_DEPTH
+from endpoints_app.api.serializers.scim import SCIM_ROOT
 from endpoints_app.models import AlertRule, ApprovalPolicy, Endpoint, Role, UserProfile
+from endpoints_app.scim_schemas import ERROR as SCIM_ERROR
 from endpoints_app.services import proposals
 from endpoints_app.services import secrets as secret_services
+from endpoints_app.services import service_principals as principal_services
 from endpoints_app.services.tokens import create_token
 from tests.conftest import endpoint_body
 from tests.test_access_matrix import api_routes
@@ -203,7 +207,8 @@ def test_an_id_past_a_bigint_is_not_found(admin_client, path):
 def fuzz_world(django_user_model, registered_models) -> Iterator[dict[str, Any]]:
     """An admin token for the fuzzer, and real objects its path parameters can name: the endpoint
     ``fuzz`` (ready), an alert rule, a pending change request, a policy, a group, another user with
-    a token, and a secret scope. Half of the cases name these, so they reach the handlers' depths;
+    a token (also as a SCIM User, a member of the group), a service principal with a secret, and a
+    secret scope. Half of the cases name these, so they reach the handlers' depths;
     the other half keep the generated values (unknown names, odd strings)."""
     from tests.test_api_endpoints import create, mark_ready
 
@@ -229,7 +234,9 @@ def fuzz_world(django_user_model, registered_models) -> Iterator[dict[str, Any]]
     secret_services.put_secret(actor=admin, scope="team", key="db-key", string_value="s3cr3t")
     from django.contrib.auth.models import Group
 
-    Group.objects.create(name="team")
+    team = Group.objects.create(name="team")
+    team.user_set.add(victim)
+    principal, _ = principal_services.create_principal(actor=admin, display_name="robot")
     # Django's test client does this too: a finished request would close the connection that
     # holds the test's transaction.
     signals.request_started.disconnect(close_old_connections)
@@ -248,8 +255,14 @@ def fuzz_world(django_user_model, registered_models) -> Iterator[dict[str, Any]]
             "token_id": create_token(user=victim, comment="victim")[0].pk,
             "username": "victim",
             "group": "team",
+            # SCIM ids: the victim (a User) and the group; a principal's id under /ServicePrincipals.
+            "user_id": str(victim.pk),
+            "group_id": str(team.pk),
+            "application_id": str(principal.application_id),
+            "secret_id": principal.secrets.get().pk,
         },
         "query": {"scope": "team", "key": "db-key", "principal": "victim"},
+        "principal_user_id": str(principal.user_id),
         "turn": itertools.count(),
     }
     signals.request_started.connect(close_old_connections)
@@ -270,6 +283,8 @@ def test_no_operation_answers_a_server_error(case, fuzz_world):
         for key in case.path_parameters or {}:
             if key in fuzz_world["path"]:
                 case.path_parameters[key] = fuzz_world["path"][key]
+            if key == "user_id" and "/ServicePrincipals/" in case.path:
+                case.path_parameters[key] = fuzz_world["principal_user_id"]
         for key in case.query or {}:
             if key in fuzz_world["query"]:
                 case.query[key] = fuzz_world["query"][key]
@@ -278,4 +293,10 @@ def test_no_operation_answers_a_server_error(case, fuzz_world):
     assert response.status_code < 500, f"{request} → {response.status_code}: {response.text[:1000]}"
     if response.status_code >= 400:
         body = response.json()
-        assert isinstance(body, dict) and set(body) >= {"error_code", "message"}, f"{request} → {response.text[:500]}"
+        if case.path.startswith(SCIM_ROOT) and response.status_code != 401:  # SCIM's own error (RFC 7644 §3.12)
+            assert isinstance(body, dict) and body.get("schemas") == [SCIM_ERROR], f"{request} → {response.text[:500]}"
+            assert body.get("status") == str(response.status_code) and body.get("detail"), f"{request} → {body}"
+        else:
+            assert isinstance(body, dict) and set(body) >= {"error_code", "message"}, (
+                f"{request} → {response.text[:500]}"
+            )
