@@ -20,11 +20,23 @@ editor, approver or admin role. Managed scopes (credentials given to endpoints a
 have no ACLs that count: only admins see them, and the user who stored a secret there may refer
 to that secret.
 
+Roles, global and per workspace.
+A user's role in a workspace (``role_of(user, workspace)``) is the highest of their global role
+and the workspace grants to them or to their groups (viewer, editor, approver; ``admin`` is global
+only, so every "admins only" check reads the global role in effect). Everything this installation
+serves is the workspace ``local``, the default: the endpoint baselines below, creating endpoints
+and scopes, approving, all use the role in ``local``, so a user with no global role and editor on
+``local`` creates endpoints here. ``global_role`` is the global role alone (what a user's record
+shows, what single sign-on sets). A user's grants are read once per user object (one query) and
+kept on it, as Django keeps its profile: a request sees one set of rights throughout.
+
 Workspaces.
-Every user with a global role sees every workspace (name, host, status; never a token): they see
-every endpoint already, and the fleet names each endpoint's workspace. A user without a role sees
-only ``local``. Only admins register, change or remove workspaces (``require_admin``). No one,
-admins included, may have an endpoint refer to a workspace's token (``check_can_read``).
+A user sees a workspace where their role is at least viewer: users with a global role see every
+workspace (name, host, status; never a token), anyone else the workspaces granted to them, and
+``local``, the installation they are signed in to, which every signed-in user sees (their endpoint
+grants are in it). Only admins register, change or remove workspaces and grant roles in them
+(``require_admin``). No one, admins included, may have an endpoint refer to a workspace's token
+(``check_can_read``).
 
 Change requests.
 Approvers and admins see and decide every change request (never their own) and change endpoints
@@ -50,11 +62,17 @@ from endpoints_app.models import (
     SecretPermission,
     SecretScope,
     Workspace,
+    WorkspaceGrant,
     WorkspaceKind,
 )
-from endpoints_app.models.workspaces import WORKSPACE_TOKEN_SCOPE
+from endpoints_app.models.workspaces import LOCAL_WORKSPACE, WORKSPACE_TOKEN_SCOPE
 
-RANK: dict[str | None, int] = {None: 0, PermissionLevel.CAN_VIEW: 1, PermissionLevel.CAN_QUERY: 2, PermissionLevel.CAN_MANAGE: 3}
+RANK: dict[str | None, int] = {
+    None: 0,
+    PermissionLevel.CAN_VIEW: 1,
+    PermissionLevel.CAN_QUERY: 2,
+    PermissionLevel.CAN_MANAGE: 3,
+}
 CREATE_ROLES = (Role.EDITOR, Role.APPROVER, Role.ADMIN)
 APPROVER_ROLES = (Role.APPROVER, Role.ADMIN)
 SECRET_RANK: dict[str | None, int] = {
@@ -66,7 +84,14 @@ SECRET_RANK: dict[str | None, int] = {
 ALL_USERS = "users"  # Databricks' group of every user
 
 
-def role_of(user: User | None) -> str:
+ROLE_RANK: dict[str, int] = {Role.NONE: 0, Role.VIEWER: 1, Role.EDITOR: 2, Role.APPROVER: 3, Role.ADMIN: 4}
+# Above this, no workspace grant can raise a global role (grants stop at approver).
+_HIGHEST_GRANTED = ROLE_RANK[Role.APPROVER]
+_GRANTS_CACHE = "_modelfleet_workspace_roles"
+
+
+def global_role(user: User | None) -> str:
+    """The user's global role alone (superusers are admins); none for anyone signed out or deactivated."""
     if user is None or not user.is_authenticated or not user.is_active:
         return Role.NONE
     if getattr(user, "is_superuser", False):
@@ -76,6 +101,41 @@ def role_of(user: User | None) -> str:
         return profile.role if profile is not None else Role.NONE
     except Exception:  # RelatedObjectDoesNotExist: no profile yet
         return Role.NONE
+
+
+def higher_role(a: str, b: str) -> str:
+    return a if ROLE_RANK[a] >= ROLE_RANK[b] else b
+
+
+def workspace_roles(user: User | None) -> dict[str, str]:
+    """Workspace name → the highest role granted there to the user or their groups (one query,
+    then kept on the user object for the rest of the request)."""
+    if user is None or not user.is_authenticated or not user.is_active:
+        return {}
+    cached: dict[str, str] | None = getattr(user, _GRANTS_CACHE, None)
+    if cached is not None:
+        return cached
+    roles: dict[str, str] = {}
+    grants = WorkspaceGrant.objects.filter(Q(user_id=user.pk) | Q(group__user=user.pk))
+    for name, role in grants.values_list("workspace__name", "role"):
+        roles[name] = higher_role(roles.get(name, Role.NONE), role)
+    setattr(user, _GRANTS_CACHE, roles)
+    return roles
+
+
+def forget_workspace_roles(user: User) -> None:
+    """Drop the grants kept on this user object (after changing them within one request)."""
+    if hasattr(user, _GRANTS_CACHE):
+        delattr(user, _GRANTS_CACHE)
+
+
+def role_of(user: User | None, workspace: str = LOCAL_WORKSPACE) -> str:
+    """The user's role in ``workspace`` (``local``, this installation, unless named): the highest of
+    their global role and their grants there."""
+    role = global_role(user)
+    if ROLE_RANK[role] >= _HIGHEST_GRANTED:
+        return role  # no grant can raise it: no query
+    return higher_role(role, workspace_roles(user).get(workspace, Role.NONE))
 
 
 def _grants(user: User) -> QuerySet[EndpointPermission]:
@@ -138,7 +198,7 @@ def require_create(user: User | None) -> None:
 
 def require_admin(user: User | None, what: str) -> None:
     """Changes to how the whole fleet is governed (approval policies): admins only."""
-    if role_of(user) != Role.ADMIN:
+    if global_role(user) != Role.ADMIN:
         raise PermissionDenied(f"{what} are set by admins")
 
 
@@ -158,7 +218,7 @@ def scope_permissions(user: User | None, scopes: Iterable[SecretScope]) -> dict[
     """``scope_permission`` for many scopes at once, by scope id, in two queries whatever their number
     (the user's groups, then their ACLs on these scopes); none for an admin."""
     scopes = list(scopes)
-    if role_of(user) == Role.ADMIN:
+    if global_role(user) == Role.ADMIN:
         return {scope.pk: SecretPermission.MANAGE for scope in scopes}
     best: dict[int, str | None] = {scope.pk: None for scope in scopes}
     if user is None or not user.is_authenticated or not user.is_active:
@@ -201,7 +261,7 @@ def require_scope(user: User | None, scope: SecretScope | None, name: str, neede
 def visible_scopes(user: User | None, queryset: QuerySet[SecretScope]) -> QuerySet[SecretScope]:
     """Admins see every scope; users with a role every scope but the managed ones; anyone else the
     scopes an ACL names them in."""
-    if role_of(user) == Role.ADMIN:
+    if global_role(user) == Role.ADMIN:
         return queryset
     queryset = queryset.filter(managed=False)
     if role_of(user):
@@ -226,7 +286,7 @@ def check_can_read(*, user: User | None, scope: str, key: str) -> None:
         # an endpoint: not even an admin may refer to them.
         raise ResourceDoesNotExist(f"Scope {scope} does not exist!")
     scope_obj = SecretScope.objects.filter(name=scope).first()
-    if scope_obj is not None and scope_obj.managed and role_of(user) != Role.ADMIN:
+    if scope_obj is not None and scope_obj.managed and global_role(user) != Role.ADMIN:
         # A managed scope: only the user who stored the secret (or an admin) may use it.
         stored_by_them = (
             user is not None
@@ -250,9 +310,17 @@ def may_approve(user: User | None) -> bool:
     return role_of(user) in APPROVER_ROLES
 
 
-def visible_change_requests(
-    user: User | None, queryset: QuerySet[ChangeRequest]
-) -> QuerySet[ChangeRequest]:
+def approvers() -> Q:
+    """Users who may approve here (for a ``User`` query; may repeat a user: add ``distinct``):
+    superusers, the approver and admin global roles, and approver grants on ``local``."""
+    granted = Q(workspace_grants__workspace__name=LOCAL_WORKSPACE, workspace_grants__role=Role.APPROVER)
+    via_group = Q(
+        groups__workspace_grants__workspace__name=LOCAL_WORKSPACE, groups__workspace_grants__role=Role.APPROVER
+    )
+    return Q(is_superuser=True) | Q(profile__role__in=APPROVER_ROLES) | granted | via_group
+
+
+def visible_change_requests(user: User | None, queryset: QuerySet[ChangeRequest]) -> QuerySet[ChangeRequest]:
     """Approvers and admins see every change request; anyone else only their own."""
     if may_approve(user):
         return queryset
@@ -265,9 +333,11 @@ def visible_change_requests(
 
 
 def visible_workspaces(user: User | None, queryset: QuerySet[Workspace]) -> QuerySet[Workspace]:
-    """Every workspace for users with a global role; ``local`` only for the others."""
-    if role_of(user):
+    """Every workspace for users with a global role; for the others ``local`` and the workspaces
+    where a grant gives them a role."""
+    if global_role(user):
         return queryset
-    if user is None or not user.is_authenticated:
+    if user is None or not user.is_authenticated or not user.is_active:
         return queryset.none()
-    return queryset.filter(kind=WorkspaceKind.LOCAL)
+    granted = [name for name, role in workspace_roles(user).items() if role]
+    return queryset.filter(Q(kind=WorkspaceKind.LOCAL) | Q(name__in=granted))

@@ -37,6 +37,7 @@ from endpoints_app.models import (
     Role,
     UserProfile,
     Workspace,
+    WorkspaceGrant,
 )
 from endpoints_app.services import proposals
 from endpoints_app.services import secrets as secret_services
@@ -135,6 +136,13 @@ GLOBAL_ROUTES = [
     Row("get", f"{WS}/local", None, ANY),
     Row("get", f"{WS}/{{workspace}}", None, ROLES, denied=404),
     Row("patch", f"{WS}/{{workspace}}?validate=false", {"token": "u" * 30}, ADMIN),
+    # Roles in a workspace: admins only, local included (a workspace editor cannot grant themselves more).
+    Row("get", f"{WS}/{{workspace}}/grants", None, ADMIN),
+    Row("put", f"{WS}/{{workspace}}/grants", {"user_name": "{user}", "role": "viewer"}, ADMIN),
+    Row("put", f"{WS}/local/grants", {"group_name": "{group}", "role": "editor"}, ADMIN),
+    Row("delete", f"{WS}/{{workspace}}/grants?group_name={{group}}", None, ADMIN),
+    Row("put", "/api/2.0/modelfleet/group-role-mappings/ml-eng", {"role": "editor", "workspace": "local"}, ADMIN),
+    Row("delete", "/api/2.0/modelfleet/group-role-mappings/{group}?workspace={workspace}", None, ADMIN),
     Row("delete", f"{WS}/{{workspace}}", None, ADMIN),
     Row("get", f"{S}/scopes/list", None, ANY),
     Row("post", f"{S}/scopes/create", {"scope": "new-scope"}, CREATORS),
@@ -236,6 +244,8 @@ def make_world(api, registered_models, django_user_model) -> dict[str, str]:  # 
     secret_services.put_secret(actor=author, scope="team", key="db-key", string_value="s3cr3t-value")
     principal = principal_services.create_principal(actor=author, display_name="pipeline")[0]
     workspace = Workspace.objects.create(name="remote-ws", host="https://remote.test", state="ERROR")
+    WorkspaceGrant.objects.create(workspace=workspace, group=group, role=Role.VIEWER)
+    GroupRoleMapping.objects.create(group_name="team", role=Role.EDITOR, workspace=workspace)
     return {
         "workspace": workspace.name,
         "sp": str(principal.application_id),
@@ -538,6 +548,9 @@ CLI_VERBS = [
         ("workspaces", "add", "cli-ws", "--host", "https://remote.test", "--token-stdin", "--no-validate"), rule=ADMIN
     ),
     Verb(("workspaces", "update", "{workspace}", "--token-stdin", "--no-validate"), rule=ADMIN),
+    Verb(("workspaces", "grants", "{workspace}"), rule=ADMIN),
+    Verb(("workspaces", "grant", "{workspace}", "--user", "{user}", "--role", "viewer"), rule=ADMIN),
+    Verb(("workspaces", "revoke", "{workspace}", "--group", "{group}"), rule=ADMIN),
     Verb(("workspaces", "remove", "{workspace}"), rule=ADMIN),
     Verb(("secrets", "list-scopes"), rule=ANY),
     Verb(("secrets", "create-scope", "new-scope"), rule=CREATORS),

@@ -211,5 +211,6 @@ def test_the_number_of_queries_does_not_grow_with_the_fleet(client, admin, djang
     fragment_small = _queries(client, url, HX_Request="true", HX_Target="fleet-results")
     build_fleet(190, owner=admin, minutes_of_points=5, prefix="more")
     assert len(rows_of(client.get(url).content.decode())) > 10
-    assert _queries(client, url) == small <= 13
-    assert _queries(client, url, HX_Request="true", HX_Target="fleet-results") == fragment_small <= 11
+    # One of them reads the viewer's workspace grants (their role in local may be higher than the global one).
+    assert _queries(client, url) == small <= 14
+    assert _queries(client, url, HX_Request="true", HX_Target="fleet-results") == fragment_small <= 12

@@ -382,8 +382,8 @@ def test_lines_of_several_served_models_are_merged_and_can_be_filtered(api, regi
 
 
 def test_the_query_count_does_not_grow_with_the_lines(api, polled, django_assert_max_num_queries):
-    # 6 for the read, 2 for the access check (the caller's role and grants).
-    with django_assert_max_num_queries(8):
+    # 6 for the read, 3 for the access check (the caller's role, workspace grants and endpoint grants).
+    with django_assert_max_num_queries(9):
         body = get_lines(api, limit=2000, q="hello", level="DEBUG")
     assert len(body["lines"]) == 10
 

@@ -227,10 +227,11 @@ def test_admins_map_groups_to_roles_through_the_api(admin_api, api, settings):
         "group": "ml-eng",
         "role": "editor",
         "source": "api",
+        "workspace": None,
     }
     assert admin_api.get(MAPPINGS).json()["mappings"] == [
-        {"group": "ml-eng", "role": "editor", "source": "api"},
-        {"group": "ops", "role": "approver", "source": "settings"},
+        {"group": "ml-eng", "role": "editor", "source": "api", "workspace": None},
+        {"group": "ops", "role": "approver", "source": "settings", "workspace": None},
     ]
     event = AuditEvent.objects.get(action="sso.group_role.set")
     assert (event.object_name, event.before, event.after["role"]) == ("ml-eng", None, "editor")

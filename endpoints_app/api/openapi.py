@@ -10,7 +10,7 @@ from endpoints_app import registry
 from endpoints_app.api.serializers.scim import SCIM_ROOT
 from endpoints_app.errors import DomainError, InvalidParameterValue
 from endpoints_app.gateway.providers import PROVIDERS
-from endpoints_app.models import AlertMetric, Endpoint, Role, ServedEntity
+from endpoints_app.models import AlertMetric, Endpoint, Role, ServedEntity, WorkspaceRole
 from endpoints_app.scim_filter import MAX_FILTER_LENGTH
 from endpoints_app.scim_schemas import ERROR as SCIM_ERROR_URN
 from endpoints_app.scim_schemas import MAX_PAGE_SIZE as SCIM_MAX_PAGE_SIZE
@@ -18,6 +18,7 @@ from endpoints_app.scim_schemas import PATCH_OP
 from endpoints_app.services.scim import MAX_MEMBERS, MAX_OPERATIONS
 from endpoints_app.services.service_principals import MAX_DISPLAY_NAME
 from endpoints_app.services.tokens import MAX_LIFETIME_SECONDS
+from endpoints_app.services.workspace_grants import MAX_PRINCIPAL_LENGTH
 from endpoints_app.services.workspaces import MAX_HOST_LENGTH, MAX_TOKEN_LENGTH
 from endpoints_app.validation import (
     MAX_NAME_LENGTH,
@@ -507,6 +508,22 @@ _VALIDATE = {
     "description": "false: store it even if the check fails, with the failure as its status",
 }
 _CLOSED = {"additionalProperties": False}
+# Roles in a workspace (services.workspace_grants): a user or a group, by name; admin is global only.
+_WORKSPACE_ROLE = {"type": "string", "enum": list(WorkspaceRole.values)}
+_GRANTEE = {"type": "string", "minLength": 1, "maxLength": MAX_PRINCIPAL_LENGTH}
+_GRANT = {
+    "oneOf": [
+        {**_object(["user_name", "role"], user_name=_GRANTEE, role=_WORKSPACE_ROLE), **_CLOSED},
+        {**_object(["group_name", "role"], group_name=_GRANTEE, role=_WORKSPACE_ROLE), **_CLOSED},
+    ]
+}
+_MAPPING_WORKSPACE = {
+    "type": "string",
+    "minLength": 1,
+    "maxLength": MAX_NAME_LENGTH,
+    "nullable": True,
+    "description": "a workspace's name: the group's role there (viewer, editor, approver); null or absent: global",
+}
 
 
 def _scim_body(schema: dict[str, Any]) -> dict[str, Any]:
@@ -1046,11 +1063,24 @@ def management_openapi() -> dict[str, Any]:
         },
         f"{mf}/group-role-mappings/{{group}}": {
             "put": _op(
-                "Map a provider group to a global role, from its members' next sign-in (admins)",
+                "Map a provider group to a global role, or to a role in one workspace, from its members' next "
+                "sign-in (admins)",
                 params=[group_path],
-                body=_body(_object(["role"], role={"type": "string", "enum": [r for r in Role.values if r]})),
+                body=_body(
+                    {
+                        **_object(
+                            ["role"],
+                            role={"type": "string", "enum": [r for r in Role.values if r]},
+                            workspace=_MAPPING_WORKSPACE,
+                        ),
+                        **_CLOSED,
+                    }
+                ),
             ),
-            "delete": _op("Remove a group's mapping (admins)", params=[group_path]),
+            "delete": _op(
+                "Remove a group's global mapping, or with workspace its mapping there and the grants it gave (admins)",
+                params=[group_path, *_query(workspace={**_MAPPING_WORKSPACE, "nullable": False})],
+            ),
         },
         f"{mf}/workspaces": {
             "get": _op("The workspaces: local first, then the remotes (any global role)"),
@@ -1079,6 +1109,20 @@ def management_openapi() -> dict[str, Any]:
                 ),
             ),
             "delete": _op("Remove a remote workspace and its stored token (admins; not local)", params=[name]),
+        },
+        f"{mf}/workspaces/{{name}}/grants": {
+            "get": _op(
+                "The roles granted in a workspace, by admins and through single sign-on (admins)", params=[name]
+            ),
+            "put": _op(
+                "Give a user or a group viewer, editor or approver in a workspace, local included (admins)",
+                params=[name],
+                body=_body(_GRANT),
+            ),
+            "delete": _op(
+                "Remove the role an admin granted a user or a group in a workspace (admins)",
+                params=[name, *_query(user_name=_GRANTEE, group_name=_GRANTEE)],
+            ),
         },
         **_scim_paths(SCIM_ROOT),
     }

@@ -31,7 +31,7 @@ def _listed(principal: ServicePrincipal | None = None) -> list[dict]:
     )
     if principal is not None:
         qs = qs.filter(pk=principal.pk)
-    return [serialize_principal(p, access.role_of(p.user)) for p in qs]
+    return [serialize_principal(p, access.global_role(p.user)) for p in qs]
 
 
 class ServicePrincipalListView(ApiView):

@@ -3,7 +3,9 @@
 ``GET …/group-role-mappings`` lists every mapping in force (``source``: "api", or "settings" for
 ``MODELFLEET_OIDC_GROUP_ROLES`` entries the API does not override); ``PUT …/<group>`` with
 ``{"role": "editor"}`` sets one, ``DELETE`` removes it. A mapping takes effect at each user's next
-sign-in.
+sign-in. With ``"workspace": NAME`` in the body (``?workspace=NAME`` on ``DELETE``), the mapping is
+the group's role in that workspace (viewer, editor or approver), given to each member as a
+workspace grant at sign-in; without, the global one.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ from rest_framework.response import Response
 
 from endpoints_app.api.views import ApiView, request_body
 from endpoints_app.authenticated import AuthenticatedRequest
+from endpoints_app.errors import InvalidParameterValue
 from endpoints_app.services import sso as sso_services
 from endpoints_app.validation import require_object
 
@@ -29,12 +32,19 @@ class GroupRoleMappingDetailView(ApiView):
     def put(self, request: AuthenticatedRequest, group: str) -> Response:
         sso_services.require_admin(request.user)
         body = require_object(request_body(request), "request body")
-        mapping = sso_services.set_mapping(actor=request.user, group_name=group, role=body.get("role"))
-        return Response(sso_services.mapping_snapshot(mapping.group_name, mapping.role, "api"))
+        unknown = sorted(str(k) for k in body if k not in ("role", "workspace"))
+        if unknown:
+            raise InvalidParameterValue(f"Unknown field '{unknown[0][:64]}': a mapping takes role and workspace")
+        mapping = sso_services.set_mapping(
+            actor=request.user, group_name=group, role=body.get("role"), workspace=body.get("workspace")
+        )
+        return Response(sso_services.snapshot_of(mapping))
 
     def delete(self, request: AuthenticatedRequest, group: str) -> Response:
         sso_services.require_admin(request.user)
-        sso_services.delete_mapping(actor=request.user, group_name=group)
+        sso_services.delete_mapping(
+            actor=request.user, group_name=group, workspace=request.query_params.get("workspace")
+        )
         return Response({})
 
 

@@ -8,6 +8,10 @@ before storing it and refuses it with the remote's answer if that fails; ``--no-
 it anyway, with the failure as its status. ``update`` changes the host (with the token again) or
 the token; ``remove`` deletes the workspace and its stored token. ``list`` and ``get`` show the
 status (OK, or the error and since when) and a hint of the token, never the token.
+
+``grant NAME --user U|--group G --role R`` gives a user or group viewer, editor or approver in a
+workspace (``local`` included) on top of their global role; ``revoke NAME --user U|--group G``
+removes it; ``grants NAME`` lists them, with those single sign-on gave (admins, all three).
 """
 
 from __future__ import annotations
@@ -23,6 +27,7 @@ from endpoints_app.cli.errors import EXIT_OK, CliError
 
 WORKSPACES = "/api/2.0/modelfleet/workspaces"
 MAX_TOKEN_INPUT = 8192  # characters read from stdin at most (the server takes 4096)
+GRANT_ROLES = ("viewer", "editor", "approver")  # admin is global only
 
 
 def register(commands: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
@@ -48,6 +53,21 @@ def register(commands: argparse._SubParsersAction, common: argparse.ArgumentPars
     _token_flags(p)
     p = simple_verb(verbs, common, "remove", cmd_remove, "remove a workspace and its stored token (admins)")
     p.add_argument("name", metavar="NAME")
+    p = simple_verb(verbs, common, "grants", cmd_grants, "list the roles granted in a workspace (admins)")
+    p.add_argument("name", metavar="NAME")
+    p = simple_verb(verbs, common, "grant", cmd_grant, "give a user or group a role in a workspace (admins)")
+    p.add_argument("name", metavar="NAME")
+    _principal_flags(p)
+    p.add_argument("--role", required=True, choices=GRANT_ROLES, help="the role in this workspace")
+    p = simple_verb(verbs, common, "revoke", cmd_revoke, "remove a user's or group's role in a workspace (admins)")
+    p.add_argument("name", metavar="NAME")
+    _principal_flags(p)
+
+
+def _principal_flags(parser: argparse.ArgumentParser) -> None:
+    who = parser.add_mutually_exclusive_group(required=True)
+    who.add_argument("--user", metavar="USER", help="a user name")
+    who.add_argument("--group", metavar="GROUP", help="a group name")
 
 
 def _token_flags(parser: argparse.ArgumentParser) -> None:
@@ -158,4 +178,52 @@ def cmd_remove(ctx: Context) -> int:
         ctx.out(render.to_json({"name": ctx.args.name, "removed": True}))
     else:
         ctx.out(f"Workspace {ctx.args.name} removed")
+    return EXIT_OK
+
+
+def _grants_path(name: str) -> str:
+    return f"{WORKSPACES}/{path_param(name)}/grants"
+
+
+def _principal(ctx: Context) -> dict[str, str]:
+    return {"user_name": ctx.args.user} if ctx.args.user is not None else {"group_name": ctx.args.group}
+
+
+def _who(grant: dict[str, Any]) -> str:
+    return f"user {grant['user_name']}" if "user_name" in grant else f"group {grant.get('group_name', '')}"
+
+
+def cmd_grants(ctx: Context) -> int:
+    grants = ctx.api.call("GET", _grants_path(ctx.args.name)).get("grants") or []
+    if ctx.json_output:
+        ctx.out(render.to_json(grants))
+        return EXIT_OK
+    rows = [
+        [
+            _who(g),
+            g.get("role", ""),
+            f"single sign-on ({g.get('mapped_group', '')})" if g.get("source") == "group_role_mapping" else "admin",
+        ]
+        for g in grants
+    ]
+    ctx.out(render.table(["PRINCIPAL", "ROLE", "GRANTED BY"], rows))
+    return EXIT_OK
+
+
+def cmd_grant(ctx: Context) -> int:
+    grant = ctx.api.call("PUT", _grants_path(ctx.args.name), {**_principal(ctx), "role": ctx.args.role})
+    if ctx.json_output:
+        ctx.out(render.to_json(grant))
+    else:
+        ctx.out(f"{_who(grant).capitalize()} is {grant['role']} in workspace {ctx.args.name}")
+    return EXIT_OK
+
+
+def cmd_revoke(ctx: Context) -> int:
+    principal = _principal(ctx)
+    ctx.api.call("DELETE", _grants_path(ctx.args.name), params=principal)
+    if ctx.json_output:
+        ctx.out(render.to_json({"workspace": ctx.args.name, **principal, "revoked": True}))
+    else:
+        ctx.out(f"{_who(principal).capitalize()} has no role granted in workspace {ctx.args.name} any more")
     return EXIT_OK

@@ -37,7 +37,7 @@ from endpoints_app.models.secrets import Secret, SecretAcl, SecretBackendType, S
 from endpoints_app.models.sso import GroupRoleMapping, SsoIdentity
 from endpoints_app.models.tokens import AccessToken, ServicePrincipal, ServicePrincipalSecret
 from endpoints_app.models.usage import UsageRecord
-from endpoints_app.models.workspaces import Workspace, WorkspaceKind, WorkspaceState
+from endpoints_app.models.workspaces import Workspace, WorkspaceGrant, WorkspaceKind, WorkspaceRole, WorkspaceState
 
 __all__ = [
     "AccessToken",
@@ -88,6 +88,8 @@ __all__ = [
     "ScimUser",
     "SsoIdentity",
     "Workspace",
+    "WorkspaceGrant",
     "WorkspaceKind",
+    "WorkspaceRole",
     "WorkspaceState",
 ]

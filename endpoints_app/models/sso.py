@@ -31,12 +31,30 @@ class SsoIdentity(models.Model):
 
 
 class GroupRoleMapping(models.Model):
-    """A provider group's global role: a user signing in gets the highest role among their groups'.
-    Keyed by the group's name as the provider sends it, so it can be set before anyone signs in."""
+    """A provider group's role: globally (no ``workspace``), a user signing in gets the highest
+    role among their groups'; in one workspace, each member gets a workspace grant owned by the
+    mapping (``WorkspaceGrant.mapping``; never ``admin``, which is global only). Keyed by the group's
+    name as the provider sends it, so it can be set before anyone signs in."""
 
-    group_name = models.CharField(max_length=150, unique=True)
+    group_name = models.CharField(max_length=150)
     role = models.CharField(max_length=16, choices=[c for c in Role.choices if c[0]])
+    workspace = models.ForeignKey(
+        "Workspace", null=True, blank=True, on_delete=models.CASCADE, related_name="group_role_mappings"
+    )
     created_at = models.DateTimeField(auto_now_add=True)
 
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(
+                fields=["group_name"], condition=models.Q(workspace__isnull=True), name="unique_global_group_role"
+            ),
+            models.UniqueConstraint(
+                fields=["group_name", "workspace"],
+                condition=models.Q(workspace__isnull=False),
+                name="unique_workspace_group_role",
+            ),
+        ]
+
     def __str__(self) -> str:
-        return f"{self.group_name} → {self.role}"
+        where = f" in {self.workspace_id}" if self.workspace_id else ""
+        return f"{self.group_name} → {self.role}{where}"

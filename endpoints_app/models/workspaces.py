@@ -61,3 +61,66 @@ class Workspace(models.Model):
     @property
     def is_local(self) -> bool:
         return self.kind == WorkspaceKind.LOCAL
+
+
+class WorkspaceRole(models.TextChoices):
+    """The roles a workspace grant gives, the global roles' names and meanings within one workspace.
+    ``admin`` is global only: administering the fleet is never scoped to a workspace."""
+
+    VIEWER = "viewer"
+    EDITOR = "editor"
+    APPROVER = "approver"
+
+
+class WorkspaceGrant(models.Model):
+    """A role in one workspace, for a user or a group (exactly one of them), on top of the global role.
+
+    ``mapping`` is set on the grants single sign-on gives: a user's grant from a per-workspace
+    group → role mapping (``services.sso``), replaced at each sign-in and removed with the mapping.
+    A grant an admin sets has none; a user may hold both on one workspace (the higher counts).
+    """
+
+    workspace = models.ForeignKey(Workspace, on_delete=models.CASCADE, related_name="grants")
+    user = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.CASCADE, related_name="workspace_grants"
+    )
+    group = models.ForeignKey(
+        "auth.Group", null=True, blank=True, on_delete=models.CASCADE, related_name="workspace_grants"
+    )
+    role = models.CharField(max_length=16, choices=WorkspaceRole.choices)
+    mapping = models.ForeignKey(
+        "GroupRoleMapping", null=True, blank=True, on_delete=models.CASCADE, related_name="grants"
+    )
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        constraints = [
+            models.CheckConstraint(
+                condition=(
+                    models.Q(user__isnull=False, group__isnull=True)
+                    | models.Q(user__isnull=True, group__isnull=False, mapping__isnull=True)
+                ),
+                name="workspace_grant_one_principal",
+            ),
+            models.UniqueConstraint(
+                fields=["workspace", "user"],
+                condition=models.Q(user__isnull=False, mapping__isnull=True),
+                name="unique_workspace_user_grant",
+            ),
+            models.UniqueConstraint(
+                fields=["workspace", "group"],
+                condition=models.Q(group__isnull=False),
+                name="unique_workspace_group_grant",
+            ),
+            models.UniqueConstraint(
+                fields=["user", "mapping"], condition=models.Q(mapping__isnull=False), name="unique_mapped_grant"
+            ),
+        ]
+        indexes = [
+            # "Which workspaces may this user see, with which role" (access.workspace_roles): by user and by group.
+            models.Index(fields=["user"], name="workspace_grant_user_idx"),
+            models.Index(fields=["group"], name="workspace_grant_group_idx"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.user or self.group}: {self.role} in {self.workspace_id}"

@@ -48,7 +48,7 @@ def _page(
         "dashboard/service_principals.html",
         {
             "nav": "service_principals",
-            "principals": [(p, access.role_of(p.user) or "none") for p in principals],
+            "principals": [(p, access.global_role(p.user) or "none") for p in principals],
             "created": created,
             "secret": secret,
             "name": name,

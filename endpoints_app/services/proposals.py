@@ -18,7 +18,6 @@ from django.contrib.auth import get_user_model
 from django.contrib.auth.models import User
 from django.core.mail import send_mail
 from django.db import transaction
-from django.db.models import Q
 
 from endpoints_app import access, audit, validation
 from endpoints_app.errors import InvalidParameterValue, ResourceConflict, ResourceDoesNotExist
@@ -93,9 +92,7 @@ def _diff(before: Any, after: Any) -> str:
     return "\n".join(difflib.unified_diff(a, b, "active", "proposed", lineterm=""))
 
 
-def propose(
-    *, actor: User, endpoint_name: str, action: str, body: Any, if_match: str | None = None
-) -> ChangeRequest:
+def propose(*, actor: User, endpoint_name: str, action: str, body: Any, if_match: str | None = None) -> ChangeRequest:
     """Open a change request for an approver, checked now as it will be when applied.
 
     ``if_match``: the ETag the author read (the dashboard's form); a proposal based on an older
@@ -162,12 +159,7 @@ def propose(
 
 def _notify_approvers(request: ChangeRequest) -> None:
     """Email every approver and admin (outside any transaction; a mail failure is only logged)."""
-    users = (
-        get_user_model()
-        .objects.filter(is_active=True)
-        .exclude(email="")
-        .filter(Q(is_superuser=True) | Q(profile__role__in=access.APPROVER_ROLES))
-    )
+    users = get_user_model().objects.filter(is_active=True).exclude(email="").filter(access.approvers()).distinct()
     recipients = sorted({u.email for u in users if request.author_id != u.pk})
     if not recipients:
         return

@@ -14,11 +14,18 @@ Sign-in, in one transaction:
 2. the groups claim becomes group memberships: groups are created as needed, and memberships the
    previous sign-in's claim gave and this one's does not are removed (memberships admins set by
    hand are left alone);
-3. the global role becomes the highest role mapped to the user's provider groups (mappings set
-   through the API first, then ``MODELFLEET_OIDC_GROUP_ROLES``); none when no group is mapped.
-   The provider is the source of truth: a role set by hand lasts until the next sign-in;
-4. audit rows: ``user.create`` on a first sign-in, ``user.role`` when the role changes, and
-   ``auth.login`` with the provider, the groups and the role.
+3. the global role becomes the highest role mapped globally to the user's provider groups
+   (mappings set through the API first, then ``MODELFLEET_OIDC_GROUP_ROLES``); none when no group
+   is mapped. The provider is the source of truth: a role set by hand lasts until the next sign-in;
+4. per-workspace mappings (API only) become workspace grants owned by their mapping, one per
+   mapping of a group in the claim: those of groups no longer in the claim are removed, so leaving
+   a provider group takes the role away at the next sign-in. Grants an admin gave are left alone;
+5. audit rows: ``user.create`` on a first sign-in, ``user.role`` when the role changes,
+   ``user.workspace_roles`` when the mapped workspace roles change, and ``auth.login`` with the
+   provider, the groups and the role.
+
+Deleting a per-workspace mapping removes the grants it gave at once, and changing its role changes
+them at once (both bump the access generation); new members get it at their next sign-in.
 """
 
 from __future__ import annotations
@@ -32,15 +39,23 @@ from django.conf import settings
 from django.contrib.auth import get_user_model
 from django.contrib.auth.models import Group, User
 from django.db import IntegrityError, transaction
+from django.db.models import QuerySet
 from django.utils import timezone
 
 from endpoints_app import access_generation, audit, auth_throttle
-from endpoints_app.access import role_of
+from endpoints_app.access import ROLE_RANK, global_role
 from endpoints_app.errors import InvalidParameterValue, PermissionDenied, ResourceDoesNotExist
-from endpoints_app.models import GroupRoleMapping, Role, SsoIdentity, UserProfile
+from endpoints_app.models import (
+    GroupRoleMapping,
+    Role,
+    SsoIdentity,
+    UserProfile,
+    Workspace,
+    WorkspaceGrant,
+    WorkspaceRole,
+)
 from endpoints_app.services.users import user_snapshot
 
-ROLE_RANK = {Role.NONE: 0, Role.VIEWER: 1, Role.EDITOR: 2, Role.APPROVER: 3, Role.ADMIN: 4}
 _NAME_CHARS = re.compile(r"[^\w.@+-]")
 
 
@@ -60,17 +75,26 @@ def local_login_allowed(username: str | None) -> bool:
 # --- group → role mappings ------------------------------------------------------------------------
 
 
-def mapping_snapshot(group_name: str, role: str, source: str) -> dict[str, str]:
-    return {"group": group_name, "role": role, "source": source}
+def mapping_snapshot(group_name: str, role: str, source: str, workspace: str | None = None) -> dict[str, str | None]:
+    """A mapping as the API shows it; ``workspace`` None for a global one."""
+    return {"group": group_name, "role": role, "source": source, "workspace": workspace}
 
 
-def list_mappings() -> list[dict[str, str]]:
-    """Every mapping in force: the API's, then the settings' for groups the API does not map."""
-    stored = {m.group_name: m.role for m in GroupRoleMapping.objects.order_by("group_name")}
-    rows = [mapping_snapshot(g, r, "api") for g, r in stored.items()]
+def snapshot_of(mapping: GroupRoleMapping) -> dict[str, str | None]:
+    workspace = mapping.workspace
+    return mapping_snapshot(mapping.group_name, mapping.role, "api", workspace.name if workspace is not None else None)
+
+
+def list_mappings() -> list[dict[str, str | None]]:
+    """Every mapping in force: the API's global ones, then the settings' for groups the API does not
+    map globally, then the per-workspace ones (by group, then workspace)."""
+    stored = GroupRoleMapping.objects.select_related("workspace").order_by("group_name", "workspace__name")
+    global_ = {m.group_name: m for m in stored if m.workspace_id is None}
+    rows = [snapshot_of(m) for m in global_.values()]
     rows += [
-        mapping_snapshot(g, r, "settings") for g, r in sorted(settings.OIDC_GROUP_ROLES.items()) if g not in stored
+        mapping_snapshot(g, r, "settings") for g, r in sorted(settings.OIDC_GROUP_ROLES.items()) if g not in global_
     ]
+    rows += [snapshot_of(m) for m in stored if m.workspace_id is not None]
     return rows
 
 
@@ -80,45 +104,90 @@ def _group_name(value: object) -> str:
     return value
 
 
-def set_mapping(*, actor: User, group_name: object, role: object) -> GroupRoleMapping:
-    name = _group_name(group_name)
-    if role not in Role.values or not role:
+def _workspace(value: object) -> Workspace | None:
+    """The workspace a mapping is for: None (global) or an existing workspace's name (404 else)."""
+    if value is None:
+        return None
+    if not isinstance(value, str) or not value or len(value) > 63:
+        raise InvalidParameterValue("workspace must be a workspace's name (or null for a global mapping)")
+    found = Workspace.objects.filter(name=value).first()
+    if found is None:
+        raise ResourceDoesNotExist(f"Workspace '{value}' does not exist")
+    return found
+
+
+def _role(value: object, workspace: Workspace | None) -> str:
+    if workspace is not None:
+        if value == Role.ADMIN:
+            raise InvalidParameterValue("admin is a global role only: in a workspace, map viewer, editor or approver")
+        if not isinstance(value, str) or value not in WorkspaceRole.values:
+            raise InvalidParameterValue(f"role must be one of {', '.join(WorkspaceRole.values)}")
+        return value
+    if not isinstance(value, str) or value not in Role.values or not value:
         raise InvalidParameterValue(f"role must be one of {', '.join(r for r in Role.values if r)}")
+    return value
+
+
+def _mappings(name: str, workspace: Workspace | None) -> QuerySet[GroupRoleMapping]:
+    return GroupRoleMapping.objects.filter(group_name=name, workspace=workspace).select_related("workspace")
+
+
+def set_mapping(*, actor: User, group_name: object, role: object, workspace: object = None) -> GroupRoleMapping:
+    """Map a provider group to a role, globally or (``workspace``) in one workspace. Changing a
+    per-workspace mapping's role changes the grants it gave at once."""
+    name = _group_name(group_name)
+    where = _workspace(workspace)
+    role_value = _role(role, where)
     with transaction.atomic():
-        before = GroupRoleMapping.objects.select_for_update().filter(group_name=name).first()
-        mapping, _ = GroupRoleMapping.objects.update_or_create(group_name=name, defaults={"role": role})
+        before = _mappings(name, where).select_for_update().first()
+        if before is None:
+            mapping = GroupRoleMapping.objects.create(group_name=name, role=role_value, workspace=where)
+        else:
+            mapping = before
+            shown_before = snapshot_of(before)
+            mapping.role = role_value
+            mapping.save(update_fields=["role"])
+            if where is not None and WorkspaceGrant.objects.filter(mapping=mapping).update(role=role_value):
+                access_generation.bump()  # the grants it gave changed role
         audit.record(
             actor=actor,
             action="sso.group_role.set",
             object_type="group_role_mapping",
             object_id=str(mapping.pk),
             object_name=name,
-            before=mapping_snapshot(name, before.role, "api") if before else None,
-            after=mapping_snapshot(name, mapping.role, "api"),
+            before=shown_before if before is not None else None,
+            after=snapshot_of(mapping),
         )
     return mapping
 
 
-def delete_mapping(*, actor: User, group_name: str) -> None:
+def delete_mapping(*, actor: User, group_name: str, workspace: object = None) -> None:
+    """Remove a group's global mapping, or (``workspace``) its mapping there with the grants it gave."""
+    where = _workspace(workspace)
     with transaction.atomic():
-        mapping = GroupRoleMapping.objects.select_for_update().filter(group_name=group_name).first()
+        mapping = _mappings(group_name, where).select_for_update().first()
         if mapping is None:
-            raise ResourceDoesNotExist(f"No role is mapped to group '{group_name}'")
+            in_workspace = f" in workspace '{where.name}'" if where is not None else ""
+            raise ResourceDoesNotExist(f"No role is mapped to group '{group_name}'{in_workspace}")
         audit.record(
             actor=actor,
             action="sso.group_role.delete",
             object_type="group_role_mapping",
             object_id=str(mapping.pk),
             object_name=group_name,
-            before=mapping_snapshot(group_name, mapping.role, "api"),
+            before=snapshot_of(mapping),
         )
+        if mapping.grants.exists():
+            access_generation.bump()  # its grants go with it
         mapping.delete()
 
 
 def role_for_groups(groups: Iterable[str]) -> str:
-    """The highest role mapped to any of the groups; none when no group is mapped."""
+    """The highest global role mapped to any of the groups; none when no group is mapped."""
     names = list(groups)
-    stored = dict(GroupRoleMapping.objects.filter(group_name__in=names).values_list("group_name", "role"))
+    stored = dict(
+        GroupRoleMapping.objects.filter(group_name__in=names, workspace__isnull=True).values_list("group_name", "role")
+    )
     best: str = Role.NONE
     for name in names:
         role = stored.get(name) or settings.OIDC_GROUP_ROLES.get(name) or Role.NONE
@@ -182,6 +251,43 @@ def _sync_groups(user: User, identity: SsoIdentity, groups: list[str]) -> bool:
     return bool(to_add or to_remove)
 
 
+def _mapped_roles(grants: Iterable[WorkspaceGrant]) -> dict[str, str]:
+    """Workspace name → the highest role these grants give there (for the audit row)."""
+    roles: dict[str, str] = {}
+    for grant in grants:
+        name = grant.workspace.name
+        roles[name] = grant.role if ROLE_RANK[grant.role] > ROLE_RANK[roles.get(name, Role.NONE)] else roles[name]
+    return dict(sorted(roles.items()))
+
+
+def _sync_workspace_grants(user: User, groups: list[str]) -> tuple[dict[str, str], dict[str, str]] | None:
+    """The grants per-workspace mappings give follow the claim (step 4); (before, after) by
+    workspace when they changed, else None."""
+    wanted = {
+        m.pk: m
+        for m in GroupRoleMapping.objects.filter(group_name__in=groups, workspace__isnull=False).select_related(
+            "workspace"
+        )
+    }
+    have = list(WorkspaceGrant.objects.filter(user=user, mapping__isnull=False).select_related("workspace"))
+    before = _mapped_roles(have)
+    stale = [g.pk for g in have if g.mapping_id not in wanted or g.role != wanted[g.mapping_id].role]
+    kept = {g.mapping_id for g in have if g.pk not in stale}
+    if stale:
+        WorkspaceGrant.objects.filter(pk__in=stale).delete()
+    added = [
+        WorkspaceGrant(workspace=m.workspace, user=user, role=m.role, mapping=m)
+        for pk, m in wanted.items()
+        if pk not in kept
+    ]
+    WorkspaceGrant.objects.bulk_create(added)
+    if not stale and not added:
+        return None
+    return before, _mapped_roles(
+        WorkspaceGrant.objects.filter(user=user, mapping__isnull=False).select_related("workspace")
+    )
+
+
 def sign_in(*, issuer: str, claims: Mapping[str, Any]) -> User:
     """The user for claims from a verified ID token (see the module's docstring)."""
     subject = claims.get("sub")
@@ -215,9 +321,9 @@ def sign_in(*, issuer: str, claims: Mapping[str, Any]) -> User:
             changed = _sync_groups(user, identity, groups)
             before = user_snapshot(user)
             role = role_for_groups(groups)
-            if role_of(user) != role and not user.is_superuser:
+            if global_role(user) != role and not user.is_superuser:
                 UserProfile.objects.update_or_create(user=user, defaults={"role": role})
-                user = get_user_model().objects.get(pk=user.pk)  # a fresh profile for role_of
+                user = get_user_model().objects.get(pk=user.pk)  # a fresh profile for global_role
                 audit.record(
                     actor=None,
                     action="user.role",
@@ -226,6 +332,18 @@ def sign_in(*, issuer: str, claims: Mapping[str, Any]) -> User:
                     object_name=user.get_username(),
                     before=before,
                     after={**user_snapshot(user), "from_groups": groups},
+                )
+                changed = True
+            workspace_roles = _sync_workspace_grants(user, groups)
+            if workspace_roles is not None:
+                audit.record(
+                    actor=None,
+                    action="user.workspace_roles",
+                    object_type="user",
+                    object_id=str(user.pk),
+                    object_name=user.get_username(),
+                    before={"workspace_roles": workspace_roles[0]},
+                    after={"workspace_roles": workspace_roles[1], "from_groups": groups},
                 )
                 changed = True
             identity.groups = groups
@@ -237,10 +355,10 @@ def sign_in(*, issuer: str, claims: Mapping[str, Any]) -> User:
                 object_type="user",
                 object_id=str(user.pk),
                 object_name=user.get_username(),
-                after={"method": "sso", "issuer": issuer, "groups": groups, "role": role_of(user)},
+                after={"method": "sso", "issuer": issuer, "groups": groups, "role": global_role(user)},
             )
             if changed:
-                access_generation.bump()  # gateways drop cached levels: groups and role changed
+                access_generation.bump()  # gateways drop cached levels: groups, role or grants changed
     except IntegrityError:
         # Two first sign-ins of one identity at once: the other created it; this one may retry.
         raise SignInRefused("a sign-in of this identity was in progress; try again") from None
@@ -255,5 +373,5 @@ def record_failure(address: str, *, reason: str) -> None:
 
 
 def require_admin(user: User) -> None:
-    if role_of(user) != Role.ADMIN:
+    if global_role(user) != Role.ADMIN:
         raise PermissionDenied("This needs the admin role")

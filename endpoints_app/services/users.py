@@ -11,7 +11,7 @@ from django.db import IntegrityError, transaction
 from django.utils import timezone
 
 from endpoints_app import access_generation, audit
-from endpoints_app.access import role_of
+from endpoints_app.access import global_role
 from endpoints_app.errors import InvalidParameterValue, ResourceAlreadyExists, ResourceDoesNotExist
 from endpoints_app.models import AccessToken, Role, ScimGroup, ScimUser, UserProfile
 
@@ -32,7 +32,7 @@ def _role(value: object) -> str:
 
 
 def user_snapshot(user: User) -> dict:
-    return {"username": user.get_username(), "email": user.email, "role": role_of(user), "active": user.is_active}
+    return {"username": user.get_username(), "email": user.email, "role": global_role(user), "active": user.is_active}
 
 
 def check_password(password: str, *, username: str, email: str = "") -> None:

@@ -1,7 +1,8 @@
 """The workspace registry: remote workspaces an admin registers by name, host and token.
 
-Who may do what is ``access``'s: every user with a global role reads the registry, admins change
-it (``access.visible_workspaces``, ``access.require_admin``).
+Who may do what is ``access``'s: every user with a global role reads the registry, others the
+workspaces granted to them and ``local``; admins change it (``access.visible_workspaces``,
+``access.require_admin``). Roles within a workspace are ``services.workspace_grants``'.
 
 A registration is checked before it is stored, because a typo in a host or a pasted-wrong token
 is best told at once rather than at the first poll:
@@ -41,7 +42,7 @@ from django.contrib.auth.models import User
 from django.db import IntegrityError, transaction
 from django.utils import timezone
 
-from endpoints_app import access, audit, egress
+from endpoints_app import access, access_generation, audit, egress
 from endpoints_app.errors import (
     DomainError,
     InvalidParameterValue,
@@ -318,6 +319,7 @@ def delete_workspace(*, actor: User, name: object) -> None:
         if workspace.token_reference:
             secret_services.delete_managed(actor=actor, references={workspace.token_reference})
         workspace.delete()
+        access_generation.bump()  # the roles granted in it went with it
 
 
 def record_check(*, workspace_id: int, result: remote.CheckResult) -> Workspace | None:
