@@ -283,6 +283,37 @@ def test_every_grant_change_bumps_the_access_generation(admin, django_user_model
     assert not WorkspaceGrant.objects.exists()
 
 
+@pytest.mark.django_db(transaction=True)
+def test_mapping_changes_and_sign_ins_that_change_grants_bump_the_access_generation(admin, settings):
+    settings.OIDC_GROUP_ROLES = {}
+    admin.put(f"{MAPPINGS}/ml-eng", {"role": "editor", "workspace": "local"}, format="json")
+    claims = {"sub": "b1", "preferred_username": "bea", "groups": ["ml-eng"]}
+    for step in (
+        lambda: sso_services.sign_in(issuer=ISSUER, claims=claims),  # the grant appears
+        lambda: admin.put(f"{MAPPINGS}/ml-eng", {"role": "viewer", "workspace": "local"}, format="json"),
+        lambda: sso_services.sign_in(issuer=ISSUER, claims={**claims, "groups": []}),  # it goes
+        lambda: sso_services.sign_in(issuer=ISSUER, claims=claims),
+        lambda: admin.delete(f"{MAPPINGS}/ml-eng?workspace=local"),
+    ):
+        before = access_generation.current()
+        step()
+        assert access_generation.current() > before
+    assert not WorkspaceGrant.objects.exists()
+
+
+@pytest.mark.django_db
+def test_an_approver_in_local_decides_and_is_told_of_proposals(admin, django_user_model):
+    from django.contrib.auth import get_user_model as users
+
+    sue = person(django_user_model, "sue", Role.VIEWER)
+    sue.groups.add(Group.objects.create(name="approvers"))
+    person(django_user_model, "tom", Role.VIEWER)
+    grant(admin, "local", "approver", group_name="approvers")
+    assert access.may_approve(fresh(sue))
+    approvers = users().objects.filter(access.approvers()).distinct().values_list("username", flat=True)
+    assert sorted(approvers) == ["root", "sue"]
+
+
 def test_a_revoked_local_grant_stops_at_the_gateway_within_a_second(setup: Setup, django_user_model):  # noqa: F811
     """Viewer in local: the gateway sees the endpoint (403, CAN_VIEW, no query); revoked: it does
     not exist for them (404). Granted and revoked through either process."""

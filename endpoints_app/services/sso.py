@@ -54,7 +54,9 @@ from endpoints_app.models import (
     WorkspaceGrant,
     WorkspaceRole,
 )
+from endpoints_app.models.workspaces import LOCAL_WORKSPACE
 from endpoints_app.services.users import user_snapshot
+from endpoints_app.services.workspaces import ensure_local
 
 _NAME_CHARS = re.compile(r"[^\w.@+-]")
 
@@ -110,7 +112,7 @@ def _workspace(value: object) -> Workspace | None:
         return None
     if not isinstance(value, str) or not value or len(value) > 63:
         raise InvalidParameterValue("workspace must be a workspace's name (or null for a global mapping)")
-    found = Workspace.objects.filter(name=value).first()
+    found = ensure_local() if value == LOCAL_WORKSPACE else Workspace.objects.filter(name=value).first()
     if found is None:
         raise ResourceDoesNotExist(f"Workspace '{value}' does not exist")
     return found
