@@ -249,6 +249,9 @@ def test_errors_are_scim_errors(live_server, admin_token, django_user_model):
     )
     tagged = scim(live_server, admin_token, "POST", "/Users", json={"userName": "first.last+ml@example.com"})
     assert tagged.status_code == 201 and tagged.json()["userName"] == "first.last+ml@example.com"
+    long_email = {"userName": "long-mail", "emails": [{"value": "a" * 250 + "@example.com"}]}
+    too_long = scim(live_server, admin_token, "POST", "/Users", json=long_email)
+    assert too_long.status_code == 400 and "email" in too_long.json()["detail"]  # not a database error (PostgreSQL)
     odd = scim(live_server, admin_token, "POST", "/Users", json={"userName": "no spaces or !"})
     assert odd.status_code == 400 and odd.json()["scimType"] == "invalidValue"
     duplicate = scim(live_server, admin_token, "POST", "/Groups", json={"displayName": "g"})

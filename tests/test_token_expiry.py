@@ -19,7 +19,7 @@ from rest_framework.test import APIClient
 from endpoints_app.cli.main import main as cli_main
 from endpoints_app.models import AccessToken, AuditEvent, Role, UserProfile
 from endpoints_app.services import signed_tokens
-from endpoints_app.services.tokens import create_token
+from endpoints_app.services.tokens import MAX_LIFETIME_SECONDS, create_token
 from tests.test_oauth import exchange
 from tests.test_revocation import Setup, _person, provider, setup, webs  # noqa: F401 - the harness's fixtures
 
@@ -128,6 +128,11 @@ def test_an_admin_sets_a_users_maximum_and_longer_or_endless_tokens_are_refused(
     assert bob_api.post(TOKENS, {}, format="json").status_code == 200
     bad = admin.patch("/api/2.0/modelfleet/users/bob", {"max_token_lifetime_seconds": "soon"}, format="json")
     assert bad.status_code == 400 and "max_token_lifetime_seconds" in bad.json()["message"]
+    # The longest lifetime allowed (100 years) is past a 32-bit column: stored and read back whole.
+    longest = admin.patch(
+        "/api/2.0/modelfleet/users/bob", {"max_token_lifetime_seconds": MAX_LIFETIME_SECONDS}, format="json"
+    )
+    assert longest.status_code == 200 and longest.json()["max_token_lifetime_seconds"] == MAX_LIFETIME_SECONDS > 2**31
 
 
 @pytest.mark.django_db

@@ -21,7 +21,8 @@ class UserProfile(models.Model):
     user = models.OneToOneField(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="profile")
     role = models.CharField(max_length=16, choices=Role.choices, blank=True, default=Role.NONE)
     # The longest lifetime an admin allows this user's new personal access tokens (None: no limit).
-    max_token_lifetime_seconds = models.PositiveIntegerField(null=True, blank=True)
+    # A big integer: the longest allowed lifetime (100 years) is past a 32-bit column's range.
+    max_token_lifetime_seconds = models.PositiveBigIntegerField(null=True, blank=True)
 
     def __str__(self) -> str:
         return f"{self.user} ({self.role or 'no role'})"

@@ -141,7 +141,7 @@ def set_mapping(*, actor: User, group_name: object, role: object, workspace: obj
     where = _workspace(workspace)
     role_value = _role(role, where)
     with transaction.atomic():
-        before = _mappings(name, where).select_for_update().first()
+        before = _mappings(name, where).select_for_update(of=("self",)).first()
         if before is None:
             mapping = GroupRoleMapping.objects.create(group_name=name, role=role_value, workspace=where)
         else:
@@ -167,7 +167,7 @@ def delete_mapping(*, actor: User, group_name: str, workspace: object = None) ->
     """Remove a group's global mapping, or (``workspace``) its mapping there with the grants it gave."""
     where = _workspace(workspace)
     with transaction.atomic():
-        mapping = _mappings(group_name, where).select_for_update().first()
+        mapping = _mappings(group_name, where).select_for_update(of=("self",)).first()
         if mapping is None:
             in_workspace = f" in workspace '{where.name}'" if where is not None else ""
             raise ResourceDoesNotExist(f"No role is mapped to group '{group_name}'{in_workspace}")

@@ -16,6 +16,9 @@ from endpoints_app.errors import InvalidParameterValue, ResourceAlreadyExists, R
 from endpoints_app.models import AccessToken, Role, ScimGroup, ScimUser, UserProfile
 
 
+EMAIL_MAX_CHARS = 254  # django.contrib.auth's User.email
+
+
 def get_user(username: str) -> User:
     user = get_user_model().objects.filter(username=username).first()
     if user is None:
@@ -55,6 +58,8 @@ def create_user(
         # Django's own rule: an address with a tag (first.last+ml@example.com) is a user name, as
         # identity providers send it over SCIM and single sign-on takes it from the email claim.
         raise InvalidParameterValue("username must be 1–150 letters, digits and . _ - @ +")
+    if len(email) > EMAIL_MAX_CHARS:  # the column's length (PostgreSQL refuses longer, SQLite would keep it)
+        raise InvalidParameterValue(f"email must be at most {EMAIL_MAX_CHARS} characters")
     role_value = _role(role)
     if password:
         check_password(password, username=username, email=email)
@@ -176,7 +181,7 @@ def update_user(
 ) -> None:
     """Set the user's name, address and identity-provider attributes (SCIM), audited when any changed."""
     for label, value, limit in (
-        ("email", email, 254),
+        ("email", email, EMAIL_MAX_CHARS),
         ("givenName", first_name, 150),
         ("familyName", last_name, 150),
         ("displayName", display_name, 255),

@@ -135,7 +135,7 @@ def set_grant(*, actor: User, workspace: object, body: object) -> WorkspaceGrant
     role = _role(body.get("role"))
     try:
         with transaction.atomic():
-            before = _own(found, user, group).select_for_update().select_related("user", "group").first()
+            before = _own(found, user, group).select_for_update(of=("self",)).select_related("user", "group").first()
             shown_before = grant_snapshot(before) if before is not None else None
             if before is None:
                 grant = WorkspaceGrant.objects.create(workspace=found, user=user, group=group, role=role)
@@ -156,7 +156,7 @@ def delete_grant(*, actor: User, workspace: object, principal: dict[str, Any]) -
     found = _workspace(actor, workspace)
     user, group = _principal(principal)
     with transaction.atomic():
-        grant = _own(found, user, group).select_for_update().select_related("user", "group").first()
+        grant = _own(found, user, group).select_for_update(of=("self",)).select_related("user", "group").first()
         if grant is None:
             who = user.get_username() if user is not None else group.name  # type: ignore[union-attr]
             raise ResourceDoesNotExist(f"'{who}' has no role granted in workspace '{found.name}'")
