@@ -15,7 +15,6 @@ from endpoints_app.access import global_role
 from endpoints_app.errors import InvalidParameterValue, ResourceAlreadyExists, ResourceDoesNotExist
 from endpoints_app.models import AccessToken, Role, ScimGroup, ScimUser, UserProfile
 
-
 EMAIL_MAX_CHARS = 254  # django.contrib.auth's User.email
 
 
