@@ -233,6 +233,11 @@ MAX_API_BODY_BYTES = env_int("MODELFLEET_MAX_API_BODY_BYTES", 1024 * 1024, minim
 MAX_UPLOAD_BYTES = env_int("MODELFLEET_MAX_UPLOAD_BYTES", 2 * 1024**3, minimum=1)
 GATEWAY_MAX_INFLIGHT = env_int("MODELFLEET_GATEWAY_MAX_INFLIGHT", 512, minimum=1)
 GATEWAY_MAX_WAKE_WAITERS = env_int("MODELFLEET_GATEWAY_MAX_WAKE_WAITERS", 128, minimum=1)
+# Shadow traffic (gateway.shadow): mirrored queries waiting to be sent per web process (past either
+# bound a mirror is dropped and counted), and how many are sent at once.
+GATEWAY_SHADOW_QUEUE_SIZE = env_int("MODELFLEET_GATEWAY_SHADOW_QUEUE_SIZE", 1000, minimum=1)
+GATEWAY_SHADOW_QUEUE_BYTES = env_int("MODELFLEET_GATEWAY_SHADOW_QUEUE_BYTES", 64 * 1024 * 1024, minimum=1)
+GATEWAY_SHADOW_CONCURRENCY = env_int("MODELFLEET_GATEWAY_SHADOW_CONCURRENCY", 16, minimum=1)
 GUARDRAIL_WORKERS = env_int("MODELFLEET_GUARDRAIL_WORKERS", 2, minimum=1)
 # Where external model providers' APIs are reached when the endpoint's config does not say (e.g. an
 # egress proxy): provider=URL pairs; the defaults are the providers' public APIs. "microsoft-entra"

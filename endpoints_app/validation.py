@@ -101,6 +101,17 @@ class CoreConfig:
     routes: list[dict[str, Any]]  # [{"served_model_name", "served_entity_name", "traffic_percentage"}]
     auto_capture_config: dict[str, Any] | None
     legacy_served_models: bool
+    # Modelfleet's shadow traffic (``traffic_config.shadow``): served entities that get a mirrored
+    # copy of a share of the queries; [{"served_entity_name", "percentage", "agreement_tolerance"}].
+    shadow: list[dict[str, Any]] = field(default_factory=list)
+
+    @property
+    def traffic_config(self) -> dict[str, Any]:
+        """``traffic_config`` as stored: the routes, and the shadows only when there are some (so a
+        config without them reads back exactly as Databricks writes it)."""
+        if self.shadow:
+            return {"routes": self.routes, "shadow": self.shadow}
+        return {"routes": self.routes}
 
     @property
     def is_external(self) -> bool:
@@ -245,10 +256,23 @@ def parse_core_config(data: Any, *, where: str = "config") -> CoreConfig:
         seen.add(entity.name)
     _check_mixing(entities, f"{where}.{key}")
 
-    routes = _parse_traffic(data.get("traffic_config"), entities, where)
+    shadow = _parse_shadow(data.get("traffic_config"), entities, where)
+    shadow_names = {s["served_entity_name"] for s in shadow}
+    routes = _parse_traffic(data.get("traffic_config"), entities, where, shadow_names=shadow_names)
+    for route in routes:
+        if route["served_entity_name"] in shadow_names and route["traffic_percentage"] > 0:
+            raise InvalidParameterValue(
+                f"{where}.traffic_config: served entity '{route['served_entity_name']}' is a shadow and takes "
+                f"{route['traffic_percentage']} % of the traffic; a shadow gets only mirrored queries "
+                "(give it traffic_percentage 0, or remove it from traffic_config.shadow)"
+            )
     auto_capture = _optional_object(data, "auto_capture_config", where)
     return CoreConfig(
-        served_entities=entities, routes=routes, auto_capture_config=auto_capture, legacy_served_models=legacy
+        served_entities=entities,
+        routes=routes,
+        auto_capture_config=auto_capture,
+        legacy_served_models=legacy,
+        shadow=shadow,
     )
 
 
@@ -568,11 +592,14 @@ def _parse_config_block(fields: tuple[Field, ...], raw: Any, where: str) -> dict
     return out
 
 
-def _parse_traffic(raw: Any, entities: list[ServedEntitySpec], where: str) -> list[dict[str, Any]]:
+def _parse_traffic(
+    raw: Any, entities: list[ServedEntitySpec], where: str, *, shadow_names: set[str] | None = None
+) -> list[dict[str, Any]]:
     names = [e.name for e in entities]
     if raw is None or (isinstance(raw, dict) and not raw.get("routes")):
-        if len(entities) == 1:
-            return [{"served_model_name": names[0], "served_entity_name": names[0], "traffic_percentage": 100}]
+        primaries = [n for n in names if n not in (shadow_names or set())]
+        if len(primaries) == 1:  # one entity (beside its shadows) takes all the traffic
+            return [{"served_model_name": primaries[0], "served_entity_name": primaries[0], "traffic_percentage": 100}]
         raise InvalidParameterValue(
             f"{where}.traffic_config is required when an endpoint serves more than one entity "
             f"(give routes for {', '.join(names)} summing to 100)"
@@ -606,6 +633,65 @@ def _parse_traffic(raw: Any, entities: list[ServedEntitySpec], where: str) -> li
     if total != 100:
         raise InvalidParameterValue(f"{where}.traffic_config.routes must sum to 100, got {total}")
     return routes
+
+
+MAX_AGREEMENT_TOLERANCE = 1e12
+
+
+def _parse_shadow(raw: Any, entities: list[ServedEntitySpec], where: str) -> list[dict[str, Any]]:
+    """``traffic_config.shadow`` (a Modelfleet extension beside the routes, which Databricks'
+    clients ignore): [{"served_entity_name", "percentage" 0-100, "agreement_tolerance" >= 0}].
+
+    A shadow is a custom-model entity of this config that gets a mirrored copy of ``percentage`` %
+    of the queries the routes send (its answers are compared, never returned); an external model
+    cannot be one, since mirroring would send callers' queries to a provider nobody asked.
+    """
+    if not isinstance(raw, dict) or raw.get("shadow") is None:
+        return []
+    sw = f"{where}.traffic_config.shadow"
+    items = raw["shadow"]
+    if not isinstance(items, list):
+        raise InvalidParameterValue(f"{sw} must be an array, got {_type_name(items)}")
+    by_name = {e.name: e for e in entities}
+    shadow: list[dict[str, Any]] = []
+    seen: set[str] = set()
+    for i, item in enumerate(items):
+        iw = f"{sw}[{i}]"
+        data = require_object(item, iw)
+        target = _str(data, "served_entity_name", iw) or _str(data, "served_model_name", iw)
+        if not target:
+            raise InvalidParameterValue(f"{iw} must name served_entity_name")
+        entity = by_name.get(target)
+        if entity is None:
+            raise InvalidParameterValue(
+                f"{iw} names served entity '{target}', which is not in this config (served: {', '.join(by_name)})"
+            )
+        if entity.external_model is not None:
+            raise InvalidParameterValue(
+                f"{iw}: served entity '{target}' is an external model; only custom-model entities can be "
+                "shadows (mirrored queries go to the endpoint's own replicas only)"
+            )
+        if target in seen:
+            raise InvalidParameterValue(f"{iw}: served entity '{target}' is named twice")
+        seen.add(target)
+        pct = _int(data, "percentage", iw)
+        if pct is None:
+            raise InvalidParameterValue(f"{iw}.percentage is required (the share of queries mirrored, 0-100)")
+        if not 0 <= pct <= 100:
+            raise InvalidParameterValue(f"{iw}.percentage must be between 0 and 100, got {pct}")
+        tolerance = data.get("agreement_tolerance", 0)
+        if (
+            isinstance(tolerance, bool)
+            or not isinstance(tolerance, (int, float))
+            or not 0 <= tolerance <= MAX_AGREEMENT_TOLERANCE  # also refuses NaN
+        ):
+            raise InvalidParameterValue(
+                f"{iw}.agreement_tolerance must be a number from 0 to {MAX_AGREEMENT_TOLERANCE:g}, got {tolerance!r}"
+            )
+        shadow.append({"served_entity_name": target, "percentage": pct, "agreement_tolerance": float(tolerance)})
+    if len(seen) == len(entities):
+        raise InvalidParameterValue(f"{sw}: every served entity is a shadow; at least one must answer the queries")
+    return shadow
 
 
 # --- ai_gateway (reference §2.9) ----------------------------------------------------------------

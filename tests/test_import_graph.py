@@ -102,6 +102,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
             "endpoints_app.gateway.external",
             "endpoints_app.gateway.payloads",
             "endpoints_app.gateway.routing",
+            "endpoints_app.gateway.shadow",
             "endpoints_app.gateway.session",
             "endpoints_app.gateway.upstream",
         ),

@@ -54,6 +54,7 @@ from endpoints_app.gateway.metrics import GatewayMetrics
 from endpoints_app.gateway.payloads import MAX_PAYLOAD_BYTES, PayloadLogger
 from endpoints_app.gateway.providers.base import CHAT, COMPLETIONS, EMBEDDINGS, StreamDecoder, Usage, sse
 from endpoints_app.gateway.routing import EntityRoute, GatewayPolicy, RouteTable, load_route_table
+from endpoints_app.gateway.shadow import MirrorJob, ShadowMirror
 from endpoints_app.gateway.upstream import (
     UpstreamError,
     UpstreamPool,
@@ -171,6 +172,13 @@ class Gateway:
     def __init__(self) -> None:
         self.metrics = GatewayMetrics()
         self.payloads = PayloadLogger()
+        self.shadow = ShadowMirror(
+            self.metrics,
+            queue_size=settings.GATEWAY_SHADOW_QUEUE_SIZE,
+            queue_bytes=settings.GATEWAY_SHADOW_QUEUE_BYTES,
+            concurrency=settings.GATEWAY_SHADOW_CONCURRENCY,
+            timeout=settings.GATEWAY_TIMEOUT_SECONDS,
+        )
         self._tables: LRU[str, tuple[float, RouteTable]] = LRU(ROUTE_TABLE_CACHE_SIZE)
         self._tokens: LRU[str, tuple[float, tuple[int, str | None] | None]] = LRU(TOKEN_CACHE_SIZE)
         self._levels: LRU[tuple[int, str], tuple[float, str | None]] = LRU(LEVEL_CACHE_SIZE)
@@ -204,6 +212,7 @@ class Gateway:
         return path.startswith(PREFIX)
 
     async def aclose(self) -> None:
+        self.shadow.stop()
         self.metrics.stop()
         self.payloads.stop()
         await self.upstream.aclose()
@@ -386,11 +395,37 @@ class Gateway:
                 call.body, content_type = custom_models.body_for_model(openai_task, call.json), "application/json"
             stream = await custom_models.asks_for_stream(call.body, call.json if openai_task is not None else None)
             result = await self._forward(table, entity, call.body, content_type, stream=stream)
+            if table.shadows and served_name is None and not isinstance(result, StreamAnswer):
+                self._mirror(table, call.body, content_type, result)
         if policy is not None and policy.output_guardrail is not None:
             result = await self._guard_output(policy.output_guardrail, result)
         if responses_request is not None:
             result = _as_response(result, responses_request)
         return result
+
+    def _mirror(
+        self, table: RouteTable, body: bytes, content_type: str, primary: tuple[int, dict[str, str], bytes]
+    ) -> None:
+        """Hand a copy of the query to each shadow whose share it falls in (gateway.shadow): the
+        caller's answer waits for none of them, and none counts against its limits or usage."""
+        for shadow in table.shadows:
+            if shadow.percentage < 100 and self._rng.random() * 100 >= shadow.percentage:
+                continue
+            entity = table.entity(shadow.name)
+            if entity is None:
+                continue
+            self.shadow.submit(
+                MirrorJob(
+                    endpoint_id=table.endpoint_id,
+                    entity=shadow.name,
+                    replicas=entity.replicas,
+                    body=body,
+                    content_type=content_type,
+                    primary_status=primary[0],
+                    primary_body=primary[2],
+                    tolerance=shadow.tolerance,
+                )
+            )
 
     async def _before_query(self, policy: GatewayPolicy, table: RouteTable, user_id: int, call: _Call) -> None:
         """Rate limits first (a refused query costs nothing more), then the input guardrails."""

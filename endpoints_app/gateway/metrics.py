@@ -6,7 +6,8 @@ share cumulative counters that the poller and the Prometheus export read. One Re
 endpoint id (``mf:gw:<endpoint id>``), fields ``<served entity>|<counter>``; the served entity
 is ``-`` for requests that failed before one was chosen (e.g. the endpoint was not ready).
 External models add ``<served entity>|prompt_tokens`` and ``|completion_tokens`` from the usage
-of their answers (streamed ones included), for usage tracking and token rate limits.
+of their answers (streamed ones included), for usage tracking and token rate limits. A shadow
+(``gateway.shadow``) adds ``|shadow_dropped``, ``|shadow_compared`` and ``|shadow_agreed``.
 """
 
 from __future__ import annotations
@@ -66,6 +67,20 @@ class GatewayMetrics:
             counts = self._pending[endpoint_id]
             counts[f"{entity}|prompt_tokens"] += prompt
             counts[f"{entity}|completion_tokens"] += completion
+        if self._thread is None:
+            self._start()
+
+    def observe_shadow(
+        self, endpoint_id: str, served_entity: str, *, dropped: int = 0, compared: int = 0, agreed: int = 0
+    ) -> None:
+        """A shadow's mirrors dropped (queue full, no replica) and predictions compared / agreeing."""
+        with self._lock:
+            counts = self._pending[endpoint_id]
+            if dropped:
+                counts[f"{served_entity}|shadow_dropped"] += dropped
+            if compared:
+                counts[f"{served_entity}|shadow_compared"] += compared
+                counts[f"{served_entity}|shadow_agreed"] += agreed
         if self._thread is None:
             self._start()
 

@@ -11,6 +11,7 @@ from endpoints_app.errors import DomainError
 from endpoints_app.gateway import guardrails, ratelimit
 from endpoints_app.gateway.providers import PROVIDERS
 from endpoints_app.gateway.providers.base import iter_secret_fields
+from endpoints_app.gateway.shadow import ShadowRoute
 from endpoints_app.models import ConfigUpdate, Endpoint, ServedEntity
 from endpoints_app.runtime.credentials import ReplicaTarget
 from endpoints_app.secret_references import parse_reference
@@ -82,6 +83,8 @@ class RouteTable:
     task: str = ""
     # Rate limits, guardrails, usage tracking and fallbacks (``ai_gateway``); None when none are set.
     policy: GatewayPolicy | None = None
+    # Served entities that get a mirrored copy of a share of the queries (``traffic_config.shadow``).
+    shadows: list[ShadowRoute] = field(default_factory=list)
 
     def entity(self, name: str) -> EntityRoute | None:
         return next((e for e in self.entities if e.name == name), None)
@@ -131,10 +134,22 @@ def load_route_table(endpoint_name: str) -> RouteTable:
         )
     )
     weights: dict[str, int] = {}
+    shadows: list[ShadowRoute] = []
     if entities:
-        for route in (entities[0]["config_version__traffic_config"] or {}).get("routes", []):
+        traffic = entities[0]["config_version__traffic_config"] or {}
+        for route in traffic.get("routes", []):
             target = route.get("served_model_name") or route.get("served_entity_name")
             weights[target] = int(route.get("traffic_percentage", 0))
+        served = {e["name"] for e in entities if not e["external_model"]}  # only replicas are mirrored to
+        for shadow in traffic.get("shadow") or []:
+            if shadow.get("served_entity_name") in served and shadow.get("percentage", 0) > 0:
+                shadows.append(
+                    ShadowRoute(
+                        shadow["served_entity_name"],
+                        int(shadow["percentage"]),
+                        float(shadow.get("agreement_tolerance") or 0.0),
+                    )
+                )
     backend = get_backend()
     deployment_ids = [e["deployment_id"] for e in entities if e["deployment_id"]]
     replicas = backend.ready_replicas(deployment_ids=deployment_ids)
@@ -145,6 +160,7 @@ def load_route_table(endpoint_name: str) -> RouteTable:
         endpoint_id=endpoint.id,
         payload_sample_rate=sample_rate,
         policy=GatewayPolicy.from_config(endpoint.ai_gateway),
+        shadows=shadows,
     )
     for e in entities:
         external = external_target(e["external_model"]) if e["external_model"] else None

@@ -1,6 +1,6 @@
-# Reserved in order so that work in parallel keeps one chain; its owner fills in the operations.
+# Shadow traffic (issue 17): a shadow's agreement and dropped mirrors per metric point.
 
-from django.db import migrations
+from django.db import migrations, models
 
 
 class Migration(migrations.Migration):
@@ -9,4 +9,20 @@ class Migration(migrations.Migration):
         ('endpoints_app', '0020_remote_endpoints'),
     ]
 
-    operations: list = []
+    operations = [
+        migrations.AddField(
+            model_name='metricpoint',
+            name='shadow_compared',
+            field=models.FloatField(default=0),
+        ),
+        migrations.AddField(
+            model_name='metricpoint',
+            name='shadow_agreed',
+            field=models.FloatField(default=0),
+        ),
+        migrations.AddField(
+            model_name='metricpoint',
+            name='shadow_dropped',
+            field=models.FloatField(default=0),
+        ),
+    ]

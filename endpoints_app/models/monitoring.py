@@ -106,6 +106,11 @@ class MetricPoint(models.Model):
     replicas = models.FloatField(null=True, blank=True)
     concurrency = models.FloatField(null=True, blank=True)
     samples = models.PositiveIntegerField(default=1)  # gauge samples averaged into this point
+    # A shadow's (gateway.shadow): predictions compared with the primary's, those that agreed, and
+    # mirrors dropped (queue full, no ready replica). 0 for every other entity.
+    shadow_compared = models.FloatField(default=0)
+    shadow_agreed = models.FloatField(default=0)
+    shadow_dropped = models.FloatField(default=0)
 
     class Meta:
         constraints = [

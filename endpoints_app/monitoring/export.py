@@ -60,6 +60,18 @@ def render(endpoint: Endpoint, *, openmetrics: bool = False) -> str:
         lines.append(f"request_latency_ms_sum{labels(entity)} {values.get('sum', 0.0):.3f}")
         lines.append(f"request_latency_ms_count{labels(entity)} {values.get('count', 0.0):g}")
 
+    # Shadows (gateway.shadow): listed only when some entity has mirrored queries.
+    shadows = [entity for entity in names if any(k.startswith("shadow_") for k in counters.get(entity, {}))]
+    for metric, field, help_text in (
+        ("shadow_predictions_compared_total", "shadow_compared", "A shadow's predictions compared with the primary's."),
+        ("shadow_predictions_agreed_total", "shadow_agreed", "A shadow's predictions that agreed with the primary's."),
+        ("shadow_mirrors_dropped_total", "shadow_dropped", "Queries not mirrored to a shadow: queue full, no replica."),
+    ):
+        if shadows:
+            family(metric, "counter", help_text)
+        for entity in shadows:
+            lines.append(f"{metric}{labels(entity)} {counters[entity].get(field, 0.0):g}")
+
     latest = _latest_points(endpoint, entities)
     for metric, attr, help_text in (
         ("cpu_usage_percentage", "cpu_pct", "CPU used by the served entity's replicas, mean % of one core."),

@@ -36,7 +36,8 @@ from endpoints_app.runtime.credentials import ReplicaTarget
 
 BASE_RESOLUTION = 15
 RESOLUTIONS = (15, 60, 3600)
-COUNTER_FIELDS = ("count", "4xx", "5xx", "sum", *(f"b{label}" for label in BUCKET_LABELS))
+SHADOW_FIELDS = ("shadow_compared", "shadow_agreed", "shadow_dropped")  # gateway.shadow
+COUNTER_FIELDS = ("count", "4xx", "5xx", "sum", *(f"b{label}" for label in BUCKET_LABELS), *SHADOW_FIELDS)
 MAX_CHART_POINTS = 300
 
 
@@ -157,8 +158,14 @@ class Interval:
     gpu: list[float] = field(default_factory=list)
     replicas: float | None = None
     concurrency: float | None = None
+    shadow_compared: float = 0.0
+    shadow_agreed: float = 0.0
+    shadow_dropped: float = 0.0
 
     def add_counts(self, delta: dict[str, float]) -> None:
+        self.shadow_compared += delta.get("shadow_compared", 0.0)
+        self.shadow_agreed += delta.get("shadow_agreed", 0.0)
+        self.shadow_dropped += delta.get("shadow_dropped", 0.0)
         self.request_count += delta.get("count", 0.0)
         self.count_4xx += delta.get("4xx", 0.0)
         self.count_5xx += delta.get("5xx", 0.0)
@@ -235,8 +242,12 @@ def poll_metrics(endpoint: Endpoint) -> None:
             interval.concurrency = float(sum(g.in_flight for g in replica_gauges))
         intervals[name] = interval
 
+    # A shadow's mirrors are not queries of the endpoint: its own series only (gateway.shadow).
+    shadows = shadow_names(config.traffic_config if config is not None else None)
     total = Interval(replicas=0.0, concurrency=0.0)
-    for interval in intervals.values():
+    for name, interval in intervals.items():
+        if name in shadows:
+            continue
         total.add_counts(_as_delta(interval))
         total.cpu += interval.cpu
         total.mem += interval.mem
@@ -259,6 +270,17 @@ def poll_metrics(endpoint: Endpoint) -> None:
         add_point(endpoint.id, "", BASE_RESOLUTION, ts, total)
     if errors and len(errors) == len(jobs):
         raise MetricsPollError(f"could not read metrics from {len(errors)} replica(s): {'; '.join(errors)[:500]}")
+
+
+def shadow_names(traffic_config: Any) -> set[str]:
+    """The served entities a config mirrors queries to (``traffic_config.shadow``)."""
+    if not isinstance(traffic_config, dict):
+        return set()
+    return {
+        str(s["served_entity_name"])
+        for s in traffic_config.get("shadow") or []
+        if isinstance(s, dict) and s.get("served_entity_name")
+    }
 
 
 def _as_delta(interval: Interval) -> dict[str, float]:
@@ -301,6 +323,9 @@ def add_point(endpoint_id: str, entity: str, resolution: int, ts: int, interval:
                         mem_pct=mem,
                         replicas=interval.replicas,
                         concurrency=interval.concurrency,
+                        shadow_compared=interval.shadow_compared,
+                        shadow_agreed=interval.shadow_agreed,
+                        shadow_dropped=interval.shadow_dropped,
                     )
                 return
             except IntegrityError:
@@ -324,6 +349,9 @@ def _point_like(interval: Interval, cpu: float | None, mem: float | None, gpu: f
         mem_pct=mem,
         replicas=interval.replicas,
         concurrency=interval.concurrency,
+        shadow_compared=interval.shadow_compared,
+        shadow_agreed=interval.shadow_agreed,
+        shadow_dropped=interval.shadow_dropped,
         samples=1,
     )
 
@@ -355,6 +383,9 @@ def merge_points(points: list[MetricPoint]) -> dict[str, Any]:
         "replicas": weighted("replicas"),
         "concurrency": weighted("concurrency"),
         "samples": sum(p.samples or 1 for p in points),
+        "shadow_compared": sum(p.shadow_compared for p in points),
+        "shadow_agreed": sum(p.shadow_agreed for p in points),
+        "shadow_dropped": sum(p.shadow_dropped for p in points),
     }
 
 
@@ -407,6 +438,8 @@ SERIES = (
     "mem_pct",
     "replicas",
     "concurrency",
+    "agreement_rate",  # a shadow's: predictions that agreed with the primary's / compared (0-1)
+    "shadow_dropped_rate",  # a shadow's mirrors dropped per second
 )
 
 
@@ -447,6 +480,9 @@ def series(
             gpu=Avg("gpu_pct"),
             replicas_avg=Avg("replicas"),
             concurrency_avg=Avg("concurrency"),
+            compared=Sum("shadow_compared"),
+            agreed=Sum("shadow_agreed"),
+            dropped=Sum("shadow_dropped"),
         )
         .order_by("bucket")
     )
@@ -465,6 +501,8 @@ def series(
             "gpu_pct": row["gpu"],
             "replicas": row["replicas_avg"],
             "concurrency": row["concurrency_avg"],
+            "agreement_rate": row["agreed"] / row["compared"] if row["compared"] else None,
+            "shadow_dropped_rate": (row["dropped"] or 0.0) / step,
         }
         for m in metrics:
             out[m].append([ts_ms, values[m]])

@@ -136,7 +136,7 @@ def _create_config_version(*, endpoint: Endpoint, config: CoreConfig, actor: Use
     version = ConfigVersion.objects.create(
         endpoint=endpoint,
         version=last + 1,
-        traffic_config={"routes": config.routes},
+        traffic_config=config.traffic_config,
         auto_capture_config=config.auto_capture_config,
         legacy_served_models=config.legacy_served_models,
         created_by=actor,

@@ -44,7 +44,7 @@ def _config_view(config: validation.CoreConfig) -> dict[str, Any]:
     """A parsed config in the shape of the audit snapshot, so the diff shows real changes only."""
     return audit.config_snapshot(
         config.served_entities,
-        traffic_config={"routes": config.routes},
+        traffic_config=config.traffic_config,
         auto_capture_config=config.auto_capture_config,
         legacy_served_models=config.legacy_served_models,
     )
