@@ -41,6 +41,8 @@ def _schedule(sender: Celery, **kwargs: object) -> None:
             "schedule": settings.POLL_LOGS_SECONDS,
             "args": ("logs",),
         },
+        # Remote workspaces (issue 16): a sweep task per workspace whose next_poll_at has passed.
+        "sweep-workspaces": {"task": "endpoints_app.tasks.sweep_workspaces", "schedule": 5.0},
         "rollup-metrics": {"task": "endpoints_app.tasks.rollup_metrics", "schedule": 60.0},
         "evaluate-alerts": {
             "task": "endpoints_app.tasks.evaluate_alerts",

@@ -291,6 +291,9 @@ POLL_METRICS_SECONDS = env_float("MODELFLEET_POLL_METRICS_SECONDS", 15.0, minimu
 POLL_LOGS_SECONDS = env_float("MODELFLEET_POLL_LOGS_SECONDS", 10.0, minimum=1.0)
 POLL_HTTP_TIMEOUT_SECONDS = env_float("MODELFLEET_POLL_HTTP_TIMEOUT_SECONDS", 2.0, minimum=0.1)
 POLL_MAX_BACKOFF_SECONDS = env_float("MODELFLEET_POLL_MAX_BACKOFF_SECONDS", 300.0, minimum=1.0)
+# Remote workspaces (issue 16): one sweep of each every this many seconds, each within a deadline.
+REMOTE_POLL_SECONDS = env_float("MODELFLEET_REMOTE_POLL_SECONDS", 15.0, minimum=1.0)
+REMOTE_POLL_DEADLINE_SECONDS = env_float("MODELFLEET_REMOTE_POLL_DEADLINE_SECONDS", 60.0, minimum=1.0)
 ALERT_EVALUATION_SECONDS = env_float("MODELFLEET_ALERT_EVALUATION_SECONDS", 30.0, minimum=1.0)
 # Retention of each metric resolution (seconds → hours kept).
 METRICS_RETENTION_HOURS = {

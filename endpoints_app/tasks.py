@@ -10,6 +10,7 @@ from celery import shared_task
 
 from endpoints_app.gateway import usage
 from endpoints_app.monitoring import alerts, logs, metrics, notifications, payloads, polling
+from endpoints_app.monitoring import remote as remote_polling
 from endpoints_app.services import rollouts
 
 RECHECK_SECONDS = 0.5
@@ -51,6 +52,23 @@ def poll_due(kind: str) -> int:
 @shared_task(ignore_result=True, soft_time_limit=30, time_limit=40)
 def poll_target(target_id: int) -> None:
     polling.run_poll(target_id)
+
+
+# --- remote workspaces (issue 16): one sweep task per workspace -------------------------------
+
+
+@shared_task(ignore_result=True)
+def sweep_workspaces() -> int:
+    """Beat: one sweep task per remote workspace that is due."""
+    due = remote_polling.due_workspaces()
+    for workspace_id in due:
+        sweep_workspace.delay(workspace_id)
+    return len(due)
+
+
+@shared_task(ignore_result=True, soft_time_limit=120, time_limit=150)
+def sweep_workspace(workspace_id: int) -> None:
+    remote_polling.run_sweep(workspace_id)
 
 
 @shared_task(ignore_result=True)

@@ -21,16 +21,49 @@ class ConfigUpdate(models.TextChoices):
     UPDATE_CANCELED = "UPDATE_CANCELED"
 
 
+class LocalEndpointManager(models.Manager["Endpoint"]):
+    """``Endpoint.objects``: this installation's endpoints only (``workspace`` is null).
+
+    Everything that serves, routes, rolls out or answers the Databricks-compatible API by name
+    reads through it, so an endpoint polled from a remote workspace can never be queried, changed
+    or shadow a local one of the same name there. ``Endpoint.fleet`` holds every endpoint (the
+    fleet list, the pollers' writes, charts and logs of remote ones) and is the default manager,
+    so related managers, forms and the admin see every row.
+    """
+
+    use_in_migrations = True  # a data migration's ``Endpoint.objects`` means what it means here
+
+    def get_queryset(self) -> models.QuerySet[Endpoint]:
+        return super().get_queryset().filter(workspace__isnull=True)
+
+
 class Endpoint(models.Model):
     """A serving endpoint: a name that routes queries to the served entities of its active config.
 
     ``active_config`` is what serves traffic; ``pending_config`` is the version being rolled out
     (or the version whose rollout failed, while ``config_update`` is UPDATE_FAILED). Config
     versions are immutable rows; changing the endpoint means pointing at another version.
+
+    An endpoint of a remote workspace (``workspace`` set; issue 16) is a copy the remote poller
+    keeps (``monitoring.remote``): its config versions are the remote's (``version`` is the remote's
+    ``config_version``), its served entities have no deployment, and ``remote_*`` hold what the
+    remote said. Its name is unique within its workspace; local names are unique among local ones.
     """
 
     id = models.CharField(primary_key=True, max_length=32, default=_new_endpoint_id, editable=False)
-    name = models.CharField(max_length=255, unique=True)
+    name = models.CharField(max_length=255)
+    # Null for this installation's endpoints (``objects``); the remote workspace otherwise.
+    workspace = models.ForeignKey(
+        "Workspace", null=True, blank=True, on_delete=models.CASCADE, related_name="endpoints"
+    )
+    # What the remote's last successful poll said: its id, its ``state`` (ready, config_update),
+    # when it was seen, and when a successful list no longer had it (kept, marked gone).
+    remote_id = models.CharField(max_length=128, blank=True, default="")
+    remote_state = models.JSONField(null=True, blank=True)
+    remote_seen_at = models.DateTimeField(null=True, blank=True)
+    remote_gone_at = models.DateTimeField(null=True, blank=True)
+    # Log positions of the remote poller: {"<served entity>/<kind>": {"ts": iso, "tail": [hashes]}}.
+    remote_cursors = models.JSONField(default=dict, blank=True)
     creator = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, on_delete=models.SET_NULL, related_name="+")
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)
@@ -62,8 +95,18 @@ class Endpoint(models.Model):
     health_reason = models.TextField(blank=True, default="")
     health_changed_at = models.DateTimeField(null=True, blank=True)
 
+    objects = LocalEndpointManager()
+    fleet = models.Manager()  # noqa: DJ012 - a manager (ruff reads any models.X() as a field)
+
     class Meta:
         ordering = ["name"]
+        default_manager_name = "fleet"
+        constraints = [
+            models.UniqueConstraint(
+                fields=["name"], condition=models.Q(workspace__isnull=True), name="unique_local_endpoint_name"
+            ),
+            models.UniqueConstraint(fields=["workspace", "name"], name="unique_workspace_endpoint_name"),
+        ]
         indexes = [
             # The rollout sweeper: "endpoints whose update is in progress".
             models.Index(fields=["config_update"], name="endpoint_config_update_idx"),
@@ -71,6 +114,10 @@ class Endpoint(models.Model):
 
     def __str__(self) -> str:
         return self.name
+
+    @property
+    def is_remote(self) -> bool:
+        return self.workspace_id is not None
 
 
 class EndpointTag(models.Model):

@@ -49,6 +49,11 @@ class Workspace(models.Model):
     status_since = models.DateTimeField(null=True, blank=True)
     # When the remote was last asked, whatever it said.
     checked_at = models.DateTimeField(null=True, blank=True)
+    # The remote poller's schedule (``monitoring.remote``): when the next sweep is due (null: now),
+    # how many sweeps in a row failed (the backoff grows with it), when one last completed.
+    next_poll_at = models.DateTimeField(null=True, blank=True)
+    poll_failures = models.PositiveIntegerField(default=0)
+    last_sweep_ok_at = models.DateTimeField(null=True, blank=True)
     creator = models.ForeignKey(
         settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
     )

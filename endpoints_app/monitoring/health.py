@@ -170,11 +170,11 @@ def record_health(endpoint: Endpoint, health: Health, *, now: datetime) -> bool:
     previous = endpoint.health
     if health.status == previous:
         if health.reason != endpoint.health_reason:
-            Endpoint.objects.filter(id=endpoint.id, health=previous).update(health_reason=health.reason)
+            Endpoint.fleet.filter(id=endpoint.id, health=previous).update(health_reason=health.reason)
             endpoint.health_reason = health.reason
         return False
     with transaction.atomic():
-        changed = Endpoint.objects.filter(id=endpoint.id, health=previous).update(
+        changed = Endpoint.fleet.filter(id=endpoint.id, health=previous).update(
             health=health.status, health_reason=health.reason, health_changed_at=now
         )
         if changed != 1:

@@ -23,7 +23,13 @@ from databricks.sdk.config import Config
 from databricks.sdk.errors import DatabricksError, PermissionDenied, Unauthenticated
 
 from endpoints_app import egress
-from endpoints_app.remote.transport import EgressAdapter, HostUnresolved, RedirectRefused, ResponseTooLarge
+from endpoints_app.remote.transport import (
+    EgressAdapter,
+    HostUnresolved,
+    RateLimited,
+    RedirectRefused,
+    ResponseTooLarge,
+)
 
 # Seconds one HTTP request to a remote may take, and the SDK's budget for retrying one call
 # (429 and 503 answers, resets): together they bound how long a check of a dead remote takes.
@@ -32,19 +38,25 @@ RETRY_TIMEOUT_SECONDS = 5
 MAX_MESSAGE = 600  # characters of a status message (a remote's own error message is part of it)
 
 _adapter = EgressAdapter()  # shared by every client: its pools are thread-safe
+# The poller's: a 429 raises RateLimited at once (the poller backs off between sweeps).
+_poll_adapter = EgressAdapter(raise_rate_limited=True)
+# The poller's SDK retry budget: one quick retry of a dropped connection at most; the next sweep
+# is the retry.
+POLL_RETRY_TIMEOUT_SECONDS = 1
 
 
-def workspace_client(*, host: str, token: str) -> WorkspaceClient:
+def workspace_client(*, host: str, token: str, for_poll: bool = False) -> WorkspaceClient:
     """A client for the remote at ``host`` (a URL ``services.workspaces`` has normalised and checked).
     Building it asks the host for ``/.well-known/databricks-config`` (the SDK's discovery), through
-    the same adapter."""
+    the same adapter. ``for_poll``: the poller's (429 raises ``RateLimited``, a short retry budget)."""
     config = Config(
         host=host,
         token=token,
         auth_type="pat",
-        http_adapter=_adapter,
+        http_adapter=_poll_adapter if for_poll else _adapter,
         http_timeout_seconds=HTTP_TIMEOUT_SECONDS,
-        retry_timeout_seconds=RETRY_TIMEOUT_SECONDS,  # read per client, so that tests can shorten it
+        # read per client, so that tests can shorten it
+        retry_timeout_seconds=POLL_RETRY_TIMEOUT_SECONDS if for_poll else RETRY_TIMEOUT_SECONDS,
         product="modelfleet",
         product_version=_version(),
     )
@@ -62,34 +74,37 @@ def check(*, host: str, token: str) -> CheckResult:
     try:
         endpoints = workspace_client(host=host, token=token).serving_endpoints.list()
         count = sum(1 for _ in endpoints)
-    except egress.EgressRefused as exc:
-        return _failed(token, f"{host} is refused by the egress policy: {exc}")
-    except HostUnresolved as exc:
-        return _failed(token, f"Cannot reach {host}: {exc}")
-    except ResponseTooLarge as exc:
-        return _failed(token, f"{host} {exc}, more than a serving-endpoints list can be")
-    except RedirectRefused as exc:
-        return _failed(
-            token,
-            f"{host} {exc}: the token goes only to the registered host (register the address it redirects to)",
-        )
-    except (Unauthenticated, PermissionDenied) as exc:
-        return _failed(token, f"{host} refused the token ({exc.error_code or 'unauthenticated'}: {exc})")
-    except DatabricksError as exc:
-        return _failed(
-            token, f"{host} answered with an error instead of its serving endpoints ({exc.error_code}: {exc})"
-        )
-    except requests.Timeout:
-        return _failed(token, f"{host} did not answer within {HTTP_TIMEOUT_SECONDS} seconds")
-    except requests.ConnectionError as exc:
-        return _failed(token, f"Cannot reach {host}: {_reason(exc)}")
-    except TimeoutError as exc:  # the SDK's retries ran out; the last failure is the cause
-        if isinstance(exc.__cause__, requests.ConnectionError):
-            return _failed(token, f"Cannot reach {host}: {_reason(exc.__cause__)}")
-        return _failed(token, f"{host} did not answer within {RETRY_TIMEOUT_SECONDS} seconds of retries")
     except Exception as exc:  # noqa: BLE001 - a status for the admin, never a 500
-        return _failed(token, f"{host} did not answer as the serving-endpoints API does ({type(exc).__name__})")
+        return _failed(token, describe_failure(host, exc))
     return CheckResult(True, f"{count} serving endpoint{'' if count == 1 else 's'}")
+
+
+def describe_failure(host: str, exc: BaseException) -> str:
+    """What went wrong with a call to the remote, in one line a person can act on (the caller
+    masks the token: ``masked``)."""
+    if isinstance(exc, egress.EgressRefused):
+        return f"{host} is refused by the egress policy: {exc}"
+    if isinstance(exc, HostUnresolved):
+        return f"Cannot reach {host}: {exc}"
+    if isinstance(exc, ResponseTooLarge):
+        return f"{host} {exc}, more than a serving-endpoints list can be"
+    if isinstance(exc, RedirectRefused):
+        return f"{host} {exc}: the token goes only to the registered host (register the address it redirects to)"
+    if isinstance(exc, RateLimited):
+        return f"{host} is rate limiting: it {exc}"
+    if isinstance(exc, (Unauthenticated, PermissionDenied)):
+        return f"{host} refused the token ({exc.error_code or 'unauthenticated'}: {exc})"
+    if isinstance(exc, DatabricksError):
+        return f"{host} answered with an error instead of its serving endpoints ({exc.error_code}: {exc})"
+    if isinstance(exc, requests.Timeout):
+        return f"{host} did not answer within {HTTP_TIMEOUT_SECONDS} seconds"
+    if isinstance(exc, requests.ConnectionError):
+        return f"Cannot reach {host}: {_reason(exc)}"
+    if isinstance(exc, TimeoutError):  # the SDK's retries ran out; the last failure is the cause
+        if isinstance(exc.__cause__, requests.ConnectionError):
+            return f"Cannot reach {host}: {_reason(exc.__cause__)}"
+        return f"{host} did not answer within its retry budget"
+    return f"{host} did not answer as the serving-endpoints API does ({type(exc).__name__})"
 
 
 def _reason(exc: requests.ConnectionError) -> str:
@@ -117,7 +132,12 @@ def _version() -> str:
     return text if re.fullmatch(r"\d+\.\d+\.\d+", text) else "0.0.0"
 
 
-def _failed(token: str, message: str) -> CheckResult:
+def masked(token: str, message: str) -> str:
+    """The message without the token (a remote echoing it back never puts it in a status), cut after."""
     if token:
-        message = message.replace(token, "[token]")  # a remote echoing it back never puts it in a status
-    return CheckResult(False, message[:MAX_MESSAGE])
+        message = message.replace(token, "[token]")
+    return message[:MAX_MESSAGE]
+
+
+def _failed(token: str, message: str) -> CheckResult:
+    return CheckResult(False, masked(token, message))

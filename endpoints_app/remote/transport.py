@@ -60,6 +60,41 @@ class ResponseTooLarge(Exception):
     """A remote's answer is longer than ``MAX_RESPONSE_BYTES``."""
 
 
+# The longest a remote may ask us to wait (Retry-After) before the poller asks again, and the wait
+# taken when a 429 says nothing usable.
+MAX_RETRY_AFTER_SECONDS = 3600
+DEFAULT_RETRY_AFTER_SECONDS = 30
+
+
+class RateLimited(Exception):
+    """A remote answered 429 (the poller's adapter only): raised instead of the SDK's error so that
+    the SDK does not sleep the remote's Retry-After inside a worker (it would, however long); the
+    poller waits it out between sweeps instead (``monitoring.remote``)."""
+
+    def __init__(self, retry_after: float) -> None:
+        super().__init__(f"answered 429 Too Many Requests (Retry-After {retry_after:g} s)")
+        self.retry_after = retry_after
+
+
+def retry_after_seconds(value: str | None, *, now: float | None = None) -> float:
+    """Retry-After in seconds (delta-seconds or an HTTP date), bounded; the default when unusable."""
+    import time
+    from email.utils import parsedate_to_datetime
+
+    text = (value or "").strip()
+    seconds: float | None = None
+    if text.isdigit():
+        seconds = float(text)
+    elif text:
+        try:
+            seconds = parsedate_to_datetime(text).timestamp() - (now if now is not None else time.time())
+        except (TypeError, ValueError, IndexError, OverflowError):
+            seconds = None
+    if seconds is None:
+        return float(DEFAULT_RETRY_AFTER_SECONDS)
+    return float(min(max(seconds, 1.0), MAX_RETRY_AFTER_SECONDS))
+
+
 class _PinnedMixin:
     """``_new_conn`` that connects only to addresses the egress policy allows for the host."""
 
@@ -104,7 +139,12 @@ class _PinnedHTTPSConnectionPool(HTTPSConnectionPool):
 
 
 class EgressAdapter(HTTPAdapter):
-    """A ``requests`` adapter whose connections pass the egress policy (see the module docstring)."""
+    """A ``requests`` adapter whose connections pass the egress policy (see the module docstring).
+    With ``raise_rate_limited`` a 429 answer raises ``RateLimited`` (the poller's)."""
+
+    def __init__(self, *args: Any, raise_rate_limited: bool = False, **kwargs: Any) -> None:
+        self.raise_rate_limited = raise_rate_limited
+        super().__init__(*args, **kwargs)
 
     def init_poolmanager(self, *args: Any, **kwargs: Any) -> None:
         super().init_poolmanager(*args, **kwargs)
@@ -127,6 +167,10 @@ class EgressAdapter(HTTPAdapter):
             location = response.headers.get("location", "")
             response.close()
             raise RedirectRefused(response.status_code, location)
+        if self.raise_rate_limited and response.status_code == 429:
+            wait = retry_after_seconds(response.headers.get("retry-after"))
+            response.close()
+            raise RateLimited(wait)
         if not stream:
             # Read it here, bounded, instead of letting requests read all of it: decoded, so a
             # compressed answer cannot expand past the bound either.
