@@ -638,6 +638,20 @@ def _parse_traffic(
 MAX_AGREEMENT_TOLERANCE = 1e12
 
 
+def stored_shadows(traffic_config: Any) -> dict[str, dict[str, Any]]:
+    """A stored config's shadows by served entity name: {"percentage", "agreement_tolerance"}."""
+    if not isinstance(traffic_config, dict):
+        return {}
+    return {
+        str(s["served_entity_name"]): {
+            "percentage": int(s.get("percentage") or 0),
+            "agreement_tolerance": float(s.get("agreement_tolerance") or 0.0),
+        }
+        for s in traffic_config.get("shadow") or []
+        if isinstance(s, dict) and s.get("served_entity_name")
+    }
+
+
 def _parse_shadow(raw: Any, entities: list[ServedEntitySpec], where: str) -> list[dict[str, Any]]:
     """``traffic_config.shadow`` (a Modelfleet extension beside the routes, which Databricks'
     clients ignore): [{"served_entity_name", "percentage" 0-100, "agreement_tolerance" >= 0}].

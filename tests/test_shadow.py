@@ -33,7 +33,9 @@ def test_a_shadow_is_stored_beside_the_routes_and_read_back(api, registered_mode
     iris = registered_models["iris"]
     out = create(api, shadow_body(iris, [{"served_entity_name": "iris-2", "percentage": 25}]))
     traffic = out["pending_config"]["traffic_config"]
-    assert traffic["routes"] == [{"served_model_name": "iris-1", "served_entity_name": "iris-1", "traffic_percentage": 100}]
+    assert traffic["routes"] == [
+        {"served_model_name": "iris-1", "served_entity_name": "iris-1", "traffic_percentage": 100}
+    ]
     assert traffic["shadow"] == [{"served_entity_name": "iris-2", "percentage": 25, "agreement_tolerance": 0.0}]
     mark_ready("shadowed")
     got = api.get(f"{URL}/shadowed").json()
@@ -77,7 +79,11 @@ def test_a_config_without_shadows_stores_routes_only(api, registered_models):
         ([{"served_entity_name": "iris-2", "percentage": 10}], [("iris-1", 50), ("iris-2", 50)], "is a shadow"),
         ([{"served_entity_name": "iris-2", "percentage": 10, "agreement_tolerance": -1}], None, "agreement_tolerance"),
         ([{"served_entity_name": "iris-2", "percentage": 10, "agreement_tolerance": "x"}], None, "agreement_tolerance"),
-        ([{"served_entity_name": "iris-2", "percentage": 10, "agreement_tolerance": True}], None, "agreement_tolerance"),
+        (
+            [{"served_entity_name": "iris-2", "percentage": 10, "agreement_tolerance": True}],
+            None,
+            "agreement_tolerance",
+        ),
         ({"served_entity_name": "iris-2"}, None, "shadow must be an array"),
         (["iris-2"], None, "must be a JSON object"),
         (
@@ -238,3 +244,48 @@ def test_an_unreachable_shadow_is_recorded_as_its_own_error():
     assert flushed(metrics, "count", 1.0)
     mirror.stop()
     forget("ep-shadow-test")
+
+
+# --- the dashboard: the traffic-split editor and the endpoint page ---------------------------------
+
+
+def test_the_split_editor_sets_shows_and_keeps_a_shadow_share(client, api, user, registered_models):
+    from tests.test_dashboard_edit import entity, etag_in, form_data
+
+    iris = registered_models["iris"]
+    create(api, shadow_body(iris, [{"served_entity_name": "iris-2", "percentage": 30, "agreement_tolerance": 0.5}]))
+    mark_ready("shadowed")
+    client.force_login(user)
+    html = client.get("/endpoints/shadowed/edit").content.decode()
+    assert 'name="entities-1-shadow"' in html
+    assert 'name="entities-1-shadow" value="30"' in html
+
+    # Saving with another share keeps the tolerance the form does not show.
+    data = form_data(entity("1", 100), entity("2", 0, shadow="60"), etag=etag_in(html), initial=2)
+    response = client.post("/endpoints/shadowed/edit", data)
+    assert response.status_code == 302, response.content.decode()[-3000:]
+    config = Endpoint.objects.get(name="shadowed").pending_config
+    assert config.traffic_config["shadow"] == [
+        {"served_entity_name": "iris-2", "percentage": 60, "agreement_tolerance": 0.5}
+    ]
+
+    # A shadow that also takes traffic is refused next to the split.
+    mark_ready("shadowed")
+    html = client.get("/endpoints/shadowed/edit").content.decode()
+    data = form_data(entity("1", 50), entity("2", 50, shadow="10"), etag=etag_in(html), initial=2)
+    response = client.post("/endpoints/shadowed/edit", data)
+    assert response.status_code == 400
+    assert "is a shadow" in response.content.decode()
+
+    # The endpoint page shows the share and the shadow's charts.
+    page = client.get("/endpoints/shadowed/").content.decode()
+    assert "shadow 60 %" in page
+    assert 'id="chart-agreement"' in page and 'id="chart-shadow-dropped"' in page
+
+
+def test_an_endpoint_without_shadows_has_no_shadow_charts(client, api, user, registered_models):
+    create(api, endpoint_body("plain", (registered_models["iris"], "1")))
+    mark_ready("plain")
+    client.force_login(user)
+    page = client.get("/endpoints/plain/").content.decode()
+    assert 'id="chart-agreement"' not in page and "shadow " not in page.lower().replace("shadow-", "")

@@ -235,7 +235,26 @@ _CONFIG = {
                             "traffic_percentage": {"type": "integer", "minimum": 0, "maximum": 100},
                         },
                     },
-                }
+                },
+                # Modelfleet extension (Databricks' clients ignore it): shadow traffic, gateway.shadow.
+                "shadow": {
+                    "type": "array",
+                    "description": "Modelfleet extension: served entities (custom models only, with traffic_percentage 0 "
+                    "or no route) that get a mirrored copy of `percentage` % of the queries. The caller always gets "
+                    "the primary's answer; the shadow's latency and errors are recorded under its own name, and the "
+                    "share of its predictions that agree with the primary's (numbers within agreement_tolerance) is "
+                    "the agreement_rate series. Mirrors never delay the caller (a bounded queue; dropped and counted "
+                    "when full: shadow_dropped_rate) and never count against rate limits or usage.",
+                    "items": {
+                        "type": "object",
+                        "required": ["served_entity_name", "percentage"],
+                        "properties": {
+                            "served_entity_name": _NAME,
+                            "percentage": {"type": "integer", "minimum": 0, "maximum": 100},
+                            "agreement_tolerance": {"type": "number", "minimum": 0, "default": 0},
+                        },
+                    },
+                },
             },
         },
         "auto_capture_config": _JSON_OBJECT,
@@ -943,7 +962,11 @@ def management_openapi() -> dict[str, Any]:
                 params=[
                     name,
                     *_query(
-                        metrics={"type": "string", "description": "comma-separated series names"},
+                        metrics={
+                            "type": "string",
+                            "description": "comma-separated series names (a shadow's also agreement_rate and "
+                            "shadow_dropped_rate)",
+                        },
                         start=_EPOCH_MS,
                         end=_EPOCH_MS,
                         served_model={"type": "string", "maxLength": 255},

@@ -176,6 +176,13 @@ def endpoint_new(request: AuthenticatedHttpRequest) -> HttpResponse:
     return redirect(endpoint_page(editor.name))
 
 
+def _tolerances(config: Any) -> dict[str, float]:
+    """The agreement tolerances of the current shadows (the form does not show them): kept on save."""
+    if config is None:
+        return {}
+    return {n: s["agreement_tolerance"] for n, s in validation.stored_shadows(config.traffic_config).items()}
+
+
 def _extras(
     endpoint: Endpoint,
 ) -> tuple[dict[str, dict[str, Any]], dict[str, Any] | None, dict[str, dict[str, str]]]:
@@ -213,11 +220,14 @@ def endpoint_edit(request: AuthenticatedHttpRequest, name: str) -> HttpResponse:
             r.get("served_model_name"): r.get("traffic_percentage")
             for r in (config.traffic_config if config else {}).get("routes", [])
         }
+        shadows = {
+            n: s["percentage"] for n, s in validation.stored_shadows(config.traffic_config if config else None).items()
+        }
         editor = EndpointEditor(
             creating=False,
             entity_choices=choices,
             secret_choices=secret_choices,
-            initial_entities=[entity_initial(e, shares.get(e.name)) for e in served],
+            initial_entities=[entity_initial(e, shares.get(e.name), shadows.get(e.name)) for e in served],
             etag=checks.etag(endpoint),
         )
         return _render_editor(request, editor, **page)
@@ -230,7 +240,7 @@ def endpoint_edit(request: AuthenticatedHttpRequest, name: str) -> HttpResponse:
         return _render_editor(request, editor, status=_status_for(editor, None), **page)
 
     extras, auto_capture, stored_env = _extras(endpoint)
-    body = editor.config_body(extras=extras, stored_env=stored_env)
+    body = editor.config_body(extras=extras, stored_env=stored_env, tolerances=_tolerances(config))
     if auto_capture is not None:
         body["auto_capture_config"] = auto_capture
     try:

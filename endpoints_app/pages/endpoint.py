@@ -32,7 +32,7 @@ from django.http import HttpResponse, QueryDict
 from django.shortcuts import render
 from django.urls import path
 
-from endpoints_app import access, audit, registry, selectors
+from endpoints_app import access, audit, registry, selectors, validation
 from endpoints_app.api.serializers.endpoints import serialize_entity_state
 from endpoints_app.authenticated import AuthenticatedHttpRequest
 from endpoints_app.errors import DomainError, ResourceDoesNotExist
@@ -81,9 +81,18 @@ def _routes(config: ConfigVersion) -> dict[str, int]:
     }
 
 
+def shadow_shares(config: ConfigVersion | None) -> dict[str, int]:
+    """The config's shadows (``traffic_config.shadow``): served entity → % of queries mirrored."""
+    if config is None:
+        return {}
+    return {name: s["percentage"] for name, s in validation.stored_shadows(config.traffic_config).items()}
+
+
 def entity_rows(config: ConfigVersion, *, failed: bool = False) -> list[dict[str, Any]]:
-    """Each served entity of a config with its deployment state, replicas and traffic share."""
+    """Each served entity of a config with its deployment state, replicas, traffic share and, for a
+    shadow, the share of queries mirrored to it."""
     routes = _routes(config)
+    shadows = shadow_shares(config)
     rows = []
     for i, entity in enumerate(config.served_entities.all()):
         dep = entity.deployment
@@ -94,6 +103,7 @@ def entity_rows(config: ConfigVersion, *, failed: bool = False) -> list[dict[str
                 "entity": entity,
                 "colour": i % 6,
                 "traffic": routes.get(entity.name, 0),
+                "shadow": shadows.get(entity.name),
                 "state": state["deployment"],
                 "state_label": state["deployment"].removeprefix("DEPLOYMENT_").replace("_", " ").capitalize(),
                 "state_message": state["deployment_state_message"],
@@ -307,11 +317,13 @@ def endpoint_page(request: AuthenticatedHttpRequest, name: str) -> HttpResponse:
         "polls": list(PollTarget.objects.filter(endpoint=endpoint).order_by("kind")),
         "example_name": serving_names[0] if serving_names else (names[0] if names else ""),
         "entity_names": names,
+        "shadow_names": [n for n in names if n in shadow_shares(endpoint.active_config)],
         "edit_url": f"/endpoints/{endpoint.name}/edit" if can_manage else None,
         "page_data": {
             "name": endpoint.name,
             "id": endpoint.id,
             "entities": names,
+            "shadows": [n for n in names if n in shadow_shares(endpoint.active_config)],
             "examples": examples,
             "seriesUrl": f"/api/2.0/modelfleet/serving-endpoints/{endpoint.name}/metric-series",
             "logsUrl": f"/api/2.0/modelfleet/serving-endpoints/{endpoint.name}/log-lines",

@@ -28,6 +28,9 @@
     { id: "chart-cpu", series: [["cpu_pct", "CPU", []]], unit: " %", max: 100 },
     { id: "chart-mem", series: [["mem_pct", "memory", []]], unit: " %", max: 100 },
     { id: "chart-replicas", series: [["replicas", "replicas", []]], unit: "", stepped: true },
+    // Shadows only (traffic_config.shadow): their canvases are on the page when there are some.
+    { id: "chart-agreement", series: [["agreement_rate", "agreement", []]], unit: "", max: 1, shadows: true },
+    { id: "chart-shadow-dropped", series: [["shadow_dropped_rate", "dropped/s", []]], unit: "/s", shadows: true },
   ];
   const METRICS = CHARTS.flatMap((c) => c.series.map((s) => s[0])).join(",");
   const chartStatus = document.getElementById("chart-status");
@@ -108,8 +111,10 @@
     let points = 0;
     let resolution = 0;
     for (const spec of CHARTS) {
+      if (!document.getElementById(spec.id)) continue;
       const datasets = [];
       answers.forEach(([name, body], i) => {
+        if (spec.shadows && !(page.shadows || []).includes(name)) return;
         resolution = body.resolution;
         for (const [metric, label, dash] of spec.series) {
           const data = (body.series[metric] || []).map(([t, v]) => ({ x: t, y: v }));

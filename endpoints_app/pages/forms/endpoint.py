@@ -141,6 +141,13 @@ class ServedEntityForm(forms.Form):
         required=False,
         widget=forms.NumberInput(attrs={"min": 0, "max": 100, "step": 1, "inputmode": "numeric"}),
     )
+    # Shadow traffic (traffic_config.shadow): the share of queries mirrored to this entity, whose
+    # answers are compared with the primary's and never returned. Blank or 0: not a shadow.
+    shadow = forms.IntegerField(
+        label="Shadow %",
+        required=False,
+        widget=forms.NumberInput(attrs={"min": 0, "max": 100, "step": 1, "inputmode": "numeric"}),
+    )
 
     def __init__(self, *args: Any, entity_choices: list, secret_choices: list | None = None, **kwargs: Any) -> None:
         """``secret_choices``: the ``{{secrets/scope/key}}`` references the user may pick, grouped by
@@ -370,7 +377,11 @@ class EndpointEditor:
         return [f for f in self.entities.forms if f.cleaned_data and not f.cleaned_data.get("DELETE")]
 
     def config_body(
-        self, *, extras: dict[str, dict[str, Any]] | None = None, stored_env: dict[str, dict[str, str]] | None = None
+        self,
+        *,
+        extras: dict[str, dict[str, Any]] | None = None,
+        stored_env: dict[str, dict[str, str]] | None = None,
+        tolerances: dict[str, float] | None = None,
     ) -> dict[str, Any]:
         """The config as the API takes it (``PUT …/config``, or ``config`` of a create).
 
@@ -378,6 +389,7 @@ class EndpointEditor:
         from the current config so that saving the form does not drop them. ``stored_env``: the
         current environment variables by served entity name; a variable of the same entity posted
         back as ``[REDACTED]`` (the form never shows plain values) keeps its stored value.
+        ``tolerances``: the current shadows' agreement tolerances (not shown), kept.
         """
         self._kept = self.kept_forms()
         entities: list[dict[str, Any]] = []
@@ -429,6 +441,22 @@ class EndpointEditor:
         body: dict[str, Any] = {"served_entities": entities}
         if any(r["traffic_percentage"] is not None for r in routes):
             body["traffic_config"] = {"routes": routes}
+        kept_tolerances = tolerances or {}
+        shadow = [
+            {
+                "served_entity_name": route["served_model_name"],
+                "percentage": form.cleaned_data["shadow"],
+                **(
+                    {"agreement_tolerance": kept_tolerances[route["served_model_name"]]}
+                    if route["served_model_name"] in kept_tolerances
+                    else {}
+                ),
+            }
+            for form, route in zip(self._kept, routes, strict=True)
+            if form.cleaned_data.get("shadow")
+        ]
+        if shadow:
+            body.setdefault("traffic_config", {})["shadow"] = shadow
         return body
 
     def add_domain_error(self, exc: DomainError) -> None:
@@ -496,7 +524,7 @@ def _without_location(message: str) -> str:
     return message[message.index("]") + 1 :].lstrip(".: ") or message
 
 
-def entity_initial(entity: Any, traffic: int | None) -> dict[str, Any]:
+def entity_initial(entity: Any, traffic: int | None, shadow: int | None = None) -> dict[str, Any]:
     """A served entity row (endpoints_app.models.ServedEntity) as the editor's initial values."""
     if entity.external_model is not None:
         external = entity.external_model
@@ -529,6 +557,7 @@ def entity_initial(entity: Any, traffic: int | None) -> dict[str, Any]:
         "min_concurrency": entity.min_provisioned_concurrency,
         "max_concurrency": entity.max_provisioned_concurrency,
         "traffic": traffic,
+        "shadow": shadow,
         # Plain values are never sent back to the browser; saving the form keeps them (config_body).
         "environment_vars": validation.redact_environment_vars(entity.environment_vars),
     }

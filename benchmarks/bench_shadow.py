@@ -1,0 +1,136 @@
+"""Shadow traffic's cost to the caller (issue 17 part 4: "adding under 0.2 ms to the caller's p50").
+
+Two endpoints of the same shape on one private stack, each serving the demo model as ``primary``
+(100 % of the traffic) beside a second copy, ``candidate`` (0 %): on ``shadow-off`` the candidate
+is a plain entity, on ``shadow-on`` it is a shadow at 100 % (every query mirrored). The caller's
+latency is measured with the closed-loop load generator (benchmarks/loadgen.py), alternating the
+two endpoints for several rounds so drift on a shared machine hits both alike; the table shows
+the median over rounds of each run's p50 and p99, the p50 difference, and what the gateway's
+mirror did meanwhile (mirrors sent, dropped, agreement).
+
+Usage: python benchmarks/bench_shadow.py [--seconds 3] [--rounds 5] [--concurrency 1,8]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import requests
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+from benchmarks.bench_serving import loadgen  # noqa: E402
+from benchmarks.common import COLUMNS, DEMO, ROW, start_stack  # noqa: E402
+
+
+def config(shadow: bool) -> dict:
+    entities = [
+        {
+            "name": name,
+            "entity_name": DEMO,
+            "entity_version": "1",
+            "workload_size": "Small",
+            "scale_to_zero_enabled": False,
+        }
+        for name in ("primary", "candidate")
+    ]
+    traffic: dict = {
+        "routes": [
+            {"served_model_name": "primary", "traffic_percentage": 100},
+            {"served_model_name": "candidate", "traffic_percentage": 0},
+        ]
+    }
+    if shadow:
+        traffic["shadow"] = [{"served_entity_name": "candidate", "percentage": 100}]
+    return {"served_entities": entities, "traffic_config": traffic}
+
+
+def exported(base: str, auth: dict, name: str) -> dict[tuple[str, str], float]:
+    from endpoints_app.monitoring.metrics import parse_prometheus
+
+    text = requests.get(f"{base}/api/2.0/serving-endpoints/{name}/metrics", headers=auth, timeout=30).text
+    return {(n, labels.get("served_entity", "")): v for n, labels, v in parse_prometheus(text)}
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--seconds", type=float, default=3.0)
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--concurrency", default="1,8")
+    args = parser.parse_args()
+    levels = [int(c) for c in args.concurrency.split(",")]
+
+    stack = start_stack()
+    base, auth = stack.base, stack.auth
+    try:
+        names = {"off": "shadow-off", "on": "shadow-on"}
+        for key, name in names.items():
+            requests.post(
+                base + "/api/2.0/serving-endpoints",
+                json={"name": name, "config": config(shadow=key == "on")},
+                headers=auth,
+                timeout=30,
+            ).raise_for_status()
+        for name in names.values():
+            if stack.wait_not_updating(name, seconds=300) != "NOT_UPDATING":
+                raise RuntimeError(f"{name} did not deploy: see {stack.data_dir / 'stack.log'}")
+        time.sleep(2)
+        body = stack.data_dir / "body.json"
+        body.write_text(json.dumps({"dataframe_split": {"columns": COLUMNS, "data": [ROW]}}))
+        # Warm both (connections, route tables, the mirror thread).
+        for name in names.values():
+            loadgen(f"{base}/serving-endpoints/{name}/invocations", body, 4, 1.0, stack.token)
+
+        rows = []
+        for concurrency in levels:
+            runs: dict[str, list[dict]] = {"off": [], "on": []}
+            for _round in range(args.rounds):
+                for key, name in names.items():
+                    r = loadgen(
+                        f"{base}/serving-endpoints/{name}/invocations", body, concurrency, args.seconds, stack.token
+                    )
+                    runs[key].append(r)
+            p50 = {k: statistics.median(r["p50_ms"] for r in v) for k, v in runs.items()}
+            p99 = {k: statistics.median(r["p99_ms"] for r in v) for k, v in runs.items()}
+            rps = {k: statistics.median(r["rps"] for r in v) for k, v in runs.items()}
+            errors = {k: sum(r["errors"] for r in v) for k, v in runs.items()}
+            rows.append((concurrency, p50, p99, rps, errors))
+
+        time.sleep(2.5)  # the gateway's counters reach Redis once a second
+        m = exported(base, auth, names["on"])
+        mirrored = m.get(("request_count_total", "candidate"), 0.0)
+        dropped = m.get(("shadow_mirrors_dropped_total", "candidate"), 0.0)
+        compared = m.get(("shadow_predictions_compared_total", "candidate"), 0.0)
+        agreed = m.get(("shadow_predictions_agreed_total", "candidate"), 0.0)
+        callers = m.get(("request_count_total", "primary"), 0.0)
+
+        print()
+        print(f"Shadow traffic: the caller's latency, median of {args.rounds} alternating runs of {args.seconds:g} s")
+        print(
+            "| concurrency | p50 off (ms) | p50 on (ms) | p50 added (ms) | p99 off (ms) | p99 on (ms) | req/s off | req/s on | errors off/on |"
+        )
+        print("|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+        for concurrency, p50, p99, rps, errors in rows:
+            print(
+                f"| {concurrency} | {p50['off']:.3f} | {p50['on']:.3f} | {p50['on'] - p50['off']:+.3f} | "
+                f"{p99['off']:.3f} | {p99['on']:.3f} | {rps['off']:.0f} | {rps['on']:.0f} | {errors['off']}/{errors['on']} |"
+            )
+        print()
+        print(
+            f"shadow-on: {callers:.0f} queries answered, {mirrored:.0f} mirrored, {dropped:.0f} dropped "
+            f"(queue full), agreement {agreed:.0f}/{compared:.0f}" + (f" = {agreed / compared:.3f}" if compared else "")
+        )
+        worst = max(p50["on"] - p50["off"] for _, p50, *_ in rows)
+        print(f"largest p50 added: {worst:+.3f} ms (target: under 0.2 ms)")
+    finally:
+        stack.stop()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
