@@ -23,6 +23,7 @@ from mlflow.pyfunc import PyFuncModel
 from mlflow.types import ColSpec, DataType
 
 from endpoints_app.runtime.model_server.batchable import ROW_WISE_PREDICT_FNS, Batching, estimator_classes
+from endpoints_app.runtime.model_server.compiled import CompiledPipeline
 from endpoints_app.runtime.model_server.responses import RequestError, predictions_json
 
 # Per MLflow column type: the dtype that MLflow's parsing and schema enforcement hand the model
@@ -109,8 +110,11 @@ class SklearnFastPath:
         accepts: list[frozenset[type]],
         as_array: bool,
         row_independent: bool,
+        compiled: CompiledPipeline | None = None,
     ) -> None:
         self.predict = predict
+        # The pipeline's predict on the request's columns without pandas (compiled.py), if any.
+        self.compiled = compiled
         self.names = names
         self.dtypes = dtypes
         self.accepts = accepts
@@ -166,6 +170,11 @@ class SklearnFastPath:
         )
         if as_array and fitted_names is not None:
             warnings.filterwarnings("ignore", message=_FEATURE_NAMES_WARNING, category=UserWarning)
+        compiled, not_compiled = (
+            (None, "")
+            if as_array
+            else CompiledPipeline.build(estimator, names=names, dtypes=dtypes, predict_fn=predict_fn)
+        )
         fast = cls(
             predict=predict,
             names=names,
@@ -173,8 +182,14 @@ class SklearnFastPath:
             accepts=accepts,
             as_array=as_array,
             row_independent=batching.enabled,
+            compiled=compiled,
         )
-        how = "numpy arrays" if as_array else "DataFrames"
+        if as_array:
+            how = "numpy arrays"
+        elif compiled is not None:
+            how = "columns through a compiled column transform"
+        else:
+            how = f"DataFrames (not compiled: {not_compiled})"
         shared = "batched" if batching.enabled else f"one request per call ({batching.reason})"
         return fast, f"{type(estimator).__name__}.{predict_fn} on {how}, {shared}"
 
@@ -271,7 +286,10 @@ class SklearnFastPath:
         batch raises, each request is predicted alone, so one bad request fails only itself.
         """
         try:
-            predictions = self.predict(self._model_input(inputs))
+            if self.compiled is not None:
+                predictions = self.compiled(self._columns(inputs), sum(one.rows for one in inputs))
+            else:
+                predictions = self.predict(self._model_input(inputs))
         except Exception:
             if len(inputs) == 1:
                 return [None]
@@ -298,11 +316,15 @@ class SklearnFastPath:
             # product (LinearRegression.predict) sums in another order, and rounds differently,
             # for a row-major array.
             return np.asfortranarray(data)
-        columns: dict[str, Any] = {}
-        for position, (name, dtype) in enumerate(zip(self.names, self.dtypes, strict=True)):
+        return pd.DataFrame(dict(zip(self.names, self._columns(inputs), strict=True)))
+
+    def _columns(self, inputs: list[FastInput]) -> list[Any]:
+        """The requests' rows as one sequence per signature column (strings: a list)."""
+        columns: list[Any] = []
+        for position, dtype in enumerate(self.dtypes):
             parts = [one.data[position] for one in inputs]
             if dtype is None:
-                columns[name] = parts[0] if len(parts) == 1 else list(chain.from_iterable(parts))
+                columns.append(parts[0] if len(parts) == 1 else list(chain.from_iterable(parts)))
             else:
-                columns[name] = parts[0] if len(parts) == 1 else np.concatenate(parts)
-        return pd.DataFrame(columns)
+                columns.append(parts[0] if len(parts) == 1 else np.concatenate(parts))
+        return columns
