@@ -49,4 +49,9 @@ def _schedule(sender: Celery, **kwargs: object) -> None:
             "schedule": settings.ALERT_EVALUATION_SECONDS,
         },
         "prune-monitoring": {"task": "endpoints_app.tasks.prune_monitoring", "schedule": 3600.0},
+        # Rollout plans: bake, judge the gates, advance or roll back.
+        "evaluate-rollout-plans": {
+            "task": "endpoints_app.tasks.evaluate_rollout_plans",
+            "schedule": settings.ROLLOUT_PLAN_EVALUATION_SECONDS,
+        },
     }

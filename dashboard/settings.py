@@ -295,6 +295,8 @@ POLL_MAX_BACKOFF_SECONDS = env_float("MODELFLEET_POLL_MAX_BACKOFF_SECONDS", 300.
 REMOTE_POLL_SECONDS = env_float("MODELFLEET_REMOTE_POLL_SECONDS", 15.0, minimum=1.0)
 REMOTE_POLL_DEADLINE_SECONDS = env_float("MODELFLEET_REMOTE_POLL_DEADLINE_SECONDS", 60.0, minimum=1.0)
 ALERT_EVALUATION_SECONDS = env_float("MODELFLEET_ALERT_EVALUATION_SECONDS", 30.0, minimum=1.0)
+# How often running rollout plans are judged (a gate breach rolls back within one interval).
+ROLLOUT_PLAN_EVALUATION_SECONDS = env_float("MODELFLEET_ROLLOUT_PLAN_EVALUATION_SECONDS", 15.0, minimum=0.2)
 # Retention of each metric resolution (seconds → hours kept).
 METRICS_RETENTION_HOURS = {
     15: env_float("MODELFLEET_METRICS_15S_RETENTION_HOURS", 48.0, minimum=1.0),

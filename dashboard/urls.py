@@ -15,6 +15,7 @@ from endpoints_app.api import (
     openapi_views,
     payloads_views,
     permissions_views,
+    rollout_plans_views,
     scim_views,
     secrets_views,
     service_principals_views,
@@ -70,4 +71,5 @@ urlpatterns += (
     + scim_views.urlpatterns
     + sso_views.urlpatterns
     + workspaces_views.urlpatterns
+    + rollout_plans_views.urlpatterns
 )

@@ -11,7 +11,7 @@ from celery import shared_task
 from endpoints_app.gateway import usage
 from endpoints_app.monitoring import alerts, logs, metrics, notifications, payloads, polling
 from endpoints_app.monitoring import remote as remote_polling
-from endpoints_app.services import rollouts
+from endpoints_app.services import rollout_plans, rollouts
 
 RECHECK_SECONDS = 0.5
 
@@ -34,6 +34,12 @@ def sweep_rollouts() -> None:
     for endpoint_id in rollouts.lost_rollouts():
         start_rollout.delay(endpoint_id)
     rollouts.remove_orphaned_deployments()
+
+
+@shared_task(ignore_result=True, soft_time_limit=60, time_limit=90)
+def evaluate_rollout_plans() -> int:
+    """Beat: judge every running rollout plan once (advance, or roll back on a breach)."""
+    return rollout_plans.evaluate_all()
 
 
 # --- monitoring -------------------------------------------------------------------------------

@@ -13,7 +13,15 @@ import pytest
 from rest_framework.test import APIClient
 
 from endpoints_app.access import RANK
-from endpoints_app.models import AlertRule, Endpoint, EndpointPermission, PermissionLevel, Role, UserProfile
+from endpoints_app.models import (
+    AlertRule,
+    Endpoint,
+    EndpointPermission,
+    PermissionLevel,
+    Role,
+    RolloutPlan,
+    UserProfile,
+)
 from endpoints_app.services.tokens import create_token
 from tests.conftest import endpoint_body
 
@@ -54,6 +62,14 @@ ROUTES = [
     ("get", f"{MF}/alert-events", None, VIEW),
     ("get", f"{MF}/payloads", None, MANAGE),
     ("get", f"{MF}/usage", None, VIEW),  # managers see everyone's use, others their own
+    ("get", f"{MF}/rollouts", None, VIEW),
+    ("post", f"{MF}/rollouts", {"served_entity": {"entity_name": "main.default.iris", "entity_version": "2"}}, MANAGE),
+    ("get", f"{MF}/rollouts/{{plan}}", None, VIEW),
+    ("post", f"{MF}/rollouts/{{plan}}/pause", None, MANAGE),
+    ("post", f"{MF}/rollouts/{{plan}}/resume", None, MANAGE),
+    ("post", f"{MF}/rollouts/{{plan}}/abort", None, MANAGE),
+    ("post", f"{MF}/rollouts/{{plan}}/promote", None, MANAGE),
+    ("post", f"{MF}/rollouts/{{plan}}/close", None, MANAGE),
     ("get", "/api/2.0/permissions/serving-endpoints/{id}", None, VIEW),
     ("get", "/api/2.0/permissions/serving-endpoints/{id}/permissionLevels", None, VIEW),
     ("put", "/api/2.0/permissions/serving-endpoints/{id}", {"access_control_list": []}, MANAGE),
@@ -99,6 +115,7 @@ def guarded(api, registered_models) -> Endpoint:
     mark_ready("guarded")
     endpoint = Endpoint.objects.get(name="guarded")
     AlertRule.objects.create(endpoint=endpoint, name="slow", metric="p99_latency_ms", threshold=1000)
+    RolloutPlan.objects.create(endpoint=endpoint, endpoint_name="guarded", steps=[50, 100], new_entity_names=["iris-2"])
     return endpoint
 
 
@@ -107,6 +124,8 @@ def test_every_route_for_every_persona(route, persona, guarded, django_user_mode
     method, path, body, needed = ROUTES[route]
     client = client_for(persona, django_user_model, guarded)
     rule = str(guarded.alert_rules.get().pk)
+    plan = str(guarded.rollout_plans.get().pk)
+    path = path.replace("{plan}", plan)
     response = getattr(client, method)(path.replace("{id}", guarded.id).replace("{rule}", rule), body, format="json")
     level = level_of(persona)
     if level is None:

@@ -35,6 +35,7 @@ from endpoints_app.models import (
     EndpointPermission,
     GroupRoleMapping,
     Role,
+    RolloutPlan,
     UserProfile,
     Workspace,
     WorkspaceGrant,
@@ -227,6 +228,7 @@ def make_world(api, registered_models, django_user_model) -> dict[str, str]:  # 
     mark_ready("guarded")
     endpoint = Endpoint.objects.get(name="guarded")
     rule = AlertRule.objects.create(endpoint=endpoint, name="slow", metric="p99_latency_ms", threshold=1000)
+    plan = RolloutPlan.objects.create(endpoint=endpoint, endpoint_name="guarded", steps=[50, 100])  # issue 17
     author = django_user_model.objects.create_user("author", "author@example.com", "pw-123456789")
     UserProfile.objects.create(user=author, role=Role.EDITOR)
     EndpointPermission.objects.create(endpoint=endpoint, user=author, level=MANAGE)
@@ -253,6 +255,7 @@ def make_world(api, registered_models, django_user_model) -> dict[str, str]:  # 
         "sp_user_id": str(principal.user_id),
         "id": endpoint.id,
         "rule": str(rule.pk),
+        "plan": str(plan.pk),
         "change": str(change.pk),
         "change2": str(other.pk),
         "token": str(their_token.pk),
@@ -339,6 +342,7 @@ def covered_routes() -> set[tuple[str, str]]:
     sample = {"id": "e-1", "rule": "1", "change": "1", "change2": "2", "token": "1", "policy": "1", "group": "g"}
     sample |= {"member": "m", "user": "u", "user_id": "1", "group_id": "1", "member_id": "1", "workspace": "w"}
     sample |= {"sp": "00000000-0000-4000-8000-000000000000", "sp_secret": "1", "sp_user_id": "1"}
+    sample |= {"plan": "1"}  # a rollout plan
     rows = [(m, p) for m, p, _, _ in ROUTES] + [(r.method, r.path) for r in GLOBAL_ROUTES]
     rows += [(m, p) for m, p, _, _ in BODY_SCOPED_ROUTES] + [(m, p) for m, p, _, _ in SCOPE_ROUTES]
     covered = set()

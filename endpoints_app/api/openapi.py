@@ -355,6 +355,34 @@ _ALERT_RULE = {
         "notify_emails": {"type": "array", "maxItems": 10, "items": {"type": "string", "format": "email"}},
     },
 }
+# A rollout plan (services.rollout_plans): one new served entity or a whole new config, steps, bake, gates.
+_ROLLOUT_PLAN = {
+    "type": "object",
+    "additionalProperties": False,
+    "properties": {
+        "served_entity": _SERVED_ENTITY,
+        "config": _CONFIG,
+        "steps": {
+            "type": "array",
+            "minItems": 1,
+            "maxItems": 20,
+            "items": {"type": "integer", "minimum": 1, "maximum": 100},
+            "description": "the new version's traffic shares, strictly increasing, ending at 100",
+        },
+        "bake_seconds": {"type": "integer", "minimum": 0, "maximum": 7 * 24 * 3600},
+        "gates": {
+            "type": "object",
+            "additionalProperties": False,
+            "properties": {
+                "max_4xx_rate_increase": {"type": "number", "minimum": 0, "maximum": 1},
+                "max_5xx_rate_increase": {"type": "number", "minimum": 0, "maximum": 1},
+                "max_p99_latency_ratio": {"type": "number", "minimum": 1, "maximum": 1000},
+                "min_requests": {"type": "integer", "minimum": 1, "maximum": 1_000_000_000},
+                "p99_latency_floor_ms": {"type": "number", "minimum": 0, "maximum": 600_000},
+            },
+        },
+    },
+}
 _SCOPE = {"type": "string", "minLength": 1, "maxLength": 128, "pattern": "^[A-Za-z0-9_.@-]+$"}
 _KEY = {"type": "string", "minLength": 1, "maxLength": 128, "pattern": "^[A-Za-z0-9_.-]+$"}
 _PRINCIPAL = {"type": "string", "minLength": 1, "maxLength": 255}
@@ -647,6 +675,7 @@ def management_openapi() -> dict[str, Any]:
     served = _param("served_model_name", "path", {"type": "string", "minLength": 1})
     rule_id = _param("rule_id", "path", {"type": "string", "minLength": 1})
     request_id = _param("request_id", "path", {"type": "integer", "minimum": 0})
+    plan_id = _param("plan_id", "path", {"type": "integer", "minimum": 0})
     application_id = _param("application_id", "path", {"type": "string", "format": "uuid"})
     if_match = _param("If-Match", "header", {"type": "string"})
     group_path = _param("group", "path", {"type": "string", "minLength": 1, "maxLength": 150})
@@ -918,6 +947,25 @@ def management_openapi() -> dict[str, Any]:
             )
         },
         f"{mep}/health": {"get": _op("Health and its history (CAN_VIEW)", params=[name, *_query(limit=limit)])},
+        f"{mep}/rollouts": {
+            "get": _op("Rollout plans, newest first (CAN_VIEW)", params=[name]),
+            "post": _op(
+                "Start a rollout plan, or propose it for approval where a policy covers the endpoint (CAN_MANAGE)",
+                params=[name],
+                body=_body(_ROLLOUT_PLAN),
+            ),
+        },
+        f"{mep}/rollouts/{{plan_id}}": {"get": _op("One rollout plan (CAN_VIEW)", params=[name, plan_id])},
+        **{
+            f"{mep}/rollouts/{{plan_id}}/{verb}": {"post": _op(f"{text} (CAN_MANAGE)", params=[name, plan_id])}
+            for verb, text in (
+                ("pause", "Pause a running rollout plan"),
+                ("resume", "Resume a paused rollout plan (its current step applied again)"),
+                ("abort", "Abort a rollout plan: all traffic back on the previous version"),
+                ("promote", "Promote now: the new version takes all traffic"),
+                ("close", "Close a rolled-back, aborted or failed plan: the new version leaves the endpoint"),
+            )
+        },
         f"{mep}/alert-rules": {
             "get": _op("Alert rules (CAN_VIEW)", params=[name]),
             "post": _op(

@@ -24,6 +24,7 @@ from endpoints_app.models.monitoring import (
     PollRun,
     PollTarget,
 )
+from endpoints_app.models.rollout_plans import RolloutPlan, RolloutPlanState
 from endpoints_app.models.runtime import (
     Deployment,
     DeploymentState,
@@ -71,6 +72,8 @@ __all__ = [
     "Endpoint",
     "EndpointTag",
     "Replica",
+    "RolloutPlan",
+    "RolloutPlanState",
     "ReplicaState",
     "RuntimeHost",
     "ScalingDecision",

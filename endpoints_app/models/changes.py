@@ -34,6 +34,7 @@ class ChangeRequest(models.Model):
         AI_GATEWAY = "ai_gateway"  # PUT …/ai-gateway settings
         TAGS = "tags"  # PATCH …/tags (tags decide which approval policies cover the endpoint)
         DELETE = "delete"
+        ROLLOUT_PLAN = "rollout_plan"  # a whole rollout plan, approved once (services.rollout_plans)
 
     endpoint_name = models.CharField(max_length=255)
     action = models.CharField(max_length=16, choices=Action.choices)

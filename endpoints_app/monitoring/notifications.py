@@ -81,3 +81,31 @@ def notify_update_result(*, endpoint_id: str, version: int, ok: bool, message: s
         f"{settings.PUBLIC_URL}/\n"
     )
     send(to, subject, body)
+
+
+def notify_rollout_plan(
+    *,
+    to: list[str],
+    endpoint_name: str,
+    plan_id: int,
+    what: str,
+    reason: str,
+    readings: object,
+    new_entities: list[str],
+) -> bool:
+    """Email the endpoint's failure list and the plan's author that a rollout plan rolled back
+    (or failed): all traffic is on the previous version, the new one stays at 0 % until closed."""
+    import json
+
+    subject = f"{SUBJECT_PREFIX} {endpoint_name}: rollout plan {plan_id} {what}"
+    body = (
+        f"Rollout plan {plan_id} of serving endpoint {endpoint_name} {what}.\n\n"
+        f"Reason: {reason.strip()[:MAX_MESSAGE_CHARS]}\n\n"
+        "All traffic is back on the previous version. The new version "
+        f"({', '.join(new_entities)}) stays deployed at 0 % for inspection until the plan is closed:\n"
+        f"  modelfleet rollouts close {endpoint_name} {plan_id}\n\n"
+        f"Gate readings:\n{json.dumps(readings, indent=2, sort_keys=True)[:MAX_MESSAGE_CHARS]}\n\n"
+        f"Time: {when(timezone.now())}\n"
+        f"{settings.PUBLIC_URL}/\n"
+    )
+    return send(to, subject, body)

@@ -17,7 +17,7 @@ from django.utils import timezone
 from endpoints_app import access, audit
 from endpoints_app.errors import DomainError, PermissionDenied, ResourceConflict, ResourceDoesNotExist
 from endpoints_app.models import ChangeRequest, ChangeRequestStatus
-from endpoints_app.services import ai_gateway
+from endpoints_app.services import ai_gateway, rollout_plans
 from endpoints_app.services import endpoints as endpoint_services
 
 
@@ -46,6 +46,8 @@ def _decide(*, actor: User, request: ChangeRequest, status: str, comment: str) -
 def reject(*, actor: User, request: ChangeRequest, comment: str = "") -> ChangeRequest:
     with transaction.atomic():
         _decide(actor=actor, request=request, status=ChangeRequestStatus.REJECTED, comment=comment)
+        if request.action == ChangeRequest.Action.ROLLOUT_PLAN:
+            rollout_plans.rejected(actor=actor, request=request)
         audit.record(
             actor=actor,
             action="change_request.reject",
@@ -100,7 +102,11 @@ def _apply(*, actor: User, request: ChangeRequest) -> None:
     standing in for the approval gate and the access check (``_decide`` checked the approver).
     A config's secret references are checked against the author's rights (the approver vouches
     for the change, not for access to secrets they may read); a created endpoint is the author's."""
-    if request.action in (ChangeRequest.Action.CREATE, ChangeRequest.Action.UPDATE_CONFIG) and request.author is None:
+    if (
+        request.action
+        in (ChangeRequest.Action.CREATE, ChangeRequest.Action.UPDATE_CONFIG, ChangeRequest.Action.ROLLOUT_PLAN)
+        and request.author is None
+    ):
         raise PermissionDenied(
             f"The author of change request {request.pk} no longer exists, so whether they may use the secrets it "
             "refers to cannot be checked; propose the change again"
@@ -118,6 +124,8 @@ def _apply(*, actor: User, request: ChangeRequest) -> None:
         endpoint_services.patch_endpoint_tags(
             actor=actor, name=name, body=request.proposed, if_match=base, approved=request
         )
+    elif request.action == ChangeRequest.Action.ROLLOUT_PLAN:
+        rollout_plans.start_approved(actor=actor, request=request)
     elif request.action == ChangeRequest.Action.AI_GATEWAY:
         ai_gateway.put_ai_gateway(actor=actor, name=name, body=request.proposed, if_match=base, approved=request)
     else:

@@ -34,7 +34,9 @@ def etag(endpoint: Endpoint) -> str:
     return f'"{endpoint.id[:12]}-{int(endpoint.updated_at.timestamp() * 1_000_000)}"'
 
 
-def managed_endpoint(actor: User | None, name: str, *, approved: ChangeRequest | None) -> Endpoint:
+def managed_endpoint(
+    actor: User | None, name: str, *, approved: ChangeRequest | None, check_access: bool = True
+) -> Endpoint:
     """The endpoint, if ``actor`` may change it: CAN_MANAGE on it (404 when they cannot see it,
     403 when they cannot manage it). An approved change request stands in for that check: its
     approver's role was checked when they claimed it (``services.changes``), and the gate
@@ -42,7 +44,7 @@ def managed_endpoint(actor: User | None, name: str, *, approved: ChangeRequest |
     endpoint = Endpoint.objects.filter(name=name).first()
     if endpoint is None:
         raise ResourceDoesNotExist(f"Endpoint '{name}' does not exist")
-    if approved is None:
+    if approved is None and check_access:
         access.require(actor, endpoint, PermissionLevel.CAN_MANAGE)
     return endpoint
 

@@ -46,6 +46,8 @@ from endpoints_app.models import (
     EndpointPermission,
     EndpointTag,
     PermissionLevel,
+    RolloutPlan,
+    RolloutPlanState,
     ServedEntity,
 )
 from endpoints_app.services import checks, gate, proposals, rollouts, secrets
@@ -245,23 +247,37 @@ def update_endpoint_config(
     if_match: str | None = None,
     on_approval_needed: OnApprovalNeeded = "refuse",
     approved: ChangeRequest | None = None,
+    rollout_plan: int | None = None,
+    note: dict[str, Any] | None = None,
+    restore: bool = False,
 ) -> Outcome[Endpoint]:
     """Start rolling out a new config version (served entities, traffic split, auto-capture) from
     a config body; the active version keeps serving until the new one is ready.
 
     For an approved change request the config's secret references are checked against its
     author's rights, not the approver's (``actor``), so a proposal cannot use a secret only its
-    approver may read."""
-    current = checks.managed_endpoint(actor, name, approved=approved)
-    proposal = gate.admit(
-        actor=actor,
-        action=ChangeRequest.Action.UPDATE_CONFIG,
-        endpoint_name=name,
-        body=body,
-        on_approval_needed=on_approval_needed,
-        approved=approved,
-        if_match=if_match,
-    )
+    approver may read.
+
+    ``rollout_plan``: the rollout plan (``services.rollout_plans``) making this change, whose
+    step, share and gate readings (``note``) the audit row records; any other change pauses the
+    plan running on the endpoint, which would otherwise fight it. With ``restore`` the plan puts
+    traffic back on the version that served before it (a rollback, an abort, its close): the
+    platform's own safety action, admitted without the access check and the gate, like the
+    rollout driver's switches (the plan checked whoever asked for it)."""
+    if restore and rollout_plan is not None:
+        current = checks.managed_endpoint(actor, name, approved=None, check_access=False)
+        proposal = None
+    else:
+        current = checks.managed_endpoint(actor, name, approved=approved)
+        proposal = gate.admit(
+            actor=actor,
+            action=ChangeRequest.Action.UPDATE_CONFIG,
+            endpoint_name=name,
+            body=body,
+            on_approval_needed=on_approval_needed,
+            approved=approved,
+            if_match=if_match,
+        )
     if proposal is not None:
         return Outcome(change_request=proposal)
     body = checks.restore_redacted_environment(current, require_object(body, "config"))  # a GET's config put back
@@ -280,6 +296,11 @@ def update_endpoint_config(
         config = _store_plaintext_credentials(actor=actor, endpoint_name=endpoint.name, config=config)
         version = _create_config_version(endpoint=endpoint, config=config, actor=actor)
         _begin_rollout(endpoint, version)
+        after = audit.endpoint_snapshot(endpoint)
+        if rollout_plan is None:
+            _pause_rollout_plans(actor=actor, endpoint=endpoint, version=version)
+        else:
+            after["rollout_plan"] = {"plan": rollout_plan, **(note or {})}
         audit.record(
             actor=actor,
             action="endpoint.update_config",
@@ -287,10 +308,28 @@ def update_endpoint_config(
             object_id=endpoint.id,
             object_name=endpoint.name,
             before=before,
-            after=audit.endpoint_snapshot(endpoint),
+            after=after,
         )
     _finish_external_rollout(endpoint, config)
     return Outcome(endpoint)
+
+
+def _pause_rollout_plans(*, actor: User | None, endpoint: Endpoint, version: ConfigVersion) -> None:
+    """A config change made by hand while a rollout plan runs pauses the plan (in the change's
+    transaction); resuming it applies its current step on top of this change."""
+    who = actor.get_username() if actor is not None and actor.is_authenticated else "the platform"
+    for plan in RolloutPlan.objects.select_for_update().filter(endpoint=endpoint, state=RolloutPlanState.RUNNING):
+        plan.state = RolloutPlanState.PAUSED
+        plan.reason = f"paused: {who} changed the endpoint's config by hand (config version {version.version})"
+        plan.save(update_fields=["state", "reason", "updated_at"])
+        audit.record(
+            actor=actor,
+            action="rollout_plan.pause",
+            object_type="rollout_plan",
+            object_id=str(plan.pk),
+            object_name=endpoint.name,
+            after={"state": plan.state, "reason": plan.reason},
+        )
 
 
 def _finish_external_rollout(endpoint: Endpoint, config: CoreConfig) -> None:

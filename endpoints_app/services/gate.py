@@ -98,11 +98,15 @@ def refusal(*, endpoint_name: str, action: str) -> PermissionDenied:
 
 
 def _check_approved(request: ChangeRequest, *, action: str, endpoint_name: str) -> None:
-    """An approved change request stands in for the gate only for the change it carries."""
+    """An approved change request stands in for the gate only for the change it carries; an
+    approved rollout plan carries each config change of its steps (``services.rollout_plans``)."""
+    carries = request.action == action or (
+        request.action == ChangeRequest.Action.ROLLOUT_PLAN and action == ChangeRequest.Action.UPDATE_CONFIG
+    )
     if (
         request.status != ChangeRequestStatus.APPLIED
         or request.decided_by_id is None
-        or request.action != action
+        or not carries
         or request.endpoint_name != endpoint_name
     ):
         raise PermissionDenied(f"Change request #{request.pk} is not an approved {action} of '{endpoint_name}'")

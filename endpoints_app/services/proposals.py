@@ -83,6 +83,13 @@ def shown_proposal(action: str, body: Any) -> Any:
         return {**body, "config": config(body.get("config"))}
     if action == ChangeRequest.Action.UPDATE_CONFIG:
         return config(body)
+    if action == ChangeRequest.Action.ROLLOUT_PLAN and isinstance(body, dict):
+        shown = dict(body)
+        if "config" in body:
+            shown["config"] = config(body["config"])
+        if "served_entity" in body:
+            shown["served_entity"] = config({"served_entities": [body["served_entity"]]})["served_entities"][0]
+        return shown
     return body
 
 
@@ -126,6 +133,10 @@ def propose(*, actor: User, endpoint_name: str, action: str, body: Any, if_match
             add, delete = validation.parse_tags_patch(body)  # refuse now what would fail later
             current = {t.key: t.value for t in endpoint.tags.all()}
             before, after = {"tags": current}, {"tags": patched_tags(current, add, delete)}
+        elif action == ChangeRequest.Action.ROLLOUT_PLAN:
+            # services.rollout_plans checked the plan; approving it starts it there.
+            body = validation.require_object(body, "body")
+            after = {"rollout_plan": shown_proposal(action, body)}
         elif action == ChangeRequest.Action.AI_GATEWAY:
             body = validation.require_object(body if body is not None else {}, "body")
             gateway = endpoint.ai_gateway if isinstance(endpoint.ai_gateway, dict) else None
