@@ -163,6 +163,28 @@ def save_slow_model(path: str | Path, seconds: float, *, load_seconds: float = 0
     return _save_pyfunc(Path(path), SlowModel(seconds, load_seconds), None)
 
 
+class FlakyModel(PythonModel):
+    """Fail ``failures`` of every 10 queries (a deterministic share, counted per replica): a new
+    version that errors on some inputs, for canary and rollback tests."""
+
+    def __init__(self, failures: int) -> None:
+        self.failures = failures
+        self.calls = 0
+
+    def predict(self, context, model_input, params=None):  # type: ignore[no-untyped-def]
+        """Raise on the first ``failures`` of every 10 calls, else answer 1 per row."""
+        self.calls += 1
+        if (self.calls - 1) % 10 < self.failures:
+            raise ValueError("this version cannot handle this input")
+        return [1] * len(model_input)
+
+
+def save_flaky_model(path: str | Path, failures: int = 3) -> Path:
+    """Save a pyfunc model that fails ``failures`` in 10 of its queries (the model server answers
+    those with 400) and answers 1 per row otherwise; no input schema."""
+    return _save_pyfunc(Path(path), FlakyModel(failures), None)
+
+
 def save_broken_model(path: str | Path) -> Path:
     """Save a pyfunc model whose ``load_context`` raises ``RuntimeError("weights file is corrupt")``."""
     return _save_pyfunc(Path(path), BrokenModel(), None)

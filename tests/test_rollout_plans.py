@@ -99,7 +99,9 @@ def start(api, live, body) -> RolloutPlan:
 
 def test_a_good_version_goes_through_every_step_and_each_step_is_audited(api, live, registered_models):
     old_deployment = Deployment.objects.get(endpoint=live)
-    plan = start(api, live, plan_body(registered_models, steps=[20, 50, 100]))
+    response = api.post(URL.format("canary"), plan_body(registered_models, steps=[20, 50, 100]), format="json")
+    assert response.json()["current_share"] == 20 and response.json()["state"] == "RUNNING"
+    plan = RolloutPlan.objects.get(pk=response.json()["id"])
     assert plan.state == "RUNNING" and plan.current_step == 0
     live.refresh_from_db()
     assert live.config_update == ConfigUpdate.IN_PROGRESS

@@ -19,6 +19,7 @@ from endpoints_app.cli import (
     commands_local,
     commands_models,
     commands_permissions,
+    commands_rollouts,
     commands_secrets,
     commands_server,
     commands_service_principals,
@@ -84,6 +85,7 @@ def build_parser() -> argparse.ArgumentParser:
     commands_secrets.register(commands, common)
     commands_service_principals.register(commands, common)
     commands_workspaces.register(commands, common)
+    commands_rollouts.register(commands, common)
     commands_server.register(commands, common)
     commands_local.register(commands, common)
     return parser

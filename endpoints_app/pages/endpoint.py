@@ -50,6 +50,7 @@ from endpoints_app.models import (
 )
 from endpoints_app.monitoring import logs
 from endpoints_app.pages import fleet_render
+from endpoints_app.pages import rollout_plans as rollout_plans_page
 from endpoints_app.selectors.fleet import annotate_state
 
 log = logging.getLogger(__name__)
@@ -332,6 +333,7 @@ def endpoint_page(request: AuthenticatedHttpRequest, name: str) -> HttpResponse:
             "permissionsFragment": f"/endpoints/{endpoint.name}/permissions",
         },
         **_permissions_context(request, endpoint, level),
+        **rollout_plans_page.strip_context(endpoint, level),
     }
     return render(request, "dashboard/endpoint_detail.html", context)
 

@@ -11,7 +11,6 @@ from endpoints_app.pages import (
     endpoint,
     fleet,
     models,
-    remote_endpoint,
     rollout_plans,
     secrets,
     service_principals,
@@ -32,6 +31,5 @@ urlpatterns = (
     + service_principals.urlpatterns
     + sso.urlpatterns
     + workspaces.urlpatterns
-    + remote_endpoint.urlpatterns
     + rollout_plans.urlpatterns
 )

@@ -401,6 +401,7 @@ def start_plan(*, actor: User | None, name: str, body: Any) -> RolloutPlan:
         raise ResourceConflict(f"Endpoint '{name}' already has an open rollout plan") from None
     if proposal is None:
         _first_step(actor=actor, plan=plan, if_match=None)
+        plan.refresh_from_db()
     return plan
 
 
@@ -455,6 +456,7 @@ def start_approved(*, actor: User, request: ChangeRequest) -> RolloutPlan:
     with transaction.atomic():
         _record(actor, plan, "approve", change_request=request.pk)
     _first_step(actor=actor, plan=plan, if_match=request.base_etag or None)
+    plan.refresh_from_db()
     return plan
 
 
