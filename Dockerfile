@@ -27,7 +27,10 @@ ENV PYTHONUNBUFFERED=1 \
     MODELFLEET_STATIC_ROOT=/app/staticfiles \
     MODELFLEET_BIND=0.0.0.0:8000
 COPY --from=wheel /wheels /tmp/wheels
-RUN pip install --no-cache-dir /tmp/wheels/*.whl && rm -rf /tmp/wheels
+# Optional extras, e.g. --build-arg MODELFLEET_EXTRAS=ray for the ray backend and its Ray nodes.
+ARG MODELFLEET_EXTRAS=""
+RUN wheel=$(ls /tmp/wheels/*.whl) && pip install --no-cache-dir "${wheel}${MODELFLEET_EXTRAS:+[$MODELFLEET_EXTRAS]}" \
+    && rm -rf /tmp/wheels
 # Static files hashed and compressed once, here; `modelfleet up` finds them current and writes
 # nothing. Loading the settings writes a generated secret key into the data dir: a throwaway one.
 RUN MODELFLEET_DATA_DIR=/tmp/build-data django-admin collectstatic_if_changed && rm -rf /tmp/build-data

@@ -285,6 +285,21 @@ CRASH_LOOP_WINDOW_SECONDS = env_float("MODELFLEET_CRASH_LOOP_WINDOW_SECONDS", 60
 # Keep one pre-imported model server waiting, so wake-ups and scale-ups skip Python's imports.
 RUNTIME_STANDBY = env_bool("MODELFLEET_RUNTIME_STANDBY", True)
 
+# --- serving backend (endpoints_app/backends) ----------------------------------------------------
+# "local": model servers on this host (the runtime agent); "ray": on the nodes of an existing Ray
+# cluster at MODELFLEET_RAY_ADDRESS ("ray://head:10001" from outside the cluster, or the GCS's
+# "host:port" where this host is a Ray node). Replicas request 1 CPU and 4 GB per request they take
+# at a time (Small's 4 CPU and 16 GB for its 4), times MODELFLEET_RAY_RESOURCE_SCALE.
+SERVING_BACKEND = env_str("MODELFLEET_BACKEND", "local")
+if SERVING_BACKEND not in ("local", "ray"):
+    raise EnvError(f"MODELFLEET_BACKEND must be local or ray, not {SERVING_BACKEND!r}")
+RAY_ADDRESS = env_str("MODELFLEET_RAY_ADDRESS", "")
+if SERVING_BACKEND == "ray" and not RAY_ADDRESS:
+    raise EnvError("MODELFLEET_BACKEND=ray needs MODELFLEET_RAY_ADDRESS (ray://head:10001 or host:port)")
+RAY_RESOURCE_SCALE = env_float("MODELFLEET_RAY_RESOURCE_SCALE", 1.0, minimum=0.0001)
+# A replica whose actor does not answer for this long is lost (its node died): it is replaced.
+RAY_NODE_LOST_SECONDS = env_float("MODELFLEET_RAY_NODE_LOST_SECONDS", 3.0, minimum=0.5)
+
 # --- monitoring -------------------------------------------------------------------------------
 POLL_STATUS_SECONDS = env_float("MODELFLEET_POLL_STATUS_SECONDS", 10.0, minimum=1.0)
 POLL_METRICS_SECONDS = env_float("MODELFLEET_POLL_METRICS_SECONDS", 15.0, minimum=1.0)

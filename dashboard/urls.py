@@ -9,6 +9,7 @@ from endpoints_app.api import (
     audit_views,
     changes_views,
     endpoint_settings_views,
+    fleet_views,
     logs_views,
     metrics_views,
     oauth_views,
@@ -71,5 +72,6 @@ urlpatterns += (
     + scim_views.urlpatterns
     + sso_views.urlpatterns
     + workspaces_views.urlpatterns
+    + fleet_views.urlpatterns
     + rollout_plans_views.urlpatterns
 )

@@ -178,6 +178,31 @@ def visible_endpoints(user: User | None, queryset: QuerySet[Endpoint]) -> QueryS
     return queryset.filter(id__in=_grants(user).values("endpoint_id"))
 
 
+def visible_fleet_endpoints(user: User | None, queryset: QuerySet[Endpoint]) -> QuerySet[Endpoint]:
+    """Every workspace's endpoints the user may see (issue 16): local ones as ``visible_endpoints``
+    says, remote ones in the workspaces where the user has a role (a global one, or a grant there)."""
+    if global_role(user):
+        return queryset
+    if user is None or not user.is_authenticated or not user.is_active:
+        return queryset.none()
+    granted = [name for name, role in workspace_roles(user).items() if role and name != LOCAL_WORKSPACE]
+    local = Q(workspace__isnull=True)
+    if not role_of(user):
+        local &= Q(id__in=_grants(user).values("endpoint_id"))
+    return queryset.filter(local | Q(workspace__name__in=granted))
+
+
+def require_remote_view(user: User | None, endpoint: Endpoint) -> str:
+    """The user's role in a remote endpoint's workspace, when they may see it (404 otherwise)."""
+    assert endpoint.workspace is not None
+    role = role_of(user, endpoint.workspace.name)
+    if not role:
+        raise ResourceDoesNotExist(
+            f"Endpoint '{endpoint.name}' does not exist in workspace '{endpoint.workspace.name}'"
+        )
+    return role
+
+
 def require(user: User | None, endpoint: Endpoint, needed: str) -> str:
     """The user's level, if it is at least ``needed``; else 404 (cannot see) or 403 (cannot act)."""
     level = endpoint_level(user, endpoint)

@@ -78,6 +78,7 @@ class Row:
     rule: str
     denied: int = 403
     allowed_status: int | None = None  # what an allowed caller gets, when not a success
+    unseen: int | None = None  # what callers without a global role get, when not ``denied`` (issue 16)
     says: str = "not supported"  # what the error then says
 
 
@@ -144,6 +145,20 @@ GLOBAL_ROUTES = [
     Row("delete", f"{WS}/{{workspace}}/grants?group_name={{group}}", None, ADMIN),
     Row("put", "/api/2.0/modelfleet/group-role-mappings/ml-eng", {"role": "editor", "workspace": "local"}, ADMIN),
     Row("delete", "/api/2.0/modelfleet/group-role-mappings/{group}?workspace={workspace}", None, ADMIN),
+    # The fleet (issue 16): the list filters what each caller may see; a remote endpoint needs a role in its workspace.
+    Row("get", "/api/2.0/modelfleet/fleet/endpoints", None, ANY),
+    Row("get", "/api/2.0/modelfleet/fleet/endpoints?workspace=local&per_page=25", None, ANY),
+    Row("get", "/api/2.0/modelfleet/fleet/endpoints/{workspace}/remote-ep", None, ROLES, denied=404),
+    Row("get", "/api/2.0/modelfleet/fleet/endpoints/{workspace}/remote-ep/metric-series", None, ROLES, denied=404),
+    Row("get", "/api/2.0/modelfleet/fleet/endpoints/{workspace}/remote-ep/log-lines", None, ROLES, denied=404),
+    Row("get", "/api/2.0/modelfleet/fleet/endpoints/{workspace}/remote-ep/alert-rules", None, ROLES, denied=404),
+    Row(
+        "post",
+        "/api/2.0/modelfleet/fleet/endpoints/{workspace}/remote-ep/alert-rules",
+        {"name": "errors", "metric": "error_5xx_rate_pct", "threshold": 5},
+        CREATORS,
+        unseen=404,  # a viewer there gets 403
+    ),
     Row("delete", f"{WS}/{{workspace}}", None, ADMIN),
     Row("get", f"{S}/scopes/list", None, ANY),
     Row("post", f"{S}/scopes/create", {"scope": "new-scope"}, CREATORS),
@@ -247,6 +262,7 @@ def make_world(api, registered_models, django_user_model) -> dict[str, str]:  # 
     principal = principal_services.create_principal(actor=author, display_name="pipeline")[0]
     workspace = Workspace.objects.create(name="remote-ws", host="https://remote.test", state="ERROR")
     WorkspaceGrant.objects.create(workspace=workspace, group=group, role=Role.VIEWER)
+    Endpoint.fleet.create(workspace=workspace, name="remote-ep")  # polled from it (issue 16)
     GroupRoleMapping.objects.create(group_name="team", role=Role.EDITOR, workspace=workspace)
     return {
         "workspace": workspace.name,
@@ -379,10 +395,9 @@ def test_every_global_route_for_every_persona(row, persona, world, django_user_m
         assert response.status_code == spec.denied, (persona, spec, response.content)
         assert response.json()["status"] == str(spec.denied) and "scimType" not in response.json()
     else:
-        assert response.status_code == spec.denied, (persona, spec, response.content)
-        assert response.json()["error_code"] == (
-            "PERMISSION_DENIED" if spec.denied == 403 else "RESOURCE_DOES_NOT_EXIST"
-        )
+        denied = spec.unseen if spec.unseen is not None and not allowed(persona, ROLES) else spec.denied
+        assert response.status_code == denied, (persona, spec, response.content)
+        assert response.json()["error_code"] == ("PERMISSION_DENIED" if denied == 403 else "RESOURCE_DOES_NOT_EXIST")
 
 
 @pytest.mark.parametrize(("row", "persona"), list(itertools.product(range(len(BODY_SCOPED_ROUTES)), PERSONAS)))

@@ -64,6 +64,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
             "endpoints_app.runtime.credentials",
             "endpoints_app.runtime.autoscaler",
             "endpoints_app.runtime.sandbox",
+            "endpoints_app.runtime.ray_replica",  # runs on Ray nodes: no Django
             "dashboard.env",
             "dashboard.heap",
         ),
@@ -96,6 +97,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
         (
             "endpoints_app.tasks",
             "endpoints_app.runtime.agent",
+            "endpoints_app.runtime.ray_agent",
             "endpoints_app.runtime.build",
             "endpoints_app.runtime.model_server",
             "endpoints_app.gateway.app",
@@ -103,6 +105,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
             "endpoints_app.gateway.payloads",
             "endpoints_app.gateway.routing",
             "endpoints_app.gateway.shadow",
+            "endpoints_app.gateway.shadow_worker",
             "endpoints_app.gateway.session",
             "endpoints_app.gateway.upstream",
         ),

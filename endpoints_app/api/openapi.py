@@ -682,6 +682,10 @@ def management_openapi() -> dict[str, Any]:
     limit = {"type": "integer", "minimum": 1, "maximum": 1000}
     ep = "/api/2.0/serving-endpoints"
     mf = "/api/2.0/modelfleet"
+    fleet_ep = [
+        _param("workspace", "path", {"type": "string", "minLength": 1, "maxLength": 63}),
+        _param("name", "path", {"type": "string", "minLength": 1, "maxLength": 255}),
+    ]
     mep = f"{mf}/serving-endpoints/{{name}}"
     sec = "/api/2.0/secrets"
     scope_q = _param("scope", "query", _SCOPE, required=True)
@@ -1194,6 +1198,67 @@ def management_openapi() -> dict[str, Any]:
                 "Remove the role an admin granted a user or a group in a workspace (admins)",
                 params=[name, *_query(user_name=_GRANTEE, group_name=_GRANTEE)],
             ),
+        },
+        # The fleet (issue 16): every workspace's endpoints; remote ones are read-only here.
+        f"{mf}/fleet/endpoints": {
+            "get": _op(
+                "Every workspace's endpoints the caller may see, filtered, sorted and paged as the fleet page",
+                params=_query(
+                    q={"type": "string", "maxLength": 200},
+                    workspace={"type": "string", "maxLength": 63, "description": "a workspace's name; local: this one"},
+                    state={"type": "string", "enum": ["ready", "updating", "update_failed", "scaled_to_zero", "down"]},
+                    health={"type": "string", "enum": ["NOT_POLLED", "HEALTHY", "DEGRADED", "DOWN", "SCALED_TO_ZERO"]},
+                    tag={"type": "string", "maxLength": 300, "description": "key or key=value"},
+                    owner={"type": "string", "maxLength": 150},
+                    sort={"type": "string", "maxLength": 20, "description": "a column, - first for descending"},
+                    page={"type": "integer", "minimum": 1},
+                    per_page={"type": "integer", "enum": [25, 50, 100, 200]},
+                ),
+            )
+        },
+        f"{mf}/fleet/endpoints/{{workspace}}/{{name}}": {
+            "get": _op("One endpoint of a workspace (local: CAN_VIEW; remote: a role there)", params=fleet_ep)
+        },
+        f"{mf}/fleet/endpoints/{{workspace}}/{{name}}/metric-series": {
+            "get": _op(
+                "One endpoint's chart series, whichever workspace it is in",
+                params=[
+                    *fleet_ep,
+                    *_query(
+                        metrics={"type": "string", "description": "comma-separated series names"},
+                        start=_EPOCH_MS,
+                        end=_EPOCH_MS,
+                        served_model={"type": "string", "maxLength": 255},
+                    ),
+                ],
+            )
+        },
+        f"{mf}/fleet/endpoints/{{workspace}}/{{name}}/alert-rules": {
+            "get": _op("One endpoint's alert rules, whichever workspace it is in", params=fleet_ep),
+            "post": _op(
+                "Add an alert rule (local: CAN_MANAGE; remote: editor or higher in its workspace)",
+                params=fleet_ep,
+                body=_body({**_ALERT_RULE, "required": ["name", "metric", "threshold"]}),
+            ),
+        },
+        f"{mf}/fleet/endpoints/{{workspace}}/{{name}}/log-lines": {
+            "get": _op(
+                "One endpoint's stored log lines, whichever workspace it is in",
+                params=[
+                    *fleet_ep,
+                    *_query(
+                        kind={"type": "string", "enum": ["server", "build"]},
+                        served_model={"type": "string", "maxLength": 255},
+                        q={"type": "string", "maxLength": 1000},
+                        level={"type": "string", "enum": ["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"]},
+                        since=_EPOCH_MS,
+                        until=_EPOCH_MS,
+                        limit={"type": "integer", "minimum": 1, "maximum": 2000},
+                        order={"type": "string", "enum": ["desc", "asc"]},
+                        page_token={"type": "string"},
+                    ),
+                ],
+            )
         },
         **_scim_paths(SCIM_ROOT),
     }

@@ -7,11 +7,16 @@ Databricks-compatible workspace would be another backend with the same four call
 
 from __future__ import annotations
 
+from django.conf import settings
+
 from endpoints_app.backends.base import EntityStatus, ServingBackend
 from endpoints_app.backends.local import LocalBackend
+from endpoints_app.backends.ray import RayBackend
 
 
 def get_backend() -> ServingBackend:
+    if settings.SERVING_BACKEND == "ray":  # replicas on a Ray cluster (MODELFLEET_BACKEND=ray)
+        return RayBackend()
     return LocalBackend()
 
 

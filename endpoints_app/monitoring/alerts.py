@@ -411,7 +411,7 @@ def raise_alert(rule: AlertRule, value: float | None, *, now: datetime) -> bool:
         event = AlertEvent.objects.create(
             rule=rule, endpoint_id=rule.endpoint_id, started_at=now, value=value, message=describe(rule, value)
         )
-    endpoint = rule.endpoint.name
+    endpoint = endpoint_label(rule.endpoint)
     log.warning("alert %r on %s firing: %s", rule.name, endpoint, event.message)
     notifications.send(
         notifications.recipients(rule.notify_emails),
@@ -425,6 +425,13 @@ def raise_alert(rule: AlertRule, value: float | None, *, now: datetime) -> bool:
     return True
 
 
+def endpoint_label(endpoint: Endpoint) -> str:
+    """How an alert names its endpoint: a remote one (issue 16) with its workspace."""
+    if endpoint.workspace_id is None or endpoint.workspace is None:
+        return endpoint.name
+    return f"{endpoint.name} (workspace {endpoint.workspace.name})"
+
+
 def resolve(rule: AlertRule, event: AlertEvent, *, now: datetime) -> bool:
     """Resolve the open event (a conditional UPDATE: only one evaluation resolves it), then email."""
     resolved = AlertEvent.objects.filter(id=event.id, state=AlertEvent.State.FIRING).update(
@@ -432,7 +439,7 @@ def resolve(rule: AlertRule, event: AlertEvent, *, now: datetime) -> bool:
     )
     if resolved != 1:
         return False
-    endpoint = rule.endpoint.name
+    endpoint = endpoint_label(rule.endpoint)
     log.info("alert %r on %s resolved", rule.name, endpoint)
     notifications.send(
         notifications.recipients(rule.notify_emails),

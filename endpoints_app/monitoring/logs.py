@@ -31,7 +31,7 @@ from django.utils import timezone
 
 from endpoints_app.backends import ServingBackend, get_backend
 from endpoints_app.errors import InvalidParameterValue
-from endpoints_app.models import Deployment, Endpoint, LogCursor, LogKind, LogLine
+from endpoints_app.models import Deployment, Endpoint, LogCursor, LogKind, LogLine, ServedEntity
 
 MAX_READ_BYTES = 1_000_000  # per file per poll; a longer backlog is read over the next polls
 MAX_LINE_CHARS = 16 * 1024
@@ -323,9 +323,15 @@ def log_lines(*, endpoint: Endpoint, query: LogQuery) -> LogPage:
 
 
 def served_model_names(endpoint: Endpoint) -> list[str]:
-    """Every served model the endpoint ever ran (lines outlive the config that made them)."""
+    """Every served model the endpoint ever ran (lines outlive the config that made them). A remote
+    endpoint (issue 16) has no deployments here: its config versions' served entities."""
     names: Iterable[str] = (
         Deployment.objects.filter(endpoint=endpoint).order_by().values_list("served_entity_name", flat=True).distinct()
+        if endpoint.workspace_id is None
+        else ServedEntity.objects.filter(config_version__endpoint=endpoint)
+        .order_by()
+        .values_list("name", flat=True)
+        .distinct()
     )
     return sorted(set(names))
 

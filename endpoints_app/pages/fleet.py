@@ -8,7 +8,11 @@ A page costs the same dozen queries whatever the fleet's size or the page size:
    the served entities of the active and pending configs;
 3. one aggregate query for every row's sparkline and its recent request rate, error rate and
    p99 latency (1 min rollups for the older part of the hour, 15 s points for the rest);
-4. the owner and tag choices of the filter form (full page only).
+4. the owner and workspace choices (one query) and the tag choices of the filter form (full page only).
+
+Every workspace's endpoints are listed (issue 16): remote ones, polled by ``monitoring.remote``,
+show their workspace, a "stale" badge when their data may be out of date, and link to their page
+under ``/workspaces/<name>/endpoints/``; a user sees the workspaces granted to them only.
 
 The results table is also served alone (``HX-Target: fleet-results``), so htmx can refresh it
 every few seconds while the tab is visible without re-rendering the filters.
@@ -87,7 +91,7 @@ def endpoint_list(request: HttpRequest) -> HttpResponse:
     if request.headers.get("HX-Target") == "fleet-results":
         response = render(request, "dashboard/_fleet_results.html", context)
     else:
-        owners, tags = filter_choices(request.user)
+        owners, tags, workspaces = filter_choices(request.user)
         context.update(
             {
                 "states": STATES.items(),
@@ -95,6 +99,7 @@ def endpoint_list(request: HttpRequest) -> HttpResponse:
                 "owners": owners,
                 "tags": tags,
                 "page_sizes": PAGE_SIZES,
+                "workspaces": workspaces,
             }
         )
         response = render(request, "dashboard/endpoint_list.html", context)

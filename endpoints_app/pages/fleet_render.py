@@ -9,12 +9,15 @@ from __future__ import annotations
 import math
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
+from urllib.parse import quote
 
 from django.core.paginator import Page
 from django.utils.html import format_html, format_html_join
 from django.utils.safestring import SafeString, mark_safe
 
 from endpoints_app.models import ConfigUpdate, Endpoint, EndpointTag, HealthStatus, ServedEntity
+from endpoints_app.models.workspaces import LOCAL_WORKSPACE
+from endpoints_app.monitoring.remote import stale_reason
 from endpoints_app.selectors.fleet import METRIC_SORTS, STATES, FleetQuery, RowMetrics
 
 if TYPE_CHECKING:
@@ -138,8 +141,12 @@ def row(endpoint: FleetEndpoint, metrics: RowMetrics | None, *, now: datetime) -
         pending = list(endpoint.pending_config.served_entities.all())
     metrics = metrics or RowMetrics()
     polled = endpoint.last_polled_at
+    workspace = endpoint.workspace.name if endpoint.workspace is not None else LOCAL_WORKSPACE
     return {
         "name": endpoint.name,
+        "workspace": workspace,
+        "url": endpoint_url(endpoint),
+        "stale": stale_reason(endpoint, now=now),
         "state": state_label(endpoint.state_key, endpoint.serving),
         "badge": endpoint.state_key,
         "health_key": endpoint.health.lower(),
@@ -159,11 +166,20 @@ def row(endpoint: FleetEndpoint, metrics: RowMetrics | None, *, now: datetime) -
     }
 
 
+def endpoint_url(endpoint: Endpoint) -> str:
+    """The endpoint page: ``/endpoints/<name>/`` for a local one, under its workspace for a remote one."""
+    if endpoint.workspace_id is None:
+        return f"/endpoints/{quote(endpoint.name, safe='')}/"
+    assert endpoint.workspace is not None
+    return f"/workspaces/{quote(endpoint.workspace.name, safe='')}/endpoints/{quote(endpoint.name, safe='')}/"
+
+
 def columns(query: FleetQuery) -> list[dict[str, Any]]:
     """Sortable column headers: label, link (toggling the direction) and aria-sort."""
     columns = []
     for key, label in (
         ("name", "Name"),
+        ("workspace", "Workspace"),
         ("state", "State"),
         (None, "Served models"),
         (None, "Traffic"),

@@ -11,6 +11,7 @@ from endpoints_app.pages import (
     endpoint,
     fleet,
     models,
+    remote_endpoint,
     rollout_plans,
     secrets,
     service_principals,
@@ -31,5 +32,6 @@ urlpatterns = (
     + service_principals.urlpatterns
     + sso.urlpatterns
     + workspaces.urlpatterns
+    + remote_endpoint.urlpatterns
     + rollout_plans.urlpatterns
 )

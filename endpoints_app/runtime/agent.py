@@ -139,6 +139,7 @@ class ReplicaProc:
     drain_started: float | None = None
     term_sent: float | None = None
     gpu: str | None = None  # the GPU index this replica is pinned to
+    host: str = ""  # where its model server answers, when not on this host (the ray runtime)
 
 
 @dataclass
@@ -400,7 +401,7 @@ class Agent:
 
     def _autoscale(self, deployment: Deployment, rt: DeploymentRuntime, now: float) -> None:
         ready = [p for p in self._procs_of(deployment.id) if p.ready and p.drain_started is None]
-        answers = [health(self.bind_host_for_checks(), p.port, p.credential, timeout=0.3) for p in ready]
+        answers = [health(self.address_of(p), p.port, p.credential, timeout=0.3) for p in ready]
         stats = [h for h in answers if h is not None]
         rt.history.add(
             Sample(
@@ -486,7 +487,7 @@ class Agent:
             rt.next_start_at = now + backoff
             return
         if not proc.ready:
-            status = health(self.bind_host_for_checks(), proc.port, proc.credential)
+            status = health(self.address_of(proc), proc.port, proc.credential)
             if status is not None:
                 proc.ready = True
                 rt.ever_ready = True
@@ -587,6 +588,10 @@ class Agent:
 
     def bind_host_for_checks(self) -> str:
         return "127.0.0.1" if self.bind_host in ("0.0.0.0", "::", "") else self.bind_host
+
+    def address_of(self, proc: ReplicaProc) -> str:
+        """Where the agent's health checks reach a replica."""
+        return proc.host or self.bind_host_for_checks()
 
     def _start_replica(self, deployment: Deployment, rt: DeploymentRuntime) -> None:
         try:
@@ -793,7 +798,7 @@ class Agent:
             Replica.objects.filter(id=proc.replica_id).update(state=ReplicaState.STOPPED, stopped_at=timezone.now())
             return
         if proc.term_sent is None and now - proc.drain_started >= self.drain_grace:
-            status = health(self.bind_host_for_checks(), proc.port, proc.credential) if proc.ready else None
+            status = health(self.address_of(proc), proc.port, proc.credential) if proc.ready else None
             idle = status is None or not status.get("in_flight")
             if idle or now - proc.drain_started > MAX_DRAIN_SECONDS:
                 self._terminate(proc)
@@ -943,12 +948,12 @@ def _exit_reason(log_tail: str, code: int) -> str:
     return f"exit code {code}"
 
 
-def run(args: argparse.Namespace | None = None) -> int:
+def run(args: argparse.Namespace | None = None, *, agent_class: type[Agent] = Agent) -> int:
     """``modelfleet runtime``: run the agent for this host until SIGTERM/SIGINT (the process main,
     runtime/agent_main.py, has set Django up)."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     agent_id = getattr(args, "agent_id", None) or os.environ.get("MODELFLEET_RUNTIME_AGENT_ID") or socket.gethostname()
-    agent = Agent(agent_id=agent_id)
+    agent = agent_class(agent_id=agent_id)
 
     def _stop(signum: int, frame: object) -> None:
         agent.stopping.set()

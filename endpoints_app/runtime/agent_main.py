@@ -24,6 +24,12 @@ def main(args: argparse.Namespace | None = None) -> int:
 
     processes.start("agent")  # the heartbeat /metrics reads
 
+    from django.conf import settings
+
+    if settings.SERVING_BACKEND == "ray":  # replicas on a Ray cluster's nodes (runtime/ray_agent.py)
+        from endpoints_app.runtime import ray_agent
+
+        return agent.run(args, agent_class=ray_agent.RayAgent)
     return agent.run(args)
 
 

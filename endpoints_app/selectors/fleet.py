@@ -25,10 +25,11 @@ from django.db.models import (
     Value,
     When,
 )
-from django.db.models.functions import Cast, NullIf
+from django.db.models.functions import Cast, Coalesce, NullIf
 from django.http import QueryDict
 
 from endpoints_app import access
+from endpoints_app.errors import PermissionDenied, ResourceDoesNotExist
 from endpoints_app.models import (
     ConfigUpdate,
     DeploymentState,
@@ -36,9 +37,12 @@ from endpoints_app.models import (
     EndpointTag,
     HealthStatus,
     MetricPoint,
+    PermissionLevel,
     PollTarget,
     ServedEntity,
+    Workspace,
 )
+from endpoints_app.models.workspaces import LOCAL_WORKSPACE
 
 if TYPE_CHECKING:
     from django_stubs_ext import WithAnnotations
@@ -68,6 +72,7 @@ STATES = {
 }
 SORTS = {
     "name": "name",
+    "workspace": "workspace__name",
     "state": "state_key",
     "owner": "creator__username",
     "health": "health",
@@ -85,6 +90,7 @@ class FleetQuery:
     """The list's query string, parsed leniently: a page link with a stale value still works."""
 
     q: str = ""
+    workspace: str = ""  # a workspace's name ("local": this installation's endpoints)
     state: str = ""
     tag: str = ""
     owner: str = ""
@@ -102,6 +108,7 @@ class FleetQuery:
         per_page = params.get("per_page", "")
         return cls(
             q=params.get("q", "").strip()[:200],
+            workspace=params.get("workspace", "").strip()[:63],
             state=params.get("state", "") if params.get("state") in STATES else "",
             tag=params.get("tag", "").strip()[:300],
             owner=params.get("owner", "").strip()[:150],
@@ -116,6 +123,7 @@ class FleetQuery:
         """This query with some values changed, as a query string without defaults."""
         values = {
             "q": self.q,
+            "workspace": self.workspace,
             "state": self.state,
             "tag": self.tag,
             "owner": self.owner,
@@ -134,7 +142,7 @@ class FleetQuery:
 
     @property
     def filtered(self) -> bool:
-        return bool(self.q or self.state or self.tag or self.owner or self.health)
+        return bool(self.q or self.workspace or self.state or self.tag or self.owner or self.health)
 
 
 def recent_window(now: float) -> tuple[int, int]:
@@ -172,7 +180,11 @@ def annotate_state(endpoints: QuerySet[Endpoint]) -> QuerySet[StatedEndpoint]:
     unready = ServedEntity.objects.filter(
         config_version=OuterRef("active_config"), external_model__isnull=True
     ).exclude(deployment__state=DeploymentState.READY)
-    serving = Q(active_config__isnull=False, has_unready_entity=False)
+    # A remote endpoint (issue 16) serves when its remote says it is ready: the poller's health.
+    serving = Q(active_config__isnull=False) & (
+        Q(workspace__isnull=True, has_unready_entity=False)
+        | Q(workspace__isnull=False, health__in=(HealthStatus.HEALTHY, HealthStatus.DEGRADED))
+    )
     return endpoints.annotate(has_unready_entity=Exists(unready)).annotate(
         state_key=Case(
             When(config_update=ConfigUpdate.IN_PROGRESS, then=Value("updating")),
@@ -212,10 +224,16 @@ def _rows_base() -> QuerySet[Endpoint]:
         "id", "config_version_id", "position", "name", "entity_name", "entity_version", "external_model"
     ).order_by("position")
     return (
-        Endpoint.objects.select_related("creator", "active_config", "pending_config")
+        Endpoint.fleet.select_related("creator", "active_config", "pending_config", "workspace")
         .only(
             "id",
             "name",
+            "workspace__name",
+            "workspace__state",
+            "workspace__status_message",
+            "remote_state",
+            "remote_seen_at",
+            "remote_gone_at",
             "health",
             "health_reason",
             "config_update",
@@ -233,16 +251,21 @@ def _rows_base() -> QuerySet[Endpoint]:
     )
 
 
-def _last_polled() -> Subquery:
-    # The index on endpoint serves it: a couple of rows (one per poll kind) per endpoint.
+def _last_polled() -> Coalesce:
+    # The index on endpoint serves it: a couple of rows (one per poll kind) per endpoint. A remote
+    # endpoint has no poll targets: its workspace's sweep last saw it.
     polls = PollTarget.objects.filter(endpoint=OuterRef("pk")).values("endpoint").annotate(at=Max("last_polled_at"))
-    return Subquery(polls.values("at")[:1])
+    return Coalesce(Subquery(polls.values("at")[:1]), F("remote_seen_at"))
 
 
 def matching_endpoints(user: Any, query: FleetQuery, *, now: float) -> QuerySet[Endpoint]:
     """The visible endpoints that match ``query``, in its order, with only what the filters and
     the sort need: the page's rows are loaded in full afterwards (``FleetRows``)."""
-    endpoints = access.visible_endpoints(user, Endpoint.objects.all())
+    endpoints = access.visible_fleet_endpoints(user, Endpoint.fleet.all())
+    if query.workspace == LOCAL_WORKSPACE:
+        endpoints = endpoints.filter(workspace__isnull=True)
+    elif query.workspace:
+        endpoints = endpoints.filter(workspace__name=query.workspace)
     if query.state or query.sort == "state":
         stated = annotate_state(endpoints)
         endpoints = stated.filter(state_key=query.state) if query.state else stated
@@ -265,11 +288,12 @@ def matching_endpoints(user: Any, query: FleetQuery, *, now: float) -> QuerySet[
         endpoints = _annotate_sort_metric(endpoints, query.sort, int(now) - RECENT_SECONDS)
     if query.sort == "polled":
         endpoints = endpoints.annotate(last_polled_at=_last_polled())
-    if query.sort == "name":  # the unique index on name serves it: no sort of the whole fleet
-        return endpoints.order_by("-name" if query.descending else "name")
+    if query.sort == "name":  # the index on name serves it: no sort of the whole fleet
+        # A name may be in several workspaces: the id keeps pages stable.
+        return endpoints.order_by("-name", "-id") if query.descending else endpoints.order_by("name", "id")
     order = F(SORTS[query.sort])
     first = order.desc(nulls_last=True) if query.descending else order.asc(nulls_last=True)
-    return endpoints.order_by(first, "name")
+    return endpoints.order_by(first, "name", "id")
 
 
 class FleetRows:
@@ -366,13 +390,27 @@ def page_metrics(endpoint_ids: list[str], *, now: float) -> dict[str, RowMetrics
     return out
 
 
-def filter_choices(user: Any) -> tuple[list[str], list[str]]:
-    """The filter form's owners and tags (``key`` or ``key=value``, at most 200) among the endpoints
-    ``user`` may see: one query each."""
-    visible = access.visible_endpoints(user, Endpoint.objects.all())
-    owners = sorted(
-        u for u in visible.exclude(creator=None).values_list("creator__username", flat=True).distinct() if u
+def filter_choices(user: Any) -> tuple[list[str], list[str], list[str]]:
+    """The filter form's owners, tags (``key`` or ``key=value``, at most 200) and workspaces
+    (``local`` first) among what ``user`` may see: two queries (owners and workspaces in one)."""
+    visible = access.visible_fleet_endpoints(user, Endpoint.fleet.all())
+    owner_rows = (
+        visible.exclude(creator=None)
+        .order_by()
+        .annotate(choice_kind=Value("owner"), choice=F("creator__username"))
+        .values_list("choice_kind", "choice")
     )
+    workspace_rows = (
+        access.visible_workspaces(user, Workspace.objects.all())
+        .order_by()
+        .annotate(choice_kind=Value("workspace"), choice=F("name"))
+        .values_list("choice_kind", "choice")
+    )
+    owners: set[str] = set()
+    workspaces = {LOCAL_WORKSPACE}
+    for kind, label in owner_rows.union(workspace_rows):
+        if label:
+            (owners if kind == "owner" else workspaces).add(label)
     tags = [
         f"{k}={v}" if v else k
         for k, v in EndpointTag.objects.filter(endpoint__in=visible)
@@ -380,4 +418,31 @@ def filter_choices(user: Any) -> tuple[list[str], list[str]]:
         .distinct()
         .order_by("key", "value")[:200]
     ]
-    return owners, tags
+    return sorted(owners), tags, sorted(workspaces, key=lambda n: (n != LOCAL_WORKSPACE, n))
+
+
+def fleet_endpoint(user: Any, workspace: str, name: str, *, manage: bool = False) -> Endpoint:
+    """One endpoint of the fleet by workspace and name, with what its page shows, if the user may
+    see it (404 otherwise): a local one as the local API finds it, a remote one if the user has a
+    role in its workspace. ``manage`` (its alert rules): CAN_MANAGE on a local one, the editor role
+    or higher in a remote one's workspace (403 otherwise)."""
+    from_local = workspace == LOCAL_WORKSPACE
+    manager = Endpoint.objects if from_local else Endpoint.fleet.filter(workspace__name=workspace)
+    entities = ServedEntity.objects.select_related("deployment").order_by("position")
+    endpoint = (
+        manager.select_related("workspace", "creator", "active_config", "pending_config")
+        .prefetch_related(
+            Prefetch("tags", queryset=EndpointTag.objects.order_by("key")),
+            Prefetch("active_config__served_entities", queryset=entities),
+            Prefetch("pending_config__served_entities", queryset=entities),
+        )
+        .filter(name=name)
+        .first()
+    )
+    if endpoint is None:
+        raise ResourceDoesNotExist(f"Endpoint '{name[:255]}' does not exist in workspace '{workspace[:63]}'")
+    if from_local:
+        access.require(user, endpoint, PermissionLevel.CAN_MANAGE if manage else PermissionLevel.CAN_VIEW)
+    elif access.require_remote_view(user, endpoint) not in access.CREATE_ROLES and manage:
+        raise PermissionDenied(f"This needs the editor role or higher in workspace '{workspace}'")
+    return endpoint
