@@ -12,6 +12,7 @@ workspace; the fleet page has the workspace column and filter.
 from __future__ import annotations
 
 from datetime import timedelta
+from typing import Any
 from urllib.parse import urlparse
 
 import pytest
@@ -40,7 +41,7 @@ pytestmark = pytest.mark.django_db(transaction=True)
 FLEET = "/api/2.0/modelfleet/fleet/endpoints"
 
 
-def person(django_user_model, name: str, role: str = "") -> tuple[object, APIClient]:
+def person(django_user_model, name: str, role: str = "") -> tuple[Any, APIClient]:
     user = django_user_model.objects.create_user(name, f"{name}@example.com", "pw-123456789")
     UserProfile.objects.create(user=user, role=role)
     client = APIClient()

@@ -57,24 +57,24 @@ def sdk_shapes() -> list[Shape]:
             if isinstance(node, ast.Dict):
                 for key, value in zip(node.keys, node.values, strict=True):
                     if isinstance(key, ast.Constant) and key.value == "Accept" and isinstance(value, ast.Constant):
-                        accept = value.value
+                        accept = str(value.value)
         for node in ast.walk(function):
             if not (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.func.attr == "do"):
                 continue
             method, path = node.args[0], node.args[1]
             assert isinstance(method, ast.Constant)
             if isinstance(path, ast.Constant):
-                pattern = re.escape(path.value)
+                pattern = re.escape(str(path.value))
             else:
                 assert isinstance(path, ast.JoinedStr)
                 pattern = "".join(
-                    re.escape(part.value) if isinstance(part, ast.Constant) else "[^/]+" for part in path.values
+                    re.escape(str(part.value)) if isinstance(part, ast.Constant) else "[^/]+" for part in path.values
                 )
             keywords = {k.arg for k in node.keywords}
             shapes.append(
                 Shape(
                     name=function.name,
-                    method=method.value,
+                    method=str(method.value),
                     path=re.compile(pattern + "$"),
                     accept=accept,
                     body="body" in keywords,
@@ -85,7 +85,7 @@ def sdk_shapes() -> list[Shape]:
 
 
 def _query_keys(function: ast.FunctionDef) -> set[str]:
-    keys = set()
+    keys: set[str] = set()
     for node in ast.walk(function):
         if (
             isinstance(node, ast.Subscript)
@@ -93,7 +93,7 @@ def _query_keys(function: ast.FunctionDef) -> set[str]:
             and node.value.id == "query"
             and isinstance(node.slice, ast.Constant)
         ):
-            keys.add(node.slice.value)
+            keys.add(str(node.slice.value))
     return keys
 
 

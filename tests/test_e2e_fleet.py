@@ -1,0 +1,257 @@
+"""End to end (issue 16): a second, independent Modelfleet as a remote workspace of the first.
+
+The remote is ``modelfleet up`` (with its setup: its own SQLite database, Redis, model registry
+and demo model) in its own data directory and on its own port; it serves a real endpoint of the
+demo classifier. The first Modelfleet is the test stack (``modelfleet up --no-setup`` on the test
+database) with its remote poller every 2 s and the egress policy allowing exactly the remote's
+port. Driven through the first one's API:
+
+1. register the remote as workspace ``far``; after a sweep its endpoint is in the fleet list;
+2. queries sent to the remote show in the first one's charts (metric-series), and the remote's
+   server log lines in its log-lines;
+3. the remote stopped: ``far`` is marked unreachable (the error, since when), the endpoint is
+   still listed, marked stale, its series and logs still there;
+4. the remote started again: ``far`` recovers and the endpoint is fresh again.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import requests
+from databricks.sdk import WorkspaceClient
+from databricks.sdk.service.serving import EndpointCoreConfigInput, ServedEntityInput
+
+from tests.stack import Stack, database_url, free_port, start_stack
+
+pytestmark = [pytest.mark.e2e, pytest.mark.django_db(transaction=True)]
+
+REMOTE_TOKEN = "dapi" + "e2efleet" * 5
+DEMO_MODEL = "main.default.demo_classifier"
+FLEET = "/api/2.0/modelfleet/fleet/endpoints"
+ROW = {
+    "dataframe_split": {
+        "columns": ["sepal_length", "sepal_width", "petal_length", "petal_width"],
+        "data": [[5.1, 3.5, 1.4, 0.2]],
+    }
+}
+
+
+class Remote:
+    """``modelfleet up`` in its own data directory, on a fixed port (so it can be restarted there)."""
+
+    def __init__(self, root: Path, port: int) -> None:
+        self.root, self.port = root, port
+        self.url = f"http://127.0.0.1:{port}"
+        self.process: subprocess.Popen[bytes] | None = None
+        self.log_path = root / "remote.log"
+
+    def env(self) -> dict[str, str]:
+        env = {
+            k: v
+            for k, v in os.environ.items()
+            if not k.startswith(("MODELFLEET_", "DATABASE_URL", "REDIS_URL", "MLFLOW_", "DATABRICKS_", "DJANGO_"))
+        }
+        env.update(
+            {
+                "HOME": str(self.root),
+                "MODELFLEET_DATA_DIR": str(self.root / "data"),
+                "MODELFLEET_CONFIG_FILE": str(self.root / "modelfleetcfg"),
+                "MODELFLEET_BIND": f"127.0.0.1:{self.port}",
+                "MODELFLEET_BOOTSTRAP_TOKEN": REMOTE_TOKEN,
+                "MODELFLEET_POLL_METRICS_SECONDS": "2",
+                "MODELFLEET_POLL_STATUS_SECONDS": "2",
+                "MODELFLEET_POLL_LOGS_SECONDS": "2",
+                "MLFLOW_DISABLE_TELEMETRY": "true",
+                "DO_NOT_TRACK": "true",
+            }
+        )
+        return env
+
+    def start(self, timeout: float = 300) -> None:
+        modelfleet = Path(sys.executable).parent / "modelfleet"
+        out = open(self.log_path, "ab")  # noqa: SIM115 - closed when the process ends
+        self.process = subprocess.Popen(
+            [str(modelfleet), "up"], env=self.env(), stdout=out, stderr=subprocess.STDOUT, start_new_session=True
+        )
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"the remote exited:\n{self.log_path.read_text()[-5000:]}")
+            try:
+                if requests.get(self.url + "/.well-known/databricks-config", timeout=1).status_code == 200:
+                    return
+            except requests.RequestException:
+                pass
+            time.sleep(0.5)
+        raise RuntimeError(f"the remote did not answer:\n{self.log_path.read_text()[-5000:]}")
+
+    def stop(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.process.pid, signal.SIGKILL)
+                self.process.wait()
+
+
+@pytest.fixture(scope="module")
+def remote_port() -> int:
+    return free_port()
+
+
+@pytest.fixture(scope="module")
+def fleet_stack(django_db_setup, django_db_blocker, remote_port, tmp_path_factory) -> Iterator[Stack]:
+    """The first Modelfleet: the test stack, polling remotes every 2 s, allowed to reach the remote only."""
+    from django.db import connection
+
+    with django_db_blocker.unblock():
+        db = database_url(connection.settings_dict)
+    running = start_stack(
+        database=db,
+        token="",
+        log_path=tmp_path_factory.mktemp("fleet-stack") / "stack.log",
+        extra_env={
+            "MODELFLEET_REMOTE_POLL_SECONDS": "2",
+            "MODELFLEET_POLL_MAX_BACKOFF_SECONDS": "4",
+            "MODELFLEET_EGRESS_ALLOW": f"127.0.0.1:{remote_port}",
+        },
+    )
+    try:
+        yield running
+    finally:
+        running.stop()
+        if os.environ.get("MODELFLEET_TEST_SHOW_STACK_LOG"):
+            print(running.log()[-20000:])
+
+
+@pytest.fixture(scope="module")
+def remote(fleet_stack, remote_port, tmp_path_factory) -> Iterator[Remote]:
+    """The remote, started after the first stack answers (two start-ups at once are slow here)."""
+    root = tmp_path_factory.mktemp("remote")
+    running = Remote(root, remote_port)
+    running.start()
+    try:
+        yield running
+    finally:
+        running.stop()
+        if os.environ.get("MODELFLEET_TEST_SHOW_STACK_LOG"):
+            print(running.log_path.read_text(errors="replace")[-20000:])
+        shutil.rmtree(root / "data", ignore_errors=True)
+
+
+def wait_for(what: str, check: Callable[[], Any], timeout: float = 90) -> Any:
+    deadline = time.monotonic() + timeout
+    last: Any = None
+    while time.monotonic() < deadline:
+        try:
+            last = check()
+        except requests.RequestException as exc:
+            last = exc
+        if last:
+            return last
+        time.sleep(1)
+    raise AssertionError(f"timed out waiting for {what} (last: {last!r})")
+
+
+def test_a_second_modelfleet_is_polled_charted_and_survives_going_away(fleet_stack, remote, django_user_model):
+    from endpoints_app.services.tokens import create_token
+
+    admin = django_user_model.objects.create_superuser("fleet-admin", "fleet@example.com", "fleet-password-1")
+    headers = {"Authorization": f"Bearer {create_token(user=admin, comment='e2e')[1]}"}
+    api = fleet_stack.url + "/api/2.0/modelfleet"
+
+    def get(path: str, **params: Any) -> Any:
+        answer = requests.get(api + path, params=params, headers=headers, timeout=30)
+        answer.raise_for_status()
+        return answer.json()
+
+    # The remote serves a real endpoint of its demo model.
+    remote_sdk = WorkspaceClient(host=remote.url, token=REMOTE_TOKEN, auth_type="pat")
+    remote_sdk.serving_endpoints.create_and_wait(
+        name="far-demo",
+        config=EndpointCoreConfigInput(
+            name="far-demo",
+            served_entities=[
+                ServedEntityInput(
+                    entity_name=DEMO_MODEL, entity_version="1", workload_size="Small", scale_to_zero_enabled=False
+                )
+            ],
+        ),
+    )
+
+    # 1. Registered (checked against the remote first), then its endpoint is in the fleet after a sweep.
+    answer = requests.post(
+        api + "/workspaces",
+        json={"name": "far", "host": remote.url, "token": REMOTE_TOKEN},
+        headers=headers,
+        timeout=60,
+    )
+    assert answer.status_code == 200, answer.text
+    assert answer.json()["status"]["state"] == "OK"
+    row = wait_for(
+        "the remote's endpoint in the fleet",
+        lambda: next(
+            (e for e in get("/fleet/endpoints", workspace="far")["endpoints"] if e["name"] == "far-demo"), None
+        ),
+    )
+    assert row["workspace"] == "far" and row["stale"] is False
+    wait_for("READY", lambda: get("/fleet/endpoints/far/far-demo")["state"]["ready"] == "READY")
+    names = [(e["workspace"], e["name"]) for e in get("/fleet/endpoints")["endpoints"]]
+    assert ("far", "far-demo") in names
+    # The local Databricks-compatible API does not know it.
+    assert (
+        requests.get(f"{fleet_stack.url}/api/2.0/serving-endpoints/far-demo", headers=headers, timeout=10).status_code
+        == 404
+    )
+
+    # 2. Queries to the remote show in the first one's charts; its server log in the log lines.
+    for _ in range(20):
+        answer = requests.post(
+            f"{remote.url}/serving-endpoints/far-demo/invocations",
+            json=ROW,
+            headers={"Authorization": f"Bearer {REMOTE_TOKEN}"},
+            timeout=30,
+        )
+        assert answer.status_code == 200, answer.text
+
+    def requests_charted() -> float:
+        series = get("/fleet/endpoints/far/far-demo/metric-series", metrics="request_rate")["series"]["request_rate"]
+        return sum((v or 0) for _, v in series)
+
+    wait_for("the remote's requests in the charts", requests_charted)
+    lines = wait_for(
+        "the remote's server log lines",
+        lambda: get("/fleet/endpoints/far/far-demo/log-lines", kind="server")["lines"],
+    )
+    assert all(line["served_model_name"] for line in lines)
+    health = get("/fleet/endpoints/far/far-demo")["health"]
+    assert health in ("HEALTHY", "DEGRADED")
+
+    # 3. The remote goes away: marked unreachable with the error and since when; nothing lost.
+    remote.stop()
+    workspace = wait_for(
+        "the workspace marked unreachable",
+        lambda: (w := get("/workspaces/far"))["status"]["state"] == "ERROR" and w,
+    )
+    assert "Cannot reach" in workspace["status"]["message"] or "did not answer" in workspace["status"]["message"]
+    assert workspace["status"]["since"]
+    stale = get("/fleet/endpoints/far/far-demo")
+    assert stale["stale"] is True and stale["config_version"] == 1 and stale["served_entities"]
+    assert requests_charted() > 0
+    assert get("/fleet/endpoints/far/far-demo/log-lines", kind="server")["lines"]
+
+    # 4. Back: it recovers.
+    remote.start()
+    wait_for("the workspace back to OK", lambda: get("/workspaces/far")["status"]["state"] == "OK", timeout=120)
+    wait_for("the endpoint fresh again", lambda: get("/fleet/endpoints/far/far-demo")["stale"] is False)
