@@ -8,6 +8,13 @@ two endpoints for several rounds so drift on a shared machine hits both alike; t
 the median over rounds of each run's p50 and p99, the p50 difference, and what the gateway's
 mirror did meanwhile (mirrors sent, dropped, agreement).
 
+Where the added latency comes from is measured too: CPU time per answered query of the web
+process (the gateway), of its shadow-traffic worker process (gateway.shadow_worker) and of the
+replicas (the shadow's replica answers every mirror), off against on; and the cost of the
+hand-over on the caller's path (``ShadowMirror.submit``), timed in this process. On a machine with fewer free cores than the
+replicas need, the shadow replica's CPU competes with the primary's and shows in the caller's
+latency whatever the gateway does; the gateway's own part is its CPU per query and the hand-over.
+
 Usage: python benchmarks/bench_shadow.py [--seconds 3] [--rounds 5] [--concurrency 1,8]
 """
 
@@ -15,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import sys
 import time
@@ -50,6 +58,58 @@ def config(shadow: bool) -> dict:
     return {"served_entities": entities, "traffic_config": traffic}
 
 
+def cpu_seconds(pids: list[int], *, children: bool = True) -> float:
+    import psutil
+
+    total = 0.0
+    for pid in pids:
+        try:
+            process = psutil.Process(pid)
+            for p in [process, *(process.children(recursive=True) if children else [])]:
+                times = p.cpu_times()
+                total += times.user + times.system
+        except psutil.Error:
+            pass
+    return total
+
+
+def processes(stack_pid: int) -> dict[str, list[int]]:
+    """The web process (uvicorn: the gateway), its shadow-traffic worker, and each entity's replicas."""
+    import psutil
+
+    from endpoints_app.models import Replica, ReplicaState
+
+    children = psutil.Process(stack_pid).children(recursive=True)
+    web = [p.pid for p in children if "uvicorn" in " ".join(p.cmdline())]
+    worker = [c.pid for pid in web for c in psutil.Process(pid).children() if "shadow_worker" in " ".join(c.cmdline())]
+    out: dict[str, list[int]] = {"web": web, "worker": worker}
+    for replica in Replica.objects.filter(state=ReplicaState.READY).select_related("deployment"):
+        key = f"{replica.deployment.endpoint_name}/{replica.deployment.served_entity_name}"
+        if replica.pid:
+            out.setdefault(key, []).append(replica.pid)
+    return out
+
+
+def handover_cost_us(samples: int = 20000) -> float:
+    """Median cost of one ``ShadowMirror.submit`` on the caller's path, microseconds."""
+    from endpoints_app.gateway.metrics import GatewayMetrics
+    from endpoints_app.gateway.shadow import MirrorJob, ShadowMirror
+    from endpoints_app.runtime.credentials import ReplicaTarget
+
+    mirror = ShadowMirror(GatewayMetrics(), queue_size=samples + 1, queue_bytes=1 << 30, concurrency=1, timeout=1)
+    job = MirrorJob(
+        "bench", "candidate", [ReplicaTarget("http://127.0.0.1:9", "c")], b"{}", "application/json", 200, b"{}", 0.0
+    )
+    mirror.submit(job)  # starts the worker process
+    timings = []
+    for _ in range(samples):
+        t0 = time.perf_counter()
+        mirror.submit(job)
+        timings.append(time.perf_counter() - t0)
+    mirror.stop()
+    return statistics.median(timings) * 1e6
+
+
 def exported(base: str, auth: dict, name: str) -> dict[tuple[str, str], float]:
     from endpoints_app.monitoring.metrics import parse_prometheus
 
@@ -82,19 +142,31 @@ def main() -> int:
         time.sleep(2)
         body = stack.data_dir / "body.json"
         body.write_text(json.dumps({"dataframe_split": {"columns": COLUMNS, "data": [ROW]}}))
-        # Warm both (connections, route tables, the mirror thread).
+        # Warm both (connections, route tables, the shadow-traffic worker).
         for name in names.values():
             loadgen(f"{base}/serving-endpoints/{name}/invocations", body, 4, 1.0, stack.token)
+        time.sleep(2)
 
+        pids = processes(stack.process.pid)
         rows = []
+        cpu: dict[str, dict[str, float]] = {
+            k: {"web": 0.0, "worker": 0.0, "replicas": 0.0, "queries": 0.0} for k in names
+        }
         for concurrency in levels:
             runs: dict[str, list[dict]] = {"off": [], "on": []}
             for _round in range(args.rounds):
                 for key, name in names.items():
+                    replica_pids = [pid for k, v in pids.items() if k.startswith(name + "/") for pid in v]
+                    web0, rep0 = cpu_seconds(pids["web"], children=False), cpu_seconds(replica_pids)
+                    worker0 = cpu_seconds(pids["worker"])
                     r = loadgen(
                         f"{base}/serving-endpoints/{name}/invocations", body, concurrency, args.seconds, stack.token
                     )
                     runs[key].append(r)
+                    cpu[key]["web"] += cpu_seconds(pids["web"], children=False) - web0
+                    cpu[key]["worker"] += cpu_seconds(pids["worker"]) - worker0
+                    cpu[key]["replicas"] += cpu_seconds(replica_pids) - rep0
+                    cpu[key]["queries"] += r["rps"] * args.seconds
             p50 = {k: statistics.median(r["p50_ms"] for r in v) for k, v in runs.items()}
             p99 = {k: statistics.median(r["p99_ms"] for r in v) for k, v in runs.items()}
             rps = {k: statistics.median(r["rps"] for r in v) for k, v in runs.items()}
@@ -125,6 +197,19 @@ def main() -> int:
             f"shadow-on: {callers:.0f} queries answered, {mirrored:.0f} mirrored, {dropped:.0f} dropped "
             f"(queue full), agreement {agreed:.0f}/{compared:.0f}" + (f" = {agreed / compared:.3f}" if compared else "")
         )
+        print()
+        print(
+            "| CPU per answered query (ms) | web process (gateway) | shadow-traffic worker | replicas (primary + shadow) |"
+        )
+        print("|---|---:|---:|---:|")
+        for key in names:
+            n = max(cpu[key]["queries"], 1.0)
+            print(
+                f"| shadow {key} | {cpu[key]['web'] * 1000 / n:.3f} | {cpu[key]['worker'] * 1000 / n:.3f} | "
+                f"{cpu[key]['replicas'] * 1000 / n:.3f} |"
+            )
+        print(f"hand-over on the caller's path (ShadowMirror.submit): median {handover_cost_us():.1f} µs")
+        print(f"this machine: {os.cpu_count()} cores, load average {os.getloadavg()[0]:.1f} at the end")
         worst = max(p50["on"] - p50["off"] for _, p50, *_ in rows)
         print(f"largest p50 added: {worst:+.3f} ms (target: under 0.2 ms)")
     finally:

@@ -212,7 +212,7 @@ class Gateway:
         return path.startswith(PREFIX)
 
     async def aclose(self) -> None:
-        self.shadow.stop()
+        await asyncio.to_thread(self.shadow.stop)  # the worker sends and records what it holds
         self.metrics.stop()
         self.payloads.stop()
         await self.upstream.aclose()

@@ -1,14 +1,17 @@
 """Shadow traffic: a mirrored copy of a share of an endpoint's queries sent to a served entity
 whose answers are compared with the primary's and never returned (``traffic_config.shadow``).
 
-The caller's path only draws a random number and hands the query over (``ShadowMirror.submit``,
-microseconds): the mirrors run in a thread of their own, with its own event loop and its own
-connections to the shadow's replicas, so a slow or failing shadow never delays or fails the
-caller. What waits to be sent is bounded (``GATEWAY_SHADOW_QUEUE_SIZE`` queries and
-``GATEWAY_SHADOW_QUEUE_BYTES`` of bodies); a query that finds the queue full is not mirrored and
-is counted (``<shadow>|shadow_dropped``), as is one whose shadow has no ready replica (a
-scaled-to-zero shadow is not woken for a mirror). Mirrors are sent at most
-``GATEWAY_SHADOW_CONCURRENCY`` at a time per web process.
+The caller's path only draws a random number and hands the query over (``ShadowMirror.submit``:
+one frame written to a pipe without blocking, microseconds). The mirrors are sent by a worker
+process of the web process's own (``gateway.shadow_worker``, started on the first mirror, with
+its own event loop and connections to the shadow's replicas): its work holds no lock the gateway
+needs (not even the interpreter's), so a slow, failing or busy shadow never delays or fails the
+caller. What waits is bounded: the worker queues at most ``GATEWAY_SHADOW_QUEUE_SIZE`` mirrors
+(and ``GATEWAY_SHADOW_QUEUE_BYTES`` of bodies), and the gateway holds at most
+``GATEWAY_SHADOW_QUEUE_BYTES`` of frames the pipe cannot take yet; past either bound a mirror is
+dropped and counted (``<shadow>|shadow_dropped``), as is one whose shadow has no ready replica (a
+scaled-to-zero shadow is not woken for a mirror) or that finds the worker gone (it is restarted).
+The worker sends at most ``GATEWAY_SHADOW_CONCURRENCY`` mirrors at a time.
 
 A mirror is recorded like any query of its served entity (count, 4xx, 5xx, latency histogram:
 ``GatewayMetrics.observe``), so the shadow has the same charts as any entity; nothing of it counts
@@ -21,11 +24,15 @@ agreement rate is their ratio.
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import math
-import threading
+import os
+import struct
+import subprocess
+import sys
 import time
-from collections import defaultdict
+from collections import defaultdict, deque
 from dataclasses import dataclass
 from typing import Any
 
@@ -101,8 +108,55 @@ def agreement(primary: bytes, shadow: bytes, tolerance: float = 0.0) -> tuple[in
     return 1, int(_same(a, b, tolerance))
 
 
+# --- the frames between the gateway and its worker ---------------------------------------------
+_HEADER = struct.Struct(">I")
+
+
+def encode(job: MirrorJob) -> bytes:
+    """One job as a frame: the header's length, the header (JSON), the query, the primary's answer."""
+    header = json.dumps(
+        {
+            "e": job.endpoint_id,
+            "n": job.entity,
+            "r": [[r.url, r.credential] for r in job.replicas],
+            "c": job.content_type,
+            "s": job.primary_status,
+            "t": job.tolerance,
+            "b": len(job.body),
+            "p": len(job.primary_body),
+        },
+        separators=(",", ":"),
+    ).encode()
+    return b"".join((_HEADER.pack(len(header)), header, job.body, job.primary_body))
+
+
+async def decode(reader: asyncio.StreamReader) -> MirrorJob | None:
+    """The next frame's job; None at the end of the stream."""
+    try:
+        (length,) = _HEADER.unpack(await reader.readexactly(_HEADER.size))
+        header = json.loads(await reader.readexactly(length))
+        body = await reader.readexactly(header["b"])
+        primary = await reader.readexactly(header["p"])
+    except asyncio.IncompleteReadError:
+        return None
+    return MirrorJob(
+        endpoint_id=header["e"],
+        entity=header["n"],
+        replicas=[ReplicaTarget(url, credential) for url, credential in header["r"]],
+        body=body,
+        content_type=header["c"],
+        primary_status=header["s"],
+        primary_body=primary,
+        tolerance=header["t"],
+    )
+
+
+# --- the gateway's side ---------------------------------------------------------------------------
+RESTART_SECONDS = 1.0
+
+
 class ShadowMirror:
-    """The bounded hand-over from the gateway's event loop to the mirror thread."""
+    """The gateway's bounded, non-blocking hand-over of mirrors to its worker process."""
 
     def __init__(
         self, metrics: GatewayMetrics, *, queue_size: int, queue_bytes: int, concurrency: int, timeout: float
@@ -114,81 +168,194 @@ class ShadowMirror:
             concurrency,
             timeout,
         )
-        self._lock = threading.Lock()
-        self._waiting = 0  # jobs handed over and not yet started
-        self._waiting_bytes = 0
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._queue: asyncio.Queue[MirrorJob] | None = None
-        self._thread: threading.Thread | None = None
-        self._ready = threading.Event()
-        self._in_flight: defaultdict[ReplicaTarget, int] = defaultdict(int)
-        self.sent = 0  # mirrors answered or failed (for tests and the benchmark)
-
-    # --- the caller's side (the gateway's event loop) ------------------------------------------
+        self._process: subprocess.Popen[bytes] | None = None
+        self._fd = -1
+        self._started_at = 0.0
+        # Frames the pipe could not take yet (the worker is behind), written when it can.
+        self._backlog: deque[memoryview] = deque()
+        self._backlog_bytes = 0
+        self._writer_loop: asyncio.AbstractEventLoop | None = None
 
     def submit(self, job: MirrorJob) -> bool:
-        """Hand a mirror over, or count it dropped (queue full, or no ready replica): never blocks."""
-        size = len(job.body) + len(job.primary_body)
-        with self._lock:
-            full = self._waiting >= self.queue_size or self._waiting_bytes + size > self.queue_bytes
-            if not full and job.replicas:
-                self._waiting += 1
-                self._waiting_bytes += size
-        if full or not job.replicas:
+        """Hand a mirror over, or count it dropped (no ready replica, backlog full, no worker):
+        never blocks."""
+        if not job.replicas or not self._ensure_worker():
             self.metrics.observe_shadow(job.endpoint_id, job.entity, dropped=1)
             return False
-        if self._loop is None:
-            self._start()
-        assert self._loop is not None and self._queue is not None
-        self._loop.call_soon_threadsafe(self._queue.put_nowait, job)
+        frame = encode(job)
+        if self._backlog:
+            if self._backlog_bytes + len(frame) > self.queue_bytes:
+                self.metrics.observe_shadow(job.endpoint_id, job.entity, dropped=1)
+                return False
+            self._backlog.append(memoryview(frame))
+            self._backlog_bytes += len(frame)
+            return True
+        try:
+            written = os.write(self._fd, frame)
+        except BlockingIOError:
+            written = 0
+        except OSError:  # the worker is gone: restarted on a later mirror
+            self._worker_gone()
+            self.metrics.observe_shadow(job.endpoint_id, job.entity, dropped=1)
+            return False
+        if written < len(frame):
+            # Part of the frame may be in the pipe: the rest must follow, whatever its size.
+            self._backlog.append(memoryview(frame)[written:])
+            self._backlog_bytes += len(frame) - written
+            self._drain_later()
         return True
 
-    def _start(self) -> None:
-        with self._lock:
-            if self._thread is None:
-                self._thread = threading.Thread(target=self._run, name="gateway-shadow", daemon=True)
-                self._thread.start()
-        self._ready.wait()
-
-    def stop(self) -> None:
-        loop = self._loop
-        if loop is not None and loop.is_running():
-            loop.call_soon_threadsafe(loop.stop)
-
-    # --- the mirror thread ----------------------------------------------------------------------
-
-    def _run(self) -> None:
-        loop = asyncio.new_event_loop()
-        asyncio.set_event_loop(loop)
-        self._queue = asyncio.Queue()
-        upstream = UpstreamPool()
-        workers = [loop.create_task(self._worker(upstream)) for _ in range(self.concurrency)]
-        self._loop = loop
-        self._ready.set()
+    def _ensure_worker(self) -> bool:
+        if self._process is not None and self._process.poll() is None:
+            return True
+        if self._process is not None:
+            self._worker_gone()
+        now = time.monotonic()
+        if now - self._started_at < RESTART_SECONDS:
+            return False
+        self._started_at = now
         try:
-            loop.run_forever()
-        finally:
-            for worker in workers:
-                worker.cancel()
-            loop.run_until_complete(asyncio.gather(*workers, return_exceptions=True))
-            loop.run_until_complete(upstream.aclose())
-            loop.close()
+            self._process = subprocess.Popen(
+                [
+                    sys.executable,
+                    "-m",
+                    "endpoints_app.gateway.shadow_worker",
+                    "--queue-size",
+                    str(self.queue_size),
+                    "--queue-bytes",
+                    str(self.queue_bytes),
+                    "--concurrency",
+                    str(self.concurrency),
+                    "--timeout",
+                    str(self.timeout),
+                ],
+                stdin=subprocess.PIPE,
+                close_fds=True,
+            )
+        except OSError as exc:
+            log.warning("could not start the shadow-traffic worker: %s", exc)
+            self._process = None
+            return False
+        assert self._process.stdin is not None
+        self._fd = self._process.stdin.fileno()
+        os.set_blocking(self._fd, False)
+        log.info("started the shadow-traffic worker (pid %s)", self._process.pid)
+        return True
 
-    async def _worker(self, upstream: UpstreamPool) -> None:
-        assert self._queue is not None
-        while True:
-            job = await self._queue.get()
-            with self._lock:
-                self._waiting -= 1
-                self._waiting_bytes -= len(job.body) + len(job.primary_body)
+    def _worker_gone(self) -> None:
+        if self._writer_loop is not None:
+            self._writer_loop.remove_writer(self._fd)
+            self._writer_loop = None
+        if self._process is not None:
+            if self._process.stdin is not None:
+                try:
+                    self._process.stdin.close()
+                except OSError:
+                    pass
+            if self._process.poll() is None:
+                self._process.kill()
+            self._process.wait()
+            log.warning("the shadow-traffic worker ended (%s)", self._process.returncode)
+        self._process = None
+        self._fd = -1
+        self._backlog.clear()
+        self._backlog_bytes = 0
+
+    def _drain_later(self) -> None:
+        """Write the backlog when the pipe can take it (the event loop says when)."""
+        if self._writer_loop is not None:
+            return
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:  # no event loop (a test): written on the next submit or drain()
+            return
+        loop.add_writer(self._fd, self.drain)
+        self._writer_loop = loop
+
+    def drain(self) -> None:
+        while self._backlog:
+            chunk = self._backlog[0]
             try:
-                await self._mirror(upstream, job)
+                written = os.write(self._fd, chunk)
+            except BlockingIOError:
+                return
+            except OSError:
+                self._worker_gone()
+                return
+            self._backlog_bytes -= written
+            if written < len(chunk):
+                self._backlog[0] = chunk[written:]
+                return
+            self._backlog.popleft()
+        if self._writer_loop is not None:
+            self._writer_loop.remove_writer(self._fd)
+            self._writer_loop = None
+
+    def stop(self, timeout: float = 5.0) -> None:
+        """Close the pipe: the worker sends what it holds, records it, and exits."""
+        process = self._process
+        if process is None:
+            return
+        if self._writer_loop is not None:
+            self._writer_loop.remove_writer(self._fd)
+            self._writer_loop = None
+        if process.stdin is not None:
+            try:
+                process.stdin.close()
+            except OSError:
+                pass
+        try:
+            process.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+        self._process = None
+
+
+# --- the worker's side (gateway.shadow_worker) ------------------------------------------------------
+
+
+class MirrorWorker:
+    """Reads jobs from the gateway, keeps at most ``queue_size`` waiting, sends ``concurrency`` at a time."""
+
+    def __init__(
+        self, metrics: GatewayMetrics, *, queue_size: int, queue_bytes: int, concurrency: int, timeout: float
+    ) -> None:
+        self.metrics = metrics
+        self.queue_size, self.queue_bytes, self.concurrency, self.timeout = (
+            queue_size,
+            queue_bytes,
+            concurrency,
+            timeout,
+        )
+        self._in_flight: defaultdict[ReplicaTarget, int] = defaultdict(int)
+        self._waiting_bytes = 0
+
+    async def run(self, reader: asyncio.StreamReader) -> None:
+        queue: asyncio.Queue[MirrorJob | None] = asyncio.Queue()
+        upstream = UpstreamPool()
+        workers = [asyncio.ensure_future(self._work(queue, upstream)) for _ in range(self.concurrency)]
+        while (job := await decode(reader)) is not None:
+            size = len(job.body) + len(job.primary_body)
+            if queue.qsize() >= self.queue_size or self._waiting_bytes + size > self.queue_bytes:
+                self.metrics.observe_shadow(job.endpoint_id, job.entity, dropped=1)
+                continue
+            self._waiting_bytes += size
+            queue.put_nowait(job)
+        for _ in workers:
+            queue.put_nowait(None)  # the gateway closed the pipe: finish what is queued, then stop
+        await asyncio.gather(*workers)
+        await upstream.aclose()
+
+    async def _work(self, queue: asyncio.Queue[MirrorJob | None], upstream: UpstreamPool) -> None:
+        while (job := await queue.get()) is not None:
+            self._waiting_bytes -= len(job.body) + len(job.primary_body)
+            try:
+                await self.mirror(upstream, job)
             except Exception:  # a mirror must never stop the worker
                 log.exception("mirroring a query to %s failed", job.entity)
-            finally:
-                self.sent += 1
 
-    async def _mirror(self, upstream: UpstreamPool, job: MirrorJob) -> None:
+    async def mirror(self, upstream: UpstreamPool, job: MirrorJob) -> None:
         started = time.perf_counter()
         status, body = 503, b""
         tried: set[ReplicaTarget] = set()
