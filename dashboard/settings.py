@@ -299,6 +299,9 @@ if SERVING_BACKEND == "ray" and not RAY_ADDRESS:
 RAY_RESOURCE_SCALE = env_float("MODELFLEET_RAY_RESOURCE_SCALE", 1.0, minimum=0.0001)
 # A replica whose actor does not answer for this long is lost (its node died): it is replaced.
 RAY_NODE_LOST_SECONDS = env_float("MODELFLEET_RAY_NODE_LOST_SECONDS", 3.0, minimum=0.5)
+# Keep one warm spare per node where room allows (an actor holding a pre-imported model server,
+# reserving one CPU replica's resources): replacements and scale-ups start in about a second.
+RAY_WARM_SPARES = env_bool("MODELFLEET_RAY_WARM_SPARES", True)
 
 # --- monitoring -------------------------------------------------------------------------------
 POLL_STATUS_SECONDS = env_float("MODELFLEET_POLL_STATUS_SECONDS", 10.0, minimum=1.0)

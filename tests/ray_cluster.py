@@ -138,9 +138,9 @@ def _network(names: list[str]) -> list[RayNode]:
     return nodes
 
 
-def _start_node(node: RayNode, root: Path, args: list[str]) -> None:
+def _start_node(node: RayNode, root: Path, args: list[str], fresh: bool = True) -> None:
     node.temp_dir = root / node.name
-    node.temp_dir.mkdir(parents=True)
+    node.temp_dir.mkdir(parents=True, exist_ok=not fresh)
     shutil.chown(node.temp_dir, USER, USER)
     ray_bin = str(Path(sys.executable).parent / "ray")
     env = {
@@ -209,18 +209,28 @@ def start(*, worker_cpus: int = 1, worker_memory_gb: int = 4, timeout: float = 1
                 "--runtime-env-agent-port", str(RUNTIME_ENV_AGENT_PORT),
             ],
         )  # fmt: skip
-        _wait_for_port(head, GCS_PORT, timeout)
+        _wait_for_started(head, timeout)
+        # One worker at a time, each retried once: on a busy machine a joining node's first call
+        # to the GCS can time out.
         for worker in workers:
-            _start_node(
-                worker,
-                root,
-                [
-                    "--address", f"{head.address}:{GCS_PORT}",
-                    "--num-cpus", str(worker_cpus),
-                    "--memory", str(worker_memory_gb * 2**30),
-                ],
-            )  # fmt: skip
-        _wait_for_workers(cluster, timeout)
+            for attempt in range(2):
+                _start_node(
+                    worker,
+                    root,
+                    [
+                        "--address", f"{head.address}:{GCS_PORT}",
+                        "--num-cpus", str(worker_cpus),
+                        "--memory", str(worker_memory_gb * 2**30),
+                    ],
+                    fresh=attempt == 0,
+                )  # fmt: skip
+                try:
+                    _wait_for_started(worker, timeout)
+                    break
+                except RuntimeError:
+                    if attempt:
+                        raise
+                    worker.kill_all()
         _wait_for_port(head, CLIENT_PORT, timeout)
     except BaseException as exc:
         logs = f"{type(exc).__name__}: {exc}\n" + "\n".join(
@@ -246,17 +256,14 @@ def _wait_for_port(node: RayNode, port: int, timeout: float) -> None:
     raise TimeoutError(f"{node.name} did not listen on {port} within {timeout:.0f}s")
 
 
-def _wait_for_workers(cluster: RayCluster, timeout: float) -> None:
-    """Each worker has a raylet and has joined (``ray start`` says so once it registered)."""
+def _wait_for_started(node: RayNode, timeout: float) -> None:
+    """``ray start`` on the node says the node is up (for a worker: registered with the GCS)."""
+    log = node.temp_dir.parent / f"{node.name}.log"
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        joined = 0
-        for worker in cluster.workers:
-            if worker.process is not None and worker.process.poll() is not None:
-                raise RuntimeError(f"ray on {worker.name} exited with {worker.process.returncode}")
-            if "Ray runtime started" in (worker.temp_dir.parent / f"{worker.name}.log").read_text(errors="replace"):
-                joined += 1
-        if joined == len(cluster.workers):
+        if "Ray runtime started" in log.read_text(errors="replace"):
             return
+        if node.process is not None and node.process.poll() is not None:
+            raise RuntimeError(f"ray on {node.name} exited with {node.process.returncode}")
         time.sleep(0.5)
-    raise TimeoutError(f"the workers did not join within {timeout:.0f}s")
+    raise TimeoutError(f"{node.name} did not start within {timeout:.0f}s")

@@ -245,6 +245,7 @@ class RayAgent(Agent):
         self.suspect: dict[str, float] = {}  # node id → when a replica was lost there
         self.waiting_noted: set[int] = set()
         self.gpus = []
+        self.spares: dict[str, tuple[Any, Node]] = {}  # node id → a warm spare actor there
 
     # --- what differs from the local runtime ---------------------------------------------------
 
@@ -283,10 +284,64 @@ class RayAgent(Agent):
             )
         RuntimeHost.objects.filter(agent_id__startswith=HOST_PREFIX).exclude(agent_id__in=names).delete()
         self.gpus = [g for node in nodes for g in node.gpus]
+        self._keep_spares(nodes)
         # Models of stopped deployments leave the object store.
         live = set(Deployment.objects.filter(stopped_at__isnull=True).values_list("id", flat=True))
         for deployment_id in [d for d in self.artifacts if d not in live]:
             self.artifacts.pop(deployment_id, None)
+
+    def _keep_spares(self, nodes: list[Node]) -> None:
+        """One warm spare on every trusted node with room for a CPU replica; none on lost nodes."""
+        alive = {n.node_id for n in nodes}
+        for node_id in list(self.spares):
+            if node_id not in alive or node_id in self.suspect:
+                self._drop_spare(node_id)
+        if not settings.RAY_WARM_SPARES:
+            return
+        need = capacity.ray_replica_resources("CPU")
+        rooms = self._rooms(nodes)
+        for node in nodes:
+            if node.node_id in self.spares or node.node_id in self.suspect or rooms[node.node_id].fits(need):
+                continue
+            actor = self.actor_class.options(**self._actor_options(node, need)).remote(True)
+            self.spares[node.node_id] = (actor, node)
+
+    def _drop_spare(self, node_id: str) -> None:
+        spare = self.spares.pop(node_id, None)
+        if spare is not None:
+            try:
+                spare[0].cleanup.remote()
+                self.ray.kill(spare[0], no_restart=True)
+            except Exception:
+                pass
+
+    def _actor_options(self, node: Node, need: capacity.ReplicaResources) -> dict[str, Any]:
+        from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+        options: dict[str, Any] = {
+            "num_cpus": need.cpus,
+            "memory": need.memory_mb * 2**20,
+            "num_gpus": need.gpus,
+            "max_restarts": 0,
+            "max_concurrency": 2,
+            "scheduling_strategy": NodeAffinitySchedulingStrategy(node_id=node.node_id, soft=False),
+        }
+        if need.accelerator:
+            options["accelerator_type"] = need.accelerator
+        return options
+
+    def _rooms(self, nodes: list[Node]) -> dict[str, capacity.NodeRoom]:
+        """Each node's room left by this runtime's replicas and spares."""
+        rooms = {n.node_id: capacity.NodeRoom(n.address, n.cpus, n.memory_mb, list(n.gpus)) for n in nodes}
+        for proc in self.procs.values():
+            actor = proc.popen
+            if isinstance(actor, ActorProcess) and actor.returncode is None and actor.node.node_id in rooms:
+                rooms[actor.node.node_id].take(actor.need)
+        spare_need = capacity.ray_replica_resources("CPU")
+        for node_id in self.spares:
+            if node_id in rooms:
+                rooms[node_id].take(spare_need)
+        return rooms
 
     def _release(self, proc: ReplicaProc) -> None:
         actor = proc.popen
@@ -329,20 +384,27 @@ class RayAgent(Agent):
         """The node for a new replica of ``deployment``, or None and why (``"never: …"`` when no
         node of the cluster could hold it even empty)."""
         nodes = cluster_nodes(self.ray)
-        rooms = {n.node_id: capacity.NodeRoom(n.address, n.cpus, n.memory_mb, list(n.gpus)) for n in nodes}
+        rooms = self._rooms(nodes)
         same: dict[str, int] = {}
         for proc in self.procs.values():
             actor = proc.popen
-            if isinstance(actor, ActorProcess) and actor.returncode is None and actor.node.node_id in rooms:
-                rooms[actor.node.node_id].take(actor.need)
-                if proc.deployment_id == deployment.id:
-                    same[actor.node.node_id] = same.get(actor.node.node_id, 0) + 1
+            if isinstance(actor, ActorProcess) and actor.returncode is None and proc.deployment_id == deployment.id:
+                same[actor.node.node_id] = same.get(actor.node.node_id, 0) + 1
         now = time.monotonic()
         self.suspect = {k: t for k, t in self.suspect.items() if now - t < SUSPECT_SECONDS}
+        # A node's spare is room for a CPU replica (it becomes one), and is given up for a GPU one.
+        spare_need = capacity.ray_replica_resources("CPU")
+        for node_id in self.spares:
+            if node_id in rooms and not need.gpus:
+                room = rooms[node_id]
+                room.cpus, room.memory_mb = room.cpus + spare_need.cpus, room.memory_mb + spare_need.memory_mb
         fitting = [n for n in nodes if not rooms[n.node_id].fits(need)]
         if fitting:
             trusted = [n for n in fitting if n.node_id not in self.suspect] or fitting
-            best = min(trusted, key=lambda n: (same.get(n.node_id, 0), -rooms[n.node_id].cpus, n.address))
+            best = min(
+                trusted,
+                key=lambda n: (same.get(n.node_id, 0), n.node_id not in self.spares, -rooms[n.node_id].cpus, n.address),
+            )
             return best, ""
         empty = [(n, capacity.NodeRoom(n.address, n.cpus, n.memory_mb, list(n.gpus)).fits(need)) for n in nodes]
         if not nodes or all(missing for _, missing in empty):
@@ -373,23 +435,19 @@ class RayAgent(Agent):
             rt.next_start_at = time.monotonic() + 2.0
             return
         self.waiting_noted.discard(deployment.id)
-        from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
-
         digest, ref = self._artifact(deployment)
         index = rt.next_index
         rt.next_index += 1
         credential = new_credential()
-        options: dict[str, Any] = {
-            "num_cpus": need.cpus,
-            "memory": need.memory_mb * 2**20,
-            "num_gpus": need.gpus,
-            "max_restarts": 0,
-            "max_concurrency": 2,
-            "scheduling_strategy": NodeAffinitySchedulingStrategy(node_id=node.node_id, soft=False),
-        }
-        if need.accelerator:
-            options["accelerator_type"] = need.accelerator
-        actor = self.actor_class.options(**options).remote()
+        spare = self.spares.pop(node.node_id, None)
+        if spare is not None and not need.gpus:
+            actor = spare[0]  # warm: becomes this replica
+            self.last_heartbeat = 0.0  # a new spare where room allows, on the next pass
+        else:
+            if spare is not None:
+                self.spares[node.node_id] = spare
+                self._drop_spare(node.node_id)
+            actor = self.actor_class.options(**self._actor_options(node, need)).remote()
         assignment = {
             "deployment_id": deployment.id,
             "index": index,

@@ -24,6 +24,7 @@ from __future__ import annotations
 import ctypes
 import hashlib
 import io
+import json
 import os
 import shutil
 import signal
@@ -133,14 +134,102 @@ def _replica_user() -> str:
     return "root" if sandbox.reachable_by(uid, gid, needed) else sandbox.REPLICA_USER
 
 
-class ReplicaHost:
-    """The actor (decorated with ``ray.remote`` by the control plane): one model server."""
+def _link_tree(source: Path, target: Path) -> None:
+    """Hard-link the files of ``source`` into the existing folder ``target`` (copies across filesystems)."""
 
-    def __init__(self) -> None:
+    def link(src: str, dst: str) -> None:
+        try:
+            os.link(src, dst)
+        except OSError:
+            shutil.copy2(src, dst)
+
+    shutil.copytree(source, target, copy_function=link, dirs_exist_ok=True)
+
+
+class ReplicaHost:
+    """The actor (decorated with ``ray.remote`` by the control plane): one model server.
+
+    Created with ``standby=True`` it is a warm spare: it starts a standby model server at once
+    (``--standby``: the heavy imports done, waiting for its assignment on stdin) in a slot whose
+    folders its sandbox already names; ``start`` then links the model and log into the slot and
+    hands the assignment over, so a replacement serves in about a second instead of re-importing.
+    """
+
+    def __init__(self, standby: bool = False) -> None:
         self.popen: subprocess.Popen | None = None
         self.folder: Path | None = None
         self.log_file: Path | None = None
         self.lock = threading.Lock()
+        self.user = _replica_user()
+        self.standby: subprocess.Popen | None = None
+        if standby:
+            self._spawn_standby()
+
+    def _env(self, model_env: dict, gpus: list) -> dict[str, str]:
+        env = {k: v for k, v in os.environ.items() if k in CHILD_ENV_ALLOWLIST or k.startswith("LC_")}
+        env.update({str(k): str(v) for k, v in model_env.items()})
+        env.update(FIXED_ENV)
+        env["CUDA_VISIBLE_DEVICES"] = ",".join(str(g) for g in gpus)
+        return env
+
+    def _spawn_standby(self) -> None:
+        base = node_dir()
+        base.mkdir(parents=True, exist_ok=True)
+        base.chmod(0o711)
+        slot = Path(tempfile.mkdtemp(prefix="standby-", dir=base))
+        for name in ("model", "log", "scratch"):
+            (slot / name).mkdir(mode=0o711 if name != "scratch" else 0o700)
+        slot.chmod(0o711)
+        if self.user not in ("", "root"):
+            uid, gid = sandbox.replica_ids(self.user)
+            os.chown(slot / "scratch", uid, gid)
+        env = self._env({}, [])
+        env[sandbox.PLAN_ENV] = sandbox.Plan(
+            read=[str(slot / "model")], write=[str(slot / "scratch")], append=[str(slot / "log")], user=self.user
+        ).to_env()
+        with open(slot / "standby.out", "ab") as out:
+            self.standby = subprocess.Popen(
+                [sys.executable, "-m", "endpoints_app.runtime.model_server", "--standby"],
+                stdin=subprocess.PIPE,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                env=env,
+                cwd=str(ROOT),
+                preexec_fn=_set_pdeathsig,
+            )
+        self.folder = slot
+
+    def _start_standby(self, assignment: dict, model_path: Path, host: str, port: int) -> dict | None:
+        """Hand the replica to the standby; None when there is no usable one."""
+        standby, slot = self.standby, self.folder
+        self.standby = None
+        if standby is None or slot is None or standby.poll() is not None or standby.stdin is None:
+            return None
+        _link_tree(model_path, slot / "model")
+        log_file = slot / "log" / "server.log"
+        log_file.touch()
+        if self.user not in ("", "root"):
+            uid, gid = sandbox.replica_ids(self.user)
+            os.chown(log_file, uid, gid)
+        line = {
+            "host": host,
+            "port": port,
+            "name": assignment["name"],
+            "replica_id": assignment["index"],
+            "credential": assignment["credential"],
+            "env": {str(k): str(v) for k, v in (assignment.get("env") or {}).items()},
+            "model_path": str(slot / "model"),
+            "log_path": str(log_file),
+            "scratch_dir": str(slot / "scratch"),
+        }
+        try:
+            standby.stdin.write((json.dumps(line) + "\n").encode())
+            standby.stdin.close()
+        except OSError:
+            standby.kill()
+            return None
+        self.popen, self.log_file = standby, log_file
+        return {"host": host, "port": port, "pid": standby.pid, "user": self.user or "ray's user", "standby": True}
 
     def node_address(self) -> str:
         import ray
@@ -163,7 +252,16 @@ class ReplicaHost:
         else:
             model_path = unpack_model(ray.get(ref), digest, cache)
         host = self.node_address()
-        user = _replica_user()
+        user = self.user
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+            s.bind((host, 0))
+            port = s.getsockname()[1]
+        if not assignment.get("gpus"):
+            warm = self._start_standby(assignment, model_path, host, port)
+            if warm is not None:
+                return warm
+        if self.folder is not None:  # a standby that could not be used
+            shutil.rmtree(self.folder, ignore_errors=True)
         folder = Path(
             tempfile.mkdtemp(prefix=f"replica-{assignment['deployment_id']}-{assignment['index']}-", dir=base)
         )
@@ -176,14 +274,8 @@ class ReplicaHost:
             uid, gid = sandbox.replica_ids(user)
             os.chown(scratch, uid, gid)
             os.chown(log_file, uid, gid)
-        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-            s.bind((host, 0))
-            port = s.getsockname()[1]
-        env = {k: v for k, v in os.environ.items() if k in CHILD_ENV_ALLOWLIST or k.startswith("LC_")}
-        env.update({str(k): str(v) for k, v in (assignment.get("env") or {}).items()})
-        env.update(FIXED_ENV)
         gpus = ray.get_gpu_ids() if assignment.get("gpus") else []
-        env["CUDA_VISIBLE_DEVICES"] = ",".join(str(g) for g in gpus)
+        env = self._env(assignment.get("env") or {}, gpus)
         env["MODELFLEET_REPLICA_CREDENTIAL"] = assignment["credential"]
         env[sandbox.PLAN_ENV] = sandbox.Plan(
             read=[str(model_path)], write=[str(scratch)], append=[str(log_file)], user=user, gpu=bool(gpus)
@@ -240,8 +332,9 @@ class ReplicaHost:
 
     def cleanup(self) -> None:
         """The model server is gone: remove its folder (the actor is killed after this)."""
-        if self.popen is not None and self.popen.poll() is None:
-            self.popen.kill()
-            self.popen.wait(timeout=10)
+        for process in (self.popen, self.standby):
+            if process is not None and process.poll() is None:
+                process.kill()
+                process.wait(timeout=10)
         if self.folder is not None:
             shutil.rmtree(self.folder, ignore_errors=True)
