@@ -148,5 +148,7 @@ def test_on_a_covered_endpoint_the_form_opens_a_change_request(manager, live):
     plan = RolloutPlan.objects.get()
     assert plan.state == "PENDING_APPROVAL"
     assert response.status_code == 302 and response["Location"] == f"/change-requests/{plan.change_request_id}/"
+    detail = manager.get(response["Location"]).content.decode()
+    assert "rollout_plan" in detail and "main.default.iris" in detail  # the whole plan, for the approver
     page = manager.get("/endpoints/strip/").content.decode()
     assert "waits for an approver" in page and 'data-rollout-action="abort"' in page

@@ -237,6 +237,9 @@ def fuzz_world(django_user_model, registered_models) -> Iterator[dict[str, Any]]
     team = Group.objects.create(name="team")
     team.user_set.add(victim)
     principal, _ = principal_services.create_principal(actor=admin, display_name="robot")
+    from endpoints_app.models import RolloutPlan
+
+    plan = RolloutPlan.objects.create(endpoint=endpoint, endpoint_name="fuzz", steps=[50, 100], state="PAUSED")
     # Django's test client does this too: a finished request would close the connection that
     # holds the test's transaction.
     signals.request_started.disconnect(close_old_connections)
@@ -260,6 +263,7 @@ def fuzz_world(django_user_model, registered_models) -> Iterator[dict[str, Any]]
             "group_id": str(team.pk),
             "application_id": str(principal.application_id),
             "secret_id": principal.secrets.get().pk,
+            "plan_id": plan.pk,  # a rollout plan (issue 17)
         },
         "query": {"scope": "team", "key": "db-key", "principal": "victim"},
         "principal_user_id": str(principal.user_id),
