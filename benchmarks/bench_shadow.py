@@ -15,7 +15,12 @@ hand-over on the caller's path (``ShadowMirror.submit``), timed in this process.
 replicas need, the shadow replica's CPU competes with the primary's and shows in the caller's
 latency whatever the gateway does; the gateway's own part is its CPU per query and the hand-over.
 
-Usage: python benchmarks/bench_shadow.py [--seconds 3] [--rounds 5] [--concurrency 1,8]
+With ``--pin`` (Linux), the shadow's side (its replicas and the worker) runs on the last core and
+everything on the caller's path (the web process, the primary replicas, the load generator) on
+the others: on a small machine this shows what the gateway adds, apart from the shadow replica's
+own CPU competing with the primary's.
+
+Usage: python benchmarks/bench_shadow.py [--seconds 3] [--rounds 5] [--concurrency 1,8] [--pin]
 """
 
 from __future__ import annotations
@@ -90,6 +95,28 @@ def processes(stack_pid: int) -> dict[str, list[int]]:
     return out
 
 
+def pin(pids: dict[str, list[int]], shadowed: str) -> None:
+    """The shadow's replicas and the worker on the last core; the caller's path on the others."""
+    import psutil
+
+    cores = list(range(os.cpu_count() or 1))
+    if len(cores) < 2:
+        return
+    shadow_side = {pid for pid in pids["worker"] + pids.get(f"{shadowed}/candidate", [])}
+    caller_side = {pid for key, v in pids.items() if key not in ("worker", f"{shadowed}/candidate") for pid in v}
+    for group, cpus in ((shadow_side, cores[-1:]), (caller_side, cores[:-1])):
+        for pid in group:
+            try:
+                process = psutil.Process(pid)
+                for p in [process, *process.children(recursive=True)]:
+                    if group is shadow_side or p.pid not in shadow_side:
+                        p.cpu_affinity(cpus)
+            except psutil.Error:
+                pass
+    os.sched_setaffinity(0, cores[:-1])  # this process, and the load generator it starts
+    print(f"pinned: the shadow's side on core {cores[-1]}, the caller's path on {cores[:-1]}")
+
+
 def handover_cost_us(samples: int = 20000) -> float:
     """Median cost of one ``ShadowMirror.submit`` on the caller's path, microseconds."""
     from endpoints_app.gateway.metrics import GatewayMetrics
@@ -122,6 +149,7 @@ def main() -> int:
     parser.add_argument("--seconds", type=float, default=3.0)
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--concurrency", default="1,8")
+    parser.add_argument("--pin", action="store_true", help="the shadow's side on the last core, the rest on the others")
     args = parser.parse_args()
     levels = [int(c) for c in args.concurrency.split(",")]
 
@@ -148,6 +176,8 @@ def main() -> int:
         time.sleep(2)
 
         pids = processes(stack.process.pid)
+        if args.pin:
+            pin(pids, names["on"])
         rows = []
         cpu: dict[str, dict[str, float]] = {
             k: {"web": 0.0, "worker": 0.0, "replicas": 0.0, "queries": 0.0} for k in names
