@@ -46,7 +46,7 @@ def _default_entity(endpoint: Endpoint) -> tuple[str, str]:
     config = endpoint.active_config
     if config is None:
         return "", ""
-    routes = {r["served_entity_name"]: r["traffic_percentage"] for r in config.traffic_config.get("routes", [])}
+    routes = rollout_plans.route_shares(config.traffic_config)
     entities = [e for e in config.served_entities.all() if e.external_model is None]
     if not entities:
         return "", ""

@@ -235,9 +235,19 @@ def _traffic(active: dict[str, Any], routes: list[tuple[str, int]], kept: set[st
     return traffic
 
 
+def route_name(route: dict[str, Any]) -> str:
+    """A stored route's served entity (older rows name it ``served_model_name`` only)."""
+    return str(route.get("served_entity_name") or route.get("served_model_name") or "")
+
+
+def route_shares(traffic_config: Any) -> dict[str, int]:
+    routes = traffic_config.get("routes") if isinstance(traffic_config, dict) else None
+    return {route_name(r): int(r.get("traffic_percentage") or 0) for r in routes or [] if isinstance(r, dict)}
+
+
 def serving_names(routes: list[dict[str, Any]]) -> set[str]:
     """Served entities that take a share of the traffic (not shadows, not those at 0 %)."""
-    return {r["served_entity_name"] for r in routes if int(r.get("traffic_percentage", 0)) > 0}
+    return {route_name(r) for r in routes if int(r.get("traffic_percentage") or 0) > 0}
 
 
 def step_config(endpoint: Endpoint, plan: RolloutPlan, share: int) -> dict[str, Any]:
@@ -252,7 +262,7 @@ def step_config(endpoint: Endpoint, plan: RolloutPlan, share: int) -> dict[str, 
     old = [e for e in active.served_entities.order_by("position") if e.name not in new]
     if not old:
         raise ResourceConflict(f"Endpoint '{endpoint.name}' serves only the new version: nothing to share with")
-    current = {r["served_entity_name"]: int(r["traffic_percentage"]) for r in active.traffic_config.get("routes", [])}
+    current = route_shares(active.traffic_config)
     target_routes = [
         (r["served_model_name"], int(r["traffic_percentage"])) for r in plan.target_config["traffic_config"]["routes"]
     ]
@@ -278,7 +288,7 @@ def _without_new_version(endpoint: Endpoint, plan: RolloutPlan) -> dict[str, Any
     old = [e for e in entities if e.name not in new]
     if not old:
         return None
-    current = {r["served_entity_name"]: int(r["traffic_percentage"]) for r in active.traffic_config.get("routes", [])}
+    current = route_shares(active.traffic_config)
     routes = _split(100, [(e.name, current.get(e.name, 0)) for e in old])
     body: dict[str, Any] = {
         "served_entities": [_entity_body(e) for e in old],
@@ -854,7 +864,7 @@ def evaluate(plan_id: int) -> None:
         )
         return
     elapsed = (now - plan.step_started_at).total_seconds()
-    current = serving_names(active.traffic_config.get("routes", [])) - set(plan.new_entity_names)
+    current = serving_names((active.traffic_config or {}).get("routes") or []) - set(plan.new_entity_names)
     reading = readings(plan, counters, current=current, elapsed=elapsed)
     if reading["status"] == FAIL:
         _roll_back(plan, reading)
