@@ -298,3 +298,32 @@ def test_a_plan_on_a_covered_endpoint_waits_for_approval_then_a_manual_change_pa
     aborted = call(stack, "POST", f"{MF}/roll-gov/rollouts/{plan['id']}/abort", token=editor_token)
     assert aborted.status_code == 200 and aborted.json()["state"] == "ABORTED", aborted.content
     wait_for("all traffic back", lambda: routes(stack, "roll-gov") == {"iris-1": 100, "iris-2": 0}, 60)
+
+
+def test_the_strip_in_a_browser_starts_a_plan_and_follows_it(stack, registered_models, page, django_user_model):
+    """The endpoint page's form (defaults filled in) starts a plan; the strip follows it live
+    (static/js/rollout.js, under the page's CSP) through its steps to SUCCEEDED."""
+    from tests.browser import login, screenshot, stack_password
+
+    stack_password(django_user_model.objects.get(username="e2e-admin"), "e2e-password-1")
+    create_ready(stack, "roll-page", registered_models["iris"], "1")
+    errors: list[str] = []
+    page.on("console", lambda m: errors.append(f"{m.text} {m.location}") if m.type == "error" else None)
+    login(page, stack.url, "e2e-admin", "e2e-password-1")
+    page.goto(f"{stack.url}/endpoints/roll-page/")
+    assert page.input_value("#rollout-form input[name=entity_version]") == "2"  # the newest version
+    assert page.input_value("#rollout-form input[name=steps]") == "5,25,50,100"
+    page.fill("#rollout-form input[name=steps]", "50,100")
+    page.fill("#rollout-form input[name=bake_seconds]", "1")
+    page.fill("#rollout-form input[name=min_requests]", "3")
+    page.fill("#rollout-form input[name=p99_latency_floor_ms]", "500")
+    page.click("#rollout-form button[type=submit]")
+    page.wait_for_selector("#rollout[data-rollout-state=RUNNING]")
+    screenshot(page, "rollout-running")
+    with Traffic(stack, "roll-page"):
+        # No reload by the test: the strip's script reloads the page when the plan moves on.
+        page.wait_for_selector("#rollout[data-rollout-state=SUCCEEDED]", timeout=240_000)
+    screenshot(page, "rollout-succeeded")
+    assert "100 %" in page.inner_text("#rollout")
+    assert routes(stack, "roll-page") == {"iris-2": 100}
+    assert not [e for e in errors if "rollout" in e], errors  # the strip's script ran without an error
