@@ -30,6 +30,7 @@ from rest_framework.test import APIClient
 from endpoints_app import selectors
 from endpoints_app.egress import parse_allow_list
 from endpoints_app.errors import ResourceDoesNotExist
+from endpoints_app.gateway import routing
 from endpoints_app.gateway.metrics import GatewayMetrics
 from endpoints_app.models import (
     ConfigVersion,
@@ -348,9 +349,12 @@ def test_local_lookups_by_name_never_return_a_remote_endpoint(admin, remote):
     api.credentials(HTTP_AUTHORIZATION=f"Bearer {token}")
     assert api.get("/api/2.0/serving-endpoints/only-remote").status_code == 404
     assert api.get("/api/2.0/serving-endpoints").json().get("endpoints", []) == []
-    # A local endpoint of the same name may exist beside it.
-    local_endpoint("only-remote")
+    # The gateway has no route to it: queries are for local endpoints only.
+    assert routing.load_route_table("only-remote").exists is False
+    # A local endpoint of the same name may exist beside it, and is the one routed.
+    local = local_endpoint("only-remote")
     assert Endpoint.fleet.filter(name="only-remote").count() == 2
+    assert routing.load_route_table("only-remote").endpoint_id == local.id
 
 
 def transport_free_port() -> int:
