@@ -246,6 +246,13 @@ class RayAgent(Agent):
         self.waiting_noted: set[int] = set()
         self.gpus = []
         self.spares: dict[str, tuple[Any, Node]] = {}  # node id → a warm spare actor there
+        nodes = cluster_nodes(self.ray)
+        log.info(
+            "ray runtime connected to %s: %d live node(s), %g CPUs for replicas",
+            settings.RAY_ADDRESS,
+            len(nodes),
+            sum(n.cpus for n in nodes),
+        )
 
     # --- what differs from the local runtime ---------------------------------------------------
 
