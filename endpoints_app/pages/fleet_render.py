@@ -152,7 +152,9 @@ def row(endpoint: FleetEndpoint, metrics: RowMetrics | None, *, now: datetime) -
         "health_key": endpoint.health.lower(),
         "health": HealthStatus(endpoint.health).label if endpoint.health in HealthStatus.values else endpoint.health,
         "health_reason": endpoint.health_reason,
-        "owner": endpoint.creator.username if endpoint.creator is not None else "–",
+        "owner": endpoint.creator.username
+        if endpoint.creator is not None
+        else ((endpoint.remote_state or {}).get("creator") or "–"),  # a remote endpoint: its remote creator
         "tags_html": _tags_html(list(endpoint.tags.all())),
         "entities_html": _entities_html(active, pending),
         "split_html": _split_html(traffic_split(endpoint)),
