@@ -6,11 +6,12 @@ demo classifier. The first Modelfleet is the test stack (``modelfleet up --no-se
 database) with its remote poller every 2 s and the egress policy allowing exactly the remote's
 port. Driven through the first one's API:
 
-1. register the remote as workspace ``far``; after a sweep its endpoint is in the fleet list;
+1. register the remote as workspace ``far`` with the CLI; after a sweep its endpoint is in the
+   fleet list and on the fleet page, with its own page;
 2. queries sent to the remote show in the first one's charts (metric-series), and the remote's
    server log lines in its log-lines;
 3. the remote stopped: ``far`` is marked unreachable (the error, since when), the endpoint is
-   still listed, marked stale, its series and logs still there;
+   still listed, marked stale (on its page too), its series and logs still there;
 4. the remote started again: ``far`` recovers and the endpoint is fresh again.
 """
 
@@ -30,6 +31,7 @@ import pytest
 import requests
 from databricks.sdk import WorkspaceClient
 from databricks.sdk.service.serving import EndpointCoreConfigInput, ServedEntityInput
+from django.test import Client
 
 from tests.stack import Stack, database_url, free_port, start_stack
 
@@ -190,15 +192,32 @@ def test_a_second_modelfleet_is_polled_charted_and_survives_going_away(fleet_sta
         ),
     )
 
-    # 1. Registered (checked against the remote first), then its endpoint is in the fleet after a sweep.
-    answer = requests.post(
-        api + "/workspaces",
-        json={"name": "far", "host": remote.url, "token": REMOTE_TOKEN},
-        headers=headers,
-        timeout=60,
+    # 1. Registered with the CLI (checked against the remote first), then its endpoint is in the
+    #    fleet after a sweep.
+    cli_env = {k: v for k, v in os.environ.items() if not k.startswith(("MODELFLEET_", "DATABRICKS_"))}
+    cli_env |= {
+        "MODELFLEET_HOST": fleet_stack.url,
+        "MODELFLEET_TOKEN": headers["Authorization"].removeprefix("Bearer "),
+        "MODELFLEET_CONFIG_FILE": str(remote.root / "no-such-cfg"),
+    }
+    added = subprocess.run(
+        [
+            str(Path(sys.executable).parent / "modelfleet"),
+            "workspaces",
+            "add",
+            "far",
+            "--host",
+            remote.url,
+            "--token-stdin",
+        ],
+        input=REMOTE_TOKEN + "\n",
+        env=cli_env,
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
-    assert answer.status_code == 200, answer.text
-    assert answer.json()["status"]["state"] == "OK"
+    assert added.returncode == 0, added.stderr
+    assert "Workspace far registered: OK" in added.stderr and REMOTE_TOKEN not in added.stdout + added.stderr
     row = wait_for(
         "the remote's endpoint in the fleet",
         lambda: next(
@@ -209,6 +228,13 @@ def test_a_second_modelfleet_is_polled_charted_and_survives_going_away(fleet_sta
     wait_for("READY", lambda: get("/fleet/endpoints/far/far-demo")["state"]["ready"] == "READY")
     names = [(e["workspace"], e["name"]) for e in get("/fleet/endpoints")["endpoints"]]
     assert ("far", "far-demo") in names
+    # The fleet page lists it with its workspace and links to its page, which shows it.
+    page = Client()
+    page.force_login(admin)
+    listing = page.get("/?workspace=far").content.decode()
+    assert 'href="/workspaces/far/endpoints/far-demo/"' in listing
+    detail = page.get("/workspaces/far/endpoints/far-demo/").content.decode()
+    assert "far-demo" in detail and "stale-notice" not in detail
     # The local Databricks-compatible API does not know it.
     assert (
         requests.get(f"{fleet_stack.url}/api/2.0/serving-endpoints/far-demo", headers=headers, timeout=10).status_code
@@ -250,6 +276,8 @@ def test_a_second_modelfleet_is_polled_charted_and_survives_going_away(fleet_sta
     assert stale["stale"] is True and stale["config_version"] == 1 and stale["served_entities"]
     assert requests_charted() > 0
     assert get("/fleet/endpoints/far/far-demo/log-lines", kind="server")["lines"]
+    detail = page.get("/workspaces/far/endpoints/far-demo/").content.decode()
+    assert "stale-notice" in detail and "badge-stale" in page.get("/?workspace=far").content.decode()
 
     # 4. Back: it recovers.
     remote.start()
