@@ -375,3 +375,38 @@ def test_who_may_read_start_and_act(api, live, registered_models, django_user_mo
         assert plan.state == "RUNNING"
     else:
         assert started.status_code == 409  # one open plan per endpoint
+
+
+def test_a_whole_new_config_is_rolled_out_the_same_way(api, live, registered_models):
+    iris = registered_models["iris"]
+    body = {
+        "config": {
+            "served_entities": [
+                {"name": "next-a", "entity_name": iris, "entity_version": "2", "workload_size": "Small"},
+                {"name": "next-b", "entity_name": registered_models["constant"], "entity_version": "1"},
+            ],
+            "traffic_config": {
+                "routes": [
+                    {"served_model_name": "next-a", "traffic_percentage": 75},
+                    {"served_model_name": "next-b", "traffic_percentage": 25},
+                ]
+            },
+        },
+        "steps": [40, 100],
+        "bake_seconds": 0,
+        "gates": GATES,
+    }
+    plan = start(api, live, body)
+    assert plan.new_entity_names == ["next-a", "next-b"]
+    mark_ready("canary")
+    assert routes(live) == {"iris-1": 60, "next-a": 30, "next-b": 10}  # the new config's split, scaled
+    plan = evaluate(plan)
+    count(live, "iris-1", 30)
+    count(live, "next-a", 8)
+    count(live, "next-b", 4)
+    plan = evaluate(plan)
+    assert plan.current_step == 1, plan.readings
+    assert plan.readings["new_version"]["requests"] == 12
+    mark_ready("canary")
+    plan = evaluate(plan)
+    assert plan.state == "SUCCEEDED" and routes(live) == {"next-a": 75, "next-b": 25}

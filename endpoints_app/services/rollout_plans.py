@@ -540,6 +540,8 @@ def _apply_step(
         )
         plan.current_step = index
         plan.step_config_version = version
+        if readings is not None:
+            plan.readings = readings  # what allowed this step, until the next window's first reading
         plan.step_started_at = None
         plan.step_baseline = {}
         plan.history = [
