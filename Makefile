@@ -74,3 +74,4 @@ bench: install
 	$(BIN)/python benchmarks/bench_hostile_input.py
 	$(BIN)/python benchmarks/bench_models.py
 	$(BIN)/python benchmarks/bench_full_path.py
+	$(BIN)/python benchmarks/bench_ray.py  # needs root (network namespaces): prints a skip line otherwise
