@@ -344,7 +344,10 @@ def report(
     print()
     print("Replicas: " + "; ".join(f"{k}: local on {local['hosts'][k]}, ray on {ray['hosts'][k]}" for k in models))
     if ray.get("niceness"):
-        print(f"Nice values of the model servers on the Ray nodes (local ones run at 0): {ray['niceness']}")
+        print(
+            f"Nice values of the model servers on the Ray nodes: {ray['niceness']} (local replicas keep the "
+            f"stack's, {os.nice(0)} here; Ray starts its workers at RAY_worker_niceness)"
+        )
     same = all(local["predictions"][k] == ray["predictions"][k] for k in models)
     print(f"Same predictions on both backends: {'yes' if same else 'NO'}")
 
