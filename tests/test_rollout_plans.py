@@ -171,6 +171,45 @@ def test_a_breach_rolls_back_at_once_emails_and_keeps_the_new_version_at_zero(ap
         assert r.status_code == 409 and r.json()["error_code"] == "RESOURCE_CONFLICT", verb
 
 
+def test_the_5xx_gate_is_judged_apart_from_4xx_and_against_the_current_version(api, live, registered_models):
+    """5xx rates are compared on their own: the current version's own 5xx are not held against the
+    new one, a 4xx share under its gate does not hide a 5xx breach, and the reason names 5xx."""
+    plan = start(api, live, plan_body(registered_models, gates={**GATES, "max_5xx_rate_increase": 0.02}))
+    mark_ready("canary")
+    plan = evaluate(plan)
+    count(live, "iris-1", 90)
+    count(live, "iris-1", 10, status=503)  # the current version fails 10 % of its queries too
+    count(live, "iris-2", 19)
+    count(live, "iris-2", 1, status=400)  # 5 % 4xx: at the 4xx gate, not over it
+    count(live, "iris-2", 2, status=500)  # 2 of 22 = 9.1 %: within 0.02 of the current 10 %
+    plan = evaluate(plan)
+    assert plan.state == "RUNNING" and plan.current_step == 1, plan.readings
+    passed = plan.history[-1]["readings"]  # what allowed the step
+    assert passed["status"] == "PASS" and passed["new_version"]["requests"] == 22
+    assert abs(passed["new_version"]["rate_5xx"] - 2 / 22) < 1e-3 and passed["current_version"]["rate_5xx"] == 0.1
+    mark_ready("canary")
+    plan = evaluate(plan)
+    assert plan.state == "SUCCEEDED"
+
+    # A new version whose queries fail with 5xx where the current one's do not.
+    second = {
+        **plan_body(registered_models, gates={**GATES, "max_5xx_rate_increase": 0.02}),
+        "served_entity": {"entity_name": registered_models["slow"], "entity_version": "1", "workload_size": "Small"},
+    }
+    plan = start(api, live, second)
+    mark_ready("canary")
+    plan = evaluate(plan)
+    count(live, "iris-2", 100)
+    count(live, "slow-1", 17)
+    count(live, "slow-1", 3, status=502)  # 15 % 5xx against 0 %
+    plan = evaluate(plan)
+    assert plan.state == "ROLLED_BACK", plan.readings
+    assert "5xx_rate_increase" in plan.reason and "4xx" not in plan.reason
+    assert plan.readings["new_version"]["rate_5xx"] == 0.15
+    mark_ready("canary")
+    assert routes(live) == {"iris-2": 100, "slow-1": 0}
+
+
 def test_the_p99_gate_compares_against_the_current_version(api, live, registered_models):
     plan = start(api, live, plan_body(registered_models))
     mark_ready("canary")
