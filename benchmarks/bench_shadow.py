@@ -20,7 +20,13 @@ everything on the caller's path (the web process, the primary replicas, the load
 the others: on a small machine this shows what the gateway adds, apart from the shadow replica's
 own CPU competing with the primary's.
 
-Usage: python benchmarks/bench_shadow.py [--seconds 3] [--rounds 5] [--concurrency 1,8] [--pin]
+With ``--rate 100,300`` the caller is also measured open loop: one request every 1/N s (a paced
+client on one keep-alive connection), at rates that leave the machine CPU to spare. A closed loop
+keeps the cores busy, so on a small machine the shadow's replica takes CPU from the primary's
+whatever the gateway does; at a rate below saturation what is left is what mirroring itself adds to
+the caller, which is what the target is about.
+
+Usage: python benchmarks/bench_shadow.py [--seconds 3] [--rounds 5] [--concurrency 1,8] [--rate 100,300] [--pin]
 """
 
 from __future__ import annotations
@@ -144,14 +150,57 @@ def exported(base: str, auth: dict, name: str) -> dict[tuple[str, str], float]:
     return {(n, labels.get("served_entity", "")): v for n, labels, v in parse_prometheus(text)}
 
 
+def paced(url: str, body: Path, rate: float, seconds: float, token: str) -> dict:
+    """Open loop: one request every 1/rate s on one keep-alive connection; latency from each send."""
+    import http.client
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(url)
+    payload = body.read_bytes()
+    headers = {"Authorization": f"Bearer {token}", "Content-Type": "application/json"}
+    connection = http.client.HTTPConnection(parts.hostname, parts.port, timeout=30)
+    latencies: list[float] = []
+    errors = 0
+    interval = 1.0 / rate
+    start = time.perf_counter()
+    due = start
+    while due - start < seconds:
+        now = time.perf_counter()
+        if now < due:
+            time.sleep(due - now)
+        sent = time.perf_counter()
+        try:
+            connection.request("POST", parts.path, payload, headers)
+            response = connection.getresponse()
+            response.read()
+            if response.status != 200:
+                errors += 1
+        except OSError:
+            errors += 1
+            connection.close()
+            connection = http.client.HTTPConnection(parts.hostname, parts.port, timeout=30)
+        latencies.append((time.perf_counter() - sent) * 1000)
+        due += interval
+    connection.close()
+    latencies.sort()
+    return {
+        "p50_ms": latencies[len(latencies) // 2],
+        "p99_ms": latencies[min(len(latencies) - 1, int(len(latencies) * 0.99))],
+        "rps": len(latencies) / (time.perf_counter() - start),
+        "errors": errors,
+    }
+
+
 def main() -> int:
     parser = argparse.ArgumentParser()
     parser.add_argument("--seconds", type=float, default=3.0)
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--concurrency", default="1,8")
+    parser.add_argument("--rate", default="", help="open-loop rates (requests/s), e.g. 100,300")
     parser.add_argument("--pin", action="store_true", help="the shadow's side on the last core, the rest on the others")
     args = parser.parse_args()
-    levels = [int(c) for c in args.concurrency.split(",")]
+    levels: list[tuple[str, float]] = [("c", float(c)) for c in args.concurrency.split(",") if c]
+    levels += [("rate", float(r)) for r in args.rate.split(",") if r]
 
     stack = start_stack()
     base, auth = stack.base, stack.auth
@@ -182,16 +231,18 @@ def main() -> int:
         cpu: dict[str, dict[str, float]] = {
             k: {"web": 0.0, "worker": 0.0, "replicas": 0.0, "queries": 0.0} for k in names
         }
-        for concurrency in levels:
+        for kind, level in levels:
             runs: dict[str, list[dict]] = {"off": [], "on": []}
             for _round in range(args.rounds):
                 for key, name in names.items():
                     replica_pids = [pid for k, v in pids.items() if k.startswith(name + "/") for pid in v]
                     web0, rep0 = cpu_seconds(pids["web"], children=False), cpu_seconds(replica_pids)
                     worker0 = cpu_seconds(pids["worker"])
-                    r = loadgen(
-                        f"{base}/serving-endpoints/{name}/invocations", body, concurrency, args.seconds, stack.token
-                    )
+                    url = f"{base}/serving-endpoints/{name}/invocations"
+                    if kind == "c":
+                        r = loadgen(url, body, int(level), args.seconds, stack.token)
+                    else:
+                        r = paced(url, body, level, args.seconds, stack.token)
                     runs[key].append(r)
                     cpu[key]["web"] += cpu_seconds(pids["web"], children=False) - web0
                     cpu[key]["worker"] += cpu_seconds(pids["worker"]) - worker0
@@ -201,7 +252,8 @@ def main() -> int:
             p99 = {k: statistics.median(r["p99_ms"] for r in v) for k, v in runs.items()}
             rps = {k: statistics.median(r["rps"] for r in v) for k, v in runs.items()}
             errors = {k: sum(r["errors"] for r in v) for k, v in runs.items()}
-            rows.append((concurrency, p50, p99, rps, errors))
+            label = f"c={level:g} (closed loop)" if kind == "c" else f"{level:g}/s (open loop)"
+            rows.append((label, p50, p99, rps, errors))
 
         time.sleep(2.5)  # the gateway's counters reach Redis once a second
         m = exported(base, auth, names["on"])
@@ -214,12 +266,12 @@ def main() -> int:
         print()
         print(f"Shadow traffic: the caller's latency, median of {args.rounds} alternating runs of {args.seconds:g} s")
         print(
-            "| concurrency | p50 off (ms) | p50 on (ms) | p50 added (ms) | p99 off (ms) | p99 on (ms) | req/s off | req/s on | errors off/on |"
+            "| load | p50 off (ms) | p50 on (ms) | p50 added (ms) | p99 off (ms) | p99 on (ms) | req/s off | req/s on | errors off/on |"
         )
         print("|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
-        for concurrency, p50, p99, rps, errors in rows:
+        for label, p50, p99, rps, errors in rows:
             print(
-                f"| {concurrency} | {p50['off']:.3f} | {p50['on']:.3f} | {p50['on'] - p50['off']:+.3f} | "
+                f"| {label} | {p50['off']:.3f} | {p50['on']:.3f} | {p50['on'] - p50['off']:+.3f} | "
                 f"{p99['off']:.3f} | {p99['on']:.3f} | {rps['off']:.0f} | {rps['on']:.0f} | {errors['off']}/{errors['on']} |"
             )
         print()
