@@ -505,6 +505,7 @@ PACKAGE = "endpoints_app.runtime.model_server"
 MODULE_ORDER = [
     "responses",
     "batchable",
+    "compiled",
     "fastpath",
     "served_model",
     "batching",

@@ -196,7 +196,9 @@ def test_it_picks_numpy_arrays_for_a_plain_estimator_and_dataframes_for_a_column
     assert served_iris.fast.as_array and served_iris.fast.row_independent
     assert served_regression.fast.as_array
     assert not served_typed.fast.as_array and served_typed.fast.row_independent
-    assert served_typed.fast_note == "Pipeline.predict_proba on DataFrames, batched"
+    assert served_typed.fast_note == (
+        "Pipeline.predict_proba on DataFrames (not compiled: a passed-through column is not a number column), batched"
+    )
 
 
 @pytest.mark.parametrize("input_format", FORMATS)
