@@ -12,6 +12,39 @@ from tests.providers import Resolver
 
 pytest_plugins = ["tests.browser"]  # the `browser` and `page` fixtures
 
+
+def _flush_retrying_on_lock_conflicts() -> None:
+    """A transactional test ends with Django's ``flush``: one TRUNCATE of every table. The e2e
+    stacks (worker, beat, runtime agent) keep writing while it runs, and on PostgreSQL their
+    row locks and the TRUNCATE's table locks can deadlock; PostgreSQL then cancels one side, and
+    when that is the TRUNCATE, flush fails with "The SQL was invalid" and the next test errors.
+    The flush runs in one transaction, so trying it again is safe; other errors still fail."""
+    import time
+
+    from django.core.management.base import CommandError
+    from django.core.management.commands import flush
+    from django.db import OperationalError
+
+    handle = flush.Command.handle
+    if getattr(handle, "retries_lock_conflicts", False):
+        return
+
+    def handle_retrying(self, **options):  # type: ignore[no-untyped-def]
+        for attempt in range(5):
+            try:
+                return handle(self, **options)
+            except CommandError as exc:
+                if attempt == 4 or not isinstance(exc.__cause__, OperationalError):
+                    raise
+                time.sleep(0.2 * (attempt + 1))
+        return None
+
+    handle_retrying.retries_lock_conflicts = True  # type: ignore[attr-defined]
+    flush.Command.handle = handle_retrying
+
+
+_flush_retrying_on_lock_conflicts()
+
 MODEL = "main.default.iris"
 
 
