@@ -12,7 +12,9 @@ Needs root (``ip netns``, ``useradd``); ``available()`` says why not when it can
 
 from __future__ import annotations
 
+import ipaddress
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -90,6 +92,7 @@ class RayCluster:
     head: RayNode
     workers: list[RayNode]
     root: Path
+    traced: bool = False
 
     @property
     def client_address(self) -> str:
@@ -98,6 +101,11 @@ class RayCluster:
     @property
     def nodes(self) -> list[RayNode]:
         return [self.head, *self.workers]
+
+    def outside_connects(self) -> list[str]:
+        """The connect() calls of the nodes' processes (traced) to anything but the cluster's own
+        addresses (the subnet, loopback), as strace wrote them; Unix and netlink sockets are local."""
+        return [line for path in sorted(self.root.glob("*.connects.*")) for line in outside_connects(path.read_text())]
 
     def stop(self) -> None:
         for node in reversed(self.nodes):
@@ -111,6 +119,33 @@ class RayCluster:
             _run("ip", "netns", "del", node.netns, check=False)
         _run("ip", "link", "del", BRIDGE, check=False)
         shutil.rmtree(self.root, ignore_errors=True)
+
+
+_CONNECT = re.compile(
+    r"connect\(\d+, \{sa_family=(?P<family>AF_INET6?),.*?"
+    r"(?:inet_addr\(\"(?P<v4>[^\"]+)\"\)|inet_pton\(AF_INET6, \"(?P<v6>[^\"]+)\")"
+)
+
+
+def outside_connects(trace: str, subnet: str = f"{SUBNET}.0/24") -> list[str]:
+    """The lines of an strace connect() trace whose IPv4/IPv6 destination is outside ``subnet`` and
+    loopback (an IPv4-mapped IPv6 address counts as its IPv4 one)."""
+    allowed = ipaddress.ip_network(subnet)
+    outside = []
+    for line in trace.splitlines():
+        if "connect(" not in line or "AF_INET" not in line:
+            continue
+        match = _CONNECT.search(line)
+        if match is None:
+            outside.append(line)  # an INET connect in a form not understood: shown, not passed
+            continue
+        address = ipaddress.ip_address(match["v4"] or match["v6"])
+        if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+            address = address.ipv4_mapped
+        if address.is_loopback or address in allowed:
+            continue
+        outside.append(line)
+    return outside
 
 
 def _ensure_user() -> None:
@@ -142,11 +177,10 @@ def _network(names: list[str]) -> list[RayNode]:
     return nodes
 
 
-def _start_node(node: RayNode, root: Path, args: list[str], fresh: bool = True) -> None:
+def _start_node(node: RayNode, root: Path, args: list[str], fresh: bool = True, trace_connects: bool = False) -> None:
     node.temp_dir = root / node.name
     node.temp_dir.mkdir(parents=True, exist_ok=not fresh)
     shutil.chown(node.temp_dir, USER, USER)
-    ray_bin = str(Path(sys.executable).parent / "ray")
     env = {
         "PATH": f"{Path(sys.executable).parent}:/usr/bin:/bin",
         "HOME": str(node.temp_dir),
@@ -176,10 +210,19 @@ def _start_node(node: RayNode, root: Path, args: list[str], fresh: bool = True) 
             *[f"{k}={v}" for k, v in env.items()],
         ]
     )
+    # strace (when asked for, and installed) records every connect() of the node's processes, Ray's
+    # own C++ included, for the test that nothing leaves the cluster's addresses.
+    trace = (
+        [shutil.which("strace") or "strace", "-f", "-qq", "--seccomp-bpf", "-e", "trace=connect", "-o",
+         str(node.temp_dir.parent / f"{node.name}.connects.{time.monotonic_ns()}")]
+        if trace_connects
+        else []
+    )  # fmt: skip
     cmd = [
-        "ip", "netns", "exec", node.netns,
+        "ip", "netns", "exec", node.netns, *trace,
         "unshare", "-m", "--propagation", "private", "sh", "-c", setup + inner + ' "$@"', "node",
-        ray_bin, "start", "--block",
+        # `ray start` through Modelfleet's launcher: nothing phones home (its docstring says how).
+        sys.executable, "-m", "endpoints_app.runtime.ray_node", "start", "--block",
         "--node-ip-address", node.address,
         "--temp-dir", str(node.temp_dir),
         "--disable-usage-stats",
@@ -190,15 +233,18 @@ def _start_node(node: RayNode, root: Path, args: list[str], fresh: bool = True) 
     node.process = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
 
 
-def start(*, worker_cpus: int = 1, worker_memory_gb: int = 4, timeout: float = 180.0) -> RayCluster:
-    """Start the head and two workers; return once both workers have joined."""
+def start(
+    *, worker_cpus: int = 1, worker_memory_gb: int = 4, timeout: float = 180.0, trace_connects: bool = False
+) -> RayCluster:
+    """Start the head and two workers; return once both workers have joined. ``trace_connects``:
+    record the nodes' connect() calls (``RayCluster.outside_connects``; needs strace)."""
     _ensure_user()
     root = Path(f"/tmp/mfray-{os.getpid()}")
     shutil.rmtree(root, ignore_errors=True)
     root.mkdir(mode=0o755)
     shutil.chown(root, USER, USER)
     head, *workers = _network(["head", "w1", "w2"])
-    cluster = RayCluster(head=head, workers=workers, root=root)
+    cluster = RayCluster(head=head, workers=workers, root=root, traced=trace_connects)
     try:
         _start_node(
             head,
@@ -212,6 +258,7 @@ def start(*, worker_cpus: int = 1, worker_memory_gb: int = 4, timeout: float = 1
                 # Ray Client's proxy asks this agent for each client's server: a fixed port.
                 "--runtime-env-agent-port", str(RUNTIME_ENV_AGENT_PORT),
             ],
+            trace_connects=trace_connects,
         )  # fmt: skip
         _wait_for_started(head, timeout)
         # One worker at a time, each retried once: on a busy machine a joining node's first call
@@ -227,6 +274,7 @@ def start(*, worker_cpus: int = 1, worker_memory_gb: int = 4, timeout: float = 1
                         "--memory", str(worker_memory_gb * 2**30),
                     ],
                     fresh=attempt == 0,
+                    trace_connects=trace_connects,
                 )  # fmt: skip
                 try:
                     _wait_for_started(worker, timeout)

@@ -65,6 +65,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
             "endpoints_app.runtime.autoscaler",
             "endpoints_app.runtime.sandbox",
             "endpoints_app.runtime.ray_replica",  # runs on Ray nodes: no Django
+            "endpoints_app.runtime.ray_node",  # starts Ray nodes: no Django
             "dashboard.env",
             "dashboard.heap",
         ),

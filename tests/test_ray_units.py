@@ -130,3 +130,149 @@ def test_an_archive_with_links_devices_or_escaping_paths_is_refused(tmp_path, ki
     with pytest.raises((ray_replica.ArtifactError, tarfile.TarError)):
         ray_replica.unpack_model(data, digest, tmp_path / "cache")
     assert not (tmp_path / "escaped").exists() and not (tmp_path / "cache" / digest).exists()
+
+
+# --- nothing phones home: the traces' check, the node launcher, the compose profile ----------------
+
+
+def test_the_trace_check_passes_the_cluster_and_loopback_and_shows_anything_else():
+    from tests.ray_cluster import outside_connects
+
+    inside = [
+        '1 connect(6, {sa_family=AF_INET, sin_port=htons(6380), sin_addr=inet_addr("10.77.0.2")}, 16) = 0',
+        "2 connect(7, {sa_family=AF_INET6, sin6_port=htons(6380), sin6_flowinfo=htonl(0), inet_pton(AF_INET6, "
+        '"::ffff:10.77.0.3", &sin6_addr), sin6_scope_id=0}, 28) = -1 EINPROGRESS',
+        '3 connect(8, {sa_family=AF_INET, sin_port=htons(9), sin_addr=inet_addr("127.0.0.1")}, 16) = -1 ECONNREFUSED',
+        '4 connect(9, {sa_family=AF_INET6, sin6_port=htons(80), sin6_flowinfo=htonl(0), inet_pton(AF_INET6, "::1", '
+        "&sin6_addr), sin6_scope_id=0}, 28) = 0",
+        '5 connect(3, {sa_family=AF_UNIX, sun_path="/tmp/ray/session/sockets/raylet"}, 110) = 0',
+    ]
+    outside = [
+        '6 connect(14, {sa_family=AF_INET, sin_port=htons(53), sin_addr=inet_addr("8.8.8.8")}, 16) = -1 ENETUNREACH',
+        "7 connect(14, {sa_family=AF_INET6, sin6_port=htons(53), sin6_flowinfo=htonl(0), inet_pton(AF_INET6, "
+        '"2001:4860:4860::8888", &sin6_addr), sin6_scope_id=0}, 28) = -1 ENETUNREACH',
+        '8 connect(23, {sa_family=AF_INET, sin_port=htons(80), sin_addr=inet_addr("169.254.169.254")}, 16) = -1',
+        '9 connect(23, {sa_family=AF_INET, sin_port=htons(53), sin_addr=inet_addr("10.77.1.2")}, 16) = -1',
+        "10 connect(5, {sa_family=AF_INET, sa_data=unexpected}, 16) = 0",  # not understood: shown
+    ]
+    assert outside_connects("\n".join(inside + outside)) == outside
+
+
+def test_the_node_launcher_wants_the_nodes_address(capsys):
+    from endpoints_app.runtime import ray_node
+
+    assert ray_node.main(["start", "--head", "--port", "6380"]) == 2
+    assert "--node-ip-address" in capsys.readouterr().err
+    assert ray_node.main([]) == 2
+    assert ray_node.node_ip(["start", "--node-ip-address", "10.0.0.5"]) == "10.0.0.5"
+    assert ray_node.node_ip(["start", "--node-ip-address=10.0.0.6", "--head"]) == "10.0.0.6"
+
+
+def test_the_launcher_answers_the_nodes_address_without_probing(monkeypatch):
+    """In `ray start`'s own process, "this node's address" is the one given, not a UDP connect to 8.8.8.8."""
+    import ray
+    import ray._private.services as services
+
+    from endpoints_app.runtime import ray_node
+
+    monkeypatch.setattr(services, "get_node_ip_address", services.get_node_ip_address)  # restored after
+    monkeypatch.setattr(ray.util, "get_node_ip_address", ray.util.get_node_ip_address)
+
+    def probe(address=None):  # noqa: ANN001, ANN202
+        raise AssertionError(f"probed {address or '8.8.8.8'}")
+
+    monkeypatch.setattr(services, "node_ip_address_from_perspective", probe)
+    ray_node.answer_node_ip("10.77.0.9")
+    assert services.get_node_ip_address() == "10.77.0.9"
+    assert ray.util.get_node_ip_address() == "10.77.0.9"
+    with pytest.raises(AssertionError, match="10.77.0.2:6380"):  # towards the head: Ray's own (in-cluster) probe
+        services.get_node_ip_address("10.77.0.2:6380")
+
+
+def test_rays_switches_the_launcher_relies_on_do_what_it_says(tmp_path, monkeypatch):
+    """The installed Ray: with RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0 its node-address lookup answers
+    loopback without probing; with ~/ray_bootstrap_config.yaml its usage module asks no cloud
+    metadata server; RAY_USAGE_STATS_REPORT_URL moves the "disabled" report."""
+    import os
+    import subprocess
+    import sys
+
+    from endpoints_app.runtime import ray_node
+
+    script = (
+        "import ray._private.services as s\n"
+        "def probe(address=None): raise SystemExit('probed')\n"
+        "s.node_ip_address_from_perspective = probe\n"
+        "print(s.get_node_ip_address())\n"
+    )
+    env = {**os.environ, ray_node.NO_IP_PROBE[0]: ray_node.NO_IP_PROBE[1]}
+    run = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=60)
+    assert run.returncode == 0 and run.stdout.strip() == "127.0.0.1", run.stdout + run.stderr
+
+    environ = {"HOME": str(tmp_path)}
+    bootstrap = ray_node.prepare(environ)
+    assert bootstrap == tmp_path / "ray_bootstrap_config.yaml" and bootstrap.exists()
+    assert environ["RAY_USAGE_STATS_ENABLED"] == "0"
+    from ray._common.usage import usage_lib
+
+    def metadata() -> str:
+        raise AssertionError("asked a cloud metadata server")
+
+    monkeypatch.setattr(usage_lib, "get_cloud_from_metadata_requests", metadata)
+    assert usage_lib.get_cluster_config_to_report(str(bootstrap)).cloud_provider is None
+    monkeypatch.setenv("RAY_USAGE_STATS_REPORT_URL", environ["RAY_USAGE_STATS_REPORT_URL"])
+    assert usage_lib._usage_stats_report_url().startswith("http://127.0.0.1:")
+    bootstrap.write_text("kept: true\n")
+    ray_node.prepare(environ)
+    assert bootstrap.read_text() == "kept: true\n"  # an existing one (e.g. an autoscaler's) is kept
+
+
+def test_the_compose_ray_profile_starts_a_quiet_head_and_workers_from_the_same_image():
+    """docker-compose.yml's ray profile, structurally (no Docker here): both nodes from the product's
+    image through the launcher, with valid `ray start` options for the installed Ray."""
+    import shlex
+    from pathlib import Path
+
+    import yaml
+    from ray.scripts.scripts import start
+
+    root = Path(__file__).resolve().parent.parent
+    compose = yaml.safe_load((root / "docker-compose.yml").read_text())
+    services = compose["services"]
+    head, worker = services["ray-head"], services["ray-worker"]
+    assert compose["x-modelfleet"]["image"] == head["image"] == worker["image"]
+    assert "MODELFLEET_EXTRAS" in compose["x-modelfleet"]["build"]["args"]
+    assert (
+        'pip install --no-cache-dir "${wheel}${MODELFLEET_EXTRAS:+[$MODELFLEET_EXTRAS]}"'
+        in (root / "Dockerfile").read_text()
+    )
+    for name, service in services.items():  # the profile is opt-in: nothing else starts Ray
+        assert ("ray" in service.get("profiles", [])) == name.startswith("ray-"), name
+    for service in (head, worker):
+        env = service["environment"]
+        assert env["RAY_USAGE_STATS_ENABLED"] == "0"
+        assert env["RAY_USAGE_STATS_REPORT_URL"].startswith("http://127.0.0.1:")
+        assert env["MLFLOW_DISABLE_TELEMETRY"] == "true" and env["DO_NOT_TRACK"] == "true"
+        assert "volumes" not in service  # no shared disk: nothing of the control plane's data
+    assert worker["depends_on"] == {"ray-head": {"condition": "service_healthy"}}
+    assert head["healthcheck"]["test"][:2] == ["CMD", "ray"]
+
+    def argv(service: dict) -> list[str]:
+        shell, dash_c, line = service["command"]
+        assert (shell, dash_c) == ("sh", "-c")
+        words = shlex.split(line.replace("$$(hostname -i | cut -d' ' -f1)", "10.0.0.5"))
+        assert words[:5] == ["exec", "python", "-m", "endpoints_app.runtime.ray_node", "start"], words
+        start.make_context("start", words[5:])  # every option is one of the installed `ray start`'s
+        return words[5:]
+
+    head_args, worker_args = argv(head), argv(worker)
+    for args in (head_args, worker_args):
+        assert args[args.index("--node-ip-address") + 1] == "10.0.0.5"
+        assert "--disable-usage-stats" in args and "--block" in args
+    assert "--head" in head_args and head_args[head_args.index("--port") + 1] == "6380"  # Valkey keeps 6379
+    assert head_args[head_args.index("--include-dashboard") + 1] == "false"
+    assert head_args[head_args.index("--num-cpus") + 1] == "0"  # the head holds no replicas
+    assert head_args[head_args.index("--ray-client-server-port") + 1] == "10001"
+    assert worker_args[worker_args.index("--address") + 1] == "ray-head:6380"
+    pyproject = (root / "pyproject.toml").read_text()
+    assert "\nray = [" in pyproject
