@@ -114,10 +114,10 @@ class UpstreamPool:
             while True:
                 conn, reused = await self._checkout(base_url, host, port)
                 try:
-                    answer = await asyncio.wait_for(
-                        self._exchange(base_url, conn, request, stream=stream, timeout=timeout),
-                        max(0.001, deadline - time.monotonic()),
-                    )
+                    # asyncio.timeout, not wait_for: on Python 3.11 wait_for runs the exchange
+                    # as a task of its own, ~8 µs of CPU per query for nothing.
+                    async with asyncio.timeout(max(0.001, deadline - time.monotonic())):
+                        answer = await self._exchange(base_url, conn, request, stream=stream, timeout=timeout)
                     call.status(200 if isinstance(answer, UpstreamStream) else answer[0])
                     return answer
                 except _StaleConnection:
