@@ -321,6 +321,13 @@ METRICS_RETENTION_HOURS = {
     60: env_float("MODELFLEET_METRICS_1M_RETENTION_HOURS", 14 * 24.0, minimum=1.0),
     3600: env_float("MODELFLEET_METRICS_1H_RETENTION_HOURS", 90 * 24.0, minimum=1.0),
 }
+# How long the hot, uncompressed metric rows are kept (minutes), beside the compact chunks
+# (monitoring.store): 15 s points for alerts, health and the fleet list; 1 min points for the
+# fleet list's sparklines and until the hour they belong to has been downsampled (≥ 75 min).
+METRICS_HOT_MINUTES = {
+    15: env_float("MODELFLEET_METRICS_15S_HOT_MINUTES", 30.0, minimum=10.0),
+    60: env_float("MODELFLEET_METRICS_1M_HOT_MINUTES", 80.0, minimum=75.0),
+}
 LOG_RETENTION_DAYS = env_float("MODELFLEET_LOG_RETENTION_DAYS", 14.0, minimum=0.01)
 PAYLOAD_RETENTION_DAYS = env_float("MODELFLEET_PAYLOAD_RETENTION_DAYS", 30.0, minimum=0.01)
 USAGE_RETENTION_DAYS = env_float("MODELFLEET_USAGE_RETENTION_DAYS", 90.0, minimum=1.0)

@@ -9,8 +9,8 @@ import time
 import pytest
 
 from endpoints_app.gateway.metrics import GatewayMetrics, forget, read_counters
-from endpoints_app.models import Deployment, Endpoint, MetricCursor, MetricPoint, Replica, ReplicaState
-from endpoints_app.monitoring import metrics
+from endpoints_app.models import Deployment, Endpoint, MetricChunk, MetricCursor, MetricPoint, Replica, ReplicaState
+from endpoints_app.monitoring import metrics, store
 from endpoints_app.monitoring.metrics import Interval, add_point, counter_delta, quantile
 from tests.conftest import endpoint_body
 from tests.model_fixtures import save_iris_model
@@ -153,11 +153,25 @@ def test_rollup_keeps_totals_and_prune_applies_retention(endpoint):
     assert minutes[0].cpu_pct == pytest.approx(15.0)  # mean of 0, 10, 20, 30
     metrics.rollup(now=base + 5 * 60)  # idempotent: recomputed, not added twice
     assert sum(m.request_count for m in MetricPoint.objects.filter(resolution=60)) == 80
-    metrics.rollup(now=base + 3600 + 60)
-    assert MetricPoint.objects.get(resolution=3600).request_count == 80
+    metrics.rollup(now=base + 16 * 60)  # the first quarter hour closed: its 15 s chunk is packed
+    metrics.rollup(now=base + 3600 + 60)  # the hour closed: its 1 min chunk and 1 h slot
+    (hour,) = store.read_points(endpoint.id, resolution=3600, start=base, end=base + 3600)
+    assert hour.request_count == 80 and hour.count_5xx == 8
+    assert MetricChunk.objects.filter(endpoint=endpoint, resolution=3600).count() == 1
+    # The closed 15 s and 1 min spans were packed: the reads still see them once the hot rows go.
+    assert MetricChunk.objects.filter(endpoint=endpoint, resolution=15).count() == 1
+    assert MetricChunk.objects.filter(endpoint=endpoint, resolution=60).count() == 1
 
-    assert metrics.prune(now=base + 49 * 3600) == 8  # the 15 s points are past 48 h
-    assert MetricPoint.objects.filter(resolution=60).count() == 2
+    pruned = metrics.prune(now=base + 3 * 3600)  # past the hot window, within retention
+    assert pruned == 10  # 8 hot 15 s points and 2 hot 1 min points
+    assert [p.request_count for p in store.read_points(endpoint.id, resolution=60, start=base, end=base + 120)] == [
+        40,
+        40,
+    ]
+    assert len(store.read_points(endpoint.id, resolution=15, start=base, end=base + 120)) == 8
+    metrics.prune(now=base + 49 * 3600)  # the 15 s chunk is past 48 h
+    assert store.read_points(endpoint.id, resolution=15, start=base, end=base + 120) == []
+    assert len(store.read_points(endpoint.id, resolution=60, start=base, end=base + 120)) == 2
 
 
 def test_the_series_api_aggregates_in_sql(api, endpoint):

@@ -129,6 +129,33 @@ class MetricPoint(models.Model):
         return f"{self.endpoint_id}/{self.served_entity_name or '*'} {self.resolution}s @ {self.ts}"
 
 
+class MetricChunk(models.Model):
+    """A chunk of one endpoint's metric series at one resolution, compressed (``monitoring.store``).
+
+    ``data`` holds every series of the endpoint (each served entity and the endpoint total) for
+    ``store.CHUNK_SLOTS[resolution]`` intervals from ``start``; only ``monitoring.store`` reads or
+    writes it. The older, compact tier beside the hot ``MetricPoint`` rows.
+    """
+
+    endpoint = models.ForeignKey("Endpoint", on_delete=models.CASCADE, related_name="metric_chunks")
+    resolution = models.PositiveIntegerField()  # seconds: 15, 60, 3600
+    start = models.BigIntegerField()  # first interval of the chunk, epoch seconds
+    data = models.BinaryField()
+
+    class Meta:
+        constraints = [
+            # Chart reads (one endpoint, one resolution, a range of starts) and the packer's upsert.
+            models.UniqueConstraint(fields=["endpoint", "resolution", "start"], name="unique_metric_chunk")
+        ]
+        indexes = [
+            # Retention: one resolution, older than a cut-off; the packer's "already packed" check.
+            models.Index(fields=["resolution", "start"], name="metric_chunk_prune_idx"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.endpoint_id} {self.resolution}s chunk @ {self.start}"
+
+
 class LogKind(models.TextChoices):
     SERVER = "server"
     BUILD = "build"

@@ -28,6 +28,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
+from django.conf import settings
 from django.contrib.auth.models import User
 from django.db import IntegrityError, transaction
 from django.db.models import Exists, OuterRef, Prefetch, QuerySet
@@ -36,7 +37,7 @@ from django.utils import timezone
 from endpoints_app import audit
 from endpoints_app.errors import InvalidParameterValue, ResourceAlreadyExists, ResourceDoesNotExist
 from endpoints_app.models import AlertEvent, AlertMetric, AlertRule, Endpoint, MetricPoint
-from endpoints_app.monitoring import notifications
+from endpoints_app.monitoring import notifications, store
 from endpoints_app.monitoring.metrics import BASE_RESOLUTION
 
 log = logging.getLogger(__name__)
@@ -341,6 +342,10 @@ def judge(rule: AlertRule, points: Sequence[Point], *, now: float) -> Verdict:
 
 def load_points(rule: AlertRule, *, now: float) -> list[Point]:
     oldest = int(now) - rule.for_seconds - STALE_AFTER_SECONDS - POINT_SECONDS
+    if oldest < now - settings.METRICS_HOT_MINUTES[POINT_SECONDS] * 60:
+        # A window longer than the hot rows keep: read the compact chunks too (monitoring.store).
+        stored = store.read_points(rule.endpoint_id, resolution=POINT_SECONDS, start=oldest, end=int(now) + 1)
+        return [Point(*(getattr(p, f) for f in _POINT_FIELDS)) for p in stored]
     # metric_point_read_idx (endpoint, resolution, ts) serves this.
     rows = (
         MetricPoint.objects.filter(

@@ -24,18 +24,18 @@ from typing import Any
 
 import requests
 from django.conf import settings
-from django.db import IntegrityError, transaction
-from django.db.models import Avg, F, Max, Q, Sum, Value
-from django.db.models.functions import Cast
+from django.db import transaction
 from django.utils import timezone
 
 from endpoints_app.backends import get_backend
 from endpoints_app.gateway.metrics import BUCKET_LABELS, UNATTRIBUTED, read_counters
 from endpoints_app.models import Endpoint, MetricCursor, MetricPoint
+from endpoints_app.monitoring import store
+from endpoints_app.monitoring.store import quantile
 from endpoints_app.runtime.credentials import ReplicaTarget
 
-BASE_RESOLUTION = 15
-RESOLUTIONS = (15, 60, 3600)
+BASE_RESOLUTION = store.BASE_RESOLUTION
+RESOLUTIONS = store.RESOLUTIONS
 SHADOW_FIELDS = ("shadow_compared", "shadow_agreed", "shadow_dropped")  # gateway.shadow
 COUNTER_FIELDS = ("count", "4xx", "5xx", "sum", *(f"b{label}" for label in BUCKET_LABELS), *SHADOW_FIELDS)
 MAX_CHART_POINTS = 300
@@ -112,35 +112,6 @@ def scrape_replica(replica: ReplicaTarget, timeout: float) -> ReplicaGauges:
         elif name == "gpu_usage_percentage":
             gauges.gpu_pct.append(value)
     return gauges
-
-
-# --- histogram maths ------------------------------------------------------------------------------
-
-
-def _upper(label: str) -> float:
-    return math.inf if label == "+Inf" else float(label)
-
-
-def quantile(buckets: dict[str, float], q: float) -> float | None:
-    """``histogram_quantile`` over per-bucket (non-cumulative) counts, interpolating linearly."""
-    total = sum(buckets.get(label, 0.0) for label in BUCKET_LABELS)
-    if total <= 0:
-        return None
-    rank = q * total
-    cumulative = 0.0
-    lower = 0.0
-    last_finite = _upper(BUCKET_LABELS[-2])
-    for label in BUCKET_LABELS:
-        count = buckets.get(label, 0.0)
-        upper = _upper(label)
-        if cumulative + count >= rank and count > 0:
-            if math.isinf(upper):
-                return last_finite
-            return lower + (upper - lower) * (rank - cumulative) / count
-        cumulative += count
-        if not math.isinf(upper):
-            lower = upper
-    return last_finite
 
 
 # --- one interval's values ----------------------------------------------------------------------
@@ -296,133 +267,50 @@ def _as_delta(interval: Interval) -> dict[str, float]:
 
 def add_point(endpoint_id: str, entity: str, resolution: int, ts: int, interval: Interval) -> None:
     """Add an interval into the point at (entity, resolution, ts), creating it if needed."""
-    cpu, mem, gpu = _mean(interval.cpu), _mean(interval.mem), _mean(interval.gpu)
-    for _attempt in range(2):
-        point = (
-            MetricPoint.objects.select_for_update()
-            .filter(endpoint_id=endpoint_id, served_entity_name=entity, resolution=resolution, ts=ts)
-            .first()
-        )
-        if point is None:
-            try:
-                with transaction.atomic():
-                    MetricPoint.objects.create(
-                        endpoint_id=endpoint_id,
-                        served_entity_name=entity,
-                        resolution=resolution,
-                        ts=ts,
-                        request_count=interval.request_count,
-                        count_4xx=interval.count_4xx,
-                        count_5xx=interval.count_5xx,
-                        latency_sum_ms=interval.latency_sum_ms,
-                        latency_buckets=interval.buckets,
-                        p50_ms=quantile(interval.buckets, 0.5),
-                        p90_ms=quantile(interval.buckets, 0.9),
-                        p99_ms=quantile(interval.buckets, 0.99),
-                        cpu_pct=cpu,
-                        mem_pct=mem,
-                        replicas=interval.replicas,
-                        concurrency=interval.concurrency,
-                        shadow_compared=interval.shadow_compared,
-                        shadow_agreed=interval.shadow_agreed,
-                        shadow_dropped=interval.shadow_dropped,
-                    )
-                return
-            except IntegrityError:
-                continue  # another poll created it first: merge into it
-        merged = merge_points([point, _point_like(interval, cpu, mem, gpu)])
-        for key, value in merged.items():
-            setattr(point, key, value)
-        point.save()
-        return
+    store.write_point(endpoint_id, entity, resolution, ts, interval_values(interval))
 
 
-def _point_like(interval: Interval, cpu: float | None, mem: float | None, gpu: float | None) -> MetricPoint:
-    return MetricPoint(
-        gpu_pct=gpu,
-        request_count=interval.request_count,
-        count_4xx=interval.count_4xx,
-        count_5xx=interval.count_5xx,
-        latency_sum_ms=interval.latency_sum_ms,
-        latency_buckets=interval.buckets,
-        cpu_pct=cpu,
-        mem_pct=mem,
-        replicas=interval.replicas,
-        concurrency=interval.concurrency,
-        shadow_compared=interval.shadow_compared,
-        shadow_agreed=interval.shadow_agreed,
-        shadow_dropped=interval.shadow_dropped,
-        samples=1,
-    )
+def interval_values(interval: Interval) -> dict[str, Any]:
+    """One interval as the values of a hot point (``store.write_point``)."""
+    return {
+        "request_count": interval.request_count,
+        "count_4xx": interval.count_4xx,
+        "count_5xx": interval.count_5xx,
+        "latency_sum_ms": interval.latency_sum_ms,
+        "latency_buckets": interval.buckets,
+        "p50_ms": quantile(interval.buckets, 0.5),
+        "p90_ms": quantile(interval.buckets, 0.9),
+        "p99_ms": quantile(interval.buckets, 0.99),
+        "cpu_pct": _mean(interval.cpu),
+        "mem_pct": _mean(interval.mem),
+        "gpu_pct": _mean(interval.gpu),
+        "replicas": interval.replicas,
+        "concurrency": interval.concurrency,
+        "samples": 1,
+        "shadow_compared": interval.shadow_compared,
+        "shadow_agreed": interval.shadow_agreed,
+        "shadow_dropped": interval.shadow_dropped,
+    }
 
 
 def merge_points(points: list[MetricPoint]) -> dict[str, Any]:
     """Field values of one point made of several: counts and buckets add up, gauges average."""
-    buckets: dict[str, float] = {}
-    for p in points:
-        for label, count in (p.latency_buckets or {}).items():
-            buckets[label] = buckets.get(label, 0.0) + count
-
-    def weighted(attr: str) -> float | None:
-        pairs = [(getattr(p, attr), p.samples or 1) for p in points if getattr(p, attr) is not None]
-        weight = sum(w for _, w in pairs)
-        return sum(v * w for v, w in pairs) / weight if weight else None
-
-    return {
-        "request_count": sum(p.request_count for p in points),
-        "count_4xx": sum(p.count_4xx for p in points),
-        "count_5xx": sum(p.count_5xx for p in points),
-        "latency_sum_ms": sum(p.latency_sum_ms for p in points),
-        "latency_buckets": buckets,
-        "p50_ms": quantile(buckets, 0.5),
-        "p90_ms": quantile(buckets, 0.9),
-        "p99_ms": quantile(buckets, 0.99),
-        "cpu_pct": weighted("cpu_pct"),
-        "mem_pct": weighted("mem_pct"),
-        "gpu_pct": weighted("gpu_pct"),
-        "replicas": weighted("replicas"),
-        "concurrency": weighted("concurrency"),
-        "samples": sum(p.samples or 1 for p in points),
-        "shadow_compared": sum(p.shadow_compared for p in points),
-        "shadow_agreed": sum(p.shadow_agreed for p in points),
-        "shadow_dropped": sum(p.shadow_dropped for p in points),
-    }
+    return store.merge_values(
+        [{**{f: getattr(p, f) for f in store.FIELDS}, "latency_buckets": p.latency_buckets} for p in points]
+    )
 
 
 # --- downsampling and retention -------------------------------------------------------------------
 
 
 def rollup(now: float | None = None) -> int:
-    """Recompute recent 1 min points from 15 s ones and 1 h points from 1 min ones (idempotent)."""
-    now = now if now is not None else time.time()
-    written = _rollup(15, 60, start=int(now - 10 * 60) // 60 * 60, end=int(now) // 60 * 60)
-    written += _rollup(60, 3600, start=int(now - 3 * 3600) // 3600 * 3600, end=int(now) // 3600 * 3600)
-    return written
-
-
-def _rollup(source: int, target: int, *, start: int, end: int) -> int:
-    if end <= start:
-        return 0
-    groups: dict[tuple[str, str, int], list[MetricPoint]] = defaultdict(list)
-    for point in MetricPoint.objects.filter(resolution=source, ts__gte=start, ts__lt=end).iterator(chunk_size=2000):
-        groups[(point.endpoint_id, point.served_entity_name, point.ts // target * target)].append(point)
-    rows = [
-        MetricPoint(endpoint_id=eid, served_entity_name=entity, resolution=target, ts=ts, **merge_points(points))
-        for (eid, entity, ts), points in groups.items()
-    ]
-    with transaction.atomic():
-        MetricPoint.objects.filter(resolution=target, ts__gte=start, ts__lt=end).delete()
-        MetricPoint.objects.bulk_create(rows, batch_size=1000)
-    return len(rows)
+    """Downsample and pack (``store.rollup``)."""
+    return store.rollup(now)
 
 
 def prune(now: float | None = None) -> int:
-    now = now if now is not None else time.time()
-    deleted = 0
-    for resolution, hours in settings.METRICS_RETENTION_HOURS.items():
-        count, _ = MetricPoint.objects.filter(resolution=resolution, ts__lt=int(now - hours * 3600)).delete()
-        deleted += count
-    return deleted
+    """Apply each tier's retention (``store.prune``)."""
+    return store.prune(now)
 
 
 # --- reading series for charts --------------------------------------------------------------------
@@ -460,50 +348,47 @@ def series(
     """Chart series between two times (epoch s), aggregated in SQL into at most ~300 buckets."""
     resolution = choose_resolution(start, end, now)
     step = max(resolution, math.ceil((end - start) / MAX_CHART_POINTS / resolution) * resolution)
-    bucket = Cast(F("ts") / Value(step), output_field=MetricPoint._meta.get_field("ts")) * Value(step)
-    rows = (
-        MetricPoint.objects.filter(
-            endpoint=endpoint, served_entity_name=served_entity, resolution=resolution, ts__gte=start, ts__lt=end
-        )
-        .annotate(bucket=bucket)
-        .values("bucket")
-        .annotate(
-            requests=Sum("request_count"),
-            c4xx=Sum("count_4xx"),
-            c5xx=Sum("count_5xx"),
-            p50w=Sum(F("p50_ms") * F("request_count")),
-            p90w=Sum(F("p90_ms") * F("request_count")),
-            weight=Sum("request_count", filter=Q(p50_ms__isnull=False)),
-            p99=Max("p99_ms"),
-            cpu=Avg("cpu_pct"),
-            mem=Avg("mem_pct"),
-            gpu=Avg("gpu_pct"),
-            replicas_avg=Avg("replicas"),
-            concurrency_avg=Avg("concurrency"),
-            compared=Sum("shadow_compared"),
-            agreed=Sum("shadow_agreed"),
-            dropped=Sum("shadow_dropped"),
-        )
-        .order_by("bucket")
-    )
+    buckets: dict[int, list[store.StoredPoint]] = defaultdict(list)
+    for point in store.read_points(endpoint.id, resolution=resolution, start=start, end=end, entity=served_entity):
+        buckets[point.ts // step * step].append(point)
     out: dict[str, list[list[float | None]]] = {m: [] for m in metrics}
-    for row in rows:
-        ts_ms = int(row["bucket"]) * 1000
-        values = {
-            "request_rate": (row["requests"] or 0.0) / step,
-            "error_4xx_rate": (row["c4xx"] or 0.0) / step,
-            "error_5xx_rate": (row["c5xx"] or 0.0) / step,
-            "p50_ms": row["p50w"] / row["weight"] if row["weight"] and row["p50w"] is not None else None,
-            "p90_ms": row["p90w"] / row["weight"] if row["weight"] and row["p90w"] is not None else None,
-            "p99_ms": row["p99"],
-            "cpu_pct": row["cpu"],
-            "mem_pct": row["mem"],
-            "gpu_pct": row["gpu"],
-            "replicas": row["replicas_avg"],
-            "concurrency": row["concurrency_avg"],
-            "agreement_rate": row["agreed"] / row["compared"] if row["compared"] else None,
-            "shadow_dropped_rate": (row["dropped"] or 0.0) / step,
-        }
+    for bucket in sorted(buckets):
+        values = _bucket_values(buckets[bucket], step)
         for m in metrics:
-            out[m].append([ts_ms, values[m]])
+            out[m].append([bucket * 1000, values[m]])
     return {"resolution": resolution, "step": step, "start": start * 1000, "end": end * 1000, "series": out}
+
+
+def _bucket_values(points: list[store.StoredPoint], step: int) -> dict[str, float | None]:
+    """One chart bucket: rates from summed counts, p50/p90 weighted by requests, the worst p99,
+    gauges averaged over the points that have them."""
+
+    def total(attr: str) -> float:
+        return sum(getattr(p, attr) or 0.0 for p in points)
+
+    def mean(attr: str) -> float | None:
+        values = [v for p in points if (v := getattr(p, attr)) is not None]
+        return sum(values) / len(values) if values else None
+
+    def weighted(attr: str) -> float | None:
+        pairs = [(v, p.request_count) for p in points if (v := getattr(p, attr)) is not None]
+        weight = sum(w for _, w in pairs)
+        return sum(v * w for v, w in pairs) / weight if weight else None
+
+    p99s = [p.p99_ms for p in points if p.p99_ms is not None]
+    compared = total("shadow_compared")
+    return {
+        "request_rate": total("request_count") / step,
+        "error_4xx_rate": total("count_4xx") / step,
+        "error_5xx_rate": total("count_5xx") / step,
+        "p50_ms": weighted("p50_ms"),
+        "p90_ms": weighted("p90_ms"),
+        "p99_ms": max(p99s) if p99s else None,
+        "cpu_pct": mean("cpu_pct"),
+        "mem_pct": mean("mem_pct"),
+        "gpu_pct": mean("gpu_pct"),
+        "replicas": mean("replicas"),
+        "concurrency": mean("concurrency"),
+        "agreement_rate": total("shadow_agreed") / compared if compared else None,
+        "shadow_dropped_rate": total("shadow_dropped") / step,
+    }

@@ -1,0 +1,498 @@
+"""Metric storage: the one module that touches metric rows (issue 16 part 7).
+
+Two tiers, like a time-series database's head block and its compacted blocks:
+
+- **Hot**: ``MetricPoint`` rows, one per endpoint, served entity ("" for the endpoint as a whole),
+  resolution and interval, with the interval's latency histogram. Only 15 s points (kept
+  ``METRICS_HOT_MINUTES[15]``) and 1 min points (``METRICS_HOT_MINUTES[60]``) live here: what
+  pollers write into, what downsampling merges histograms from (so 1 min and 1 h percentiles are
+  exact up to the histogram's bucket interpolation), and what the recent readers query in SQL
+  (alerts, health, exports, the fleet list's sort and sparklines).
+- **Cold**: ``MetricChunk`` rows, one per endpoint, resolution and chunk of ``CHUNK_SLOTS``
+  intervals, holding every series of the endpoint (each served entity and the endpoint total) as
+  float64 columns, byte-shuffled and zlib-compressed. A column identical to one already stored
+  (the endpoint total of a single-entity endpoint is its entity's) is stored as a reference, so a
+  single-entity endpoint pays for one series. Counts are stored exactly; gauges, latencies and
+  percentiles keep 20 mantissa bits (relative error < 1e-6), which makes them compress. Cold rows
+  keep percentiles per interval, not histograms: nothing is downsampled from cold data.
+
+A chunk is written once its span has closed (``pack``), from the hot rows, and never touched again
+except the 1 h chunks, which gain one slot per closed hour. Readers get ``StoredPoint`` objects
+from ``read_points`` and never see either table.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import struct
+import time
+import zlib
+from collections import defaultdict
+from collections.abc import Iterable
+from dataclasses import dataclass, fields
+from typing import Any
+
+import numpy as np
+from django.conf import settings
+from django.db import IntegrityError, transaction
+
+from endpoints_app.gateway.metrics import BUCKET_LABELS
+from endpoints_app.models import MetricChunk, MetricPoint
+
+BASE_RESOLUTION = 15
+RESOLUTIONS = (15, 60, 3600)
+# Intervals per chunk: 15 min of 15 s points, 1 h of 1 min points, 1 day of 1 h points.
+CHUNK_SLOTS = {15: 60, 60: 60, 3600: 24}
+# Runs of ``rollup`` that recompute the hour just closed (the hot 1 min points must outlive it).
+HOUR_ROLLUP_SECONDS = 600
+# Counts are kept exactly; the other columns are rounded to 20 mantissa bits before compression.
+EXACT_FIELDS = (
+    "request_count",
+    "count_4xx",
+    "count_5xx",
+    "samples",
+    "shadow_compared",
+    "shadow_agreed",
+    "shadow_dropped",
+)
+ROUNDED_FIELDS = (
+    "latency_sum_ms",
+    "p50_ms",
+    "p90_ms",
+    "p99_ms",
+    "cpu_pct",
+    "mem_pct",
+    "gpu_pct",
+    "replicas",
+    "concurrency",
+)
+FIELDS = EXACT_FIELDS + ROUNDED_FIELDS
+NULLABLE = {"p50_ms", "p90_ms", "p99_ms", "cpu_pct", "mem_pct", "gpu_pct", "replicas", "concurrency"}
+_FORMAT = 1
+_MANTISSA_MASK = np.uint64(~((1 << 32) - 1) & 0xFFFFFFFFFFFFFFFF)  # drop the 32 lowest of 52 bits
+
+
+@dataclass
+class StoredPoint:
+    """One interval of one series, as readers see it whichever tier it came from."""
+
+    endpoint_id: str
+    served_entity_name: str
+    resolution: int
+    ts: int
+    request_count: float = 0.0
+    count_4xx: float = 0.0
+    count_5xx: float = 0.0
+    latency_sum_ms: float = 0.0
+    p50_ms: float | None = None
+    p90_ms: float | None = None
+    p99_ms: float | None = None
+    cpu_pct: float | None = None
+    mem_pct: float | None = None
+    gpu_pct: float | None = None
+    replicas: float | None = None
+    concurrency: float | None = None
+    samples: float = 1.0
+    shadow_compared: float = 0.0
+    shadow_agreed: float = 0.0
+    shadow_dropped: float = 0.0
+
+
+_POINT_FIELDS = [f.name for f in fields(StoredPoint)]
+
+
+def chunk_start(resolution: int, ts: int) -> int:
+    span = resolution * CHUNK_SLOTS[resolution]
+    return ts // span * span
+
+
+# --- histogram maths ------------------------------------------------------------------------------
+
+
+def _upper(label: str) -> float:
+    return math.inf if label == "+Inf" else float(label)
+
+
+def quantile(buckets: dict[str, float], q: float) -> float | None:
+    """``histogram_quantile`` over per-bucket (non-cumulative) counts, interpolating linearly."""
+    total = sum(buckets.get(label, 0.0) for label in BUCKET_LABELS)
+    if total <= 0:
+        return None
+    rank = q * total
+    cumulative = 0.0
+    lower = 0.0
+    last_finite = _upper(BUCKET_LABELS[-2])
+    for label in BUCKET_LABELS:
+        count = buckets.get(label, 0.0)
+        upper = _upper(label)
+        if cumulative + count >= rank and count > 0:
+            if math.isinf(upper):
+                return last_finite
+            return lower + (upper - lower) * (rank - cumulative) / count
+        cumulative += count
+        if not math.isinf(upper):
+            lower = upper
+    return last_finite
+
+
+def merge_values(points: list[dict[str, Any]]) -> dict[str, Any]:
+    """Hot point values of one interval made of several: counts and histogram buckets add up,
+    percentiles are recomputed from the merged histogram, gauges average weighted by samples."""
+    buckets: dict[str, float] = {}
+    for p in points:
+        for label, count in (p.get("latency_buckets") or {}).items():
+            buckets[label] = buckets.get(label, 0.0) + count
+
+    def weighted(attr: str) -> float | None:
+        pairs = [(p[attr], p.get("samples") or 1) for p in points if p.get(attr) is not None]
+        weight = sum(w for _, w in pairs)
+        return sum(v * w for v, w in pairs) / weight if weight else None
+
+    def total(attr: str) -> float:
+        return sum(p.get(attr) or 0.0 for p in points)
+
+    return {
+        "request_count": total("request_count"),
+        "count_4xx": total("count_4xx"),
+        "count_5xx": total("count_5xx"),
+        "latency_sum_ms": total("latency_sum_ms"),
+        "latency_buckets": buckets,
+        "p50_ms": quantile(buckets, 0.5),
+        "p90_ms": quantile(buckets, 0.9),
+        "p99_ms": quantile(buckets, 0.99),
+        "cpu_pct": weighted("cpu_pct"),
+        "mem_pct": weighted("mem_pct"),
+        "gpu_pct": weighted("gpu_pct"),
+        "replicas": weighted("replicas"),
+        "concurrency": weighted("concurrency"),
+        "samples": sum(p.get("samples") or 1 for p in points),
+        "shadow_compared": total("shadow_compared"),
+        "shadow_agreed": total("shadow_agreed"),
+        "shadow_dropped": total("shadow_dropped"),
+    }
+
+
+# --- the chunk format ------------------------------------------------------------------------------
+
+
+def encode_chunk(resolution: int, start: int, series: dict[str, dict[int, dict[str, Any]]]) -> bytes:
+    """Pack ``{entity: {ts: {field: value}}}`` (one chunk's intervals) into compressed bytes.
+
+    Layout: ``>I`` header length, JSON header (format, slots, series names, fields, references),
+    then zlib of the stored columns' float64 values byte-shuffled (all first bytes, then all
+    second bytes, …): the exponent and high mantissa bytes of a steady series repeat, and the
+    rounded low bytes are zero, so zlib finds long runs.
+    """
+    slots = CHUNK_SLOTS[resolution]
+    names = sorted(series, key=lambda n: (n != "", n))  # "" first: it is what most reads want
+    columns: list[np.ndarray] = []
+    refs: dict[str, int] = {}  # "series_index,field_index" -> index of an identical stored column
+    seen: dict[bytes, int] = {}
+    for si, name in enumerate(names):
+        points = series[name]
+        for fi, fname in enumerate(FIELDS):
+            column = np.full(slots, np.nan, dtype=np.float64)
+            for ts, values in points.items():
+                value = values.get(fname)
+                if value is not None:
+                    column[(ts - start) // resolution] = value
+            if fname in ROUNDED_FIELDS:
+                bits = column.view(np.uint64) & _MANTISSA_MASK
+                column = bits.view(np.float64)
+            key = column.tobytes()
+            if key in seen:
+                refs[f"{si},{fi}"] = seen[key]
+                continue
+            seen[key] = len(columns)
+            columns.append(column)
+    # Which slots hold an interval at all, per series (a column of NaN can mean "no value").
+    present = [sorted((ts - start) // resolution for ts in series[name]) for name in names]
+    header = json.dumps(
+        {"v": _FORMAT, "slots": slots, "series": names, "fields": list(FIELDS), "refs": refs, "present": present},
+        separators=(",", ":"),
+    ).encode()
+    stacked = np.concatenate(columns) if columns else np.zeros(0, dtype=np.float64)
+    shuffled = stacked.view(np.uint8).reshape(-1, 8).T.tobytes()
+    return struct.pack(">I", len(header)) + zlib.compress(header + shuffled, 9)
+
+
+def decode_chunk(data: bytes, resolution: int, start: int) -> dict[str, dict[int, dict[str, float | None]]]:
+    """The inverse of ``encode_chunk``: ``{entity: {ts: {field: value}}}``, missing values None."""
+    (header_len,) = struct.unpack(">I", data[:4])
+    raw = zlib.decompress(data[4:])
+    header = json.loads(raw[:header_len])
+    slots, names, field_names = header["slots"], header["series"], header["fields"]
+    body = np.frombuffer(raw[header_len:], dtype=np.uint8)
+    count = len(body) // 8
+    stacked = body.reshape(8, count).T.copy().view(np.float64).reshape(-1) if count else np.zeros(0)
+    stored = [stacked[i * slots : (i + 1) * slots] for i in range(count // slots if slots else 0)]
+    refs = header["refs"]
+    out: dict[str, dict[int, dict[str, float | None]]] = {}
+    next_column = 0
+    for si, name in enumerate(names):
+        columns = []
+        for fi in range(len(field_names)):
+            ref = refs.get(f"{si},{fi}")
+            if ref is None:
+                columns.append(stored[next_column])
+                next_column += 1
+            else:
+                columns.append(stored[ref])
+        points: dict[int, dict[str, float | None]] = {}
+        for slot in header["present"][si]:
+            points[start + slot * resolution] = {
+                fname: (None if math.isnan(v := float(columns[fi][slot])) else v)
+                for fi, fname in enumerate(field_names)
+            }
+        out[name] = points
+    return out
+
+
+def _point_values(point: MetricPoint | StoredPoint) -> dict[str, Any]:
+    return {f: getattr(point, f) for f in FIELDS}
+
+
+# --- writing ---------------------------------------------------------------------------------------
+
+
+def write_point(endpoint_id: str, entity: str, resolution: int, ts: int, values: dict[str, Any]) -> None:
+    """Add one interval's values into the hot point at (entity, resolution, ts), creating it.
+
+    ``values`` holds ``MetricPoint`` field values (counts, ``latency_buckets``, gauges); an existing
+    point is merged with them (counts and buckets add up, gauges average by samples).
+    """
+    for _attempt in range(2):
+        point = (
+            MetricPoint.objects.select_for_update()
+            .filter(endpoint_id=endpoint_id, served_entity_name=entity, resolution=resolution, ts=ts)
+            .first()
+        )
+        if point is None:
+            try:
+                with transaction.atomic():
+                    MetricPoint.objects.create(
+                        endpoint_id=endpoint_id, served_entity_name=entity, resolution=resolution, ts=ts, **values
+                    )
+                return
+            except IntegrityError:
+                continue  # another poll created it first: merge into it
+        merged = merge_values([_hot_values(point), values])
+        for key, value in merged.items():
+            setattr(point, key, value)
+        point.save()
+        return
+
+
+def _hot_values(point: MetricPoint) -> dict[str, Any]:
+    values = _point_values(point)
+    values["latency_buckets"] = point.latency_buckets or {}
+    return values
+
+
+def write_chunk_points(points: Iterable[StoredPoint]) -> int:
+    """Write finished intervals straight into cold chunks (tests, benchmarks, the data migration).
+
+    Points are grouped by (endpoint, resolution, chunk); each chunk is read, the points set into
+    their slots (replacing what was there) and written back. Returns chunks written.
+    """
+    groups: dict[tuple[str, int, int], list[StoredPoint]] = defaultdict(list)
+    for p in points:
+        groups[(p.endpoint_id, p.resolution, chunk_start(p.resolution, p.ts))].append(p)
+    return _merge_into_chunks(
+        {key: {(p.served_entity_name, p.ts): _point_values(p) for p in ps} for key, ps in groups.items()}
+    )
+
+
+def _merge_into_chunks(updates: dict[tuple[str, int, int], dict[tuple[str, int], dict[str, Any]]]) -> int:
+    if not updates:
+        return 0
+    keys = list(updates)
+    with transaction.atomic():
+        existing: dict[tuple[str, int, int], MetricChunk] = {}
+        by_res: dict[int, set[int]] = defaultdict(set)
+        for _eid, res, start in keys:
+            by_res[res].add(start)
+        eids = {k[0] for k in keys}
+        for res, starts in by_res.items():
+            for chunk in MetricChunk.objects.select_for_update().filter(
+                endpoint_id__in=eids, resolution=res, start__in=starts
+            ):
+                existing[(chunk.endpoint_id, chunk.resolution, chunk.start)] = chunk
+        to_create: list[MetricChunk] = []
+        to_update: list[MetricChunk] = []
+        for key in keys:
+            eid, res, start = key
+            chunk = existing.get(key)
+            series = decode_chunk(bytes(chunk.data), res, start) if chunk is not None else {}
+            for (entity, ts), values in updates[key].items():
+                series.setdefault(entity, {})[ts] = values
+            data = encode_chunk(res, start, series)
+            if chunk is None:
+                to_create.append(MetricChunk(endpoint_id=eid, resolution=res, start=start, data=data))
+            else:
+                chunk.data = data
+                to_update.append(chunk)
+        MetricChunk.objects.bulk_create(to_create, batch_size=500)
+        MetricChunk.objects.bulk_update(to_update, ["data"], batch_size=500)
+    return len(keys)
+
+
+# --- reading ---------------------------------------------------------------------------------------
+
+
+def read_points(
+    endpoint_id: str, *, resolution: int, start: int, end: int, entity: str | None = ""
+) -> list[StoredPoint]:
+    """Intervals of one endpoint at one resolution with ``start <= ts < end``, oldest first.
+
+    ``entity`` "" is the endpoint as a whole, a name one served entity, None every series. Cold
+    and hot data are merged, the hot point winning where both hold one. At 1 h resolution the
+    hours not yet packed (the current one) are merged from the hot 1 min points.
+    """
+    found: dict[tuple[str, int], StoredPoint] = {}
+    first_chunk = chunk_start(resolution, start)
+    for chunk in MetricChunk.objects.filter(
+        endpoint_id=endpoint_id, resolution=resolution, start__gte=first_chunk, start__lt=end
+    ).order_by("start"):
+        for name, points in decode_chunk(bytes(chunk.data), resolution, chunk.start).items():
+            if entity is not None and name != entity:
+                continue
+            for ts, values in points.items():
+                if start <= ts < end:
+                    found[(name, ts)] = _stored(endpoint_id, name, resolution, ts, values)
+    hot = MetricPoint.objects.filter(endpoint_id=endpoint_id, resolution=resolution, ts__gte=start, ts__lt=end)
+    if entity is not None:
+        hot = hot.filter(served_entity_name=entity)
+    for row in hot.values_list("served_entity_name", "ts", *FIELDS):
+        name, ts, *values = row
+        found[(name, ts)] = _stored(endpoint_id, name, resolution, ts, dict(zip(FIELDS, values, strict=True)))
+    if resolution == 3600:
+        for point in _hours_from_hot(endpoint_id, start=start, end=end, entity=entity):
+            found.setdefault((point.served_entity_name, point.ts), point)
+    return sorted(found.values(), key=lambda p: (p.ts, p.served_entity_name))
+
+
+def _stored(endpoint_id: str, name: str, resolution: int, ts: int, values: dict[str, Any]) -> StoredPoint:
+    clean = {k: v for k, v in values.items() if k in FIELDS and (v is not None or k in NULLABLE)}
+    return StoredPoint(endpoint_id=endpoint_id, served_entity_name=name, resolution=resolution, ts=ts, **clean)
+
+
+def _hours_from_hot(endpoint_id: str, *, start: int, end: int, entity: str | None) -> list[StoredPoint]:
+    rows = MetricPoint.objects.filter(endpoint_id=endpoint_id, resolution=60, ts__gte=start, ts__lt=end)
+    if entity is not None:
+        rows = rows.filter(served_entity_name=entity)
+    groups: dict[tuple[str, int], list[dict[str, Any]]] = defaultdict(list)
+    for point in rows:
+        groups[(point.served_entity_name, point.ts // 3600 * 3600)].append(_hot_values(point))
+    return [_stored(endpoint_id, name, 3600, ts, merge_values(values)) for (name, ts), values in groups.items()]
+
+
+# --- downsampling, packing and retention -------------------------------------------------------------
+
+
+def rollup(now: float | None = None) -> int:
+    """Downsample and pack; idempotent, run every minute by beat. Returns rows written.
+
+    1. 1 min hot points are recomputed from the 15 s ones of the last 10 min (histograms merged).
+    2. The hour that closed becomes a 1 h slot of its endpoint's 1 h chunk, merged from the hot
+       1 min points (so its percentiles come from the merged histogram); recomputed by each run
+       in the first ``HOUR_ROLLUP_SECONDS`` after the hour (late polls, a missed run), not after.
+    3. 15 s and 1 min chunks whose span closed (a minute of grace for late polls) are packed from
+       the hot points, once.
+    """
+    now = now if now is not None else time.time()
+    written = _rollup_hot(15, 60, start=int(now - 10 * 60) // 60 * 60, end=int(now) // 60 * 60)
+    closed = int(now) // 3600 * 3600
+    if 60 <= now - closed < HOUR_ROLLUP_SECONDS:
+        written += _rollup_hours(start=closed - 3600, end=closed)
+    written += pack(now)
+    return written
+
+
+def _rollup_hot(source: int, target: int, *, start: int, end: int) -> int:
+    if end <= start:
+        return 0
+    groups: dict[tuple[str, str, int], list[dict[str, Any]]] = defaultdict(list)
+    for point in MetricPoint.objects.filter(resolution=source, ts__gte=start, ts__lt=end).iterator(chunk_size=2000):
+        groups[(point.endpoint_id, point.served_entity_name, point.ts // target * target)].append(_hot_values(point))
+    rows = [
+        MetricPoint(endpoint_id=eid, served_entity_name=entity, resolution=target, ts=ts, **merge_values(values))
+        for (eid, entity, ts), values in groups.items()
+    ]
+    with transaction.atomic():
+        MetricPoint.objects.filter(resolution=target, ts__gte=start, ts__lt=end).delete()
+        MetricPoint.objects.bulk_create(rows, batch_size=1000)
+    return len(rows)
+
+
+def _rollup_hours(*, start: int, end: int) -> int:
+    if end <= start:
+        return 0
+    groups: dict[tuple[str, str, int], list[dict[str, Any]]] = defaultdict(list)
+    for point in MetricPoint.objects.filter(resolution=60, ts__gte=start, ts__lt=end).iterator(chunk_size=2000):
+        groups[(point.endpoint_id, point.served_entity_name, point.ts // 3600 * 3600)].append(_hot_values(point))
+    updates: dict[tuple[str, int, int], dict[tuple[str, int], dict[str, Any]]] = defaultdict(dict)
+    for (eid, entity, ts), values in groups.items():
+        merged = merge_values(values)
+        merged.pop("latency_buckets", None)
+        updates[(eid, 3600, chunk_start(3600, ts))][(entity, ts)] = merged
+    return _merge_into_chunks(updates)
+
+
+def pack(now: float | None = None, *, since: float | None = None) -> int:
+    """Pack closed 15 s and 1 min chunks from hot points into cold chunks (those not packed yet).
+
+    Only chunks that closed after ``since`` (default: within the hot window) are considered; the
+    data migration passes 0 to pack everything.
+    """
+    now = now if now is not None else time.time()
+    written = 0
+    for resolution in (15, 60):
+        span = resolution * CHUNK_SLOTS[resolution]
+        sealed_before = int(now - 60) // span * span  # chunks starting before this have closed
+        lower = int(since) if since is not None else int(now - settings.METRICS_HOT_MINUTES[resolution] * 60)
+        lower = lower // span * span
+        if sealed_before <= lower:
+            continue
+        rows = MetricPoint.objects.filter(resolution=resolution, ts__gte=lower, ts__lt=sealed_before)
+        keys = {
+            (eid, ts // span * span)
+            for eid, ts in rows.values_list("endpoint_id", "ts").distinct().iterator(chunk_size=5000)
+        }
+        packed = set(
+            MetricChunk.objects.filter(resolution=resolution, start__gte=lower, start__lt=sealed_before).values_list(
+                "endpoint_id", "start"
+            )
+        )
+        todo = sorted(keys - packed)
+        for i in range(0, len(todo), 500):
+            batch = todo[i : i + 500]
+            eids = {eid for eid, _ in batch}
+            starts = {s for _, s in batch}
+            wanted = set(batch)
+            updates: dict[tuple[str, int, int], dict[tuple[str, int], dict[str, Any]]] = defaultdict(dict)
+            values_rows = MetricPoint.objects.filter(
+                resolution=resolution, endpoint_id__in=eids, ts__gte=min(starts), ts__lt=max(starts) + span
+            ).values_list("endpoint_id", "served_entity_name", "ts", *FIELDS)
+            for eid, entity, ts, *values in values_rows:
+                start = ts // span * span
+                if (eid, start) in wanted:
+                    updates[(eid, resolution, start)][(entity, ts)] = dict(zip(FIELDS, values, strict=True))
+            written += _merge_into_chunks(updates)
+    return written
+
+
+def prune(now: float | None = None) -> int:
+    """Apply retention: hot points past the hot window, chunks whose whole span is past retention."""
+    now = now if now is not None else time.time()
+    deleted = 0
+    for resolution, minutes in settings.METRICS_HOT_MINUTES.items():
+        count, _ = MetricPoint.objects.filter(resolution=resolution, ts__lt=int(now - minutes * 60)).delete()
+        deleted += count
+    deleted += MetricPoint.objects.exclude(resolution__in=list(settings.METRICS_HOT_MINUTES)).delete()[0]
+    for resolution, hours in settings.METRICS_RETENTION_HOURS.items():
+        span = resolution * CHUNK_SLOTS[resolution]
+        count, _ = MetricChunk.objects.filter(resolution=resolution, start__lt=int(now - hours * 3600) - span).delete()
+        deleted += count
+    return deleted
