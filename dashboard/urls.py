@@ -16,6 +16,7 @@ from endpoints_app.api import (
     openapi_views,
     payloads_views,
     permissions_views,
+    remote_changes_views,
     rollout_plans_views,
     scim_views,
     secrets_views,
@@ -73,5 +74,6 @@ urlpatterns += (
     + sso_views.urlpatterns
     + workspaces_views.urlpatterns
     + fleet_views.urlpatterns
+    + remote_changes_views.urlpatterns
     + rollout_plans_views.urlpatterns
 )

@@ -329,29 +329,48 @@ def check_can_read(*, user: User | None, scope: str, key: str) -> None:
 # --- change requests ---------------------------------------------------------------------------
 
 
-def may_approve(user: User | None) -> bool:
+def may_approve(user: User | None, workspace: str = LOCAL_WORKSPACE) -> bool:
     """Approvers and admins decide change requests (never their own: ``services.changes``), and
-    for the same reason change endpoints that a policy covers without proposing first."""
-    return role_of(user) in APPROVER_ROLES
+    for the same reason change endpoints that a policy covers without proposing first; in
+    ``workspace`` (``local`` unless named), so an approver granted in one workspace decides its
+    changes only."""
+    return role_of(user, workspace) in APPROVER_ROLES
 
 
-def approvers() -> Q:
-    """Users who may approve here (for a ``User`` query; may repeat a user: add ``distinct``):
-    superusers, the approver and admin global roles, and approver grants on ``local``."""
-    granted = Q(workspace_grants__workspace__name=LOCAL_WORKSPACE, workspace_grants__role=Role.APPROVER)
-    via_group = Q(
-        groups__workspace_grants__workspace__name=LOCAL_WORKSPACE, groups__workspace_grants__role=Role.APPROVER
-    )
+def require_remote_edit(user: User | None, workspace: Workspace) -> None:
+    """Changing a remote workspace's endpoints (proposing, or applying where no policy covers
+    them): the editor role or higher there (global, or granted in it); 404 for a user who cannot
+    see the workspace, 403 for a viewer."""
+    role = role_of(user, workspace.name)
+    if not role:
+        raise ResourceDoesNotExist(f"Workspace '{workspace.name}' does not exist")
+    if role not in CREATE_ROLES:
+        raise PermissionDenied(
+            f"Changing endpoints of workspace '{workspace.name}' needs the editor, approver or admin role there; "
+            f"you have {role}"
+        )
+
+
+def approvers(workspace: str = LOCAL_WORKSPACE) -> Q:
+    """Users who may approve in ``workspace`` (for a ``User`` query; may repeat a user: add
+    ``distinct``): superusers, the approver and admin global roles, and approver grants there."""
+    granted = Q(workspace_grants__workspace__name=workspace, workspace_grants__role=Role.APPROVER)
+    via_group = Q(groups__workspace_grants__workspace__name=workspace, groups__workspace_grants__role=Role.APPROVER)
     return Q(is_superuser=True) | Q(profile__role__in=APPROVER_ROLES) | granted | via_group
 
 
 def visible_change_requests(user: User | None, queryset: QuerySet[ChangeRequest]) -> QuerySet[ChangeRequest]:
-    """Approvers and admins see every change request; anyone else only their own."""
-    if may_approve(user):
+    """Global approvers and admins see every change request; anyone else their own, and those of
+    the workspaces where a grant makes them an approver (``local``'s name no workspace)."""
+    if global_role(user) in APPROVER_ROLES:
         return queryset
     if user is None or not user.is_authenticated:
         return queryset.none()
-    return queryset.filter(author_id=user.pk)
+    approving = [name for name, role in workspace_roles(user).items() if role in APPROVER_ROLES]
+    seen = Q(author_id=user.pk) | Q(workspace__name__in=approving)
+    if LOCAL_WORKSPACE in approving:
+        seen |= Q(workspace__isnull=True)
+    return queryset.filter(seen)
 
 
 # --- workspaces --------------------------------------------------------------------------------

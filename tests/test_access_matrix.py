@@ -159,6 +159,26 @@ GLOBAL_ROUTES = [
         CREATORS,
         unseen=404,  # a viewer there gets 403
     ),
+    # Changes to a remote's endpoints (issue 16 part 4): editors in its workspace; a viewer there gets
+    # 403, a user without a role there 404. This remote has no token: an allowed change gets a 502.
+    *(
+        Row(
+            method,
+            f"{WS}/{{workspace}}/serving-endpoints{tail}",
+            body,
+            CREATORS,
+            allowed_status=502,
+            unseen=404,
+            says="no token",
+        )
+        for method, tail, body in (
+            ("post", "", {"name": "new-remote", "config": NEW_CONFIG}),
+            ("put", "/remote-ep/config", NEW_CONFIG),
+            ("patch", "/remote-ep/tags", {"add_tags": [{"key": "team", "value": "ml"}]}),
+            ("put", "/remote-ep/ai-gateway", {"usage_tracking_config": {"enabled": True}}),
+            ("delete", "/remote-ep", None),
+        )
+    ),
     Row("delete", f"{WS}/{{workspace}}", None, ADMIN),
     Row("get", f"{S}/scopes/list", None, ANY),
     Row("post", f"{S}/scopes/create", {"scope": "new-scope"}, CREATORS),

@@ -1,4 +1,5 @@
-"""Change requests and approval policies."""
+"""Change requests and approval policies. A proposal for a remote workspace's endpoint names
+its ``workspace`` (``services.proposals.propose_remote``); none, or ``local``, is this installation's."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ from endpoints_app.filters import ChangeRequestFilterSet
 from endpoints_app.models import ApprovalPolicy
 from endpoints_app.selectors import change_request_for, change_requests_for
 from endpoints_app.services import approval_policies, changes, proposals
+from endpoints_app.services import workspaces as workspace_services
 from endpoints_app.validation import require_object, string_field
 
 
@@ -38,8 +40,14 @@ class ChangeRequestListView(ApiView):
         name = body.get("endpoint_name")
         if not isinstance(name, str) or not name:
             raise InvalidParameterValue("endpoint_name is required")
+        workspace = body.get("workspace")
+        found = workspace_services.get_workspace(user=request.user, name=workspace) if workspace is not None else None
         change = proposals.propose(
-            actor=request.user, endpoint_name=name, action=string_field(body, "action"), body=body.get("body")
+            actor=request.user,
+            endpoint_name=name,
+            action=string_field(body, "action"),
+            body=body.get("body"),
+            workspace=found,
         )
         return Response(serialize_change_request(change))
 
@@ -67,7 +75,7 @@ class ChangeRequestRejectView(ApiView):
 
 class ApprovalPolicyListView(ApiView):
     def get(self, request: AuthenticatedRequest) -> Response:
-        policies = ApprovalPolicy.objects.order_by("id")
+        policies = ApprovalPolicy.objects.select_related("workspace").order_by("id")
         return Response({"policies": [approval_policies.snapshot(p) for p in policies]})
 
     def post(self, request: AuthenticatedRequest) -> Response:

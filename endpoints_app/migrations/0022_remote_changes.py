@@ -1,6 +1,9 @@
-# Remote changes through the gate (issue 16 part 4). Reserved; filled in by that work.
+# Remote changes through the gate (issue 16 part 4): an approval policy may name a workspace (null:
+# local), and a change request may be for a remote workspace's endpoint, with the remote's
+# config_version when it was proposed (stale detection at approval).
 
-from django.db import migrations
+import django.db.models.deletion
+from django.db import migrations, models
 
 
 class Migration(migrations.Migration):
@@ -9,4 +12,32 @@ class Migration(migrations.Migration):
         ("endpoints_app", "0021_shadow_traffic"),
     ]
 
-    operations: list = []
+    operations = [
+        migrations.AddField(
+            model_name="approvalpolicy",
+            name="workspace",
+            field=models.ForeignKey(
+                blank=True,
+                null=True,
+                on_delete=django.db.models.deletion.CASCADE,
+                related_name="approval_policies",
+                to="endpoints_app.workspace",
+            ),
+        ),
+        migrations.AddField(
+            model_name="changerequest",
+            name="base_config_version",
+            field=models.BigIntegerField(blank=True, null=True),
+        ),
+        migrations.AddField(
+            model_name="changerequest",
+            name="workspace",
+            field=models.ForeignKey(
+                blank=True,
+                null=True,
+                on_delete=django.db.models.deletion.CASCADE,
+                related_name="change_requests",
+                to="endpoints_app.workspace",
+            ),
+        ),
+    ]

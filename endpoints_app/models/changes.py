@@ -7,11 +7,17 @@ from django.db import models
 
 
 class ApprovalPolicy(models.Model):
-    """Changes to matching endpoints need approval: one endpoint by name, or every endpoint with a tag."""
+    """Changes to matching endpoints need approval: one endpoint by name, or every endpoint with a tag,
+    within one workspace; or every endpoint of a workspace (``workspace`` and nothing else).
+
+    ``workspace`` null means ``local`` (the policies made before remote changes were all local ones)."""
 
     endpoint_name = models.CharField(max_length=255, blank=True, default="")
     tag_key = models.CharField(max_length=255, blank=True, default="")
     tag_value = models.CharField(max_length=1024, blank=True, default="")
+    workspace = models.ForeignKey(
+        "Workspace", null=True, blank=True, on_delete=models.CASCADE, related_name="approval_policies"
+    )
     created_by = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, on_delete=models.SET_NULL, related_name="+")
     created_at = models.DateTimeField(auto_now_add=True)
 
@@ -42,6 +48,12 @@ class ChangeRequest(models.Model):
     diff = models.TextField(blank=True, default="")
     # The endpoint's ETag when proposed; a different one when approving means the request is stale.
     base_etag = models.CharField(max_length=64, blank=True, default="")
+    # A change to a remote workspace's endpoint (null: this installation's, ``local``), and the
+    # remote's ``config_version`` when it was proposed: another one at approval makes it stale.
+    workspace = models.ForeignKey(
+        "Workspace", null=True, blank=True, on_delete=models.CASCADE, related_name="change_requests"
+    )
+    base_config_version = models.BigIntegerField(null=True, blank=True)
     status = models.CharField(max_length=16, choices=ChangeRequestStatus.choices, default=ChangeRequestStatus.PENDING)
     author = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, on_delete=models.SET_NULL, related_name="+")
     created_at = models.DateTimeField(auto_now_add=True)

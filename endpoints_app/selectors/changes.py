@@ -18,7 +18,7 @@ def change_requests_for(
     matches nothing. The page, the API and the CLI (through the API) all list through here; the
     visibility rule is ``access.visible_change_requests``."""
     requests = access.visible_change_requests(
-        user, ChangeRequest.objects.select_related("author", "decided_by").order_by("-id")
+        user, ChangeRequest.objects.select_related("author", "decided_by", "workspace").order_by("-id")
     )
     if status:
         requests = requests.filter(status=status.upper())

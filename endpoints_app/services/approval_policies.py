@@ -1,5 +1,6 @@
 """Approval policies: which endpoints need a second person's approval before a change applies
-(one endpoint by name, or every endpoint with a tag). Only admins set them; each change passes
+(one endpoint by name, every endpoint with a tag, or every endpoint of a workspace), within one
+workspace (``workspace``; ``local`` when not given). Only admins set them; each change passes
 the approval gate and writes its audit row in the same transaction as the policy.
 """
 
@@ -13,7 +14,9 @@ from django.db import transaction
 from endpoints_app import access, audit
 from endpoints_app.errors import InvalidParameterValue, ResourceDoesNotExist
 from endpoints_app.models import ApprovalPolicy
+from endpoints_app.models.workspaces import LOCAL_WORKSPACE
 from endpoints_app.services import gate
+from endpoints_app.services.workspaces import get_workspace
 from endpoints_app.validation import require_object
 
 WHAT = "Approval policies"
@@ -26,6 +29,7 @@ def snapshot(policy: ApprovalPolicy) -> dict[str, Any]:
         "endpoint_name": policy.endpoint_name or None,
         "tag_key": policy.tag_key or None,
         "tag_value": policy.tag_value or None,
+        "workspace": policy.workspace.name if policy.workspace is not None else LOCAL_WORKSPACE,
     }
 
 
@@ -38,18 +42,30 @@ def _field(body: dict[str, Any], key: str, max_length: int) -> str:
 
 
 def _subject(policy: ApprovalPolicy) -> str:
+    if not policy.endpoint_name and not policy.tag_key:
+        return f"workspace {policy.workspace.name if policy.workspace else LOCAL_WORKSPACE}"
     return policy.endpoint_name or f"{policy.tag_key}={policy.tag_value}"
 
 
 def create_policy(*, actor: User, body: Any) -> ApprovalPolicy:
-    """A policy covering ``endpoint_name``, or every endpoint tagged ``tag_key`` = ``tag_value``."""
+    """A policy covering ``endpoint_name``, or every endpoint tagged ``tag_key`` = ``tag_value``, in
+    ``workspace`` (``local`` when not given); with ``workspace`` alone, every endpoint there
+    ("every change in prod needs an approver")."""
     access.require_admin(actor, WHAT)
     data = require_object(body, "request body")
     endpoint_name = _field(data, "endpoint_name", 255)
     tag_key, tag_value = _field(data, "tag_key", 255), _field(data, "tag_value", 1024)
-    if bool(endpoint_name) == bool(tag_key):
-        raise InvalidParameterValue("give endpoint_name, or tag_key (with tag_value) — exactly one")
-    policy = ApprovalPolicy(endpoint_name=endpoint_name, tag_key=tag_key, tag_value=tag_value, created_by=actor)
+    workspace_name = _field(data, "workspace", 63)
+    workspace = get_workspace(user=actor, name=workspace_name) if workspace_name else None
+    if endpoint_name and tag_key:
+        raise InvalidParameterValue("give endpoint_name or tag_key (with tag_value), not both")
+    if not endpoint_name and not tag_key and not workspace_name:
+        raise InvalidParameterValue("give endpoint_name, tag_key (with tag_value) or workspace")
+    if workspace is not None and workspace.is_local:
+        workspace = None  # local's policies name no workspace (ApprovalPolicy)
+    policy = ApprovalPolicy(
+        endpoint_name=endpoint_name, tag_key=tag_key, tag_value=tag_value, workspace=workspace, created_by=actor
+    )
     gate.admit(actor=actor, action=gate.APPROVAL_POLICY, endpoint_name=_subject(policy), body=data)
     with transaction.atomic():
         policy.save()

@@ -5,7 +5,9 @@ change calls) or reject. Proposing one is ``services.proposals``; whether a chan
 Rules:
 - only approvers and admins decide, and the author can never decide their own request;
 - approving claims the request with a conditional update, so two approvals apply it once;
-- a request whose endpoint changed after it was proposed is stale and must be re-proposed.
+- a request whose endpoint changed after it was proposed is stale and must be re-proposed (for a
+  remote workspace's endpoint: its ``config_version`` moved, ``services.remote_changes``);
+- a remote workspace's requests are decided by approvers in that workspace (global, or granted there).
 """
 
 from __future__ import annotations
@@ -17,20 +19,23 @@ from django.utils import timezone
 from endpoints_app import access, audit
 from endpoints_app.errors import DomainError, PermissionDenied, ResourceConflict, ResourceDoesNotExist
 from endpoints_app.models import ChangeRequest, ChangeRequestStatus
-from endpoints_app.services import ai_gateway, rollout_plans
+from endpoints_app.models.workspaces import LOCAL_WORKSPACE
+from endpoints_app.services import ai_gateway, remote_changes, rollout_plans
 from endpoints_app.services import endpoints as endpoint_services
 
 
 def get(request_id: int) -> ChangeRequest:
-    request = ChangeRequest.objects.select_related("author", "decided_by").filter(pk=request_id).first()
+    request = ChangeRequest.objects.select_related("author", "decided_by", "workspace").filter(pk=request_id).first()
     if request is None:
         raise ResourceDoesNotExist(f"Change request {request_id} does not exist")
     return request
 
 
 def _decide(*, actor: User, request: ChangeRequest, status: str, comment: str) -> None:
-    if not access.may_approve(actor):
-        raise PermissionDenied("Approving or rejecting change requests needs the approver or admin role")
+    workspace = request.workspace.name if request.workspace is not None else LOCAL_WORKSPACE
+    if not access.may_approve(actor, workspace):
+        where = f" in workspace '{workspace}'" if request.workspace is not None else ""
+        raise PermissionDenied(f"Approving or rejecting change requests needs the approver or admin role{where}")
     if request.author_id == actor.pk:
         raise PermissionDenied("You cannot approve or reject your own change request; ask another approver")
     # Claim: only one decision wins, however many approvers click at once.
@@ -111,6 +116,9 @@ def _apply(*, actor: User, request: ChangeRequest) -> None:
             f"The author of change request {request.pk} no longer exists, so whether they may use the secrets it "
             "refers to cannot be checked; propose the change again"
         )
+    if request.workspace_id is not None:
+        remote_changes.apply_approved(actor=actor, request=request)
+        return
     name, base = request.endpoint_name, request.base_etag
     if request.action == ChangeRequest.Action.CREATE:
         endpoint_services.create_endpoint(

@@ -27,7 +27,8 @@ from django.db.models import Q
 
 from endpoints_app import access
 from endpoints_app.errors import PermissionDenied
-from endpoints_app.models import ApprovalPolicy, ChangeRequest, ChangeRequestStatus, Endpoint
+from endpoints_app.models import ApprovalPolicy, ChangeRequest, ChangeRequestStatus, Endpoint, Workspace, WorkspaceKind
+from endpoints_app.models.workspaces import LOCAL_WORKSPACE
 from endpoints_app.services import proposals
 
 OnApprovalNeeded = Literal["refuse", "propose"]
@@ -58,31 +59,59 @@ class Outcome(Generic[T]):
         return cast(T, self.value)
 
 
-def policy_covers(*, endpoint_name: str, tags: dict[str, str] | None = None) -> bool:
-    """Whether a policy covers this endpoint, by name or by one of ``tags`` (its current tags
-    when not given)."""
+def _in_workspace(workspace: Workspace | None) -> Q:
+    """The policies of a workspace; a policy naming none is ``local``'s (see ``ApprovalPolicy``)."""
+    if workspace is None or workspace.is_local:
+        return Q(workspace__isnull=True) | Q(workspace__kind=WorkspaceKind.LOCAL)
+    return Q(workspace=workspace)
+
+
+def policy_covers(
+    *, endpoint_name: str, tags: dict[str, str] | None = None, workspace: Workspace | None = None
+) -> bool:
+    """Whether a policy of the endpoint's workspace (``local`` unless given) covers it: one for the
+    whole workspace, by its name, or by one of ``tags`` (its current tags when not given)."""
     if tags is None:
-        endpoint = Endpoint.objects.filter(name=endpoint_name).prefetch_related("tags").first()
+        manager = Endpoint.objects if workspace is None or workspace.is_local else Endpoint.fleet
+        found = manager.filter(name=endpoint_name, workspace=None if manager is Endpoint.objects else workspace)
+        endpoint = found.prefetch_related("tags").first()
         tags = {t.key: t.value for t in endpoint.tags.all()} if endpoint else {}
     tag_match = Q()
     for key, value in tags.items():
         tag_match |= Q(tag_key=key, tag_value=value)
-    return ApprovalPolicy.objects.filter(
-        Q(endpoint_name=endpoint_name) | (tag_match if tags else Q(pk__in=[]))
-    ).exists()
+    whole_workspace = Q(endpoint_name="", tag_key="")
+    return (
+        ApprovalPolicy.objects.filter(_in_workspace(workspace))
+        .filter(Q(endpoint_name=endpoint_name) | whole_workspace | (tag_match if tags else Q(pk__in=[])))
+        .exists()
+    )
 
 
 def approval_required(
-    *, actor: User | None, action: str, endpoint_name: str, tags: dict[str, str] | None = None
+    *,
+    actor: User | None,
+    action: str,
+    endpoint_name: str,
+    tags: dict[str, str] | None = None,
+    workspace: Workspace | None = None,
 ) -> bool:
-    """Whether ``actor``'s ``action`` on the endpoint must wait for an approver."""
-    if action not in GOVERNED or access.may_approve(actor):
+    """Whether ``actor``'s ``action`` on the endpoint must wait for an approver (one in the
+    endpoint's workspace decides it)."""
+    where = workspace.name if workspace is not None else LOCAL_WORKSPACE
+    if action not in GOVERNED or access.may_approve(actor, where):
         return False
-    return policy_covers(endpoint_name=endpoint_name, tags=tags)
+    return policy_covers(endpoint_name=endpoint_name, tags=tags, workspace=workspace)
 
 
-def refusal(*, endpoint_name: str, action: str) -> PermissionDenied:
+def refusal(*, endpoint_name: str, action: str, workspace: Workspace | None = None) -> PermissionDenied:
     """The API's 403 for a change that needs approval, naming how to propose it instead."""
+    if workspace is not None and not workspace.is_local:
+        return PermissionDenied(
+            f"Changes to endpoint '{endpoint_name}' of workspace '{workspace.name}' need approval. Propose it "
+            f"instead: POST /api/2.0/modelfleet/change-requests with workspace '{workspace.name}' and action "
+            f"'{action}', or `modelfleet change-requests propose {endpoint_name} --workspace {workspace.name} "
+            f"--action {action.replace('_', '-')}`; an approver of the workspace then approves it."
+        )
     if action not in GOVERNED:
         return PermissionDenied(f"Changing {action.replace('_', ' ')} of '{endpoint_name}' needs approval")
     verb = action.replace("_", "-")
@@ -97,7 +126,9 @@ def refusal(*, endpoint_name: str, action: str) -> PermissionDenied:
     )
 
 
-def _check_approved(request: ChangeRequest, *, action: str, endpoint_name: str) -> None:
+def _check_approved(
+    request: ChangeRequest, *, action: str, endpoint_name: str, workspace: Workspace | None = None
+) -> None:
     """An approved change request stands in for the gate only for the change it carries; an
     approved rollout plan carries each config change of its steps (``services.rollout_plans``)."""
     carries = request.action == action or (
@@ -108,6 +139,7 @@ def _check_approved(request: ChangeRequest, *, action: str, endpoint_name: str) 
         or request.decided_by_id is None
         or not carries
         or request.endpoint_name != endpoint_name
+        or request.workspace_id != (workspace.pk if workspace is not None and not workspace.is_local else None)
     ):
         raise PermissionDenied(f"Change request #{request.pk} is not an approved {action} of '{endpoint_name}'")
 
@@ -122,20 +154,25 @@ def admit(
     on_approval_needed: OnApprovalNeeded = "refuse",
     approved: ChangeRequest | None = None,
     if_match: str | None = None,
+    workspace: Workspace | None = None,
 ) -> ChangeRequest | None:
     """Pass the gate: None when the change applies now, else the change request opened instead
     (``"propose"``), or the refusal raised (``"refuse"``, and for changes no request can carry).
 
     ``tag_sets``: the endpoint's tags to judge by; a tag change is judged on the tags it has and
     on those it would have (``services.endpoints.patch_endpoint_tags`` says why). ``body`` is what
-    a change request would carry; ``if_match`` the ETag the proposal must still match."""
+    a change request would carry; ``if_match`` the ETag the proposal must still match; ``workspace``
+    the remote workspace of the endpoint (``services.remote_changes``; none: ``local``)."""
     if approved is not None:
-        _check_approved(approved, action=action, endpoint_name=endpoint_name)
+        _check_approved(approved, action=action, endpoint_name=endpoint_name, workspace=workspace)
         return None
     if not any(
-        approval_required(actor=actor, action=action, endpoint_name=endpoint_name, tags=tags) for tags in tag_sets
+        approval_required(actor=actor, action=action, endpoint_name=endpoint_name, tags=tags, workspace=workspace)
+        for tags in tag_sets
     ):
         return None
     if on_approval_needed == "refuse" or action not in GOVERNED or actor is None:
-        raise refusal(endpoint_name=endpoint_name, action=action)
-    return proposals.propose(actor=actor, endpoint_name=endpoint_name, action=action, body=body, if_match=if_match)
+        raise refusal(endpoint_name=endpoint_name, action=action, workspace=workspace)
+    return proposals.propose(
+        actor=actor, endpoint_name=endpoint_name, action=action, body=body, if_match=if_match, workspace=workspace
+    )

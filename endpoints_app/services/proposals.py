@@ -21,8 +21,9 @@ from django.db import transaction
 
 from endpoints_app import access, audit, validation
 from endpoints_app.errors import InvalidParameterValue, ResourceConflict, ResourceDoesNotExist
-from endpoints_app.models import ChangeRequest, Endpoint, PermissionLevel
-from endpoints_app.services import checks
+from endpoints_app.models import ChangeRequest, Endpoint, PermissionLevel, Workspace
+from endpoints_app.models.workspaces import LOCAL_WORKSPACE
+from endpoints_app.services import checks, remote_calls
 
 log = logging.getLogger(__name__)
 
@@ -99,11 +100,22 @@ def _diff(before: Any, after: Any) -> str:
     return "\n".join(difflib.unified_diff(a, b, "active", "proposed", lineterm=""))
 
 
-def propose(*, actor: User, endpoint_name: str, action: str, body: Any, if_match: str | None = None) -> ChangeRequest:
+def propose(
+    *,
+    actor: User,
+    endpoint_name: str,
+    action: str,
+    body: Any,
+    if_match: str | None = None,
+    workspace: Workspace | None = None,
+) -> ChangeRequest:
     """Open a change request for an approver, checked now as it will be when applied.
 
     ``if_match``: the ETag the author read (the dashboard's form); a proposal based on an older
-    read is refused (412), so it never rests on a config its author did not see."""
+    read is refused (412), so it never rests on a config its author did not see. ``workspace``: a
+    remote workspace's endpoint (``propose_remote``); none or ``local``, this installation's."""
+    if workspace is not None and not workspace.is_local:
+        return propose_remote(actor=actor, workspace=workspace, endpoint_name=endpoint_name, action=action, body=body)
     if action not in ChangeRequest.Action.values:
         raise InvalidParameterValue(f"action must be one of {', '.join(ChangeRequest.Action.values)}")
     endpoint = Endpoint.objects.filter(name=endpoint_name).first()
@@ -168,9 +180,57 @@ def propose(*, actor: User, endpoint_name: str, action: str, body: Any, if_match
     return request
 
 
+def propose_remote(*, actor: User, workspace: Workspace, endpoint_name: str, action: str, body: Any) -> ChangeRequest:
+    """A change request for an endpoint of a remote workspace (issue 16): proposed by an editor
+    there (global, or granted in the workspace), checked as a local change is, and based on the
+    remote's ``config_version`` read now with the SDK, so that approving it after the remote moved
+    on is refused as stale (``services.remote_changes``). An endpoint no poll has brought in is
+    unknown here (404), as it is to the fleet view; a create must name a new one."""
+    access.require_remote_edit(actor, workspace)
+    body, after = remote_calls.checked_body(action=action, name=endpoint_name, body=body)
+    copy = Endpoint.fleet.filter(workspace=workspace, name=endpoint_name).first()
+    base: int | None = None
+    if action == ChangeRequest.Action.CREATE:
+        if copy is not None and copy.remote_gone_at is None:
+            raise ResourceConflict(f"Endpoint '{endpoint_name}' already exists in workspace '{workspace.name}'")
+        before = None
+    else:
+        if copy is None:
+            raise ResourceDoesNotExist(f"Endpoint '{endpoint_name}' does not exist in workspace '{workspace.name}'")
+        detail = remote_calls.read_endpoint(workspace, endpoint_name)  # outside any transaction
+        base = remote_calls.config_version(detail)
+        before = remote_calls.current_view(action, detail)
+    with transaction.atomic():
+        request = ChangeRequest.objects.create(
+            endpoint_name=endpoint_name,
+            action=action,
+            proposed=body,
+            diff=_diff(before, after),
+            workspace=workspace,
+            base_config_version=base,
+            author=actor,
+        )
+        audit.record(
+            actor=actor,
+            action="change_request.propose",
+            object_type="change_request",
+            object_id=str(request.pk),
+            object_name=endpoint_name,
+            after={
+                "action": action,
+                "workspace": workspace.name,
+                "base_config_version": base,
+                "proposed": shown_proposal(action, body),
+            },
+        )
+    _notify_approvers(request)
+    return request
+
+
 def _notify_approvers(request: ChangeRequest) -> None:
     """Email every approver and admin (outside any transaction; a mail failure is only logged)."""
-    users = get_user_model().objects.filter(is_active=True).exclude(email="").filter(access.approvers()).distinct()
+    where = request.workspace.name if request.workspace is not None else LOCAL_WORKSPACE
+    users = get_user_model().objects.filter(is_active=True).exclude(email="").filter(access.approvers(where)).distinct()
     recipients = sorted({u.email for u in users if request.author_id != u.pk})
     if not recipients:
         return

@@ -14,6 +14,8 @@ def serialize_change_request(change: ChangeRequest) -> dict[str, Any]:
     return {
         "id": change.pk,
         "endpoint_name": change.endpoint_name,
+        "workspace": change.workspace.name if change.workspace is not None else "local",
+        "base_config_version": change.base_config_version,
         "action": change.action,
         "status": change.status,
         "author": change.author.get_username() if change.author else None,
