@@ -264,3 +264,73 @@ def test_every_request_the_poller_sends_is_one_the_sdk_sends(databricks_like, dj
     ]
     workspace.refresh_from_db()
     assert workspace.state == WorkspaceState.OK
+
+
+def test_every_write_a_remote_change_sends_is_one_the_sdk_sends(settings, django_user_model):
+    """Issue 16 part 4: create, config (traffic split), tags, AI gateway and delete on a remote
+    endpoint, and the reads around them (the base config_version, the copy refreshed after), each
+    one a request of the SDK's own shape, with a JSON body exactly where the SDK sends one."""
+    from endpoints_app.models import Workspace
+    from endpoints_app.services import remote_changes
+    from tests import databricks_remote
+
+    with databricks_remote.serve() as (url, state):
+        settings.EGRESS_ALLOW = parse_allow_list(f"127.0.0.1:{url.rsplit(':', 1)[1]}")
+        secret_services._cache.clear()
+        state.endpoints["churn"] = databricks_remote.endpoint("churn")
+        admin = django_user_model.objects.create_user("root", "root@example.com", "pw-123456789")
+        UserProfile.objects.create(user=admin, role=Role.ADMIN)
+        workspace = workspace_services.create_workspace(actor=admin, body={"name": "dbx", "host": url, "token": TOKEN})
+        assert isinstance(workspace, Workspace)
+        assert remote_polling.run_sweep(workspace.pk) is not None
+        config = {
+            "served_entities": [
+                {"name": "a", "entity_name": "prod.ml.clf", "entity_version": "1", "workload_size": "Small"},
+                {"name": "b", "entity_name": "prod.ml.clf", "entity_version": "2", "workload_size": "Small"},
+            ],
+            "traffic_config": {
+                "routes": [
+                    {"served_model_name": "a", "traffic_percentage": 80},
+                    {"served_model_name": "b", "traffic_percentage": 20},
+                ]
+            },
+        }
+        common = {"actor": admin, "workspace": workspace}
+        remote_changes.create_remote_endpoint(body={"name": "fresh", "config": config}, **common).applied()
+        remote_changes.update_remote_config(name="churn", body=config, **common).applied()
+        remote_changes.patch_remote_tags(
+            name="churn", body={"add_tags": [{"key": "team", "value": "ml"}], "delete_tags": ["old"]}, **common
+        ).applied()
+        remote_changes.put_remote_ai_gateway(
+            name="churn", body={"usage_tracking_config": {"enabled": True}}, **common
+        ).applied()
+        remote_changes.delete_remote_endpoint(name="fresh", **common).applied()
+        requests = list(state.requests)
+
+    shapes = sdk_shapes()
+    used = set()
+    for request in requests:
+        url_parts = urlsplit(request["path"])
+        if url_parts.path == "/.well-known/databricks-config":
+            continue
+        headers = request["headers"]
+        assert headers.get("authorization") == f"Bearer {TOKEN}", request
+        matching = [s for s in shapes if s.method == request["method"] and s.path.match(url_parts.path)]
+        assert matching, f"no SDK call sends {request['method']} {url_parts.path}"
+        shape = matching[0]
+        # The SDK sets no Accept for delete: requests' default goes, as here.
+        assert headers.get("accept") == (shape.accept or "*/*"), (shape.name, headers.get("accept"))
+        if request["body"]:
+            assert shape.body, (shape.name, request["body"])
+            assert headers.get("content-type") == "application/json"
+            json.loads(request["body"])
+        used.add(shape.name)
+    assert {"create", "update_config", "patch", "put_ai_gateway", "delete", "get"} <= used
+    sent = {r["method"] + " " + urlsplit(r["path"]).path: json.loads(r["body"] or b"null") for r in requests}
+    assert sent["PUT /api/2.0/serving-endpoints/churn/config"]["traffic_config"] == config["traffic_config"]
+    assert sent["PATCH /api/2.0/serving-endpoints/churn/tags"] == {
+        "add_tags": [{"key": "team", "value": "ml"}],
+        "delete_tags": ["old"],
+    }
+    assert sent["POST /api/2.0/serving-endpoints"]["name"] == "fresh"
+    assert sent["DELETE /api/2.0/serving-endpoints/fresh"] is None
