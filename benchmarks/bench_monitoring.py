@@ -24,6 +24,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -177,45 +178,128 @@ def bench_sweep(n: int) -> dict[str, float]:
     }
 
 
-def build_series(endpoint_ids: list[str]) -> int:
-    from endpoints_app.models import MetricPoint
+class SimulatedEndpoint:
+    """One single-entity endpoint's intervals: a traffic level (a quarter idle), Poisson-like
+    counts, a few 4xx/5xx, percentiles and gauges that wander."""
+
+    def __init__(self, endpoint_id: str, rng: random.Random) -> None:
+        self.endpoint_id, self.rng = endpoint_id, rng
+        self.rate = 0.0 if rng.random() < 0.25 else rng.lognormvariate(1.5, 1.2)  # requests per second
+        self.cpu, self.mem, self.p50 = rng.uniform(5, 60), rng.uniform(20, 60), rng.uniform(2, 30)
+
+    def values(self, resolution: int) -> dict[str, float | None]:
+        rng = self.rng
+        mean = self.rate * resolution
+        requests_ = float(round(max(0.0, rng.gauss(mean, mean**0.5 + 1e-9))))
+        self.cpu = min(100.0, max(0.0, self.cpu + rng.gauss(0, 2)))
+        self.mem = min(100.0, max(0.0, self.mem + rng.gauss(0, 0.2)))
+        self.p50 = p50 = max(0.5, self.p50 + rng.gauss(0, 0.3))
+        served = requests_ > 0
+        return {
+            "request_count": requests_,
+            "count_4xx": float(sum(rng.random() < 0.02 for _ in range(min(int(requests_), 50)))),
+            "count_5xx": float(rng.random() < 0.05) if served else 0.0,
+            "latency_sum_ms": requests_ * p50 * rng.uniform(1.0, 1.4),
+            "p50_ms": p50 * rng.uniform(0.9, 1.1) if served else None,
+            "p90_ms": p50 * rng.uniform(1.8, 2.6) if served else None,
+            "p99_ms": p50 * rng.uniform(3, 6) if served else None,
+            "cpu_pct": self.cpu,
+            "mem_pct": self.mem,
+            "gpu_pct": None,
+            "replicas": 1.0,
+            "concurrency": rng.uniform(0, 2) if served else 0.0,
+            "samples": resolution / 15,
+        }
+
+    def points(self, resolution: int, ts: int) -> list[Any]:
+        """The entity's interval and the endpoint total's (one in 200 has an unattributed 404)."""
+        from endpoints_app.monitoring.store import StoredPoint
+
+        v = self.values(resolution)
+        total = dict(v)
+        if self.rng.random() < 1 / 200:
+            total["request_count"] = (total["request_count"] or 0.0) + 1
+            total["count_4xx"] = (total["count_4xx"] or 0.0) + 1
+        return [
+            StoredPoint(endpoint_id=self.endpoint_id, served_entity_name=name, resolution=resolution, ts=ts, **vals)
+            for name, vals in (("m-1", v), ("", total))
+        ]
+
+
+def simulate_steady_state(endpoint_ids: list[str]) -> int:
+    """Write what the store holds for each endpoint at steady state, through the storage API.
+
+    Per endpoint (one served entity "m-1", as the fleet is built): the hot tier (15 s points for
+    ``METRICS_HOT_MINUTES[15]``, 1 min points for ``[60]``, entity and total rows with their
+    histograms) and the cold tier at full retention (15 s for 48 h, 1 min for 14 d, 1 h for 90 d),
+    values from ``SimulatedEndpoint``. Returns intervals written.
+    """
+    from django.conf import settings
+
+    from endpoints_app.gateway.metrics import BUCKET_LABELS
+    from endpoints_app.models import MetricChunk, MetricPoint
+    from endpoints_app.monitoring import store
 
     MetricPoint.objects.all().delete()  # the sweep's points would collide with the generated ones
-    now = int(time.time())
+    MetricChunk.objects.all().delete()
+    now = int(time.time()) // 3600 * 3600
     rng = random.Random(2)
-    rows = 0
-    plans = [(3600, 14 * 24), (60, 6 * 60), (15, 4 * 60)]  # 14 d hourly, 6 h by the minute, 1 h by 15 s
-    for resolution, count in plans:
-        batch = []
-        start = now // resolution * resolution - count * resolution
-        for eid in endpoint_ids:
-            for k in range(count):
-                requests_ = rng.uniform(0, 100) * resolution / 15
-                batch.append(
-                    MetricPoint(
-                        endpoint_id=eid,
-                        served_entity_name="",
-                        resolution=resolution,
-                        ts=start + k * resolution,
-                        request_count=requests_,
-                        count_4xx=requests_ * 0.02,
-                        count_5xx=requests_ * 0.01,
-                        p50_ms=rng.uniform(2, 5),
-                        p90_ms=rng.uniform(5, 20),
-                        p99_ms=rng.uniform(20, 80),
-                        cpu_pct=rng.uniform(0, 100),
-                        mem_pct=rng.uniform(0, 10),
-                        replicas=1,
-                        concurrency=rng.uniform(0, 4),
+    written = 0
+    for eid in endpoint_ids:
+        sim = SimulatedEndpoint(eid, rng)
+        both = sim.points
+        cold: list[store.StoredPoint] = []
+        for resolution in (15, 60, 3600):
+            hours = settings.METRICS_RETENTION_HOURS[resolution]
+            first = now - int(hours * 3600)
+            cold += [p for ts in range(first, now, resolution) for p in both(resolution, ts)]
+        store.write_chunk_points(cold)
+        hot = []
+        for resolution in (15, 60):
+            minutes = settings.METRICS_HOT_MINUTES[resolution]
+            for ts in range(now - int(minutes * 60), now, resolution):
+                for p in both(resolution, ts):
+                    count = p.request_count
+                    buckets = {
+                        label: float(int(count * w))
+                        for label, w in zip(BUCKET_LABELS[3:9], (0.1, 0.3, 0.3, 0.2, 0.07, 0.03), strict=True)
+                        if int(count * w)
+                    }
+                    fields_ = {f: getattr(p, f) for f in store.FIELDS}
+                    hot.append(
+                        MetricPoint(
+                            endpoint_id=eid,
+                            served_entity_name=p.served_entity_name,
+                            resolution=resolution,
+                            ts=ts,
+                            latency_buckets=buckets,
+                            **fields_,
+                        )
                     )
-                )
-            if len(batch) >= 20_000:
-                MetricPoint.objects.bulk_create(batch, batch_size=5000)
-                rows += len(batch)
-                batch = []
-        MetricPoint.objects.bulk_create(batch, batch_size=5000)
-        rows += len(batch)
-    return rows
+        MetricPoint.objects.bulk_create(hot, batch_size=2000)
+        written += len(cold) + len(hot)
+    return written
+
+
+def measure_storage() -> dict[str, float]:
+    """Bytes the metric tables take on disk (PostgreSQL: heap, TOAST and indexes) per endpoint."""
+    from django.db import connection
+
+    sizes: dict[str, float] = {}
+    with connection.cursor() as cursor:
+        if connection.vendor == "postgresql":
+            cursor.execute("VACUUM ANALYZE endpoints_app_metricchunk")
+            cursor.execute("VACUUM ANALYZE endpoints_app_metricpoint")
+            for table in ("endpoints_app_metricchunk", "endpoints_app_metricpoint"):
+                cursor.execute("SELECT pg_total_relation_size(%s)", [table])
+                sizes[table] = float(cursor.fetchone()[0])
+        cursor.execute(
+            "SELECT resolution, count(*), sum(length(data)) FROM endpoints_app_metricchunk GROUP BY resolution"
+        )
+        for resolution, count, total in cursor.fetchall():
+            sizes[f"chunks_{resolution}"] = float(count)
+            sizes[f"data_{resolution}"] = float(total)
+    return sizes
 
 
 def bench_charts(endpoint_ids: list[str]) -> list[tuple[str, int, float, float]]:
@@ -242,6 +326,10 @@ def bench_charts(endpoint_ids: list[str]) -> list[tuple[str, int, float, float]]
 def main() -> int:
     parser = argparse.ArgumentParser()
     parser.add_argument("--endpoints", type=int, default=int(os.environ.get("BENCH_ENDPOINTS", "1000")))
+    parser.add_argument(
+        "--storage-sample", type=int, default=20, help="endpoints whose full retention is simulated and measured"
+    )
+    parser.add_argument("--skip-sweep", action="store_true", help="storage and chart reads only")
     args = parser.parse_args()
     data_dir, redis_server = setup_environment()
     targets = []
@@ -258,11 +346,17 @@ def main() -> int:
         t0 = time.monotonic()
         ids = build_fleet(args.endpoints, ports)
         print(f"  fleet built in {time.monotonic() - t0:.1f}s")
-        sweep = bench_sweep(args.endpoints)
+        sweep = (
+            {"polled": 0, "failed": 0, "seconds": float("nan"), "poll_p50_ms": float("nan")}
+            if args.skip_sweep
+            else bench_sweep(args.endpoints)
+        )
         t0 = time.monotonic()
-        rows = build_series(ids)
-        print(f"  {rows:,} metric points written in {time.monotonic() - t0:.1f}s")
-        charts = bench_charts(ids)
+        sample = ids[: args.storage_sample]
+        rows = simulate_steady_state(sample)
+        print(f"  steady state of {len(sample)} endpoints: {rows:,} intervals written in {time.monotonic() - t0:.1f}s")
+        storage = measure_storage()
+        charts = bench_charts(sample)
     finally:
         for target in targets:
             target.terminate()
@@ -278,6 +372,7 @@ def main() -> int:
         f"({sweep['polled']} polled, {sweep['failed']} failed, poll p50 {sweep['poll_p50_ms']:.1f} ms) | ≤ 15 s | "
         f"{'PASS' if ok_sweep else 'FAIL'} |"
     )
+    ok_storage = report_storage(storage, len(sample))
     ok_charts = True
     for label, resolution, p50, worst in charts:
         ok = worst < 100
@@ -286,7 +381,41 @@ def main() -> int:
             f"| chart query, all 10 series, {label} (resolution {resolution} s) | p50 {p50:.1f} ms, max {worst:.1f} ms "
             f"| < 100 ms | {'PASS' if ok else 'FAIL'} |"
         )
-    return 0 if ok_sweep and ok_charts else 1
+    return 0 if (ok_sweep or args.skip_sweep) and ok_charts and ok_storage else 1
+
+
+def report_storage(sizes: dict[str, float], sample: int) -> bool:
+    """Rows of the table: measured bytes per endpoint, per day, and the 10,000-endpoint projection."""
+    from django.conf import settings
+
+    if "endpoints_app_metricchunk" not in sizes:
+        print("| metric storage | (measured on PostgreSQL only) | | |")
+        return True
+    cold = sizes["endpoints_app_metricchunk"] / sample
+    hot = sizes["endpoints_app_metricpoint"] / sample
+    per_endpoint = cold + hot
+    fleet_gb = per_endpoint * 10_000 / 1e9
+    days = {r: settings.METRICS_RETENTION_HOURS[r] / 24 for r in (15, 60, 3600)}
+    print(
+        f"| metric storage per single-entity endpoint at full retention (PostgreSQL, heap + TOAST + indexes, "
+        f"{sample} endpoints measured) | {per_endpoint / 1e6:.3f} MB (chunks {cold / 1e6:.3f} MB, hot rows "
+        f"{hot / 1e6:.3f} MB) | | |"
+    )
+    for r in (15, 60, 3600):
+        data = sizes.get(f"data_{r}", 0.0) / sample
+        print(
+            f"| compressed chunk data per endpoint per day of {r} s intervals | {data / days[r] / 1e3:.1f} kB "
+            f"({sizes.get(f'chunks_{r}', 0) / sample:.0f} chunks held, {data / 1e3:.0f} kB) | | |"
+        )
+    steady_per_day = per_endpoint / days[3600]
+    print(
+        f"| bytes per endpoint per day of retention at steady state (total / 90 d) | {steady_per_day / 1e3:.1f} kB | | |"
+    )
+    ok = fleet_gb < 20
+    print(
+        f"| projection: 10,000 endpoints at full retention | {fleet_gb:.2f} GB | < 20 GB | {'PASS' if ok else 'FAIL'} |"
+    )
+    return ok
 
 
 if __name__ == "__main__":

@@ -47,12 +47,17 @@ def evaluate_rollout_plans() -> int:
 
 @shared_task(ignore_result=True)
 def poll_due(kind: str) -> int:
-    """Beat: one small poll task per target of this kind that is due."""
+    """Beat: one poll task per batch of due targets of this kind (``polling.POLL_BATCH_SIZE``)."""
     polling.ensure_targets()
     due = polling.due_targets(kind)
-    for target_id in due:
-        poll_target.delay(target_id)
+    for i in range(0, len(due), polling.POLL_BATCH_SIZE):
+        poll_batch.delay(due[i : i + polling.POLL_BATCH_SIZE])
     return len(due)
+
+
+@shared_task(ignore_result=True, soft_time_limit=60, time_limit=75)
+def poll_batch(target_ids: list[int]) -> None:
+    polling.run_batch(target_ids)
 
 
 @shared_task(ignore_result=True, soft_time_limit=30, time_limit=40)

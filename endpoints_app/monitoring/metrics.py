@@ -28,10 +28,11 @@ from django.db import transaction
 from django.utils import timezone
 
 from endpoints_app.backends import get_backend
-from endpoints_app.gateway.metrics import BUCKET_LABELS, UNATTRIBUTED, read_counters
-from endpoints_app.models import Endpoint, MetricCursor, MetricPoint
+from endpoints_app.gateway.metrics import BUCKET_LABELS, UNATTRIBUTED, redis_key
+from endpoints_app.models import Endpoint, MetricCursor, MetricPoint, ServedEntity
 from endpoints_app.monitoring import store
 from endpoints_app.monitoring.store import quantile
+from endpoints_app.redis_client import get_redis
 from endpoints_app.runtime.credentials import ReplicaTarget
 
 BASE_RESOLUTION = store.BASE_RESOLUTION
@@ -39,6 +40,7 @@ RESOLUTIONS = store.RESOLUTIONS
 SHADOW_FIELDS = ("shadow_compared", "shadow_agreed", "shadow_dropped")  # gateway.shadow
 COUNTER_FIELDS = ("count", "4xx", "5xx", "sum", *(f"b{label}" for label in BUCKET_LABELS), *SHADOW_FIELDS)
 MAX_CHART_POINTS = 300
+SCRAPE_THREADS = 32  # replicas' /metrics read at once by one batch
 
 
 class MetricsPollError(Exception):
@@ -165,56 +167,120 @@ def _mean(values: list[float]) -> float | None:
 
 def poll_metrics(endpoint: Endpoint) -> None:
     """Read the sources once and add one 15 s point per served entity and one for the endpoint."""
-    ts = int(time.time()) // BASE_RESOLUTION * BASE_RESOLUTION
-    config = endpoint.active_config  # None without a query when there is no active config
-    entities = list(config.served_entities.all()) if config is not None else []
-    counters = read_counters(endpoint.id)
+    error = poll_metrics_batch([endpoint]).get(endpoint.id)
+    if error:
+        raise MetricsPollError(error)
 
-    # 1. Replica gauges, read in parallel, each with a timeout.
+
+def poll_metrics_batch(endpoints: list[Endpoint]) -> dict[str, str]:
+    """Poll many endpoints at once (the sweep's batch): the error of each endpoint whose replicas
+    could not be read at all, keyed by id; the others polled.
+
+    A fixed number of queries whatever the batch size (served entities, replicas, cursors, existing
+    points, then bulk writes), one Redis pipeline for the gateway counters, and every replica's
+    /metrics read concurrently, each with a timeout.
+    """
+    if not endpoints:
+        return {}
+    ts = int(time.time()) // BASE_RESOLUTION * BASE_RESOLUTION
+    ids = [e.id for e in endpoints]
+    configs = {e.id: e.active_config for e in endpoints}
+    entities_by_config: dict[int, list[ServedEntity]] = defaultdict(list)
+    config_ids = [c.id for c in configs.values() if c is not None]
+    for entity in ServedEntity.objects.filter(config_version_id__in=config_ids).order_by("position"):
+        entities_by_config[entity.config_version_id].append(entity)
+    entities = {eid: entities_by_config.get(c.id, []) if c is not None else [] for eid, c in configs.items()}
+    pipe = get_redis().pipeline(transaction=False)
+    for eid in ids:
+        pipe.hgetall(redis_key(eid))
+    counters: dict[str, dict[str, dict[str, float]]] = {}
+    for eid, raw in zip(ids, pipe.execute(), strict=True):
+        parsed: dict[str, dict[str, float]] = defaultdict(dict)
+        for name, value in raw.items():
+            entity_name, _, counter = name.rpartition("|")
+            parsed[entity_name][counter] = float(value)
+        counters[eid] = dict(parsed)
+
+    # 1. Replica gauges, read concurrently, each with a timeout.
     urls_by_deployment = get_backend().ready_replicas(
-        deployment_ids=[e.deployment_id for e in entities if e.deployment_id]
+        deployment_ids=[e.deployment_id for es in entities.values() for e in es if e.deployment_id]
     )
     jobs = [
-        (e.name, url)
-        for e in entities
+        (eid, e.name, url)
+        for eid, es in entities.items()
+        for e in es
         if e.deployment_id is not None
         for url in urls_by_deployment.get(e.deployment_id, [])
     ]
-    gauges: dict[str, list[ReplicaGauges]] = defaultdict(list)
-    errors: list[str] = []
+    gauges: dict[tuple[str, str], list[ReplicaGauges]] = defaultdict(list)
+    errors: dict[str, list[str]] = defaultdict(list)
+    jobs_of: dict[str, int] = defaultdict(int)
     if jobs:
         timeout = settings.POLL_HTTP_TIMEOUT_SECONDS
-        with ThreadPoolExecutor(max_workers=min(8, len(jobs))) as pool:
-            futures = [(name, url, pool.submit(scrape_replica, url, timeout)) for name, url in jobs]
-            for name, url, future in futures:
+        with ThreadPoolExecutor(max_workers=min(SCRAPE_THREADS, len(jobs))) as pool:
+            futures = [(eid, name, url, pool.submit(scrape_replica, url, timeout)) for eid, name, url in jobs]
+            for eid, name, url, future in futures:
+                jobs_of[eid] += 1
                 try:
-                    gauges[name].append(future.result())
+                    gauges[(eid, name)].append(future.result())
                 except Exception as exc:  # a dead replica is reported, the others still count
-                    errors.append(f"{url}: {type(exc).__name__}: {exc}")
+                    errors[eid].append(f"{url}: {type(exc).__name__}: {exc}")
 
     # 2. Per-interval counts from the gateway's cumulative counters.
-    cursors = {c.served_entity_name: c for c in MetricCursor.objects.filter(endpoint=endpoint, source="gateway")}
-    names = {e.name for e in entities} | set(counters)
-    intervals: dict[str, Interval] = {}
-    new_cursors: dict[str, dict[str, float]] = {}
-    for name in names:
-        current = counters.get(name, {})
-        previous = cursors[name].counters if name in cursors else None
-        interval = Interval()
-        interval.add_counts(counter_delta(previous, current))
-        if current:
-            new_cursors[name] = current
-        replica_gauges = gauges.get(name, [])
-        interval.cpu = [g.cpu_pct for g in replica_gauges if g.cpu_pct is not None]
-        interval.mem = [g.mem_pct for g in replica_gauges if g.mem_pct is not None]
-        interval.gpu = [v for g in replica_gauges for v in g.gpu_pct]
-        if name != UNATTRIBUTED:
-            interval.replicas = float(len(replica_gauges))
-            interval.concurrency = float(sum(g.in_flight for g in replica_gauges))
-        intervals[name] = interval
+    cursors = {
+        (c.endpoint_id, c.served_entity_name): c.counters
+        for c in MetricCursor.objects.filter(endpoint_id__in=ids, source="gateway")
+    }
+    points: list[tuple[str, str, int, int, dict[str, Any]]] = []
+    new_cursors: list[MetricCursor] = []
+    read_at = timezone.now()
+    for eid in ids:
+        intervals: dict[str, Interval] = {}
+        for name in {e.name for e in entities[eid]} | set(counters[eid]):
+            current = counters[eid].get(name, {})
+            interval = Interval()
+            interval.add_counts(counter_delta(cursors.get((eid, name)), current))
+            if current:
+                new_cursors.append(
+                    MetricCursor(
+                        endpoint_id=eid, served_entity_name=name, source="gateway", counters=current, read_at=read_at
+                    )
+                )
+            replica_gauges = gauges.get((eid, name), [])
+            interval.cpu = [g.cpu_pct for g in replica_gauges if g.cpu_pct is not None]
+            interval.mem = [g.mem_pct for g in replica_gauges if g.mem_pct is not None]
+            interval.gpu = [v for g in replica_gauges for v in g.gpu_pct]
+            if name != UNATTRIBUTED:
+                interval.replicas = float(len(replica_gauges))
+                interval.concurrency = float(sum(g.in_flight for g in replica_gauges))
+            intervals[name] = interval
+        config = configs[eid]
+        total = endpoint_total(intervals, shadow_names(config.traffic_config if config is not None else None))
+        for name, interval in intervals.items():
+            if name != UNATTRIBUTED:
+                points.append((eid, name, BASE_RESOLUTION, ts, interval_values(interval)))
+        points.append((eid, "", BASE_RESOLUTION, ts, interval_values(total)))
 
-    # A shadow's mirrors are not queries of the endpoint: its own series only (gateway.shadow).
-    shadows = shadow_names(config.traffic_config if config is not None else None)
+    # 3. Store points and cursors in one short transaction.
+    with transaction.atomic():
+        MetricCursor.objects.bulk_create(
+            new_cursors,
+            batch_size=1000,
+            update_conflicts=True,
+            unique_fields=["endpoint", "served_entity_name", "source"],
+            update_fields=["counters", "read_at"],
+        )
+        store.write_points(points)
+    return {
+        eid: f"could not read metrics from {len(errs)} replica(s): {'; '.join(errs)[:500]}"
+        for eid, errs in errors.items()
+        if len(errs) == jobs_of[eid]
+    }
+
+
+def endpoint_total(intervals: dict[str, Interval], shadows: set[str]) -> Interval:
+    """The endpoint's interval: its entities' (and unattributed) counts added up, gauges pooled.
+    A shadow's mirrors are not queries of the endpoint: its own series only (gateway.shadow)."""
     total = Interval(replicas=0.0, concurrency=0.0)
     for name, interval in intervals.items():
         if name in shadows:
@@ -225,22 +291,7 @@ def poll_metrics(endpoint: Endpoint) -> None:
         total.gpu += interval.gpu
         total.replicas = (total.replicas or 0.0) + (interval.replicas or 0.0)
         total.concurrency = (total.concurrency or 0.0) + (interval.concurrency or 0.0)
-
-    # 3. Store points and cursors in one short transaction.
-    with transaction.atomic():
-        for name, values in new_cursors.items():
-            MetricCursor.objects.update_or_create(
-                endpoint=endpoint,
-                served_entity_name=name,
-                source="gateway",
-                defaults={"counters": values, "read_at": timezone.now()},
-            )
-        for name, interval in intervals.items():
-            if name != UNATTRIBUTED:
-                add_point(endpoint.id, name, BASE_RESOLUTION, ts, interval)
-        add_point(endpoint.id, "", BASE_RESOLUTION, ts, total)
-    if errors and len(errors) == len(jobs):
-        raise MetricsPollError(f"could not read metrics from {len(errors)} replica(s): {'; '.join(errors)[:500]}")
+    return total
 
 
 def shadow_names(traffic_config: Any) -> set[str]:

@@ -217,34 +217,41 @@ def encode_chunk(resolution: int, start: int, series: dict[str, dict[int, dict[s
     return struct.pack(">I", len(header)) + zlib.compress(header + shuffled, 9)
 
 
-def decode_chunk(data: bytes, resolution: int, start: int) -> dict[str, dict[int, dict[str, float | None]]]:
-    """The inverse of ``encode_chunk``: ``{entity: {ts: {field: value}}}``, missing values None."""
+def decode_chunk(
+    data: bytes, resolution: int, start: int, *, only: str | None = None
+) -> dict[str, dict[int, dict[str, float | None]]]:
+    """The inverse of ``encode_chunk``: ``{entity: {ts: {field: value}}}``, missing values None.
+
+    ``only`` decodes one series (the others are skipped, not materialised).
+    """
     (header_len,) = struct.unpack(">I", data[:4])
     raw = zlib.decompress(data[4:])
     header = json.loads(raw[:header_len])
     slots, names, field_names = header["slots"], header["series"], header["fields"]
     body = np.frombuffer(raw[header_len:], dtype=np.uint8)
     count = len(body) // 8
-    stacked = body.reshape(8, count).T.copy().view(np.float64).reshape(-1) if count else np.zeros(0)
-    stored = [stacked[i * slots : (i + 1) * slots] for i in range(count // slots if slots else 0)]
+    stacked = body.reshape(8, count).T.copy().view(np.float64).reshape(-1).tolist() if count else []
     refs = header["refs"]
     out: dict[str, dict[int, dict[str, float | None]]] = {}
     next_column = 0
     for si, name in enumerate(names):
-        columns = []
+        columns: list[int] = []  # each field's stored column
         for fi in range(len(field_names)):
             ref = refs.get(f"{si},{fi}")
             if ref is None:
-                columns.append(stored[next_column])
+                columns.append(next_column)
                 next_column += 1
             else:
-                columns.append(stored[ref])
+                columns.append(ref)
+        if only is not None and name != only:
+            continue
         points: dict[int, dict[str, float | None]] = {}
         for slot in header["present"][si]:
-            points[start + slot * resolution] = {
-                fname: (None if math.isnan(v := float(columns[fi][slot])) else v)
-                for fi, fname in enumerate(field_names)
-            }
+            row = {}
+            for fname, column in zip(field_names, columns, strict=True):
+                v = stacked[column * slots + slot]
+                row[fname] = v if v == v else None  # NaN is a missing value
+            points[start + slot * resolution] = row
         out[name] = points
     return out
 
@@ -282,6 +289,39 @@ def write_point(endpoint_id: str, entity: str, resolution: int, ts: int, values:
             setattr(point, key, value)
         point.save()
         return
+
+
+def write_points(points: list[tuple[str, str, int, int, dict[str, Any]]]) -> None:
+    """``write_point`` for many intervals ``(endpoint_id, entity, resolution, ts, values)`` at once:
+    one query finds the points that exist (merged one by one, rare: two polls in one interval),
+    the others are inserted in bulk. Call it inside a transaction."""
+    if not points:
+        return
+    keys = {(eid, entity, res, ts) for eid, entity, res, ts, _ in points}
+    existing = set(
+        MetricPoint.objects.filter(
+            endpoint_id__in={k[0] for k in keys},
+            resolution__in={k[2] for k in keys},
+            ts__in={k[3] for k in keys},
+        ).values_list("endpoint_id", "served_entity_name", "resolution", "ts")
+    )
+    fresh = [p for p in points if (p[0], p[1], p[2], p[3]) not in existing]
+    try:
+        with transaction.atomic():
+            MetricPoint.objects.bulk_create(
+                [
+                    MetricPoint(endpoint_id=eid, served_entity_name=entity, resolution=res, ts=ts, **values)
+                    for eid, entity, res, ts, values in fresh
+                ],
+                batch_size=1000,
+            )
+    except IntegrityError:  # another poll wrote one of them meanwhile: merge each
+        existing = set()
+        fresh = []
+    fresh_keys = {(p[0], p[1], p[2], p[3]) for p in fresh}
+    for eid, entity, res, ts, values in points:
+        if (eid, entity, res, ts) not in fresh_keys:
+            write_point(eid, entity, res, ts, values)
 
 
 def _hot_values(point: MetricPoint) -> dict[str, Any]:
@@ -355,9 +395,7 @@ def read_points(
     for chunk in MetricChunk.objects.filter(
         endpoint_id=endpoint_id, resolution=resolution, start__gte=first_chunk, start__lt=end
     ).order_by("start"):
-        for name, points in decode_chunk(bytes(chunk.data), resolution, chunk.start).items():
-            if entity is not None and name != entity:
-                continue
+        for name, points in decode_chunk(bytes(chunk.data), resolution, chunk.start, only=entity).items():
             for ts, values in points.items():
                 if start <= ts < end:
                     found[(name, ts)] = _stored(endpoint_id, name, resolution, ts, values)
