@@ -8,16 +8,20 @@ one stack for the module (they take about a minute to start on two cores).
 
 from __future__ import annotations
 
+import os
+import shutil
 import subprocess
+import sys
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
 import requests
 from django.conf import settings
 
-from endpoints_app.models import Deployment, Replica, ReplicaState, RuntimeHost
+from endpoints_app.models import Deployment, Replica, ReplicaState, RuntimeHost, ScalingDecision
 from tests import ray_cluster
 from tests.model_fixtures import IRIS_COLUMNS
 from tests.stack import Stack
@@ -36,9 +40,13 @@ ROW = [5.1, 3.5, 1.4, 0.2]
 SCALE = "0.1"
 
 
+# strace records every connect() of the nodes' processes (test_nothing_left_the_cluster_addresses).
+STRACE = shutil.which("strace")
+
+
 @pytest.fixture(scope="module")
 def cluster():
-    running = ray_cluster.start()
+    running = ray_cluster.start(trace_connects=STRACE is not None)
     try:
         yield running
     finally:
@@ -63,7 +71,8 @@ def stack(cluster, django_db_setup, django_db_blocker, registered_models, tmp_pa
             "MODELFLEET_RAY_ADDRESS": cluster.client_address,
             "MODELFLEET_RAY_RESOURCE_SCALE": SCALE,
             "MODELFLEET_RUNTIME_STANDBY": "false",
-            "MODELFLEET_AUTOSCALE_UP_DELAY_SECONDS": "600",  # these tests place replicas, not scale them
+            # Scaling on conftest's test time scale (tests/stack.py: scale up after 2 s of load, down
+            # after 4 s without, to zero after 4 s idle); the placement tests use fixed sizes.
         },
     )
     try:
@@ -192,6 +201,95 @@ def test_an_80_20_update_under_steady_load_loses_nothing(stack, registered_model
     wait_until(lambda: not ready_hosts("ray-split"), 60, "its replicas stopped")
 
 
+def serving(stack: Stack, endpoint: str) -> bool:
+    """READY and not updating: what the SDK's create_and_wait waits for."""
+    state = api(stack, "GET", f"/serving-endpoints/{endpoint}").json()["state"]
+    return state["ready"] == "READY" and state["config_update"] == "NOT_UPDATING"
+
+
+def decisions(endpoint: str) -> list[str]:
+    return list(
+        ScalingDecision.objects.filter(deployment__endpoint__name=endpoint)
+        .order_by("at")
+        .values_list("reason", flat=True)
+    )
+
+
+def delete(stack: Stack, endpoint: str) -> None:
+    assert api(stack, "DELETE", f"/serving-endpoints/{endpoint}").status_code == 200
+    wait_until(lambda: not ready_hosts(endpoint), 60, f"the replicas of {endpoint} stopped")
+
+
+def test_an_idle_entity_scales_to_zero_on_ray_and_the_next_queries_wake_it(stack, cluster, registered_models):
+    """The local backend's scale to zero (tests/test_e2e_scaling.py) on Ray: idle for the test-sized
+    4 s, the replica's actor goes; queries at zero are held while a new one is placed, none fails."""
+    entity = {"entity_name": registered_models["iris"], "entity_version": "1", "workload_size": "Small"}
+    body = {"name": "ray-zero", "config": {"served_entities": [{**entity, "scale_to_zero_enabled": True}]}}
+    assert api(stack, "POST", "/serving-endpoints", body).status_code == 200
+    wait_until(lambda: serving(stack, "ray-zero"), 120, "READY")
+    assert ready_hosts("ray-zero")[0] in {w.address for w in cluster.workers}
+    assert query(stack, "ray-zero").status_code == 200
+    wait_until(lambda: Deployment.objects.get(endpoint__name="ray-zero").desired_replicas == 0, 30, "scale to zero")
+    wait_until(lambda: not ready_hosts("ray-zero"), 30, "no replica left after scale to zero")
+    got = api(stack, "GET", "/serving-endpoints/ray-zero").json()
+    assert got["state"]["ready"] == "READY"
+    assert got["config"]["served_entities"][0]["scaled_to_zero"] is True
+
+    started = time.monotonic()
+    with ThreadPoolExecutor(4) as pool:
+        answers = list(pool.map(lambda _: query(stack, "ray-zero"), range(4)))
+    cold = time.monotonic() - started
+    print(f"ray wake-up from zero: {cold:.1f}s")
+    assert [a.status_code for a in answers] == [200] * 4, [a.text for a in answers if a.status_code != 200]
+    assert all(a.json() == {"predictions": [0]} for a in answers)
+    assert cold < 30
+    assert ready_hosts("ray-zero")[0] in {w.address for w in cluster.workers}  # placed on Ray again
+    reasons = decisions("ray-zero")
+    assert any("scale to zero" in r for r in reasons) and any("woken up" in r for r in reasons), reasons
+    delete(stack, "ray-zero")
+
+
+def test_replicas_follow_the_load_on_ray(stack, cluster, registered_models):
+    """The local backend's autoscaling on Ray: a second replica is placed under load (2 s of more
+    than 3 requests in flight per replica) and drained after it (4 s)."""
+    body = two_replicas("ray-scale", registered_models["slow"])
+    body["config"]["served_entities"][0].update(min_provisioned_concurrency=4, max_provisioned_concurrency=8)
+    assert api(stack, "POST", "/serving-endpoints", body).status_code == 200
+    wait_until(lambda: serving(stack, "ray-scale"), 120, "READY")
+    assert len(ready_hosts("ray-scale")) == 1
+    stop = threading.Event()
+    failures: list[int] = []
+
+    def client() -> None:
+        session = requests.Session()
+        while not stop.is_set():
+            answer = session.post(
+                f"{stack.url}/serving-endpoints/ray-scale/invocations",
+                json={"inputs": [[1.0]]},
+                headers={"Authorization": f"Bearer {stack.token}"},
+                timeout=60,
+            )
+            if answer.status_code != 200:
+                failures.append(answer.status_code)
+
+    clients = [threading.Thread(target=client) for _ in range(8)]
+    for c in clients:
+        c.start()
+    try:
+        scaled = wait_until(lambda: len(ready_hosts("ray-scale")) == 2, 60, "a second replica under load")
+    finally:
+        stop.set()
+        for c in clients:
+            c.join()
+    print(f"ray scale up: the second replica ready after {scaled:.1f}s of load")
+    assert failures == []
+    assert ready_hosts("ray-scale") == sorted(w.address for w in cluster.workers)  # spread over both
+    wait_until(lambda: len(ready_hosts("ray-scale")) == 1, 60, "back to one replica after the load")
+    reasons = decisions("ray-scale")
+    assert "scale up" in reasons[0] and "scale down" in reasons[-1], reasons
+    delete(stack, "ray-scale")
+
+
 def test_two_replicas_land_on_both_workers_serve_and_survive_a_node_loss(stack, cluster, registered_models):
     created = api(stack, "POST", "/serving-endpoints", two_replicas("ray-iris", registered_models["iris"]))
     assert created.status_code == 200, created.text
@@ -287,3 +385,44 @@ def test_two_replicas_land_on_both_workers_serve_and_survive_a_node_loss(stack, 
     lost = Replica.objects.filter(deployment=deployment, host=victim.address).exclude(state=ReplicaState.READY)
     assert lost.exists()
     assert "replica lost" in Path(settings.RUNTIME_DIR, "deployments", str(deployment.id), "server.log").read_text()
+
+
+def test_the_control_planes_ray_client_connects_nowhere_else(cluster):
+    """The runtime's own connection to the cluster (ray_agent.connect, Ray Client), traced from the
+    machine's namespace, where a default route exists: no connect() outside the cluster's subnet and
+    loopback (Ray's node-address probe, a UDP connect to 8.8.8.8, included)."""
+    if STRACE is None:
+        pytest.skip("strace is not installed")
+    trace = Path(cluster.root) / "client.trace"
+    script = (
+        "import django; django.setup()\n"
+        "from endpoints_app.runtime.ray_agent import connect, cluster_nodes\n"
+        f"ray = connect({cluster.client_address!r})\n"
+        "print(len(cluster_nodes(ray)))\n"
+        "ray.shutdown()\n"
+    )
+    run = subprocess.run(
+        [STRACE, "-f", "-qq", "--seccomp-bpf", "-e", "trace=connect", "-o", str(trace), sys.executable, "-c", script],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=settings.BASE_DIR,
+        env={**os.environ, "DJANGO_SETTINGS_MODULE": "dashboard.settings"},
+    )
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert int(run.stdout.split()[-1]) >= 2  # it did reach the cluster: the head and a live worker or two
+    text = trace.read_text()
+    assert f'{cluster.head.address}"' in text  # the trace saw its connection (IPv4, or IPv4-mapped IPv6)
+    assert ray_cluster.outside_connects(text) == []
+
+
+def test_nothing_left_the_cluster_addresses(cluster):
+    """Last in the module: over everything above (start, placements, scaling, a node's loss), no
+    process of any Ray node called connect() to an address outside the cluster's subnet and
+    loopback: no 8.8.8.8 probe, no cloud metadata server, no usage-stats report, no DNS."""
+    if STRACE is None:
+        pytest.skip("strace is not installed")
+    traces = sorted(Path(cluster.root).glob("*.connects.*"))
+    assert {p.name.split(".")[0] for p in traces} == {"head", "w1", "w2"}
+    assert sum(p.read_text().count("AF_INET") for p in traces) > 20  # the traces did see the cluster's traffic
+    assert cluster.outside_connects() == []
