@@ -311,3 +311,28 @@ def test_an_approval_policy_names_its_workspace(far, django_user_model):
     assert local.json()["workspace"] == "local"
     missing = api.post("/api/2.0/modelfleet/approval-policies", {"workspace": "nowhere"}, format="json")
     assert error(missing) == (404, "RESOURCE_DOES_NOT_EXIST")
+
+
+def test_the_cli_changes_and_proposes_with_workspace(
+    far, remote, django_user_model, live_server, monkeypatch, tmp_path
+):
+    from endpoints_app.cli.main import main as cli_main
+    from endpoints_app.services.tokens import create_token
+
+    _url, state = remote
+    editor = user(django_user_model, "ed", grant="editor")
+    monkeypatch.setenv("MODELFLEET_HOST", live_server.url)
+    monkeypatch.setenv("MODELFLEET_TOKEN", create_token(user=editor)[1])
+    monkeypatch.setenv("MODELFLEET_CONFIG_FILE", str(tmp_path / "no-such-config"))
+    tags = json.dumps({"add_tags": [{"key": "team", "value": "ml"}]})
+    assert cli_main(["serving-endpoints", "patch", "churn", "--workspace", "far", "--json", tags]) == 0
+    assert state.endpoints["churn"]["tags"] == [{"key": "team", "value": "ml"}]
+    ApprovalPolicy.objects.create(workspace=far)
+    # Gated now: the direct change is refused (exit 1), the proposal opens a request for far.
+    config = json.dumps(SPLIT)
+    assert cli_main(["serving-endpoints", "update-config", "churn", "--workspace", "far", "--json", config]) == 1
+    argv = ["change-requests", "propose", "churn", "--workspace", "far", "--action", "update-config", "--json", config]
+    assert cli_main(argv) == 0
+    request = ChangeRequest.objects.get()
+    assert request.workspace == far and request.status == ChangeRequestStatus.PENDING
+    assert request.base_config_version == 1

@@ -85,6 +85,7 @@ def register(commands: argparse._SubParsersAction, common: argparse.ArgumentPars
         help="the config (update-config), create body, ai-gateway body or tags patch (add_tags, delete_tags): "
         "inline or @file",
     )
+    p.add_argument("--workspace", metavar="NAME", help="the endpoint of this remote workspace (default: local)")
     for name, handler in (("approve", cmd_cr_approve), ("reject", cmd_cr_reject)):
         p = simple_verb(verbs, common, name, handler, f"{name} a change request (not your own)")
         p.add_argument("request_id", type=int)
@@ -309,7 +310,10 @@ def cmd_cr_propose(ctx: Context) -> int:
             body = body["config"]
     elif action != "delete":
         raise CliError("--json is required to propose a create or a config update")
-    cr = ctx.api.call("POST", CRS, {"endpoint_name": ctx.args.endpoint_name, "action": action, "body": body})
+    request: dict[str, Any] = {"endpoint_name": ctx.args.endpoint_name, "action": action, "body": body}
+    if ctx.args.workspace:
+        request["workspace"] = ctx.args.workspace
+    cr = ctx.api.call("POST", CRS, request)
     ctx.out(render.to_json(cr) if ctx.json_output else _cr_summary(cr))
     return EXIT_OK
 

@@ -86,9 +86,17 @@ def path_param(value: str) -> str:
     return quote(value, safe="")
 
 
-def endpoint_path(name: str, *rest: str) -> str:
-    """``/api/2.0/serving-endpoints/{name}/{rest…}``; ``rest`` segments must already be encoded."""
-    return "/".join(["/api/2.0/serving-endpoints", path_param(name), *rest])
+def endpoint_path(name: str, *rest: str, workspace: str | None = None) -> str:
+    """``/api/2.0/serving-endpoints/{name}/{rest…}``; ``rest`` segments must already be encoded.
+    With ``workspace`` (``--workspace``), the endpoint of that remote workspace, changed through
+    this installation's approval gate: ``/api/2.0/modelfleet/workspaces/{workspace}/serving-endpoints/…``."""
+    return "/".join([endpoints_base(workspace), path_param(name), *rest])
+
+
+def endpoints_base(workspace: str | None = None) -> str:
+    if not workspace:
+        return "/api/2.0/serving-endpoints"
+    return f"/api/2.0/modelfleet/workspaces/{path_param(workspace)}/serving-endpoints"
 
 
 def parse_json_arg(value: str) -> Any:

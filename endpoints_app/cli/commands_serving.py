@@ -22,6 +22,7 @@ from endpoints_app.cli.commands_common import (
     Context,
     Handler,
     endpoint_path,
+    endpoints_base,
     format_duration,
     parse_duration,
     parse_json_object,
@@ -85,6 +86,14 @@ def _add_wait_flags(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def _add_workspace_flag(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--workspace",
+        metavar="NAME",
+        help="an endpoint of this remote workspace, changed through this installation's approval policies and audit",
+    )
+
+
 def register(commands: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
     group = commands.add_parser(
         "serving-endpoints",
@@ -108,12 +117,14 @@ def register(commands: argparse._SubParsersAction, common: argparse.ArgumentPars
     p.add_argument("--route-optimized", action="store_true", default=None, help="create a route-optimized endpoint")
     p.add_argument("--budget-policy-id", metavar="ID", help="budget policy to attach")
     _add_wait_flags(p)
+    _add_workspace_flag(p)
 
     p = add_verb(verbs, common, "update-config", cmd_update_config, "roll out a new config", [("name", "NAME", False)])
     p.add_argument("--json", metavar="JSON", required=True, help="new config: inline JSON or @path/to/file.json")
     _add_wait_flags(p)
+    _add_workspace_flag(p)
 
-    add_verb(verbs, common, "delete", cmd_delete, "delete an endpoint", name)
+    _add_workspace_flag(add_verb(verbs, common, "delete", cmd_delete, "delete an endpoint", name))
 
     eid = [("name", "SERVING_ENDPOINT_ID", True)]
     add_verb(
@@ -154,6 +165,7 @@ def register(commands: argparse._SubParsersAction, common: argparse.ArgumentPars
 
     p = add_verb(verbs, common, "patch", cmd_patch, "add or delete endpoint tags", name)
     p.add_argument("--json", metavar="JSON", required=True, help='{"add_tags":[{"key","value"}],"delete_tags":["key"]}')
+    _add_workspace_flag(p)
 
     p = add_verb(
         verbs,
@@ -169,6 +181,7 @@ def register(commands: argparse._SubParsersAction, common: argparse.ArgumentPars
         required=True,
         help='{"rate_limits":[…],"guardrails":{…},"usage_tracking_config":{…},"fallback_config":{…},…} or @file',
     )
+    _add_workspace_flag(p)
 
     add_verb(verbs, common, "get-open-api", cmd_get_open_api, "print the endpoint's OpenAPI document", name)
     add_verb(
@@ -381,8 +394,8 @@ def create_body(args: argparse.Namespace) -> dict[str, Any]:
 
 def cmd_create(ctx: Context) -> int:
     body = create_body(ctx.args)
-    endpoint = ctx.api.call("POST", "/api/2.0/serving-endpoints", body)
-    if not ctx.args.no_wait:
+    endpoint = ctx.api.call("POST", endpoints_base(ctx.args.workspace), body)
+    if not ctx.args.no_wait and not ctx.args.workspace:  # a remote's state arrives with the next poll
         endpoint = wait_until_not_updating(ctx, endpoint.get("name") or body["name"], ctx.args.timeout)
     _print_endpoint(ctx, endpoint)
     return EXIT_OK
@@ -417,15 +430,15 @@ def cmd_update_config(ctx: Context) -> int:
     name, body, ignored = update_config_body(ctx.args.name, ctx.args.json)
     if ignored:
         ctx.note(f'note: update-config only sends "config"; ignoring {", ".join(ignored)} from --json')
-    endpoint = ctx.api.call("PUT", endpoint_path(name, "config"), body)
-    if not ctx.args.no_wait:
+    endpoint = ctx.api.call("PUT", endpoint_path(name, "config", workspace=ctx.args.workspace), body)
+    if not ctx.args.no_wait and not ctx.args.workspace:
         endpoint = wait_until_not_updating(ctx, endpoint.get("name") or name, ctx.args.timeout)
     _print_endpoint(ctx, endpoint)
     return EXIT_OK
 
 
 def cmd_delete(ctx: Context) -> int:
-    ctx.api.call("DELETE", endpoint_path(ctx.args.name))
+    ctx.api.call("DELETE", endpoint_path(ctx.args.name, workspace=ctx.args.workspace))
     return EXIT_OK
 
 
@@ -516,14 +529,14 @@ def cmd_build_logs(ctx: Context) -> int:
 
 def cmd_patch(ctx: Context) -> int:
     body = parse_json_object(ctx.args.json)
-    result = ctx.api.call("PATCH", endpoint_path(ctx.args.name, "tags"), body)
+    result = ctx.api.call("PATCH", endpoint_path(ctx.args.name, "tags", workspace=ctx.args.workspace), body)
     ctx.out(render.tags_table(result.get("tags") or []) if ctx.table_output else render.to_json(result))
     return EXIT_OK
 
 
 def cmd_put_ai_gateway(ctx: Context) -> int:
     body = parse_json_object(ctx.args.json)
-    result = ctx.api.call("PUT", endpoint_path(ctx.args.name, "ai-gateway"), body)
+    result = ctx.api.call("PUT", endpoint_path(ctx.args.name, "ai-gateway", workspace=ctx.args.workspace), body)
     ctx.out(render.to_json(result))
     return EXIT_OK
 

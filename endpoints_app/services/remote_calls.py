@@ -138,8 +138,13 @@ def read_endpoint(workspace: Workspace, name: str) -> dict[str, Any]:
 
 
 def config_version(detail: dict[str, Any]) -> int | None:
-    version = (detail.get("config") or {}).get("config_version")
-    return version if isinstance(version, int) else None
+    """The remote's newest config version: the pending one while an update rolls out (a change made
+    meanwhile moves it before it serves), else the active one."""
+    for key in ("pending_config", "config"):
+        version = (detail.get(key) or {}).get("config_version")
+        if isinstance(version, int):
+            return version
+    return None
 
 
 def check_not_stale(workspace: Workspace, name: str, base: int | None) -> None:
