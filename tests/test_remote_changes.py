@@ -336,3 +336,44 @@ def test_the_cli_changes_and_proposes_with_workspace(
     request = ChangeRequest.objects.get()
     assert request.workspace == far and request.status == ChangeRequestStatus.PENDING
     assert request.base_config_version == 1
+
+
+def test_the_remote_page_edits_the_split_through_the_gate(far, remote, django_user_model):
+    from django.test import Client
+
+    _url, state = remote
+    state.endpoints["churn"] = databricks_remote.endpoint("churn", entities=("clf-1", "clf-2"), version=2)
+    Workspace.objects.filter(pk=far.pk).update(next_poll_at=None)
+    assert remote_polling.run_sweep(far.pk) is not None  # the copy now has both entities, 50/50
+    page = "/workspaces/far/endpoints/churn/traffic/"
+    editor = user(django_user_model, "ed", grant="editor")
+    viewer = user(django_user_model, "vi", grant="viewer")
+
+    as_viewer = Client()
+    as_viewer.force_login(viewer)
+    assert as_viewer.get(page).status_code == 403
+    assert "Edit the traffic split" not in as_viewer.get("/workspaces/far/endpoints/churn/").content.decode()
+
+    strict = Client(enforce_csrf_checks=True)
+    strict.force_login(editor)
+    shown = strict.get(page)
+    assert shown.status_code == 200 and 'name="split-1-traffic"' in shown.content.decode()
+    assert 'src="/static/js/traffic-split.js"' in shown.content.decode()
+    form = {"split-0-traffic": "80", "split-1-traffic": "20"}
+    assert strict.post(page, form).status_code == 403  # no CSRF token
+    assert state.endpoints["churn"]["config"]["config_version"] == 2
+
+    as_editor = Client()
+    as_editor.force_login(editor)
+    assert as_editor.post(page, {"split-0-traffic": "70", "split-1-traffic": "20"}).status_code == 400  # 90 %
+    saved = as_editor.post(page, form)
+    assert saved.status_code == 302 and saved["Location"] == "/workspaces/far/endpoints/churn/"
+    routes = state.endpoints["churn"]["config"]["traffic_config"]["routes"]
+    assert [(r["served_model_name"], r["traffic_percentage"]) for r in routes] == [("clf-1", 80), ("clf-2", 20)]
+    assert state.endpoints["churn"]["config"]["served_entities"][1]["entity_version"] == "2"
+
+    ApprovalPolicy.objects.create(workspace=far)
+    proposed = as_editor.post(page, {"split-0-traffic": "50", "split-1-traffic": "50"})
+    request = ChangeRequest.objects.get()
+    assert proposed.status_code == 302 and proposed["Location"] == f"/change-requests/{request.pk}/"
+    assert request.workspace == far and request.proposed["traffic_config"]["routes"][0]["traffic_percentage"] == 50

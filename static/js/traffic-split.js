@@ -9,6 +9,9 @@
  * - the traffic-split editor: a slider beside each share's number, a live preview bar, and shares
  *   that always add up to 100.
  *
+ * The remote endpoint's split page (templates/dashboard/remote_split.html) has the split alone: no
+ * entity editor, so those parts stay off.
+ *
  * Without this file the form still works: its buttons ("Add served entity", "Show its fields", …)
  * re-render it on the server, and the server checks that the numbers add up to 100.
  */
@@ -196,6 +199,7 @@
   }
 
   function renumber() {
+    if (!entitiesBox) return; // the split alone (a remote endpoint's page): no entity editor
     const live = Array.from(entitiesBox.querySelectorAll("[data-entity]")).filter((f) => !f.hasAttribute("data-removed"));
     live.forEach((fieldset, i) => {
       fieldset.querySelector("[data-entity-number]").textContent = String(i + 1);
@@ -303,8 +307,8 @@
     return holder.firstElementChild;
   }
 
-  addEntity.type = "button";
-  addEntity.addEventListener("click", () => {
+  if (addEntity) addEntity.type = "button";
+  if (addEntity) addEntity.addEventListener("click", () => {
     const index = parseInt(totalForms.value, 10);
     const fieldset = fromTemplate(entityTemplate, index);
     const row = fromTemplate(splitTemplate, index);
@@ -328,7 +332,7 @@
     enhanceSplitRow(row);
     if (row.hasAttribute("data-removed")) row.hidden = true;
   }
-  for (const fieldset of entitiesBox.querySelectorAll("[data-entity]")) enhanceEntity(fieldset);
+  if (entitiesBox) for (const fieldset of entitiesBox.querySelectorAll("[data-entity]")) enhanceEntity(fieldset);
   renumber();
   redraw();
 })();
