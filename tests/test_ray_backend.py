@@ -246,6 +246,13 @@ def test_an_idle_entity_scales_to_zero_on_ray_and_the_next_queries_wake_it(stack
     assert ready_hosts("ray-zero")[0] in {w.address for w in cluster.workers}  # placed on Ray again
     reasons = decisions("ray-zero")
     assert any("scale to zero" in r for r in reasons) and any("woken up" in r for r in reasons), reasons
+    # The endpoint's metrics count the wake-up as on the local backend (the charts read them).
+    from endpoints_app.monitoring.metrics import parse_prometheus
+
+    text = api(stack, "GET", "/serving-endpoints/ray-zero/metrics").text
+    samples = {name: value for name, _labels, value in parse_prometheus(text)}
+    assert samples["cold_starts_total"] >= 2  # the first start, and the wake-up
+    assert 0 < samples["cold_start_duration_seconds"] < 30
     delete(stack, "ray-zero")
 
 
