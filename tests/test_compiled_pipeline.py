@@ -23,9 +23,10 @@ import sklearn
 from mlflow.models import infer_signature
 from sklearn.compose import ColumnTransformer
 from sklearn.exceptions import ConvergenceWarning
-from sklearn.linear_model import LogisticRegression
+from sklearn.linear_model import LogisticRegression, Perceptron, RidgeClassifier, SGDClassifier
 from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import FunctionTransformer, OneHotEncoder, StandardScaler
+from sklearn.svm import LinearSVC
 from sklearn.tree import DecisionTreeClassifier
 
 from endpoints_app.runtime.model_server.batchable import Batching
@@ -62,6 +63,11 @@ def labels(features: pd.DataFrame) -> np.ndarray:
     return ((features["spend"] > 100) ^ (features["plan"] == "pro")).to_numpy().astype(int)
 
 
+def three_labels(features: pd.DataFrame) -> np.ndarray:
+    """Three string classes: the multi-class linear predict (argmax, then the class names)."""
+    return np.array(["low", "mid", "high"])[np.digitize(features["spend"].to_numpy(), [80.0, 120.0])]
+
+
 def dtypes_of(features: pd.DataFrame) -> list[np.dtype | None]:
     return [None if name in ("plan", "region") else np.dtype(str(features[name].dtype)) for name in NAMES]
 
@@ -71,7 +77,12 @@ def columns_of(features: pd.DataFrame) -> list[Any]:
 
 
 def fitted(
-    transformers: list[Any], *, remainder: str = "drop", later: list[Any] | None = None, final: Any = None
+    transformers: list[Any],
+    *,
+    remainder: str = "drop",
+    later: list[Any] | None = None,
+    final: Any = None,
+    target: Any = labels,
 ) -> Pipeline:
     train = frame(400, seed=1)
     steps: list[tuple[str, Any]] = [("encode", ColumnTransformer(transformers, remainder=remainder))]
@@ -80,7 +91,7 @@ def fitted(
     steps.append(("classify", final if final is not None else LogisticRegression(max_iter=50)))
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", ConvergenceWarning)
-        return Pipeline(steps).fit(train, labels(train))
+        return Pipeline(steps).fit(train, target(train))
 
 
 SHAPES: dict[str, Any] = {  # each fitted once per module (functools.cache below)
@@ -109,14 +120,51 @@ SHAPES: dict[str, Any] = {  # each fitted once per module (functools.cache below
             ("gone", "drop", ["region"]),
         ]
     ),
+    # The linear classifiers' predict is computed without scikit-learn's input validation
+    # (compiled._linear_predict): binary and multi-class, sparse and dense stacks.
+    "three string classes, logistic regression (argmax)": lambda: fitted(
+        [("cats", OneHotEncoder(handle_unknown="ignore"), ["plan", "region"])],
+        remainder="passthrough",
+        target=three_labels,
+    ),
+    "ridge classifier, dense stack": lambda: fitted(
+        [("plan", OneHotEncoder(handle_unknown="ignore", sparse_output=False), ["plan"]), ("gone", "drop", ["region"])],
+        remainder="passthrough",
+        final=RidgeClassifier(),
+    ),
+    "linear SVM, three classes": lambda: fitted(
+        [("plan", OneHotEncoder(handle_unknown="ignore"), ["plan"]), ("numbers", StandardScaler(), ["spend"])],
+        final=LinearSVC(max_iter=200),
+        target=three_labels,
+    ),
+    "SGD classifier, binary": lambda: fitted(
+        [("cats", OneHotEncoder(handle_unknown="ignore"), ["plan", "region"]), ("numbers", StandardScaler(), [4])],
+        final=SGDClassifier(max_iter=20, random_state=0),
+    ),
+    "perceptron": lambda: fitted(
+        [("plan", OneHotEncoder(handle_unknown="ignore"), ["plan"]), ("numbers", StandardScaler(), ["spend"])],
+        final=Perceptron(max_iter=20, random_state=0),
+    ),
 }
-
+LINEAR = [name for name in SHAPES if "logistic" in name or "ridge" in name or "SVM" in name or "SGD" in name]
+LINEAR.append("perceptron")
 
 SHAPES = {name: functools.cache(make) for name, make in SHAPES.items()}
 
 
-@pytest.mark.parametrize("shape", list(SHAPES))
-@pytest.mark.parametrize("method", ["predict", "predict_proba"])
+NO_PROBABILITIES = {
+    "ridge classifier, dense stack",
+    "linear SVM, three classes",
+    "SGD classifier, binary",
+    "perceptron",
+}
+
+
+@pytest.mark.parametrize(
+    ("shape", "method"),
+    [(shape, "predict") for shape in SHAPES]
+    + [(shape, "predict_proba") for shape in SHAPES if shape not in NO_PROBABILITIES],
+)
 def test_compiled_answers_exactly_as_the_pipeline(shape: str, method: str) -> None:
     pipeline = SHAPES[shape]()
     compiled, why = CompiledPipeline.build(pipeline, names=NAMES, dtypes=dtypes_of(frame(1, seed=0)), predict_fn=method)
@@ -127,6 +175,23 @@ def test_compiled_answers_exactly_as_the_pipeline(shape: str, method: str) -> No
         got = compiled(columns_of(features), rows)
         assert got.dtype == expected.dtype and got.shape == expected.shape
         assert np.array_equal(got, expected), (shape, rows)
+
+
+@pytest.mark.parametrize("shape", LINEAR)
+def test_a_linear_classifier_is_predicted_without_validation_and_still_refuses_nan(shape: str) -> None:
+    pipeline = SHAPES[shape]()
+    compiled, why = CompiledPipeline.build(
+        pipeline, names=NAMES, dtypes=dtypes_of(frame(1, seed=0)), predict_fn="predict"
+    )
+    assert compiled is not None, why
+    final = pipeline.steps[-1][1]
+    assert compiled._predict != final.predict  # its own linear predict, not scikit-learn's
+    features = frame(5, seed=9)
+    features.loc[2, "spend"] = np.nan  # scikit-learn refuses NaN; so must the compiled path
+    with pytest.raises(ValueError):
+        pipeline.predict(features)
+    with pytest.raises(ValueError):
+        compiled(columns_of(features), 5)
 
 
 def test_an_unknown_category_that_the_encoder_refuses_raises() -> None:

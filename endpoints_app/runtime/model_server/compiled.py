@@ -135,6 +135,51 @@ def _one_hot(encoder: Any, positions: list[int], dtypes: list[np.dtype | None]) 
     return part
 
 
+def _linear_predict(estimator: Any) -> Callable[[Any], np.ndarray] | None:
+    """A linear classifier's ``predict`` without scikit-learn's input validation, or None.
+
+    On a compiled pipeline's output (a float matrix of the width the classifier was fitted on,
+    made here) ``validate_data``, narwhals' container checks and the array-API lookups cost about
+    70 % of the whole call for a few rows, and leave the matrix as it is.  What is left is
+    ``LinearClassifierMixin.predict`` itself: the same ``safe_sparse_dot``, intercept, threshold or
+    argmax and ``take``, so the answer is the same number for number (the self-check compares
+    them at load).  Validation's one refusal that can apply, NaN or infinity, is kept: the
+    request then goes to MLflow's full path and gets its error.  Exact types only.
+    """
+    from scipy import sparse
+    from sklearn.linear_model import LogisticRegression, Perceptron, RidgeClassifier, SGDClassifier
+    from sklearn.svm import LinearSVC
+    from sklearn.utils.extmath import safe_sparse_dot
+
+    if type(estimator) not in (LogisticRegression, RidgeClassifier, SGDClassifier, Perceptron, LinearSVC):
+        return None
+    coef = getattr(estimator, "coef_", None)
+    intercept = getattr(estimator, "intercept_", None)
+    classes = getattr(estimator, "classes_", None)
+    if not all(isinstance(a, np.ndarray) for a in (coef, intercept, classes)) or coef.ndim not in (1, 2):
+        return None
+    coef_t = coef.T if coef.ndim == 2 else coef  # as decision_function takes it
+
+    def predict(data: Any) -> np.ndarray:
+        if sparse.issparse(data):
+            if data.format != "csr":
+                data = data.tocsr()
+            values = data.data
+        else:
+            values = data
+        if values.dtype.kind not in "fiub":
+            raise ValueError("not a numeric matrix")  # validation would convert it: the full path
+        if values.dtype.kind == "f" and not np.isfinite(values).all():
+            raise ValueError("Input X contains NaN or infinity")
+        scores = safe_sparse_dot(data, coef_t, dense_output=True) + intercept
+        if scores.ndim > 1 and scores.shape[1] == 1:
+            scores = scores.reshape(-1)
+        indices = (scores > 0).astype(np.intp) if scores.ndim == 1 else scores.argmax(axis=1)
+        return classes.take(indices, axis=0)
+
+    return predict
+
+
 def _default_output(estimator: Any) -> bool:
     from sklearn.utils._set_output import _get_output_config
 
@@ -149,7 +194,8 @@ class CompiledPipeline:
         self._parts = parts
         later = [step for _, _, step in pipeline._iter(with_final=False, filter_passthrough=True)][1:]
         self._later_transforms = [step.transform for step in later]
-        self._predict = getattr(pipeline.steps[-1][1], predict_fn)
+        final = pipeline.steps[-1][1]
+        self._predict = (_linear_predict(final) if predict_fn == "predict" else None) or getattr(final, predict_fn)
 
     def __call__(self, columns: Columns, rows: int) -> Any:
         outputs = [part(columns, rows) for part in self._parts]
