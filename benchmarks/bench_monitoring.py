@@ -155,6 +155,8 @@ def bench_sweep(n: int) -> dict[str, float]:
         from endpoints_app import tasks
 
         polling.ensure_targets()
+        cpu_before = worker_cpu_seconds(worker.pid)
+        load_before = os.getloadavg()[0]
         started = time.monotonic()
         tasks.poll_due.delay(PollKind.METRICS)
         deadline = started + 120
@@ -165,6 +167,7 @@ def bench_sweep(n: int) -> dict[str, float]:
                 break
             time.sleep(0.1)
         elapsed = time.monotonic() - started
+        cpu = worker_cpu_seconds(worker.pid) - cpu_before
         failed = PollRun.objects.filter(kind=PollKind.METRICS, ok=False).count()
         durations = sorted(PollRun.objects.filter(kind=PollKind.METRICS).values_list("duration_ms", flat=True))
     finally:
@@ -175,7 +178,28 @@ def bench_sweep(n: int) -> dict[str, float]:
         "failed": failed,
         "seconds": elapsed,
         "poll_p50_ms": statistics.median(durations) if durations else float("nan"),
+        "worker_cpu_s": cpu,
+        "load": load_before,
     }
+
+
+def worker_cpu_seconds(pid: int) -> float:
+    """User + system CPU of the Celery worker and its pool processes (psutil)."""
+    import psutil
+
+    try:
+        parent = psutil.Process(pid)
+        processes = [parent, *parent.children(recursive=True)]
+    except psutil.NoSuchProcess:
+        return 0.0
+    total = 0.0
+    for process in processes:
+        try:
+            times = process.cpu_times()
+            total += times.user + times.system
+        except psutil.NoSuchProcess:
+            continue
+    return total
 
 
 class SimulatedEndpoint:
@@ -369,7 +393,9 @@ def main() -> int:
     print("|---|---|---|---|")
     print(
         f"| metrics sweep of {args.endpoints} endpoints (beat fan-out → worker, 2 processes) | {sweep['seconds']:.1f} s "
-        f"({sweep['polled']} polled, {sweep['failed']} failed, poll p50 {sweep['poll_p50_ms']:.1f} ms) | ≤ 15 s | "
+        f"({sweep['polled']} polled, {sweep['failed']} failed, poll p50 {sweep['poll_p50_ms']:.1f} ms; worker CPU "
+        f"{sweep.get('worker_cpu_s', float('nan')):.1f} s, {sweep.get('worker_cpu_s', float('nan')) * 1000 / max(1, args.endpoints):.2f} "
+        f"ms per endpoint; load average {sweep.get('load', float('nan')):.1f} at the start) | ≤ 15 s | "
         f"{'PASS' if ok_sweep else 'FAIL'} |"
     )
     ok_storage = report_storage(storage, len(sample))

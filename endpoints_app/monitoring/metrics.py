@@ -22,6 +22,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
 import requests
 from django.conf import settings
 from django.db import transaction
@@ -399,47 +400,55 @@ def series(
     """Chart series between two times (epoch s), aggregated in SQL into at most ~300 buckets."""
     resolution = choose_resolution(start, end, now)
     step = max(resolution, math.ceil((end - start) / MAX_CHART_POINTS / resolution) * resolution)
-    buckets: dict[int, list[store.StoredPoint]] = defaultdict(list)
-    for point in store.read_points(endpoint.id, resolution=resolution, start=start, end=end, entity=served_entity):
-        buckets[point.ts // step * step].append(point)
-    out: dict[str, list[list[float | None]]] = {m: [] for m in metrics}
-    for bucket in sorted(buckets):
-        values = _bucket_values(buckets[bucket], step)
-        for m in metrics:
-            out[m].append([bucket * 1000, values[m]])
+    ts, columns = store.read_columns(endpoint.id, resolution=resolution, start=start, end=end, entity=served_entity)
+    buckets, index = np.unique(ts // step * step, return_inverse=True)
+    values = _bucket_values(columns, index, len(buckets), step)
+    out: dict[str, list[list[float | None]]] = {
+        m: [[int(b) * 1000, v] for b, v in zip(buckets.tolist(), values[m], strict=True)] for m in metrics
+    }
     return {"resolution": resolution, "step": step, "start": start * 1000, "end": end * 1000, "series": out}
 
 
-def _bucket_values(points: list[store.StoredPoint], step: int) -> dict[str, float | None]:
-    """One chart bucket: rates from summed counts, p50/p90 weighted by requests, the worst p99,
-    gauges averaged over the points that have them."""
+def _bucket_values(
+    columns: dict[str, np.ndarray], index: np.ndarray, n: int, step: int
+) -> dict[str, list[float | None]]:
+    """Each chart bucket (``index`` maps intervals to buckets): rates from summed counts, p50/p90
+    weighted by requests, the worst p99, gauges averaged over the intervals that have them."""
 
-    def total(attr: str) -> float:
-        return sum(getattr(p, attr) or 0.0 for p in points)
+    def total(field_name: str) -> np.ndarray:
+        return np.bincount(index, weights=np.nan_to_num(columns[field_name]), minlength=n)
 
-    def mean(attr: str) -> float | None:
-        values = [v for p in points if (v := getattr(p, attr)) is not None]
-        return sum(values) / len(values) if values else None
+    def mean(field_name: str) -> np.ndarray:
+        column = columns[field_name]
+        has = ~np.isnan(column)
+        counts = np.bincount(index, weights=has, minlength=n)
+        sums = np.bincount(index, weights=np.where(has, column, 0.0), minlength=n)
+        return np.divide(sums, counts, out=np.full(n, np.nan), where=counts > 0)
 
-    def weighted(attr: str) -> float | None:
-        pairs = [(v, p.request_count) for p in points if (v := getattr(p, attr)) is not None]
-        weight = sum(w for _, w in pairs)
-        return sum(v * w for v, w in pairs) / weight if weight else None
+    def weighted(field_name: str) -> np.ndarray:
+        column, requests = columns[field_name], np.nan_to_num(columns["request_count"])
+        has = ~np.isnan(column)
+        weight = np.bincount(index, weights=np.where(has, requests, 0.0), minlength=n)
+        sums = np.bincount(index, weights=np.where(has, column * requests, 0.0), minlength=n)
+        return np.divide(sums, weight, out=np.full(n, np.nan), where=weight > 0)
 
-    p99s = [p.p99_ms for p in points if p.p99_ms is not None]
+    p99 = np.full(n, -np.inf)
+    np.maximum.at(p99, index, np.where(np.isnan(columns["p99_ms"]), -np.inf, columns["p99_ms"]))
+    p99[np.isinf(p99)] = np.nan
     compared = total("shadow_compared")
-    return {
+    arrays = {
         "request_rate": total("request_count") / step,
         "error_4xx_rate": total("count_4xx") / step,
         "error_5xx_rate": total("count_5xx") / step,
         "p50_ms": weighted("p50_ms"),
         "p90_ms": weighted("p90_ms"),
-        "p99_ms": max(p99s) if p99s else None,
+        "p99_ms": p99,
         "cpu_pct": mean("cpu_pct"),
         "mem_pct": mean("mem_pct"),
         "gpu_pct": mean("gpu_pct"),
         "replicas": mean("replicas"),
         "concurrency": mean("concurrency"),
-        "agreement_rate": total("shadow_agreed") / compared if compared else None,
+        "agreement_rate": np.divide(total("shadow_agreed"), compared, out=np.full(n, np.nan), where=compared > 0),
         "shadow_dropped_rate": total("shadow_dropped") / step,
     }
+    return {name: [None if v != v else v for v in array.tolist()] for name, array in arrays.items()}

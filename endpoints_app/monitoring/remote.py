@@ -55,6 +55,7 @@ from endpoints_app.models import (
 from endpoints_app.monitoring import health as health_module
 from endpoints_app.monitoring import logs as logs_module
 from endpoints_app.monitoring import metrics as metrics_module
+from endpoints_app.monitoring import store
 from endpoints_app.remote import client as remote_client
 from endpoints_app.remote.transport import RateLimited
 from endpoints_app.services import workspaces as workspace_services
@@ -512,10 +513,13 @@ def poll_metrics(client: Any, endpoint: Endpoint) -> None:
                 source=REMOTE_SOURCE,
                 defaults={"counters": values, "read_at": now},
             )
-        for entity, interval in intervals.items():
-            if entity:
-                metrics_module.add_point(endpoint.id, entity, metrics_module.BASE_RESOLUTION, ts, interval)
-        metrics_module.add_point(endpoint.id, "", metrics_module.BASE_RESOLUTION, ts, total)
+        points = [(entity, interval) for entity, interval in intervals.items() if entity] + [("", total)]
+        store.write_points(
+            [
+                (endpoint.id, entity, metrics_module.BASE_RESOLUTION, ts, metrics_module.interval_values(interval))
+                for entity, interval in points
+            ]
+        )
 
 
 # --- logs ---------------------------------------------------------------------------------------

@@ -411,6 +411,72 @@ def read_points(
     return sorted(found.values(), key=lambda p: (p.ts, p.served_entity_name))
 
 
+def read_columns(
+    endpoint_id: str, *, resolution: int, start: int, end: int, entity: str = ""
+) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+    """``read_points`` for one series as arrays (what charts aggregate): the interval starts,
+    sorted, and each field's values (NaN where missing), without a Python object per interval."""
+    parts_ts: list[np.ndarray] = []
+    parts: dict[str, list[np.ndarray]] = {f: [] for f in FIELDS}
+    for data, chunk_start_ts in MetricChunk.objects.filter(
+        endpoint_id=endpoint_id, resolution=resolution, start__gte=chunk_start(resolution, start), start__lt=end
+    ).values_list("data", "start"):
+        ts, columns = _decode_series_arrays(bytes(data), resolution, chunk_start_ts, entity)
+        parts_ts.append(ts)
+        for f in FIELDS:
+            parts[f].append(columns[f])
+    hot = list(
+        MetricPoint.objects.filter(
+            endpoint_id=endpoint_id, served_entity_name=entity, resolution=resolution, ts__gte=start, ts__lt=end
+        ).values_list("ts", *FIELDS)
+    )
+    extra = _hours_from_hot(endpoint_id, start=start, end=end, entity=entity) if resolution == 3600 else []
+    rows = [(p.ts, *(getattr(p, f) for f in FIELDS)) for p in extra] + hot  # hot points last: they win
+    if rows:
+        table = np.array([[np.nan if v is None else v for v in row] for row in rows], dtype=np.float64)
+        parts_ts.append(table[:, 0].astype(np.int64))
+        for i, f in enumerate(FIELDS):
+            parts[f].append(table[:, i + 1])
+    if not parts_ts:
+        return np.zeros(0, dtype=np.int64), {f: np.zeros(0) for f in FIELDS}
+    ts_all = np.concatenate(parts_ts)
+    # The last occurrence of each interval wins (hot after cold); keep those within the range.
+    order = np.arange(len(ts_all))[::-1]
+    _, first_in_reversed = np.unique(ts_all[::-1], return_index=True)
+    keep = order[first_in_reversed]
+    keep = keep[(ts_all[keep] >= start) & (ts_all[keep] < end)]
+    keep = keep[np.argsort(ts_all[keep], kind="stable")]
+    return ts_all[keep], {f: np.concatenate(parts[f])[keep] for f in FIELDS}
+
+
+def _decode_series_arrays(
+    data: bytes, resolution: int, start: int, entity: str
+) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+    (header_len,) = struct.unpack(">I", data[:4])
+    raw = zlib.decompress(data[4:])
+    header = json.loads(raw[:header_len])
+    slots, names, field_names = header["slots"], header["series"], header["fields"]
+    if entity not in names:
+        return np.zeros(0, dtype=np.int64), {f: np.zeros(0) for f in FIELDS}
+    body = np.frombuffer(raw[header_len:], dtype=np.uint8)
+    count = len(body) // 8
+    stacked = body.reshape(8, count).T.copy().view(np.float64).reshape(-1, slots)
+    refs = header["refs"]
+    target = names.index(entity)
+    next_column = 0
+    columns: dict[str, np.ndarray] = {}
+    present = np.array(header["present"][target], dtype=np.int64)
+    for si in range(target + 1):
+        for fi, fname in enumerate(field_names):
+            ref = refs.get(f"{si},{fi}")
+            column = ref if ref is not None else next_column
+            if ref is None:
+                next_column += 1
+            if si == target:
+                columns[fname] = stacked[column][present]
+    return start + present * resolution, {f: columns.get(f, np.full(len(present), np.nan)) for f in FIELDS}
+
+
 def _stored(endpoint_id: str, name: str, resolution: int, ts: int, values: dict[str, Any]) -> StoredPoint:
     clean = {k: v for k, v in values.items() if k in FIELDS and (v is not None or k in NULLABLE)}
     return StoredPoint(endpoint_id=endpoint_id, served_entity_name=name, resolution=resolution, ts=ts, **clean)
