@@ -4,8 +4,8 @@ request, for the tests of remote changes (tests/test_remote_changes.py, tests/te
 
 It is not Modelfleet: its answers are Databricks' shapes (``config_version`` bumped by each config
 update, ``pending_config`` absent once applied, tags as a list), and it refuses what Databricks
-would refuse for these tests' purposes: a served entity named ``missing.*`` (400
-INVALID_PARAMETER_VALUE) and an unknown endpoint (404 RESOURCE_DOES_NOT_EXIST).
+would refuse for these tests' purposes: a served entity named ``missing.*`` and a config with both
+``served_entities`` and ``served_models`` (400 INVALID_PARAMETER_VALUE) and an unknown endpoint (404 RESOURCE_DOES_NOT_EXIST).
 """
 
 from __future__ import annotations
@@ -146,6 +146,8 @@ def _summary(detail: dict[str, Any]) -> dict[str, Any]:
 
 
 def _refused(config: dict[str, Any]) -> bool:
+    if "served_entities" in config and "served_models" in config:  # Databricks: one or the other
+        return True
     return any(str(e.get("entity_name", "")).startswith("missing.") for e in config.get("served_entities") or [])
 
 

@@ -377,3 +377,15 @@ def test_the_remote_page_edits_the_split_through_the_gate(far, remote, django_us
     request = ChangeRequest.objects.get()
     assert proposed.status_code == 302 and proposed["Location"] == f"/change-requests/{request.pk}/"
     assert request.workspace == far and request.proposed["traffic_config"]["routes"][0]["traffic_percentage"] == 50
+    # A workspace approver sees the request's page with the decision form and the remote endpoint's link.
+    approver = user(django_user_model, "ap", grant="approver")
+    as_approver = Client()
+    as_approver.force_login(approver)
+    detail = as_approver.get(f"/change-requests/{request.pk}/").content.decode()
+    assert 'href="/workspaces/far/endpoints/churn/"' in detail and "in workspace far" in detail
+    assert f"/change-requests/{request.pk}/approve" in detail
+    approved = as_approver.post(f"/change-requests/{request.pk}/approve", {"comment": "ok"})
+    assert approved.status_code == 302
+    request.refresh_from_db()
+    assert request.status == ChangeRequestStatus.APPLIED
+    assert state.endpoints["churn"]["config"]["traffic_config"]["routes"][0]["traffic_percentage"] == 50

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 from typing import Any
+from urllib.parse import quote
 
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required
@@ -13,7 +14,7 @@ from django.contrib.auth.models import User
 from django.core.paginator import Paginator
 from django.http import Http404, HttpResponse
 from django.shortcuts import redirect, render
-from django.urls import path
+from django.urls import path, reverse
 from django.views.decorators.http import require_GET, require_POST
 
 from endpoints_app import access, validation
@@ -21,6 +22,7 @@ from endpoints_app.authenticated import AuthenticatedHttpRequest
 from endpoints_app.errors import DomainError, ResourceDoesNotExist
 from endpoints_app.filters import ChangeRequestFilterSet
 from endpoints_app.models import ChangeRequest, ChangeRequestStatus, Role
+from endpoints_app.models.workspaces import LOCAL_WORKSPACE
 from endpoints_app.pages.forms.approvals import DecisionForm
 from endpoints_app.selectors import change_request_for, change_requests_for
 from endpoints_app.services import changes, proposals
@@ -89,11 +91,23 @@ def proposed_summary(change: ChangeRequest) -> list[dict[str, Any]] | None:
 
 
 def _render_detail(
-    request: AuthenticatedHttpRequest, change: ChangeRequest, *, form: DecisionForm | None = None, error: str = "", status: int = 200
+    request: AuthenticatedHttpRequest,
+    change: ChangeRequest,
+    *,
+    form: DecisionForm | None = None,
+    error: str = "",
+    status: int = 200,
 ) -> HttpResponse:
     user = request.user
+    # A remote workspace's request is decided by approvers there (services.changes decides; this shows it).
+    where = change.workspace.name if change.workspace is not None else LOCAL_WORKSPACE
     may_decide = (
-        change.status == ChangeRequestStatus.PENDING and access.may_approve(user) and change.author_id != user.pk
+        change.status == ChangeRequestStatus.PENDING and access.may_approve(user, where) and change.author_id != user.pk
+    )
+    endpoint_url = (
+        reverse("remote_endpoint_detail", args=[change.workspace.name, change.endpoint_name])
+        if change.workspace is not None
+        else f"/endpoints/{quote(change.endpoint_name, safe='')}/"
     )
     context = {
         "nav": "changes",
@@ -103,8 +117,9 @@ def _render_detail(
         "proposed_json": json.dumps(proposals.shown_proposal(change.action, change.proposed), indent=2, sort_keys=True),
         "may_decide": may_decide,
         "is_author": change.author_id == user.pk,
-        "is_approver": access.may_approve(user),
+        "is_approver": access.may_approve(user, where),
         "is_admin": access.role_of(user) == Role.ADMIN,
+        "endpoint_url": endpoint_url,
         "form": form or DecisionForm(),
         "error": error,
     }

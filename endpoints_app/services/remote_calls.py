@@ -211,8 +211,10 @@ def _call(client: WorkspaceClient, *, action: str, name: str, body: dict[str, An
         waiter = api.update_config(
             name,
             auto_capture_config=config.auto_capture_config,
-            served_entities=config.served_entities,
-            served_models=config.served_models,
+            # ``from_dict`` gives [] for a list the body has not: the SDK would send it, and a
+            # remote refuses served_entities beside served_models, even an empty one.
+            served_entities=config.served_entities or None,
+            served_models=config.served_models or None,
             traffic_config=config.traffic_config,
         )
         return waiter.response.as_dict() if waiter.response is not None else {}
