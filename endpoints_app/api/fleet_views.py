@@ -11,7 +11,8 @@ logs whichever workspace it is in.
 - ``GET | POST …/fleet/endpoints/<workspace>/<name>/alert-rules``: its alert rules (creating one
   needs CAN_MANAGE on a local endpoint, the editor role or higher in a remote one's workspace).
 
-Remote endpoints are read-only here: their changes go to the remote (not yet through this API).
+Remote endpoints are read here; their changes go through the approval gate at
+``/api/2.0/modelfleet/workspaces/<workspace>/serving-endpoints/…`` (``api.remote_changes_views``).
 """
 
 from __future__ import annotations
