@@ -77,7 +77,10 @@ def _standard_scaler(scaler: Any, positions: list[int], dtypes: list[np.dtype | 
     return part
 
 
-def _one_hot(encoder: Any, positions: list[int], dtypes: list[np.dtype | None]) -> Part:
+def _one_hot(encoder: Any, positions: list[int], dtypes: list[np.dtype | None], *, dense_stack: bool) -> Part:
+    """``dense_stack``: the ColumnTransformer stacks its outputs densely (``sparse_output_`` is
+    False, decided at fit), so its ``_hstack`` would turn a sparse one-hot into an array anyway:
+    the array is made directly, the same values and dtype without building a sparse matrix."""
     from scipy import sparse
     from sklearn.utils import _align_api_if_sparse
     from sklearn.utils.fixes import _ensure_sparse_index_int32
@@ -119,6 +122,10 @@ def _one_hot(encoder: Any, positions: list[int], dtypes: list[np.dtype | None]) 
                     continue
                 indices.append(code + int(offsets[feature]))
                 counts[row] += 1
+        if dense_stack or not encoder.sparse_output:
+            dense = np.zeros((rows, width), dtype=encoder.dtype)
+            dense[np.repeat(np.arange(rows), counts), indices] = 1
+            return dense
         indptr = np.empty(rows + 1, dtype=int)
         indptr[0] = 0
         np.cumsum(counts, out=indptr[1:])
@@ -127,10 +134,8 @@ def _one_hot(encoder: Any, positions: list[int], dtypes: list[np.dtype | None]) 
             shape=(rows, width),
             dtype=encoder.dtype,
         )
-        if encoder.sparse_output:
-            _ensure_sparse_index_int32(out)
-            return _align_api_if_sparse(out)
-        return out.toarray()
+        _ensure_sparse_index_int32(out)
+        return _align_api_if_sparse(out)
 
     return part
 
@@ -249,7 +254,8 @@ class CompiledPipeline:
             if type(step) is FunctionTransformer and step.func is None and not step.validate:
                 parts.append(_passthrough(positions, dtypes))
             elif type(step) is OneHotEncoder:
-                parts.append(_one_hot(step, positions, dtypes))
+                dense_stack = getattr(transformer, "sparse_output_", True) is False
+                parts.append(_one_hot(step, positions, dtypes, dense_stack=dense_stack))
             elif type(step) is StandardScaler:
                 parts.append(_standard_scaler(step, positions, dtypes))
             else:
