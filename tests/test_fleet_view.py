@@ -155,7 +155,9 @@ def test_the_remote_endpoint_page_shows_its_workspace_charts_logs_and_staleness(
     html = page.content.decode()
     assert "far" in html and "hello there" in html and "stale-notice" not in html
     assert "/api/2.0/modelfleet/fleet/endpoints/far/alpha/metric-series" in html
-    assert "query-form" not in html and "Edit" not in html  # read-only
+    assert "query-form" not in html  # no query playground: the remote serves its own queries
+    # Changes: only the traffic split, through the gate (tests/test_remote_changes.py), for editors there.
+    assert 'href="/workspaces/far/endpoints/alpha/traffic/"' in html and "/endpoints/alpha/edit" not in html
     lines = fleet["api"].get(f"{FLEET}/far/alpha/log-lines").json()["lines"]
     assert [line["message"] for line in lines] == ["hello there"]
 
