@@ -1260,6 +1260,44 @@ def management_openapi() -> dict[str, Any]:
                 ],
             )
         },
+        # Changes to a remote workspace's endpoints (issue 16 part 4), through the approval gate;
+        # answered with the remote's own answer, 403 naming how to propose, or 502 when it failed.
+        f"{mf}/workspaces/{{workspace}}/serving-endpoints": {
+            "post": _op(
+                "Create an endpoint in a remote workspace (editor or higher there)",
+                params=fleet_ep[:1],
+                body=_body(_CREATE_ENDPOINT),
+            )
+        },
+        f"{mf}/workspaces/{{workspace}}/serving-endpoints/{{name}}": {
+            "delete": _op("Delete a remote workspace's endpoint (editor or higher there)", params=fleet_ep)
+        },
+        f"{mf}/workspaces/{{workspace}}/serving-endpoints/{{name}}/config": {
+            "put": _op(
+                "Update a remote endpoint's served entities and traffic (editor or higher there)",
+                params=fleet_ep,
+                body=_body(_CONFIG),
+            )
+        },
+        f"{mf}/workspaces/{{workspace}}/serving-endpoints/{{name}}/tags": {
+            "patch": _op(
+                "Add and delete a remote endpoint's tags (editor or higher there)",
+                params=fleet_ep,
+                body=_body(
+                    _object(
+                        add_tags={"type": "array", "items": _TAG},
+                        delete_tags={"type": "array", "items": {"type": "string", "maxLength": 255}},
+                    )
+                ),
+            )
+        },
+        f"{mf}/workspaces/{{workspace}}/serving-endpoints/{{name}}/ai-gateway": {
+            "put": _op(
+                "Set a remote endpoint's AI-gateway settings (editor or higher there)",
+                params=fleet_ep,
+                body=_body(_AI_GATEWAY),
+            )
+        },
         **_scim_paths(SCIM_ROOT),
     }
     return {
