@@ -44,6 +44,8 @@ BASE_RESOLUTION = 15
 RESOLUTIONS = (15, 60, 3600)
 # Intervals per chunk: 15 min of 15 s points, 1 h of 1 min points, 1 day of 1 h points.
 CHUNK_SLOTS = {15: 60, 60: 60, 3600: 24}
+# How long after a chunk closed (plus a minute for late polls) ``pack`` looks for it.
+PACK_GRACE_SECONDS = 300
 # Runs of ``rollup`` that recompute the hour just closed (the hot 1 min points must outlive it).
 HOUR_ROLLUP_SECONDS = 600
 # Counts are kept exactly; the other columns are rounded to 20 mantissa bits before compression.
@@ -547,16 +549,22 @@ def _rollup_hours(*, start: int, end: int) -> int:
 def pack(now: float | None = None, *, since: float | None = None) -> int:
     """Pack closed 15 s and 1 min chunks from hot points into cold chunks (those not packed yet).
 
-    Only chunks that closed after ``since`` (default: within the hot window) are considered; the
-    data migration passes 0 to pack everything.
+    By default only the chunk that closed last, in the ``PACK_GRACE_SECONDS`` after it closed
+    (beat runs this every minute); ``since`` packs every closed chunk from then on.
     """
     now = now if now is not None else time.time()
     written = 0
     for resolution in (15, 60):
         span = resolution * CHUNK_SLOTS[resolution]
         sealed_before = int(now - 60) // span * span  # chunks starting before this have closed
-        lower = int(since) if since is not None else int(now - settings.METRICS_HOT_MINUTES[resolution] * 60)
-        lower = lower // span * span
+        if since is None:
+            # Only in the first minutes after a chunk closed, and only that chunk: the scan of
+            # the hot rows is the cost, and the chunk is packed by the first of these runs.
+            if now - 60 - sealed_before >= PACK_GRACE_SECONDS:
+                continue
+            lower = sealed_before - span
+        else:
+            lower = int(since) // span * span
         if sealed_before <= lower:
             continue
         rows = MetricPoint.objects.filter(resolution=resolution, ts__gte=lower, ts__lt=sealed_before)
