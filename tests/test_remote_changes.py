@@ -314,7 +314,7 @@ def test_an_approval_policy_names_its_workspace(far, django_user_model):
 
 
 def test_the_cli_changes_and_proposes_with_workspace(
-    far, remote, django_user_model, live_server, monkeypatch, tmp_path
+    far, remote, django_user_model, live_server, monkeypatch, tmp_path, capsys
 ):
     from endpoints_app.cli.main import main as cli_main
     from endpoints_app.services.tokens import create_token
@@ -332,8 +332,10 @@ def test_the_cli_changes_and_proposes_with_workspace(
     config = json.dumps(SPLIT)
     assert cli_main(["serving-endpoints", "update-config", "churn", "--workspace", "far", "--json", config]) == 1
     argv = ["change-requests", "propose", "churn", "--workspace", "far", "--action", "update-config", "--json", config]
+    capsys.readouterr()
     assert cli_main(argv) == 0
     request = ChangeRequest.objects.get()
+    assert f"Change request #{request.pk}: update_config churn in workspace far — PENDING" in capsys.readouterr().out
     assert request.workspace == far and request.status == ChangeRequestStatus.PENDING
     assert request.base_config_version == 1
 

@@ -258,7 +258,9 @@ CRS = "/api/2.0/modelfleet/change-requests"
 
 def _cr_summary(cr: dict[str, Any]) -> str:
     lines = [
-        f"Change request #{cr['id']}: {cr['action']} {cr['endpoint_name']} — {cr['status']}",
+        f"Change request #{cr['id']}: {cr['action']} {cr['endpoint_name']}"
+        + (f" in workspace {cr['workspace']}" if cr.get("workspace") not in (None, "local") else "")
+        + f" — {cr['status']}",
         f"  proposed by {cr['author']} at {render.timestamp(cr['created_at'])}",
     ]
     if cr.get("decided_by"):
