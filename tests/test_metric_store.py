@@ -222,3 +222,23 @@ def test_chart_series_read_each_resolution_from_the_chunks(endpoint):
         assert len(rates) <= metrics.MAX_CHART_POINTS + 1 and all(r == pytest.approx(1.0) for r in rates)
     body = metrics.series(endpoint, ["p50_ms"], start=now - 3600, end=now, now=now)
     assert all(v == pytest.approx(4.0) for _, v in body["series"]["p50_ms"])
+
+
+def test_the_migrations_frozen_encoder_writes_chunks_the_store_reads():
+    """Migration 0023 packs existing points with its own copy of chunk format 1 (a migration must
+    not import the app's code): what it writes must read back through the store as written."""
+    import importlib
+
+    migration = importlib.import_module("endpoints_app.migrations.0023_compact_metrics")
+    rng = random.Random(3)
+    series = {
+        "": {BASE + 15 * i: {field: rng.random() * 100 for field in store.FIELDS} for i in range(0, 60, 2)},
+        "b": {BASE + 45: {"request_count": 7.0, "p99_ms": None}},
+    }
+    data = migration.encode_chunk(15, BASE, series)
+    assert data == store.encode_chunk(15, BASE, series)
+    decoded = store.decode_chunk(data, 15, BASE)
+    assert decoded["b"][BASE + 45]["request_count"] == 7.0 and decoded["b"][BASE + 45]["p99_ms"] is None
+    for ts, values in series[""].items():
+        assert decoded[""][ts]["request_count"] == values["request_count"]
+        assert decoded[""][ts]["p50_ms"] == pytest.approx(values["p50_ms"], rel=1e-6)
