@@ -382,16 +382,16 @@ def _merge_into_chunks(updates: dict[tuple[str, int, int], dict[tuple[str, int],
         to_update: list[MetricChunk] = []
         for key in keys:
             eid, res, start = key
-            chunk = existing.get(key)
-            series = decode_chunk(bytes(chunk.data), res, start) if chunk is not None else {}
+            found = existing.get(key)
+            series = decode_chunk(bytes(found.data), res, start) if found is not None else {}
             for (entity, ts), values in updates[key].items():
                 series.setdefault(entity, {})[ts] = values
             data = encode_chunk(res, start, series)
-            if chunk is None:
+            if found is None:
                 to_create.append(MetricChunk(endpoint_id=eid, resolution=res, start=start, data=data))
             else:
-                chunk.data = data
-                to_update.append(chunk)
+                found.data = data
+                to_update.append(found)
         MetricChunk.objects.bulk_create(to_create, batch_size=500)
         MetricChunk.objects.bulk_update(to_update, ["data"], batch_size=500)
     return len(keys)

@@ -161,7 +161,9 @@ def _linear_predict(estimator: Any) -> Callable[[Any], np.ndarray] | None:
     coef = getattr(estimator, "coef_", None)
     intercept = getattr(estimator, "intercept_", None)
     classes = getattr(estimator, "classes_", None)
-    if not all(isinstance(a, np.ndarray) for a in (coef, intercept, classes)) or coef.ndim not in (1, 2):
+    if not (isinstance(coef, np.ndarray) and isinstance(intercept, np.ndarray) and isinstance(classes, np.ndarray)):
+        return None
+    if coef.ndim not in (1, 2):
         return None
     coef_t = coef.T if coef.ndim == 2 else coef  # as decision_function takes it
 
