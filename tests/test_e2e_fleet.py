@@ -12,11 +12,18 @@ port. Driven through the first one's API:
    server log lines in its log-lines;
 3. the remote stopped: ``far`` is marked unreachable (the error, since when), the endpoint is
    still listed, marked stale (on its page too), its series and logs still there;
-4. the remote started again: ``far`` recovers and the endpoint is fresh again.
+4. the remote started again: ``far`` recovers and the endpoint is fresh again;
+5. (issue 16 part 4, in the same module so the two stacks start once) a change to the remote's
+   endpoint through the first one's approval gate, with users that hold roles in the workspace
+   only: the editor's direct change refused (403, how to propose), their 80/20 proposal approved
+   by the approver and the remote, read back with the SDK, serving 80/20; a proposal made stale
+   by a direct change to the remote refused (409, STALE); a model the remote lacks fails the
+   request, the remote's error on it and in the audit row (what was sent and what came back).
 """
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
@@ -30,7 +37,7 @@ from typing import Any
 import pytest
 import requests
 from databricks.sdk import WorkspaceClient
-from databricks.sdk.service.serving import EndpointCoreConfigInput, ServedEntityInput
+from databricks.sdk.service.serving import EndpointCoreConfigInput, Route, ServedEntityInput, TrafficConfig
 from django.test import Client
 
 from tests.stack import Stack, database_url, free_port, start_stack
@@ -283,3 +290,145 @@ def test_a_second_modelfleet_is_polled_charted_and_survives_going_away(fleet_sta
     remote.start()
     wait_for("the workspace back to OK", lambda: get("/workspaces/far")["status"]["state"] == "OK", timeout=120)
     wait_for("the endpoint fresh again", lambda: get("/fleet/endpoints/far/far-demo")["stale"] is False)
+
+
+# -- 5. a remote change through the gate (issue 16 part 4) -------------------------------------------
+
+
+def split_entity(name: str) -> dict[str, Any]:
+    return {
+        "name": name,
+        "entity_name": DEMO_MODEL,
+        "entity_version": "1",
+        "workload_size": "Small",
+        "scale_to_zero_enabled": False,
+    }
+
+
+def split(a: int, b: int) -> dict[str, Any]:
+    return {
+        "served_entities": [split_entity("demo-a"), split_entity("demo-b")],
+        "traffic_config": {
+            "routes": [
+                {"served_model_name": "demo-a", "traffic_percentage": a},
+                {"served_model_name": "demo-b", "traffic_percentage": b},
+            ]
+        },
+    }
+
+
+def test_a_traffic_split_on_a_remote_goes_through_the_gate(fleet_stack, remote, django_user_model):
+    from endpoints_app.models import Role, UserProfile
+    from endpoints_app.services.tokens import create_token
+
+    admin = django_user_model.objects.create_superuser("rc-admin", "rc@example.com", "rc-password-1")
+    people = {}
+    for name in ("rc-editor", "rc-approver"):
+        person = django_user_model.objects.create_user(name, f"{name}@example.com", "rc-password-1")
+        UserProfile.objects.create(user=person, role=Role.NONE)  # roles in far only
+        people[name] = {"Authorization": f"Bearer {create_token(user=person, comment='e2e')[1]}"}
+    as_admin = {"Authorization": f"Bearer {create_token(user=admin, comment='e2e')[1]}"}
+    api = fleet_stack.url + "/api/2.0/modelfleet"
+
+    def call(method: str, path: str, headers: dict[str, str], body: Any = None) -> requests.Response:
+        return requests.request(method, api + path, json=body, headers=headers, timeout=120)
+
+    remote_sdk = WorkspaceClient(host=remote.url, token=REMOTE_TOKEN, auth_type="pat")
+    remote_sdk.serving_endpoints.create_and_wait(
+        name="far-split",
+        config=EndpointCoreConfigInput(
+            name="far-split",
+            served_entities=[ServedEntityInput.from_dict(split_entity("demo-a"))],
+        ),
+    )
+
+    # 1. Registered, with a policy for the whole workspace and roles granted there only.
+    registered = call("POST", "/workspaces", as_admin, {"name": "far", "host": remote.url, "token": REMOTE_TOKEN})
+    assert registered.status_code == 200, registered.text
+    assert call("POST", "/approval-policies", as_admin, {"workspace": "far"}).status_code == 200
+    for name, role in (("rc-editor", "editor"), ("rc-approver", "approver")):
+        granted = call("PUT", "/workspaces/far/grants", as_admin, {"user_name": name, "role": role})
+        assert granted.status_code == 200, granted.text
+    wait_for(
+        "the remote's endpoint in the fleet",
+        lambda: call("GET", "/fleet/endpoints/far/far-split", as_admin).status_code == 200,
+    )
+    editor, approver = people["rc-editor"], people["rc-approver"]
+
+    direct = call("PUT", "/workspaces/far/serving-endpoints/far-split/config", editor, split(80, 20))
+    assert direct.status_code == 403 and "change-requests" in direct.json()["message"], direct.text
+
+    def propose(body: dict[str, Any]) -> dict[str, Any]:
+        answer = call(
+            "POST",
+            "/change-requests",
+            editor,
+            {"endpoint_name": "far-split", "workspace": "far", "action": "update_config", "body": body},
+        )
+        assert answer.status_code == 200, answer.text
+        return answer.json()
+
+    change = propose(split(80, 20))
+    assert change["status"] == "PENDING" and change["base_config_version"] == 1
+    approved = call("POST", f"/change-requests/{change['id']}/approve", approver, {"comment": "go"})
+    assert approved.status_code == 200 and approved.json()["status"] == "APPLIED", approved.text
+
+    def serving_80_20() -> bool:
+        detail = remote_sdk.serving_endpoints.get("far-split")
+        if detail.config is None or detail.pending_config is not None:
+            return False
+        routes = {
+            r.served_model_name or r.served_entity_name: r.traffic_percentage
+            for r in detail.config.traffic_config.routes
+        }
+        ready = all(
+            e.state and e.state.deployment and e.state.deployment.value == "DEPLOYMENT_READY"
+            for e in detail.config.served_entities
+        )
+        return routes == {"demo-a": 80, "demo-b": 20} and ready
+
+    wait_for("the remote serving 80/20", serving_80_20, timeout=150)
+
+    # 2. A proposal, then the remote changed directly: approving is refused as stale.
+    stale = propose(split(50, 50))
+    assert stale["base_config_version"] == 2
+    remote_sdk.serving_endpoints.update_config(
+        "far-split",
+        served_entities=[
+            ServedEntityInput.from_dict(split_entity("demo-a")),
+            ServedEntityInput.from_dict(split_entity("demo-b")),
+        ],
+        traffic_config=TrafficConfig(
+            routes=[
+                Route(served_model_name="demo-a", traffic_percentage=60),
+                Route(served_model_name="demo-b", traffic_percentage=40),
+            ]
+        ),
+    )
+    refused = call("POST", f"/change-requests/{stale['id']}/approve", approver, {})
+    assert refused.status_code == 409 and refused.json()["error_code"] == "RESOURCE_CONFLICT", refused.text
+    assert call("GET", f"/change-requests/{stale['id']}", approver).json()["status"] == "STALE"
+    wait_for(
+        "the remote's own change rolled out",
+        lambda: remote_sdk.serving_endpoints.get("far-split").pending_config is None,
+        timeout=120,
+    )
+
+    # 3. A model the remote does not have: the remote's refusal is on the request and in the audit.
+    missing = {"served_entities": [{**split_entity("ghost"), "entity_name": "main.default.no_such_model"}]}
+    failing = propose(missing)
+    failed = call("POST", f"/change-requests/{failing['id']}/approve", approver, {})
+    assert failed.status_code in (400, 404), failed.text
+    shown = call("GET", f"/change-requests/{failing['id']}", approver).json()
+    assert shown["status"] == "FAILED" and "no_such_model" in shown["error"] and "far" in shown["error"]
+    events = call("GET", "/audit-events", as_admin).json()
+    rows = [
+        e
+        for e in events.get("events", events.get("audit_events", []))
+        if "remote_endpoint.update_config" in e["action"]
+    ]
+    failed_row = next(e for e in rows if e["action"].endswith(".failed"))
+    text = json.dumps(failed_row)
+    assert "no_such_model" in text and '"method": "PUT"' in text and REMOTE_TOKEN not in json.dumps(events)
+    applied_row = next(e for e in rows if not e["action"].endswith(".failed"))
+    assert '"traffic_percentage": 80' in json.dumps(applied_row) and '"response"' in json.dumps(applied_row)
