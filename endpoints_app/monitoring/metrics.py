@@ -26,7 +26,7 @@ import numpy as np
 import requests
 import urllib3
 from django.conf import settings
-from django.db import transaction
+from django.db import IntegrityError, OperationalError, transaction
 from django.utils import timezone
 
 from endpoints_app.backends import get_backend
@@ -278,16 +278,25 @@ def poll_metrics_batch(endpoints: list[Endpoint]) -> dict[str, str]:
                 points.append((eid, name, BASE_RESOLUTION, ts, interval_values(interval)))
         points.append((eid, "", BASE_RESOLUTION, ts, interval_values(total)))
 
-    # 3. Store points and cursors in one short transaction.
-    with transaction.atomic():
-        MetricCursor.objects.bulk_create(
-            new_cursors,
-            batch_size=1000,
-            update_conflicts=True,
-            unique_fields=["endpoint", "served_entity_name", "source"],
-            update_fields=["counters", "read_at"],
-        )
-        store.write_points(points)
+    # 3. Store points and cursors in one short transaction. An endpoint deleted meanwhile fails
+    # it (foreign keys are checked at commit), or a deadlock with that delete does: once more
+    # without the endpoints that are gone.
+    def store_batch(cursors: list[MetricCursor], batch_points: list[Any]) -> None:
+        with transaction.atomic():
+            MetricCursor.objects.bulk_create(
+                cursors,
+                batch_size=1000,
+                update_conflicts=True,
+                unique_fields=["endpoint", "served_entity_name", "source"],
+                update_fields=["counters", "read_at"],
+            )
+            store.write_points(batch_points)
+
+    try:
+        store_batch(new_cursors, points)
+    except (IntegrityError, OperationalError):
+        alive = set(Endpoint.fleet.filter(id__in=ids).values_list("id", flat=True))
+        store_batch([c for c in new_cursors if c.endpoint_id in alive], [p for p in points if p[0] in alive])
     return {
         eid: f"could not read metrics from {len(errs)} replica(s): {'; '.join(errs)[:500]}"
         for eid, errs in errors.items()

@@ -22,6 +22,7 @@ from datetime import timedelta
 from importlib import import_module
 
 from django.conf import settings
+from django.db import IntegrityError, transaction
 from django.db.models import Q
 from django.utils import timezone
 
@@ -110,9 +111,13 @@ def run_poll(target_id: int) -> bool | None:
     ok = not error
     now = timezone.now()
     failures = 0 if ok else target.consecutive_failures + 1
-    PollRun.objects.create(
-        target=target, kind=target.kind, started_at=started, duration_ms=duration_ms, ok=ok, error=error
-    )
+    try:
+        with transaction.atomic():
+            PollRun.objects.create(
+                target=target, kind=target.kind, started_at=started, duration_ms=duration_ms, ok=ok, error=error
+            )
+    except IntegrityError:  # the endpoint was deleted while it was polled
+        return ok
     updates = {
         "last_polled_at": now,
         "consecutive_failures": failures,
@@ -183,7 +188,7 @@ def run_batch(target_ids: list[int]) -> int:
     # A batch's runs share its duration, spread evenly: what one endpoint cost.
     duration_ms = (time.perf_counter() - t0) * 1000 / len(targets)
     now = timezone.now()
-    PollRun.objects.bulk_create(
+    runs = [
         PollRun(
             target=t,
             kind=t.kind,
@@ -193,7 +198,13 @@ def run_batch(target_ids: list[int]) -> int:
             error=errors.get(t.id, ""),
         )
         for t in targets
-    )
+    ]
+    try:
+        with transaction.atomic():
+            PollRun.objects.bulk_create(runs)
+    except IntegrityError:  # an endpoint was deleted while the batch polled it: its runs go with it
+        alive = set(PollTarget.objects.filter(id__in=[t.id for t in targets]).values_list("id", flat=True))
+        PollRun.objects.bulk_create([run for run in runs if run.target_id in alive])
     for kind, kind_targets in by_kind.items():
         ok_ids = [t.id for t in kind_targets if t.id not in errors]
         PollTarget.objects.filter(id__in=ok_ids).update(

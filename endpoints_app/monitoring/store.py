@@ -38,7 +38,7 @@ from django.conf import settings
 from django.db import IntegrityError, connection, transaction
 
 from endpoints_app.gateway.metrics import BUCKET_LABELS
-from endpoints_app.models import MetricChunk, MetricPoint
+from endpoints_app.models import Endpoint, MetricChunk, MetricPoint
 
 BASE_RESOLUTION = 15
 RESOLUTIONS = (15, 60, 3600)
@@ -311,7 +311,9 @@ def write_points(points: list[tuple[str, str, int, int, dict[str, Any]]]) -> Non
     try:
         with transaction.atomic():
             _insert_hot(fresh)
-    except IntegrityError:  # another poll wrote one of them meanwhile: merge each
+    except IntegrityError:  # another poll wrote one of them meanwhile, or an endpoint was deleted
+        alive = set(Endpoint.fleet.filter(id__in={p[0] for p in points}).values_list("id", flat=True))
+        points = [p for p in points if p[0] in alive]  # a deleted endpoint's points go with it
         existing = set()
         fresh = []
     fresh_keys = {(p[0], p[1], p[2], p[3]) for p in fresh}

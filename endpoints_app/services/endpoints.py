@@ -18,13 +18,15 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import time
 import uuid
+from collections.abc import Callable
 from datetime import timedelta
-from typing import Any
+from typing import Any, TypeVar
 
 from django.conf import settings
 from django.contrib.auth.models import User
-from django.db import IntegrityError, transaction
+from django.db import IntegrityError, OperationalError, transaction
 from django.db.models import Max
 from django.utils import timezone
 
@@ -46,6 +48,7 @@ from endpoints_app.models import (
     EndpointPermission,
     EndpointTag,
     PermissionLevel,
+    PollTarget,
     RolloutPlan,
     RolloutPlanState,
     ServedEntity,
@@ -449,23 +452,53 @@ def delete_endpoint(
     )
     if proposal is not None:
         return Outcome(change_request=proposal)
-    with transaction.atomic():
-        endpoint = checks.get_endpoint_for_update(name, if_match=if_match)
-        deployment_ids = list(
-            Deployment.objects.filter(endpoint=endpoint, remove_requested_at__isnull=True).values_list("id", flat=True)
-        )
-        audit.record(
-            actor=actor,
-            action="endpoint.delete",
-            object_type="endpoint",
-            object_id=endpoint.id,
-            object_name=endpoint.name,
-            before=audit.endpoint_snapshot(endpoint),
-        )
-        # Credentials given as *_plaintext were stored for this endpoint alone: they go with it.
-        stored = ServedEntity.objects.filter(config_version__endpoint=endpoint, external_model__isnull=False)
-        blocks = [block for block in stored.values_list("external_model", flat=True) if block is not None]
-        secrets.delete_managed(actor=actor, references=checks.references_in(blocks))
-        endpoint.delete()
+
+    def delete() -> list[int]:
+        with transaction.atomic():
+            endpoint = checks.get_endpoint_for_update(name, if_match=if_match)
+            # Pollers write rows that point at the endpoint (locked above) and at its poll
+            # targets: locked too, a poll run written meanwhile waits for this delete, instead
+            # of landing between the cascade's collection and its DELETE.
+            list(PollTarget.objects.select_for_update().filter(endpoint=endpoint).values_list("id", flat=True))
+            deployment_ids = list(
+                Deployment.objects.filter(endpoint=endpoint, remove_requested_at__isnull=True).values_list(
+                    "id", flat=True
+                )
+            )
+            audit.record(
+                actor=actor,
+                action="endpoint.delete",
+                object_type="endpoint",
+                object_id=endpoint.id,
+                object_name=endpoint.name,
+                before=audit.endpoint_snapshot(endpoint),
+            )
+            # Credentials given as *_plaintext were stored for this endpoint alone: they go with it.
+            stored = ServedEntity.objects.filter(config_version__endpoint=endpoint, external_model__isnull=False)
+            blocks = [block for block in stored.values_list("external_model", flat=True) if block is not None]
+            secrets.delete_managed(actor=actor, references=checks.references_in(blocks))
+            endpoint.delete()
+        return deployment_ids
+
+    deployment_ids = _retrying_write_conflicts(delete)
     get_backend().remove(deployment_ids=deployment_ids)
     return Outcome()
+
+
+# PostgreSQL's deadlock_detected, serialization_failure and foreign_key_violation: what a write
+# that races the pollers' writes can meet (a row inserted between the cascade's read and its
+# DELETE). The whole transaction rolled back, so running it again is safe.
+_WRITE_CONFLICTS = frozenset({"40P01", "40001", "23503"})
+T = TypeVar("T")
+
+
+def _retrying_write_conflicts(write: Callable[[], T], attempts: int = 4) -> T:
+    for attempt in range(attempts):
+        try:
+            return write()
+        except (OperationalError, IntegrityError) as exc:
+            state = getattr(exc.__cause__, "sqlstate", None)
+            if attempt == attempts - 1 or state not in _WRITE_CONFLICTS:
+                raise
+            time.sleep(0.05 * (attempt + 1))
+    raise AssertionError("unreachable")
