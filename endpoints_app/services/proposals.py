@@ -159,25 +159,15 @@ def propose(
             body, after = {}, None
         checks.check_if_match(endpoint, if_match)
         base = checks.etag(endpoint)
-    with transaction.atomic():
-        request = ChangeRequest.objects.create(
-            endpoint_name=endpoint_name,
-            action=action,
-            proposed=body,
-            diff=_diff(before, after),
-            base_etag=base,
-            author=actor,
-        )
-        audit.record(
-            actor=actor,
-            action="change_request.propose",
-            object_type="change_request",
-            object_id=str(request.pk),
-            object_name=endpoint_name,
-            after={"action": action, "proposed": shown_proposal(action, body)},
-        )
-    _notify_approvers(request)
-    return request
+    return _open(
+        actor=actor,
+        endpoint_name=endpoint_name,
+        action=action,
+        body=body,
+        diff=_diff(before, after),
+        shown={"action": action, "proposed": shown_proposal(action, body)},
+        base_etag=base,
+    )
 
 
 def propose_remote(*, actor: User, workspace: Workspace, endpoint_name: str, action: str, body: Any) -> ChangeRequest:
@@ -200,15 +190,32 @@ def propose_remote(*, actor: User, workspace: Workspace, endpoint_name: str, act
         detail = remote_calls.read_endpoint(workspace, endpoint_name)  # outside any transaction
         base = remote_calls.config_version(detail)
         before = remote_calls.current_view(action, detail)
+    shown = {
+        "action": action,
+        "workspace": workspace.name,
+        "base_config_version": base,
+        "proposed": shown_proposal(action, body),
+    }
+    return _open(
+        actor=actor,
+        endpoint_name=endpoint_name,
+        action=action,
+        body=body,
+        diff=_diff(before, after),
+        shown=shown,
+        workspace=workspace,
+        base_config_version=base,
+    )
+
+
+def _open(
+    *, actor: User, endpoint_name: str, action: str, body: Any, diff: Any, shown: dict[str, Any], **base: Any
+) -> ChangeRequest:
+    """The request and its audit row in one transaction; then the approvers are emailed. ``base``:
+    what it is based on (a local ETag, or a remote workspace and its config_version)."""
     with transaction.atomic():
         request = ChangeRequest.objects.create(
-            endpoint_name=endpoint_name,
-            action=action,
-            proposed=body,
-            diff=_diff(before, after),
-            workspace=workspace,
-            base_config_version=base,
-            author=actor,
+            endpoint_name=endpoint_name, action=action, proposed=body, diff=diff, author=actor, **base
         )
         audit.record(
             actor=actor,
@@ -216,12 +223,7 @@ def propose_remote(*, actor: User, workspace: Workspace, endpoint_name: str, act
             object_type="change_request",
             object_id=str(request.pk),
             object_name=endpoint_name,
-            after={
-                "action": action,
-                "workspace": workspace.name,
-                "base_config_version": base,
-                "proposed": shown_proposal(action, body),
-            },
+            after=shown,
         )
     _notify_approvers(request)
     return request
