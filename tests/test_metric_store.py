@@ -204,6 +204,20 @@ def test_packing_is_done_once_per_closed_chunk(endpoint):
     assert chunk.start == BASE and len(store.decode_chunk(bytes(chunk.data), 15, BASE)[""]) == 60
 
 
+def test_a_chunk_whose_packing_was_missed_is_packed_before_its_points_are_pruned(endpoint, settings):
+    """Beat or the worker down past pack()'s minutes after a chunk closed: prune packs it late
+    instead of deleting its only copy."""
+    for i in range(60):
+        add_point(endpoint.id, "", 15, BASE + i * 15, Interval(request_count=2))
+    now = BASE + 3 * 3600  # pack()'s minutes for that quarter hour are long past
+    assert store.pack(now=now) == 0
+    store.prune(now=now)
+    assert not MetricPoint.objects.filter(resolution=15).exists()
+    (chunk,) = MetricChunk.objects.filter(resolution=15)
+    decoded = store.decode_chunk(bytes(chunk.data), 15, BASE)[""]
+    assert len(decoded) == 60 and all(values["request_count"] == 2 for values in decoded.values())
+
+
 def test_chart_series_read_each_resolution_from_the_chunks(endpoint):
     now = BASE + 30 * 86400
     points = [stored(endpoint, now - 3600 + i * 15, request_count=15.0, p50_ms=4.0) for i in range(240)]

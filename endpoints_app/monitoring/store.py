@@ -36,6 +36,7 @@ from typing import Any
 import numpy as np
 from django.conf import settings
 from django.db import IntegrityError, connection, transaction
+from django.db.models import Min
 
 from endpoints_app.gateway.metrics import BUCKET_LABELS
 from endpoints_app.models import Endpoint, MetricChunk, MetricPoint
@@ -569,7 +570,9 @@ def pack(now: float | None = None, *, since: float | None = None) -> int:
     """Pack closed 15 s and 1 min chunks from hot points into cold chunks (those not packed yet).
 
     By default only the chunk that closed last, in the ``PACK_GRACE_SECONDS`` after it closed
-    (beat runs this every minute); ``since`` packs every closed chunk from then on.
+    (beat runs this every minute); ``since`` packs every closed chunk from then on. ``prune``
+    packs what is left before it deletes hot points, so a chunk whose minutes passed while beat
+    or the worker was down is packed late, not lost.
     """
     now = now if now is not None else time.time()
     written = 0
@@ -584,33 +587,42 @@ def pack(now: float | None = None, *, since: float | None = None) -> int:
             lower = sealed_before - span
         else:
             lower = int(since) // span * span
-        if sealed_before <= lower:
-            continue
-        rows = MetricPoint.objects.filter(resolution=resolution, ts__gte=lower, ts__lt=sealed_before)
-        keys = {
-            (eid, ts // span * span)
-            for eid, ts in rows.values_list("endpoint_id", "ts").distinct().iterator(chunk_size=5000)
-        }
-        packed = set(
-            MetricChunk.objects.filter(resolution=resolution, start__gte=lower, start__lt=sealed_before).values_list(
-                "endpoint_id", "start"
-            )
+        written += _pack_range(resolution, lower, sealed_before)
+    return written
+
+
+def _pack_range(resolution: int, lower: int, upper: int) -> int:
+    """Pack the chunks of ``resolution`` starting in [lower, upper) that hold hot points and are
+    not packed yet."""
+    span = resolution * CHUNK_SLOTS[resolution]
+    if upper <= lower:
+        return 0
+    written = 0
+    rows = MetricPoint.objects.filter(resolution=resolution, ts__gte=lower, ts__lt=upper)
+    keys = {
+        (eid, ts // span * span)
+        for eid, ts in rows.values_list("endpoint_id", "ts").distinct().iterator(chunk_size=5000)
+    }
+    packed = set(
+        MetricChunk.objects.filter(resolution=resolution, start__gte=lower, start__lt=upper).values_list(
+            "endpoint_id", "start"
         )
-        todo = sorted(keys - packed)
-        for i in range(0, len(todo), 500):
-            batch = todo[i : i + 500]
-            eids = {eid for eid, _ in batch}
-            starts = {s for _, s in batch}
-            wanted = set(batch)
-            updates: dict[tuple[str, int, int], dict[tuple[str, int], dict[str, Any]]] = defaultdict(dict)
-            values_rows = MetricPoint.objects.filter(
-                resolution=resolution, endpoint_id__in=eids, ts__gte=min(starts), ts__lt=max(starts) + span
-            ).values_list("endpoint_id", "served_entity_name", "ts", *FIELDS)
-            for eid, entity, ts, *values in values_rows:
-                start = ts // span * span
-                if (eid, start) in wanted:
-                    updates[(eid, resolution, start)][(entity, ts)] = dict(zip(FIELDS, values, strict=True))
-            written += _merge_into_chunks(updates)
+    )
+    todo = sorted(keys - packed)
+    for i in range(0, len(todo), 500):
+        batch = todo[i : i + 500]
+        eids = {eid for eid, _ in batch}
+        starts = {s for _, s in batch}
+        wanted = set(batch)
+        updates: dict[tuple[str, int, int], dict[tuple[str, int], dict[str, Any]]] = defaultdict(dict)
+        values_rows = MetricPoint.objects.filter(
+            resolution=resolution, endpoint_id__in=eids, ts__gte=min(starts), ts__lt=max(starts) + span
+        ).values_list("endpoint_id", "served_entity_name", "ts", *FIELDS)
+        for eid, entity, ts, *values in values_rows:
+            start = ts // span * span
+            if (eid, start) in wanted:
+                updates[(eid, resolution, start)][(entity, ts)] = dict(zip(FIELDS, values, strict=True))
+        written += _merge_into_chunks(updates)
     return written
 
 
@@ -619,7 +631,17 @@ def prune(now: float | None = None) -> int:
     now = now if now is not None else time.time()
     deleted = 0
     for resolution, minutes in settings.METRICS_HOT_MINUTES.items():
-        count, _ = MetricPoint.objects.filter(resolution=resolution, ts__lt=int(now - minutes * 60)).delete()
+        cutoff = int(now - minutes * 60)
+        expiring = MetricPoint.objects.filter(resolution=resolution, ts__lt=cutoff)
+        if resolution in CHUNK_SLOTS:
+            # Pack first what pack() has not (its minutes after a chunk closed were missed): the
+            # closed chunks that hold points about to go.
+            oldest = expiring.aggregate(oldest=Min("ts"))["oldest"]
+            span = resolution * CHUNK_SLOTS[resolution]
+            sealed_before = int(now - 60) // span * span
+            if oldest is not None:
+                _pack_range(resolution, oldest // span * span, min(sealed_before, (cutoff // span + 1) * span))
+        count, _ = expiring.delete()
         deleted += count
     deleted += MetricPoint.objects.exclude(resolution__in=list(settings.METRICS_HOT_MINUTES)).delete()[0]
     for resolution, hours in settings.METRICS_RETENTION_HOURS.items():
