@@ -374,6 +374,19 @@ def test_the_remote_page_edits_the_split_through_the_gate(far, remote, django_us
     assert [(r["served_model_name"], r["traffic_percentage"]) for r in routes] == [("clf-1", 80), ("clf-2", 20)]
     assert state.endpoints["churn"]["config"]["served_entities"][1]["entity_version"] == "2"
 
+    # The remote moved on since the last poll (a third entity there): the split, built from the
+    # fleet's older copy, is refused rather than sent back over it, applied or proposed.
+    Workspace.objects.filter(pk=far.pk).update(next_poll_at=None)
+    assert remote_polling.run_sweep(far.pk) is not None  # the copy now says version 3 (the 80/20)
+    moved = databricks_remote.endpoint("churn", entities=("clf-1", "clf-2", "clf-3"), version=4)
+    state.endpoints["churn"] = moved
+    refused = as_editor.post(page, {"split-0-traffic": "50", "split-1-traffic": "50"})
+    assert refused.status_code == 400 and "changed since" in refused.content.decode()
+    assert len(state.endpoints["churn"]["config"]["served_entities"]) == 3  # untouched
+    state.endpoints["churn"] = databricks_remote.endpoint("churn", entities=("clf-1", "clf-2"), version=5)
+    Workspace.objects.filter(pk=far.pk).update(next_poll_at=None)
+    assert remote_polling.run_sweep(far.pk) is not None  # the copy is current again
+
     ApprovalPolicy.objects.create(workspace=far)
     proposed = as_editor.post(page, {"split-0-traffic": "50", "split-1-traffic": "50"})
     request = ChangeRequest.objects.get()

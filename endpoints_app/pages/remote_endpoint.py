@@ -192,6 +192,7 @@ def remote_split_page(request: AuthenticatedHttpRequest, workspace: str, name: s
                     name=endpoint.name,
                     body=body,
                     on_approval_needed="propose",
+                    based_on=endpoint.active_config.version,  # the copy the entities come from
                 )
             except DomainError as exc:
                 errors.append(exc.message)

@@ -165,8 +165,15 @@ def update_remote_config(
     body: Any,
     on_approval_needed: OnApprovalNeeded = "refuse",
     approved: ChangeRequest | None = None,
+    based_on: int | None = None,
 ) -> Outcome[dict[str, Any]]:
-    """``PUT …/serving-endpoints/<name>/config`` on the remote (served entities, traffic split)."""
+    """``PUT …/serving-endpoints/<name>/config`` on the remote (served entities, traffic split).
+
+    ``based_on``: the remote ``config_version`` the body was made from (the dashboard's split
+    editor builds it from the fleet's copy): refused (412) when the remote has moved on since,
+    so a copy older than the remote never reverts what changed there, applied or proposed."""
+    if based_on is not None and approved is None:
+        remote_calls.check_not_stale(workspace, name, based_on)
     return _change(
         actor=actor,
         workspace=workspace,
