@@ -256,3 +256,11 @@ def test_the_migrations_frozen_encoder_writes_chunks_the_store_reads():
     for ts, values in series[""].items():
         assert decoded[""][ts]["request_count"] == values["request_count"]
         assert decoded[""][ts]["p50_ms"] == pytest.approx(values["p50_ms"], rel=1e-6)
+
+
+def test_a_chart_that_ends_now_shows_the_interval_polled_this_second(endpoint):
+    """The interval that starts at the chart's end is shown: a poll and a chart read in the same
+    second, at an interval's start, used to find nothing."""
+    add_point(endpoint.id, "", 15, BASE, Interval(request_count=30, count_5xx=3))
+    chart = metrics.series(endpoint, ["error_5xx_rate"], start=BASE - 3600, end=BASE, now=BASE)
+    assert [v for _, v in chart["series"]["error_5xx_rate"] if v] == [pytest.approx(3 / 15)]

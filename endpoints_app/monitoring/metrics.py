@@ -425,7 +425,9 @@ def series(
     """Chart series between two times (epoch s), aggregated in SQL into at most ~300 buckets."""
     resolution = choose_resolution(start, end, now)
     step = max(resolution, math.ceil((end - start) / MAX_CHART_POINTS / resolution) * resolution)
-    ts, columns = store.read_columns(endpoint.id, resolution=resolution, start=start, end=end, entity=served_entity)
+    # end + 1: the interval that starts at ``end`` is shown too (a chart that ends now shows the
+    # interval polled this second, not only from the next second on).
+    ts, columns = store.read_columns(endpoint.id, resolution=resolution, start=start, end=end + 1, entity=served_entity)
     buckets, index = np.unique(ts // step * step, return_inverse=True)
     values = _bucket_values(columns, index, len(buckets), step)
     out: dict[str, list[list[float | None]]] = {
