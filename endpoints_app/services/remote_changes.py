@@ -66,10 +66,13 @@ def _change(
     body: Any,
     on_approval_needed: OnApprovalNeeded,
     approved: ChangeRequest | None,
+    based_on: int | None = None,
 ) -> Outcome[dict[str, Any]]:
     if approved is None:
         access.require_remote_edit(actor, workspace)
     body, _after = remote_calls.checked_body(action=action, name=name, body=body)
+    if based_on is not None and approved is None:  # after the rights check: no remote read for others
+        remote_calls.check_not_stale(workspace, name, based_on)
     tag_sets: tuple[dict[str, str] | None, ...] = (None,)
     if action == Action.CREATE:
         copy = Endpoint.fleet.filter(workspace=workspace, name=name, remote_gone_at__isnull=True).first()
@@ -172,8 +175,6 @@ def update_remote_config(
     ``based_on``: the remote ``config_version`` the body was made from (the dashboard's split
     editor builds it from the fleet's copy): refused (412) when the remote has moved on since,
     so a copy older than the remote never reverts what changed there, applied or proposed."""
-    if based_on is not None and approved is None:
-        remote_calls.check_not_stale(workspace, name, based_on)
     return _change(
         actor=actor,
         workspace=workspace,
@@ -182,6 +183,7 @@ def update_remote_config(
         body=body,
         on_approval_needed=on_approval_needed,
         approved=approved,
+        based_on=based_on,
     )
 
 
