@@ -23,6 +23,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 from datetime import datetime
+from typing import Any
 
 from django.db import transaction
 from django.db.models import Count, Q
@@ -67,20 +68,70 @@ def poll_status(endpoint: Endpoint, *, now: datetime | None = None) -> None:
     record_health(endpoint, compute_health(endpoint, now=now), now=now)
 
 
-def compute_health(endpoint: Endpoint, *, now: datetime) -> Health:
-    """The endpoint's health now (three reads at most: entities with replica counts, the newest
-    metric point, the metrics poll target)."""
-    if endpoint.active_config_id is None:
-        return Health(HealthStatus.DOWN, _no_active_config_reason(endpoint))
-    entities = list(
-        ServedEntity.objects.filter(config_version_id=endpoint.active_config_id)
+def poll_status_batch(endpoints: list[Endpoint], *, now: datetime | None = None) -> dict[str, str]:
+    """The status poll of a batch (the sweep's): each endpoint's health from three queries for the
+    whole batch (entities with replica counts, newest metric points, failing metric polls), and
+    the changes recorded a group at a time (``record_health_batch``). Returns the endpoints whose
+    health could not be computed, with the error."""
+    now = now or timezone.now()
+    if not endpoints:
+        return {}
+    entities = _entities_of([e.active_config_id for e in endpoints if e.active_config_id is not None])
+    problems = _metric_problems_of([e.id for e in endpoints], now=now)
+    healths: list[tuple[Endpoint, Health]] = []
+    errors: dict[str, str] = {}
+    for endpoint in endpoints:
+        try:
+            health = _health_of(
+                endpoint, entities.get(endpoint.active_config_id or 0, []), problems.get(endpoint.id, [])
+            )
+        except Exception as exc:  # one endpoint's; the others are recorded
+            errors[endpoint.id] = f"{type(exc).__name__}: {exc}"
+            continue
+        healths.append((endpoint, health))
+    record_health_batch(healths, now=now)
+    return errors
+
+
+def _entities_of(config_ids: list[int]) -> dict[int, list[Any]]:
+    """Each config's served entities with their deployment and ready/starting replica counts
+    (annotated ``ready`` and ``starting``)."""
+    by_config: dict[int, list[Any]] = {}
+    if not config_ids:
+        return by_config
+    rows = (
+        ServedEntity.objects.filter(config_version_id__in=config_ids)
         .select_related("deployment")
         .annotate(
             ready=Count("deployment__replicas", filter=Q(deployment__replicas__state=ReplicaState.READY)),
             starting=Count("deployment__replicas", filter=Q(deployment__replicas__state=ReplicaState.STARTING)),
         )
-        .order_by("position")
+        .order_by("config_version_id", "position")
     )
+    for entity in rows:
+        by_config.setdefault(entity.config_version_id, []).append(entity)
+    return by_config
+
+
+def compute_health(endpoint: Endpoint, *, now: datetime) -> Health:
+    """The endpoint's health now (three reads at most: entities with replica counts, the newest
+    metric point, the metrics poll target)."""
+    if endpoint.active_config_id is None:
+        return Health(HealthStatus.DOWN, _no_active_config_reason(endpoint))
+    entities = _entities_of([endpoint.active_config_id]).get(endpoint.active_config_id, [])
+    return _health_of(endpoint, entities, None, now=now)
+
+
+def _health_of(
+    endpoint: Endpoint,
+    entities: list[Any],
+    metric_problems: list[str] | None,
+    *,
+    now: datetime | None = None,
+) -> Health:
+    """Health from the entities read; ``metric_problems`` None: read them for this endpoint."""
+    if endpoint.active_config_id is None:
+        return Health(HealthStatus.DOWN, _no_active_config_reason(endpoint))
     if not entities:
         return Health(HealthStatus.DOWN, "the active config has no served entities")
 
@@ -114,7 +165,9 @@ def compute_health(endpoint: Endpoint, *, now: datetime) -> Health:
         return Health(HealthStatus.DOWN, "; ".join(down))
     if scaled_to_zero == len(entities):
         return Health(HealthStatus.SCALED_TO_ZERO, "every served entity is scaled to zero")
-    degraded += _metric_problems(endpoint, now=now)
+    if metric_problems is None:
+        metric_problems = _metric_problems(endpoint, now=now or timezone.now())
+    degraded += metric_problems
     if degraded:
         return Health(HealthStatus.DEGRADED, "; ".join(degraded))
     if scaled_to_zero:
@@ -132,31 +185,32 @@ def _no_active_config_reason(endpoint: Endpoint) -> str:
 
 
 def _metric_problems(endpoint: Endpoint, *, now: datetime) -> list[str]:
-    problems: list[str] = []
+    return _metric_problems_of([endpoint.id], now=now).get(endpoint.id, [])
+
+
+def _metric_problems_of(endpoint_ids: list[str], *, now: datetime) -> dict[str, list[str]]:
+    """What the metrics say of each endpoint: its newest 15 s point (at most 2 minutes old) with
+    more than 5% 5xx, a failing metrics poll. Two queries for any number of endpoints."""
+    problems: dict[str, list[str]] = {}
     oldest = int(now.timestamp()) - METRICS_MAX_AGE_SECONDS
+    newest: dict[str, tuple[int, float, float]] = {}
     # metric_point_read_idx (endpoint, resolution, ts) serves this.
-    point = (
-        MetricPoint.objects.filter(endpoint=endpoint, served_entity_name="", resolution=POINT_SECONDS, ts__gte=oldest)
-        .order_by("-ts")
-        .values_list("request_count", "count_5xx")
-        .first()
-    )
-    if point is not None:
-        requests, errors = point
+    for eid, ts, requests, errors in MetricPoint.objects.filter(
+        endpoint_id__in=endpoint_ids, served_entity_name="", resolution=POINT_SECONDS, ts__gte=oldest
+    ).values_list("endpoint_id", "ts", "request_count", "count_5xx"):
+        if eid not in newest or ts > newest[eid][0]:
+            newest[eid] = (ts, requests, errors)
+    for eid, (_, requests, errors) in newest.items():
         if requests > 0 and errors / requests * 100 > ERROR_5XX_DEGRADED_PCT:
-            problems.append(
+            problems.setdefault(eid, []).append(
                 f"5xx rate {pct(errors / requests * 100)}% over the last {POINT_SECONDS} s "
                 f"({errors:g} of {requests:g} requests)"
             )
-    failing = (
-        PollTarget.objects.filter(endpoint=endpoint, kind=PollKind.METRICS, failing_since__isnull=False)
-        .values_list("failing_since", "last_error")
-        .first()
-    )
-    if failing is not None:
-        since, error = failing
+    for eid, since, error in PollTarget.objects.filter(
+        endpoint_id__in=endpoint_ids, kind=PollKind.METRICS, failing_since__isnull=False
+    ).values_list("endpoint_id", "failing_since", "last_error"):
         detail = f": {error[:200]}" if error else ""
-        problems.append(f"metrics polling failing since {since:%Y-%m-%d %H:%M:%S} UTC{detail}")
+        problems.setdefault(eid, []).append(f"metrics polling failing since {since:%Y-%m-%d %H:%M:%S} UTC{detail}")
     return problems
 
 
@@ -185,3 +239,48 @@ def record_health(endpoint: Endpoint, health: Health, *, now: datetime) -> bool:
     endpoint.health, endpoint.health_reason, endpoint.health_changed_at = health.status, health.reason, now
     log.info("endpoint %s: %s → %s %s", endpoint.name, previous, health.status, health.reason)
     return True
+
+
+def record_health_batch(healths: list[tuple[Endpoint, Health]], *, now: datetime) -> set[str]:
+    """``record_health`` for many endpoints: one conditional UPDATE per group of endpoints with the
+    same (status read, new status, reason), the ``HealthChange`` rows of those it changed in bulk,
+    in the same transaction. Returns the ids whose status changed."""
+    changes: dict[tuple[str, str, str], list[Endpoint]] = {}
+    reasons: dict[tuple[str, str], list[Endpoint]] = {}
+    for endpoint, health in healths:
+        if health.status == endpoint.health:
+            if health.reason != endpoint.health_reason:
+                reasons.setdefault((endpoint.health, health.reason), []).append(endpoint)
+        else:
+            changes.setdefault((endpoint.health, health.status, health.reason), []).append(endpoint)
+    for (previous, reason), group in reasons.items():
+        Endpoint.fleet.filter(id__in=[e.id for e in group], health=previous).update(health_reason=reason)
+        for endpoint in group:
+            endpoint.health_reason = reason
+    changed: set[str] = set()
+    for (previous, status, reason), group in changes.items():
+        ids = [e.id for e in group]
+        with transaction.atomic():
+            # Lock the rows still in the status read: only those change (an overlapping poll's
+            # change wins for the others; the next poll recomputes).
+            mine = set(
+                Endpoint.fleet.select_for_update()
+                .filter(id__in=ids, health=previous)
+                .order_by("id")
+                .values_list("id", flat=True)
+            )
+            if not mine:
+                continue
+            Endpoint.fleet.filter(id__in=mine).update(health=status, health_reason=reason, health_changed_at=now)
+            HealthChange.objects.bulk_create(
+                [
+                    HealthChange(endpoint_id=eid, at=now, previous=previous, status=status, reason=reason)
+                    for eid in sorted(mine)
+                ]
+            )
+        for endpoint in group:
+            if endpoint.id in mine:
+                endpoint.health, endpoint.health_reason, endpoint.health_changed_at = status, reason, now
+                log.info("endpoint %s: %s → %s %s", endpoint.name, previous, status, reason)
+        changed |= mine
+    return changed

@@ -5,9 +5,10 @@
    40 tasks, not 10,000: the per-task and per-query overhead was most of a sweep's cost).
 2. Each task claims its targets with one conditional UPDATE on ``next_poll_at`` that sets a lease
    unique to this claim, then reads back the rows holding that lease (a second task for the same
-   targets finds nothing to claim); it runs the kind's poll (metrics: ``poll_metrics_batch``, the
-   whole batch in a fixed number of queries; status and logs: per endpoint), records the
-   ``PollRun`` rows in bulk, and schedules the next polls: the normal interval after a success, a
+   targets finds nothing to claim); it runs the kind's batch poll (``poll_status_batch``,
+   ``poll_metrics_batch``, ``poll_logs_batch``: the whole batch in a fixed number of queries, one
+   endpoint's failure its own), records the ``PollRun`` rows with multi-row INSERTs, and schedules
+   the next polls with one UPDATE from a VALUES list: the normal interval after a success, a
    growing backoff after consecutive failures (capped), so a dead endpoint costs little and never
    delays the others. ``run_poll`` is the same for one target.
 """
@@ -18,11 +19,12 @@ import logging
 import random
 import time
 from collections.abc import Callable
-from datetime import timedelta
+from datetime import datetime, timedelta
 from importlib import import_module
+from typing import Any
 
 from django.conf import settings
-from django.db import IntegrityError, transaction
+from django.db import IntegrityError, connection, transaction
 from django.db.models import Q
 from django.utils import timezone
 
@@ -134,7 +136,9 @@ def run_poll(target_id: int) -> bool | None:
 POLL_BATCH_SIZE = 250
 # Kinds with a batched poll: ``fn(endpoints) -> {endpoint_id: error}`` for those that failed.
 BATCH_POLLERS: dict[str, str] = {
+    PollKind.STATUS: "endpoints_app.monitoring.health:poll_status_batch",
     PollKind.METRICS: "endpoints_app.monitoring.metrics:poll_metrics_batch",
+    PollKind.LOGS: "endpoints_app.monitoring.logs:poll_logs_batch",
 }
 
 
@@ -188,44 +192,78 @@ def run_batch(target_ids: list[int]) -> int:
     # A batch's runs share its duration, spread evenly: what one endpoint cost.
     duration_ms = (time.perf_counter() - t0) * 1000 / len(targets)
     now = timezone.now()
-    runs = [
-        PollRun(
-            target=t,
-            kind=t.kind,
-            started_at=started,
-            duration_ms=duration_ms,
-            ok=t.id not in errors,
-            error=errors.get(t.id, ""),
-        )
-        for t in targets
-    ]
+    record_runs(targets, errors, started=started, duration_ms=duration_ms)
+    schedule_next(targets, errors, now=now)
+    return len(targets)
+
+
+def _sql_values(row_template: str, rows: list[list[Any]]) -> tuple[str, list[Any]]:
+    params: list[Any] = []
+    for row in rows:
+        params += row
+    return ", ".join([row_template] * len(rows)), params
+
+
+def _cast(sql_type: str) -> str:
+    """A placeholder typed for a VALUES list (PostgreSQL types its columns from the first row)."""
+    return f"CAST(%s AS {sql_type})" if connection.vendor == "postgresql" else "%s"
+
+
+def record_runs(targets: list[PollTarget], errors: dict[int, str], *, started: datetime, duration_ms: float) -> None:
+    """The batch's ``PollRun`` rows with multi-row INSERTs (no model instance per run). A target
+    whose endpoint was deleted while the batch polled it has its run dropped with it."""
+    table = connection.ops.quote_name(PollRun._meta.db_table)
+    at = connection.ops.adapt_datetimefield_value(started)
+    rows = [[t.id, t.kind, at, duration_ms, t.id not in errors, errors.get(t.id, "")] for t in targets]
+
+    def insert(rows: list[list[Any]]) -> None:
+        with connection.cursor() as cursor:
+            for i in range(0, len(rows), 1000):
+                values, params = _sql_values("(%s, %s, %s, %s, %s, %s)", rows[i : i + 1000])
+                cursor.execute(
+                    f"INSERT INTO {table} (target_id, kind, started_at, duration_ms, ok, error) VALUES {values}",
+                    params,
+                )
+
     try:
         with transaction.atomic():
-            PollRun.objects.bulk_create(runs)
+            insert(rows)
     except IntegrityError:  # an endpoint was deleted while the batch polled it: its runs go with it
         alive = set(PollTarget.objects.filter(id__in=[t.id for t in targets]).values_list("id", flat=True))
-        PollRun.objects.bulk_create([run for run in runs if run.target_id in alive])
-    for kind, kind_targets in by_kind.items():
-        ok_ids = [t.id for t in kind_targets if t.id not in errors]
-        PollTarget.objects.filter(id__in=ok_ids).update(
-            last_polled_at=now,
-            consecutive_failures=0,
-            next_poll_at=now + timedelta(seconds=interval(kind)),
-            last_ok_at=now,
-            last_error="",
-            failing_since=None,
+        insert([row for row in rows if row[0] in alive])
+
+
+def schedule_next(targets: list[PollTarget], errors: dict[int, str], *, now: datetime) -> None:
+    """One UPDATE of every target of the batch from a VALUES list: the normal interval after a
+    success, the backoff of its consecutive failures after a failure (``backoff_seconds``)."""
+    rows: list[list[Any]] = []
+    for t in targets:
+        error = errors.get(t.id)
+        failures = 0 if error is None else t.consecutive_failures + 1
+        since = None if error is None else (t.failing_since or now)
+        rows.append(
+            [
+                t.id,
+                failures,
+                connection.ops.adapt_datetimefield_value(now + timedelta(seconds=backoff_seconds(t.kind, failures))),
+                error is None,
+                error or "",
+                connection.ops.adapt_datetimefield_value(since),
+            ]
         )
-    for target in targets:
-        if target.id in errors:
-            failures = target.consecutive_failures + 1
-            PollTarget.objects.filter(id=target.id).update(
-                last_polled_at=now,
-                consecutive_failures=failures,
-                next_poll_at=now + timedelta(seconds=backoff_seconds(target.kind, failures)),
-                last_error=errors[target.id],
-                failing_since=target.failing_since or now,
+    table = connection.ops.quote_name(PollTarget._meta.db_table)
+    row = f"({_cast('integer')}, {_cast('integer')}, {_cast('timestamptz')}, {_cast('boolean')}, {_cast('text')}, {_cast('timestamptz')})"
+    at = connection.ops.adapt_datetimefield_value(now)
+    with connection.cursor() as cursor:
+        for i in range(0, len(rows), 1000):
+            values, params = _sql_values(row, rows[i : i + 1000])
+            cursor.execute(
+                f"WITH v (id, failures, next_at, ok, error, since) AS (VALUES {values}) "
+                f"UPDATE {table} SET last_polled_at = %s, consecutive_failures = v.failures, "
+                f"next_poll_at = v.next_at, last_ok_at = CASE WHEN v.ok THEN %s ELSE {table}.last_ok_at END, "
+                f"last_error = v.error, failing_since = v.since FROM v WHERE {table}.id = v.id",
+                [*params, at, at],
             )
-    return len(targets)
 
 
 def prune_poll_runs() -> int:
