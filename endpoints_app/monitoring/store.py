@@ -36,7 +36,7 @@ from typing import Any
 import numpy as np
 from django.conf import settings
 from django.db import IntegrityError, connection, transaction
-from django.db.models import Min
+from django.db.models import Max, Min
 
 from endpoints_app.gateway.metrics import BUCKET_LABELS
 from endpoints_app.models import Endpoint, MetricChunk, MetricPoint
@@ -520,7 +520,10 @@ def _hours_from_hot(endpoint_id: str, *, start: int, end: int, entity: str | Non
 def rollup(now: float | None = None) -> int:
     """Downsample and pack; idempotent, run every minute by beat. Returns rows written.
 
-    1. 1 min hot points are recomputed from the 15 s ones of the last 10 min (histograms merged).
+    1. 1 min hot points are merged from the 15 s ones (histograms merged), incrementally: only the
+       minutes that closed ``ROLLUP_GRACE_SECONDS`` ago (polls that started in them have written)
+       and are not rolled up yet, newer than the last minute that has 1 min points; at most the
+       last ``ROLLUP_LOOKBACK_SECONDS`` (a rollup missed for longer catches up that far).
     2. The hour that closed becomes a 1 h slot of its endpoint's 1 h chunk, merged from the hot
        1 min points (so its percentiles come from the merged histogram); recomputed by each run
        in the first ``HOUR_ROLLUP_SECONDS`` after the hour (late polls, a missed run), not after.
@@ -528,7 +531,7 @@ def rollup(now: float | None = None) -> int:
        the hot points, once.
     """
     now = now if now is not None else time.time()
-    written = _rollup_hot(15, 60, start=int(now - 10 * 60) // 60 * 60, end=int(now) // 60 * 60)
+    written = _rollup_minutes(now)
     closed = int(now) // 3600 * 3600
     if 60 <= now - closed < HOUR_ROLLUP_SECONDS:
         written += _rollup_hours(start=closed - 3600, end=closed)
@@ -536,20 +539,42 @@ def rollup(now: float | None = None) -> int:
     return written
 
 
+# A minute is rolled up once it closed this long ago: a poll writes into the 15 s interval it
+# started in, within its HTTP timeout and a batch's writes.
+ROLLUP_GRACE_SECONDS = 30
+ROLLUP_LOOKBACK_SECONDS = 10 * 60
+
+
+def _rollup_minutes(now: float) -> int:
+    """The minutes not rolled up yet (``rollup`` step 1)."""
+    end = int(now - ROLLUP_GRACE_SECONDS) // 60 * 60
+    start = int(now - ROLLUP_LOOKBACK_SECONDS) // 60 * 60
+    # metric_point_prune_idx (resolution, ts) answers this from the index.
+    done = MetricPoint.objects.filter(resolution=60, ts__gte=start, ts__lt=end).aggregate(last=Max("ts"))["last"]
+    if done is not None:
+        start = done + 60
+    return _rollup_hot(15, 60, start=start, end=end)
+
+
 def _rollup_hot(source: int, target: int, *, start: int, end: int) -> int:
+    """Recompute the ``target`` points of [start, end) from the ``source`` ones (replacing them)."""
     if end <= start:
         return 0
     groups: dict[tuple[str, str, int], list[dict[str, Any]]] = defaultdict(list)
-    for point in MetricPoint.objects.filter(resolution=source, ts__gte=start, ts__lt=end).iterator(chunk_size=2000):
-        groups[(point.endpoint_id, point.served_entity_name, point.ts // target * target)].append(_hot_values(point))
-    rows = [
-        MetricPoint(endpoint_id=eid, served_entity_name=entity, resolution=target, ts=ts, **merge_values(values))
-        for (eid, entity, ts), values in groups.items()
-    ]
+    rows = (
+        MetricPoint.objects.filter(resolution=source, ts__gte=start, ts__lt=end)
+        .order_by()
+        .values_list("endpoint_id", "served_entity_name", "ts", "latency_buckets", *FIELDS)
+    )
+    for eid, entity, ts, buckets, *values in rows.iterator(chunk_size=5000):
+        point = dict(zip(FIELDS, values, strict=True))
+        point["latency_buckets"] = buckets or {}
+        groups[(eid, entity, ts // target * target)].append(point)
+    merged = [(eid, entity, target, ts, merge_values(values)) for (eid, entity, ts), values in groups.items()]
     with transaction.atomic():
         MetricPoint.objects.filter(resolution=target, ts__gte=start, ts__lt=end).delete()
-        MetricPoint.objects.bulk_create(rows, batch_size=1000)
-    return len(rows)
+        _insert_hot(merged)
+    return len(merged)
 
 
 def _rollup_hours(*, start: int, end: int) -> int:
