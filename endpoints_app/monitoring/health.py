@@ -41,6 +41,7 @@ from endpoints_app.models import (
     ReplicaState,
     ServedEntity,
 )
+from endpoints_app.monitoring import bulk
 from endpoints_app.monitoring.metrics import BASE_RESOLUTION
 
 log = logging.getLogger(__name__)
@@ -102,6 +103,16 @@ def _entities_of(config_ids: list[int]) -> dict[int, list[Any]]:
     rows = (
         ServedEntity.objects.filter(config_version_id__in=config_ids)
         .select_related("deployment")
+        .only(
+            "config_version_id",
+            "name",
+            "position",
+            "external_model",
+            "scale_to_zero_enabled",
+            "deployment__state",
+            "deployment__state_message",
+            "deployment__desired_replicas",
+        )
         .annotate(
             ready=Count("deployment__replicas", filter=Q(deployment__replicas__state=ReplicaState.READY)),
             starting=Count("deployment__replicas", filter=Q(deployment__replicas__state=ReplicaState.STARTING)),
@@ -272,11 +283,10 @@ def record_health_batch(healths: list[tuple[Endpoint, Health]], *, now: datetime
             if not mine:
                 continue
             Endpoint.fleet.filter(id__in=mine).update(health=status, health_reason=reason, health_changed_at=now)
-            HealthChange.objects.bulk_create(
-                [
-                    HealthChange(endpoint_id=eid, at=now, previous=previous, status=status, reason=reason)
-                    for eid in sorted(mine)
-                ]
+            bulk.insert_rows(
+                HealthChange._meta.db_table,
+                ("endpoint_id", "at", "previous", "status", "reason"),
+                [[eid, now, previous, status, reason] for eid in sorted(mine)],
             )
         for endpoint in group:
             if endpoint.id in mine:

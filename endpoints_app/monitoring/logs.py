@@ -23,16 +23,16 @@ import re
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Any
 
 from django.conf import settings
-from django.db import IntegrityError, OperationalError, connection, transaction
+from django.db import IntegrityError, OperationalError, transaction
 from django.db.models import Q, QuerySet
 from django.utils import timezone
 
 from endpoints_app.backends import ServingBackend, get_backend
 from endpoints_app.errors import InvalidParameterValue
 from endpoints_app.models import Deployment, Endpoint, LogCursor, LogKind, LogLine, ServedEntity
+from endpoints_app.monitoring import bulk
 
 MAX_READ_BYTES = 1_000_000  # per file per poll; a longer backlog is read over the next polls
 MAX_LINE_CHARS = 16 * 1024
@@ -242,7 +242,6 @@ def store_batch(reads: list[tuple[Deployment, LogCursor, int, list[ParsedLine]]]
     """Store many logs' new lines and move their cursors in one transaction. A cursor moves only
     from the offset its lines were read at (the rows are locked first): a log another poll stored
     first is skipped, so lines are neither lost nor duplicated. Returns the lines stored."""
-    adapt = connection.ops.adapt_datetimefield_value
     with transaction.atomic():
         at = {
             cid: offset
@@ -254,43 +253,29 @@ def store_batch(reads: list[tuple[Deployment, LogCursor, int, list[ParsedLine]]]
         mine = [r for r in reads if at.get(r[1].id) == r[1].offset]
         if not mine:
             return 0
-        cursor_table = connection.ops.quote_name(LogCursor._meta.db_table)
-        line_table = connection.ops.quote_name(LogLine._meta.db_table)
-        cast = "CAST(%s AS bigint)" if connection.vendor == "postgresql" else "%s"
-        stored = 0
-        with connection.cursor() as db:
-            for i in range(0, len(mine), 1000):
-                part = mine[i : i + 1000]
-                values = ", ".join([f"({cast}, {cast})"] * len(part))
-                params: list[Any] = [v for _, c, offset, _ in part for v in (c.id, offset)]
-                db.execute(
-                    f"WITH v (id, next_offset) AS (VALUES {values}) UPDATE {cursor_table} SET "
-                    f'"offset" = v.next_offset, updated_at = %s FROM v WHERE {cursor_table}.id = v.id',
-                    [*params, adapt(now)],
-                )
-            rows = [
-                [
-                    deployment.endpoint_id,
-                    deployment.id,
-                    deployment.served_entity_name,
-                    cursor.kind,
-                    line.replica,
-                    adapt(line.ts),
-                    line.level,
-                    line.message,
-                ]
-                for deployment, cursor, _, parsed in mine
-                for line in parsed
+        bulk.update_rows(
+            LogCursor._meta.db_table,
+            [("id", "bigint"), ("next_offset", "bigint")],
+            [[cursor.id, offset] for _, cursor, offset, _ in mine],
+            '"offset" = v.next_offset, updated_at = %s',
+            [now],
+        )
+        rows = [
+            [
+                deployment.endpoint_id,
+                deployment.id,
+                deployment.served_entity_name,
+                cursor.kind,
+                line.replica,
+                line.ts,
+                line.level,
+                line.message,
             ]
-            one = "(" + ", ".join(["%s"] * len(_LINE_COLUMNS)) + ")"
-            columns = ", ".join(connection.ops.quote_name(c) for c in _LINE_COLUMNS)
-            for i in range(0, len(rows), 500):
-                part_rows = rows[i : i + 500]
-                db.execute(
-                    f"INSERT INTO {line_table} ({columns}) VALUES {', '.join([one] * len(part_rows))}",
-                    [v for row in part_rows for v in row],
-                )
-            stored = len(rows)
+            for deployment, cursor, _, parsed in mine
+            for line in parsed
+        ]
+        bulk.insert_rows(LogLine._meta.db_table, _LINE_COLUMNS, rows)
+        stored = len(rows)
     for _, cursor, offset, _ in mine:
         cursor.offset = offset
     return stored

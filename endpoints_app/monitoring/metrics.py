@@ -14,6 +14,7 @@ kept exactly), and ``prune`` applies each resolution's retention.
 
 from __future__ import annotations
 
+import json
 import math
 import time
 from collections import defaultdict
@@ -32,7 +33,7 @@ from django.utils import timezone
 from endpoints_app.backends import get_backend
 from endpoints_app.gateway.metrics import BUCKET_LABELS, UNATTRIBUTED, redis_key
 from endpoints_app.models import Endpoint, MetricCursor, MetricPoint, ServedEntity
-from endpoints_app.monitoring import store
+from endpoints_app.monitoring import bulk, store
 from endpoints_app.monitoring.store import quantile
 from endpoints_app.redis_client import get_redis
 from endpoints_app.runtime.credentials import ReplicaTarget
@@ -283,12 +284,12 @@ def poll_metrics_batch(endpoints: list[Endpoint]) -> dict[str, str]:
     # without the endpoints that are gone.
     def store_batch(cursors: list[MetricCursor], batch_points: list[Any]) -> None:
         with transaction.atomic():
-            MetricCursor.objects.bulk_create(
-                cursors,
-                batch_size=1000,
-                update_conflicts=True,
-                unique_fields=["endpoint", "served_entity_name", "source"],
-                update_fields=["counters", "read_at"],
+            bulk.upsert_rows(
+                MetricCursor._meta.db_table,
+                _CURSOR_COLUMNS,
+                [[c.endpoint_id, c.served_entity_name, c.source, json.dumps(c.counters), c.read_at] for c in cursors],
+                conflict=("endpoint_id", "served_entity_name", "source"),
+                update=("counters", "read_at"),
             )
             store.write_points(batch_points)
 
@@ -302,6 +303,15 @@ def poll_metrics_batch(endpoints: list[Endpoint]) -> dict[str, str]:
         for eid, errs in errors.items()
         if len(errs) == jobs_of[eid]
     }
+
+
+_CURSOR_COLUMNS = (
+    ("endpoint_id", "varchar"),
+    ("served_entity_name", "varchar"),
+    ("source", "varchar"),
+    ("counters", "jsonb"),
+    ("read_at", "timestamptz"),
+)
 
 
 def endpoint_total(intervals: dict[str, Interval], shadows: set[str]) -> Interval:

@@ -24,11 +24,12 @@ from importlib import import_module
 from typing import Any
 
 from django.conf import settings
-from django.db import IntegrityError, connection, transaction
-from django.db.models import Q
+from django.db import IntegrityError, transaction
+from django.db.models import Count, Q
 from django.utils import timezone
 
 from endpoints_app.models import Endpoint, PollKind, PollRun, PollTarget
+from endpoints_app.monitoring import bulk
 
 log = logging.getLogger(__name__)
 
@@ -56,10 +57,18 @@ def poller(kind: str) -> Callable[[Endpoint], None]:
 def ensure_targets() -> int:
     """A poll target of each kind for every endpoint (new endpoints are due at once)."""
     now = timezone.now()
-    have = set(PollTarget.objects.values_list("endpoint_id", "kind"))
+    # Only the endpoints short of a target are read (the fleet is counted in SQL).
+    lacking = list(
+        Endpoint.objects.annotate(targets=Count("poll_targets"))
+        .filter(targets__lt=len(PollKind.values))
+        .values_list("id", flat=True)
+    )
+    if not lacking:
+        return 0
+    have = set(PollTarget.objects.filter(endpoint_id__in=lacking).values_list("endpoint_id", "kind"))
     missing = [
         PollTarget(endpoint_id=endpoint_id, kind=kind, next_poll_at=now)
-        for endpoint_id in Endpoint.objects.values_list("id", flat=True)
+        for endpoint_id in lacking
         for kind in PollKind.values
         if (endpoint_id, kind) not in have
     ]
@@ -142,19 +151,34 @@ BATCH_POLLERS: dict[str, str] = {
 }
 
 
+# What the batch pollers read of a target, its endpoint and the active config: fewer columns to
+# fetch and convert (a deferred field read later costs a query, so every field they use is here).
+_CLAIMED_FIELDS = (
+    "kind",
+    "consecutive_failures",
+    "failing_since",
+    "endpoint__name",
+    "endpoint__health",
+    "endpoint__health_reason",
+    "endpoint__config_update",
+    "endpoint__config_update_message",
+    "endpoint__active_config__traffic_config",
+)
+
+
 def claim_batch(target_ids: list[int]) -> list[PollTarget]:
     """Take the due targets among ``target_ids`` with one UPDATE; the lease (to the microsecond,
     plus a random offset) tells this claim's rows from a concurrent one's."""
     now = timezone.now()
     if not target_ids:
         return []
-    kinds = set(PollTarget.objects.filter(id__in=target_ids).values_list("kind", flat=True))
-    seconds = max([60.0, *(interval(kind) * 4 for kind in kinds)])
+    seconds = max([60.0, *(interval(kind) * 4 for kind in PollKind.values)])
     lease = now + timedelta(seconds=seconds, microseconds=random.randrange(1_000_000))
     PollTarget.objects.filter(id__in=target_ids, next_poll_at__lte=now).update(next_poll_at=lease)
     return list(
         PollTarget.objects.filter(id__in=target_ids, next_poll_at=lease)
         .select_related("endpoint", "endpoint__active_config")
+        .only(*_CLAIMED_FIELDS)
         .order_by("id")
     )
 
@@ -197,73 +221,44 @@ def run_batch(target_ids: list[int]) -> int:
     return len(targets)
 
 
-def _sql_values(row_template: str, rows: list[list[Any]]) -> tuple[str, list[Any]]:
-    params: list[Any] = []
-    for row in rows:
-        params += row
-    return ", ".join([row_template] * len(rows)), params
-
-
-def _cast(sql_type: str) -> str:
-    """A placeholder typed for a VALUES list (PostgreSQL types its columns from the first row)."""
-    return f"CAST(%s AS {sql_type})" if connection.vendor == "postgresql" else "%s"
-
-
 def record_runs(targets: list[PollTarget], errors: dict[int, str], *, started: datetime, duration_ms: float) -> None:
-    """The batch's ``PollRun`` rows with multi-row INSERTs (no model instance per run). A target
-    whose endpoint was deleted while the batch polled it has its run dropped with it."""
-    table = connection.ops.quote_name(PollRun._meta.db_table)
-    at = connection.ops.adapt_datetimefield_value(started)
-    rows = [[t.id, t.kind, at, duration_ms, t.id not in errors, errors.get(t.id, "")] for t in targets]
-
-    def insert(rows: list[list[Any]]) -> None:
-        with connection.cursor() as cursor:
-            for i in range(0, len(rows), 1000):
-                values, params = _sql_values("(%s, %s, %s, %s, %s, %s)", rows[i : i + 1000])
-                cursor.execute(
-                    f"INSERT INTO {table} (target_id, kind, started_at, duration_ms, ok, error) VALUES {values}",
-                    params,
-                )
-
+    """The batch's ``PollRun`` rows in bulk (``bulk.insert_rows``: no model instance per run). A
+    target whose endpoint was deleted while the batch polled it has its run dropped with it."""
+    columns = ("target_id", "kind", "started_at", "duration_ms", "ok", "error")
+    rows = [[t.id, t.kind, started, duration_ms, t.id not in errors, errors.get(t.id, "")] for t in targets]
     try:
         with transaction.atomic():
-            insert(rows)
+            bulk.insert_rows(PollRun._meta.db_table, columns, rows)
     except IntegrityError:  # an endpoint was deleted while the batch polled it: its runs go with it
         alive = set(PollTarget.objects.filter(id__in=[t.id for t in targets]).values_list("id", flat=True))
-        insert([row for row in rows if row[0] in alive])
+        bulk.insert_rows(PollRun._meta.db_table, columns, [row for row in rows if row[0] in alive])
 
 
 def schedule_next(targets: list[PollTarget], errors: dict[int, str], *, now: datetime) -> None:
-    """One UPDATE of every target of the batch from a VALUES list: the normal interval after a
+    """One UPDATE of every target of the batch (``bulk.update_rows``): the normal interval after a
     success, the backoff of its consecutive failures after a failure (``backoff_seconds``)."""
     rows: list[list[Any]] = []
     for t in targets:
         error = errors.get(t.id)
         failures = 0 if error is None else t.consecutive_failures + 1
         since = None if error is None else (t.failing_since or now)
-        rows.append(
-            [
-                t.id,
-                failures,
-                connection.ops.adapt_datetimefield_value(now + timedelta(seconds=backoff_seconds(t.kind, failures))),
-                error is None,
-                error or "",
-                connection.ops.adapt_datetimefield_value(since),
-            ]
-        )
-    table = connection.ops.quote_name(PollTarget._meta.db_table)
-    row = f"({_cast('integer')}, {_cast('integer')}, {_cast('timestamptz')}, {_cast('boolean')}, {_cast('text')}, {_cast('timestamptz')})"
-    at = connection.ops.adapt_datetimefield_value(now)
-    with connection.cursor() as cursor:
-        for i in range(0, len(rows), 1000):
-            values, params = _sql_values(row, rows[i : i + 1000])
-            cursor.execute(
-                f"WITH v (id, failures, next_at, ok, error, since) AS (VALUES {values}) "
-                f"UPDATE {table} SET last_polled_at = %s, consecutive_failures = v.failures, "
-                f"next_poll_at = v.next_at, last_ok_at = CASE WHEN v.ok THEN %s ELSE {table}.last_ok_at END, "
-                f"last_error = v.error, failing_since = v.since FROM v WHERE {table}.id = v.id",
-                [*params, at, at],
-            )
+        next_at = now + timedelta(seconds=backoff_seconds(t.kind, failures))
+        rows.append([t.id, failures, next_at, error is None, error or "", since])
+    bulk.update_rows(
+        PollTarget._meta.db_table,
+        [
+            ("id", "integer"),
+            ("failures", "integer"),
+            ("next_at", "timestamptz"),
+            ("ok", "boolean"),
+            ("error", "text"),
+            ("since", "timestamptz"),
+        ],
+        rows,
+        "last_polled_at = %s, consecutive_failures = v.failures, next_poll_at = v.next_at, "
+        "last_ok_at = CASE WHEN v.ok THEN %s ELSE T.last_ok_at END, last_error = v.error, failing_since = v.since",
+        [now, now],
+    )
 
 
 def prune_poll_runs() -> int:
