@@ -42,6 +42,7 @@ from pathlib import Path
 from typing import Any
 
 import cloudpickle
+import mlflow.lightgbm
 import mlflow.pyfunc
 import mlflow.sklearn
 import numpy as np
@@ -86,6 +87,29 @@ def save_pipeline_model(path: Path) -> Path:
         pip_requirements=[f"scikit-learn=={sklearn.__version__}"],
     )
     return path
+
+
+def save_lightgbm_model(path: Path) -> Path:
+    """A LightGBM classifier (three classes) on the two number columns: its plain requests take
+    the compiled booster fast path (boosted.py), the others MLflow's path."""
+    import lightgbm
+
+    features, labels = tabular_frame()
+    features = features[["age", "income"]]
+    model = lightgbm.LGBMClassifier(n_estimators=20, verbose=-1).fit(features, labels)
+    mlflow.lightgbm.save_model(
+        model,
+        str(path),
+        signature=infer_signature(features, labels),
+        pip_requirements=[f"lightgbm=={lightgbm.__version__}"],
+    )
+    return path
+
+
+def lightgbm_available() -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec("lightgbm") is not None
 
 
 # -- the custom pyfunc ----------------------------------------------------------------------------
@@ -223,6 +247,8 @@ def pairs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Pair]]
         "pipeline": save_pipeline_model(models / "pipeline"),
         "offer": save_offer_model(models / "offer"),
     }
+    if lightgbm_available():
+        paths["lightgbm"] = save_lightgbm_model(models / "lightgbm")
     started: dict[str, Pair] = {}
     try:
         for key, path in paths.items():
@@ -358,6 +384,43 @@ def corpus(*, member: bool) -> list[Request]:
     return good + bad
 
 
+def booster_corpus() -> list[Request]:
+    """Requests and bad requests for the LightGBM model, whose input is age and income."""
+    one = _rows(1, seed=1, member=False)[["age", "income"]]
+    many = _rows(7, seed=2, member=False)[["age", "income"]]
+    hundred = _rows(100, seed=3, member=False)[["age", "income"]]
+    record = one.to_dict(orient="records")[0]
+    records = many.to_dict(orient="records")
+    good = [
+        *table_requests(one, "1 row:"),
+        *table_requests(many, "7 rows:"),
+        Request("100 rows: dataframe_split", _json({"dataframe_split": hundred.to_dict(orient="split")})),
+        Request("100 rows: dataframe_records", _json({"dataframe_records": hundred.to_dict(orient="records")})),
+        Request("inputs as one record", _json({"inputs": record})),
+        Request("ints where floats are declared", _json({"dataframe_records": [{**r, "income": 40} for r in records]})),
+        Request("NaN income", b'{"dataframe_records": [{"age": 30, "income": NaN}]}'),
+        Request("huge numbers", _json({"dataframe_records": [{"age": 2**62, "income": 1e300}]})),
+        Request("negative numbers", _json({"dataframe_records": [{"age": -3, "income": -2.5}]})),
+        Request("extra column", _json({"dataframe_records": [{**r, "extra": 1} for r in records]})),
+        Request("params", _json({"dataframe_records": records, "params": {"threshold": 1.0}})),
+    ]
+    bad = [
+        Request("missing column", _json({"dataframe_records": [{"age": r["age"]} for r in records]})),
+        Request("string in a number column", _json({"dataframe_records": [{**records[0], "age": "old"}]})),
+        Request("float in an integer column", _json({"dataframe_records": [{**records[0], "age": 30.5}]})),
+        Request("null in a number column", _json({"dataframe_records": [{**records[0], "income": None}]})),
+        Request("bool in a number column", _json({"dataframe_records": [{**records[0], "income": True}]})),
+        Request("bad JSON", b'{"dataframe_records": [{"age": '),
+        Request("dataframe_records empty", _json({"dataframe_records": []})),
+        Request("several input keys", _json({"dataframe_records": records, "instances": records})),
+    ]
+    return good + bad
+
+
+def corpus_for(model: str) -> list[Request]:
+    return booster_corpus() if model == "lightgbm" else corpus(member=model == "offer")
+
+
 # -- comparing ------------------------------------------------------------------------------------
 
 # Requests whose status differs from `mlflow models serve`'s on purpose: name -> why.
@@ -409,7 +472,7 @@ def exchanges(pairs: dict[str, Pair]) -> list[Exchange]:
     """Every request of the corpus, sent to both servers of its model."""
     sent = []
     for model, pair in pairs.items():
-        for request in corpus(member=model == "offer"):
+        for request in corpus_for(model):
             ours = _post(pair.ours.url, request, AUTH)
             theirs = _post(pair.theirs.url, request, {})
             sent.append(Exchange(model, request, ours, theirs))
@@ -608,3 +671,10 @@ def test_plain_tables_are_the_tables_mlflow_hands_the_model(schema_name: str, tm
         assert type(ours.index) is type(theirs.index), payload
         assert ours.dtypes.to_dict() == theirs.dtypes.to_dict(), payload
     assert read >= 100  # most of the corpus is plain tables; the rest went to MLflow
+
+
+def test_the_lightgbm_model_takes_the_compiled_booster_path(pairs: dict[str, Pair]) -> None:
+    """So the LightGBM corpus above compares the compiled booster's answers with MLflow's."""
+    if "lightgbm" not in pairs:
+        pytest.skip("lightgbm is not installed")
+    assert "fast path: LightGBM booster.predict on the request's columns (compiled)" in pairs["lightgbm"].ours.log()

@@ -23,6 +23,7 @@ from mlflow.pyfunc import PyFuncModel
 from mlflow.types import ColSpec, DataType
 
 from endpoints_app.runtime.model_server.batchable import ROW_WISE_PREDICT_FNS, Batching, estimator_classes
+from endpoints_app.runtime.model_server.boosted import CompiledBooster
 from endpoints_app.runtime.model_server.compiled import CompiledPipeline
 from endpoints_app.runtime.model_server.responses import RequestError, predictions_json
 
@@ -110,7 +111,7 @@ class SklearnFastPath:
         accepts: list[frozenset[type]],
         as_array: bool,
         row_independent: bool,
-        compiled: CompiledPipeline | None = None,
+        compiled: CompiledPipeline | CompiledBooster | None = None,
     ) -> None:
         self.predict = predict
         # The pipeline's predict on the request's columns without pandas (compiled.py), if any.
@@ -140,6 +141,8 @@ class SklearnFastPath:
         predict calls when ``batching`` allows it (batchable.py)."""
         metadata = model.metadata
         pyfunc_conf = metadata.flavors.get("python_function", {})
+        if pyfunc_conf.get("loader_module") == "mlflow.lightgbm":
+            return cls._for_booster(model, batching)
         if "sklearn" not in metadata.flavors or pyfunc_conf.get("loader_module") != "mlflow.sklearn":
             return None, "not a scikit-learn model"
         columns = scalar_columns(metadata)
@@ -192,6 +195,31 @@ class SklearnFastPath:
             how = f"DataFrames (not compiled: {not_compiled})"
         shared = "batched" if batching.enabled else f"one request per call ({batching.reason})"
         return fast, f"{type(estimator).__name__}.{predict_fn} on {how}, {shared}"
+
+    @classmethod
+    def _for_booster(cls, model: PyFuncModel, batching: Batching) -> tuple[SklearnFastPath | None, str]:
+        """A LightGBM model's fast path: the same request reading, the booster called directly
+        (boosted.py)."""
+        columns = scalar_columns(model.metadata)
+        if isinstance(columns, str):
+            return None, columns
+        names, dtypes, accepts = columns
+        if model.metadata.get_params_schema() is not None:
+            return None, "its signature has params"
+        compiled, not_compiled = CompiledBooster.build(model, names=names, dtypes=dtypes)
+        if compiled is None:
+            return None, f"LightGBM model not compiled: {not_compiled}"
+        fast = cls(
+            predict=lambda data: None,  # unused: `compiled` answers every request it reads
+            names=names,
+            dtypes=dtypes,
+            accepts=accepts,
+            as_array=False,
+            row_independent=batching.enabled,
+            compiled=compiled,
+        )
+        shared = "batched" if batching.enabled else f"one request per call ({batching.reason})"
+        return fast, f"LightGBM booster.predict on the request's columns (compiled), {shared}"
 
     def read(self, payload: dict[str, Any]) -> FastInput | None:
         """Check and convert a decoded request body; None when the full path must answer it."""
