@@ -17,6 +17,8 @@ One sweep per workspace (``tasks.sweep_workspace``), one ``databricks-sdk`` clie
    endpoints (cumulative counters turned into deltas with a ``MetricCursor`` of source
    ``remote``, so a restarted remote never makes a negative or spiking rate), and each served
    entity's server and build logs (``logs``, ``build_logs``) → ``LogLine`` rows, new lines only.
+   The calls are made ``FETCH_THREADS`` at a time (``fetch_answers``; none starts after a 429 or
+   past the deadline) and what they answered is stored in the sweep's thread, endpoint by endpoint.
 4. Health from the remote's state and the new metrics → the same ``HealthChange`` history.
 
 A 429 in steps 2-3 stops the sweep too (what was stored stays) and is waited out the same way.
@@ -24,10 +26,13 @@ A 429 in steps 2-3 stops the sweep too (what was stored stays) and is waited out
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import logging
 import time
-from dataclasses import dataclass
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -220,21 +225,30 @@ def sweep(workspace: Workspace) -> SweepResult:
                 Endpoint.fleet.filter(id=endpoint.id).update(remote_seen_at=now, remote_gone_at=None)
                 endpoint.remote_seen_at, endpoint.remote_gone_at = now, None
         _mark_gone(workspace, [e for n, e in known.items() if n not in seen], now=now)
-        for name in sorted(seen):
-            _check_deadline(deadline)
+        names = sorted(seen)
+        entities = _entity_names_of([known[name] for name in names])
+        # The remote's answers are read concurrently; what they hold is stored here, in order.
+        answers = fetch_answers(client, [(known[name], entities.get(known[name].id, [])) for name in names], deadline)
+        for name in names:
             endpoint = known[name]
+            answer = answers[endpoint.id]
+            if answer.limited is not None:
+                raise answer.limited
+            if answer.past_deadline:
+                raise _Deadline
             try:
-                poll_metrics(client, endpoint)
-            except RateLimited:
-                raise
+                if isinstance(answer.export, BaseException):
+                    raise answer.export
+                store_export(endpoint, answer.export or "")
             except Exception as exc:  # noqa: BLE001 - one endpoint's metrics; the others go on
                 problems.append(f"metrics of {name}: {remote_client.masked(token, str(exc))[:200]}")
-            for entity in _entity_names(endpoint):
-                _check_deadline(deadline)
+            for entity in entities.get(endpoint.id, []):
                 try:
-                    poll_logs(client, endpoint, entity)
-                except RateLimited:
-                    raise
+                    for kind in (LogKind.SERVER, LogKind.BUILD):
+                        text = answer.logs.get((entity, kind), "")
+                        if isinstance(text, BaseException):
+                            raise text
+                        store_logs(endpoint, entity, kind, text)
                 except Exception as exc:  # noqa: BLE001
                     problems.append(f"logs of {name}/{entity}: {remote_client.masked(token, str(exc))[:200]}")
             health_module.record_health(endpoint, compute_health(endpoint, now=timezone.now()), now=timezone.now())
@@ -407,6 +421,21 @@ def _entity_row(config: ConfigVersion, position: int, entity: Any) -> ServedEnti
     )
 
 
+def _entity_names_of(endpoints: list[Endpoint]) -> dict[str, list[str]]:
+    """``_entity_names`` of many endpoints in one query."""
+    config_of: dict[int, str] = {}
+    for endpoint in endpoints:
+        for config_id in (endpoint.active_config_id, endpoint.pending_config_id):
+            if config_id is not None:
+                config_of[config_id] = endpoint.id
+    names: dict[str, set[str]] = {}
+    for config_id, name in ServedEntity.objects.filter(
+        config_version_id__in=list(config_of), external_model__isnull=True
+    ).values_list("config_version_id", "name"):
+        names.setdefault(config_of[config_id], set()).add(name)
+    return {eid: sorted(entity_names) for eid, entity_names in names.items()}
+
+
 def _entity_names(endpoint: Endpoint) -> list[str]:
     """The served entities whose logs are read: the active config's and the pending one's."""
     ids = [i for i in (endpoint.active_config_id, endpoint.pending_config_id) if i is not None]
@@ -469,13 +498,83 @@ def parse_export(text: str) -> tuple[dict[str, dict[str, float]], dict[str, dict
     return counters, gauges
 
 
-def poll_metrics(client: Any, endpoint: Endpoint) -> None:
-    """One export of the remote endpoint's metrics → one 15 s point per served entity and one for
-    the endpoint, as ``metrics.poll_metrics`` writes for a local one."""
+# How many of a workspace's calls (metrics exports, logs) a sweep has in flight at once.
+FETCH_THREADS = 8
+
+
+@dataclass
+class Answers:
+    """What the remote answered for one endpoint: its metrics export's text and each served
+    entity's log texts by (entity, kind); an exception where the call failed."""
+
+    export: str | BaseException | None = None
+    logs: dict[tuple[str, str], str | BaseException] = field(default_factory=dict)
+    past_deadline: bool = False  # not every call was made: the deadline passed
+    limited: RateLimited | None = None  # not every call was made: the remote answered 429
+
+
+def fetch_answers(client: Any, endpoints: list[tuple[Endpoint, list[str]]], deadline: float) -> dict[str, Answers]:
+    """The metrics export and the logs of each endpoint, read ``FETCH_THREADS`` calls at a time
+    (one endpoint's calls in order). After a 429 or past the deadline no further call starts:
+    those endpoints' answers say so and the sweep stops at the first of them."""
+    limited: list[RateLimited] = []  # the first 429: no call starts after it
+
+    def log_call(call: Any, name: str, entity: str) -> Callable[[], str]:
+        return lambda: call(name, entity).logs or ""
+
+    def fetch(endpoint: Endpoint, entities: list[str]) -> Answers:
+        answer = Answers()
+        calls: list[tuple[tuple[str, str] | None, Callable[[], str]]] = [
+            (None, functools.partial(export_text, client, endpoint))
+        ]
+        for entity in entities:
+            calls.append(((entity, LogKind.SERVER), log_call(client.serving_endpoints.logs, endpoint.name, entity)))
+            calls.append(
+                ((entity, LogKind.BUILD), log_call(client.serving_endpoints.build_logs, endpoint.name, entity))
+            )
+        for key, call in calls:
+            if limited:
+                answer.limited = limited[0]
+                return answer
+            if time.monotonic() > deadline:
+                answer.past_deadline = True
+                return answer
+            try:
+                result: str | BaseException = call()
+            except RateLimited as exc:
+                limited.append(exc)
+                answer.limited = exc
+                return answer
+            except Exception as exc:  # noqa: BLE001 - the caller records it
+                result = exc
+            if key is None:
+                answer.export = result
+            else:
+                answer.logs[key] = result
+        return answer
+
+    if not endpoints:
+        return {}
+    with ThreadPoolExecutor(max_workers=min(FETCH_THREADS, len(endpoints))) as pool:
+        futures = {endpoint.id: pool.submit(fetch, endpoint, entities) for endpoint, entities in endpoints}
+        return {eid: future.result() for eid, future in futures.items()}
+
+
+def export_text(client: Any, endpoint: Endpoint) -> str:
     response = client.serving_endpoints.export_metrics(endpoint.name)
     contents = response.contents
     raw = contents.read() if contents is not None else b""
-    text = raw.decode("utf-8", errors="replace") if isinstance(raw, bytes) else str(raw)
+    return raw.decode("utf-8", errors="replace") if isinstance(raw, bytes) else str(raw)
+
+
+def poll_metrics(client: Any, endpoint: Endpoint) -> None:
+    """One export of the remote endpoint's metrics → one 15 s point per served entity and one for
+    the endpoint, as ``metrics.poll_metrics`` writes for a local one."""
+    store_export(endpoint, export_text(client, endpoint))
+
+
+def store_export(endpoint: Endpoint, text: str) -> None:
+    """Store one metrics export's text (``poll_metrics``)."""
     counters, gauges = parse_export(text)
     ts = int(time.time()) // metrics_module.BASE_RESOLUTION * metrics_module.BASE_RESOLUTION
     cursors = {c.served_entity_name: c for c in MetricCursor.objects.filter(endpoint=endpoint, source=REMOTE_SOURCE)}
@@ -567,35 +666,39 @@ def poll_logs(client: Any, endpoint: Endpoint, entity: str) -> int:
         (LogKind.SERVER, client.serving_endpoints.logs),
         (LogKind.BUILD, client.serving_endpoints.build_logs),
     ):
-        answer = call(endpoint.name, entity)
-        key = f"{entity}/{kind}"
-        cursors = dict(endpoint.remote_cursors or {})
-        lines, cursor = new_lines(answer.logs or "", cursors.get(key))
-        if not lines:
-            continue
-        with transaction.atomic():
-            locked = Endpoint.fleet.select_for_update().only("id", "remote_cursors").get(id=endpoint.id)
-            if (locked.remote_cursors or {}).get(key) != cursors.get(key):
-                continue  # an overlapping sweep stored them first
-            LogLine.objects.bulk_create(
-                [
-                    LogLine(
-                        endpoint_id=endpoint.id,
-                        served_entity_name=entity,
-                        kind=kind,
-                        replica=line.replica,
-                        ts=line.ts,
-                        level=line.level,
-                        message=line.message,
-                    )
-                    for line in lines
-                ]
-            )
-            cursors[key] = cursor
-            Endpoint.fleet.filter(id=endpoint.id).update(remote_cursors=cursors)
-        endpoint.remote_cursors = cursors
-        stored += len(lines)
+        stored += store_logs(endpoint, entity, kind, call(endpoint.name, entity).logs or "")
     return stored
+
+
+def store_logs(endpoint: Endpoint, entity: str, kind: str, text: str) -> int:
+    """Store the new lines of one log's text as the remote answered it (``poll_logs``)."""
+    key = f"{entity}/{kind}"
+    cursors = dict(endpoint.remote_cursors or {})
+    lines, cursor = new_lines(text, cursors.get(key))
+    if not lines:
+        return 0
+    with transaction.atomic():
+        locked = Endpoint.fleet.select_for_update().only("id", "remote_cursors").get(id=endpoint.id)
+        if (locked.remote_cursors or {}).get(key) != cursors.get(key):
+            return 0  # an overlapping sweep stored them first
+        LogLine.objects.bulk_create(
+            [
+                LogLine(
+                    endpoint_id=endpoint.id,
+                    served_entity_name=entity,
+                    kind=kind,
+                    replica=line.replica,
+                    ts=line.ts,
+                    level=line.level,
+                    message=line.message,
+                )
+                for line in lines
+            ]
+        )
+        cursors[key] = cursor
+        Endpoint.fleet.filter(id=endpoint.id).update(remote_cursors=cursors)
+    endpoint.remote_cursors = cursors
+    return len(lines)
 
 
 # --- health -------------------------------------------------------------------------------------
