@@ -1,22 +1,51 @@
 """Bulk writes for the pollers (issue 16 part 6): many rows in few statements, without a model
 instance per row or a placeholder per value for the driver to parse.
 
-On PostgreSQL inserts are a ``COPY ... FROM STDIN`` and updates join ``unnest`` of one array per
-column; elsewhere (SQLite) multi-row INSERTs and a VALUES list. Both run on the connection's
+On PostgreSQL inserts are a ``COPY ... FROM STDIN`` and updates and upserts read their rows from
+one JSON parameter (``jsonb_array_elements``); elsewhere (SQLite) multi-row INSERTs and a VALUES list. Both run on the connection's
 current transaction, so foreign keys are checked when it commits, as for ORM writes.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import json
+from collections.abc import Iterable, Sequence
 from datetime import datetime
 from typing import Any
 
 from django.db import connection
+from django.db.models.expressions import RawSQL
+
+
+def _json(rows: Sequence[Sequence[Any]]) -> str:
+    return json.dumps(rows, default=str, separators=(",", ":"))
+
+
+def _json_rows(columns: Sequence[tuple[str, str]]) -> str:
+    """PostgreSQL: a derived table ``v`` of the rows passed as one JSON array of arrays (one
+    parameter: the driver quotes one string instead of a value at a time)."""
+    selected = ", ".join(
+        f"(r -> {i}) AS {name}" if sql_type == "jsonb" else f"(r ->> {i})::{sql_type} AS {name}"
+        for i, (name, sql_type) in enumerate(columns)
+    )
+    return f"(SELECT {selected} FROM jsonb_array_elements(%s::jsonb) AS r) AS v"
+
+
+def id_list(ids: Iterable[Any], sql_type: str = "bigint") -> Any:
+    """The right-hand side of ``field__in`` for a batch's ids: on PostgreSQL one JSON parameter
+    (no per-value preparation and quoting), elsewhere the list itself."""
+    values = list(ids)
+    if connection.vendor != "postgresql":
+        return values
+    return RawSQL(f"SELECT (jsonb_array_elements_text(%s::jsonb))::{sql_type}", [json.dumps(values)])
 
 
 def _adapt(value: Any) -> Any:
-    return connection.ops.adapt_datetimefield_value(value) if isinstance(value, datetime) else value
+    if isinstance(value, datetime):
+        return connection.ops.adapt_datetimefield_value(value)
+    if isinstance(value, dict | list):  # a JSON column's value
+        return json.dumps(value)
+    return value
 
 
 def insert_rows(table: str, columns: Sequence[str], rows: Sequence[Sequence[Any]]) -> None:
@@ -59,10 +88,9 @@ def update_rows(
     names = ", ".join(name for name, _ in columns)
     with connection.cursor() as cursor:
         if connection.vendor == "postgresql":
-            arrays = ", ".join(f"%s::{sql_type}[]" for _, sql_type in columns)
             cursor.execute(
-                f"UPDATE {target} SET {sets} FROM unnest({arrays}) AS v ({names}) WHERE {target}.id = v.id",
-                [*params, *([row[i] for row in rows] for i in range(len(columns)))],
+                f"UPDATE {target} SET {sets} FROM {_json_rows(columns)} WHERE {target}.id = v.id",
+                [*params, _json(rows)],
             )
             return
         one = "(" + ", ".join(["%s"] * len(columns)) + ")"
@@ -96,12 +124,10 @@ def upsert_rows(
     )
     with connection.cursor() as cursor:
         if connection.vendor == "postgresql":
-            arrays = ", ".join(f"%s::{'text' if t == 'jsonb' else t}[]" for _, t in columns)
-            selected = ", ".join(f"c{i}::jsonb" if t == "jsonb" else f"c{i}" for i, (_, t) in enumerate(columns))
-            aliases = ", ".join(f"c{i}" for i in range(len(columns)))
+            selected = ", ".join(f"v.{name}" for name, _ in columns)
             cursor.execute(
-                f"INSERT INTO {quote(table)} ({names}) SELECT {selected} FROM unnest({arrays}) AS v ({aliases}) {tail}",
-                [[row[i] for row in rows] for i in range(len(columns))],
+                f"INSERT INTO {quote(table)} ({names}) SELECT {selected} FROM {_json_rows(columns)} {tail}",
+                [_json(rows)],
             )
             return
         one = "(" + ", ".join(["%s"] * len(columns)) + ")"

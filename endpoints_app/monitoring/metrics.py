@@ -14,8 +14,8 @@ kept exactly), and ``prune`` applies each resolution's retention.
 
 from __future__ import annotations
 
-import json
 import math
+import os
 import time
 from collections import defaultdict
 from collections.abc import Iterable
@@ -181,6 +181,18 @@ def _mean(values: list[float]) -> float | None:
 # --- the poll -----------------------------------------------------------------------------------
 
 
+_POOL: tuple[int, ThreadPoolExecutor] | None = None
+
+
+def _scrape_pool() -> ThreadPoolExecutor:
+    """The process's scrape threads, started once (a batch starting its own 32 threads cost more
+    than its scrapes' parsing); a forked child starts its own."""
+    global _POOL
+    if _POOL is None or _POOL[0] != os.getpid():
+        _POOL = (os.getpid(), ThreadPoolExecutor(max_workers=SCRAPE_THREADS, thread_name_prefix="metrics-scrape"))
+    return _POOL[1]
+
+
 def poll_metrics(endpoint: Endpoint) -> None:
     """Read the sources once and add one 15 s point per served entity and one for the endpoint."""
     error = poll_metrics_batch([endpoint]).get(endpoint.id)
@@ -203,7 +215,7 @@ def poll_metrics_batch(endpoints: list[Endpoint]) -> dict[str, str]:
     configs = {e.id: e.active_config for e in endpoints}
     entities_by_config: dict[int, list[ServedEntity]] = defaultdict(list)
     config_ids = [c.id for c in configs.values() if c is not None]
-    for entity in ServedEntity.objects.filter(config_version_id__in=config_ids).order_by("position"):
+    for entity in ServedEntity.objects.filter(config_version_id__in=bulk.id_list(config_ids)).order_by("position"):
         entities_by_config[entity.config_version_id].append(entity)
     entities = {eid: entities_by_config.get(c.id, []) if c is not None else [] for eid, c in configs.items()}
     pipe = get_redis().pipeline(transaction=False)
@@ -234,23 +246,25 @@ def poll_metrics_batch(endpoints: list[Endpoint]) -> dict[str, str]:
     if jobs:
         timeout = settings.POLL_HTTP_TIMEOUT_SECONDS
         http = urllib3.PoolManager(num_pools=64, maxsize=SCRAPE_THREADS, block=False)
-        with ThreadPoolExecutor(max_workers=min(SCRAPE_THREADS, len(jobs))) as pool:
-            futures = [(eid, name, url, pool.submit(scrape_replica, url, timeout, http)) for eid, name, url in jobs]
-            for eid, name, url, future in futures:
-                jobs_of[eid] += 1
-                try:
-                    gauges[(eid, name)].append(future.result())
-                except Exception as exc:  # a dead replica is reported, the others still count
-                    errors[eid].append(f"{url}: {type(exc).__name__}: {exc}")
+        pool = _scrape_pool()
+        futures = [(eid, name, url, pool.submit(scrape_replica, url, timeout, http)) for eid, name, url in jobs]
+        for eid, name, url, future in futures:
+            jobs_of[eid] += 1
+            try:
+                gauges[(eid, name)].append(future.result())
+            except Exception as exc:  # a dead replica is reported, the others still count
+                errors[eid].append(f"{url}: {type(exc).__name__}: {exc}")
         http.clear()  # close the batch's connections
 
     # 2. Per-interval counts from the gateway's cumulative counters.
     cursors = {
-        (c.endpoint_id, c.served_entity_name): c.counters
-        for c in MetricCursor.objects.filter(endpoint_id__in=ids, source="gateway")
+        (eid, name): counters
+        for eid, name, counters in MetricCursor.objects.filter(
+            endpoint_id__in=bulk.id_list(ids, "varchar"), source="gateway"
+        ).values_list("endpoint_id", "served_entity_name", "counters")
     }
     points: list[tuple[str, str, int, int, dict[str, Any]]] = []
-    new_cursors: list[MetricCursor] = []
+    new_cursors: list[list[Any]] = []  # endpoint, served entity, source, counters, read at
     read_at = timezone.now()
     for eid in ids:
         intervals: dict[str, Interval] = {}
@@ -259,11 +273,7 @@ def poll_metrics_batch(endpoints: list[Endpoint]) -> dict[str, str]:
             interval = Interval()
             interval.add_counts(counter_delta(cursors.get((eid, name)), current))
             if current:
-                new_cursors.append(
-                    MetricCursor(
-                        endpoint_id=eid, served_entity_name=name, source="gateway", counters=current, read_at=read_at
-                    )
-                )
+                new_cursors.append([eid, name, "gateway", current, read_at])
             replica_gauges = gauges.get((eid, name), [])
             interval.cpu = [g.cpu_pct for g in replica_gauges if g.cpu_pct is not None]
             interval.mem = [g.mem_pct for g in replica_gauges if g.mem_pct is not None]
@@ -282,12 +292,12 @@ def poll_metrics_batch(endpoints: list[Endpoint]) -> dict[str, str]:
     # 3. Store points and cursors in one short transaction. An endpoint deleted meanwhile fails
     # it (foreign keys are checked at commit), or a deadlock with that delete does: once more
     # without the endpoints that are gone.
-    def store_batch(cursors: list[MetricCursor], batch_points: list[Any]) -> None:
+    def store_batch(cursors: list[list[Any]], batch_points: list[Any]) -> None:
         with transaction.atomic():
             bulk.upsert_rows(
                 MetricCursor._meta.db_table,
                 _CURSOR_COLUMNS,
-                [[c.endpoint_id, c.served_entity_name, c.source, json.dumps(c.counters), c.read_at] for c in cursors],
+                cursors,
                 conflict=("endpoint_id", "served_entity_name", "source"),
                 update=("counters", "read_at"),
             )
@@ -297,7 +307,7 @@ def poll_metrics_batch(endpoints: list[Endpoint]) -> dict[str, str]:
         store_batch(new_cursors, points)
     except (IntegrityError, OperationalError):
         alive = set(Endpoint.fleet.filter(id__in=ids).values_list("id", flat=True))
-        store_batch([c for c in new_cursors if c.endpoint_id in alive], [p for p in points if p[0] in alive])
+        store_batch([c for c in new_cursors if c[0] in alive], [p for p in points if p[0] in alive])
     return {
         eid: f"could not read metrics from {len(errs)} replica(s): {'; '.join(errs)[:500]}"
         for eid, errs in errors.items()
