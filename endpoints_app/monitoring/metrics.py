@@ -21,7 +21,7 @@ from collections import defaultdict
 from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import requests
@@ -32,7 +32,7 @@ from django.utils import timezone
 
 from endpoints_app.backends import get_backend
 from endpoints_app.gateway.metrics import BUCKET_LABELS, UNATTRIBUTED, redis_key
-from endpoints_app.models import Endpoint, MetricCursor, MetricPoint, ServedEntity
+from endpoints_app.models import ConfigVersion, Endpoint, MetricCursor, MetricPoint, ServedEntity
 from endpoints_app.monitoring import bulk, store
 from endpoints_app.monitoring.store import quantile
 from endpoints_app.redis_client import get_redis
@@ -181,6 +181,13 @@ def _mean(values: list[float]) -> float | None:
 # --- the poll -----------------------------------------------------------------------------------
 
 
+class _Entity(NamedTuple):
+    """What a metrics batch reads of a served entity."""
+
+    name: str
+    deployment_id: int | None
+
+
 _POOL: tuple[int, ThreadPoolExecutor] | None = None
 
 
@@ -204,20 +211,25 @@ def poll_metrics_batch(endpoints: list[Endpoint]) -> dict[str, str]:
     """Poll many endpoints at once (the sweep's batch): the error of each endpoint whose replicas
     could not be read at all, keyed by id; the others polled.
 
-    A fixed number of queries whatever the batch size (served entities, replicas, cursors, existing
-    points, then bulk writes), one Redis pipeline for the gateway counters, and every replica's
+    A fixed number of queries whatever the batch size (traffic configs, served entities, replicas,
+    cursors, existing points, then bulk writes), one Redis pipeline for the gateway counters, and every replica's
     /metrics read concurrently, each with a timeout.
     """
     if not endpoints:
         return {}
     ts = int(time.time()) // BASE_RESOLUTION * BASE_RESOLUTION
     ids = [e.id for e in endpoints]
-    configs = {e.id: e.active_config for e in endpoints}
-    entities_by_config: dict[int, list[ServedEntity]] = defaultdict(list)
-    config_ids = [c.id for c in configs.values() if c is not None]
-    for entity in ServedEntity.objects.filter(config_version_id__in=bulk.id_list(config_ids)).order_by("position"):
-        entities_by_config[entity.config_version_id].append(entity)
-    entities = {eid: entities_by_config.get(c.id, []) if c is not None else [] for eid, c in configs.items()}
+    configs = {e.id: e.active_config_id for e in endpoints}
+    config_ids = [c for c in configs.values() if c is not None]
+    traffic = dict(ConfigVersion.objects.filter(id__in=bulk.id_list(config_ids)).values_list("id", "traffic_config"))
+    entities_by_config: dict[int, list[_Entity]] = defaultdict(list)
+    for config_id, name, deployment_id in (
+        ServedEntity.objects.filter(config_version_id__in=bulk.id_list(config_ids))
+        .order_by("position")
+        .values_list("config_version_id", "name", "deployment_id")
+    ):
+        entities_by_config[config_id].append(_Entity(name, deployment_id))
+    entities = {eid: entities_by_config.get(c, []) if c is not None else [] for eid, c in configs.items()}
     pipe = get_redis().pipeline(transaction=False)
     for eid in ids:
         pipe.hgetall(redis_key(eid))
@@ -282,8 +294,8 @@ def poll_metrics_batch(endpoints: list[Endpoint]) -> dict[str, str]:
                 interval.replicas = float(len(replica_gauges))
                 interval.concurrency = float(sum(g.in_flight for g in replica_gauges))
             intervals[name] = interval
-        config = configs[eid]
-        total = endpoint_total(intervals, shadow_names(config.traffic_config if config is not None else None))
+        active_id = configs[eid]
+        total = endpoint_total(intervals, shadow_names(traffic.get(active_id) if active_id is not None else None))
         for name, interval in intervals.items():
             if name != UNATTRIBUTED:
                 points.append((eid, name, BASE_RESOLUTION, ts, interval_values(interval)))

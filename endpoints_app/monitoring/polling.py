@@ -162,7 +162,7 @@ _CLAIMED_FIELDS = (
     "endpoint__health_reason",
     "endpoint__config_update",
     "endpoint__config_update_message",
-    "endpoint__active_config__traffic_config",
+    "endpoint__active_config_id",
 )
 
 
@@ -177,7 +177,7 @@ def claim_batch(target_ids: list[int]) -> list[PollTarget]:
     PollTarget.objects.filter(id__in=bulk.id_list(target_ids), next_poll_at__lte=now).update(next_poll_at=lease)
     return list(
         PollTarget.objects.filter(id__in=bulk.id_list(target_ids), next_poll_at=lease)
-        .select_related("endpoint", "endpoint__active_config")
+        .select_related("endpoint")
         .only(*_CLAIMED_FIELDS)
         .order_by("id")
     )
