@@ -23,10 +23,10 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import Any, NamedTuple
 
 from django.db import transaction
-from django.db.models import Count, Q
+from django.db.models import BooleanField, Count, ExpressionWrapper, Q
 from django.utils import timezone
 
 from endpoints_app.models import (
@@ -94,33 +94,55 @@ def poll_status_batch(endpoints: list[Endpoint], *, now: datetime | None = None)
     return errors
 
 
+class _Deployment(NamedTuple):
+    state: str
+    state_message: str
+    desired_replicas: int
+
+
+class _Entity(NamedTuple):
+    """What health reads of a served entity: its deployment and ready/starting replica counts."""
+
+    name: str
+    external_model: bool | None  # truthy: served by the gateway
+    scale_to_zero_enabled: bool
+    deployment: _Deployment | None
+    ready: int
+    starting: int
+
+
 def _entities_of(config_ids: list[int]) -> dict[int, list[Any]]:
-    """Each config's served entities with their deployment and ready/starting replica counts
-    (annotated ``ready`` and ``starting``)."""
+    """Each config's served entities (``_Entity``) in one query, as rows (no model instances)."""
     by_config: dict[int, list[Any]] = {}
     if not config_ids:
         return by_config
     rows = (
         ServedEntity.objects.filter(config_version_id__in=bulk.id_list(config_ids))
-        .select_related("deployment")
-        .only(
-            "config_version_id",
-            "name",
-            "position",
-            "external_model",
-            "scale_to_zero_enabled",
-            "deployment__state",
-            "deployment__state_message",
-            "deployment__desired_replicas",
-        )
         .annotate(
+            external=ExpressionWrapper(Q(external_model__isnull=False), output_field=BooleanField()),
             ready=Count("deployment__replicas", filter=Q(deployment__replicas__state=ReplicaState.READY)),
             starting=Count("deployment__replicas", filter=Q(deployment__replicas__state=ReplicaState.STARTING)),
         )
         .order_by("config_version_id", "position")
+        .values_list(
+            "id",
+            "config_version_id",
+            "name",
+            "external",
+            "scale_to_zero_enabled",
+            "deployment_id",
+            "deployment__state",
+            "deployment__state_message",
+            "deployment__desired_replicas",
+            "ready",
+            "starting",
+        )
     )
-    for entity in rows:
-        by_config.setdefault(entity.config_version_id, []).append(entity)
+    for _, config_id, name, external, to_zero, dep_id, state, message, desired, ready, starting in rows:
+        deployment = _Deployment(state, message, desired) if dep_id is not None else None
+        by_config.setdefault(config_id, []).append(
+            _Entity(name, True if external else None, to_zero, deployment, ready, starting)
+        )
     return by_config
 
 
