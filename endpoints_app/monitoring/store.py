@@ -118,26 +118,30 @@ def _upper(label: str) -> float:
     return math.inf if label == "+Inf" else float(label)
 
 
+_BOUNDS = [(label, _upper(label)) for label in BUCKET_LABELS]  # parsed once, not per quantile
+_LAST_FINITE = _upper(BUCKET_LABELS[-2])
+
+
 def quantile(buckets: dict[str, float], q: float) -> float | None:
     """``histogram_quantile`` over per-bucket (non-cumulative) counts, interpolating linearly."""
+    if not buckets:
+        return None
     total = sum(buckets.get(label, 0.0) for label in BUCKET_LABELS)
     if total <= 0:
         return None
     rank = q * total
     cumulative = 0.0
     lower = 0.0
-    last_finite = _upper(BUCKET_LABELS[-2])
-    for label in BUCKET_LABELS:
+    for label, upper in _BOUNDS:
         count = buckets.get(label, 0.0)
-        upper = _upper(label)
         if cumulative + count >= rank and count > 0:
-            if math.isinf(upper):
-                return last_finite
+            if upper == math.inf:
+                return _LAST_FINITE
             return lower + (upper - lower) * (rank - cumulative) / count
         cumulative += count
-        if not math.isinf(upper):
+        if upper != math.inf:
             lower = upper
-    return last_finite
+    return _LAST_FINITE
 
 
 def merge_values(points: list[dict[str, Any]]) -> dict[str, Any]:
