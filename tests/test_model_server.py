@@ -506,6 +506,7 @@ MODULE_ORDER = [
     "responses",
     "batchable",
     "compiled",
+    "boosted",
     "fastpath",
     "served_model",
     "batching",

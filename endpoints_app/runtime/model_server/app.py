@@ -94,14 +94,14 @@ class ModelServerApp:
         self.executor = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="predict")
         self.max_batch_rows = max_batch_rows
         # The fast path's batches, and the full path's (only for a model that may batch).
-        self.batcher: Batcher[FastInput, bytes | None] | None = None
+        self.batcher: Batcher[FastInput, bytes | RequestError | None] | None = None
         self.full_batcher: Batcher[ParsedRequest, bytes | RequestError] | None = None
 
     def model_loaded(self, model: ServedModel, seconds: float) -> None:
         """Called on the event loop once the background load succeeds; /health turns 200."""
         rows = self.max_batch_rows if model.batching.enabled else 1
         if model.fast is not None:
-            self.batcher = Batcher(model.fast.predict_batch, max_rows=rows)
+            self.batcher = Batcher(model.fast.predict_batch, max_rows=rows, inline=model.fast.may_run_inline)
         if model.batching.enabled:
             # Its batches run on the predict threads, which server.py shuts down.
             self.full_batcher = Batcher(model.predict_batch, max_rows=rows, executor=self.executor)
@@ -226,7 +226,9 @@ class ModelServerApp:
             return await self._invoke_fast(model, self.batcher, body)
         return await self._invoke_full(model, parse, body)
 
-    async def _invoke_fast(self, model: ServedModel, batcher: Batcher[FastInput, bytes | None], body: bytes) -> bytes:
+    async def _invoke_fast(
+        self, model: ServedModel, batcher: Batcher[FastInput, bytes | RequestError | None], body: bytes
+    ) -> bytes:
         """A JSON request to a model with a fast path: decode and check it (on the loop when
         small), predict it in a batch; whatever the fast path does not take, or cannot answer,
         goes to the full path in a worker thread, which gives MLflow's own answer or error."""
@@ -237,6 +239,8 @@ class ModelServerApp:
             payload, item = await loop.run_in_executor(self.executor, model.read_fast, body)
         if item is not None:
             answer = await batcher.predict(item)
+            if isinstance(answer, RequestError):
+                raise answer  # the full path's own error for it (the custom pyfunc fast path)
             if answer is not None:
                 return answer
         if payload is NOT_JSON:

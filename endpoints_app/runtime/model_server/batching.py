@@ -76,9 +76,13 @@ class Batcher(Generic[ItemT, AnswerT]):
         *,
         max_rows: int,
         executor: Executor | None = None,
+        inline: bool = True,
     ) -> None:
         self._predict_batch = predict_batch
         self.max_rows = max_rows
+        # False: batches never run on the event loop, however fast (a model's own Python code,
+        # which may take seconds for some input and must not stall /health meanwhile).
+        self._inline = inline
         self._loop = asyncio.get_running_loop()
         self._lock = threading.Lock()
         self._waiting: deque[tuple[ItemT, asyncio.Future[AnswerT | None]]] = deque()
@@ -210,7 +214,7 @@ class Batcher(Generic[ItemT, AnswerT]):
         answers: list[AnswerT | None],
         cost: float,
     ) -> None:
-        if cost <= INLINE_PREDICT_BUDGET_S:
+        if cost <= INLINE_PREDICT_BUDGET_S and self._inline:
             self.inline_rows = max(self.inline_rows, rows)
         else:
             self.inline_rows = min(self.inline_rows, rows - 1)

@@ -102,6 +102,10 @@ class SklearnFastPath:
     one call and serialises each answer exactly as the full path does.
     """
 
+    # Batches may run on the event loop once they are known to take under a millisecond: the
+    # libraries' own code, whose cost does not depend on what the request says.
+    may_run_inline = True
+
     def __init__(
         self,
         *,
@@ -305,7 +309,7 @@ class SklearnFastPath:
             converted.append(list(values) if dtype is None else np.array(values, dtype=dtype))
         return FastInput(rows, converted)
 
-    def predict_batch(self, inputs: list[FastInput]) -> list[bytes | None]:
+    def predict_batch(self, inputs: list[FastInput]) -> list[bytes | RequestError | None]:
         """Predict several requests with one call and split the answer by their row counts.
 
         Returns each request's response body, or None for a request the full MLflow path must
@@ -327,7 +331,7 @@ class SklearnFastPath:
             if len(inputs) == 1:
                 return [None]
             return [self.predict_batch([one])[0] for one in inputs]
-        answers: list[bytes | None] = []
+        answers: list[bytes | RequestError | None] = []
         start = 0
         for one in inputs:
             try:

@@ -201,6 +201,98 @@ class PlainTables:
         return pd.DataFrame(converted, index=index)
 
 
+class PyfuncTableFastPath(SklearnFastPath):
+    """Plain-table requests to a custom ``python_model`` read on the event loop and predicted by
+    the fast path's batcher, instead of a worker thread each.
+
+    A request is read into columns exactly as PlainTables reads it (the same JSON types, the same
+    dtypes); the batch's table is the one PlainTables would build for it (its columns stacked,
+    a RangeIndex), predicted by the model's own MLflow predict without the input schema enforced
+    again (ServedModel.predict_plain_table, as the full path does for such a table).  A model that
+    may batch (batchable.py) gets concurrent requests in one call, split back by rows; one that
+    may not gets each request alone, one after the other (a pure-Python predict gains nothing
+    from threads that wait for the GIL, and loses the hand-offs).
+
+    Left to the full path: params, a ``dataframe_split`` index (the model would see it), strings
+    ending in NUL, anything else the reader does not take.  A request whose prediction fails
+    gets the full path's error (ServedModel._predict's RequestError) from its own call alone, so
+    the model is called for it once, as on the full path.
+    """
+
+    # The model's own Python code: always on the batcher's thread, so a slow input never stalls
+    # the event loop (and /health).
+    may_run_inline = False
+
+    @classmethod
+    def for_served(cls, served: ServedModel) -> tuple[PyfuncTableFastPath | None, str]:
+        model = served.model
+        loader = model.metadata.flavors.get("python_function", {}).get("loader_module")
+        if loader != "mlflow.pyfunc.model":
+            return None, "not a custom python_model"
+        if served._unenforced is model:
+            return None, "its full path enforces the schema"
+        columns = scalar_columns(model.metadata)
+        if isinstance(columns, str):
+            return None, columns
+        names, dtypes, accepts = columns
+        fast = cls(
+            predict=served.predict_plain_table,
+            names=names,
+            dtypes=dtypes,
+            accepts=accepts,
+            as_array=False,
+            row_independent=served.batching.enabled,
+        )
+        shared = "batched" if served.batching.enabled else "one request per call, in turn"
+        return fast, f"custom python_model on plain tables read on the event loop, {shared}"
+
+    def read(self, payload: dict[str, Any]) -> FastInput | None:
+        split = payload.get("dataframe_split")
+        if type(split) is dict and split.get("index") is not None:
+            return None
+        item = super().read(payload)
+        if item is None:
+            return None
+        for values, dtype in zip(item.data, self.dtypes, strict=True):
+            if dtype is None and any(text.endswith("\x00") for text in values):
+                return None
+        return item
+
+    def predict_batch(self, inputs: list[FastInput]) -> list[bytes | RequestError | None]:
+        """Each request's response body, or the RequestError that the full path would answer it
+        with (the model is called once per request alone, as there), or None where the full
+        path must answer it."""
+        if len(inputs) > 1 and not self.row_independent:
+            return [self.predict_batch([one])[0] for one in inputs]
+        rows = [one.rows for one in inputs]
+        try:
+            table = pd.DataFrame(dict(zip(self.names, self._columns(inputs), strict=True)))
+            output = self.predict(table)
+        except RequestError as exc:
+            if len(inputs) == 1:
+                return [exc]
+            return [self.predict_batch([one])[0] for one in inputs]
+        except Exception:
+            if len(inputs) == 1:
+                return [None]
+            return [self.predict_batch([one])[0] for one in inputs]
+        if len(inputs) == 1:
+            parts: list[Any] | None = [output]
+        else:
+            parts = _split(output, rows)
+        if parts is None:
+            self.row_independent = False  # not one answer per row: each request alone from now on
+            logger.warning("batching off: the model did not answer one row per input row")
+            return [self.predict_batch([one])[0] for one in inputs]
+        answers: list[bytes | RequestError | None] = []
+        for part in parts:
+            try:
+                answers.append(predictions_json(part, wrap=True))
+            except RequestError as exc:
+                answers.append(exc)
+        return answers
+
+
 def _without_input_schema(model: PyFuncModel) -> PyFuncModel:
     """The same model, whose predict enforces params but not the input schema: for tables that
     PlainTables built, which are already what that enforcement would make of them.
@@ -281,6 +373,23 @@ class ServedModel:
             logger.info("full path: plain tables read in one pass (%s)", self.tables_note)
         else:
             logger.info("full path: MLflow reads every request (%s)", self.tables_note)
+        if self.fast is None and self.tables is not None:
+            try:
+                fast, note = PyfuncTableFastPath.for_served(self)
+            except Exception as exc:  # an unusual model: the full path answers every request
+                fast, note = None, f"{type(exc).__name__}: {exc}"
+            if fast is not None:
+                self.fast = fast
+            self.fast_note = f"{self.fast_note}; {note}" if fast is None else note
+
+    def predict_plain_table(self, table: pd.DataFrame) -> Any:
+        """The model's output for a table PlainTables (or the fast path) built, no params: what
+        predict_one predicts for such a request.
+
+        Raises:
+            RequestError: what predict_one raises for it (MLflow's message or the model's).
+        """
+        return self._predict(self._unenforced, table, None)
 
     def read_fast(self, body: bytes) -> tuple[Any, FastInput | None]:
         """Decode a JSON body for the fast path: (payload, its rows), or (payload, None) when
