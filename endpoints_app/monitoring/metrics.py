@@ -14,6 +14,7 @@ kept exactly), and ``prune`` applies each resolution's retention.
 
 from __future__ import annotations
 
+import functools
 import math
 import os
 import time
@@ -103,16 +104,34 @@ class ReplicaGauges:
     in_flight: float = 0.0
 
 
-def scrape_replica(replica: ReplicaTarget, timeout: float, http: urllib3.PoolManager | None = None) -> ReplicaGauges:
-    """A replica's gauges from its /metrics. ``http``: a batch's shared pool, whose kept-alive
-    connections spare each scrape a TCP connect and the ``requests`` session set-up."""
+@functools.lru_cache(maxsize=4096)
+def _path_of(url: str) -> str:
+    return urllib3.util.parse_url(url).path or ""
+
+
+def scrape_replica(
+    replica: ReplicaTarget, timeout: float, http: urllib3.PoolManager | urllib3.HTTPConnectionPool | None = None
+) -> ReplicaGauges:
+    """A replica's gauges from its /metrics. ``http``: a batch's shared pool (a manager, or the
+    replica's own connection pool), whose kept-alive connections spare each scrape a TCP connect
+    and the ``requests`` session set-up."""
     if http is None:
         response = requests.get(f"{replica.url}/metrics", headers=replica.headers(), timeout=timeout)
         response.raise_for_status()
         return parse_gauges(response.text)
-    answer = http.request(
-        "GET", f"{replica.url}/metrics", headers=replica.headers(), timeout=timeout, retries=False, redirect=False
-    )
+    if isinstance(http, urllib3.HTTPConnectionPool):
+        answer = http.urlopen(
+            "GET",
+            f"{_path_of(replica.url)}/metrics",
+            headers=replica.headers(),
+            timeout=timeout,
+            retries=False,
+            redirect=False,
+        )
+    else:
+        answer = http.request(
+            "GET", f"{replica.url}/metrics", headers=replica.headers(), timeout=timeout, retries=False, redirect=False
+        )
     if answer.status >= 400:
         raise requests.HTTPError(f"{answer.status} from {replica.url}/metrics")
     return parse_gauges(answer.data.decode("utf-8", errors="replace"))
@@ -257,16 +276,24 @@ def poll_metrics_batch(endpoints: list[Endpoint]) -> dict[str, str]:
     jobs_of: dict[str, int] = defaultdict(int)
     if jobs:
         timeout = settings.POLL_HTTP_TIMEOUT_SECONDS
-        http = urllib3.PoolManager(num_pools=64, maxsize=SCRAPE_THREADS, block=False)
+        # One connection pool per replica address, made here: a PoolManager looked its pool up
+        # (normalising the URL into a key) on every request, in the scrape threads.
+        pools: dict[str, urllib3.HTTPConnectionPool] = {}
+        for _, _, replica in jobs:
+            if replica.url not in pools:
+                pools[replica.url] = urllib3.connection_from_url(replica.url, maxsize=SCRAPE_THREADS, block=False)
         pool = _scrape_pool()
-        futures = [(eid, name, url, pool.submit(scrape_replica, url, timeout, http)) for eid, name, url in jobs]
+        futures = [
+            (eid, name, url, pool.submit(scrape_replica, url, timeout, pools[url.url])) for eid, name, url in jobs
+        ]
         for eid, name, url, future in futures:
             jobs_of[eid] += 1
             try:
                 gauges[(eid, name)].append(future.result())
             except Exception as exc:  # a dead replica is reported, the others still count
                 errors[eid].append(f"{url}: {type(exc).__name__}: {exc}")
-        http.clear()  # close the batch's connections
+        for http in pools.values():
+            http.close()  # the batch's connections
 
     # 2. Per-interval counts from the gateway's cumulative counters.
     cursors = {
