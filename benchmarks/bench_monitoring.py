@@ -145,7 +145,7 @@ def write_logs(deployments: list[Any]) -> None:
         )
 
 
-def bench_sweep(n: int) -> dict[str, Any]:
+def bench_sweep(n: int, target_pids: list[int]) -> dict[str, Any]:
     """One sweep of the fleet: beat's fan-out for status, metrics and logs at once, a real worker
     (2 processes) polls every target. Per kind: when its last run was recorded."""
     from django.db.models import Count
@@ -182,6 +182,11 @@ def bench_sweep(n: int) -> dict[str, Any]:
         from endpoints_app import tasks
 
         polling.ensure_targets()
+        from django.db import connection
+
+        own_backend = connection.connection.info.backend_pid if connection.vendor == "postgresql" else None
+        pg_before = pg_backend_cpu(own_backend)
+        targets_before = cpu_of(target_pids)
         cpu_before = worker_cpu_seconds(worker.pid)
         load_before = os.getloadavg()[0]
         started = time.monotonic()
@@ -196,9 +201,12 @@ def bench_sweep(n: int) -> dict[str, Any]:
                     finished[kind] = time.monotonic() - started
             if len(finished) == len(kinds):
                 break
-            time.sleep(0.1)
+            time.sleep(0.25)
         elapsed = time.monotonic() - started
         cpu = worker_cpu_seconds(worker.pid) - cpu_before
+        pg_after = pg_backend_cpu(own_backend)
+        pg_cpu = sum(v - pg_before.get(pid, 0.0) for pid, v in pg_after.items())
+        targets_cpu = cpu_of(target_pids) - targets_before
         failed = PollRun.objects.filter(ok=False).count()
         durations = sorted(PollRun.objects.filter(kind=PollKind.METRICS).values_list("duration_ms", flat=True))
     finally:
@@ -210,7 +218,10 @@ def bench_sweep(n: int) -> dict[str, Any]:
         "seconds": elapsed,
         "poll_p50_ms": statistics.median(durations) if durations else float("nan"),
         "worker_cpu_s": cpu,
+        "pg_cpu_s": pg_cpu,
+        "targets_cpu_s": targets_cpu,
         "load": load_before,
+        "load_after": os.getloadavg()[0],
         "kinds": {str(kind): finished.get(kind, float("nan")) for kind in kinds},
     }
 
@@ -232,6 +243,42 @@ def worker_cpu_seconds(pid: int) -> float:
         except psutil.NoSuchProcess:
             continue
     return total
+
+
+def cpu_of(pids: list[int]) -> float:
+    """User + system CPU seconds of these processes (the metric targets)."""
+    import psutil
+
+    total = 0.0
+    for pid in pids:
+        try:
+            times = psutil.Process(pid).cpu_times()
+        except psutil.NoSuchProcess:
+            continue
+        total += times.user + times.system
+    return total
+
+
+def pg_backend_cpu(exclude: int | None) -> dict[int, float]:
+    """CPU seconds of each PostgreSQL backend serving the benchmark's database (the worker's
+    connections; the benchmark's own, which counts the runs, is left out)."""
+    import psutil
+    from django.conf import settings
+
+    name = settings.DATABASES["default"].get("NAME") or ""
+    found: dict[int, float] = {}
+    if not name:
+        return found
+    for process in psutil.process_iter(["pid", "cmdline"]):
+        try:
+            cmdline = " ".join(process.info["cmdline"] or [])
+            if process.info["pid"] == exclude or not cmdline.startswith("postgres:") or f" {name} " not in cmdline:
+                continue
+            times = process.cpu_times()
+        except (psutil.NoSuchProcess, psutil.AccessDenied):
+            continue
+        found[process.info["pid"]] = times.user + times.system
+    return found
 
 
 class SimulatedEndpoint:
@@ -413,7 +460,7 @@ def main() -> int:
         sweep = (
             {"polled": 0, "failed": 0, "seconds": float("nan"), "poll_p50_ms": float("nan")}
             if args.skip_sweep
-            else bench_sweep(args.endpoints)
+            else bench_sweep(args.endpoints, [t.pid for t in targets])
         )
         t0 = time.monotonic()
         sample = ids[: args.storage_sample]
@@ -442,7 +489,9 @@ def main() -> int:
         f"{', '.join(f'{k} {v:.1f} s' for k, v in sweep.get('kinds', {}).items())}; "
         f"{sweep['polled']} polled each, {sweep['failed']} failed, metrics poll p50 {sweep['poll_p50_ms']:.1f} ms; worker CPU "
         f"{sweep.get('worker_cpu_s', float('nan')):.1f} s, {sweep.get('worker_cpu_s', float('nan')) * 1000 / max(1, args.endpoints):.2f} "
-        f"ms per endpoint; load average {sweep.get('load', float('nan')):.1f} at the start) | ≤ 15 s | "
+        f"ms per endpoint; PostgreSQL backends {sweep.get('pg_cpu_s', float('nan')):.1f} s, metric targets "
+        f"{sweep.get('targets_cpu_s', float('nan')):.1f} s CPU; load average {sweep.get('load', float('nan')):.1f} at "
+        f"the start, {sweep.get('load_after', float('nan')):.1f} at the end) | ≤ 15 s | "
         f"{'PASS' if ok_sweep else 'FAIL'} |"
     )
     ok_storage = report_storage(storage, len(sample)) if not args.skip_storage else True
