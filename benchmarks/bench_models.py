@@ -5,6 +5,7 @@ Measured side by side in one run, on this machine, for each model (model_shapes.
   pipeline  ColumnTransformer (one-hot on a string column, numbers passed through) →
             LogisticRegression,
   pyfunc    a custom ``python_model`` whose ``predict`` applies rules row by row in Python,
+  pyfunc_rowwise  the same model, declared row-wise by its author (so Modelfleet may batch it),
   lightgbm  a 100-tree LightGBM classifier (skipped, with a note, when lightgbm is missing);
 each through four paths:
   gateway   Modelfleet's gateway (`modelfleet up`: web + gateway, one model server replica),
@@ -37,6 +38,7 @@ Usage: python benchmarks/bench_models.py [--seconds 5] [--quick] [--models iris,
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import signal
@@ -91,6 +93,10 @@ def iris_sample() -> pd.DataFrame:
 BUILDERS: dict[str, tuple[str, Callable[[Path], pd.DataFrame]]] = {
     "pipeline": ("Pipeline: one-hot(string) + numbers → LogisticRegression", model_shapes.save_pipeline),
     "pyfunc": ("custom python_model, rules per row in Python", model_shapes.save_pyfunc),
+    "pyfunc_rowwise": (
+        "the same python_model, declared row-wise by its author (metadata modelfleet.batchable: true)",
+        functools.partial(model_shapes.save_pyfunc, rowwise=True),
+    ),
     "lightgbm": ("LightGBM classifier, 100 trees", model_shapes.save_lightgbm),
 }
 
@@ -274,7 +280,9 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seconds", type=float, default=5.0, help="measured seconds per cell (default 5)")
     parser.add_argument("--quick", action="store_true", help="3 s per cell, 1 row, concurrency 1 and 8")
-    parser.add_argument("--models", default="iris,pipeline,pyfunc,lightgbm", help="comma-separated subset")
+    parser.add_argument(
+        "--models", default="iris,pipeline,pyfunc,pyfunc_rowwise,lightgbm", help="comma-separated subset"
+    )
     parser.add_argument("--json", type=Path, help="write this run's cells here")
     parser.add_argument("--baseline", type=Path, help="an earlier run's --json, for the c=1 'not slower' target")
     args = parser.parse_args()

@@ -5,6 +5,8 @@
   tabular classifier; it needs a DataFrame with column names, not a bare array).
 * ``pyfunc`` — a custom ``mlflow.pyfunc.PythonModel`` whose ``predict`` walks the rows in Python
   (business rules choosing a retention offer per customer).
+* ``pyfunc_rowwise`` — the same model, declared row-wise by its author (MLmodel metadata
+  ``modelfleet.batchable: true``), which lets Modelfleet batch it; MLflow ignores the flag.
 * ``lightgbm`` — a gradient-boosted classifier (LightGBM's scikit-learn API, 100 trees).
 
 The iris model is the demo model that ``modelfleet setup`` registers; it is not built here.
@@ -124,8 +126,13 @@ class RetentionOffer(PythonModel):
         return offers
 
 
-def save_pyfunc(path: Path) -> pd.DataFrame:
-    """Save the per-row rules model as a pyfunc with a signature; return rows to query it with."""
+def save_pyfunc(path: Path, *, rowwise: bool = False) -> pd.DataFrame:
+    """Save the per-row rules model as a pyfunc with a signature; return rows to query it with.
+
+    ``rowwise``: its author declares that its predict looks at one row at a time (MLmodel
+    metadata ``{"modelfleet": {"batchable": true}}``, see runtime/model_server/batchable.py), so
+    Modelfleet may answer concurrent requests with one call; the same model otherwise.
+    """
     features, _ = customers(100, seed=1)
     model = RetentionOffer()
     module = sys.modules[__name__]
@@ -136,6 +143,7 @@ def save_pyfunc(path: Path) -> pd.DataFrame:
             python_model=model,
             signature=infer_signature(features, model.predict(None, features)),
             pip_requirements=[f"cloudpickle=={cloudpickle.__version__}"],
+            metadata={"modelfleet": {"batchable": True}} if rowwise else None,
         )
     finally:
         cloudpickle.unregister_pickle_by_value(module)

@@ -680,6 +680,6 @@ def test_the_lightgbm_model_takes_the_compiled_booster_path(pairs: dict[str, Pai
     assert "fast path: LightGBM booster.predict on the request's columns (compiled)" in pairs["lightgbm"].ours.log()
 
 
-def test_the_custom_pyfunc_takes_the_plain_table_fast_path(pairs: dict[str, Pair]) -> None:
-    """So the offer corpus above compares the fast path's tables and answers with MLflow's."""
-    assert "fast path: custom python_model on plain tables read on the event loop" in pairs["offer"].ours.log()
+def test_the_custom_pyfunc_not_declared_row_wise_keeps_the_full_path(pairs: dict[str, Pair]) -> None:
+    """The offer model is not declared row-wise: its corpus exercises the full path's tables."""
+    assert "not declared row-wise: each request takes the full path" in pairs["offer"].ours.log()

@@ -3,8 +3,8 @@
 Its answers are the full path's bytes, alone and in batches; a request that fails in a batch gets
 the full path's error alone while the others are answered; requests
 whose table the model would see differently (an index, params, strings ending in NUL) are left
-to the full path; a model that is not row-wise is never handed two requests at once; one whose
-output is not one answer per row stops being batched.
+to the full path; a model not declared row-wise keeps the full path; one whose output is not one
+answer per row stops being batched.
 """
 
 from __future__ import annotations
@@ -75,9 +75,8 @@ def full(served: ServedModel, data: bytes) -> bytes:
     return served.predict_one(served.parse_json(data))
 
 
-@pytest.mark.parametrize("batchable", [True, False])
-def test_answers_are_the_full_paths_bytes_alone_and_in_batches(batchable: bool, tmp_path: Path) -> None:
-    served = serve(tmp_path / "rules", Rules(), batchable=batchable)
+def test_answers_are_the_full_paths_bytes_alone_and_in_batches(tmp_path: Path) -> None:
+    served = serve(tmp_path / "rules", Rules(), batchable=True)
     assert served.fast is not None
     bodies = [body([row(1)]), body([row(2), row(3)]), body([row(4, "caf\u00e9")])]
     bodies.append(
@@ -130,6 +129,15 @@ def test_a_model_whose_output_is_not_per_row_stops_batching(tmp_path: Path) -> N
     items = [served.read_fast(data)[1] for data in bodies]
     assert served.fast.predict_batch(items) == [full(served, data) for data in bodies]  # type: ignore[arg-type]
     assert served.fast.row_independent is False
+
+
+def test_a_model_not_declared_row_wise_keeps_the_full_path(tmp_path: Path) -> None:
+    mlflow.pyfunc.save_model(
+        str(tmp_path / "rules"), python_model=Rules(), signature=SIGNATURE, pip_requirements=["cloudpickle"]
+    )
+    served = ServedModel(mlflow.pyfunc.load_model(str(tmp_path / "rules")))
+    assert served.fast is None
+    assert "not declared row-wise" in served.fast_note
 
 
 def test_only_custom_python_models_take_it(tmp_path: Path) -> None:
