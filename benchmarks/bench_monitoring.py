@@ -182,10 +182,6 @@ def bench_sweep(n: int, target_pids: list[int]) -> dict[str, Any]:
         from endpoints_app import tasks
 
         polling.ensure_targets()
-        from django.db import connection
-
-        own_backend = connection.connection.info.backend_pid if connection.vendor == "postgresql" else None
-        pg_before = pg_backend_cpu(own_backend)
         targets_before = cpu_of(target_pids)
         cpu_before = worker_cpu_seconds(worker.pid)
         load_before = os.getloadavg()[0]
@@ -204,8 +200,6 @@ def bench_sweep(n: int, target_pids: list[int]) -> dict[str, Any]:
             time.sleep(0.25)
         elapsed = time.monotonic() - started
         cpu = worker_cpu_seconds(worker.pid) - cpu_before
-        pg_after = pg_backend_cpu(own_backend)
-        pg_cpu = sum(v - pg_before.get(pid, 0.0) for pid, v in pg_after.items())
         targets_cpu = cpu_of(target_pids) - targets_before
         failed = PollRun.objects.filter(ok=False).count()
         durations = sorted(PollRun.objects.filter(kind=PollKind.METRICS).values_list("duration_ms", flat=True))
@@ -218,7 +212,6 @@ def bench_sweep(n: int, target_pids: list[int]) -> dict[str, Any]:
         "seconds": elapsed,
         "poll_p50_ms": statistics.median(durations) if durations else float("nan"),
         "worker_cpu_s": cpu,
-        "pg_cpu_s": pg_cpu,
         "targets_cpu_s": targets_cpu,
         "load": load_before,
         "load_after": os.getloadavg()[0],
@@ -257,28 +250,6 @@ def cpu_of(pids: list[int]) -> float:
             continue
         total += times.user + times.system
     return total
-
-
-def pg_backend_cpu(exclude: int | None) -> dict[int, float]:
-    """CPU seconds of each PostgreSQL backend serving the benchmark's database (the worker's
-    connections; the benchmark's own, which counts the runs, is left out)."""
-    import psutil
-    from django.conf import settings
-
-    name = settings.DATABASES["default"].get("NAME") or ""
-    found: dict[int, float] = {}
-    if not name:
-        return found
-    for process in psutil.process_iter(["pid", "cmdline"]):
-        try:
-            cmdline = " ".join(process.info["cmdline"] or [])
-            if process.info["pid"] == exclude or not cmdline.startswith("postgres:") or f" {name} " not in cmdline:
-                continue
-            times = process.cpu_times()
-        except (psutil.NoSuchProcess, psutil.AccessDenied):
-            continue
-        found[process.info["pid"]] = times.user + times.system
-    return found
 
 
 class SimulatedEndpoint:
@@ -489,8 +460,7 @@ def main() -> int:
         f"{', '.join(f'{k} {v:.1f} s' for k, v in sweep.get('kinds', {}).items())}; "
         f"{sweep['polled']} polled each, {sweep['failed']} failed, metrics poll p50 {sweep['poll_p50_ms']:.1f} ms; worker CPU "
         f"{sweep.get('worker_cpu_s', float('nan')):.1f} s, {sweep.get('worker_cpu_s', float('nan')) * 1000 / max(1, args.endpoints):.2f} "
-        f"ms per endpoint; PostgreSQL backends {sweep.get('pg_cpu_s', float('nan')):.1f} s, metric targets "
-        f"{sweep.get('targets_cpu_s', float('nan')):.1f} s CPU; load average {sweep.get('load', float('nan')):.1f} at "
+        f"ms per endpoint; metric targets {sweep.get('targets_cpu_s', float('nan')):.1f} s CPU; load average {sweep.get('load', float('nan')):.1f} at "
         f"the start, {sweep.get('load_after', float('nan')):.1f} at the end) | ≤ 15 s | "
         f"{'PASS' if ok_sweep else 'FAIL'} |"
     )
