@@ -14,7 +14,9 @@ from datetime import datetime
 from typing import Any
 
 from django.db import connection
+from django.db.models import Field, ForeignObject
 from django.db.models.expressions import RawSQL
+from django.db.models.lookups import In
 
 
 def _json(rows: Sequence[Sequence[Any]]) -> str:
@@ -31,13 +33,41 @@ def _json_rows(columns: Sequence[tuple[str, str]]) -> str:
     return f"(SELECT {selected} FROM jsonb_array_elements(%s::jsonb) AS r) AS v"
 
 
-def id_list(ids: Iterable[Any], sql_type: str = "bigint") -> Any:
-    """The right-hand side of ``field__in`` for a batch's ids: on PostgreSQL one JSON parameter
-    (no per-value preparation and quoting), elsewhere the list itself."""
+def in_ids(field: str, ids: Iterable[Any], sql_type: str = "bigint") -> dict[str, Any]:
+    """A filter keeping ``field`` among a batch's ids: on PostgreSQL ``field = ANY(ARRAY(...))``
+    of one JSON parameter (no per-value preparation and quoting; the array is an index condition,
+    where ``IN (SELECT ...)`` let the planner loop over the function for every row it scanned),
+    elsewhere ``field__in`` the list."""
     values = list(ids)
     if connection.vendor != "postgresql":
-        return values
-    return RawSQL(f"SELECT (jsonb_array_elements_text(%s::jsonb))::{sql_type}", [json.dumps(values)])
+        return {f"{field}__in": values}
+    return {f"{field}__in_ids": _JsonIds(json.dumps(values), sql_type)}
+
+
+class _JsonIds(RawSQL):
+    """The ids of ``in_ids`` as one JSON parameter, a set of ``sql_type`` values."""
+
+    def __init__(self, ids: str, sql_type: str) -> None:
+        super().__init__(f"SELECT (jsonb_array_elements_text(%s::jsonb))::{sql_type}", [ids])
+
+
+class _AnyOfJsonIn(In):
+    """``field__in_ids``: ``field = ANY(ARRAY(SELECT ...))`` of a ``_JsonIds`` (the subquery runs
+    once, as an InitPlan). A lookup of its own name: ``in`` and related fields' ``in`` are left as
+    they are."""
+
+    lookup_name = "in_ids"
+
+    def as_sql(self, compiler: Any, connection: Any) -> Any:
+        if isinstance(self.rhs, _JsonIds) and connection.vendor == "postgresql":
+            lhs, lhs_params = self.process_lhs(compiler, connection)
+            sql, params = self.rhs.as_sql(compiler, connection)
+            return f"{lhs} = ANY(ARRAY({sql}))", (*lhs_params, *params)
+        return super().as_sql(compiler, connection)
+
+
+Field.register_lookup(_AnyOfJsonIn)
+ForeignObject.register_lookup(_AnyOfJsonIn)  # foreign keys keep their own lookups (``in`` too)
 
 
 def _adapt(value: Any) -> Any:

@@ -117,7 +117,7 @@ def _entities_of(config_ids: list[int]) -> dict[int, list[Any]]:
     if not config_ids:
         return by_config
     rows = (
-        ServedEntity.objects.filter(config_version_id__in=bulk.id_list(config_ids))
+        ServedEntity.objects.filter(**bulk.in_ids("config_version_id", config_ids))
         .annotate(
             external=ExpressionWrapper(Q(external_model__isnull=False), output_field=BooleanField()),
             ready=Count("deployment__replicas", filter=Q(deployment__replicas__state=ReplicaState.READY)),
@@ -229,7 +229,7 @@ def _metric_problems_of(endpoint_ids: list[str], *, now: datetime) -> dict[str, 
     newest: dict[str, tuple[int, float, float]] = {}
     # metric_point_read_idx (endpoint, resolution, ts) serves this.
     for eid, ts, requests, errors in MetricPoint.objects.filter(
-        endpoint_id__in=bulk.id_list(endpoint_ids, "varchar"),
+        **bulk.in_ids("endpoint_id", endpoint_ids, "varchar"),
         served_entity_name="",
         resolution=POINT_SECONDS,
         ts__gte=oldest,
@@ -243,7 +243,7 @@ def _metric_problems_of(endpoint_ids: list[str], *, now: datetime) -> dict[str, 
                 f"({errors:g} of {requests:g} requests)"
             )
     for eid, since, error in PollTarget.objects.filter(
-        endpoint_id__in=bulk.id_list(endpoint_ids, "varchar"), kind=PollKind.METRICS, failing_since__isnull=False
+        **bulk.in_ids("endpoint_id", endpoint_ids, "varchar"), kind=PollKind.METRICS, failing_since__isnull=False
     ).values_list("endpoint_id", "failing_since", "last_error"):
         detail = f": {error[:200]}" if error else ""
         problems.setdefault(eid, []).append(f"metrics polling failing since {since:%Y-%m-%d %H:%M:%S} UTC{detail}")

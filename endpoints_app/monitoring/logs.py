@@ -147,7 +147,7 @@ def deployments_to_read(endpoint: Endpoint, *, now: datetime) -> list[Deployment
 def cursors_for(deployments: list[Deployment]) -> dict[tuple[int, str], LogCursor]:
     """The cursor of each (deployment, kind), created at offset 0 where missing."""
     ids = [d.id for d in deployments]
-    have = set(LogCursor.objects.filter(deployment_id__in=bulk.id_list(ids)).values_list("deployment_id", "kind"))
+    have = set(LogCursor.objects.filter(**bulk.in_ids("deployment_id", ids)).values_list("deployment_id", "kind"))
     missing = [
         LogCursor(deployment_id=deployment_id, kind=kind)
         for deployment_id in ids
@@ -156,7 +156,7 @@ def cursors_for(deployments: list[Deployment]) -> dict[tuple[int, str], LogCurso
     ]
     if missing:
         LogCursor.objects.bulk_create(missing, ignore_conflicts=True)
-    return {(c.deployment_id, c.kind): c for c in LogCursor.objects.filter(deployment_id__in=bulk.id_list(ids))}
+    return {(c.deployment_id, c.kind): c for c in LogCursor.objects.filter(**bulk.in_ids("deployment_id", ids))}
 
 
 def poll_logs(endpoint: Endpoint) -> None:
@@ -192,7 +192,7 @@ def poll_logs_batch(endpoints: list[Endpoint]) -> dict[str, str]:
     now = timezone.now()
     by_id = {e.id: e for e in endpoints}
     deployments = list(
-        Deployment.objects.filter(endpoint_id__in=bulk.id_list(by_id, "varchar"))
+        Deployment.objects.filter(**bulk.in_ids("endpoint_id", by_id, "varchar"))
         .filter(Q(stopped_at__isnull=True) | Q(stopped_at__gte=now - stopped_grace()))
         .only("id", "endpoint_id", "served_entity_name")
         .order_by("id")
@@ -246,7 +246,7 @@ def store_batch(reads: list[tuple[Deployment, LogCursor, int, list[ParsedLine]]]
         at = {
             cid: offset
             for cid, offset in LogCursor.objects.select_for_update()
-            .filter(id__in=bulk.id_list(c.id for _, c, _, _ in reads))
+            .filter(**bulk.in_ids("id", [c.id for _, c, _, _ in reads]))
             .order_by("id")
             .values_list("id", "offset")
         }

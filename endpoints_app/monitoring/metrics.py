@@ -240,10 +240,10 @@ def poll_metrics_batch(endpoints: list[Endpoint]) -> dict[str, str]:
     ids = [e.id for e in endpoints]
     configs = {e.id: e.active_config_id for e in endpoints}
     config_ids = [c for c in configs.values() if c is not None]
-    traffic = dict(ConfigVersion.objects.filter(id__in=bulk.id_list(config_ids)).values_list("id", "traffic_config"))
+    traffic = dict(ConfigVersion.objects.filter(**bulk.in_ids("id", config_ids)).values_list("id", "traffic_config"))
     entities_by_config: dict[int, list[_Entity]] = defaultdict(list)
     for config_id, name, deployment_id in (
-        ServedEntity.objects.filter(config_version_id__in=bulk.id_list(config_ids))
+        ServedEntity.objects.filter(**bulk.in_ids("config_version_id", config_ids))
         .order_by("position")
         .values_list("config_version_id", "name", "deployment_id")
     ):
@@ -299,7 +299,7 @@ def poll_metrics_batch(endpoints: list[Endpoint]) -> dict[str, str]:
     cursors = {
         (eid, name): counters
         for eid, name, counters in MetricCursor.objects.filter(
-            endpoint_id__in=bulk.id_list(ids, "varchar"), source="gateway"
+            **bulk.in_ids("endpoint_id", ids, "varchar"), source="gateway"
         ).values_list("endpoint_id", "served_entity_name", "counters")
     }
     points: list[tuple[str, str, int, int, dict[str, Any]]] = []

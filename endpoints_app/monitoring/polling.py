@@ -174,9 +174,9 @@ def claim_batch(target_ids: list[int]) -> list[PollTarget]:
         return []
     seconds = max([60.0, *(interval(kind) * 4 for kind in PollKind.values)])
     lease = now + timedelta(seconds=seconds, microseconds=random.randrange(1_000_000))
-    PollTarget.objects.filter(id__in=bulk.id_list(target_ids), next_poll_at__lte=now).update(next_poll_at=lease)
+    PollTarget.objects.filter(**bulk.in_ids("id", target_ids), next_poll_at__lte=now).update(next_poll_at=lease)
     return list(
-        PollTarget.objects.filter(id__in=bulk.id_list(target_ids), next_poll_at=lease)
+        PollTarget.objects.filter(**bulk.in_ids("id", target_ids), next_poll_at=lease)
         .select_related("endpoint")
         .only(*_CLAIMED_FIELDS)
         .order_by("id")
