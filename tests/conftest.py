@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
+
 import pytest
 from rest_framework.test import APIClient
 
@@ -44,6 +47,63 @@ def _flush_retrying_on_lock_conflicts() -> None:
 
 
 _flush_retrying_on_lock_conflicts()
+
+
+class _SharedRows:
+    """One open ``shared_rows`` block: its outer transaction, rolled back exactly once."""
+
+    open_blocks: list[_SharedRows] = []
+
+    def __init__(self, django_db_blocker) -> None:  # type: ignore[no-untyped-def]
+        from django.db import transaction
+
+        self.blocker = django_db_blocker
+        self.atomic = transaction.atomic()
+        with self.blocker.unblock():
+            self.atomic.__enter__()
+        self.open_blocks.append(self)
+
+    def close(self) -> None:
+        from django.db import transaction
+
+        if self in self.open_blocks:
+            self.open_blocks.remove(self)
+            with self.blocker.unblock():
+                transaction.set_rollback(True)
+                self.atomic.__exit__(None, None, None)
+
+
+@contextlib.contextmanager
+def shared_rows(django_db_blocker) -> Iterator[None]:  # type: ignore[no-untyped-def]
+    """Django's ``setUpTestData`` for a module-scoped fixture: the rows created inside the block
+    are made once and seen by every test of the module, and rolled back at its end. Each test's
+    own transaction is a savepoint inside this one, so what a test changes still goes with it.
+
+    Only for fixtures of non-transactional tests. pytest-django runs every ``django_db`` test
+    before any transactional one; a transactional test that follows in the same module (run on
+    its own, say) first rolls the block back (``pytest_runtest_setup`` below), since it commits
+    and flushes."""
+    block = _SharedRows(django_db_blocker)
+    try:
+        with django_db_blocker.unblock():
+            yield
+    finally:
+        block.close()
+
+
+def _is_transactional(item: pytest.Item) -> bool:
+    marker = item.get_closest_marker("django_db")
+    if marker is not None and (marker.kwargs.get("transaction") or (marker.args and marker.args[0])):
+        return True
+    return bool({"transactional_db", "live_server"} & set(getattr(item, "fixturenames", ())))
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    if _SharedRows.open_blocks and _is_transactional(item):
+        for block in reversed(list(_SharedRows.open_blocks)):
+            block.close()
+
 
 MODEL = "main.default.iris"
 
