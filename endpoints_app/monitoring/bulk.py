@@ -9,7 +9,7 @@ current transaction, so foreign keys are checked when it commits, as for ORM wri
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from datetime import datetime
 from typing import Any
 
@@ -78,6 +78,25 @@ def _adapt(value: Any) -> Any:
     return value
 
 
+def _execute_values(
+    cursor: Any,
+    rows: Sequence[Sequence[Any]],
+    width: int,
+    statement: Callable[[str], str],
+    params: Sequence[Any] = (),
+) -> None:
+    """SQLite: ``statement(values)`` over ``rows`` as multi-row ``VALUES`` lists, in parts that stay
+    under SQLite's limit on parameters; ``params`` follow each part's values."""
+    one = "(" + ", ".join(["%s"] * width) + ")"
+    step = max(1, 30_000 // width)
+    for i in range(0, len(rows), step):
+        part = rows[i : i + step]
+        cursor.execute(
+            statement(", ".join([one] * len(part))),
+            [*(_adapt(v) for row in part for v in row), *(_adapt(p) for p in params)],
+        )
+
+
 def insert_rows(table: str, columns: Sequence[str], rows: Sequence[Sequence[Any]]) -> None:
     """Insert ``rows`` (values in ``columns``' order; JSON columns as JSON text) into ``table``."""
     if not rows:
@@ -90,14 +109,9 @@ def insert_rows(table: str, columns: Sequence[str], rows: Sequence[Sequence[Any]
                 for row in rows:
                     copy.write_row(row)
             return
-        one = "(" + ", ".join(["%s"] * len(columns)) + ")"
-        step = max(1, 30_000 // len(columns))
-        for i in range(0, len(rows), step):
-            part = rows[i : i + step]
-            cursor.execute(
-                f"INSERT INTO {quote(table)} ({names}) VALUES {', '.join([one] * len(part))}",
-                [_adapt(v) for row in part for v in row],
-            )
+        _execute_values(
+            cursor, rows, len(columns), lambda values: f"INSERT INTO {quote(table)} ({names}) VALUES {values}"
+        )
 
 
 def update_rows(
@@ -123,15 +137,15 @@ def update_rows(
                 [*params, _json(rows)],
             )
             return
-        one = "(" + ", ".join(["%s"] * len(columns)) + ")"
-        step = max(1, 30_000 // len(columns))
-        for i in range(0, len(rows), step):
-            part = rows[i : i + step]
-            cursor.execute(
-                f"WITH v ({names}) AS (VALUES {', '.join([one] * len(part))}) "
-                f"UPDATE {target} SET {sets} FROM v WHERE {target}.id = v.id",
-                [*[_adapt(v) for row in part for v in row], *(_adapt(p) for p in params)],
-            )
+        _execute_values(
+            cursor,
+            rows,
+            len(columns),
+            lambda values: (
+                f"WITH v ({names}) AS (VALUES {values}) UPDATE {target} SET {sets} FROM v WHERE {target}.id = v.id"
+            ),
+            params,
+        )
 
 
 def upsert_rows(
@@ -160,11 +174,6 @@ def upsert_rows(
                 [_json(rows)],
             )
             return
-        one = "(" + ", ".join(["%s"] * len(columns)) + ")"
-        step = max(1, 30_000 // len(columns))
-        for i in range(0, len(rows), step):
-            part = rows[i : i + step]
-            cursor.execute(
-                f"INSERT INTO {quote(table)} ({names}) VALUES {', '.join([one] * len(part))} {tail}",
-                [_adapt(v) for row in part for v in row],
-            )
+        _execute_values(
+            cursor, rows, len(columns), lambda values: f"INSERT INTO {quote(table)} ({names}) VALUES {values} {tail}"
+        )

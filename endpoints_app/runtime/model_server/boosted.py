@@ -30,7 +30,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from endpoints_app.runtime.model_server.compiled import NotCompiled
+from endpoints_app.runtime.model_server.compiled import NotCompiled, self_check
 
 _NUMERIC_KINDS = "iufb"
 Columns = Sequence[Any]
@@ -151,19 +151,11 @@ class CompiledBooster:
                 values = rng.normal(0, 100, rows).astype(dtype)
                 values[3] = np.nan
                 columns.append(values)
-        try:
-            expected = model._model_impl.predict(pd.DataFrame(dict(zip(names, columns, strict=True))))
-            got = compiled(columns, rows)
-        except Exception as error:  # noqa: BLE001 - any failure means: keep MLflow's path
-            raise NotCompiled(f"self-check failed: {type(error).__name__}") from error
-        if not (
-            isinstance(expected, np.ndarray)
-            and isinstance(got, np.ndarray)
-            and expected.dtype == got.dtype
-            and expected.shape == got.shape
-            and np.array_equal(expected, got, equal_nan=expected.dtype.kind in "fc")
-        ):
-            raise NotCompiled("self-check: the compiled answer differs from the model's")
+        self_check(
+            lambda: model._model_impl.predict(pd.DataFrame(dict(zip(names, columns, strict=True)))),
+            lambda: compiled(columns, rows),
+            "the model's",
+        )
 
 
 def _same(result: np.ndarray) -> np.ndarray:

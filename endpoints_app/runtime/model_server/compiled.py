@@ -41,6 +41,23 @@ class NotCompiled(Exception):
     """Why this pipeline keeps the DataFrame path."""
 
 
+def self_check(expected: Callable[[], Any], got: Callable[[], Any], whose: str) -> None:
+    """A compiled path's check at load: its answer to sample rows must be the reference's (same
+    dtype, shape and values, NaN where NaN); any failure means the reference path is kept."""
+    try:
+        want, have = expected(), got()
+    except Exception as error:  # noqa: BLE001 - any failure means: keep the reference path
+        raise NotCompiled(f"self-check failed: {type(error).__name__}") from error
+    if not (
+        isinstance(want, np.ndarray)
+        and isinstance(have, np.ndarray)
+        and want.dtype == have.dtype
+        and want.shape == have.shape
+        and np.array_equal(want, have, equal_nan=want.dtype.kind in "fc")
+    ):
+        raise NotCompiled(f"self-check: the compiled answer differs from {whose}")
+
+
 def _passthrough(positions: list[int], dtypes: list[np.dtype | None]) -> Part:
     if any(dtypes[p] not in _NUMERIC for p in positions):
         raise NotCompiled("a passed-through column is not a number column")
@@ -305,19 +322,11 @@ class CompiledPipeline:
                     [0, 1, -2, 3, 7, -11, 2, 5] if dtype.kind in "iu" else [0.0, 1.5, -2.25, 3e3, 7.0, -0.001, 2.0, 5.5]
                 )
                 columns.append(np.array(numbers, dtype=dtype))
-        try:
-            expected = getattr(estimator, predict_fn)(pd.DataFrame(dict(zip(names, columns, strict=True))))
-            got = compiled(columns, rows)
-        except Exception as error:  # noqa: BLE001 - any failure means: keep the DataFrame path
-            raise NotCompiled(f"self-check failed: {type(error).__name__}") from error
-        if not (
-            isinstance(expected, np.ndarray)
-            and isinstance(got, np.ndarray)
-            and expected.dtype == got.dtype
-            and expected.shape == got.shape
-            and np.array_equal(expected, got, equal_nan=expected.dtype.kind in "fc")
-        ):
-            raise NotCompiled("self-check: the compiled answer differs from the pipeline's")
+        self_check(
+            lambda: getattr(estimator, predict_fn)(pd.DataFrame(dict(zip(names, columns, strict=True)))),
+            lambda: compiled(columns, rows),
+            "the pipeline's",
+        )
 
 
 def step_ignores_unknown(transformer: Any, position: int, names: list[str]) -> bool:
