@@ -145,7 +145,7 @@ def write_logs(deployments: list[Any]) -> None:
         )
 
 
-def bench_sweep(n: int, target_pids: list[int]) -> dict[str, Any]:
+def bench_sweep(n: int, target_pids: list[int], concurrency: int = 2) -> dict[str, Any]:
     """One sweep of the fleet: beat's fan-out for status, metrics and logs at once, a real worker
     (2 processes) polls every target. Per kind: when its last run was recorded."""
     from django.db.models import Count
@@ -165,7 +165,7 @@ def bench_sweep(n: int, target_pids: list[int]) -> dict[str, Any]:
             "--loglevel",
             "WARNING",
             "--concurrency",
-            "2",
+            str(concurrency),
             "--without-gossip",
             "--without-mingle",
         ],
@@ -412,6 +412,9 @@ def main() -> int:
     )
     parser.add_argument("--skip-sweep", action="store_true", help="storage and chart reads only")
     parser.add_argument("--skip-storage", action="store_true", help="the sweep only (no storage or chart reads)")
+    parser.add_argument(
+        "--worker-concurrency", type=int, default=2, help="the worker's processes (modelfleet up starts 2)"
+    )
     args = parser.parse_args()
     data_dir, redis_server = setup_environment()
     targets = []
@@ -431,7 +434,7 @@ def main() -> int:
         sweep = (
             {"polled": 0, "failed": 0, "seconds": float("nan"), "poll_p50_ms": float("nan")}
             if args.skip_sweep
-            else bench_sweep(args.endpoints, [t.pid for t in targets])
+            else bench_sweep(args.endpoints, [t.pid for t in targets], args.worker_concurrency)
         )
         t0 = time.monotonic()
         sample = ids[: args.storage_sample]
