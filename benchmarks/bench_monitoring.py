@@ -145,9 +145,9 @@ def write_logs(deployments: list[Any]) -> None:
         )
 
 
-def bench_sweep(n: int, target_pids: list[int], concurrency: int = 2) -> dict[str, Any]:
+def bench_sweep(n: int, target_pids: list[int], concurrency: int) -> dict[str, Any]:
     """One sweep of the fleet: beat's fan-out for status, metrics and logs at once, a real worker
-    (2 processes) polls every target. Per kind: when its last run was recorded."""
+    (``concurrency`` processes) polls every target. Per kind: when its last run was recorded."""
     from django.db.models import Count
 
     from endpoints_app.models import PollKind, PollRun
@@ -413,7 +413,10 @@ def main() -> int:
     parser.add_argument("--skip-sweep", action="store_true", help="storage and chart reads only")
     parser.add_argument("--skip-storage", action="store_true", help="the sweep only (no storage or chart reads)")
     parser.add_argument(
-        "--worker-concurrency", type=int, default=2, help="the worker's processes (modelfleet up starts 2)"
+        "--worker-concurrency",
+        type=int,
+        default=None,
+        help="the worker's processes (default: MODELFLEET_WORKER_CONCURRENCY, as modelfleet up starts it)",
     )
     args = parser.parse_args()
     data_dir, redis_server = setup_environment()
@@ -425,6 +428,10 @@ def main() -> int:
         import django
 
         django.setup()
+        if args.worker_concurrency is None:
+            from django.conf import settings as django_settings
+
+            args.worker_concurrency = django_settings.CELERY_WORKER_CONCURRENCY
         from django.db import connection
 
         print(f"Monitoring benchmark: {args.endpoints} endpoints, database {connection.vendor}, {os.cpu_count()} CPUs")
@@ -458,7 +465,7 @@ def main() -> int:
     print("| measure | value | target | result |")
     print("|---|---|---|---|")
     print(
-        f"| sweep of {args.endpoints} endpoints: status, metrics and logs (beat fan-out → worker, 2 processes) | "
+        f"| sweep of {args.endpoints} endpoints: status, metrics and logs (beat fan-out → worker, {args.worker_concurrency} processes) | "
         f"{sweep['seconds']:.1f} s (done at: "
         f"{', '.join(f'{k} {v:.1f} s' for k, v in sweep.get('kinds', {}).items())}; "
         f"{sweep['polled']} polled each, {sweep['failed']} failed, metrics poll p50 {sweep['poll_p50_ms']:.1f} ms; worker CPU "

@@ -202,6 +202,10 @@ CELERY_RESULT_BACKEND = None
 CELERY_TASK_IGNORE_RESULT = True
 CELERY_TASK_TIME_LIMIT = 120
 CELERY_TASK_SOFT_TIME_LIMIT = 100
+# The worker's processes (the prefork pool). Polling waits on replicas and remote workspaces more
+# than it computes: on 2 cores, 4 processes sweep 10,000 endpoints in ~14 s where 2 took ~22 s
+# (benchmarks/bench_monitoring.py). Each process holds ~100-150 MB.
+CELERY_WORKER_CONCURRENCY = env_int("MODELFLEET_WORKER_CONCURRENCY", 4, minimum=1)
 CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
 CELERY_WORKER_HIJACK_ROOT_LOGGER = False
 

@@ -240,8 +240,6 @@ def build_children(
                 "worker",
                 "--loglevel",
                 "INFO",
-                "--concurrency",
-                "2",
                 "--without-gossip",
                 "--without-mingle",
                 "-n",
