@@ -8,6 +8,7 @@ routes' needed levels, not copied by hand.
 from __future__ import annotations
 
 import itertools
+from collections.abc import Iterator
 
 import pytest
 from rest_framework.test import APIClient
@@ -23,7 +24,7 @@ from endpoints_app.models import (
     UserProfile,
 )
 from endpoints_app.services.tokens import create_token
-from tests.conftest import endpoint_body
+from tests.conftest import endpoint_body, shared_rows
 
 pytestmark = pytest.mark.django_db
 
@@ -107,8 +108,8 @@ def client_for(persona: str, django_user_model, endpoint: Endpoint) -> APIClient
     return client
 
 
-@pytest.fixture
-def guarded(api, registered_models) -> Endpoint:
+def make_guarded(api, registered_models) -> Endpoint:  # type: ignore[no-untyped-def]
+    """The endpoint ``guarded`` (the API client's user manages it), ready, with an alert rule and a plan."""
     from tests.test_api_endpoints import create, mark_ready
 
     create(api, endpoint_body("guarded", (registered_models["iris"], "1")))
@@ -117,6 +118,54 @@ def guarded(api, registered_models) -> Endpoint:
     AlertRule.objects.create(endpoint=endpoint, name="slow", metric="p99_latency_ms", threshold=1000)
     RolloutPlan.objects.create(endpoint=endpoint, endpoint_name="guarded", steps=[50, 100], new_entity_names=["iris-2"])
     return endpoint
+
+
+def make_alice(django_user_model):  # type: ignore[no-untyped-def]
+    """The editor of tests.conftest's ``user`` fixture."""
+    alice = django_user_model.objects.create_user("alice", "alice@example.com", "pw-alice-123")
+    UserProfile.objects.create(user=alice, role=Role.EDITOR)
+    return alice
+
+
+def bearer(token: str) -> APIClient:
+    client = APIClient()
+    client.credentials(HTTP_AUTHORIZATION=f"Bearer {token}")
+    return client
+
+
+@pytest.fixture(scope="module")
+def world(django_db_setup, django_db_blocker, registered_models) -> Iterator[dict[str, object]]:
+    """alice, her token and ``guarded``, made once for the module's ~275 tests (they were most of
+    each test's time); each test's own changes still roll back (tests.conftest.shared_rows)."""
+    from django.contrib.auth import get_user_model
+
+    with shared_rows(django_db_blocker):
+        alice = make_alice(get_user_model())
+        token = create_token(user=alice, comment="test")[1]
+        yield {"user": alice.pk, "token": token, "guarded": make_guarded(bearer(token), registered_models).pk}
+
+
+@pytest.fixture
+def user(world, django_user_model):  # type: ignore[no-untyped-def]
+    """tests.conftest's ``user`` (alice, an editor), from the module's shared rows."""
+    return django_user_model.objects.get(pk=world["user"])
+
+
+@pytest.fixture
+def token(world) -> str:
+    return world["token"]
+
+
+@pytest.fixture
+def guarded(world) -> Endpoint:
+    return Endpoint.objects.get(pk=world["guarded"])
+
+
+@pytest.fixture
+def committed_guarded(transactional_db, django_user_model, registered_models) -> Endpoint:
+    """``guarded`` for a transactional test, made in it (shared rows never are committed)."""
+    alice = make_alice(django_user_model)
+    return make_guarded(bearer(create_token(user=alice, comment="test")[1]), registered_models)
 
 
 @pytest.mark.parametrize(("route", "persona"), list(itertools.product(range(len(ROUTES)), PERSONAS)))
@@ -210,7 +259,7 @@ def test_bad_grants_are_400_and_change_nothing(api, guarded, entry, needle):
 
 
 @pytest.mark.django_db(transaction=True)  # the gateway reads users from its own threads
-def test_the_gateway_needs_can_query(django_user_model, guarded, settings):
+def test_the_gateway_needs_can_query(django_user_model, committed_guarded, settings):
     """Queries go through the ASGI gateway: outsider 404, CAN_VIEW 403, CAN_QUERY reaches the routing."""
     import asyncio
 
@@ -239,7 +288,7 @@ def test_the_gateway_needs_can_query(django_user_model, guarded, settings):
         role, grant = PERSONAS[persona]
         UserProfile.objects.create(user=user, role=role)
         if grant:
-            EndpointPermission.objects.create(endpoint=guarded, user=user, level=grant)
+            EndpointPermission.objects.create(endpoint=committed_guarded, user=user, level=grant)
         statuses[persona] = asyncio.run(post(create_token(user=user)[1]))
     # CAN_QUERY passes the access check; with no replica ever ready it gets 503, not 403/404.
     assert statuses == {"outsider": 404, "viewer": 403, "can_query": 503}
