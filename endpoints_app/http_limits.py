@@ -119,6 +119,10 @@ def _upload_refusal(scope: Scope) -> tuple[int, str, str] | None:
         close_old_connections()
 
 
+def _too_large(limit: int, what: str) -> str:
+    return f"The request body is larger than {_size(limit)}, the limit for {what}"
+
+
 def limit_bodies(app: ASGIApp) -> ASGIApp:
     """``app`` behind the body size limits (the module docstring says which)."""
 
@@ -127,13 +131,12 @@ def limit_bodies(app: ASGIApp) -> ASGIApp:
             await app(scope, receive, send)
             return
         limit, what = body_limit(scope["path"], scope.get("method", ""))
-        too_large = f"The request body is larger than {_size(limit)}, the limit for {what}"
         declared = _content_length(scope)
         if isinstance(declared, str):
             await send_error(send, 400, "BAD_REQUEST", declared)
             return
         if declared is not None and declared > limit:
-            await send_error(send, 413, "RESOURCE_LIMIT_EXCEEDED", too_large)
+            await send_error(send, 413, "RESOURCE_LIMIT_EXCEEDED", _too_large(limit, what))
             return
         if scope["path"] in UPLOAD_PATHS and scope.get("method") == "POST":
             refusal = await sync_to_async(_upload_refusal, thread_sensitive=True)(scope)
@@ -154,7 +157,7 @@ def limit_bodies(app: ASGIApp) -> ASGIApp:
                 if received > limit:
                     refused = True
                     if not answering:  # an answer already under way cannot become a 413: it is cut off
-                        await send_error(send, 413, "RESOURCE_LIMIT_EXCEEDED", too_large)
+                        await send_error(send, 413, "RESOURCE_LIMIT_EXCEEDED", _too_large(limit, what))
                     return {"type": "http.disconnect"}  # the application stops as if the client left
             return message
 

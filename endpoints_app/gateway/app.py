@@ -347,7 +347,7 @@ class Gateway:
         endpoint_name, served_name, openai_task = self._parse_path(scope["path"])
         if scope["method"] != "POST":
             raise GatewayError(405, "METHOD_NOT_ALLOWED", "Query an endpoint with POST")
-        headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
+        headers = _query_headers(scope["headers"])
         await self.access.refresh()  # rights changed elsewhere: drop what is cached (access_generation)
         token_endpoint: str | None = None  # a data-plane token's one endpoint
         if "authorization" not in headers and session.has_session_cookie(headers):
@@ -797,6 +797,8 @@ class Gateway:
         )
 
     def _pick_replica(self, entity: EntityRoute, exclude: set[ReplicaTarget]) -> ReplicaTarget | None:
+        if len(entity.replicas) == 1 and not exclude:  # the common case, nothing to compare
+            return entity.replicas[0]
         candidates = [r for r in entity.replicas if r not in exclude]
         if not candidates:
             return None
@@ -891,6 +893,19 @@ class Gateway:
         finally:
             await stream.aclose()
             self._done_with(replica)
+
+
+# The request headers the gateway reads; the others are not decoded.
+_QUERY_HEADERS = frozenset((b"authorization", b"content-type", b"cookie"))
+
+
+def _query_headers(raw: list[tuple[bytes, bytes]]) -> dict[str, str]:
+    """The headers a query is answered by, lower-cased names (the last one of a repeated name)."""
+    headers = {}
+    for name, value in raw:
+        if name in _QUERY_HEADERS or name.lower() in _QUERY_HEADERS:
+            headers[name.lower().decode("latin-1")] = value.decode("latin-1")
+    return headers
 
 
 def _checked_name(name: str, what: str) -> str:

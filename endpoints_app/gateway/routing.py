@@ -92,8 +92,8 @@ class RouteTable:
     def pick_entity(self, rng: random.Random) -> EntityRoute | None:
         """A served entity chosen by the route percentages."""
         weighted = [e for e in self.entities if e.weight > 0]
-        if not weighted:
-            return None
+        if len(weighted) <= 1:  # the common case, no draw needed
+            return weighted[0] if weighted else None
         return rng.choices(weighted, weights=[e.weight for e in weighted], k=1)[0]
 
 

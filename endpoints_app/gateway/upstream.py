@@ -35,6 +35,7 @@ from endpoints_app.runtime.credentials import ReplicaTarget, authorization
 IDLE_SECONDS = 4.0  # below uvicorn's 5 s keep-alive: never reuse a connection the server is closing
 MAX_IDLE_PER_REPLICA = 256
 MAX_HEADER_BYTES = 64 * 1024
+HEAD_CACHE_SIZE = 4096
 # One server-sent event of a replica's stream (a chunk of a model's answer, as JSON) at most.
 MAX_EVENT_BYTES = 16 * 1024 * 1024
 
@@ -73,6 +74,7 @@ class UpstreamPool:
     def __init__(self, *, connect_timeout: float = 2.0) -> None:
         self.connect_timeout = connect_timeout
         self._idle: defaultdict[ReplicaTarget | str, list[_Conn]] = defaultdict(list)
+        self._heads: dict[tuple[ReplicaTarget | str, str, str], tuple[str, int, bytes]] = {}
 
     async def post(
         self, base_url: ReplicaTarget | str, path: str, body: bytes, content_type: str, *, timeout: float
@@ -101,39 +103,61 @@ class UpstreamPool:
         timeout: float,
         stream: bool,
     ) -> tuple[int, str, bytes] | UpstreamStream:
-        host, port = _host_port(str(base_url))
-        auth = (
-            f"Authorization: {authorization(base_url.credential)}\r\n" if isinstance(base_url, ReplicaTarget) else ""
-        )
-        with tracing.replica_call(host, port, path) as call:  # no span, no header unless tracing is on
-            request = (
-                f"POST {path} HTTP/1.1\r\nHost: {host}:{port}\r\nContent-Type: {content_type}\r\n{auth}"
-                f"{call.headers}Content-Length: {len(body)}\r\n\r\n"
-            ).encode("latin-1") + body
-            deadline = time.monotonic() + timeout
-            while True:
-                conn, reused = await self._checkout(base_url, host, port)
-                try:
-                    # asyncio.timeout, not wait_for: on Python 3.11 wait_for runs the exchange
-                    # as a task of its own, ~8 µs of CPU per query for nothing.
-                    async with asyncio.timeout(max(0.001, deadline - time.monotonic())):
-                        answer = await self._exchange(base_url, conn, request, stream=stream, timeout=timeout)
-                    call.status(200 if isinstance(answer, UpstreamStream) else answer[0])
-                    return answer
-                except _StaleConnection:
-                    conn.close()
-                    if reused:
-                        continue  # the replica closed this idle connection: try a fresh one
-                    raise UpstreamUnreachable("the replica closed the connection before answering") from None
-                except TimeoutError:
-                    conn.close()
-                    raise UpstreamTimeout(f"no answer within {timeout:g} s") from None
-                except UpstreamError:
-                    conn.close()
-                    raise
-                except (ConnectionError, OSError) as exc:
-                    conn.close()
-                    raise UpstreamBroken(f"the connection broke while answering: {exc}") from None
+        host, port, head = self._head(base_url, path, content_type)
+        if not tracing.enabled():  # the common case: no span, nothing added
+            return await self._send(base_url, host, port, head + b"%d\r\n\r\n" % len(body) + body, timeout, stream)
+        with tracing.replica_call(host, port, path) as call:
+            request = head[: -len(b"Content-Length: ")] + call.headers.encode("latin-1")
+            request += b"Content-Length: %d\r\n\r\n" % len(body) + body
+            answer = await self._send(base_url, host, port, request, timeout, stream)
+            call.status(200 if isinstance(answer, UpstreamStream) else answer[0])
+            return answer
+
+    def _head(self, base_url: ReplicaTarget | str, path: str, content_type: str) -> tuple[str, int, bytes]:
+        """(host, port, the request's head up to the Content-Length value) for a target, path and
+        content type: made once, not per query (at most a few per replica; forgotten wholesale
+        past HEAD_CACHE_SIZE, replicas come and go)."""
+        key = (base_url, path, content_type)
+        cached = self._heads.get(key)
+        if cached is None:
+            host, port = _host_port(str(base_url))
+            auth = (
+                f"Authorization: {authorization(base_url.credential)}\r\n"
+                if isinstance(base_url, ReplicaTarget)
+                else ""
+            )
+            head = f"POST {path} HTTP/1.1\r\nHost: {host}:{port}\r\nContent-Type: {content_type}\r\n{auth}"
+            if len(self._heads) >= HEAD_CACHE_SIZE:
+                self._heads.clear()
+            cached = self._heads[key] = (host, port, (head + "Content-Length: ").encode("latin-1"))
+        return cached
+
+    async def _send(
+        self, base_url: ReplicaTarget | str, host: str, port: int, request: bytes, timeout: float, stream: bool
+    ) -> tuple[int, str, bytes] | UpstreamStream:
+        deadline = time.monotonic() + timeout
+        while True:
+            conn, reused = await self._checkout(base_url, host, port)
+            try:
+                # asyncio.timeout, not wait_for: on Python 3.11 wait_for runs the exchange
+                # as a task of its own, ~8 µs of CPU per query for nothing.
+                async with asyncio.timeout(max(0.001, deadline - time.monotonic())):
+                    answer = await self._exchange(base_url, conn, request, stream=stream, timeout=timeout)
+                return answer
+            except _StaleConnection:
+                conn.close()
+                if reused:
+                    continue  # the replica closed this idle connection: try a fresh one
+                raise UpstreamUnreachable("the replica closed the connection before answering") from None
+            except TimeoutError:
+                conn.close()
+                raise UpstreamTimeout(f"no answer within {timeout:g} s") from None
+            except UpstreamError:
+                conn.close()
+                raise
+            except (ConnectionError, OSError) as exc:
+                conn.close()
+                raise UpstreamBroken(f"the connection broke while answering: {exc}") from None
 
     async def _checkout(self, base_url: ReplicaTarget | str, host: str, port: int) -> tuple[_Conn, bool]:
         idle = self._idle[base_url]

@@ -32,6 +32,15 @@ class ReplicaTarget:
 
     url: str
     credential: str = field(repr=False)
+    # The gateway keys its pools and in-flight counts by target several times per query: the
+    # hash is computed once, not from both strings at each lookup.
+    _hash: int = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "_hash", hash((self.url, self.credential)))
+
+    def __hash__(self) -> int:
+        return self._hash
 
     def __str__(self) -> str:
         return self.url
