@@ -507,6 +507,7 @@ MODULE_ORDER = [
     "batchable",
     "compiled",
     "boosted",
+    "frames",
     "fastpath",
     "served_model",
     "batching",

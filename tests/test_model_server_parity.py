@@ -648,6 +648,7 @@ class _Echo(PythonModel):
 
 @pytest.mark.parametrize("schema_name", list(SCHEMAS))
 def test_plain_tables_are_the_tables_mlflow_hands_the_model(schema_name: str, tmp_path: Path) -> None:
+    from endpoints_app.runtime.model_server.frames import layout
     from endpoints_app.runtime.model_server.served_model import PlainTables
 
     mlflow.pyfunc.save_model(
@@ -656,6 +657,7 @@ def test_plain_tables_are_the_tables_mlflow_hands_the_model(schema_name: str, tm
     model = mlflow.pyfunc.load_model(str(tmp_path / "echo"))
     tables, note = PlainTables.for_model(model)
     assert tables is not None, note
+    assert tables.frames is not None, note  # tables without an index are built from their blocks
     read = 0
     for payload in _payloads(SCHEMAS[schema_name], np.random.default_rng(7), count=240):
         ours = tables.read(payload)
@@ -670,6 +672,8 @@ def test_plain_tables_are_the_tables_mlflow_hands_the_model(schema_name: str, tm
         pd.testing.assert_frame_equal(ours, theirs, check_exact=True, check_index_type=True, check_column_type=True)
         assert type(ours.index) is type(theirs.index), payload
         assert ours.dtypes.to_dict() == theirs.dtypes.to_dict(), payload
+        # The same blocks too (frames.py builds them itself): which columns share one, in order.
+        assert layout(ours) == layout(theirs), payload
     assert read >= 100  # most of the corpus is plain tables; the rest went to MLflow
 
 

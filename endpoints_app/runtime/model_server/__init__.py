@@ -41,7 +41,8 @@ line says ``model load failed: <Type>: <message>``), 4 when the port cannot be b
 sandbox the agent asked for could not be set up.
 
 Modules, each importing only those listed before it: responses (answer and error bodies),
-batchable (which models may batch), compiled (column transforms without pandas), fastpath, served_model (the full MLflow path), batching,
+batchable (which models may batch), compiled (column transforms without pandas), boosted (LightGBM's booster),
+frames (input DataFrames built from their blocks), fastpath, served_model (the full MLflow path), batching,
 metrics, app, server (uvicorn, the background load), standby, main (the entry point);
 ``__main__`` confines the process before importing main.  This file imports nothing:
 ``python -m`` runs it before the sandbox's early stage.

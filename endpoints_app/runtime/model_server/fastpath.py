@@ -25,6 +25,7 @@ from mlflow.types import ColSpec, DataType
 from endpoints_app.runtime.model_server.batchable import ROW_WISE_PREDICT_FNS, Batching, estimator_classes
 from endpoints_app.runtime.model_server.boosted import CompiledBooster
 from endpoints_app.runtime.model_server.compiled import CompiledPipeline
+from endpoints_app.runtime.model_server.frames import FrameBuilder
 from endpoints_app.runtime.model_server.responses import RequestError, predictions_json
 
 # Per MLflow column type: the dtype that MLflow's parsing and schema enforcement hand the model
@@ -132,6 +133,10 @@ class SklearnFastPath:
         self.row_independent = row_independent
         self._name_set = frozenset(names)
         self._width = len(names)
+        # DataFrames built from their blocks (frames.py), when not an array and not compiled.
+        self.frames: FrameBuilder | None = None
+        if not as_array and compiled is None:
+            self.frames, _ = FrameBuilder.for_columns(names, dtypes)
         # Record -> tuple of values in signature order, in C.
         if len(names) == 1:
             only = names[0]
@@ -348,7 +353,14 @@ class SklearnFastPath:
             # product (LinearRegression.predict) sums in another order, and rounds differently,
             # for a row-major array.
             return np.asfortranarray(data)
-        return pd.DataFrame(dict(zip(self.names, self._columns(inputs), strict=True)))
+        return self._frame(inputs)
+
+    def _frame(self, inputs: list[FastInput]) -> pd.DataFrame:
+        """The requests' rows as the DataFrame ``pd.DataFrame`` would make of their columns."""
+        columns = self._columns(inputs)
+        if self.frames is not None:
+            return self.frames.build(columns, sum(one.rows for one in inputs))
+        return pd.DataFrame(dict(zip(self.names, columns, strict=True)))
 
     def _columns(self, inputs: list[FastInput]) -> list[Any]:
         """The requests' rows as one sequence per signature column (strings: a list)."""

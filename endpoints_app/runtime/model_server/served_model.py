@@ -49,6 +49,7 @@ from mlflow.pyfunc.utils.serving_data_parser import is_unified_llm_input
 
 from endpoints_app.runtime.model_server.batchable import Batching, BatchingSettingError, decide_batching
 from endpoints_app.runtime.model_server.fastpath import FastInput, SklearnFastPath, scalar_columns
+from endpoints_app.runtime.model_server.frames import FrameBuilder
 from endpoints_app.runtime.model_server.responses import RequestError, client_message, predictions_json
 
 logger = logging.getLogger(__name__)
@@ -96,6 +97,8 @@ class PlainTables:
         self.accepts = accepts
         self._name_set = frozenset(names)
         self._width = len(names)
+        # Tables without an index built from their blocks (frames.py), checked at load.
+        self.frames, self.frames_note = FrameBuilder.for_columns(names, dtypes)
         # Record -> its values in signature order, in C (a KeyError for a missing column).
         if len(names) == 1:
             only = names[0]
@@ -113,7 +116,8 @@ class PlainTables:
         if isinstance(columns, str):
             return None, columns
         names, dtypes, accepts = columns
-        return cls(names, dtypes, accepts), f"tables of {len(names)} named columns"
+        tables = cls(names, dtypes, accepts)
+        return tables, f"tables of {len(names)} named columns, {tables.frames_note}"
 
     def read(self, payload: dict[str, Any]) -> pd.DataFrame | None:
         """The model's input table for a decoded request body, or None when MLflow must read it.
@@ -188,16 +192,16 @@ class PlainTables:
     def _table(
         self, columns: Sequence[Sequence[Any]], *, index: list[Any] | None, numpy_strings: bool
     ) -> pd.DataFrame | None:
-        converted: dict[str, Any] = {}
-        for name, values, dtype, accepts in zip(self.names, columns, self.dtypes, self.accepts, strict=True):
+        for values, dtype, accepts in zip(columns, self.dtypes, self.accepts, strict=True):
             if not set(map(type, values)) <= accepts:
                 return None
-            if dtype is not None:
-                converted[name] = np.array(values, dtype=dtype)
-            elif numpy_strings and any(text.endswith("\x00") for text in values):
+            if dtype is None and numpy_strings and any(text.endswith("\x00") for text in values):
                 return None  # MLflow's numpy strings would drop them; rare enough to leave to it
-            else:
-                converted[name] = list(values)
+        if index is None and self.frames is not None:
+            return self.frames.build(columns, len(columns[0]))
+        converted: dict[str, Any] = {}
+        for name, values, dtype in zip(self.names, columns, self.dtypes, strict=True):
+            converted[name] = list(values) if dtype is None else np.array(values, dtype=dtype)
         return pd.DataFrame(converted, index=index)
 
 
@@ -268,8 +272,7 @@ class PyfuncTableFastPath(SklearnFastPath):
             return [self.predict_batch([one])[0] for one in inputs]
         rows = [one.rows for one in inputs]
         try:
-            table = pd.DataFrame(dict(zip(self.names, self._columns(inputs), strict=True)))
-            output = self.predict(table)
+            output = self.predict(self._frame(inputs))
         except RequestError as exc:
             if len(inputs) == 1:
                 return [exc]
