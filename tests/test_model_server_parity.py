@@ -687,3 +687,8 @@ def test_the_lightgbm_model_takes_the_compiled_booster_path(pairs: dict[str, Pai
 def test_the_custom_pyfunc_not_declared_row_wise_keeps_the_full_path(pairs: dict[str, Pair]) -> None:
     """The offer model is not declared row-wise: its corpus exercises the full path's tables."""
     assert "not declared row-wise: each request takes the full path" in pairs["offer"].ours.log()
+    # Its tables built from their blocks and predicted without PyFuncModel.predict's inspection
+    # (frames.py, served_model.DirectPythonModel): the corpus compares both with MLflow's answers.
+    assert "tables built from their blocks, predicted by the python_model's predict directly" in (
+        pairs["offer"].ours.log()
+    )

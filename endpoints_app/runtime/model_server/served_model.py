@@ -43,7 +43,11 @@ import numpy as np
 import pandas as pd
 from mlflow.exceptions import MlflowException
 from mlflow.models import ModelSignature
+from mlflow.models.dependencies_schemas import _get_dependencies_schema_from_model
+from mlflow.models.signature import _is_context_in_predict_function_signature
 from mlflow.pyfunc import PyFuncModel, _validate_prediction_input
+from mlflow.pyfunc.context import Context, get_prediction_context, set_prediction_context
+from mlflow.pyfunc.model import _log_warning_if_params_not_in_predict_signature, _PythonModelPyfuncWrapper
 from mlflow.pyfunc.scoring_server import SUPPORTED_FORMATS, _parse_json_data, parse_csv_input
 from mlflow.pyfunc.utils.serving_data_parser import is_unified_llm_input
 
@@ -53,6 +57,8 @@ from endpoints_app.runtime.model_server.frames import FrameBuilder
 from endpoints_app.runtime.model_server.responses import RequestError, client_message, predictions_json
 
 logger = logging.getLogger(__name__)
+# Where MLflow's pyfunc wrapper logs its "params will be ignored" warning.
+_MLFLOW_PYFUNC_LOGGER = logging.getLogger("mlflow.pyfunc.model")
 
 # ServedModel.read_fast's payload for a body that is not JSON (None is JSON's null).
 NOT_JSON = object()
@@ -322,6 +328,84 @@ def _without_input_schema(model: PyFuncModel) -> PyFuncModel:
     return twin
 
 
+class DirectPythonModel:
+    """A custom ``python_model``'s predict for tables PlainTables built, without the per-call
+    work of ``PyFuncModel.predict`` that gives the same answer every time.
+
+    ``PyFuncModel.predict`` on the unenforced twin (_without_input_schema) and the pyfunc
+    wrapper's predict spend ~70 µs per call working out, with ``inspect.signature`` twice,
+    whether the model's predict takes ``params`` and a context, and whether its type hints ask
+    for the DataFrame to be converted: all fixed once the model is loaded.  This does what they
+    do, in their order, with those answers worked out at load: the prediction context (model id
+    and dependency schemas, as MLflow sets them), the params schema enforced by MLflow's own
+    ``_validate_prediction_input`` (the same errors), then the model's predict (with MLflow's
+    type-hint wrapper, as loaded) on the table as it is.
+
+    Built (``for_model``) only for ``mlflow.pyfunc.model``'s wrapper around a ``PythonModel``
+    whose pyfunc predict function is ``predict``, whose signature does not come from type hints
+    and whose predict's input hint leaves a DataFrame as it is (none, ``pd.DataFrame`` or Any);
+    any other model keeps ``PyFuncModel.predict``.
+    """
+
+    def __init__(self, twin: PyFuncModel, impl: _PythonModelPyfuncWrapper, takes_params: bool, takes_context: bool):
+        self.twin = twin
+        self._metadata = twin.metadata
+        self._model_id = twin.model_id
+        self._params_schema = twin.metadata.get_params_schema()
+        self._loader_module = twin.loader_module
+        self._context = impl.context
+        self._predict: Callable[..., Any] = impl.python_model.predict
+        self._takes_params = takes_params
+        self._takes_context = takes_context
+
+    @classmethod
+    def for_model(cls, twin: PyFuncModel) -> DirectPythonModel | None:
+        impl = twin._model_impl
+        conf = twin.metadata.flavors.get("python_function", {})
+        if type(twin) is not PyFuncModel or type(impl) is not _PythonModelPyfuncWrapper:
+            return None
+        if conf.get("loader_module") != "mlflow.pyfunc.model" or conf.get("predict_fn", "predict") != "predict":
+            return None
+        if twin.metadata._is_signature_from_type_hint() or twin.metadata._is_type_hint_from_example():
+            return None
+        python_model = impl.python_model
+        if python_model.predict_type_hints.input not in (None, pd.DataFrame, Any):
+            return None  # the wrapper's _convert_input may turn the DataFrame into something else
+        params_arg = inspect.signature(twin._predict_fn).parameters.get("params")
+        if params_arg is None or params_arg.kind == inspect.Parameter.VAR_KEYWORD:
+            return None  # PyFuncModel would call it without params
+        parameters = inspect.signature(python_model.predict).parameters
+        return cls(twin, impl, "params" in parameters, _is_context_in_predict_function_signature(parameters=parameters))
+
+    def predict(self, data: Any, params: dict[str, Any] | None = None) -> Any:
+        """What ``twin.predict(data, params)`` answers (or raises)."""
+        context = get_prediction_context() or Context()
+        with set_prediction_context(context):
+            if schema := _get_dependencies_schema_from_model(self._metadata):
+                context.update(**schema)
+            if self._model_id:
+                context.update(model_id=self._model_id)
+            data, params = _validate_prediction_input(data, params, None, self._params_schema, self._loader_module)
+            if self._takes_params:
+                if self._takes_context:
+                    return self._predict(self._context, data, params=params)
+                return self._predict(data, params=params)
+            _log_warning_if_params_not_in_predict_signature(_MLFLOW_PYFUNC_LOGGER, params)
+            if self._takes_context:
+                return self._predict(self._context, data)
+            return self._predict(data)
+
+
+def _direct(twin: PyFuncModel) -> PyFuncModel | DirectPythonModel:
+    """The unenforced twin's DirectPythonModel, or the twin itself for any other model."""
+    try:
+        direct = DirectPythonModel.for_model(twin)
+    except Exception as exc:  # an unusual model: PyFuncModel.predict, as before
+        logger.info("full path: MLflow's predict for plain tables (%s: %s)", type(exc).__name__, exc)
+        return twin
+    return twin if direct is None else direct
+
+
 @dataclass(slots=True, eq=False)
 class ParsedRequest:
     """One request on the full path, parsed: what MLflow's scoring server would hand the model."""
@@ -371,9 +455,15 @@ class ServedModel:
         self.tables: PlainTables | None = None
         try:
             self.tables, self.tables_note = PlainTables.for_model(model)
-            self._unenforced = _without_input_schema(model) if self.tables is not None else model
+            self._unenforced: PyFuncModel | DirectPythonModel = (
+                _without_input_schema(model) if self.tables is not None else model
+            )
+            if isinstance(self._unenforced, PyFuncModel) and self._unenforced is not model:
+                self._unenforced = _direct(self._unenforced)
         except Exception as exc:  # an unusual model: MLflow reads every request
             self.tables, self.tables_note, self._unenforced = None, f"{type(exc).__name__}: {exc}", model
+        if isinstance(self._unenforced, DirectPythonModel):
+            self.tables_note += ", predicted by the python_model's predict directly"
         if self.tables is not None:
             logger.info("full path: plain tables read in one pass (%s)", self.tables_note)
         else:
@@ -573,7 +663,7 @@ class ServedModel:
         except RequestError as exc:
             return exc
 
-    def _predict(self, model: PyFuncModel, data: Any, params: dict[str, Any] | None) -> Any:
+    def _predict(self, model: PyFuncModel | DirectPythonModel, data: Any, params: dict[str, Any] | None) -> Any:
         try:
             if self.accepts_params:
                 return model.predict(data, params=params)
