@@ -14,7 +14,7 @@ CLIENT_TEST_DEPS := aiohttp aiohttp-retry cloudpickle deprecation langchain lang
 export MLFLOW_DISABLE_TELEMETRY := true
 export DO_NOT_TRACK := true
 
-.PHONY: run setup install browser test test-fast lint bench clean wheel
+.PHONY: run setup install browser test test-fast fuzz lint bench clean wheel
 
 run: install
 	$(BIN)/modelfleet up
@@ -55,6 +55,12 @@ test: install browser
 
 test-fast: install
 	$(BIN)/python -m pytest -m "not e2e"
+
+# The fuzz modules with their full budgets (`make test` runs a tenth: tests.conftest.fuzz_examples);
+# MODELFLEET_FUZZ_SCALE=3 make fuzz digs three times deeper.
+FUZZ_MODULES := tests/test_fuzz_api.py tests/test_fuzz_gateway.py tests/test_hostile_input.py
+fuzz: install
+	MODELFLEET_FUZZ_SCALE=$${MODELFLEET_FUZZ_SCALE:-1} $(BIN)/python -m pytest $(FUZZ_MODULES)
 
 lint: install
 	$(BIN)/ruff check .

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import os
 from collections.abc import Iterator
 
 import pytest
@@ -103,6 +104,19 @@ def pytest_runtest_setup(item: pytest.Item) -> None:
     if _SharedRows.open_blocks and _is_transactional(item):
         for block in reversed(list(_SharedRows.open_blocks)):
             block.close()
+
+
+# How hard the fuzz tests dig: one setting, MODELFLEET_FUZZ_SCALE, a factor on each fuzz test's
+# full budget (its "deep" number of hypothesis or schemathesis examples). `make test` runs a tenth
+# of it (a few seconds per test, derandomized where the test asks); `make fuzz` runs the full one
+# (MODELFLEET_FUZZ_SCALE=1), and any larger factor digs deeper still.
+FUZZ_SCALE = float(os.environ.get("MODELFLEET_FUZZ_SCALE") or "0.1")
+
+
+def fuzz_examples(deep: int, least: int = 1) -> int:
+    """The number of examples for a fuzz test whose full budget is ``deep``: scaled by
+    MODELFLEET_FUZZ_SCALE, never fewer than ``least``."""
+    return max(least, round(deep * FUZZ_SCALE))
 
 
 MODEL = "main.default.iris"

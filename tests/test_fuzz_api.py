@@ -9,16 +9,17 @@
   ``{"schemas": [...Error], "status", "detail"}``, but for a 401, which authentication answers).
 - Hostile shapes no generator tries by itself: 100 000 ``[``, NUL characters, ids past a bigint.
 
-Bounded for ``make test``: a few examples per operation, derandomized so CI sees the same cases.
-Set MODELFLEET_FUZZ_EXAMPLES to dig deeper locally.
+Bounded for ``make test``: 4 generated examples per operation and a tenth of schemathesis's
+coverage-phase cases (a stable pick), derandomized so CI sees the same cases; ``make fuzz``
+(MODELFLEET_FUZZ_SCALE=1, see tests.conftest.fuzz_examples) sends every coverage case and 12.
 """
 
 from __future__ import annotations
 
 import itertools
 import json
-import os
 import re
+import zlib
 from collections.abc import Iterator
 from typing import Any
 
@@ -29,6 +30,7 @@ from django.core.handlers.wsgi import WSGIHandler
 from django.db import close_old_connections
 from hypothesis import HealthCheck, Phase, settings
 from rest_framework.test import APIClient
+from schemathesis.generation.meta import TestPhase
 
 from endpoints_app.api.openapi import management_openapi
 from endpoints_app.api.parsers import MAX_JSON_DEPTH
@@ -39,13 +41,14 @@ from endpoints_app.services import proposals
 from endpoints_app.services import secrets as secret_services
 from endpoints_app.services import service_principals as principal_services
 from endpoints_app.services.tokens import create_token
-from tests.conftest import endpoint_body
+from tests.conftest import FUZZ_SCALE, endpoint_body, fuzz_examples, shared_rows
 from tests.test_access_matrix import api_routes
 
 pytestmark = pytest.mark.django_db
 
 DOCUMENT_URL = "/api/2.0/modelfleet/openapi.json"
-EXAMPLES = int(os.environ.get("MODELFLEET_FUZZ_EXAMPLES", "12"))
+# Examples per operation: 12 in `make fuzz`, 4 in `make test` (tests.conftest.fuzz_examples).
+EXAMPLES = fuzz_examples(12, least=4)
 
 
 @schemathesis.serializer("application/gzip")
@@ -191,6 +194,15 @@ def test_a_concurrency_past_its_column_is_a_400(admin_client, registered_models,
     assert_error(admin_client.post("/api/2.0/serving-endpoints", body, format="json"), 400, "INVALID_PARAMETER_VALUE")
 
 
+def test_a_model_name_holding_a_quote_is_looked_up_not_a_500(admin_client, registered_models):
+    """Found by the fuzzer: ``?name=Â'`` broke the registry's filter string (a 500)."""
+    url = "/api/2.0/modelfleet/registered-models"
+    assert admin_client.get(url, {"name": "Â'"}).json() == {"registered_models": []}
+    assert admin_client.get(url, {"name": "a/b"}).json() == {"registered_models": []}
+    found = admin_client.get(url, {"name": registered_models["iris"]}).json()["registered_models"]
+    assert [m["name"] for m in found] == [registered_models["iris"]] and len(found[0]["versions"]) >= 2
+
+
 @pytest.mark.parametrize(
     "path",
     ["/api/2.0/modelfleet/change-requests/99999999999999999999", "/api/2.0/modelfleet/tokens/99999999999999999999"],
@@ -203,8 +215,7 @@ def test_an_id_past_a_bigint_is_not_found(admin_client, path):
 # --- schemathesis -----------------------------------------------------------------------------------
 
 
-@pytest.fixture
-def fuzz_world(django_user_model, registered_models) -> Iterator[dict[str, Any]]:
+def make_fuzz_world(django_user_model, registered_models) -> dict[str, Any]:  # type: ignore[no-untyped-def]
     """An admin token for the fuzzer, and real objects its path parameters can name: the endpoint
     ``fuzz`` (ready), an alert rule, a pending change request, a policy, a group, another user with
     a token (also as a SCIM User, a member of the group), a service principal with a secret, and a
@@ -240,11 +251,7 @@ def fuzz_world(django_user_model, registered_models) -> Iterator[dict[str, Any]]
     from endpoints_app.models import RolloutPlan
 
     plan = RolloutPlan.objects.create(endpoint=endpoint, endpoint_name="fuzz", steps=[50, 100], state="PAUSED")
-    # Django's test client does this too: a finished request would close the connection that
-    # holds the test's transaction.
-    signals.request_started.disconnect(close_old_connections)
-    signals.request_finished.disconnect(close_old_connections)
-    yield {
+    return {
         "headers": {"Authorization": f"Bearer {raw_token}"},
         "path": {
             "name": "fuzz",
@@ -267,10 +274,42 @@ def fuzz_world(django_user_model, registered_models) -> Iterator[dict[str, Any]]
         },
         "query": {"scope": "team", "key": "db-key", "principal": "victim"},
         "principal_user_id": str(principal.user_id),
-        "turn": itertools.count(),
     }
+
+
+@pytest.fixture(scope="module")
+def fuzz_rows(django_db_setup, django_db_blocker, registered_models) -> Iterator[dict[str, Any]]:
+    """The fuzzer's world, made once for the module's ~160 operations (it was most of each one's
+    setup); what a test's cases change still rolls back with it (tests.conftest.shared_rows)."""
+    from django.contrib.auth import get_user_model
+
+    with shared_rows(django_db_blocker):
+        yield make_fuzz_world(get_user_model(), registered_models)
+
+
+@pytest.fixture
+def fuzz_world(fuzz_rows) -> Iterator[dict[str, Any]]:
+    """The shared world, and each test's own turn counter (its first case names the world's objects)."""
+    # Django's test client does this too: a finished request would close the connection that
+    # holds the test's transaction.
+    signals.request_started.disconnect(close_old_connections)
+    signals.request_finished.disconnect(close_old_connections)
+    yield {**fuzz_rows, "path": dict(fuzz_rows["path"]), "query": dict(fuzz_rows["query"]), "turn": itertools.count()}
     signals.request_started.connect(close_old_connections)
     signals.request_finished.connect(close_old_connections)
+
+
+def sent_at_this_depth(case) -> bool:  # type: ignore[no-untyped-def]
+    """Whether this run sends the case. Schemathesis's coverage phase (run as hypothesis's
+    explicit examples) adds some 65 boundary and negative cases an operation, ~9,000 requests and
+    most of the module's time; `make fuzz` sends them all, `make test` a MODELFLEET_FUZZ_SCALE
+    share of each operation's (a tenth), picked by a stable hash of the request, so every run
+    sends the same ones. Generated cases (hypothesis's generate phase) are bounded by EXAMPLES."""
+    meta = case._meta
+    if FUZZ_SCALE >= 1 or meta is None or meta.phase.name != TestPhase.COVERAGE:
+        return True
+    request = f"{case.method} {case.path} {case.path_parameters!r} {case.query!r} {case.headers!r} {case.body!r}"
+    return zlib.crc32(request.encode("utf-8", "backslashreplace")) < FUZZ_SCALE * 2**32
 
 
 @schema.parametrize()
@@ -283,6 +322,8 @@ def fuzz_world(django_user_model, registered_models) -> Iterator[dict[str, Any]]
     suppress_health_check=list(HealthCheck),
 )
 def test_no_operation_answers_a_server_error(case, fuzz_world):
+    if not sent_at_this_depth(case):
+        return
     if next(fuzz_world["turn"]) % 2 == 0:
         for key in case.path_parameters or {}:
             if key in fuzz_world["path"]:

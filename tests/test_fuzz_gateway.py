@@ -10,7 +10,8 @@ parsing step answers a value or its own 4xx-style error, never another exception
   masks exactly what the six patterns as first written find (``tests/pii_reference.py``), on texts
   drawn from the characters the patterns care about, read in chunks of a few characters too.
 
-Bounded: about 200 examples a test, derandomized (CI sees the same cases), no shrinking database.
+Bounded: about 200 examples a test in `make fuzz`, a tenth of that in `make test`
+(tests.conftest.fuzz_examples), derandomized (CI sees the same cases), no shrinking database.
 """
 
 from __future__ import annotations
@@ -41,10 +42,11 @@ from endpoints_app.gateway.providers.base import (
     check_openai_request,
 )
 from tests import pii_reference
+from tests.conftest import fuzz_examples
 from tests.model_fixtures import save_iris_model
 
 FUZZ = settings(
-    max_examples=200,
+    max_examples=fuzz_examples(200),
     deadline=None,
     derandomize=True,
     database=None,
@@ -194,7 +196,7 @@ PROVIDER_CASES = [
 ]
 
 
-@settings(FUZZ, max_examples=25)  # 25 × 24 (provider, task) pairs
+@settings(FUZZ, max_examples=fuzz_examples(25, least=5))  # 25 × 24 (provider, task) pairs in `make fuzz`
 @pytest.mark.parametrize(("provider_name", "config", "credentials", "base_url"), PROVIDER_CASES)
 @pytest.mark.parametrize("task", [CHAT, COMPLETIONS, EMBEDDINGS])
 @given(data=st.data())
@@ -346,7 +348,7 @@ pii_texts = st.one_of([st.text(alphabet=alphabet, max_size=1000) for alphabet in
 ).map("".join)
 
 
-@settings(FUZZ, max_examples=1500)
+@settings(FUZZ, max_examples=fuzz_examples(1500))
 @given(pii_texts, st.sampled_from([65, 80, 100, guardrails.CHUNK]))
 def test_the_pii_fast_path_finds_and_masks_what_the_original_patterns_do(text: str, chunk: int) -> None:
     original_chunk = guardrails.CHUNK

@@ -34,7 +34,7 @@ from endpoints_app.gateway import guardrails, jsonbody
 from endpoints_app.gateway.lru import LRU
 from endpoints_app.models import Endpoint
 from tests import pii_reference
-from tests.conftest import endpoint_body
+from tests.conftest import endpoint_body, fuzz_examples
 from tests.providers import allow_egress
 from tests.test_ai_gateway_enforcement import llm_endpoint
 from tests.test_api_endpoints import mark_ready
@@ -129,7 +129,7 @@ EMAIL_ALPHABET = "ab1Z_.+-@ é\n"
 EMAIL_PIECES = ["a@b.com.", "x@y.co", "-x@c.de", "@", ".", "-", "+", "a", "1", "bc", "com", "é", " ", "@."]
 
 
-@hypothesis_settings(max_examples=3000, deadline=None)
+@hypothesis_settings(max_examples=fuzz_examples(3000), deadline=None)
 @given(
     st.text(alphabet=EMAIL_ALPHABET, max_size=40) | st.lists(st.sampled_from(EMAIL_PIECES), max_size=30).map("".join)
 )
@@ -151,7 +151,7 @@ def _luhn(digits: str) -> bool:
     return total % 10 == 0
 
 
-@hypothesis_settings(max_examples=3000, deadline=None)
+@hypothesis_settings(max_examples=fuzz_examples(3000), deadline=None)
 @given(DIGIT_GROUPS | st.text(alphabet="0129 -a\u0661", max_size=120))
 def test_the_card_and_ssn_scanners_match_the_reference_patterns_exactly(text):
     # Read without re (numbered digits, a fixed shape): same matches as finditer, a card only if Luhn-valid.
@@ -173,7 +173,7 @@ def test_each_rewritten_pattern_reads_no_further_than_the_scan_allows(pattern):
         assert _parser.parse(source).getwidth()[1] + 2 < guardrails.REACH
 
 
-@hypothesis_settings(max_examples=1500, deadline=None)
+@hypothesis_settings(max_examples=fuzz_examples(1500), deadline=None)
 @given(
     st.sampled_from(guardrails.BOUNDED_PATTERNS),
     st.text(alphabet="0129 -.()+AZa_\u0661", max_size=60),
@@ -203,7 +203,7 @@ PIECES = [
 ]
 
 
-@hypothesis_settings(max_examples=2000, deadline=None)
+@hypothesis_settings(max_examples=fuzz_examples(2000), deadline=None)
 @given(st.lists(st.sampled_from(PIECES), max_size=12))
 def test_findings_and_masks_are_unchanged_for_ordinary_text(pieces):
     text = "".join(pieces)
@@ -664,7 +664,7 @@ def reference_keyword_search(keywords, text):
     return re.compile(rf"(?<!\w)(?:{alternatives})(?!\w)", re.IGNORECASE).search(text)
 
 
-@hypothesis_settings(max_examples=3000, deadline=None)
+@hypothesis_settings(max_examples=fuzz_examples(3000), deadline=None)
 @given(
     st.lists(st.text(alphabet=KEYWORD_ALPHABET, min_size=1, max_size=4).filter(str.strip), min_size=1, max_size=5),
     st.text(alphabet=KEYWORD_ALPHABET + "xyz", max_size=20),
@@ -785,7 +785,7 @@ def test_a_keyword_across_the_first_chunk_is_found_as_the_regex_finds_it(pad, of
     assert guardrails.keyword_matcher(tuple(keywords)).search(text) == reference.span()
 
 
-@hypothesis_settings(max_examples=3000, deadline=None)
+@hypothesis_settings(max_examples=fuzz_examples(3000), deadline=None)
 @given(
     st.lists(st.text(alphabet=KEYWORD_ALPHABET, min_size=1, max_size=4).filter(str.strip), min_size=1, max_size=5),
     st.text(alphabet=KEYWORD_ALPHABET + "xyz", max_size=30),
