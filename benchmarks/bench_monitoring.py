@@ -202,6 +202,10 @@ def bench_sweep(n: int, target_pids: list[int], concurrency: int) -> dict[str, A
         cpu = worker_cpu_seconds(worker.pid) - cpu_before
         targets_cpu = cpu_of(target_pids) - targets_before
         failed = PollRun.objects.filter(ok=False).count()
+        # Why polls failed, most frequent first: a failure is a finding, not only a count.
+        failures = list(
+            PollRun.objects.filter(ok=False).values_list("kind", "error").annotate(n=Count("id")).order_by("-n")[:5]
+        )
         durations = sorted(PollRun.objects.filter(kind=PollKind.METRICS).values_list("duration_ms", flat=True))
     finally:
         os.killpg(worker.pid, signal.SIGTERM)
@@ -209,6 +213,7 @@ def bench_sweep(n: int, target_pids: list[int], concurrency: int) -> dict[str, A
     return {
         "polled": min(counts.get(kind, 0) for kind in kinds),
         "failed": failed,
+        "failures": failures,
         "seconds": elapsed,
         "poll_p50_ms": statistics.median(durations) if durations else float("nan"),
         "worker_cpu_s": cpu,
@@ -474,6 +479,8 @@ def main() -> int:
         f"the start, {sweep.get('load_after', float('nan')):.1f} at the end) | ≤ 15 s | "
         f"{'PASS' if ok_sweep else 'FAIL'} |"
     )
+    for kind, error, count in sweep.get("failures", []):
+        print(f"  failed {kind} polls: {count} x {error[:300]}")
     ok_storage = report_storage(storage, len(sample)) if not args.skip_storage else True
     ok_charts = True
     for label, resolution, p50, worst in charts:
