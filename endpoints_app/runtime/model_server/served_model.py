@@ -43,11 +43,7 @@ import numpy as np
 import pandas as pd
 from mlflow.exceptions import MlflowException
 from mlflow.models import ModelSignature
-from mlflow.models.dependencies_schemas import _get_dependencies_schema_from_model
-from mlflow.models.signature import _is_context_in_predict_function_signature
 from mlflow.pyfunc import PyFuncModel, _validate_prediction_input
-from mlflow.pyfunc.context import Context, get_prediction_context, set_prediction_context
-from mlflow.pyfunc.model import _log_warning_if_params_not_in_predict_signature, _PythonModelPyfuncWrapper
 from mlflow.pyfunc.scoring_server import SUPPORTED_FORMATS, _parse_json_data, parse_csv_input
 from mlflow.pyfunc.utils.serving_data_parser import is_unified_llm_input
 
@@ -57,6 +53,18 @@ from endpoints_app.runtime.model_server.frames import FrameBuilder
 from endpoints_app.runtime.model_server.responses import RequestError, client_message, predictions_json
 
 logger = logging.getLogger(__name__)
+
+# MLflow's own pieces of PyFuncModel.predict, for DirectPythonModel (private names: an MLflow
+# without them keeps PyFuncModel.predict).
+try:
+    from mlflow.models.dependencies_schemas import _get_dependencies_schema_from_model
+    from mlflow.models.signature import _is_context_in_predict_function_signature
+    from mlflow.pyfunc.context import Context, get_prediction_context, set_prediction_context
+    from mlflow.pyfunc.model import _log_warning_if_params_not_in_predict_signature, _PythonModelPyfuncWrapper
+
+    _DIRECT_PREDICT = True
+except ImportError:  # pragma: no cover - another MLflow
+    _DIRECT_PREDICT = False
 # Where MLflow's pyfunc wrapper logs its "params will be ignored" warning.
 _MLFLOW_PYFUNC_LOGGER = logging.getLogger("mlflow.pyfunc.model")
 
@@ -360,6 +368,8 @@ class DirectPythonModel:
 
     @classmethod
     def for_model(cls, twin: PyFuncModel) -> DirectPythonModel | None:
+        if not _DIRECT_PREDICT:
+            return None
         impl = twin._model_impl
         conf = twin.metadata.flavors.get("python_function", {})
         if type(twin) is not PyFuncModel or type(impl) is not _PythonModelPyfuncWrapper:
