@@ -28,7 +28,13 @@ class Handler(BaseHTTPRequestHandler):
         return
 
 
+class Server(ThreadingHTTPServer):
+    # A model server's listen backlog (uvicorn's 2048), not http.server's 5: a sweep's polls
+    # connect to these four targets for 10,000 replicas, a real replica sees one connection.
+    request_queue_size = 2048
+
+
 if __name__ == "__main__":
-    server = ThreadingHTTPServer(("127.0.0.1", int(sys.argv[1])), Handler)
+    server = Server(("127.0.0.1", int(sys.argv[1])), Handler)
     server.daemon_threads = True
     server.serve_forever()
