@@ -157,15 +157,16 @@ def upsert_rows(
     update: Sequence[str],
 ) -> None:
     """Insert ``rows``, or update ``update`` columns of the row with the same ``conflict`` key
-    (``INSERT ... ON CONFLICT DO UPDATE``). ``columns``: names and PostgreSQL types (``jsonb``
-    values as JSON text)."""
+    (``INSERT ... ON CONFLICT DO UPDATE``); no ``update`` columns: keep that row as it is
+    (``DO NOTHING``). ``columns``: names and PostgreSQL types (``jsonb`` values as JSON text)."""
     if not rows:
         return
     quote = connection.ops.quote_name
     names = ", ".join(quote(name) for name, _ in columns)
-    tail = f"ON CONFLICT ({', '.join(quote(c) for c in conflict)}) DO UPDATE SET " + ", ".join(
-        f"{quote(c)} = EXCLUDED.{quote(c)}" for c in update
+    action = (
+        "DO UPDATE SET " + ", ".join(f"{quote(c)} = EXCLUDED.{quote(c)}" for c in update) if update else "DO NOTHING"
     )
+    tail = f"ON CONFLICT ({', '.join(quote(c) for c in conflict)}) {action}"
     with connection.cursor() as cursor:
         if connection.vendor == "postgresql":
             selected = ", ".join(f"v.{name}" for name, _ in columns)

@@ -144,18 +144,29 @@ def deployments_to_read(endpoint: Endpoint, *, now: datetime) -> list[Deployment
     )
 
 
+_LOG_KINDS: tuple[str, ...] = tuple(LogKind.values)  # LogKind.values builds a new list each time
+_CURSOR_COLUMNS = (
+    ("deployment_id", "bigint"),
+    ("kind", "varchar"),
+    ("offset", "bigint"),
+    ("updated_at", "timestamptz"),
+)
+
+
 def cursors_for(deployments: list[Deployment]) -> dict[tuple[int, str], LogCursor]:
     """The cursor of each (deployment, kind), created at offset 0 where missing."""
     ids = [d.id for d in deployments]
     have = set(LogCursor.objects.filter(**bulk.in_ids("deployment_id", ids)).values_list("deployment_id", "kind"))
+    now = timezone.now()
     missing = [
-        LogCursor(deployment_id=deployment_id, kind=kind)
+        [deployment_id, kind, 0, now]
         for deployment_id in ids
-        for kind in LogKind.values
+        for kind in _LOG_KINDS
         if (deployment_id, kind) not in have
     ]
-    if missing:
-        LogCursor.objects.bulk_create(missing, ignore_conflicts=True)
+    # One INSERT ... ON CONFLICT DO NOTHING, without a model instance per cursor (a fleet's first
+    # logs sweep creates two per deployment).
+    bulk.upsert_rows(LogCursor._meta.db_table, _CURSOR_COLUMNS, missing, conflict=("deployment_id", "kind"), update=())
     return {(c.deployment_id, c.kind): c for c in LogCursor.objects.filter(**bulk.in_ids("deployment_id", ids))}
 
 
@@ -173,7 +184,7 @@ def poll_logs(endpoint: Endpoint) -> None:
     backend = get_backend()
     errors: list[Exception] = []
     for deployment in deployments:
-        for kind in LogKind.values:
+        for kind in _LOG_KINDS:
             try:
                 read_new_lines(backend, endpoint, deployment, cursors[(deployment.id, kind)], now=now)
             except OSError as exc:
@@ -205,7 +216,7 @@ def poll_logs_batch(endpoints: list[Endpoint]) -> dict[str, str]:
     reads: list[tuple[Deployment, LogCursor, int, list[ParsedLine]]] = []
     for deployment in deployments:
         endpoint = by_id[str(deployment.endpoint_id)]
-        for kind in LogKind.values:
+        for kind in _LOG_KINDS:
             cursor = cursors[(deployment.id, kind)]
             try:
                 data, next_offset = backend.read_log(
