@@ -16,7 +16,9 @@ class PollKind(models.TextChoices):
 class PollTarget(models.Model):
     """One kind of polling for one endpoint; claimed through ``next_poll_at`` by the poll task."""
 
-    endpoint = models.ForeignKey("Endpoint", on_delete=models.CASCADE, related_name="poll_targets")
+    # No index of its own: unique_poll_target (endpoint, kind) serves the endpoint's lookups, and
+    # every poll updates the row twice (claim, schedule), each update writing every index.
+    endpoint = models.ForeignKey("Endpoint", on_delete=models.CASCADE, related_name="poll_targets", db_index=False)
     kind = models.CharField(max_length=16, choices=PollKind.choices)
     next_poll_at = models.DateTimeField()
     last_polled_at = models.DateTimeField(null=True, blank=True)
@@ -40,7 +42,8 @@ class PollTarget(models.Model):
 class PollRun(models.Model):
     """One poll of one target: what ran, whether it worked, how long it took."""
 
-    target = models.ForeignKey(PollTarget, on_delete=models.CASCADE, related_name="runs")
+    # poll_run_target_idx (target, started_at) serves the target's lookups: no index of its own.
+    target = models.ForeignKey(PollTarget, on_delete=models.CASCADE, related_name="runs", db_index=False)
     kind = models.CharField(max_length=16, choices=PollKind.choices)
     started_at = models.DateTimeField()
     duration_ms = models.FloatField()
