@@ -140,6 +140,8 @@ def fetch_many(
                     body = parse_response(bytes(read.data), complete=not chunk)
                     if body is not None:
                         finish(read, body)
+                except (BlockingIOError, InterruptedError):
+                    continue  # a spurious wake-up: the selector reports it again when ready
                 except Exception as exc:  # this replica's: the others go on
                     finish(read, exc)
             now = time.monotonic()
