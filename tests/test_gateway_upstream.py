@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 
 import pytest
+import uvloop
 
 from endpoints_app.gateway.upstream import UpstreamBroken, UpstreamPool, UpstreamTimeout, UpstreamUnreachable
 
@@ -29,8 +30,23 @@ def answer(body: bytes, status: int = 200) -> bytes:
     )
 
 
+LOOP: dict[str, object] = {"factory": None}
+
+
+@pytest.fixture(autouse=True, params=["asyncio", "uvloop"])
+def event_loop_kind(request):  # type: ignore[no-untyped-def]
+    """Every test on asyncio's own loop and on uvloop, which the web process runs (uvicorn picks it)."""
+    LOOP["factory"] = uvloop.new_event_loop if request.param == "uvloop" else None
+    yield request.param
+    LOOP["factory"] = None
+
+
 def run(coro):  # type: ignore[no-untyped-def]
-    return asyncio.run(coro)
+    factory = LOOP["factory"]
+    if factory is None:
+        return asyncio.run(coro)
+    with asyncio.Runner(loop_factory=factory) as runner:  # type: ignore[arg-type]
+        return runner.run(coro)
 
 
 def test_keep_alive_connections_are_reused():
@@ -141,3 +157,29 @@ def test_chunked_answers_are_decoded():
             server.close()
 
     assert run(main())[2] == b'{"a": 1}'
+
+
+def test_a_large_answer_is_read_whole_past_the_read_pause():
+    """More than the connection buffers unread (PAUSE_BYTES) pauses reading; asking for the rest resumes it."""
+    big = b'{"x": "' + b"a" * (3 * 1024 * 1024) + b'"}'
+
+    async def handler(reader, writer):  # type: ignore[no-untyped-def]
+        await read_request(reader)
+        writer.write(answer(big))
+        await writer.drain()
+        await read_request(reader)  # the connection is kept: a second query on it
+        writer.write(answer(b"{}"))
+        await writer.drain()
+
+    async def main() -> tuple:
+        server, url = await serve(handler)
+        pool = UpstreamPool()
+        first = await pool.post(url, "/invocations", b"{}", "application/json", timeout=10)
+        second = await pool.post(url, "/invocations", b"{}", "application/json", timeout=10)
+        await pool.aclose()
+        server.close()
+        return first, second
+
+    first, second = run(main())
+    assert first[0] == 200 and first[2] == big
+    assert second[2] == b"{}"

@@ -35,6 +35,8 @@ from endpoints_app.runtime.credentials import ReplicaTarget, authorization
 IDLE_SECONDS = 4.0  # below uvicorn's 5 s keep-alive: never reuse a connection the server is closing
 MAX_IDLE_PER_REPLICA = 256
 MAX_HEADER_BYTES = 64 * 1024
+# Unread bytes past which a connection stops reading until its reader asks for more.
+PAUSE_BYTES = 2 * MAX_HEADER_BYTES
 HEAD_CACHE_SIZE = 4096
 # One server-sent event of a replica's stream (a chunk of a model's answer, as JSON) at most.
 MAX_EVENT_BYTES = 16 * 1024 * 1024
@@ -56,18 +58,106 @@ class UpstreamBroken(UpstreamError):
     pass
 
 
-class _Conn:
-    __slots__ = ("reader", "writer", "idle_since")
+class _Conn(asyncio.Protocol):
+    """One keep-alive connection to a replica, read as asyncio's StreamReader reads
+    (``readuntil``, ``readexactly``, ``read``, with its exceptions) without its layers of calls
+    per read: the query path's share of the gateway's CPU per query (~20 µs less on this
+    hardware). Reading pauses while more than ``PAUSE_BYTES`` wait unread (a replica streaming
+    faster than its caller reads is held back, not buffered without bound)."""
 
-    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        self.reader, self.writer = reader, writer
+    def __init__(self) -> None:
+        self.transport: asyncio.Transport | None = None
         self.idle_since = time.monotonic()
+        self._buffer = bytearray()
+        self._waiter: asyncio.Future[None] | None = None
+        self._eof = False
+        self._error: BaseException | None = None
+        self._paused = False
+
+    # --- asyncio.Protocol ---
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]  # a TCP transport (uvloop's is no asyncio.Transport subclass)
+
+    def data_received(self, data: bytes) -> None:
+        self._buffer += data
+        if len(self._buffer) > PAUSE_BYTES and not self._paused and self.transport is not None:
+            self._paused = True
+            self.transport.pause_reading()
+        self._wake()
+
+    def eof_received(self) -> bool:
+        self._eof = True
+        self._wake()
+        return False  # the transport closes itself
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._eof = True
+        if exc is not None:
+            self._error = exc
+        self._wake()
+
+    def _wake(self) -> None:
+        waiter, self._waiter = self._waiter, None
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    # --- the connection's user ---
+    def write(self, data: bytes) -> None:
+        assert self.transport is not None
+        self.transport.write(data)
 
     def close(self) -> None:
+        if self.transport is not None:
+            self.transport.close()
+
+    def at_eof(self) -> bool:
+        return self._eof and not self._buffer
+
+    async def _more(self, partial_for: int | None) -> None:
+        """Wait for more bytes; at the end of the connection raise what StreamReader would."""
+        if self._eof:
+            if self._error is not None:
+                raise self._error
+            partial = bytes(self._buffer)
+            self._buffer.clear()
+            raise asyncio.IncompleteReadError(partial, partial_for)
+        if self._paused and self.transport is not None:
+            self._paused = False
+            self.transport.resume_reading()
+        waiter = self._waiter = asyncio.get_running_loop().create_future()
         try:
-            self.writer.close()
-        except Exception:  # already gone
-            pass
+            await waiter
+        finally:
+            self._waiter = None
+
+    async def readuntil(self, separator: bytes) -> bytes:
+        start = 0
+        while True:
+            found = self._buffer.find(separator, start)
+            if found >= 0:
+                end = found + len(separator)
+                data = bytes(self._buffer[:end])
+                del self._buffer[:end]
+                return data
+            if len(self._buffer) > MAX_HEADER_BYTES:
+                raise asyncio.LimitOverrunError("separator not found within the limit", len(self._buffer))
+            start = max(0, len(self._buffer) - len(separator) + 1)
+            await self._more(None)
+
+    async def readexactly(self, n: int) -> bytes:
+        while len(self._buffer) < n:
+            await self._more(n)
+        data = bytes(self._buffer[:n])
+        del self._buffer[:n]
+        return data
+
+    async def read(self) -> bytes:
+        """Everything up to the end of the connection."""
+        try:
+            while True:
+                await self._more(None)
+        except asyncio.IncompleteReadError as end:
+            return end.partial
 
 
 class UpstreamPool:
@@ -164,26 +254,26 @@ class UpstreamPool:
         now = time.monotonic()
         while idle:
             conn = idle.pop()
-            if now - conn.idle_since < IDLE_SECONDS and not conn.reader.at_eof():
+            if now - conn.idle_since < IDLE_SECONDS and not conn.at_eof():
                 return conn, True
             conn.close()
         try:
-            reader, writer = await asyncio.wait_for(
-                asyncio.open_connection(host, port, limit=MAX_HEADER_BYTES), self.connect_timeout
+            transport, conn = await asyncio.wait_for(
+                asyncio.get_running_loop().create_connection(_Conn, host, port), self.connect_timeout
             )
         except (TimeoutError, OSError) as exc:
             raise UpstreamUnreachable(f"cannot connect to {host}:{port}: {exc or type(exc).__name__}") from None
-        sock = writer.get_extra_info("socket")
+        sock = transport.get_extra_info("socket")
         if sock is not None:
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        return _Conn(reader, writer), False
+        return conn, False
 
     async def _exchange(
         self, base_url: ReplicaTarget | str, conn: _Conn, request: bytes, *, stream: bool = False, timeout: float = 0
     ) -> tuple[int, str, bytes] | UpstreamStream:
         try:
-            conn.writer.write(request)
-            head = await conn.reader.readuntil(b"\r\n\r\n")
+            conn.write(request)
+            head = await conn.readuntil(b"\r\n\r\n")
         except asyncio.IncompleteReadError as exc:
             if not exc.partial:
                 raise _StaleConnection from None
@@ -197,11 +287,11 @@ class UpstreamPool:
             return UpstreamStream(self, base_url, conn, timeout=timeout, close=close)
         try:
             if chunked:
-                body = await _read_chunked(conn.reader)
+                body = await _read_chunked(conn)
             elif length is not None:
-                body = await conn.reader.readexactly(length)
+                body = await conn.readexactly(length)
             else:
-                body = await conn.reader.read()
+                body = await conn.read()
                 close = True
         except asyncio.IncompleteReadError:
             raise UpstreamBroken("the replica's answer broke off in its body") from None
@@ -249,7 +339,7 @@ class UpstreamStream:
         try:
             while True:
                 try:
-                    chunk = await asyncio.wait_for(_read_one_chunk(self._conn.reader), self._timeout)
+                    chunk = await asyncio.wait_for(_read_one_chunk(self._conn), self._timeout)
                 except TimeoutError:
                     raise UpstreamTimeout(f"no event within {self._timeout:g} s") from None
                 except (asyncio.IncompleteReadError, asyncio.LimitOverrunError, ValueError, ConnectionError, OSError):
@@ -311,7 +401,7 @@ def _parse_head(head: bytes) -> tuple[int, str, int | None, bool, bool]:
     return status, content_type, length, chunked, close
 
 
-async def _read_one_chunk(reader: asyncio.StreamReader) -> bytes | None:
+async def _read_one_chunk(reader: _Conn) -> bytes | None:
     """The next chunk of a chunked body; None after the last one (and its trailer) was read."""
     size_line = await reader.readuntil(b"\r\n")
     size = int(size_line.split(b";", 1)[0].strip(), 16)
@@ -325,7 +415,7 @@ async def _read_one_chunk(reader: asyncio.StreamReader) -> bytes | None:
     return data
 
 
-async def _read_chunked(reader: asyncio.StreamReader) -> bytes:
+async def _read_chunked(reader: _Conn) -> bytes:
     parts: list[bytes] = []
     while True:
         size_line = await reader.readuntil(b"\r\n")
