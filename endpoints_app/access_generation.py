@@ -88,6 +88,10 @@ class Watcher:
         """``callback`` empties a cache; called on every change (and every failed check)."""
         self._callbacks.append(callback)
 
+    def due(self) -> bool:
+        """Whether ``refresh`` has anything to do now (a check is one interval old)."""
+        return time.monotonic() - self._checked_at >= self._interval
+
     async def refresh(self) -> None:
         """Make sure the caches hold nothing older than a change committed one interval ago.
 

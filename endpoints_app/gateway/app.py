@@ -348,7 +348,8 @@ class Gateway:
         if scope["method"] != "POST":
             raise GatewayError(405, "METHOD_NOT_ALLOWED", "Query an endpoint with POST")
         headers = _query_headers(scope["headers"])
-        await self.access.refresh()  # rights changed elsewhere: drop what is cached (access_generation)
+        if self.access.due():  # rights changed elsewhere: drop what is cached (access_generation)
+            await self.access.refresh()
         token_endpoint: str | None = None  # a data-plane token's one endpoint
         if "authorization" not in headers and session.has_session_cookie(headers):
             user_id = await self._authenticate_session(scope)  # the dashboard's query playground
@@ -393,7 +394,9 @@ class Gateway:
             content_type = headers.get("content-type") or "application/json"
             if openai_task is not None:  # a custom model through the OpenAI client's routes
                 call.body, content_type = custom_models.body_for_model(openai_task, call.json), "application/json"
-            stream = await custom_models.asks_for_stream(call.body, call.json if openai_task is not None else None)
+            stream = (openai_task is not None or b'"stream"' in call.body) and await custom_models.asks_for_stream(
+                call.body, call.json if openai_task is not None else None
+            )
             result = await self._forward(table, entity, call.body, content_type, stream=stream)
             if table.shadows and served_name is None and not isinstance(result, StreamAnswer):
                 self._mirror(table, call.body, content_type, result)
