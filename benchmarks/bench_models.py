@@ -56,7 +56,7 @@ import requests
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 from benchmarks import model_shapes, wrk  # noqa: E402
-from benchmarks.common import BIN, COLUMNS, DEMO, Stack, free_port, start_stack, wait_http  # noqa: E402
+from benchmarks.common import BIN, COLUMNS, DEMO, Stack, free_port, start_stack, wait_http, wait_quiet  # noqa: E402
 
 PATHS = ("gateway", "replica", "mlflow", "mlflow-2w")
 PATH_TITLES = {
@@ -330,6 +330,10 @@ def main() -> int:
                     "mlflow-2w": (ml2, None),
                 }
                 problems += [f"{model.key}: {p}" for p in same_answers(targets, bodies)]
+                # Servers that just started (mlflow's workers, the stack's warm standbys) still
+                # import for seconds after they first answer: measure once the machine is quiet.
+                busy = wait_quiet()
+                print(f"  {model.key}: machine {busy:.0%} busy when measuring starts", flush=True)
                 for path, (url, token) in targets.items():
                     for rows in rows_set:
                         for c in concurrencies:

@@ -28,6 +28,32 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def _cpu_busy_idle() -> tuple[int, int]:
+    """(busy, idle) jiffies of the whole machine so far, from /proc/stat."""
+    fields = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    idle = fields[3] + (fields[4] if len(fields) > 4 else 0)  # idle + iowait
+    return sum(fields) - idle, idle
+
+
+def wait_quiet(*, busy_below: float = 0.15, window: float = 1.0, seconds: float = 60) -> float:
+    """Wait until the machine's CPUs were busy less than ``busy_below`` of the time over one
+    ``window`` (servers just started finish importing, warm standbys finish loading), at most
+    ``seconds``; the busy share of the last window. Without /proc/stat, return at once."""
+    if not Path("/proc/stat").exists():
+        return float("nan")
+    deadline = time.monotonic() + seconds
+    share = 1.0
+    while time.monotonic() < deadline:
+        busy0, idle0 = _cpu_busy_idle()
+        time.sleep(window)
+        busy1, idle1 = _cpu_busy_idle()
+        total = (busy1 - busy0) + (idle1 - idle0)
+        share = (busy1 - busy0) / total if total else 0.0
+        if share < busy_below:
+            break
+    return share
+
+
 def wait_http(url: str, seconds: float = 120) -> None:
     deadline = time.monotonic() + seconds
     while time.monotonic() < deadline:
