@@ -394,9 +394,7 @@ class Gateway:
             content_type = headers.get("content-type") or "application/json"
             if openai_task is not None:  # a custom model through the OpenAI client's routes
                 call.body, content_type = custom_models.body_for_model(openai_task, call.json), "application/json"
-            stream = (openai_task is not None or b'"stream"' in call.body) and await custom_models.asks_for_stream(
-                call.body, call.json if openai_task is not None else None
-            )
+            stream = await custom_models.asks_for_stream(call.body, call.json if openai_task is not None else None)
             result = await self._forward(table, entity, call.body, content_type, stream=stream)
             if table.shadows and served_name is None and not isinstance(result, StreamAnswer):
                 self._mirror(table, call.body, content_type, result)

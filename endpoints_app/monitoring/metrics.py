@@ -276,6 +276,8 @@ def poll_metrics_batch(endpoints: list[Endpoint]) -> dict[str, str]:
     errors: dict[str, list[str]] = defaultdict(list)
     jobs_of: dict[str, int] = defaultdict(int)
     timeout = settings.POLL_HTTP_TIMEOUT_SECONDS
+    # Each job's answer: the /metrics body, a https replica's gauges, or why it could not be read.
+    results: list[tuple[bytes | ReplicaGauges | Exception, tuple[str, str, ReplicaTarget]]] = []
     # Plain http replicas (every local one): all read from this thread in one selectors loop
     # (``scrape.fetch_many``), a fraction of a pooled urllib3 request's CPU.
     plain = [job for job in jobs if scrape.plain_http(job[2].url)]
@@ -283,14 +285,7 @@ def poll_metrics_batch(endpoints: list[Endpoint]) -> dict[str, str]:
         answers = scrape.fetch_many(
             [(url.url, url.headers()) for _, _, url in plain], timeout=timeout, concurrency=SCRAPE_CONCURRENCY
         )
-        for (eid, name, url), answer in zip(plain, answers, strict=True):
-            jobs_of[eid] += 1
-            try:
-                if isinstance(answer, Exception):
-                    raise answer
-                gauges[(eid, name)].append(parse_gauges(answer.decode("utf-8", errors="replace")))
-            except Exception as exc:  # a dead replica is reported, the others still count
-                errors[eid].append(f"{url}: {type(exc).__name__}: {exc}")
+        results += zip(answers, plain, strict=True)
     others = [job for job in jobs if not scrape.plain_http(job[2].url)]
     if others:
         # One connection pool per replica address, made here: a PoolManager looked its pool up
@@ -300,17 +295,24 @@ def poll_metrics_batch(endpoints: list[Endpoint]) -> dict[str, str]:
             if replica.url not in pools:
                 pools[replica.url] = urllib3.connection_from_url(replica.url, maxsize=SCRAPE_THREADS, block=False)
         pool = _scrape_pool()
-        futures = [
-            (eid, name, url, pool.submit(scrape_replica, url, timeout, pools[url.url])) for eid, name, url in others
-        ]
-        for eid, name, url, future in futures:
-            jobs_of[eid] += 1
+        futures = [(job, pool.submit(scrape_replica, job[2], timeout, pools[job[2].url])) for job in others]
+        for job, future in futures:
             try:
-                gauges[(eid, name)].append(future.result())
-            except Exception as exc:  # a dead replica is reported, the others still count
-                errors[eid].append(f"{url}: {type(exc).__name__}: {exc}")
+                results.append((future.result(), job))
+            except Exception as exc:  # noqa: BLE001 - reported below with the job's replica
+                results.append((exc, job))
         for http in pools.values():
             http.close()  # the batch's connections
+    for answer, (eid, name, url) in results:
+        jobs_of[eid] += 1
+        try:
+            if isinstance(answer, Exception):
+                raise answer
+            if isinstance(answer, bytes):
+                answer = parse_gauges(answer.decode("utf-8", errors="replace"))
+            gauges[(eid, name)].append(answer)
+        except Exception as exc:  # a dead replica is reported, the others still count
+            errors[eid].append(f"{url}: {type(exc).__name__}: {exc}")
 
     # 2. Per-interval counts from the gateway's cumulative counters.
     cursors = {
