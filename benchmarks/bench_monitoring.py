@@ -4,17 +4,24 @@
    loopback, gateway counters in Redis and a server and build log on disk. Beat's fan-out task is
    run once for each poll kind (status, metrics, logs); a real Celery worker (the same command
    `modelfleet up` runs) polls them all. Target: every kind done within one 15 s interval.
+   With ``--remote N``, N of the endpoints live in remote workspaces (``--workspaces W``, each a
+   ``remote_target.py`` answering the serving-endpoints API on loopback, read through the
+   databricks-sdk as a real workspace is): their first sweep (every endpoint new: details read)
+   runs before, and the measured sweep is a steady one (list, metrics export, server logs, build
+   logs in turn, health), beat's ``sweep_workspaces`` fanning out one task per workspace beside
+   the local polls.
 2. Chart reads: 14 days of series for 1,000 endpoints (hourly), plus finer recent points; the
    chart API's query for one endpoint over 1 h … 14 d. Target: under 100 ms.
 
 Runs on a fresh SQLite database in a temporary data dir, or on DATABASE_URL when it is set
 (PostgreSQL; the database is created as `<name>_bench` and dropped after).
-Usage: python benchmarks/bench_monitoring.py [--endpoints 1000]
+Usage: python benchmarks/bench_monitoring.py [--endpoints 1000] [--remote 2000 --workspaces 4]
 """
 
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 import random
 import signal
@@ -145,7 +152,60 @@ def write_logs(deployments: list[Any]) -> None:
         )
 
 
-def bench_sweep(n: int, target_pids: list[int], concurrency: int) -> dict[str, Any]:
+def start_remotes(count: int, workspaces: int) -> tuple[list[subprocess.Popen[bytes]], list[int]]:
+    """``workspaces`` fake remote workspaces sharing ``count`` endpoints, and their ports."""
+    processes, ports = [], []
+    for w in range(workspaces):
+        share = count // workspaces + (1 if w < count % workspaces else 0)
+        port = free_port()
+        processes.append(
+            subprocess.Popen(
+                [sys.executable, str(ROOT / "benchmarks" / "remote_target.py"), str(port), str(share), f"ws{w}"]
+            )
+        )
+        ports.append(port)
+    for port in ports:  # listening before anyone asks
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=1).close()
+                break
+            except OSError:
+                time.sleep(0.1)
+    return processes, ports
+
+
+def register_remotes(ports: list[int]) -> list[int]:
+    """Each remote as a workspace (its token in the secrets store), and its first sweep: every
+    endpoint new, its details read and stored. Returns the workspaces' ids."""
+    from django.contrib.auth import get_user_model
+
+    from endpoints_app.models import Workspace
+    from endpoints_app.monitoring import remote
+    from endpoints_app.services import workspaces
+
+    logging.getLogger("endpoints_app").setLevel(logging.WARNING)  # a line per endpoint's first health
+    admin = get_user_model().objects.create_superuser("bench-admin", password="unused-bench")
+    ids = []
+    for i, port in enumerate(ports):
+        workspace = workspaces.create_workspace(
+            actor=admin, body={"name": f"ws{i}", "host": f"http://127.0.0.1:{port}", "token": f"dapi-bench-{i}"}
+        )
+        ids.append(workspace.id)
+    started = time.monotonic()
+    for workspace_id in ids:
+        Workspace.objects.filter(id=workspace_id).update(next_poll_at=None)
+        result = remote.run_sweep(workspace_id)
+        assert result is not None and result.ok, result
+    print(
+        f"  first sweep of {len(ids)} remote workspaces (every endpoint's details): {time.monotonic() - started:.1f}s"
+    )
+    return ids
+
+
+def bench_sweep(
+    n: int, target_pids: list[int], concurrency: int, workspace_ids: list[int] | None = None
+) -> dict[str, Any]:
     """One sweep of the fleet: beat's fan-out for status, metrics and logs at once, a real worker
     (``concurrency`` processes) polls every target. Per kind: when its last run was recorded."""
     from django.db.models import Count
@@ -182,26 +242,61 @@ def bench_sweep(n: int, target_pids: list[int], concurrency: int) -> dict[str, A
         from endpoints_app import tasks
 
         polling.ensure_targets()
+        from django.utils import timezone as dj_timezone
+
+        from endpoints_app.models import Workspace
+
+        workspace_ids = workspace_ids or []
+        # Each remote's steady sweep is due now (a sweep of an unchanged remote: no details read).
+        Workspace.objects.filter(id__in=workspace_ids).update(next_poll_at=None)
+        from endpoints_app.models import LogLine
+
+        remote_lines_before = LogLine.objects.filter(endpoint__workspace_id__in=workspace_ids).count()
+        wall_started = dj_timezone.now()
         targets_before = cpu_of(target_pids)
         cpu_before = worker_cpu_seconds(worker.pid)
         load_before = os.getloadavg()[0]
         started = time.monotonic()
         for kind in kinds:
             tasks.poll_due.delay(kind)
+        if workspace_ids:
+            tasks.sweep_workspaces.delay()
         deadline = started + 180
         counts: dict[str, int] = {}
+        remote_problems: list[str] = []
         while time.monotonic() < deadline:
             counts = dict(PollRun.objects.values_list("kind").annotate(n=Count("id")).values_list("kind", "n"))
             for kind in kinds:
                 if kind not in finished and counts.get(kind, 0) >= n:
                     finished[kind] = time.monotonic() - started
-            if len(finished) == len(kinds):
+            if workspace_ids and "remote" not in finished:
+                swept = Workspace.objects.filter(id__in=workspace_ids, checked_at__gte=wall_started)
+                if swept.count() == len(workspace_ids):
+                    finished["remote"] = time.monotonic() - started
+                    remote_problems = [
+                        f"{name}: {message}"
+                        for name, message in swept.exclude(state="OK").values_list("name", "status_message")
+                    ]
+            if len(finished) == len(kinds) + bool(workspace_ids):
                 break
             time.sleep(0.25)
         elapsed = time.monotonic() - started
         cpu = worker_cpu_seconds(worker.pid) - cpu_before
         targets_cpu = cpu_of(target_pids) - targets_before
         failed = PollRun.objects.filter(ok=False).count()
+        # What the remote sweeps stored: endpoints with this sweep's 15 s point, lines of log.
+        from endpoints_app.models import MetricPoint
+
+        since = int(wall_started.timestamp()) // 15 * 15
+        remote_points = (
+            MetricPoint.objects.filter(
+                endpoint__workspace_id__in=workspace_ids, served_entity_name="", resolution=15, ts__gte=since
+            )
+            .values("endpoint_id")
+            .distinct()
+            .count()
+        )
+        remote_lines = LogLine.objects.filter(endpoint__workspace_id__in=workspace_ids).count() - remote_lines_before
         # Why polls failed, most frequent first: a failure is a finding, not only a count.
         failures = list(
             PollRun.objects.filter(ok=False).values_list("kind", "error").annotate(n=Count("id")).order_by("-n")[:5]
@@ -220,7 +315,12 @@ def bench_sweep(n: int, target_pids: list[int], concurrency: int) -> dict[str, A
         "targets_cpu_s": targets_cpu,
         "load": load_before,
         "load_after": os.getloadavg()[0],
-        "kinds": {str(kind): finished.get(kind, float("nan")) for kind in kinds},
+        "kinds": {
+            str(kind): finished.get(kind, float("nan")) for kind in [*kinds, *(["remote"] if workspace_ids else [])]
+        },
+        "remote_problems": remote_problems,
+        "remote_points": remote_points,
+        "remote_lines": remote_lines,
     }
 
 
@@ -415,6 +515,10 @@ def main() -> int:
     parser.add_argument(
         "--storage-sample", type=int, default=20, help="endpoints whose full retention is simulated and measured"
     )
+    parser.add_argument(
+        "--remote", type=int, default=0, help="how many of the endpoints are in remote workspaces (default 0)"
+    )
+    parser.add_argument("--workspaces", type=int, default=4, help="remote workspaces sharing them (default 4)")
     parser.add_argument("--skip-sweep", action="store_true", help="storage and chart reads only")
     parser.add_argument("--skip-storage", action="store_true", help="the sweep only (no storage or chart reads)")
     parser.add_argument(
@@ -424,6 +528,11 @@ def main() -> int:
         help="the worker's processes (default: MODELFLEET_WORKER_CONCURRENCY, as modelfleet up starts it)",
     )
     args = parser.parse_args()
+    if not 0 <= args.remote <= args.endpoints or (args.remote and args.workspaces < 1):
+        parser.error("--remote must be between 0 and --endpoints, with at least one workspace")
+    remotes, remote_ports = start_remotes(args.remote, args.workspaces) if args.remote else ([], [])
+    # The remotes' loopback ports are the only hosts the egress policy lets the poller reach.
+    os.environ["MODELFLEET_EGRESS_ALLOW"] = ",".join(f"127.0.0.1:{port}" for port in remote_ports)
     data_dir, redis_server = setup_environment()
     targets = []
     ports = [free_port() for _ in range(4)]
@@ -439,14 +548,21 @@ def main() -> int:
             args.worker_concurrency = django_settings.CELERY_WORKER_CONCURRENCY
         from django.db import connection
 
-        print(f"Monitoring benchmark: {args.endpoints} endpoints, database {connection.vendor}, {os.cpu_count()} CPUs")
+        local = args.endpoints - args.remote
+        print(
+            f"Monitoring benchmark: {args.endpoints} endpoints ({local} local, {args.remote} in "
+            f"{len(remote_ports)} remote workspaces), database {connection.vendor}, {os.cpu_count()} CPUs"
+        )
         t0 = time.monotonic()
-        ids = build_fleet(args.endpoints, ports)
+        ids = build_fleet(local, ports)
         print(f"  fleet built in {time.monotonic() - t0:.1f}s")
+        workspace_ids = register_remotes(remote_ports) if remote_ports else []
         sweep = (
             {"polled": 0, "failed": 0, "seconds": float("nan"), "poll_p50_ms": float("nan")}
             if args.skip_sweep
-            else bench_sweep(args.endpoints, [t.pid for t in targets], args.worker_concurrency)
+            else bench_sweep(
+                local, [t.pid for t in targets] + [r.pid for r in remotes], args.worker_concurrency, workspace_ids
+            )
         )
         t0 = time.monotonic()
         sample = ids[: args.storage_sample]
@@ -460,27 +576,44 @@ def main() -> int:
             storage = measure_storage()
             charts = bench_charts(sample)
     finally:
-        for target in targets:
+        for target in targets + remotes:
             target.terminate()
         if redis_server is not None:
             redis_server.stop()
 
-    ok_sweep = sweep["polled"] >= args.endpoints and sweep["seconds"] <= 15
+    remote_ok = not args.remote or (
+        sweep.get("kinds", {}).get("remote", float("nan")) <= 15
+        and not sweep.get("remote_problems")
+        and sweep.get("remote_points", 0) >= args.remote
+    )
+    ok_sweep = sweep["polled"] >= args.endpoints - args.remote and sweep["seconds"] <= 15 and remote_ok
+    where = (
+        f" ({args.endpoints - args.remote} local, {args.remote} in {args.workspaces} remote workspaces)"
+        if args.remote
+        else ""
+    )
     print()
     print("| measure | value | target | result |")
     print("|---|---|---|---|")
     print(
-        f"| sweep of {args.endpoints} endpoints: status, metrics and logs (beat fan-out → worker, {args.worker_concurrency} processes) | "
+        f"| sweep of {args.endpoints} endpoints{where}: status, metrics and logs (beat fan-out → worker, {args.worker_concurrency} processes) | "
         f"{sweep['seconds']:.1f} s (done at: "
         f"{', '.join(f'{k} {v:.1f} s' for k, v in sweep.get('kinds', {}).items())}; "
         f"{sweep['polled']} polled each, {sweep['failed']} failed, metrics poll p50 {sweep['poll_p50_ms']:.1f} ms; worker CPU "
         f"{sweep.get('worker_cpu_s', float('nan')):.1f} s, {sweep.get('worker_cpu_s', float('nan')) * 1000 / max(1, args.endpoints):.2f} "
-        f"ms per endpoint; metric targets {sweep.get('targets_cpu_s', float('nan')):.1f} s CPU; load average {sweep.get('load', float('nan')):.1f} at "
+        f"ms per endpoint; metric targets{' and remotes' if args.remote else ''} {sweep.get('targets_cpu_s', float('nan')):.1f} s CPU; load average {sweep.get('load', float('nan')):.1f} at "
         f"the start, {sweep.get('load_after', float('nan')):.1f} at the end) | ≤ 15 s | "
         f"{'PASS' if ok_sweep else 'FAIL'} |"
     )
     for kind, error, count in sweep.get("failures", []):
         print(f"  failed {kind} polls: {count} x {error[:300]}")
+    if args.remote:
+        print(
+            f"  remote endpoints with this sweep's metrics point: {sweep.get('remote_points', 0)} of {args.remote}; "
+            f"remote log lines it stored: {sweep.get('remote_lines', 0)}"
+        )
+    for problem in sweep.get("remote_problems", []):
+        print(f"  remote sweep not ok: {problem[:300]}")
     ok_storage = report_storage(storage, len(sample)) if not args.skip_storage else True
     ok_charts = True
     for label, resolution, p50, worst in charts:

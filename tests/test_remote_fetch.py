@@ -3,13 +3,19 @@ part 6), stops starting calls after a 429 or past its deadline, and keeps each a
 
 from __future__ import annotations
 
+import socket
 import threading
 import time
+from datetime import UTC, datetime, timedelta
 from types import SimpleNamespace
 
+import pytest
+
+from endpoints_app.egress import parse_allow_list
 from endpoints_app.models import Endpoint
 from endpoints_app.monitoring import remote
-from endpoints_app.remote.transport import RateLimited
+from endpoints_app.remote import client as remote_client
+from endpoints_app.remote.transport import RateLimited, ResponseTooLarge
 
 
 class FakeServing:
@@ -36,7 +42,7 @@ class FakeServing:
 
     def export_metrics(self, name: str) -> SimpleNamespace:
         self._call("export", name)
-        return SimpleNamespace(contents=SimpleNamespace(read=lambda: f"# export of {name}\n".encode()))
+        return SimpleNamespace(contents=SimpleNamespace(read=lambda size=-1: f"# export of {name}\n".encode()))
 
     def logs(self, name: str, entity: str) -> SimpleNamespace:
         self._call("logs", name)
@@ -81,3 +87,70 @@ def test_past_the_deadline_no_call_starts():
     serving = FakeServing()
     answers = remote.fetch_answers(SimpleNamespace(serving_endpoints=serving), endpoints(5), time.monotonic() - 1)
     assert serving.calls == [] and all(a.past_deadline for a in answers.values())
+
+
+def test_build_logs_are_read_only_for_the_endpoints_named():
+    serving = FakeServing()
+    answers = remote.fetch_answers(
+        SimpleNamespace(serving_endpoints=serving), endpoints(4), time.monotonic() + 60, build={"e01"}
+    )
+    assert sorted(name for what, name in serving.calls if what == "build") == ["ep-01"]
+    assert len([c for c in serving.calls if c[0] == "logs"]) == 4
+    assert ("m-1", "build") in answers["e01"].logs and ("m-1", "build") not in answers["e02"].logs
+
+
+def test_an_endpoints_build_logs_are_due_once_in_a_cycle_and_always_while_it_is_not_ready():
+    ready = Endpoint(id="e-ready", remote_state={"ready": "READY", "config_update": "NOT_UPDATING"})
+    start = datetime(2026, 12, 8, tzinfo=UTC)
+    step = timedelta(seconds=remote.interval_seconds())
+    cycle = [start + step * i for i in range(remote.BUILD_LOG_EVERY_SWEEPS)]
+    assert sum(remote.build_logs_due(ready, now=now) for now in cycle) == 1
+    for state in (
+        {"ready": "NOT_READY", "config_update": "NOT_UPDATING"},
+        {"ready": "READY", "config_update": "IN_PROGRESS"},
+    ):
+        updating = Endpoint(id="e-updating", remote_state=state)
+        assert all(remote.build_logs_due(updating, now=now) for now in cycle)
+
+
+@pytest.fixture
+def endless_metrics(settings):
+    """A hostile remote whose metrics export never ends (chunked, 64 KiB at a time)."""
+    listener = socket.create_server(("127.0.0.1", 0))
+    port = listener.getsockname()[1]
+    settings.EGRESS_ALLOW = parse_allow_list(f"127.0.0.1:{port}")
+    sent = [0]
+
+    def serve() -> None:
+        try:
+            conn, _ = listener.accept()
+        except OSError:
+            return
+        with conn:
+            data = b""
+            while b"\r\n\r\n" not in data:
+                data += conn.recv(65536)
+            if b"/metrics" not in data:  # the SDK's discovery of the host's config
+                conn.sendall(b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
+                return serve()
+            conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nTransfer-Encoding: chunked\r\n\r\n")
+            chunk = b"%x\r\n%s\r\n" % (65536, b"x" * 65536)
+            try:
+                while sent[0] < 1024 * 1024 * 1024:
+                    conn.sendall(chunk)
+                    sent[0] += 65536
+            except OSError:
+                return
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{port}", sent
+    listener.close()
+
+
+def test_an_endless_metrics_export_is_cut_at_its_bound(endless_metrics):
+    host, sent = endless_metrics
+    client = remote_client.workspace_client(host=host, token="dapi-secret", for_poll=True)
+    with pytest.raises(ResponseTooLarge):
+        remote.export_text(client, Endpoint(id="e1", name="big"))
+    assert sent[0] < 4 * remote.MAX_EXPORT_BYTES  # read up to the bound, not the gigabyte offered

@@ -354,7 +354,7 @@ def poll_metrics_batch(endpoints: list[Endpoint]) -> dict[str, str]:
         with transaction.atomic():
             bulk.upsert_rows(
                 MetricCursor._meta.db_table,
-                _CURSOR_COLUMNS,
+                CURSOR_COLUMNS,
                 cursors,
                 conflict=("endpoint_id", "served_entity_name", "source"),
                 update=("counters", "read_at"),
@@ -373,7 +373,7 @@ def poll_metrics_batch(endpoints: list[Endpoint]) -> dict[str, str]:
     }
 
 
-_CURSOR_COLUMNS = (
+CURSOR_COLUMNS = (
     ("endpoint_id", "varchar"),
     ("served_entity_name", "varchar"),
     ("source", "varchar"),

@@ -26,18 +26,19 @@ A 429 in steps 2-3 stops the sweep too (what was stored stays) and is waited out
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import hashlib
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Generator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from django.conf import settings
-from django.db import transaction
+from django.db import IntegrityError, OperationalError, transaction
 from django.db.models import Q
 from django.utils import timezone
 
@@ -57,12 +58,12 @@ from endpoints_app.models import (
     WorkspaceKind,
     WorkspaceState,
 )
+from endpoints_app.monitoring import bulk, store
 from endpoints_app.monitoring import health as health_module
 from endpoints_app.monitoring import logs as logs_module
 from endpoints_app.monitoring import metrics as metrics_module
-from endpoints_app.monitoring import store
 from endpoints_app.remote import client as remote_client
-from endpoints_app.remote.transport import RateLimited
+from endpoints_app.remote.transport import RateLimited, ResponseTooLarge
 from endpoints_app.services import workspaces as workspace_services
 
 log = logging.getLogger(__name__)
@@ -206,7 +207,8 @@ def sweep(workspace: Workspace) -> SweepResult:
     now = timezone.now()
     known = {e.name: e for e in Endpoint.fleet.filter(workspace=workspace)}
     seen: set[str] = set()
-    fetched = 0
+    fetched: set[str] = set()  # names whose details were read this sweep
+    unchanged: list[str] = []  # ids of the others
     problems: list[str] = []
     try:
         for summary in listed:
@@ -220,38 +222,37 @@ def sweep(workspace: Workspace) -> SweepResult:
                 detail = client.serving_endpoints.get(name)
                 endpoint = store_detail(workspace, detail, now=now)
                 known[name] = endpoint
-                fetched += 1
+                fetched.add(name)
             else:
-                Endpoint.fleet.filter(id=endpoint.id).update(remote_seen_at=now, remote_gone_at=None)
+                unchanged.append(endpoint.id)
                 endpoint.remote_seen_at, endpoint.remote_gone_at = now, None
+        for part in _parts(unchanged, STORE_BATCH):
+            Endpoint.fleet.filter(id__in=part).update(remote_seen_at=now, remote_gone_at=None)
         _mark_gone(workspace, [e for n, e in known.items() if n not in seen], now=now)
         names = sorted(seen)
         entities = _entity_names_of([known[name] for name in names])
-        # The remote's answers are read concurrently; what they hold is stored here, in order.
-        answers = fetch_answers(client, [(known[name], entities.get(known[name].id, [])) for name in names], deadline)
-        for name in names:
-            endpoint = known[name]
-            answer = answers[endpoint.id]
-            if answer.limited is not None:
-                raise answer.limited
-            if answer.past_deadline:
-                raise _Deadline
-            try:
-                if isinstance(answer.export, BaseException):
-                    raise answer.export
-                store_export(endpoint, answer.export or "")
-            except Exception as exc:  # noqa: BLE001 - one endpoint's metrics; the others go on
-                problems.append(f"metrics of {name}: {remote_client.masked(token, str(exc))[:200]}")
-            for entity in entities.get(endpoint.id, []):
-                try:
-                    for kind in (LogKind.SERVER, LogKind.BUILD):
-                        text = answer.logs.get((entity, kind), "")
-                        if isinstance(text, BaseException):
-                            raise text
-                        store_logs(endpoint, entity, kind, text)
-                except Exception as exc:  # noqa: BLE001
-                    problems.append(f"logs of {name}/{entity}: {remote_client.masked(token, str(exc))[:200]}")
-            health_module.record_health(endpoint, compute_health(endpoint, now=timezone.now()), now=timezone.now())
+        build = {known[name].id for name in names if name in fetched or build_logs_due(known[name], now=now)}
+        # The remote's answers are read concurrently; what they hold is stored here, in bulk, in
+        # the order of the names, up to the first endpoint a 429 or the deadline left unread.
+        answers: dict[str, Answers] = {}
+        complete: list[Endpoint] = []
+        stop: BaseException | None = None
+        reads = iter_answers(
+            client, [(known[name], entities.get(known[name].id, [])) for name in names], deadline, build=build
+        )
+        with contextlib.closing(reads):  # on the way out, calls not started yet never start
+            for endpoint, answer in reads:
+                if answer.limited is not None or answer.past_deadline:
+                    stop = answer.limited or _Deadline()
+                    break
+                answers[endpoint.id] = answer
+                complete.append(endpoint)
+                if len(complete) == STORE_BATCH:
+                    problems += store_answers(complete, answers, entities, token=token)
+                    complete, answers = [], {}
+        problems += store_answers(complete, answers, entities, token=token)  # the last part, or all before a stop
+        if stop is not None:
+            raise stop
     except RateLimited as exc:
         return _failure(workspace, token, exc)
     except _Deadline:
@@ -259,13 +260,13 @@ def sweep(workspace: Workspace) -> SweepResult:
             False,
             f"{workspace.host}: the sweep ran past its {deadline_seconds():g} s deadline; the rest waits for the next one",
             endpoints=len(seen),
-            fetched=fetched,
+            fetched=len(fetched),
         )
     count = len(seen)
     message = f"{count} serving endpoint{'' if count == 1 else 's'}"
     if problems:
         message += f" ({len(problems)} read(s) failed: {'; '.join(problems)[:400]})"
-    return SweepResult(True, remote_client.masked(token, message), endpoints=count, fetched=fetched)
+    return SweepResult(True, remote_client.masked(token, message), endpoints=count, fetched=len(fetched))
 
 
 def _failure(workspace: Workspace, token: str, exc: BaseException) -> SweepResult:
@@ -277,6 +278,62 @@ def _failure(workspace: Workspace, token: str, exc: BaseException) -> SweepResul
 def _check_deadline(deadline: float) -> None:
     if time.monotonic() > deadline:
         raise _Deadline
+
+
+# Endpoints stored per transaction (and per bulk UPDATE) in a sweep.
+STORE_BATCH = 500
+# An endpoint's build logs are read once in this many sweeps (its turn set by its id), and in any
+# sweep that read its details (new, or changed since the last): a build log only grows while the
+# remote builds a served entity, which changes the endpoint's state.
+BUILD_LOG_EVERY_SWEEPS = 20
+# The longest metrics export read from a remote (the SDK streams that answer; see export_text).
+MAX_EXPORT_BYTES = 8 * 1024 * 1024
+
+
+def _parts(items: list[Any], size: int) -> list[list[Any]]:
+    return [items[i : i + size] for i in range(0, len(items), size)]
+
+
+def build_logs_due(endpoint: Endpoint, *, now: datetime) -> bool:
+    """Whether this sweep reads the endpoint's build logs although its details did not change: its
+    turn (once in ``BUILD_LOG_EVERY_SWEEPS`` sweeps), or its remote says it is not ready or is
+    updating."""
+    state = endpoint.remote_state or {}
+    if state.get("ready") != "READY" or state.get("config_update") not in ("", "NOT_UPDATING"):
+        return True
+    sweep_number = int(now.timestamp() // interval_seconds())
+    turn = int(hashlib.blake2b(endpoint.id.encode(), digest_size=4).hexdigest(), 16)
+    return (sweep_number + turn) % BUILD_LOG_EVERY_SWEEPS == 0
+
+
+def store_answers(
+    endpoints: list[Endpoint], answers: dict[str, Answers], entities: dict[str, list[str]], *, token: str
+) -> list[str]:
+    """Store what the remote answered for these endpoints (metrics, logs, then their health) in
+    bulk. Returns what could not be read or stored, a line per endpoint and served entity."""
+    if not endpoints:
+        return []
+    problems: list[str] = []
+    exports: list[tuple[Endpoint, str]] = []
+    logs: list[tuple[Endpoint, str, str, str]] = []
+    for endpoint in endpoints:
+        answer = answers[endpoint.id]
+        if isinstance(answer.export, BaseException):
+            problems.append(f"metrics of {endpoint.name}: {remote_client.masked(token, str(answer.export))[:200]}")
+        else:
+            exports.append((endpoint, answer.export or ""))
+        for entity in entities.get(endpoint.id, []):
+            for kind in (LogKind.SERVER, LogKind.BUILD):
+                text = answer.logs.get((entity, kind))
+                if isinstance(text, BaseException):
+                    problems.append(f"logs of {endpoint.name}/{entity}: {remote_client.masked(token, str(text))[:200]}")
+                elif text is not None:  # None: not read in this sweep (build logs between turns)
+                    logs.append((endpoint, entity, kind, text))
+    problems += [remote_client.masked(token, problem)[:250] for problem in store_exports(exports)]
+    store_logs_many(logs)
+    now = timezone.now()
+    health_module.record_health_batch(compute_healths(endpoints, now=now), now=now)
+    return problems
 
 
 def _state_of(summary: Any) -> dict[str, Any]:
@@ -302,15 +359,14 @@ def _changed(endpoint: Endpoint, summary: Any) -> bool:
 
 def _mark_gone(workspace: Workspace, gone: list[Endpoint], *, now: datetime) -> None:
     """Endpoints a successful list no longer has: marked, kept (their history with them)."""
+    if not gone:
+        return
+    for part in _parts([e.id for e in gone if e.remote_gone_at is None], STORE_BATCH):
+        Endpoint.fleet.filter(id__in=part).update(remote_gone_at=now)
     for endpoint in gone:
-        if endpoint.remote_gone_at is None:
-            Endpoint.fleet.filter(id=endpoint.id).update(remote_gone_at=now)
-            endpoint.remote_gone_at = now
-        health_module.record_health(
-            endpoint,
-            health_module.Health(HealthStatus.DOWN, f"no longer in workspace {workspace.name}'s list"),
-            now=now,
-        )
+        endpoint.remote_gone_at = endpoint.remote_gone_at or now
+    down = health_module.Health(HealthStatus.DOWN, f"no longer in workspace {workspace.name}'s list")
+    health_module.record_health_batch([(endpoint, down) for endpoint in gone], now=now)
 
 
 # --- details: config versions, served entities, tags ----------------------------------------------
@@ -436,15 +492,6 @@ def _entity_names_of(endpoints: list[Endpoint]) -> dict[str, list[str]]:
     return {eid: sorted(entity_names) for eid, entity_names in names.items()}
 
 
-def _entity_names(endpoint: Endpoint) -> list[str]:
-    """The served entities whose logs are read: the active config's and the pending one's."""
-    ids = [i for i in (endpoint.active_config_id, endpoint.pending_config_id) if i is not None]
-    names = ServedEntity.objects.filter(config_version_id__in=ids, external_model__isnull=True).values_list(
-        "name", flat=True
-    )
-    return sorted(set(names))
-
-
 # --- metrics ------------------------------------------------------------------------------------
 
 _ENTITY_LABELS = ("served_entity", "served_entity_name", "served_model_name", "served_model")
@@ -513,10 +560,21 @@ class Answers:
     limited: RateLimited | None = None  # not every call was made: the remote answered 429
 
 
-def fetch_answers(client: Any, endpoints: list[tuple[Endpoint, list[str]]], deadline: float) -> dict[str, Answers]:
+def fetch_answers(
+    client: Any, endpoints: list[tuple[Endpoint, list[str]]], deadline: float, *, build: set[str] | None = None
+) -> dict[str, Answers]:
+    """``iter_answers`` all read, by endpoint id."""
+    return {endpoint.id: answer for endpoint, answer in iter_answers(client, endpoints, deadline, build=build)}
+
+
+def iter_answers(
+    client: Any, endpoints: list[tuple[Endpoint, list[str]]], deadline: float, *, build: set[str] | None = None
+) -> Generator[tuple[Endpoint, Answers]]:
     """The metrics export and the logs of each endpoint, read ``FETCH_THREADS`` calls at a time
-    (one endpoint's calls in order). After a 429 or past the deadline no further call starts:
-    those endpoints' answers say so and the sweep stops at the first of them."""
+    (one endpoint's calls in order), given in the endpoints' order as they come: the caller stores
+    the first ones while the later ones are read. Build logs only of the endpoints in ``build``
+    (by id; None: all). After a 429 or past the deadline no further call starts: those endpoints'
+    answers say so and the sweep stops at the first of them."""
     limited: list[RateLimited] = []  # the first 429: no call starts after it
 
     def log_call(call: Any, name: str, entity: str) -> Callable[[], str]:
@@ -529,9 +587,10 @@ def fetch_answers(client: Any, endpoints: list[tuple[Endpoint, list[str]]], dead
         ]
         for entity in entities:
             calls.append(((entity, LogKind.SERVER), log_call(client.serving_endpoints.logs, endpoint.name, entity)))
-            calls.append(
-                ((entity, LogKind.BUILD), log_call(client.serving_endpoints.build_logs, endpoint.name, entity))
-            )
+            if build is None or endpoint.id in build:
+                calls.append(
+                    ((entity, LogKind.BUILD), log_call(client.serving_endpoints.build_logs, endpoint.name, entity))
+                )
         for key, call in calls:
             if limited:
                 answer.limited = limited[0]
@@ -554,38 +613,91 @@ def fetch_answers(client: Any, endpoints: list[tuple[Endpoint, list[str]]], dead
         return answer
 
     if not endpoints:
-        return {}
-    with ThreadPoolExecutor(max_workers=min(FETCH_THREADS, len(endpoints))) as pool:
-        futures = {endpoint.id: pool.submit(fetch, endpoint, entities) for endpoint, entities in endpoints}
-        return {eid: future.result() for eid, future in futures.items()}
+        return
+    pool = ThreadPoolExecutor(max_workers=min(FETCH_THREADS, len(endpoints)))
+    try:
+        futures = [(endpoint, pool.submit(fetch, endpoint, entities)) for endpoint, entities in endpoints]
+        for endpoint, future in futures:
+            yield endpoint, future.result()
+    finally:  # the caller stopped early: calls not started yet never start
+        pool.shutdown(wait=True, cancel_futures=True)
 
 
 def export_text(client: Any, endpoint: Endpoint) -> str:
+    """The endpoint's metrics export, at most ``MAX_EXPORT_BYTES`` of it. The SDK hands this answer
+    over unread (the transport's bound on answers does not apply to it), so a remote cannot fill
+    the worker's memory with it."""
     response = client.serving_endpoints.export_metrics(endpoint.name)
     contents = response.contents
-    raw = contents.read() if contents is not None else b""
+    raw = contents.read(MAX_EXPORT_BYTES + 1) if contents is not None else b""
+    if len(raw) > MAX_EXPORT_BYTES:
+        raise ResponseTooLarge(f"its metrics export is longer than {MAX_EXPORT_BYTES} bytes")
     return raw.decode("utf-8", errors="replace") if isinstance(raw, bytes) else str(raw)
 
 
-def poll_metrics(client: Any, endpoint: Endpoint) -> None:
-    """One export of the remote endpoint's metrics → one 15 s point per served entity and one for
-    the endpoint, as ``metrics.poll_metrics`` writes for a local one."""
-    store_export(endpoint, export_text(client, endpoint))
-
-
-def store_export(endpoint: Endpoint, text: str) -> None:
-    """Store one metrics export's text (``poll_metrics``)."""
-    counters, gauges = parse_export(text)
+def store_exports(items: list[tuple[Endpoint, str]]) -> list[str]:
+    """Store metrics exports' texts: one 15 s point per served entity and one for the endpoint,
+    as ``metrics.poll_metrics_batch`` writes for local ones, for any number of endpoints in one
+    cursor query and one transaction. Returns what could not be stored, a line per endpoint."""
+    if not items:
+        return []
     ts = int(time.time()) // metrics_module.BASE_RESOLUTION * metrics_module.BASE_RESOLUTION
-    cursors = {c.served_entity_name: c for c in MetricCursor.objects.filter(endpoint=endpoint, source=REMOTE_SOURCE)}
+    cursors: dict[tuple[str, str], dict[str, float]] = {
+        (eid, entity): counters
+        for eid, entity, counters in MetricCursor.objects.filter(
+            **bulk.in_ids("endpoint_id", [e.id for e, _ in items], "varchar"), source=REMOTE_SOURCE
+        ).values_list("endpoint_id", "served_entity_name", "counters")
+    }
+    now = timezone.now()
+    cursor_rows: list[list[Any]] = []
+    points: list[tuple[str, str, int, int, dict[str, Any]]] = []
+    problems: list[str] = []
+    for endpoint, text in items:
+        try:
+            counters, gauges = parse_export(text)
+        except Exception as exc:  # noqa: BLE001 - one endpoint's export; the others go on
+            problems.append(f"metrics of {endpoint.name}: {type(exc).__name__}: {exc}")
+            continue
+        cursor_rows += [[endpoint.id, entity, REMOTE_SOURCE, values, now] for entity, values in counters.items()]
+        points += [
+            (endpoint.id, entity, metrics_module.BASE_RESOLUTION, ts, metrics_module.interval_values(interval))
+            for entity, interval in _export_intervals(endpoint.id, counters, gauges, cursors)
+        ]
+
+    def write(cursor_rows: list[list[Any]], points: list[tuple[str, str, int, int, dict[str, Any]]]) -> None:
+        with transaction.atomic():
+            bulk.upsert_rows(
+                MetricCursor._meta.db_table,
+                metrics_module.CURSOR_COLUMNS,
+                cursor_rows,
+                conflict=("endpoint_id", "served_entity_name", "source"),
+                update=("counters", "read_at"),
+            )
+            store.write_points(points)
+
+    try:
+        write(cursor_rows, points)
+    except (IntegrityError, OperationalError):  # an endpoint deleted meanwhile: once more without it
+        alive = set(Endpoint.fleet.filter(id__in=[e.id for e, _ in items]).values_list("id", flat=True))
+        write([r for r in cursor_rows if r[0] in alive], [p for p in points if p[0] in alive])
+    return problems
+
+
+def _export_intervals(
+    endpoint_id: str,
+    counters: dict[str, dict[str, float]],
+    gauges: dict[str, dict[str, float]],
+    cursors: dict[tuple[str, str], dict[str, float]],
+) -> list[tuple[str, metrics_module.Interval]]:
+    """One export's intervals: each served entity's (counts since its cursor, gauges) and the
+    endpoint's total ("")."""
     intervals: dict[str, metrics_module.Interval] = {}
     for entity in set(counters) | set(gauges):
         interval = metrics_module.Interval()
-        current = counters.get(entity, {})
-        previous = cursors[entity].counters if entity in cursors else None
+        previous = cursors.get((endpoint_id, entity))
         # The first read of a remote sets the cursor only: its counters hold all of its history.
         if previous is not None:
-            interval.add_counts(metrics_module.counter_delta(previous, current))
+            interval.add_counts(metrics_module.counter_delta(previous, counters.get(entity, {})))
         values = gauges.get(entity, {})
         interval.cpu = [values["cpu"]] if "cpu" in values else []
         interval.mem = [values["mem"]] if "mem" in values else []
@@ -603,22 +715,7 @@ def store_export(endpoint: Endpoint, text: str) -> None:
             total.replicas = (total.replicas or 0.0) + interval.replicas
         if interval.concurrency is not None:
             total.concurrency = (total.concurrency or 0.0) + interval.concurrency
-    now = timezone.now()
-    with transaction.atomic():
-        for entity, values in counters.items():
-            MetricCursor.objects.update_or_create(
-                endpoint=endpoint,
-                served_entity_name=entity,
-                source=REMOTE_SOURCE,
-                defaults={"counters": values, "read_at": now},
-            )
-        points = [(entity, interval) for entity, interval in intervals.items() if entity] + [("", total)]
-        store.write_points(
-            [
-                (endpoint.id, entity, metrics_module.BASE_RESOLUTION, ts, metrics_module.interval_values(interval))
-                for entity, interval in points
-            ]
-        )
+    return [(entity, interval) for entity, interval in intervals.items() if entity] + [("", total)]
 
 
 # --- logs ---------------------------------------------------------------------------------------
@@ -659,46 +756,59 @@ def new_lines(text: str, cursor: dict[str, Any] | None) -> tuple[list[logs_modul
     return fresh, {"ts": newest.isoformat(), "tail": tail[-TAIL_HASHES:]}
 
 
-def poll_logs(client: Any, endpoint: Endpoint, entity: str) -> int:
-    """New lines of one served entity's server and build logs → ``LogLine`` rows."""
-    stored = 0
-    for kind, call in (
-        (LogKind.SERVER, client.serving_endpoints.logs),
-        (LogKind.BUILD, client.serving_endpoints.build_logs),
-    ):
-        stored += store_logs(endpoint, entity, kind, call(endpoint.name, entity).logs or "")
-    return stored
+_LINE_COLUMNS = ("endpoint_id", "served_entity_name", "kind", "replica", "ts", "level", "message")
 
 
 def store_logs(endpoint: Endpoint, entity: str, kind: str, text: str) -> int:
-    """Store the new lines of one log's text as the remote answered it (``poll_logs``)."""
-    key = f"{entity}/{kind}"
-    cursors = dict(endpoint.remote_cursors or {})
-    lines, cursor = new_lines(text, cursors.get(key))
-    if not lines:
+    """Store the new lines of one log's text as the remote answered it (``store_logs_many``)."""
+    return store_logs_many([(endpoint, entity, kind, text)])
+
+
+def store_logs_many(items: list[tuple[Endpoint, str, str, str]]) -> int:
+    """Store the new lines of log texts ``(endpoint, served entity, kind, text)`` as the remote
+    answered them: one transaction for all, the cursors (``Endpoint.remote_cursors``) of the
+    endpoints with new lines locked and compared first (what an overlapping sweep stored first is
+    not stored twice). Returns the number of lines stored."""
+    read: dict[str, dict[str, Any]] = {}  # endpoint id -> its cursors as read
+    fresh: dict[str, dict[str, tuple[list[logs_module.ParsedLine], dict[str, Any] | None]]] = {}
+    endpoints: dict[str, Endpoint] = {}
+    for endpoint, entity, kind, text in items:
+        key = f"{entity}/{kind}"
+        cursors = read.setdefault(endpoint.id, dict(endpoint.remote_cursors or {}))
+        lines, cursor = new_lines(text, cursors.get(key))
+        if lines:
+            fresh.setdefault(endpoint.id, {})[key] = (lines, cursor)
+            endpoints[endpoint.id] = endpoint
+    if not fresh:
         return 0
+    stored = 0
     with transaction.atomic():
-        locked = Endpoint.fleet.select_for_update().only("id", "remote_cursors").get(id=endpoint.id)
-        if (locked.remote_cursors or {}).get(key) != cursors.get(key):
-            return 0  # an overlapping sweep stored them first
-        LogLine.objects.bulk_create(
-            [
-                LogLine(
-                    endpoint_id=endpoint.id,
-                    served_entity_name=entity,
-                    kind=kind,
-                    replica=line.replica,
-                    ts=line.ts,
-                    level=line.level,
-                    message=line.message,
-                )
-                for line in lines
-            ]
+        locked = dict(
+            Endpoint.fleet.select_for_update()
+            .filter(id__in=sorted(fresh))
+            .order_by("id")
+            .values_list("id", "remote_cursors")
         )
-        cursors[key] = cursor
-        Endpoint.fleet.filter(id=endpoint.id).update(remote_cursors=cursors)
-    endpoint.remote_cursors = cursors
-    return len(lines)
+        rows: list[list[Any]] = []
+        moved: list[list[Any]] = []  # endpoint id, its cursors after
+        for eid, keys in fresh.items():
+            if eid not in locked:
+                continue  # deleted meanwhile
+            current = dict(locked[eid] or {})
+            for key, (lines, cursor) in keys.items():
+                if current.get(key) != read[eid].get(key):
+                    continue  # an overlapping sweep stored them first
+                entity, _, kind = key.rpartition("/")
+                rows += [[eid, entity, kind, line.replica, line.ts, line.level, line.message] for line in lines]
+                current[key] = cursor
+            endpoints[eid].remote_cursors = current
+            moved.append([eid, current])
+        bulk.insert_rows(LogLine._meta.db_table, _LINE_COLUMNS, rows)
+        bulk.update_rows(
+            Endpoint._meta.db_table, [("id", "varchar"), ("cursors", "jsonb")], moved, "remote_cursors = v.cursors"
+        )
+        stored = len(rows)
+    return stored
 
 
 # --- health -------------------------------------------------------------------------------------
@@ -706,6 +816,16 @@ def store_logs(endpoint: Endpoint, entity: str, kind: str, text: str) -> int:
 
 def compute_health(endpoint: Endpoint, *, now: datetime) -> health_module.Health:
     """A remote endpoint's health from what its remote says and its newest metrics."""
+    return compute_healths([endpoint], now=now)[0][1]
+
+
+def compute_healths(endpoints: list[Endpoint], *, now: datetime) -> list[tuple[Endpoint, health_module.Health]]:
+    """``compute_health`` of many endpoints, their metrics read in two queries."""
+    metric_problems = health_module._metric_problems_of([e.id for e in endpoints], now=now)
+    return [(endpoint, _health_of(endpoint, metric_problems.get(endpoint.id, []))) for endpoint in endpoints]
+
+
+def _health_of(endpoint: Endpoint, metric_problems: list[str]) -> health_module.Health:
     if endpoint.remote_gone_at is not None:
         return health_module.Health(HealthStatus.DOWN, "no longer in its workspace's list")
     state = endpoint.remote_state or {}
@@ -716,7 +836,7 @@ def compute_health(endpoint: Endpoint, *, now: datetime) -> health_module.Health
     problems: list[str] = []
     if update == ConfigUpdate.UPDATE_FAILED:
         problems.append("the remote's last config update failed")
-    problems += health_module._metric_problems(endpoint, now=now)
+    problems += metric_problems
     if problems:
         return health_module.Health(HealthStatus.DEGRADED, "; ".join(problems))
     return health_module.Health(HealthStatus.HEALTHY, "")
