@@ -154,3 +154,12 @@ def test_an_endless_metrics_export_is_cut_at_its_bound(endless_metrics):
     with pytest.raises(ResponseTooLarge):
         remote.export_text(client, Endpoint(id="e1", name="big"))
     assert sent[0] < 4 * remote.MAX_EXPORT_BYTES  # read up to the bound, not the gigabyte offered
+
+
+def test_the_clients_session_skips_the_environment_but_keeps_its_ca_bundle(settings, monkeypatch):
+    monkeypatch.setenv("HTTPS_PROXY", "http://127.0.0.1:9")  # never used: the adapter ignores proxies
+    monkeypatch.setenv("REQUESTS_CA_BUNDLE", "/etc/ssl/certs/company-ca.pem")
+    settings.EGRESS_ALLOW = parse_allow_list("127.0.0.1:9")
+    client = remote_client.workspace_client(host="http://127.0.0.1:9", token="dapi-x", for_poll=True)
+    session = client.api_client._api_client._session
+    assert session.trust_env is False and session.verify == "/etc/ssl/certs/company-ca.pem"

@@ -19,8 +19,9 @@ neither of which the SDK retries. It also:
   host. A 3xx answer raises ``RedirectRefused`` instead (dropping only the ``Location`` would not
   do: the SDK would read the redirect's body as the answer).
 - reads at most ``MAX_RESPONSE_BYTES`` of an answer (decompressed), so that a remote cannot fill
-  the control plane's memory; a longer one raises ``ResponseTooLarge``. (Answers the SDK streams,
-  such as file downloads, are not read here; the serving-endpoints API has none.)
+  the control plane's memory; a longer one raises ``ResponseTooLarge``. (Answers the SDK streams
+  are not read here: in the serving-endpoints API that is the metrics export, which
+  ``monitoring.remote.export_text`` reads up to its own bound.)
 """
 
 from __future__ import annotations
