@@ -73,7 +73,13 @@ class ServerProcess:
 
 
 def start_server(
-    model_path: Path, log_dir: Path, *, name: str = "iris-1", replica_id: int = 0, port: int | None = None
+    model_path: Path,
+    log_dir: Path,
+    *,
+    name: str = "iris-1",
+    replica_id: int = 0,
+    port: int | None = None,
+    extra_args: tuple[str, ...] = (),
 ) -> ServerProcess:
     """Start a model server subprocess; its stdout/stderr go to a log file, as the agent does.
 
@@ -102,6 +108,7 @@ def start_server(
         name,
         "--replica-id",
         str(replica_id),
+        *extra_args,
     ]
     with log_path.open("wb") as log_file:
         process = subprocess.Popen(command, cwd=REPO_ROOT, env=env, stdout=log_file, stderr=subprocess.STDOUT)
@@ -512,6 +519,7 @@ MODULE_ORDER = [
     "served_model",
     "batching",
     "metrics",
+    "workers",
     "streaming",
     "app",
     "server",

@@ -27,6 +27,9 @@ Design choices, each for a reason (each module's docstring says more):
   author (MLmodel metadata) or its served entity (``MODELFLEET_BATCHABLE``), see batchable.py.
   Each request is still parsed and schema-checked on its own, so a bad one fails alone, and a
   lone request never waits for company (served_model.py).
+* A custom ``python_model`` that is not batched runs in one process per CPU, up to two
+  (workers.py): its predict is Python holding the GIL, so one process answers on one core at
+  most.  /health and /metrics still describe the whole replica.
 * SIGTERM/SIGINT trigger uvicorn's graceful shutdown: stop accepting, let in-flight requests
   finish (up to 30 s), then exit 0.
 
@@ -38,12 +41,13 @@ gateway, the agent and the metrics poller send it.  Without one the server does 
 Exit codes: 0 after a stop signal (or a standby whose stdin closed), 2 for bad arguments, a
 bad standby assignment or no credential, 3 when the model fails to load (the log's first error
 line says ``model load failed: <Type>: <message>``), 4 when the port cannot be bound, 5 when the
-sandbox the agent asked for could not be set up.
+sandbox the agent asked for could not be set up, 6 when one of a replica's worker processes
+died (workers.py; a worker's failed load is 3).
 
 Modules, each importing only those listed before it: responses (answer and error bodies),
 batchable (which models may batch), compiled (column transforms without pandas), boosted (LightGBM's booster),
 frames (input DataFrames built from their blocks), fastpath, served_model (the full MLflow path), batching,
-metrics, app, server (uvicorn, the background load), standby, main (the entry point);
+metrics, workers (a replica of several processes), app, server (uvicorn, the background load), standby, main (the entry point);
 ``__main__`` confines the process before importing main.  This file imports nothing:
 ``python -m`` runs it before the sandbox's early stage.
 """

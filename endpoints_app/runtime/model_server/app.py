@@ -42,6 +42,17 @@ from endpoints_app.runtime.model_server.served_model import NOT_JSON, ParsedRequ
 from endpoints_app.runtime.model_server.streaming import Stream
 from endpoints_app.runtime.model_server.streaming import may_ask as may_ask_for_stream
 from endpoints_app.runtime.model_server.streaming import start as start_stream
+from endpoints_app.runtime.model_server.workers import (
+    BATCHED_REQUESTS,
+    BATCHES,
+    FAILED,
+    IN_FLIGHT,
+    LOAD_SECONDS,
+    READY,
+    REQUESTS,
+    STATE,
+    WorkerSlot,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -75,6 +86,8 @@ class ModelServerApp:
         credential: str,
         max_batch_rows: int = DEFAULT_MAX_BATCH_ROWS,
         isolation: str = "none",
+        slot: WorkerSlot | None = None,
+        replica_pid: int | None = None,
     ) -> None:
         if not credential:
             raise ValueError("a replica needs a credential")
@@ -82,7 +95,10 @@ class ModelServerApp:
         self._expected_authorization = f"Bearer {credential}".encode()
         self.isolation = isolation
         self.replica_id = replica_id
-        self.pid = os.getpid()
+        # The replica's process (a worker's parent, see workers.py), as the agent knows it.
+        self.pid = replica_pid or os.getpid()
+        # This worker's slot of the replica's shared counters; None when one process serves.
+        self.slot = slot
         self.model: ServedModel | None = None
         self.load_seconds: float | None = None
         self.load_failed = False
@@ -108,6 +124,15 @@ class ModelServerApp:
         self.model = model
         self.load_seconds = seconds
         self.last_request_at = time.monotonic()
+        if self.slot is not None:
+            self.slot.cells[LOAD_SECONDS] = seconds
+            self.slot.cells[STATE] = READY
+
+    def load_failed_now(self) -> None:
+        """Called on the event loop when the background load fails; /health says "failed"."""
+        self.load_failed = True
+        if self.slot is not None:
+            self.slot.cells[STATE] = FAILED
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":  # lifespan is off and websockets are disabled
@@ -134,14 +159,7 @@ class ModelServerApp:
                 await _send_error(send, method_not_allowed(method, path, "GET"))
         elif path == "/metrics":
             if method in ("GET", "HEAD"):
-                batchers = [batcher for batcher in (self.batcher, self.full_batcher) if batcher is not None]
-                body = self.metrics.render(
-                    in_flight=self.in_flight,
-                    load_seconds=self.load_seconds,
-                    batches=sum(batcher.batches for batcher in batchers),
-                    batched_requests=sum(batcher.batched_requests for batcher in batchers),
-                )
-                await _send(send, 200, body, [(b"content-type", METRICS_CONTENT_TYPE)])
+                await _send(send, 200, self._metrics(), [(b"content-type", METRICS_CONTENT_TYPE)])
             else:
                 await _send_error(send, method_not_allowed(method, path, "GET"))
         else:
@@ -154,16 +172,44 @@ class ModelServerApp:
                 return hmac.compare_digest(value, self._expected_authorization)
         return False
 
+    def _metrics(self) -> bytes:
+        batchers = [batcher for batcher in (self.batcher, self.full_batcher) if batcher is not None]
+        batches = sum(batcher.batches for batcher in batchers)
+        batched_requests = sum(batcher.batched_requests for batcher in batchers)
+        if self.slot is None:
+            return self.metrics.render(
+                in_flight=self.in_flight,
+                load_seconds=self.load_seconds,
+                batches=batches,
+                batched_requests=batched_requests,
+            )
+        board = self.slot.board
+        self.slot.publish_batches(batches, batched_requests)
+        return board.summed_metrics(self.metrics).render(
+            in_flight=int(board.total(IN_FLIGHT)),
+            load_seconds=board.load_seconds(),
+            batches=int(board.total(BATCHES)),
+            batched_requests=int(board.total(BATCHED_REQUESTS)),
+            resource_usage=self.slot.usage,
+        )
+
     async def _health(self, send: Send) -> None:
-        if self.model is not None:
-            status_code, status = 200, "ready"
+        if self.slot is not None:
+            # The replica, not this worker: ready once every worker has loaded the model.
+            board = self.slot.board
+            status = board.state()
+            in_flight = int(board.total(IN_FLIGHT))
+            requests = int(board.total(REQUESTS))
+            last_request_at = board.last_request_at()
         else:
-            status_code, status = 503, "failed" if self.load_failed else "loading"
+            status = "ready" if self.model is not None else "failed" if self.load_failed else "loading"
+            in_flight, requests, last_request_at = self.in_flight, self.metrics.request_count, self.last_request_at
+        status_code = 200 if status == "ready" else 503
         document = {
             "status": status,
-            "in_flight": self.in_flight,
-            "requests": self.metrics.request_count,
-            "idle_seconds": 0.0 if self.in_flight else round(time.monotonic() - self.last_request_at, 3),
+            "in_flight": in_flight,
+            "requests": requests,
+            "idle_seconds": 0.0 if in_flight else round(time.monotonic() - last_request_at, 3),
             "model": self.name,
             "replica": self.replica_id,
             "pid": self.pid,
@@ -174,6 +220,8 @@ class ModelServerApp:
     async def _invocations(self, scope: Scope, receive: Receive, send: Send) -> None:
         started = time.perf_counter()
         self.in_flight += 1
+        if self.slot is not None:
+            self.slot.cells[IN_FLIGHT] = self.in_flight
         status = 500
         try:
             try:
@@ -199,6 +247,14 @@ class ModelServerApp:
             self.in_flight -= 1
             self.last_request_at = time.monotonic()
             self.metrics.observe(status, (time.perf_counter() - started) * 1000.0)
+            if self.slot is not None:
+                self.slot.publish_request(self.metrics, self.in_flight, self.last_request_at)
+                if self.batcher is not None or self.full_batcher is not None:
+                    batchers = [batcher for batcher in (self.batcher, self.full_batcher) if batcher is not None]
+                    self.slot.publish_batches(
+                        sum(batcher.batches for batcher in batchers),
+                        sum(batcher.batched_requests for batcher in batchers),
+                    )
 
     async def _invoke(self, scope: Scope, receive: Receive) -> bytes | Stream:
         """Check the request, then parse, predict and serialise it in a worker thread."""

@@ -29,7 +29,8 @@ from typing import NoReturn
 from endpoints_app.runtime import sandbox
 from endpoints_app.runtime.model_server import standby
 from endpoints_app.runtime.model_server.batching import DEFAULT_MAX_BATCH_ROWS
-from endpoints_app.runtime.model_server.server import loop_factory, serve
+from endpoints_app.runtime.model_server.server import EXIT_LISTEN_FAILED, loop_factory, serve
+from endpoints_app.runtime.model_server.workers import WorkerGroup, planned_workers
 
 logger = logging.getLogger(__name__)
 
@@ -37,10 +38,12 @@ logger = logging.getLogger(__name__)
 CREDENTIAL_ENV = "MODELFLEET_REPLICA_CREDENTIAL"
 
 
-def _configure_logging(name: str, replica_id: int) -> None:
-    """One format for our lines, uvicorn's and mlflow's, all to stderr (the replica's log)."""
+def _configure_logging(name: str, replica_id: int, worker: int = 0) -> None:
+    """One format for our lines, uvicorn's and mlflow's, all to stderr (the replica's log); a
+    replica's forked workers (workers.py) say which they are."""
     handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(logging.Formatter(f"%(asctime)s %(levelname)s [{name} replica {replica_id}] %(message)s"))
+    who = f"{name} replica {replica_id}" + (f" worker {worker}" if worker else "")
+    handler.setFormatter(logging.Formatter(f"%(asctime)s %(levelname)s [{who}] %(message)s"))
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(logging.INFO)
@@ -76,6 +79,12 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         f"{DEFAULT_MAX_BATCH_ROWS}; 1 predicts every request on its own)",
     )
     parser.add_argument(
+        "--workers",
+        type=int,
+        default=0,
+        help="processes serving this replica (default 0: decided from the model, see workers.py)",
+    )
+    parser.add_argument(
         "--scratch-dir",
         type=Path,
         default=None,
@@ -93,6 +102,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         return args
     if args.model_path is None or args.port is None:
         parser.error("--model-path and --port are required (or --standby)")
+    if args.workers < 0:
+        parser.error("--workers must be 0 (decided from the model) or more")
     if args.threads < 1:
         parser.error("--threads must be at least 1")
     if args.max_batch_rows < 1:
@@ -134,6 +145,19 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 5
     signal.signal(signal.SIGTERM, _ignore_signal)
     signal.signal(signal.SIGINT, _ignore_signal)
+    group: WorkerGroup | None = None
+    workers, why = planned_workers(args.workers, args.model_path.resolve())
+    if workers > 1:
+        # Forked here: confined, everything imported, no event loop, model or predict thread yet.
+        try:
+            group = WorkerGroup.start(args.host, args.port, workers)
+        except OSError as exc:
+            logger.error("could not listen on %s:%d: %s", args.host, args.port, (exc.strerror or str(exc)).lower())
+            return EXIT_LISTEN_FAILED
+        if not group.is_parent:
+            _configure_logging(args.name, args.replica_id, group.index)
+        else:
+            logger.info("%d worker processes (%s): pids %s", workers, why, [os.getpid(), *group.children])
     # Our own runner, not uvicorn's Server.run(), because the model loader needs the loop; so
     # uvicorn's `loop` setting does not apply and the loop is chosen here.
     with asyncio.Runner(loop_factory=loop_factory()) as runner:
@@ -148,6 +172,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 credential=credential,
                 max_batch_rows=args.max_batch_rows,
                 isolation=isolation,
+                group=group,
             )
         )
 

@@ -10,6 +10,7 @@ import os
 import shutil
 import subprocess
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -48,8 +49,16 @@ class Metrics:
         self.latency_sum_ms += latency_ms
 
     def render(
-        self, *, in_flight: int, load_seconds: float | None, batches: int = 0, batched_requests: int = 0
+        self,
+        *,
+        in_flight: int,
+        load_seconds: float | None,
+        batches: int = 0,
+        batched_requests: int = 0,
+        resource_usage: Callable[[], tuple[float, float] | None] | None = None,
     ) -> bytes:
+        """The exposition; ``resource_usage`` gives (CPU %, memory %) when this process alone is
+        not the replica (workers.py), else this process's are measured."""
         labels = self.labels
         lines: list[str] = []
 
@@ -84,7 +93,7 @@ class Metrics:
         for gpu, util, mem_used_pct in _gpu_usage():
             lines.append(f'gpu_usage_percentage{{{labels},gpu="{gpu}"}} {util}')
             lines.append(f'gpu_mem_usage_percentage{{{labels},gpu="{gpu}"}} {mem_used_pct}')
-        usage = _resource_usage()
+        usage = (resource_usage or _resource_usage)()
         if usage is not None:
             cpu, mem = usage
             metric(

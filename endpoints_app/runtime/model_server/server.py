@@ -32,6 +32,7 @@ import uvicorn
 from endpoints_app.runtime.model_server.app import ModelServerApp
 from endpoints_app.runtime.model_server.batching import DEFAULT_MAX_BATCH_ROWS
 from endpoints_app.runtime.model_server.served_model import ServedModel
+from endpoints_app.runtime.model_server.workers import WorkerGroup, WorkerSlot
 
 logger = logging.getLogger(__name__)
 
@@ -39,7 +40,12 @@ EXIT_LOAD_FAILED = 3
 # uvicorn exits with 3 too when it cannot bind; a distinct code tells the agent "pick another
 # port" apart from "the model is broken".
 EXIT_LISTEN_FAILED = 4
+# One of a replica's worker processes (workers.py) died for another reason than a failed load.
+EXIT_WORKER_FAILED = 6
 GRACEFUL_SHUTDOWN_SECONDS = 30
+# How often a replica's worker processes publish their CPU and memory use, and its parent looks
+# for workers that have died.
+WATCH_SECONDS = 0.5
 # Longer than the gateway's pooled-connection idle expiry, so the server never closes a
 # keep-alive connection at the instant the client reuses it.
 KEEP_ALIVE_SECONDS = 65
@@ -48,16 +54,25 @@ KEEP_ALIVE_SECONDS = 65
 class _Server(uvicorn.Server):
     """uvicorn's server, logging the moment a stop signal arrives."""
 
-    def __init__(self, config: uvicorn.Config, app: ModelServerApp) -> None:
+    def __init__(self, config: uvicorn.Config, app: ModelServerApp, group: WorkerGroup | None = None) -> None:
         super().__init__(config)
         self.app = app
+        self.group = group
 
     def handle_exit(self, sig: int, frame: FrameType | None) -> None:
-        if not self.should_exit:
-            logger.info(
-                "shutting down (%s): finishing %d in-flight request(s)", signal.Signals(sig).name, self.app.in_flight
-            )
+        self.stop(signal.Signals(sig).name)
         super().handle_exit(sig, frame)
+
+    def stop(self, reason: str) -> None:
+        """Stop accepting and finish the requests in flight; a replica's parent process tells its
+        workers to do the same, and every process lets go of the shared listening socket."""
+        if not self.should_exit:
+            logger.info("shutting down (%s): finishing %d in-flight request(s)", reason, self.app.in_flight)
+        self.should_exit = True
+        if self.group is not None:
+            self.group.stop_workers()
+            # The server's own copy closes as it stops; this one must too, or the port stays open.
+            self.group.sock.close()
 
 
 class _CoalescingTransport:
@@ -148,7 +163,7 @@ def _load_in_background(app: ModelServerApp, server: uvicorn.Server, model_path:
     loop = asyncio.get_running_loop()
 
     def fail() -> None:
-        app.load_failed = True
+        app.load_failed_now()
         server.should_exit = True
 
     def report(callback: Callable[..., None], *args: Any) -> None:
@@ -198,8 +213,11 @@ async def serve(
     credential: str,
     max_batch_rows: int = DEFAULT_MAX_BATCH_ROWS,
     isolation: str = "none",
+    group: WorkerGroup | None = None,
 ) -> int:
-    """Serve until a stop signal (exit code 0), a failed model load (3) or a failed bind (4)."""
+    """Serve until a stop signal (exit code 0), a failed model load (3), a failed bind (4) or,
+    for a replica of several processes (``group``, workers.py), a worker that died (its code, or
+    6)."""
     app = ModelServerApp(
         name=name,
         replica_id=replica_id,
@@ -207,6 +225,8 @@ async def serve(
         credential=credential,
         max_batch_rows=max_batch_rows,
         isolation=isolation,
+        slot=WorkerSlot(group.board, group.index) if group is not None else None,
+        replica_pid=group.parent_pid if group is not None else None,
     )
     protocol = http_protocol_class()
     config = uvicorn.Config(
@@ -222,8 +242,10 @@ async def serve(
         access_log=False,
         timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_SECONDS,
         timeout_keep_alive=KEEP_ALIVE_SECONDS,
+        # The replica reads no client address or scheme: no X-Forwarded-* middleware per request.
+        proxy_headers=False,
     )
-    server = _Server(config, app)
+    server = _Server(config, app, group)
     logger.info(
         "starting: model %s on http://%s:%d (pid %d, http=%s, %d predict threads)",
         model_path,
@@ -234,8 +256,11 @@ async def serve(
         threads,
     )
     _load_in_background(app, server, model_path)
+    worker_exit: list[int] = []
+    if group is not None:
+        _watch_group(server, group, worker_exit)
     try:
-        await server.serve()
+        await server.serve(sockets=[group.sock] if group is not None else None)
     except SystemExit:
         # uvicorn has logged why (typically "address already in use") and calls sys.exit().
         logger.error("could not listen on %s:%d", host, port)
@@ -243,7 +268,42 @@ async def serve(
     app.executor.shutdown(wait=False, cancel_futures=True)
     if app.batcher is not None:
         app.batcher.close()
+    if group is not None and group.is_parent:
+        server.stop("stopping")
+        group.wait_for_workers(GRACEFUL_SHUTDOWN_SECONDS + 5)
     if app.load_failed:
         return EXIT_LOAD_FAILED
+    if worker_exit:
+        return EXIT_LOAD_FAILED if worker_exit[0] == EXIT_LOAD_FAILED else EXIT_WORKER_FAILED
     logger.info("stopped")
     return 0
+
+
+def _watch_group(server: _Server, group: WorkerGroup, worker_exit: list[int]) -> None:
+    """On the event loop: this worker's usage published every second; a worker stops when its
+    parent closes the pipe (or dies); the parent stops the replica when a worker has died,
+    noting the worker's exit code in ``worker_exit``."""
+    loop = asyncio.get_running_loop()
+    slot = server.app.slot
+    assert slot is not None
+
+    def tick() -> None:
+        slot.refresh_usage()
+        if group.is_parent and not server.should_exit:
+            ended = group.reap()
+            if ended is not None:
+                pid, code = ended
+                logger.error("worker process %d exited with code %d; stopping the replica", pid, code)
+                worker_exit.append(code)
+                server.stop(f"worker {pid} exited")
+        loop.call_later(WATCH_SECONDS, tick)
+
+    tick()
+    if group.stop_reader is not None:
+        reader = group.stop_reader
+
+        def parent_gone() -> None:
+            loop.remove_reader(reader)
+            server.stop("the replica is stopping")
+
+        loop.add_reader(reader, parent_gone)
