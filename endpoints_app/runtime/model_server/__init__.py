@@ -42,7 +42,7 @@ Exit codes: 0 after a stop signal (or a standby whose stdin closed), 2 for bad a
 bad standby assignment or no credential, 3 when the model fails to load (the log's first error
 line says ``model load failed: <Type>: <message>``), 4 when the port cannot be bound, 5 when the
 sandbox the agent asked for could not be set up, 6 when one of a replica's worker processes
-died (workers.py; a worker's failed load is 3).
+was killed (workers.py; a worker that exits with one of these codes gives the replica its code).
 
 Modules, each importing only those listed before it: responses (answer and error bodies),
 batchable (which models may batch), compiled (column transforms without pandas), boosted (LightGBM's booster),

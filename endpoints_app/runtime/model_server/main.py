@@ -138,17 +138,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             CREDENTIAL_ENV,
         )
         return 2
-    try:
-        isolation = _confine(args)
-    except (sandbox.SandboxError, OSError) as exc:
-        logger.error("sandbox: could not confine the replica to its model and scratch folder: %s", exc)
-        return 5
-    signal.signal(signal.SIGTERM, _ignore_signal)
-    signal.signal(signal.SIGINT, _ignore_signal)
     group: WorkerGroup | None = None
     workers, why = planned_workers(args.workers, args.model_path.resolve())
     if workers > 1:
-        # Forked here: confined, everything imported, no event loop, model or predict thread yet.
+        # Forked here: everything imported, no event loop, model or predict thread yet; the port
+        # is bound once, before the sandbox's final stage narrows binding to it.
         try:
             group = WorkerGroup.start(args.host, args.port, workers)
         except OSError as exc:
@@ -158,6 +152,15 @@ def main(argv: Sequence[str] | None = None) -> int:
             _configure_logging(args.name, args.replica_id, group.index)
         else:
             logger.info("%d worker processes (%s): pids %s", workers, why, [os.getpid(), *group.children])
+    # Each process confines itself (after the fork): its Landlock layer allows its own /proc
+    # folder, and the workers are not in one another's domain (no signals between them).
+    try:
+        isolation = _confine(args)
+    except (sandbox.SandboxError, OSError) as exc:
+        logger.error("sandbox: could not confine the replica to its model and scratch folder: %s", exc)
+        return 5
+    signal.signal(signal.SIGTERM, _ignore_signal)
+    signal.signal(signal.SIGINT, _ignore_signal)
     # Our own runner, not uvicorn's Server.run(), because the model loader needs the loop; so
     # uvicorn's `loop` setting does not apply and the loop is chosen here.
     with asyncio.Runner(loop_factory=loop_factory()) as runner:

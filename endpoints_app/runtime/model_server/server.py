@@ -274,7 +274,8 @@ async def serve(
     if app.load_failed:
         return EXIT_LOAD_FAILED
     if worker_exit:
-        return EXIT_LOAD_FAILED if worker_exit[0] == EXIT_LOAD_FAILED else EXIT_WORKER_FAILED
+        # A worker's own code (3: its load failed, 5: its sandbox), else it was killed.
+        return worker_exit[0] if worker_exit[0] > 0 else EXIT_WORKER_FAILED
     logger.info("stopped")
     return 0
 

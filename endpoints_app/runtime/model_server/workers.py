@@ -3,7 +3,7 @@
 A custom ``python_model`` that is not batched (batchable.py) is predicted one request per call,
 and its predict is Python holding the GIL: one process answers on one core at most, however many
 predict threads it has.  Such a replica forks its workers (one per CPU it may run on, at most
-MAX_AUTO_WORKERS) once the process is confined and before the model loads; each loads the model
+MAX_AUTO_WORKERS) before the model loads; each loads the model
 and serves on the same listening socket, which the parent bound before forking (the kernel hands
 each connection to one of them).  Measured on two cores (wrk at concurrency 8, a 1-row request to
 the 6-column rules pyfunc of benchmarks/model_shapes.py): 661 -> 1,160 requests/s served directly.
@@ -18,12 +18,13 @@ What the agent and the gateway see stays one replica:
   each finishes its requests in flight and exits, and the parent waits for them.  The workers
   also die with the parent (``PR_SET_PDEATHSIG``), so a killed replica leaves none behind.
 * A worker that fails to load the model, or dies, takes the replica down: the parent exits with
-  the worker's code (3 for a failed load), and the agent restarts the replica as it would a
-  single process.
+  the worker's code (3 for a failed load, 5 for its sandbox; 6 when it was killed), and the
+  agent restarts the replica as it would a single process.
 
-The sandbox (runtime/sandbox.py) allows all of this: the workers are forked after the final stage,
-so they carry the same Landlock domain and seccomp filter (a plain fork, no namespaces); the socket
-is the replica's own port; nothing is signalled, the pipe says "stop".
+The sandbox (runtime/sandbox.py) allows all of this: the workers are forked after its early stage
+(a plain fork, no namespaces), once the parent has bound the port, and each process then enters
+the final stage itself, so each may read its own /proc folder and none may signal another (each
+is its own Landlock domain); nothing is signalled, the pipe says "stop".
 """
 
 from __future__ import annotations
