@@ -298,9 +298,12 @@ def record_health_batch(healths: list[tuple[Endpoint, Health]], *, now: datetime
         ids = [e.id for e in group]
         with transaction.atomic():
             # Lock the rows still in the status read: only those change (an overlapping poll's
-            # change wins for the others; the next poll recomputes).
+            # change wins for the others; the next poll recomputes). FOR NO KEY UPDATE, as the
+            # UPDATE itself locks: a FOR UPDATE would wait on (and deadlock with) the key-share
+            # locks of a concurrent metrics or logs poll checking its new rows' foreign keys to
+            # these endpoints at commit.
             mine = set(
-                Endpoint.fleet.select_for_update()
+                Endpoint.fleet.select_for_update(no_key=True)
                 .filter(id__in=ids, health=previous)
                 .order_by("id")
                 .values_list("id", flat=True)

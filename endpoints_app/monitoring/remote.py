@@ -784,7 +784,7 @@ def store_logs_many(items: list[tuple[Endpoint, str, str, str]]) -> int:
     stored = 0
     with transaction.atomic():
         locked = dict(
-            Endpoint.fleet.select_for_update()
+            Endpoint.fleet.select_for_update(no_key=True)  # see health.record_health_batch
             .filter(id__in=sorted(fresh))
             .order_by("id")
             .values_list("id", "remote_cursors")
