@@ -28,11 +28,24 @@ compared with `mlflow models serve`'s.  Each cell runs a 1 s warm-up, then ``--s
 Targets (issue #13) are printed with PASS/FAIL.  "No model slower than today at c=1" needs an
 earlier run's numbers: ``--json FILE`` writes this run's, ``--baseline FILE`` compares the
 gateway's c=1 requests/s per model and body with them (within 5 %, this machine's run-to-run
-noise); without a baseline that target is not judged.
+noise).  Without ``--baseline`` the recorded baseline (DEFAULT_BASELINE: the product before
+issue #13's speed work, measured on the 2-core machine it names) is used only on a machine of
+the same description (CPU model and count); elsewhere that target is not judged, since another
+machine's requests/s say nothing about this code.  To record a baseline on another machine, run
+the earlier product with ``--product`` (see docs/benchmarks.md).
 
 Usage: python benchmarks/bench_models.py [--seconds 5] [--quick] [--models iris,pipeline]
+       [--concurrency 1,8,32] [--paths gateway,replica] [--product DIR]
        [--json out.json] [--baseline earlier.json]
 ``--quick``: 3 s per cell, 1-row bodies at concurrency 1 and 8 only (a smoke run).
+``--concurrency``: only these concurrencies (default 1,8,32; with --quick 1,8).
+``--paths``: only these paths (default all four); without mlflow's paths no ``mlflow models
+serve`` is started and the answers are compared between the paths measured.
+``--product DIR``: serve the Modelfleet tree in DIR (e.g. a git worktree of an earlier commit)
+instead of this checkout: DIR goes first on this process's sys.path and on the stack's
+PYTHONPATH (the stack's processes also start in their tree's root), and the run stops if
+``endpoints_app`` is imported from anywhere else.  The benchmark's own code (models, wrk, the
+stack's start) stays this checkout's.
 """
 
 from __future__ import annotations
@@ -45,8 +58,9 @@ import signal
 import subprocess
 import sys
 import tempfile
+import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -68,6 +82,69 @@ PATH_TITLES = {
 # Run-to-run noise of one cell on this machine: a c=1 cell within this much of the baseline is
 # "not slower".
 BASELINE_TOLERANCE = 0.05
+# The product as issue #13 found it (commit 5c4d284), c=1 cells on the 2-core machine the file
+# names; used without --baseline only on a machine of the same description (machine_id()).
+DEFAULT_BASELINE = ROOT / "benchmarks" / "baselines" / "issue13-c1.json"
+PRODUCT_PATHS = ("endpoints_app", "dashboard")  # what --product serves
+
+
+def machine_id() -> dict[str, object]:
+    """What a baseline's numbers depend on beyond the code: the CPU model and how many CPUs."""
+    model = "unknown"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return {"cpu_model": model, "cpus": os.cpu_count()}
+
+
+def git_commit(tree: Path, *paths: str) -> str:
+    """The tree's commit, marked "(modified)" when ``paths`` differ from it."""
+    done = subprocess.run(["git", "-C", str(tree), "rev-parse", "HEAD"], capture_output=True, text=True)
+    dirty = subprocess.run(
+        ["git", "-C", str(tree), "status", "--porcelain", "--untracked-files=no", "--", *paths],
+        capture_output=True,
+        text=True,
+    )
+    commit = done.stdout.strip() or "unknown"
+    return commit + (" (modified)" if dirty.stdout.strip() else "")
+
+
+def use_product(product: Path) -> None:
+    """Serve the Modelfleet tree in ``product``: first on sys.path here and on the stack's PYTHONPATH."""
+    if "endpoints_app" in sys.modules:
+        raise SystemExit("bench: endpoints_app was imported before --product took effect")
+    sys.path.insert(0, str(product))
+    os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (str(product), os.environ.get("PYTHONPATH")) if p)
+    import endpoints_app
+
+    where = Path(endpoints_app.__file__).resolve()
+    if not where.is_relative_to(product):
+        raise SystemExit(f"bench: endpoints_app comes from {where}, not from {product}")
+    print(f"bench: serving the product in {product} (commit {git_commit(product, *PRODUCT_PATHS)})", flush=True)
+
+
+def default_baseline() -> tuple[dict | None, str]:
+    """The recorded baseline when this machine is the one it was recorded on: (cells, why)."""
+    if not DEFAULT_BASELINE.exists():
+        return None, "no baseline recorded"
+    recorded = json.loads(DEFAULT_BASELINE.read_text())
+    here = machine_id()
+    if recorded.get("machine") != here:
+        return None, (
+            f"{DEFAULT_BASELINE.relative_to(ROOT)} was recorded on another machine "
+            f"({recorded.get('machine')}; this one: {here}): not judged"
+        )
+    dates = recorded.get("date") or ["?"]
+    dates = dates if isinstance(dates, list) else [dates]
+    return recorded["cells"], (
+        f"{DEFAULT_BASELINE.relative_to(ROOT)}: commit {recorded.get('commit', '?')[:7]}, measured "
+        f"{dates[0]} to {dates[-1]} on a machine described as this one ({here['cpus']} × {here['cpu_model']}); "
+        "machine-specific numbers, meaningful only on that machine and about as quiet"
+    )
 
 
 @dataclass(frozen=True)
@@ -189,9 +266,10 @@ def same_answers(targets: dict[str, tuple[str, str | None]], bodies: dict[int, P
                 problems.append(f"{path}, {rows} rows: HTTP {response.status_code} {response.text[:200]}")
                 continue
             answers[path] = response.json().get("predictions")
+        reference = "mlflow" if "mlflow" in targets else next(iter(targets))
         for path, answer in answers.items():
-            if "mlflow" in answers and answer != answers["mlflow"]:
-                problems.append(f"{path}, {rows} rows: predictions differ from mlflow serve's")
+            if reference in answers and answer != answers[reference]:
+                problems.append(f"{path}, {rows} rows: predictions differ from {reference}'s")
     return problems
 
 
@@ -284,16 +362,39 @@ def main() -> int:
         "--models", default="iris,pipeline,pyfunc,pyfunc_rowwise,lightgbm", help="comma-separated subset"
     )
     parser.add_argument("--json", type=Path, help="write this run's cells here")
-    parser.add_argument("--baseline", type=Path, help="an earlier run's --json, for the c=1 'not slower' target")
+    parser.add_argument(
+        "--baseline",
+        type=Path,
+        help=f"an earlier run's --json, for the c=1 'not slower' target (default: {DEFAULT_BASELINE.relative_to(ROOT)} "
+        "on the machine it was recorded on)",
+    )
+    parser.add_argument("--concurrency", help="comma-separated concurrencies (default 1,8,32; --quick 1,8)")
+    parser.add_argument("--paths", default=",".join(PATHS), help=f"comma-separated subset of {','.join(PATHS)}")
+    parser.add_argument("--product", type=Path, help="serve the Modelfleet tree in this directory instead")
     args = parser.parse_args()
     keys = [k.strip() for k in args.models.split(",") if k.strip()]
     unknown = set(keys) - {"iris", *BUILDERS}
     if unknown:
         parser.error(f"unknown models: {', '.join(sorted(unknown))}")
+    paths = [p.strip() for p in args.paths.split(",") if p.strip()]
+    if not paths or set(paths) - set(PATHS):
+        parser.error(f"--paths: a subset of {','.join(PATHS)}")
     seconds = 3.0 if args.quick else args.seconds
     rows_set = [1] if args.quick else [1, 100]
     concurrencies = [1, 8] if args.quick else [1, 8, 32]
-    baseline = json.loads(args.baseline.read_text())["cells"] if args.baseline else None
+    if args.concurrency:
+        try:
+            concurrencies = [int(c) for c in args.concurrency.split(",") if c.strip()]
+        except ValueError:
+            parser.error("--concurrency: comma-separated integers")
+    product = args.product.resolve() if args.product else None
+    if product is not None:
+        use_product(product)
+    if args.baseline:
+        baseline, baseline_note = json.loads(args.baseline.read_text())["cells"], str(args.baseline)
+    else:
+        baseline, baseline_note = default_baseline()
+    print(f"bench: c=1 baseline: {baseline_note}", flush=True)
 
     try:
         wrk_path = wrk.ensure_wrk()
@@ -303,6 +404,7 @@ def main() -> int:
     folder = Path(tempfile.mkdtemp(prefix="modelfleet-bench-models-"))
     models, dirs = build_models(keys, folder)
     started_load = load_average()
+    started_at = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
     print(f"bench: load average at start {started_load}", flush=True)
 
     stack = start_stack()
@@ -319,16 +421,21 @@ def main() -> int:
                 bodies[rows].write_bytes(model.body(rows))
             gateway, direct, credential = served[model.key]
             source = registry.get_model_version(model.registered_name, "1").source
-            with (
-                mlflow_serve(source, tuned=False, env=stack.env, log=stack.data_dir / f"mlflow-{model.key}.log") as ml,
-                mlflow_serve(source, tuned=True, env=stack.env, log=stack.data_dir / f"mlflow2-{model.key}.log") as ml2,
-            ):
+            with ExitStack() as servers:
+                ml = ml2 = ""
+                if "mlflow" in paths:
+                    log = stack.data_dir / f"mlflow-{model.key}.log"
+                    ml = servers.enter_context(mlflow_serve(source, tuned=False, env=stack.env, log=log))
+                if "mlflow-2w" in paths:
+                    log = stack.data_dir / f"mlflow2-{model.key}.log"
+                    ml2 = servers.enter_context(mlflow_serve(source, tuned=True, env=stack.env, log=log))
                 targets = {
                     "gateway": (gateway, stack.token),
                     "replica": (direct, credential),  # replicas answer only with their credential
                     "mlflow": (ml, None),
                     "mlflow-2w": (ml2, None),
                 }
+                targets = {p: targets[p] for p in PATHS if p in paths}
                 problems += [f"{model.key}: {p}" for p in same_answers(targets, bodies)]
                 # Servers that just started (mlflow's workers, the stack's warm standbys) still
                 # import for seconds after they first answer: measure once the machine is quiet.
@@ -355,21 +462,25 @@ def main() -> int:
     )
     print("Each cell: requests/s · p50 / p99 ms.")
     print()
-    print("| model | rows | c | " + " | ".join(PATH_TITLES[p] for p in PATHS) + " |")
-    print("|---|---|---|" + "---|" * len(PATHS))
+    shown = [p for p in PATHS if p in paths]
+    print("| model | rows | c | " + " | ".join(PATH_TITLES[p] for p in shown) + " |")
+    print("|---|---|---|" + "---|" * len(shown))
     for model in models:
         for rows in rows_set:
             for c in concurrencies:
-                cells = " | ".join(fmt_cell(results.get((model.key, p, rows, c))) for p in PATHS)
+                cells = " | ".join(fmt_cell(results.get((model.key, p, rows, c))) for p in shown)
                 print(f"| {model.key} | {rows} | {c} | {cells} |")
     print()
     for model in models:
         print(f"- {model.key}: {model.title}")
     checks = judge(results, models, rows_set, baseline)
+    compared = "mlflow serve" if "mlflow" in paths else "each other (mlflow serve not run)"
     if problems:
-        checks.insert(0, ("answers identical to mlflow serve", "; ".join(problems), "identical", False))
+        checks.insert(0, (f"answers identical to {compared}", "; ".join(problems), "identical", False))
     else:
-        checks.insert(0, ("answers identical to mlflow serve", "all paths, all bodies", "identical", True))
+        checks.insert(0, (f"answers identical to {compared}", "all paths, all bodies", "identical", True))
+    print()
+    print(f"c=1 baseline: {baseline_note}")
     print()
     print("| target | measured | goal | result |")
     print("|---|---|---|---|")
@@ -380,6 +491,11 @@ def main() -> int:
         args.json.write_text(
             json.dumps(
                 {
+                    "commit": git_commit(product or ROOT, *PRODUCT_PATHS),
+                    "product": str(product or ROOT),
+                    "bench_commit": git_commit(ROOT, "benchmarks"),
+                    "date": started_at,
+                    "machine": machine_id(),
                     "seconds": seconds,
                     "cpus": os.cpu_count(),
                     "load_average": [started_load, ended_load],
