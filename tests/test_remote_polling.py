@@ -178,6 +178,37 @@ def test_details_are_read_only_for_what_changed_and_metrics_are_deltas(admin, re
     assert any(p.p50_ms for p in points.filter(served_entity_name="clf-1"))
 
 
+def test_a_sweep_stores_in_parts_every_endpoints_metrics_and_reads_build_logs_only_when_due(admin, remote, monkeypatch):
+    host, token = remote
+    originals = [local_endpoint(f"ep-{i}") for i in range(5)]
+    workspace = register(admin, host, token)
+    for original in originals:
+        observe(original, "clf-1", [200] * 3)
+    monkeypatch.setattr(remote_polling, "STORE_BATCH", 2)  # three parts: 2, 2 and 1
+    build_reads: list[str] = []
+    real_fetch = remote_polling.iter_answers
+
+    def counting(client, endpoints, deadline, *, build=None):  # type: ignore[no-untyped-def]
+        build_reads.extend(e.name for e, _ in endpoints if build is None or e.id in build)
+        return real_fetch(client, endpoints, deadline, build=build)
+
+    monkeypatch.setattr(remote_polling, "iter_answers", counting)
+    monkeypatch.setattr(remote_polling, "build_logs_due", lambda endpoint, *, now: False)
+    assert sweep_now(workspace).fetched == 5
+    assert sorted(build_reads) == [f"ep-{i}" for i in range(5)]  # new: details read, so build logs too
+
+    for original in originals:
+        observe(original, "clf-1", [200, 500])
+    build_reads.clear()
+    result = sweep_now(workspace)
+    assert result.ok and result.fetched == 0 and build_reads == []  # unchanged, not their turn
+    for i in range(5):
+        copy = Endpoint.fleet.get(workspace=workspace, name=f"ep-{i}")
+        points = MetricPoint.objects.filter(endpoint=copy, resolution=15, served_entity_name="")
+        assert sum(p.request_count for p in points) == 2 and sum(p.count_5xx for p in points) == 1
+        assert copy.remote_seen_at is not None and copy.health != HealthStatus.NOT_POLLED
+
+
 def test_an_endpoint_gone_from_a_successful_list_is_marked_not_deleted(admin, remote):
     host, token = remote
     original = local_endpoint("alpha")
