@@ -27,8 +27,8 @@ compared with `mlflow models serve`'s.  Each cell runs a 1 s warm-up, then ``--s
 
 Targets (issue #13) are printed with PASS/FAIL.  "No model slower than today at c=1" needs an
 earlier run's numbers: ``--json FILE`` writes this run's, ``--baseline FILE`` compares the
-gateway's c=1 requests/s per model and body with them (within 5 %, this machine's run-to-run
-noise).  Without ``--baseline`` the recorded baseline (DEFAULT_BASELINE: the product before
+gateway's c=1 requests/s per model and body with them (within 5 %; one run scatters more than
+that on the 2-core machine, see BASELINE_TOLERANCE).  Without ``--baseline`` the recorded baseline (DEFAULT_BASELINE: the product before
 issue #13's speed work, measured on the 2-core machine it names) is used only on a machine of
 the same description (CPU model and count); elsewhere that target is not judged, since another
 machine's requests/s say nothing about this code.  To record a baseline on another machine, run
@@ -79,8 +79,9 @@ PATH_TITLES = {
     "mlflow": "mlflow serve (default)",
     "mlflow-2w": "mlflow serve (2 workers)",
 }
-# Run-to-run noise of one cell on this machine: a c=1 cell within this much of the baseline is
-# "not slower".
+# A c=1 cell within this much of the baseline is "not slower".  One run of one c=1 cell on the
+# 2-core machine scatters about -14 % to +15 % around its median (docs/benchmarks.md), so a single
+# run's verdict for a model near 1.0x (iris) is not conclusive: compare several runs.
 BASELINE_TOLERANCE = 0.05
 # The product as issue #13 found it (commit 5c4d284), c=1 cells on the 2-core machine the file
 # names; used without --baseline only on a machine of the same description (machine_id()).
