@@ -22,7 +22,6 @@ from tests.test_model_server import AUTH, ServerProcess, metric_value, start_ser
 @pytest.fixture
 def two_cpus(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(workers.os, "sched_getaffinity", lambda pid: {0, 1})
-    monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
 
 
 def _children(pid: int) -> list[int]:
@@ -47,24 +46,19 @@ def test_a_custom_pyfunc_that_is_not_batched_gets_one_process_per_cpu(tmp_path: 
     assert count == 2 and "custom python_model" in why
 
 
-def test_a_batched_or_library_model_keeps_one_process(tmp_path: Path, two_cpus: None) -> None:
-    custom = save_constant_model(tmp_path / "custom", "v1")
-
-    assert planned_workers(0, custom, environ={"MODELFLEET_BATCHABLE": "true"})[0] == 1
+def test_a_library_model_keeps_one_process(tmp_path: Path, two_cpus: None) -> None:
     assert planned_workers(0, save_iris_model(tmp_path / "iris"), environ={})[0] == 1
 
 
-def test_a_model_declared_row_wise_keeps_one_process_unless_its_entity_says_false(
-    tmp_path: Path, two_cpus: None
-) -> None:
+def test_a_custom_pyfunc_declared_row_wise_gets_them_too(tmp_path: Path, two_cpus: None) -> None:
     from tests.model_fixtures import ConstantModel
 
     path = _save_pyfunc(tmp_path / "rowwise", ConstantModel("v1"), None)
     meta = path / "MLmodel"
     meta.write_text(meta.read_text() + "metadata:\n  modelfleet:\n    batchable: true\n")
 
-    assert planned_workers(0, path, environ={})[0] == 1
-    assert planned_workers(0, path, environ={"MODELFLEET_BATCHABLE": "false"})[0] == 2
+    # Batched or not, its predict is Python holding the GIL: each worker batches its own requests.
+    assert planned_workers(0, path, environ={})[0] == 2
 
 
 def test_one_cpu_or_a_gpu_keeps_one_process(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -73,8 +67,7 @@ def test_one_cpu_or_a_gpu_keeps_one_process(tmp_path: Path, monkeypatch: pytest.
     assert planned_workers(0, path, environ={})[0] == 1
 
     monkeypatch.setattr(workers.os, "sched_getaffinity", lambda pid: {0, 1, 2, 3})
-    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "0")
-    assert planned_workers(0, path, environ={})[0] == 1
+    assert planned_workers(0, path, environ={"CUDA_VISIBLE_DEVICES": "0"})[0] == 1
 
 
 def test_workers_on_the_command_line_win(tmp_path: Path) -> None:

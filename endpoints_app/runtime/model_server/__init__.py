@@ -27,9 +27,9 @@ Design choices, each for a reason (each module's docstring says more):
   author (MLmodel metadata) or its served entity (``MODELFLEET_BATCHABLE``), see batchable.py.
   Each request is still parsed and schema-checked on its own, so a bad one fails alone, and a
   lone request never waits for company (served_model.py).
-* A custom ``python_model`` that is not batched runs in one process per CPU, up to two
-  (workers.py): its predict is Python holding the GIL, so one process answers on one core at
-  most.  /health and /metrics still describe the whole replica.
+* A custom ``python_model`` runs in one process per CPU, up to two (workers.py): its predict
+  is Python holding the GIL, so one process answers on one core at most.  /health and /metrics
+  still describe the whole replica.
 * SIGTERM/SIGINT trigger uvicorn's graceful shutdown: stop accepting, let in-flight requests
   finish (up to 30 s), then exit 0.
 

@@ -1,12 +1,14 @@
 """More than one process per replica, for models whose own Python code is the bottleneck.
 
-A custom ``python_model`` that is not batched (batchable.py) is predicted one request per call,
-and its predict is Python holding the GIL: one process answers on one core at most, however many
-predict threads it has.  Such a replica forks its workers (one per CPU it may run on, at most
-MAX_AUTO_WORKERS) before the model loads; each loads the model
-and serves on the same listening socket, which the parent bound before forking (the kernel hands
-each connection to one of them).  Measured on two cores (wrk at concurrency 8, a 1-row request to
-the 6-column rules pyfunc of benchmarks/model_shapes.py): 661 -> 1,160 requests/s served directly.
+A custom ``python_model``'s predict is Python holding the GIL: one process answers on one core at
+most, however many predict threads it has, and whether or not its requests are batched
+(batchable.py).  Such a replica forks its workers (one per CPU it may run on, at most
+MAX_AUTO_WORKERS) before the model loads; each loads the model, batches its own requests when
+the model may batch, and serves on the same listening socket, which the parent bound before
+forking (the kernel hands each connection to one of them).  Measured on two cores, wrk at
+concurrency 8 against the replica, the rules pyfunc of benchmarks/model_shapes.py: undeclared,
+1 row 884-1,011 -> 1,112-1,510 requests/s and 100 rows 508-560 -> 1,106-1,249; declared
+row-wise (batched), 1 row 1,673-1,726 -> 2,709-2,790 and 100 rows 518-531 -> 1,087-1,132.
 
 What the agent and the gateway see stays one replica:
 
@@ -43,8 +45,6 @@ from typing import Any
 
 from mlflow.models import Model
 
-from endpoints_app.runtime.model_server.batchable import ENV_VAR as BATCHABLE_ENV
-from endpoints_app.runtime.model_server.batchable import METADATA_KEY, METADATA_SECTION
 from endpoints_app.runtime.model_server.metrics import LATENCY_BUCKETS_MS, Metrics
 
 logger = logging.getLogger(__name__)
@@ -70,15 +70,15 @@ def planned_workers(requested: int, model_path: Path, environ: Mapping[str, str]
     """How many processes serve this replica, and why (for its log).
 
     ``requested`` (``--workers``) wins when it is not 0; else more than one only for a custom
-    ``python_model`` that is not batched, small enough to load twice, on a replica without a GPU
-    that may run on more than one CPU.
+    ``python_model`` (batched or not: each worker batches its own requests) small enough to load
+    twice, on a replica without a GPU that may run on more than one CPU.
     """
     if requested:
         return requested, "--workers"
     cpus = len(os.sched_getaffinity(0))
     if cpus < 2:
         return 1, "one CPU"
-    if os.environ.get("CUDA_VISIBLE_DEVICES", "").strip() not in ("", "-1"):
+    if environ.get("CUDA_VISIBLE_DEVICES", "").strip() not in ("", "-1"):
         return 1, "a GPU replica: one process per GPU"
     try:
         meta = Model.load(str(model_path))
@@ -87,12 +87,6 @@ def planned_workers(requested: int, model_path: Path, environ: Mapping[str, str]
     loader = meta.flavors.get("python_function", {}).get("loader_module")
     if loader != "mlflow.pyfunc.model":
         return 1, "not a custom python_model"
-    section = (meta.metadata or {}).get(METADATA_SECTION)
-    declared = section.get(METADATA_KEY) if isinstance(section, dict) else None
-    if environ.get(BATCHABLE_ENV, "").strip().lower() == "true" or (
-        declared is True and environ.get(BATCHABLE_ENV, "").strip().lower() != "false"
-    ):
-        return 1, "batched: concurrent requests share one predict call"
     size = sum(path.stat().st_size for path in model_path.rglob("*") if path.is_file())
     if size > MAX_FORKED_MODEL_BYTES:
         return 1, f"its files are {size // (1024 * 1024)} MiB: one copy in memory"
