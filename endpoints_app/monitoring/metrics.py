@@ -347,25 +347,8 @@ def poll_metrics_batch(endpoints: list[Endpoint]) -> dict[str, str]:
                 points.append((eid, name, BASE_RESOLUTION, ts, interval_values(interval)))
         points.append((eid, "", BASE_RESOLUTION, ts, interval_values(total)))
 
-    # 3. Store points and cursors in one short transaction. An endpoint deleted meanwhile fails
-    # it (foreign keys are checked at commit), or a deadlock with that delete does: once more
-    # without the endpoints that are gone.
-    def store_batch(cursors: list[list[Any]], batch_points: list[Any]) -> None:
-        with transaction.atomic():
-            bulk.upsert_rows(
-                MetricCursor._meta.db_table,
-                CURSOR_COLUMNS,
-                cursors,
-                conflict=("endpoint_id", "served_entity_name", "source"),
-                update=("counters", "read_at"),
-            )
-            store.write_points(batch_points)
-
-    try:
-        store_batch(new_cursors, points)
-    except (IntegrityError, OperationalError):
-        alive = set(Endpoint.fleet.filter(id__in=ids).values_list("id", flat=True))
-        store_batch([c for c in new_cursors if c[0] in alive], [p for p in points if p[0] in alive])
+    # 3. Store points and cursors in one short transaction.
+    store_cursors_and_points(new_cursors, points, ids)
     return {
         eid: f"could not read metrics from {len(errs)} replica(s): {'; '.join(errs)[:500]}"
         for eid, errs in errors.items()
@@ -380,6 +363,31 @@ CURSOR_COLUMNS = (
     ("counters", "jsonb"),
     ("read_at", "timestamptz"),
 )
+
+
+def store_cursors_and_points(
+    cursors: list[list[Any]], points: list[tuple[str, str, int, int, dict[str, Any]]], endpoint_ids: list[str]
+) -> None:
+    """Upsert counter cursors (``CURSOR_COLUMNS`` rows) and write points in one short transaction.
+    An endpoint deleted meanwhile fails it (foreign keys are checked at commit), or a deadlock with
+    that delete does: once more without the endpoints that are gone."""
+
+    def store_batch(batch_cursors: list[list[Any]], batch_points: list[Any]) -> None:
+        with transaction.atomic():
+            bulk.upsert_rows(
+                MetricCursor._meta.db_table,
+                CURSOR_COLUMNS,
+                batch_cursors,
+                conflict=("endpoint_id", "served_entity_name", "source"),
+                update=("counters", "read_at"),
+            )
+            store.write_points(batch_points)
+
+    try:
+        store_batch(cursors, points)
+    except (IntegrityError, OperationalError):
+        alive = set(Endpoint.fleet.filter(id__in=endpoint_ids).values_list("id", flat=True))
+        store_batch([c for c in cursors if c[0] in alive], [p for p in points if p[0] in alive])
 
 
 def endpoint_total(intervals: dict[str, Interval], shadows: set[str]) -> Interval:

@@ -38,7 +38,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from django.conf import settings
-from django.db import IntegrityError, OperationalError, transaction
+from django.db import transaction
 from django.db.models import Q
 from django.utils import timezone
 
@@ -58,7 +58,7 @@ from endpoints_app.models import (
     WorkspaceKind,
     WorkspaceState,
 )
-from endpoints_app.monitoring import bulk, store
+from endpoints_app.monitoring import bulk
 from endpoints_app.monitoring import health as health_module
 from endpoints_app.monitoring import logs as logs_module
 from endpoints_app.monitoring import metrics as metrics_module
@@ -664,22 +664,7 @@ def store_exports(items: list[tuple[Endpoint, str]]) -> list[str]:
             for entity, interval in _export_intervals(endpoint.id, counters, gauges, cursors)
         ]
 
-    def write(cursor_rows: list[list[Any]], points: list[tuple[str, str, int, int, dict[str, Any]]]) -> None:
-        with transaction.atomic():
-            bulk.upsert_rows(
-                MetricCursor._meta.db_table,
-                metrics_module.CURSOR_COLUMNS,
-                cursor_rows,
-                conflict=("endpoint_id", "served_entity_name", "source"),
-                update=("counters", "read_at"),
-            )
-            store.write_points(points)
-
-    try:
-        write(cursor_rows, points)
-    except (IntegrityError, OperationalError):  # an endpoint deleted meanwhile: once more without it
-        alive = set(Endpoint.fleet.filter(id__in=[e.id for e, _ in items]).values_list("id", flat=True))
-        write([r for r in cursor_rows if r[0] in alive], [p for p in points if p[0] in alive])
+    metrics_module.store_cursors_and_points(cursor_rows, points, [e.id for e, _ in items])
     return problems
 
 
